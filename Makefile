@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` (the main job on the embedded default)
+# and `make test`. Both create .venv and install the package on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/reliability db upgrade -c reliability.demo.yaml
+	$(BIN)/reliability daemon -c reliability.demo.yaml
+
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/incidents.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,311 @@
+"""Every metric `reliability` exports: name, type, help, unit and labels.
+
+Collectors, dashboards and alert rules import names from here; nothing else spells a
+metric name, so a panel or rule can never query a series the daemon does not export.
+Names follow Prometheus conventions: base units, `_total` on counters, `_ratio` for 0..1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+Kind = Literal["gauge", "counter", "histogram"]
+
+PREFIX = "reliability_"
+
+# Latency buckets for probes of LLM APIs: a one-token completion takes 50 ms on a warm
+# local pool and tens of seconds on an overloaded hosted API.
+API_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One metric family. `name` is the full exported name (with `_total` for counters)."""
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def family(self) -> str:
+        """Name of the family as prometheus_client wants it (counters without `_total`)."""
+        return self.name.removesuffix("_total") if self.kind == "counter" else self.name
+
+
+def _m(name: str, kind: Kind, help: str, labels: tuple[str, ...] = (), **kw) -> Metric:
+    return Metric(PREFIX + name, kind, help, labels, **kw)
+
+
+# --- per collector and target: is it answering, and how long does it take -------------
+TARGET_UP = _m(
+    "target_up",
+    "gauge",
+    "1 if the target answered its last collection, else 0.",
+    ("collector", "target"),
+)
+TARGET_LAST_SUCCESS = _m(
+    "target_last_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the target's last successful collection.",
+    ("collector", "target"),
+    unit="seconds",
+)
+TARGET_DURATION = _m(
+    "target_collect_duration_seconds",
+    "gauge",
+    "Wall-clock seconds the target's last collection took.",
+    ("collector", "target"),
+    unit="seconds",
+)
+TARGET_FAILURES = _m(
+    "target_failures_total",
+    "counter",
+    "Failed collections by `reason` (timeout, unreachable, host_key, auth, bad_output, ...).",
+    ("collector", "target", "reason"),
+)
+
+# --- GPUs (NVML locally, nvidia-smi over SSH) -------------------------------------------
+GPU = ("node", "gpu")
+GPU_INFO = _m(
+    "gpu_info",
+    "gauge",
+    "Identity of a GPU; always 1.",
+    ("node", "gpu", "uuid", "model", "pci_bus_id"),
+)
+NODE_GPUS_EXPECTED = _m(
+    "node_gpus_expected", "gauge", "GPUs the node is configured to have.", ("node",)
+)
+NODE_GPUS_VISIBLE = _m(
+    "node_gpus_visible", "gauge", "GPUs the driver reports on the node.", ("node",)
+)
+NODE_GPUS_LOST = _m(
+    "node_gpus_lost",
+    "gauge",
+    "GPUs lost on the node: reported lost by the driver, or missing against the expected count.",
+    ("node",),
+)
+GPU_LOST = _m(
+    "gpu_lost", "gauge", "1 if the driver reports this GPU lost (GPU_IS_LOST), else 0.", GPU
+)
+GPU_UTILIZATION = _m(
+    "gpu_utilization_ratio",
+    "gauge",
+    "Fraction of the last sample period in which a kernel ran on the GPU.",
+    GPU,
+    unit="ratio",
+)
+GPU_MEMORY_UTILIZATION = _m(
+    "gpu_memory_bandwidth_utilization_ratio",
+    "gauge",
+    "Fraction of the last sample period in which device memory was read or written.",
+    GPU,
+    unit="ratio",
+)
+GPU_MEMORY_USED = _m("gpu_memory_used_bytes", "gauge", "Device memory in use.", GPU, unit="bytes")
+GPU_MEMORY_TOTAL = _m(
+    "gpu_memory_total_bytes", "gauge", "Device memory installed.", GPU, unit="bytes"
+)
+GPU_TEMPERATURE = _m(
+    "gpu_temperature_celsius", "gauge", "GPU core temperature.", GPU, unit="celsius"
+)
+GPU_SLOWDOWN_TEMPERATURE = _m(
+    "gpu_slowdown_temperature_celsius",
+    "gauge",
+    "Temperature at which the GPU starts to slow its clocks.",
+    GPU,
+    unit="celsius",
+)
+GPU_POWER_DRAW = _m("gpu_power_draw_watts", "gauge", "Power drawn by the GPU.", GPU, unit="watts")
+GPU_POWER_LIMIT = _m(
+    "gpu_power_limit_watts", "gauge", "Power limit the GPU enforces.", GPU, unit="watts"
+)
+GPU_ENERGY = _m(
+    "gpu_energy_joules_total",
+    "counter",
+    "Energy consumed by the GPU since the driver loaded.",
+    GPU,
+    unit="joules",
+)
+GPU_SM_CLOCK = _m("gpu_sm_clock_hertz", "gauge", "Current SM clock.", GPU, unit="hertz")
+GPU_CLOCK_EVENT = _m(
+    "gpu_clock_event_active",
+    "gauge",
+    "1 while a reason to lower clocks is active (thermal, power cap, hardware slowdown...).",
+    ("node", "gpu", "reason"),
+)
+GPU_ECC_ERRORS = _m(
+    "gpu_ecc_errors_total",
+    "counter",
+    "ECC errors: `type` corrected|uncorrected, `scope` volatile (since reset) or aggregate.",
+    ("node", "gpu", "type", "scope"),
+)
+GPU_REMAPPED_ROWS = _m(
+    "gpu_remapped_rows_total",
+    "counter",
+    "Memory rows remapped, by cause (`kind` correctable|uncorrectable).",
+    ("node", "gpu", "kind"),
+)
+GPU_REMAP_PENDING = _m(
+    "gpu_remapped_rows_pending",
+    "gauge",
+    "1 if a row remap waits for the next GPU reset.",
+    GPU,
+)
+GPU_REMAP_FAILURE = _m(
+    "gpu_remapped_rows_failure",
+    "gauge",
+    "1 if a row remap failed: the GPU needs service.",
+    GPU,
+)
+GPU_RETIRED_PAGES_PENDING = _m(
+    "gpu_retired_pages_pending",
+    "gauge",
+    "1 if a page retirement waits for the next GPU reset.",
+    GPU,
+)
+GPU_PCIE_REPLAY = _m(
+    "gpu_pcie_replay_total", "counter", "PCIe replays (link-level retransmissions).", GPU
+)
+GPU_XID_ERRORS = _m(
+    "gpu_xid_errors_total",
+    "counter",
+    "XID errors reported by the driver, with NVIDIA's recommended `action`.",
+    ("node", "gpu", "xid", "action"),
+)
+GPU_XID_LAST = _m(
+    "gpu_xid_last_timestamp_seconds",
+    "gauge",
+    "Unix time of the last XID error of this code on this GPU.",
+    ("node", "gpu", "xid"),
+    unit="seconds",
+)
+
+# --- nodes (over SSH) ------------------------------------------------------------------
+NODE_UP = _m("node_up", "gauge", "1 if the node answered over SSH, else 0.", ("node",))
+NODE_SSH_RTT = _m(
+    "node_ssh_rtt_seconds",
+    "gauge",
+    "Round trip of a no-op command over the node's SSH session.",
+    ("node",),
+    unit="seconds",
+)
+NODE_LOAD = _m(
+    "node_load_average", "gauge", "Load average over `period` 1m|5m|15m.", ("node", "period")
+)
+NODE_CPUS = _m("node_cpus", "gauge", "Online CPUs, to put the load average in scale.", ("node",))
+NODE_MEMORY_AVAILABLE = _m(
+    "node_memory_available_bytes",
+    "gauge",
+    "Memory available for new work (MemAvailable).",
+    ("node",),
+    unit="bytes",
+)
+NODE_MEMORY_TOTAL = _m(
+    "node_memory_total_bytes", "gauge", "Memory installed (MemTotal).", ("node",), unit="bytes"
+)
+NODE_PATH_FREE = _m(
+    "node_path_free_bytes",
+    "gauge",
+    "Bytes free for unprivileged users on a watched path.",
+    ("node", "path"),
+    unit="bytes",
+)
+NODE_PATH_SIZE = _m(
+    "node_path_size_bytes",
+    "gauge",
+    "Size of the filesystem holding a watched path.",
+    ("node", "path"),
+    unit="bytes",
+)
+NODE_CONTAINER_RUNNING = _m(
+    "node_container_running",
+    "gauge",
+    "1 if the serving container runs; `state` is its container state.",
+    ("node", "container", "state"),
+)
+
+# --- API endpoints (hosted and self-hosted, OpenAI-compatible) ---------------------------
+API_PROBES = _m(
+    "api_probes_total",
+    "counter",
+    "Probe results by `result` class (ok, rate_limited, overloaded, server_error, "
+    "client_error, timeout, connection_error, bad_response).",
+    ("endpoint", "probe", "result"),
+)
+API_PROBE_DURATION = _m(
+    "api_probe_duration_seconds",
+    "histogram",
+    "Wall-clock seconds a probe took.",
+    ("endpoint", "probe"),
+    unit="seconds",
+    buckets=API_LATENCY_BUCKETS,
+)
+API_ERROR_RATIO = _m(
+    "api_error_ratio",
+    "gauge",
+    "Fraction of probes over `window` (1m|5m) that did not succeed.",
+    ("endpoint", "window"),
+    unit="ratio",
+)
+API_OVERLOAD_RATIO = _m(
+    "api_overload_ratio",
+    "gauge",
+    "Fraction of probes over `window` answered 503/529 or 429: the provider is busy.",
+    ("endpoint", "window"),
+    unit="ratio",
+)
+
+ALL: tuple[Metric, ...] = tuple(v for v in globals().copy().values() if isinstance(v, Metric))
+BY_NAME: dict[str, Metric] = {m.name: m for m in ALL}
+
+
+class XidAction(StrEnum):
+    """What NVIDIA recommends after an XID, from least to most disruptive."""
+
+    NONE = "none"
+    RESTART_APP = "restart_app"
+    RESET_GPU = "reset_gpu"
+    REBOOT_NODE = "reboot_node"
+    INVESTIGATE = "investigate"
+
+
+@dataclass(frozen=True, slots=True)
+class Xid:
+    code: int
+    meaning: str
+    action: XidAction
+    critical: bool
+
+
+# NVIDIA's XID catalogue, reduced to what an on-call engineer must do about each code.
+XIDS: dict[int, Xid] = {
+    x.code: x
+    for x in (
+        Xid(13, "Graphics engine exception", XidAction.RESTART_APP, False),
+        Xid(31, "GPU memory page fault", XidAction.RESTART_APP, False),
+        Xid(43, "GPU stopped processing", XidAction.RESTART_APP, False),
+        Xid(45, "Preemptive cleanup after earlier errors", XidAction.NONE, False),
+        Xid(48, "Double-bit ECC error", XidAction.RESET_GPU, True),
+        Xid(61, "Internal micro-controller breakpoint", XidAction.RESET_GPU, True),
+        Xid(62, "Internal micro-controller halt", XidAction.RESET_GPU, True),
+        Xid(63, "ECC page retirement or row remap recorded", XidAction.NONE, False),
+        Xid(64, "ECC page retirement or row remap failed", XidAction.RESET_GPU, True),
+        Xid(74, "NVLink error", XidAction.RESET_GPU, True),
+        Xid(79, "GPU has fallen off the bus", XidAction.REBOOT_NODE, True),
+        Xid(92, "High single-bit ECC error rate", XidAction.NONE, False),
+        Xid(94, "Contained ECC error", XidAction.RESTART_APP, True),
+        Xid(95, "Uncontained ECC error", XidAction.RESET_GPU, True),
+        Xid(119, "GSP RPC timeout", XidAction.RESET_GPU, True),
+        Xid(120, "GSP error", XidAction.RESET_GPU, True),
+    )
+}
+
+
+def xid_info(code: int) -> Xid:
+    """The catalogue entry for an XID code; a code we do not know asks a human to look."""
+    return XIDS.get(code) or Xid(code, f"XID {code}", XidAction.INVESTIGATE, False)

@@ -1,0 +1,80 @@
+"""The `reliability` command: mounts each domain's own command group."""
+
+from __future__ import annotations
+
+import click
+
+from reliability import __version__
+from reliability.cli_support import BadInput, config_option, console, json_option, print_json
+from reliability.config import Config
+from reliability.config_load import ConfigError
+from reliability.incidents.cli import incidents
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="reliability")
+def main() -> None:
+    """Keep self-hosted LLM serving up: collect GPU, node and API health, open incidents,
+    alert on-call in Slack, and run the runbook that fixes it."""
+
+
+@main.group("config")
+def config_group() -> None:
+    """Validate the configuration."""
+
+
+@config_group.command("check")
+@click.option(
+    "--skip-secrets", is_flag=True, help="Do not require the secrets' variables and files."
+)
+@config_option
+@json_option
+def config_check(config: Config, skip_secrets: bool, as_json: bool) -> None:
+    """Validate the config file and every secret it names; print a one-line summary."""
+    if not skip_secrets:
+        issues = config.secret_issues()
+        if issues:
+            raise BadInput("\n".join(issues))
+    summary = {
+        "file": str(config.source) if config.source else None,
+        "nodes": len(config.nodes),
+        "services": len(config.services),
+        "endpoints": len(config.endpoints),
+        "rules": len(config.rules.custom),
+        "builtin_rules": config.rules.builtin,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    where = config.source or "built-in defaults (no config file)"
+    console.print(
+        f"{where}: OK: {summary['nodes']} nodes, {summary['services']} services, "
+        f"{summary['endpoints']} endpoints, {summary['rules']} custom rules"
+        f"{' + built-in rules' if config.rules.builtin else ''}"
+    )
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+@config_option
+def db_upgrade(config: Config) -> None:
+    """Create or migrate the database schema to this version of reliability."""
+    from reliability import db
+
+    try:
+        url = config.database_url()
+        before, after = db.upgrade(url)
+    except (db.DatabaseError, ConfigError) as exc:
+        raise BadInput(str(exc)) from None
+    target = db.mask_url(url)
+    if before == after:
+        console.print(f"{target}: already at schema {after}")
+    else:
+        console.print(f"{target}: upgraded schema {before or 'empty'} -> {after}")
+
+
+main.add_command(incidents)

@@ -1,0 +1,105 @@
+"""What every command shares: `-c/--config`, `--json`, the database session, and the
+mapping of failures to exit codes (0 success, 1 the operation failed, 2 bad usage/config).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import BaseModel
+from rich.console import Console
+from sqlalchemy.orm import Session
+
+from reliability.config import Config
+from reliability.config_load import ConfigError, load
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class CommandFailed(click.ClickException):
+    """The operation itself failed (exit 1): a missing incident, a refused transition."""
+
+    exit_code = EXIT_FAILED
+
+    def show(self, file: Any = None) -> None:
+        err_console.print(f"[red]error:[/red] {self.message}", markup=True, soft_wrap=True)
+
+
+class BadInput(CommandFailed):
+    """Bad usage, config or environment (exit 2): the command never started its work."""
+
+    exit_code = EXIT_USAGE
+
+
+def config_option(fn: F) -> F:
+    """Add `-c/--config FILE` and hand the loaded Config to the command as `config`."""
+
+    @click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Config file (default: $RELIABILITY_CONFIG, then ./reliability.yaml).",
+    )
+    @functools.wraps(fn)
+    def wrapper(*args: Any, config_path: Path | None, **kwargs: Any) -> Any:
+        try:
+            config = load(config_path)
+        except ConfigError as exc:
+            raise BadInput(str(exc)) from None
+        return fn(*args, config=config, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+def print_json(data: Any) -> None:
+    def default(o: Any) -> Any:
+        if isinstance(o, BaseModel):
+            return o.model_dump(mode="json")
+        if hasattr(o, "isoformat"):
+            return o.isoformat()
+        return str(o)
+
+    sys.stdout.write(json.dumps(data, default=default, indent=2) + "\n")
+
+
+@contextmanager
+def database(config: Config, *, check: bool = True) -> Iterator[Session]:
+    """A session on the configured database, committed on success.
+
+    Connection failures and an out-of-date schema become BadInput (exit 2) with the
+    fix in the message, never a traceback.
+    """
+    from reliability import db
+
+    try:
+        engine = db.make_engine(config.database_url())
+        if check:
+            db.check_schema(engine)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    except db.DatabaseError as exc:
+        raise BadInput(str(exc)) from None
+    try:
+        with db.session_factory(engine)() as session, session.begin():
+            yield session
+    finally:
+        engine.dispose()

@@ -1,0 +1,97 @@
+"""The `rules:` section of the config: typed detection rules.
+
+Each rule type names what it watches in the metric catalogue's terms; the detection
+engine (detect/) evaluates them into signals. Built-in rules cover every failure of
+CONTEXT.md; a custom rule with a built-in's name replaces it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reliability.durations import Duration
+
+Severity = Literal["critical", "warning", "info"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RunbookSuggestion(_Strict):
+    """The runbook an incident of this rule suggests, and whether it may run on its own."""
+
+    name: str
+    params: dict[str, str] = {}
+    auto: bool = False
+
+
+class _RuleBase(_Strict):
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    severity: Severity = "warning"
+    for_: Duration = Field(0.0, alias="for", description="how long the condition must hold")
+    resolve_after: Duration = Field(60.0, description="how long it must be clear to resolve")
+    group_by: list[str] = Field(default_factory=list, description="labels making one incident")
+    summary: str | None = None
+    runbook: RunbookSuggestion | None = None
+    inhibits: list[str] = Field(
+        default_factory=list, description="rules whose incidents this one suppresses"
+    )
+
+
+class ThresholdRule(_RuleBase):
+    """`metric op value`, per series matching `match` (label -> regular expression)."""
+
+    type: Literal["threshold"]
+    metric: str
+    match: dict[str, str] = {}
+    op: Literal[">", ">=", "<", "<=", "==", "!="] = ">"
+    value: float
+
+
+class ErrorRatioRule(_RuleBase):
+    """An endpoint's failed (or, with `overload_only`, busy: 503/529/429) probe ratio."""
+
+    type: Literal["error_ratio"]
+    endpoint: str | None = Field(None, description="one endpoint, or all when omitted")
+    role: Literal["hosted", "local"] | None = None
+    window: Literal["1m", "5m"] = "1m"
+    above: float = Field(..., gt=0, le=1)
+    overload_only: bool = False
+
+
+class TargetDownRule(_RuleBase):
+    """A node, endpoint or GPU source that stopped answering."""
+
+    type: Literal["target_down"]
+    collector: Literal["node", "api", "gpu"]
+
+
+class CounterIncreaseRule(_RuleBase):
+    """A counter (e.g. XIDs with a given `action` label) rose by `min_increase` in `window`."""
+
+    type: Literal["counter_increase"]
+    metric: str
+    match: dict[str, str] = {}
+    window: Duration = 300.0
+    min_increase: float = Field(1.0, gt=0)
+
+
+class GpuLostRule(_RuleBase):
+    """GPUs lost or missing on a node against its expected count."""
+
+    type: Literal["gpu_lost"]
+
+
+Rule = Annotated[
+    ThresholdRule | ErrorRatioRule | TargetDownRule | CounterIncreaseRule | GpuLostRule,
+    Field(discriminator="type"),
+]
+
+
+class Rules(_Strict):
+    builtin: bool = Field(True, description="load the built-in rules")
+    disabled: list[str] = Field(default_factory=list, description="rule names to switch off")
+    custom: list[Rule] = []
