@@ -1,0 +1,118 @@
+"""The rig's container engine: what serves a `docker run` container's port.
+
+The docker stand-in runs as the SSH login user, in a short-lived process; the servers it
+starts must outlive it and die with the fleet. So, like `docker` and `dockerd`, the CLI
+asks this engine (a thread of the process that owns the fleet) over ``engine.sock`` to
+start or stop the inference stand-in of a container, and the engine runs them all on one
+``ServerGroup`` loop. When a stand-in dies (its ``die`` mode), the engine marks the
+container exited with code 1 in the node state, as the real engine would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socketserver
+import threading
+from pathlib import Path
+from typing import Any
+
+from reliability.testing import docker_format, state
+from reliability.testing.engine_client import SOCKET_NAME
+from reliability.testing.inference import DEFAULT_MODEL, InferenceSpec
+from reliability.testing.inference_group import EXIT_DIED, InferenceHandle, ServerGroup
+
+Key = tuple[str, str]
+
+
+class ContainerEngine:
+    """Serves ``<root>/engine.sock``; ``close()`` stops every server it started."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.group = ServerGroup()
+        self._servers: dict[Key, InferenceHandle] = {}
+        self._lock = threading.Lock()
+        path = root / SOCKET_NAME
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        engine = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                try:
+                    answer = engine.dispatch(json.loads(self.rfile.read()))
+                except Exception as error:  # any failure must reach the CLI as an answer
+                    answer = {"ok": False, "error": str(error)}
+                self.wfile.write(json.dumps(answer).encode())
+
+        self._socket_server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        self._socket_server.daemon_threads = True
+        # The docker stand-in connects as the SSH login user.
+        os.chmod(path, 0o666)
+        self._thread = threading.Thread(
+            target=self._socket_server.serve_forever, name="rig-engine", daemon=True
+        )
+        self._thread.start()
+
+    def server(self, node: str, container: str) -> InferenceHandle | None:
+        """The live stand-in serving ``container`` on ``node``, if any (to set its mode)."""
+        with self._lock:
+            handle = self._servers.get((node, container))
+        return handle if handle is not None and handle.alive else None
+
+    def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        key = (request["node"], request["container"])
+        if request["op"] == "start":
+            return self._start(key, request)
+        if request["op"] == "stop":
+            handle = self.server(*key)
+            with self._lock:
+                self._servers.pop(key, None)
+            if handle is not None:
+                handle.stop()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {request['op']!r}"}
+
+    def _start(self, key: Key, request: dict[str, Any]) -> dict[str, Any]:
+        if self.server(*key) is not None:
+            return {"ok": True}
+        spec = InferenceSpec(
+            pool=request["pool"],
+            image=request["image"],
+            model=request.get("model") or DEFAULT_MODEL,
+            host=request["host"],
+            port=int(request["port"]),
+        )
+        try:
+            handle = self.group.start(spec, on_exit=lambda h, code: self._exited(key, h, code))
+        except OSError as error:
+            reason = "port is already allocated" if error.errno == errno.EADDRINUSE else str(error)
+            return {"ok": False, "error": reason}
+        with self._lock:
+            self._servers[key] = handle
+        return {"ok": True}
+
+    def _exited(self, key: Key, handle: InferenceHandle, code: int) -> None:
+        with self._lock:
+            if self._servers.get(key) is handle:
+                del self._servers[key]
+        if code != EXIT_DIED:
+            return  # a stop the CLI asked for; it records the exit itself
+
+        def crashed(doc: dict[str, Any]) -> None:
+            record = doc["docker"]["containers"].get(key[1])
+            if record is not None and record["State"]["Running"]:
+                docker_format.mark_exited(record, code)
+
+        with contextlib.suppress(state.RigStateError):
+            state.update_node(self.root, key[0], crashed)
+
+    def close(self) -> None:
+        self._socket_server.shutdown()
+        self._socket_server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / SOCKET_NAME).unlink()
+        self.group.close()

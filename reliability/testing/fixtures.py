@@ -1,0 +1,75 @@
+"""Pytest fixtures of the rig; load with ``pytest_plugins = ["reliability.testing.fixtures"]``.
+
+* ``rig_fleet`` (session): a 3-node SSH fleet, ``gpu-1``/``gpu-2`` in pool blue and
+  ``gpu-3`` in pool green. Skipped locally, failed in CI, without sshd or root.
+* ``rig`` (function): the same fleet, reset before and after the test (cuts restored,
+  containers removed, node state back to defaults). Use this one unless a test needs a
+  fleet of its own.
+* ``rig_fleet_factory`` (function): ``rig_fleet_factory(["a", "b"], **Fleet kwargs)``
+  for tests that change what cannot be reset (host keys) or need another size.
+* ``inference_group`` / ``inference_server`` (function): in-process inference stand-ins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from reliability.testing.fleet import Fleet, missing_requirement
+from reliability.testing.inference import InferenceSpec
+from reliability.testing.inference_group import InferenceHandle, ServerGroup
+from reliability.testing.services import service_missing
+
+RIG_POOLS = {"gpu-1": "blue", "gpu-2": "blue", "gpu-3": "green"}
+
+
+def _require_fleet() -> None:
+    reason = missing_requirement()
+    if reason:
+        service_missing(reason)
+    if os.geteuid() != 0:
+        service_missing("the SSH fleet fixtures need root (login user, iptables)")
+
+
+@pytest.fixture(scope="session")
+def rig_fleet() -> Iterator[Fleet]:
+    _require_fleet()
+    with Fleet(list(RIG_POOLS), pools=RIG_POOLS) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def rig(rig_fleet: Fleet) -> Iterator[Fleet]:
+    rig_fleet.reset()
+    yield rig_fleet
+    rig_fleet.reset()
+
+
+@pytest.fixture
+def rig_fleet_factory() -> Iterator[Callable[..., Fleet]]:
+    _require_fleet()
+    fleets: list[Fleet] = []
+
+    def make(names: list[str], **options: Any) -> Fleet:
+        fleet = Fleet(names, **options).start()
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()
+
+
+@pytest.fixture
+def inference_group() -> Iterator[ServerGroup]:
+    with ServerGroup() as group:
+        yield group
+
+
+@pytest.fixture
+def inference_server(inference_group: ServerGroup) -> InferenceHandle:
+    """One stand-in on 127.0.0.1 (pool blue, the default image and model)."""
+    return inference_group.start(InferenceSpec())

@@ -1,0 +1,409 @@
+"""OpenAI-compatible inference stand-in that behaves like vLLM at the wire, with failure modes.
+
+Endpoints: ``GET /health`` (JSON: status, pool, image, model), ``GET /v1/models`` (OpenAI
+list), ``POST /v1/chat/completions`` (a ``chat.completion`` with ``usage``, or with
+``"stream": true`` real SSE ``data: {...}`` chunks ending ``data: [DONE]``). Every answer
+carries ``x-pool`` and ``x-image`` headers.
+
+Control (never affected by the modes): ``POST /_rig/mode`` with ``{"mode": ..., "path":
+"/v1/*", "delay_s": 2, "retry_after_s": 3, "interval_s": 0.2, "times": 1}``, ``GET
+/_rig/mode`` and ``GET /_rig/stats`` (requests served, by path and status, in flight).
+
+Modes, chosen per request by the newest rule whose ``path`` (fnmatch) matches:
+``ok``; ``overloaded`` (503, OpenAI error body "Server busy..."); ``rate_limited`` (429,
+``Retry-After``); ``slow`` (answer after ``delay_s``); ``stall`` (200 and headers, then only
+keep-alives, a blank line for JSON or ``: keep-alive`` for SSE, every ``interval_s``, the
+way hosted APIs hold a queued request, so only a client's total deadline ends it);
+``garbage`` (200, a non-JSON body); ``die`` (connections reset and the listener closed,
+like a crashed process). ``times`` makes a rule expire after that many requests; setting
+``ok`` on ``*`` clears every rule.
+
+Run one: ``python -m reliability.testing.inference --port 8000 --pool blue --image IMG``.
+Run many on one loop: ``reliability.testing.inference_group.serve_many``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fnmatch
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, get_args
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+Mode = Literal["ok", "overloaded", "rate_limited", "slow", "stall", "garbage", "die"]
+MODES: frozenset[str] = frozenset(get_args(Mode))
+DEFAULT_MODEL = "deepseek-ai/DeepSeek-V3"
+DEFAULT_IMAGE = "vllm/vllm-openai@sha256:" + "0" * 64
+STALL_LIMIT_S = 600.0  # even a stall ends: no test may leak a connection forever
+DEFAULT_KEEPALIVE_S = 0.25
+DEFAULT_SLOW_S = 2.0
+REPLY_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """What one stand-in reports about itself, and where it listens (port 0: any free)."""
+
+    pool: str = "blue"
+    image: str = DEFAULT_IMAGE
+    model: str = DEFAULT_MODEL
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass
+class ModeRule:
+    mode: Mode = "ok"
+    path: str = "*"
+    delay_s: float = 0.0
+    retry_after_s: int = 1
+    interval_s: float = 0.0
+    times: int | None = None
+
+
+class Controls:
+    """Mode rules and counters of one stand-in; safe to change from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[ModeRule] = []
+        self.requests: Counter[str] = Counter()
+        self.statuses: Counter[str] = Counter()
+        self.in_flight = 0
+        self.stopping = False
+        self.on_die: Callable[[], None] = lambda: os._exit(1)
+
+    def set_mode(self, mode: str, **options: Any) -> None:
+        """Add a rule (replacing one on the same path); ``ok`` on ``*`` clears them all.
+
+        Raises ValueError or TypeError for an unknown mode or option or a bad value.
+        """
+        known = {f.name for f in fields(ModeRule)} - {"mode"}
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; known: {sorted(MODES)}")
+        if unknown := set(options) - known:
+            raise ValueError(f"unknown mode options {sorted(unknown)}")
+        times = options.get("times")
+        # Values may come from JSON: coerce now so a bad one fails here, not mid-request.
+        rule = ModeRule(
+            mode=mode,  # type: ignore[arg-type]
+            path=str(options.get("path", "*")),
+            delay_s=float(options.get("delay_s", 0.0)),
+            retry_after_s=int(options.get("retry_after_s", 1)),
+            interval_s=float(options.get("interval_s", 0.0)),
+            times=None if times is None else int(times),
+        )
+        with self._lock:
+            if mode == "ok" and rule.path == "*" and rule.times is None:
+                self._rules = []
+                return
+            self._rules = [r for r in self._rules if r.path != rule.path] + [rule]
+
+    def rules(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(rule) for rule in self._rules]
+
+    def take(self, path: str) -> ModeRule:
+        """The rule for this request, counting it against ``times``."""
+        with self._lock:
+            self.requests[path] += 1
+            self.in_flight += 1
+            for rule in reversed(self._rules):
+                if fnmatch.fnmatchcase(path, rule.path):
+                    if rule.times is not None:
+                        rule.times -= 1
+                        if rule.times <= 0:
+                            self._rules.remove(rule)
+                    return rule
+        return ModeRule()
+
+    def finished(self, status: int | None) -> None:
+        """A request is over (its stream included); ``status`` None: it was never answered."""
+        with self._lock:
+            self.in_flight -= 1
+            if status is not None:
+                self.statuses[str(status)] += 1
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": sum(self.requests.values()),
+                "by_path": dict(self.requests),
+                "by_status": dict(self.statuses),
+                "in_flight": self.in_flight,
+            }
+
+
+def _error(
+    status: int, message: str, kind: str, code: str | int | None, **headers: str
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _reply_tokens(spec: InferenceSpec, count: int) -> list[str]:
+    base = f"Rig reply from the {spec.pool} pool serving {spec.model}.".split()
+    return [base[i % len(base)] for i in range(count)]
+
+
+def _completion(spec: InferenceSpec, body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The whole (non-streamed) answer and the tokens it is made of."""
+    wanted = body.get("max_completion_tokens") or body.get("max_tokens") or REPLY_TOKENS
+    tokens = _reply_tokens(spec, min(int(wanted), REPLY_TOKENS))
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"]) or 1
+    answer = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": spec.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": " ".join(tokens)},
+                "logprobs": None,
+                "finish_reason": "length" if int(wanted) < REPLY_TOKENS else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt + len(tokens),
+        },
+    }
+    return answer, tokens
+
+
+async def _sse(
+    answer: dict[str, Any], tokens: list[str], include_usage: bool, pace_s: float
+) -> AsyncIterator[bytes]:
+    head = {k: answer[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return b"data: " + json.dumps(head | {"choices": [choice]}).encode() + b"\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    for i, token in enumerate(tokens):
+        if pace_s:
+            await asyncio.sleep(pace_s)
+        yield chunk({"content": token if i == len(tokens) - 1 else token + " "})
+    yield chunk({}, answer["choices"][0]["finish_reason"])
+    if include_usage:
+        yield (
+            b"data: "
+            + json.dumps(head | {"choices": [], "usage": answer["usage"]}).encode()
+            + b"\n\n"
+        )
+    yield b"data: [DONE]\n\n"
+
+
+async def _counted(
+    body: AsyncIterator[Any], controls: Controls, status: int | None
+) -> AsyncIterator[Any]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        controls.finished(status)
+
+
+async def _keepalive(controls: Controls, beat: bytes, interval_s: float) -> AsyncIterator[bytes]:
+    deadline = time.monotonic() + STALL_LIMIT_S
+    while not controls.stopping and time.monotonic() < deadline:
+        yield beat
+        await asyncio.sleep(interval_s)
+
+
+def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
+    """The ASGI app of one stand-in."""
+    headers = {"x-pool": spec.pool, "x-image": spec.image}
+
+    async def wants_stream(request: Request) -> bool:
+        if request.url.path != "/v1/chat/completions":
+            return False
+        try:
+            return bool((await request.json()).get("stream"))
+        except (ValueError, AttributeError):
+            return False
+
+    async def apply(
+        request: Request,
+        rule: ModeRule,
+        handler: Callable[[Request, ModeRule], Awaitable[Response]],
+    ) -> Response:
+        if rule.mode == "die":
+            controls.on_die()
+            await asyncio.sleep(0.01)  # let the reset land; what we return is never sent
+            return Response(status_code=500)
+        if rule.delay_s or rule.mode == "slow":
+            await asyncio.sleep(rule.delay_s or DEFAULT_SLOW_S)
+        if rule.mode == "overloaded":
+            return _error(503, "Server busy, please try again later.", "server_error", None)
+        if rule.mode == "rate_limited":
+            return _error(
+                429,
+                "Rate limit reached for requests. Please try again later.",
+                "requests",
+                "rate_limit_exceeded",
+                **{"retry-after": str(rule.retry_after_s)},
+            )
+        if rule.mode == "garbage":
+            return Response(
+                b"<html><body>upstream said something</body>", media_type="application/json"
+            )
+        if rule.mode == "stall":
+            stream = await wants_stream(request)
+            beat = b": keep-alive\n\n" if stream else b"\n"
+            media = "text/event-stream" if stream else "application/json"
+            return StreamingResponse(
+                _keepalive(controls, beat, rule.interval_s or DEFAULT_KEEPALIVE_S), media_type=media
+            )
+        return await handler(request, rule)
+
+    def controlled(
+        handler: Callable[[Request, ModeRule], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            rule = controls.take(request.url.path)
+            try:
+                response = await apply(request, rule, handler)
+            except BaseException:
+                controls.finished(None)
+                raise
+            response.headers.update(headers)
+            status = None if rule.mode == "die" else response.status_code
+            if isinstance(response, StreamingResponse):
+                # In flight until the stream ends, or the client goes away mid-stream.
+                response.body_iterator = _counted(response.body_iterator, controls, status)
+            else:
+                controls.finished(status)
+            return response
+
+        return endpoint
+
+    async def health(request: Request, rule: ModeRule) -> Response:
+        return JSONResponse(
+            {"status": "ok", "pool": spec.pool, "image": spec.image, "model": spec.model}
+        )
+
+    async def models(request: Request, rule: ModeRule) -> Response:
+        card = {
+            "id": spec.model,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "vllm",
+        }
+        return JSONResponse(
+            {"object": "list", "data": [card | {"root": spec.model, "parent": None}]}
+        )
+
+    async def chat(request: Request, rule: ModeRule) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "Invalid JSON body.", "BadRequestError", 400)
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("messages"), list)
+            or not body["messages"]
+        ):
+            return _error(400, "'messages' must be a non-empty list.", "BadRequestError", 400)
+        if body.get("model", spec.model) != spec.model:
+            return _error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", 404)
+        try:
+            answer, tokens = _completion(spec, body)
+        except (TypeError, ValueError):
+            return _error(400, "'max_tokens' must be an integer.", "BadRequestError", 400)
+        if not body.get("stream"):
+            return JSONResponse(answer)
+        usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(
+            _sse(answer, tokens, usage, rule.interval_s), media_type="text/event-stream"
+        )
+
+    async def set_mode(request: Request) -> Response:
+        try:
+            options = await request.json()
+            controls.set_mode(options.pop("mode"), **options)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            return JSONResponse({"error": str(error)}, status_code=400)
+        return JSONResponse({"rules": controls.rules()})
+
+    async def get_mode(request: Request) -> Response:
+        return JSONResponse({"rules": controls.rules()})
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(
+            controls.stats() | {"pool": spec.pool, "image": spec.image, "model": spec.model}
+        )
+
+    return Starlette(
+        routes=[
+            Route("/health", controlled(health)),
+            Route("/v1/models", controlled(models)),
+            Route("/v1/chat/completions", controlled(chat), methods=["POST"]),
+            Route("/_rig/mode", set_mode, methods=["POST"]),
+            Route("/_rig/mode", get_mode),
+            Route("/_rig/stats", stats),
+        ]
+    )
+
+
+def uvicorn_config(app: Starlette) -> uvicorn.Config:
+    """Quiet uvicorn settings shared by the CLI and the in-process group."""
+    # log_config=None leaves the host's logging alone (pytest's capture, the daemon's).
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http="h11",
+        loop="asyncio",
+        ws="none",
+        timeout_graceful_shutdown=1,
+    )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    return socket.create_server((host, port), backlog=1024)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reliability.testing.inference")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--pool", required=True)
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    args = parser.parse_args(argv)
+    spec = InferenceSpec(
+        pool=args.pool, image=args.image, model=args.model, host=args.host, port=args.port
+    )
+    controls = Controls()  # on_die: os._exit(1), the crash this mode stands for
+    sock = listen(spec.host, spec.port)
+    print(
+        f"inference stand-in ({spec.pool}, {spec.image}) on http://{spec.host}:{spec.port}",
+        file=sys.stderr,
+    )
+    uvicorn.Server(uvicorn_config(create_app(spec, controls))).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

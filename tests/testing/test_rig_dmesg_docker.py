@@ -1,0 +1,197 @@
+"""`dmesg` and `docker` stand-ins: real output shapes and exit codes, from node state."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reliability.testing import dmesg, docker_cli
+from reliability.testing.engine import ContainerEngine
+from reliability.testing.rigstate import RigState
+
+IMAGE = "vllm/vllm-openai:v0.6.0"
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> RigState:
+    state = RigState.create(tmp_path)
+    state.add_node("gpu-1", address="127.0.0.1", pool="blue", gpus=2)
+    return state
+
+
+def docker(rig: RigState, *argv: str) -> tuple[str, str, int]:
+    return docker_cli.dispatch(rig.root, "gpu-1", argv)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_dmesg_iso_shows_an_added_xid_in_the_nvrm_format(rig: RigState) -> None:
+    at = time.time()
+    text = rig.add_xid("gpu-1", 1, 79, at=at)
+
+    out, err, code = dmesg.render(rig.read("gpu-1"), ["--time-format", "iso"])
+
+    assert (err, code) == ("", 0)
+    assert text == (
+        "NVRM: Xid (PCI:0000:2a:00): 79, pid='<unknown>', name=<unknown>, "
+        "GPU has fallen off the bus."
+    )
+    last = out.splitlines()[-1]
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d{6}[+-]\d\d:\d\d " + re.escape(text), last
+    )
+    assert last.startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(at)))
+
+
+def test_dmesg_default_and_error_shapes(rig: RigState) -> None:
+    rig.add_xid("gpu-1", "00000000:18:00.0", 48, pid=4242, process="python3")
+
+    out, _, _ = dmesg.render(rig.read("gpu-1"), [])
+    _, err, code = dmesg.render(rig.read("gpu-1"), ["--time-format", "bogus"])
+
+    assert re.fullmatch(
+        r"\[ *\d+\.\d{6}\] NVRM: Xid \(PCI:0000:18:00\): 48, pid=4242, name=python3, .+",
+        out.splitlines()[-1],
+    )
+    assert (err, code) == ("dmesg: unknown time format: bogus\n", 1)
+
+
+def test_pull_and_image_inspect_give_the_repo_digest(rig: RigState) -> None:
+    digest = rig.publish_image(IMAGE)
+
+    out, _, code = docker(rig, "pull", IMAGE)
+    again, _, _ = docker(rig, "pull", IMAGE)
+    repo_digest, _, _ = docker(
+        rig, "image", "inspect", "--format", "{{index .RepoDigests 0}}", IMAGE
+    )
+
+    assert code == 0
+    assert out.splitlines() == [
+        "v0.6.0: Pulling from vllm/vllm-openai",
+        f"Digest: {digest}",
+        f"Status: Downloaded newer image for {IMAGE}",
+        f"docker.io/{IMAGE}",
+    ]
+    assert f"Status: Image is up to date for {IMAGE}" in again
+    assert repo_digest == f"vllm/vllm-openai@{digest}\n"
+
+
+def test_pull_failures_match_the_daemon(rig: RigState) -> None:
+    _, unknown, code = docker(rig, "pull", "vllm/vllm-openai:nope")
+    rig.set_registry_reachable(False)
+    _, offline, offline_code = docker(rig, "pull", IMAGE)
+
+    assert code == 1
+    assert unknown.startswith(
+        "Error response from daemon: manifest for vllm/vllm-openai:nope not found"
+    )
+    assert offline_code == 1
+    assert 'Get "https://registry-1.docker.io/v2/"' in offline
+
+
+def test_run_inspect_ps_stop_rm_round_trip(rig: RigState) -> None:
+    rig.publish_image(IMAGE)
+
+    container_id, notes, code = docker(rig, "run", "-d", "--name", "vllm", IMAGE)
+    running = json.loads(docker(rig, "inspect", "--format", "{{json .State}}", "vllm")[0])
+    row = json.loads(
+        docker(rig, "ps", "-a", "--filter", "name=^vllm$", "--format", "{{json .}}")[0]
+    )
+    _, busy, busy_code = docker(rig, "rm", "vllm")
+    stopped = docker(rig, "stop", "vllm")
+    exited = json.loads(docker(rig, "inspect", "--format", "{{json .State}}", "vllm")[0])
+    removed = docker(rig, "rm", "vllm")
+    _, gone, gone_code = docker(rig, "inspect", "--format", "{{json .State}}", "vllm")
+
+    assert code == 0 and re.fullmatch(r"[0-9a-f]{64}\n", container_id)
+    assert "Unable to find image" in notes
+    assert list(running)[:6] == ["Status", "Running", "Paused", "Restarting", "OOMKilled", "Dead"]
+    assert (running["Status"], running["Running"], running["ExitCode"]) == ("running", True, 0)
+    assert (
+        row["Names"] == "vllm"
+        and row["ID"] == container_id[:12]
+        and row["Status"].startswith("Up ")
+    )
+    assert busy_code == 1 and "container is running" in busy
+    assert stopped == ("vllm\n", "", 0)
+    assert (exited["Status"], exited["Running"], exited["ExitCode"]) == ("exited", False, 0)
+    assert removed == ("vllm\n", "", 0)
+    assert (gone, gone_code) == ("Error: No such object: vllm\n", 1)
+
+
+def test_run_refuses_a_taken_name_with_exit_125(rig: RigState) -> None:
+    rig.load_image("gpu-1", IMAGE)
+    docker(rig, "run", "-d", "--name", "vllm", IMAGE)
+
+    _, err, code = docker(rig, "run", "-d", "--name", "vllm", IMAGE)
+
+    assert code == 125
+    assert 'Conflict. The container name "/vllm" is already in use' in err
+
+
+def test_unknown_commands_and_containers(rig: RigState) -> None:
+    assert docker(rig, "frobnicate")[2] == 1
+    assert docker(rig, "stop", "ghost") == (
+        "",
+        "Error response from daemon: No such container: ghost\n",
+        1,
+    )
+
+
+@pytest.fixture
+def container_engine(rig: RigState) -> Iterator[ContainerEngine]:
+    engine = ContainerEngine(rig.root)
+    yield engine
+    engine.close()
+
+
+def test_engine_serves_a_published_port_and_records_a_crash(
+    rig: RigState, container_engine: ContainerEngine
+) -> None:
+    port = free_port()
+    rig.load_image("gpu-1", IMAGE)
+    docker(rig, "run", "-d", "--name", "vllm", "-p", f"{port}:8000", "--label", "pool=green", IMAGE)
+    url = f"http://127.0.0.1:{port}"
+
+    health = httpx.get(f"{url}/health", timeout=5).json()
+    server = container_engine.server("gpu-1", "vllm")
+    assert server is not None
+    server.set_mode("die")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=5)
+    deadline = time.monotonic() + 5
+    while rig.container("gpu-1", "vllm")["State"]["Running"] and time.monotonic() < deadline:  # type: ignore[index]
+        time.sleep(0.02)
+
+    assert (health["pool"], health["image"]) == ("green", IMAGE)
+    state = rig.container("gpu-1", "vllm")["State"]  # type: ignore[index]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 1)
+    assert docker(rig, "start", "vllm") == ("vllm\n", "", 0)
+    assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+
+
+def test_engine_reports_a_taken_port_like_docker(
+    rig: RigState, container_engine: ContainerEngine
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        rig.load_image("gpu-1", IMAGE)
+
+        _, err, code = docker(rig, "run", "-d", "--name", "vllm", "-p", f"{port}:8000", IMAGE)
+
+    assert code == 125
+    assert "port is already allocated" in err
+    assert rig.container("gpu-1", "vllm")["State"]["Status"] == "created"  # type: ignore[index]
