@@ -1,0 +1,271 @@
+"""Database plumbing: engines, sessions, schema version and migrations.
+
+Every domain's tables derive from `Base`; `load_models()` imports them all so Alembic and
+the tests see the whole schema. The errors a user can act on are typed: `DatabaseUnavailable`
+(cannot connect) and `SchemaOutOfDate` (run `reliability db upgrade`). Messages name the
+database by its masked URL, never with its password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from alembic import command
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "alembic"
+DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
+CONNECT_TIMEOUT_S = 5
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+# Every domain's models module; load_models() imports them so Base.metadata is complete.
+MODEL_MODULES = ("reliability.incidents.models",)
+
+# Deterministic constraint names, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table in the suite."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    Binding a naive datetime is an error (its zone is unknown). SQLite has no zoned type, so
+    values are stored there as naive UTC, which also keeps its text comparisons in time order;
+    loaded values are always aware and in UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: pass a timezone-aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class DatabaseError(Exception):
+    """Base of the database errors a user can act on."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached: server down, wrong address, credentials, unwritable file.
+
+    Retrying helps once the cause is fixed. `url` is masked; `cause` is one line.
+    """
+
+    def __init__(self, url: str, cause: str) -> None:
+        self.url = url
+        self.cause = cause
+        super().__init__(f"cannot connect to database {url}: {cause}")
+
+
+class SchemaOutOfDate(DatabaseError):
+    """The database schema is not the one this code needs (`current` is None when empty)."""
+
+    def __init__(self, url: str, current: str | None, head: str) -> None:
+        self.url = url
+        self.current = current
+        self.head = head
+        super().__init__(
+            f"database {url} is at schema {current or 'empty'}, the code needs {head}: "
+            "run `reliability db upgrade`"
+        )
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; a plain `postgresql://` URL gets the psycopg (3) driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # The parser's message is generic; never echo the URL, it may hold a password.
+        raise DatabaseError("invalid database URL: expected e.g. sqlite:///path.db") from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL as text with its password replaced by `***`."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for `url`, configured for this suite; it does not connect yet.
+
+    SQLite: the file's directory is created; every connection gets WAL, busy_timeout,
+    foreign_keys=ON and synchronous=NORMAL, and transactions start with BEGIN IMMEDIATE.
+    PostgreSQL: psycopg 3, a connect timeout, and pre-ping so dead pooled connections are
+    replaced instead of failing the next statement.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        _ensure_sqlite_directory(parsed)
+        engine = create_engine(parsed)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "reliability"}
+    return create_engine(
+        parsed, pool_pre_ping=True, pool_timeout=CONNECT_TIMEOUT_S, connect_args=connect_args
+    )
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions on `engine`; objects stay readable after commit (for printing and JSON)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _ensure_sqlite_directory(url: URL) -> None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    directory = Path(database).parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseUnavailable(
+            mask_url(url), f"cannot create directory {directory}: {exc.strerror}"
+        ) from exc
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take BEGIN away from the sqlite3 module, which skips it before SELECT and SAVEPOINT
+    # (breaking savepoints); _sqlite_on_begin emits it instead. Pragmas then run in autocommit.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # IMMEDIATE takes the write lock up front, waiting up to busy_timeout. A deferred
+    # transaction that reads and then writes fails at once with "database is locked" when
+    # another process wrote in between, and busy_timeout cannot help it.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _unavailable(url: str | URL, exc: BaseException) -> DatabaseUnavailable:
+    """A DatabaseUnavailable for a failed connect: masked URL, first line of the cause."""
+    parsed = make_url(url)
+    cause = str(getattr(exc, "orig", None) or exc).strip()
+    cause = next((line.strip() for line in cause.splitlines() if line.strip()), type(exc).__name__)
+    if parsed.password:
+        # Drivers do not normally echo the password, but a message is no place to find out.
+        cause = cause.replace(str(parsed.password), "***")
+    return DatabaseUnavailable(mask_url(parsed), cause)
+
+
+@contextlib.contextmanager
+def connect(engine: Engine) -> Iterator[Connection]:
+    """`engine.connect()`, with a failure to connect raised as DatabaseUnavailable."""
+    try:
+        connection = engine.connect()
+    except DBAPIError as exc:
+        raise _unavailable(engine.url, exc) from exc
+    with connection:
+        yield connection
+
+
+def load_models() -> MetaData:
+    """Import every domain's models so `Base.metadata` holds the whole schema; return it."""
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
+    return Base.metadata
+
+
+def alembic_config() -> Config:
+    """Alembic configuration for the bundled migrations, independent of the working directory."""
+    config = Config()
+    # Config values are %-interpolated, so a literal % in the path must be doubled.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+@functools.cache  # the migrations on disk are fixed for the life of the process
+def head_revision() -> str:
+    """The schema revision this code needs (the single head of the migrations)."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise DatabaseError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+def _revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at; None for an empty (never migrated) database."""
+    with connect(engine) as connection:
+        return _revision(connection)
+
+
+def check_schema(engine: Engine) -> str:
+    """Return the database's revision if it is the head; else raise SchemaOutOfDate."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaOutOfDate(mask_url(engine.url), current, head)
+    return current
+
+
+def upgrade(url: str | URL) -> tuple[str | None, str]:
+    """Migrate the database at `url` to the head revision; return (from, to) revisions.
+
+    Idempotent: a database already at head is left as it is (from == to).
+    """
+    engine = make_engine(url)
+    try:
+        with connect(engine) as connection:
+            before = _revision(connection)
+            # End the read's transaction so Alembic owns, and commits, the migration's own.
+            connection.rollback()
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+    return before, head_revision()

@@ -1,0 +1,152 @@
+"""Incident tables and their read shapes.
+
+An incident is keyed by its `fingerprint` (the identity of the signal that raised it): at most
+one unresolved incident exists per fingerprint, enforced by a partial unique index, so
+concurrent writers cannot create duplicates. `incident_events` is its timeline.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from reliability.db import Base, UTCDateTime
+
+
+class Severity(StrEnum):
+    critical = "critical"
+    warning = "warning"
+    info = "info"
+
+
+class IncidentStatus(StrEnum):
+    open = "open"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+
+
+class EventKind(StrEnum):
+    """Kinds of timeline entries. Stored as plain strings: later domains add their own kinds."""
+
+    opened = "opened"
+    refired = "refired"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+    reopened = "reopened"
+    note = "note"
+
+
+def _string_enum(enum: type[StrEnum], name: str) -> sa.Enum:
+    # A short string with a CHECK rather than a native enum type: adding a value later is an
+    # ordinary migration on every backend.
+    return sa.Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
+
+
+# JSONB on PostgreSQL so labels can later be queried by containment; None is SQL NULL.
+_JSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+_UNRESOLVED = sa.text("status != 'resolved'")
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+    __table_args__ = (
+        sa.Index(
+            "uq_incidents_fingerprint_unresolved",
+            "fingerprint",
+            unique=True,
+            sqlite_where=_UNRESOLVED,
+            postgresql_where=_UNRESOLVED,
+        ),
+        sa.Index("ix_incidents_status_last_seen_at", "status", "last_seen_at"),
+        # Finds the recently resolved incident to reopen without scanning the history.
+        sa.Index("ix_incidents_fingerprint_resolved_at", "fingerprint", "resolved_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(sa.String(255))
+    title: Mapped[str] = mapped_column(sa.Text)
+    severity: Mapped[Severity] = mapped_column(_string_enum(Severity, "severity"))
+    status: Mapped[IncidentStatus] = mapped_column(_string_enum(IncidentStatus, "status"))
+    source: Mapped[str] = mapped_column(sa.String(64))
+    labels: Mapped[dict[str, str]] = mapped_column(_JSON)
+    summary: Mapped[str | None] = mapped_column(sa.Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    occurrences: Mapped[int] = mapped_column(default=1, server_default=sa.text("1"))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_by: Mapped[str | None] = mapped_column(sa.String(255))
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_by: Mapped[str | None] = mapped_column(sa.String(255))
+    reopen_count: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+
+    def __repr__(self) -> str:
+        return f"<Incident {self.id} {self.fingerprint!r} {self.status}>"
+
+
+class IncidentEvent(Base):
+    __tablename__ = "incident_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("incidents.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    actor: Mapped[str | None] = mapped_column(sa.String(255))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
+
+    def __repr__(self) -> str:
+        return f"<IncidentEvent {self.id} incident={self.incident_id} {self.kind}>"
+
+
+class IncidentRead(BaseModel):
+    """An incident as the CLI and API print it (`IncidentRead.model_validate(incident)`)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    fingerprint: str
+    title: str
+    severity: Severity
+    status: IncidentStatus
+    source: str
+    labels: dict[str, str]
+    summary: str | None
+    started_at: datetime
+    last_seen_at: datetime
+    occurrences: int
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    reopen_count: int
+
+
+class IncidentEventRead(BaseModel):
+    """One timeline entry as the CLI and API print it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    incident_id: int
+    at: datetime
+    kind: str
+    actor: str | None
+    message: str | None
+    data: dict[str, Any] | None
