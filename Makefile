@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/reliability db upgrade -c reliability.demo.yaml
-	$(BIN)/reliability daemon -c reliability.demo.yaml
+	$(BIN)/reliability demo
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+from pathlib import Path
+
 import click
 
 from reliability import __version__
-from reliability.cli_support import BadInput, config_option, console, json_option, print_json
+from reliability.cli_support import (
+    EXIT_FAILED,
+    BadInput,
+    config_option,
+    console,
+    json_option,
+    print_json,
+)
 from reliability.config import Config
 from reliability.config_load import ConfigError
 from reliability.incidents.cli import incidents
@@ -75,6 +86,60 @@ def db_upgrade(config: Config) -> None:
         console.print(f"{target}: already at schema {after}")
     else:
         console.print(f"{target}: upgraded schema {before or 'empty'} -> {after}")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Collect every target once, print a table, exit.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+@config_option
+@json_option
+def daemon(config: Config, once: bool, verbose: bool, as_json: bool) -> None:
+    """Run the collectors on their schedules and serve /metrics, /healthz, /readyz.
+
+    With --once: exit 0 when every target answered, 1 otherwise.
+    """
+    from reliability import daemon as daemon_mod
+    from reliability.daemon_report import print_outcomes
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if once:
+        # Quiet per-target warnings: the table says the same, once.
+        logging.getLogger("reliability").setLevel(logging.ERROR)
+    issues = config.secret_issues()
+    if issues:
+        raise BadInput("\n".join(issues))
+    built = daemon_mod.build(config)
+    if once:
+        try:
+            outcomes = daemon_mod.run_once(built)
+        finally:
+            built.close()
+        print_outcomes(built.snapshot, outcomes, as_json=as_json)
+        sys.exit(0 if all(o.ok for o in outcomes) else EXIT_FAILED)
+    sys.exit(daemon_mod.serve(built))
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/demo"),
+    show_default=True,
+    help="Where the demo keeps its files.",
+)
+@click.option("--listen", default="127.0.0.1:9464", show_default=True)
+def demo(directory: Path, listen: str) -> None:
+    """Run a demo fleet on loopback with the daemon watching it (no GPU, no root)."""
+    from reliability import demo as demo_mod
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sys.exit(demo_mod.run(directory, listen))
 
 
 main.add_command(incidents)

@@ -71,8 +71,14 @@ def test_every_error_is_reported_at_once_with_file_line_and_field(tmp_path):
     assert f"{path}:2: http.listen: '0.0.0.0': write HOST:PORT, e.g. 127.0.0.1:9464" in lines
     assert f"{path}:6: nodes[0].gpus: Input should be greater than or equal to 0" in lines
     assert any(line.startswith(f"{path}:7: nodes[0].colour: unknown key") for line in lines)
-    assert f"{path}:10: endpoints[0].url: 'ftp://x': write a URL starting with http:// or https://" in lines
-    assert any(line.startswith(f"{path}:11: endpoints[0].interval: 'soon' is not a duration") for line in lines)
+    assert (
+        f"{path}:10: endpoints[0].url: 'ftp://x': write a URL starting with http:// or https://"
+        in lines
+    )
+    assert any(
+        line.startswith(f"{path}:11: endpoints[0].interval: 'soon' is not a duration")
+        for line in lines
+    )
 
 
 def test_a_missing_field_names_the_field_to_add(tmp_path):
@@ -122,8 +128,10 @@ def test_names_that_refer_to_nothing_are_errors(tmp_path):
         for line in lines
     )
     assert any(
-        line.startswith(f"{path}:14: rules.custom[1].match: reliability_gpu_temperature_celsius "
-                        "has no label 'colour'")
+        line.startswith(
+            f"{path}:14: rules.custom[1].match: reliability_gpu_temperature_celsius "
+            "has no label 'colour'"
+        )
         for line in lines
     )
 
@@ -177,7 +185,8 @@ def test_node_ssh_settings_inherit_the_defaults(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [(90, 90.0), ("15s", 15.0), ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25)]
+    ("text", "seconds"),
+    [(90, 90.0), ("15s", 15.0), ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25)],
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds

@@ -1,0 +1,116 @@
+"""Fan one collector's targets out on a bounded pool, each under a deadline.
+
+A cycle never waits on a slow target past its deadline: a target still running then
+is published as a timeout, and is not started again until its stuck call returns, so a
+hung host costs one worker, not the whole pool, and never delays the other targets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from reliability.collect.base import CollectError, Collector, Sample
+from reliability.collect.snapshot import Snapshot
+
+log = logging.getLogger("reliability.collect")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    collector: str
+    target: str
+    ok: bool
+    duration: float
+    reason: str | None = None
+    error: str | None = None
+
+
+class TargetRunner:
+    """Runs `collector.collect(target)` for `targets` and publishes into `snapshot`."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        snapshot: Snapshot,
+        *,
+        executor: ThreadPoolExecutor,
+        deadline: float,
+        targets: Sequence[str] | None = None,
+    ) -> None:
+        self.collector = collector
+        self.snapshot = snapshot
+        self.executor = executor
+        self.deadline = deadline
+        self.targets = list(collector.targets() if targets is None else targets)
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, Future[Outcome]] = {}
+
+    def _collect(self, target: str) -> Outcome:
+        name = self.collector.name
+        start = time.monotonic()
+        try:
+            samples: Sequence[Sample] = self.collector.collect(target)
+        except CollectError as exc:
+            duration = time.monotonic() - start
+            log.warning("%s %s failed (%s): %s", name, target, exc.reason, exc)
+            self.snapshot.publish(
+                name,
+                target,
+                ok=False,
+                duration=duration,
+                samples=exc.samples,
+                error=str(exc),
+                reason=exc.reason,
+            )
+            return Outcome(name, target, False, duration, exc.reason, str(exc))
+        except Exception as exc:  # a collector bug must cost one target, not the daemon
+            duration = time.monotonic() - start
+            log.exception("%s %s crashed", name, target)
+            self.snapshot.publish(
+                name, target, ok=False, duration=duration, error=repr(exc), reason="internal"
+            )
+            return Outcome(name, target, False, duration, "internal", repr(exc))
+        duration = time.monotonic() - start
+        self.snapshot.publish(name, target, ok=True, duration=duration, samples=samples)
+        return Outcome(name, target, True, duration)
+
+    def run_cycle(self) -> list[Outcome]:
+        """Collect every target once; return when all finished or the deadline passed."""
+        name = self.collector.name
+        started = time.monotonic()
+        futures: dict[str, Future[Outcome]] = {}
+        stuck: list[str] = []
+        with self._lock:
+            for target in self.targets:
+                previous = self._in_flight.get(target)
+                if previous is not None and not previous.done():
+                    stuck.append(target)
+                    continue
+                futures[target] = self._in_flight[target] = self.executor.submit(
+                    self._collect, target
+                )
+        wait(futures.values(), timeout=self.deadline)
+        outcomes = []
+        for target, future in futures.items():
+            if future.done():
+                outcomes.append(future.result())
+            else:
+                stuck.append(target)
+        for target in stuck:
+            message = f"no answer within {self.deadline:g}s"
+            log.warning("%s %s failed (timeout): %s", name, target, message)
+            self.snapshot.publish(
+                name,
+                target,
+                ok=False,
+                duration=time.monotonic() - started,
+                error=message,
+                reason="timeout",
+            )
+            outcomes.append(Outcome(name, target, False, self.deadline, "timeout", message))
+        return outcomes

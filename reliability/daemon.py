@@ -1,0 +1,249 @@
+"""Wiring only: build the collectors from the config, schedule them, serve HTTP.
+
+`reliability daemon` runs `serve()`; `reliability daemon --once` runs `run_once()`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from reliability.collect.base import Collector
+from reliability.collect.runner import Outcome, TargetRunner
+from reliability.collect.snapshot import Snapshot
+from reliability.config import Config
+from reliability.web import Readiness, build_app
+
+log = logging.getLogger("reliability.daemon")
+
+# A runner's deadline is the collector's own timeout plus this margin, so the collector's
+# own, more precise error (e.g. "host unreachable") arrives before the runner gives up.
+DEADLINE_MARGIN = 2.0
+STOP_GRACE = 3.0
+
+
+@dataclass
+class Job:
+    runner: TargetRunner
+    interval: float
+
+
+@dataclass
+class Daemon:
+    config: Config
+    snapshot: Snapshot
+    executor: ThreadPoolExecutor
+    jobs: list[Job]
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def close(self) -> bool:
+        """Release connections and workers; True if every collection finished in time."""
+        for close in self.closers:
+            try:
+                close()
+            except Exception:
+                log.exception("error while closing")
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + STOP_GRACE
+        threads = list(getattr(self.executor, "_threads", ()))
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t for t in threads if t.is_alive()]
+        if stuck:
+            log.warning(
+                "%d collection(s) still stuck after %gs; abandoning them", len(stuck), STOP_GRACE
+            )
+        return not stuck
+
+
+def _ssh_target(config: Config, node):
+    from reliability.ssh import SshTarget
+
+    ssh = config.node_ssh(node)
+    return SshTarget(
+        name=node.name,
+        host=node.address,
+        user=ssh.user or getpass.getuser(),
+        port=ssh.port or 22,
+        key_file=ssh.key_file,
+        known_hosts=ssh.known_hosts,
+        connect_timeout=ssh.connect_timeout or 5.0,
+    )
+
+
+def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
+    """Every collector the config asks for, each wrapped in a runner with its interval."""
+    from reliability.collect.api import ApiProbeCollector, EndpointSpec
+    from reliability.collect.gpu import NvmlGpuCollector, SmiGpuCollector
+    from reliability.collect.node import NodeCollector, NodeSpec
+    from reliability.ssh import SshPool
+    from reliability.ssh import TargetRunner as SshRunner
+
+    snapshot = snapshot or Snapshot()
+    cc = config.collect
+    executor = ThreadPoolExecutor(max_workers=cc.workers, thread_name_prefix="collect")
+    daemon = Daemon(config, snapshot, executor, [])
+
+    def add(collector: Collector, interval: float, timeout: float, targets=None) -> None:
+        runner = TargetRunner(
+            collector,
+            snapshot,
+            executor=executor,
+            deadline=timeout + DEADLINE_MARGIN,
+            targets=targets,
+        )
+        if runner.targets:
+            daemon.jobs.append(Job(runner, interval))
+
+    if config.nodes:
+        pool = SshPool(keepalive=min(15.0, cc.node_interval))
+        daemon.closers.append(pool.close)
+        targets = {n.name: _ssh_target(config, n) for n in config.nodes}
+        add(
+            NodeCollector(
+                pool,
+                [
+                    NodeSpec(
+                        name=n.name,
+                        target=targets[n.name],
+                        paths=tuple(n.watch_paths),
+                        container=n.container,
+                    )
+                    for n in config.nodes
+                ],
+                timeout=cc.timeout,
+            ),
+            cc.node_interval,
+            cc.timeout,
+        )
+        smi = {
+            n.name: (SshRunner(pool, targets[n.name]), n.gpus)
+            for n in config.nodes
+            if n.gpu_backend == "smi"
+        }
+        if smi:
+            add(SmiGpuCollector(smi, timeout=cc.timeout), cc.gpu_interval, cc.timeout)
+    for n in config.nodes:
+        if n.gpu_backend == "nvml":
+            add(
+                NvmlGpuCollector(node=n.name, expected_gpus=n.gpus, timeout=cc.timeout),
+                cc.gpu_interval,
+                cc.timeout,
+            )
+
+    if config.endpoints:
+        specs = [
+            EndpointSpec(
+                name=e.name,
+                base_url=e.url,
+                kind=e.kind,
+                api_key=(key.get_secret_value() if (key := config.endpoint_key(i)) else None),
+                model=e.model,
+                timeout=e.timeout,
+                completion_every=(
+                    max(1, round(e.completion_interval / e.interval))
+                    if e.completion_interval
+                    else 0
+                ),
+                health_path=e.health_path,
+            )
+            for i, e in enumerate(config.endpoints)
+        ]
+        api = ApiProbeCollector(specs)
+        daemon.closers.append(api.close)
+        # One job per distinct interval: each endpoint is probed on its own schedule.
+        for interval in sorted({e.interval for e in config.endpoints}):
+            names = [e.name for e in config.endpoints if e.interval == interval]
+            timeout = max(e.timeout for e in config.endpoints if e.interval == interval)
+            add(api, interval, timeout, targets=names)
+    return daemon
+
+
+def _every(slow: float, interval: float) -> int:
+    """Run a slower probe on every Nth cycle of `interval`; 0 turns it off."""
+    return max(1, round(slow / interval)) if slow else 0
+
+
+def run_once(daemon: Daemon) -> list[Outcome]:
+    """Run every job's cycle once, all at the same time, and return every outcome."""
+    with ThreadPoolExecutor(max_workers=max(1, len(daemon.jobs))) as pool:
+        futures = [pool.submit(job.runner.run_cycle) for job in daemon.jobs]
+        wait(futures)
+    return [o for f in futures for o in f.result()]
+
+
+def _database_check(config: Config) -> Callable[[], str | None]:
+    from reliability import db
+
+    engine = db.make_engine(config.database_url())
+
+    def check() -> str | None:
+        try:
+            db.check_schema(engine)
+        except db.DatabaseError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+def serve(daemon: Daemon) -> int:
+    """Run the scheduler and the HTTP surface until SIGTERM/SIGINT; 0 on a clean stop."""
+    import uvicorn
+
+    scheduler = BackgroundScheduler(
+        executors={"default": {"type": "threadpool", "max_workers": max(1, len(daemon.jobs))}},
+        job_defaults={"max_instances": 1, "coalesce": True},
+        timezone="UTC",
+    )
+    for i, job in enumerate(daemon.jobs):
+        scheduler.add_job(
+            job.runner.run_cycle,
+            "interval",
+            seconds=job.interval,
+            id=f"{job.runner.collector.name}-{i}",
+            misfire_grace_time=max(1, int(job.interval)),
+            next_run_time=datetime.now(UTC),
+        )
+
+    def scheduler_check() -> str | None:
+        return None if scheduler.running else "scheduler is stopped"
+
+    app = build_app(
+        daemon.snapshot,
+        readiness=[
+            Readiness("database", _database_check(daemon.config)),
+            Readiness("scheduler", scheduler_check),
+        ],
+    )
+    http = daemon.config.http
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=http.host, port=http.port, log_level="warning", access_log=False)
+    )
+    scheduler.start()
+    log.info(
+        "daemon up: %d job(s), serving http://%s:%d/metrics", len(daemon.jobs), http.host, http.port
+    )
+    try:
+        server.run()  # returns on SIGTERM/SIGINT (uvicorn's handlers)
+    finally:
+        log.info("stopping")
+        scheduler.shutdown(wait=False)
+        clean = daemon.close()
+    code = 0 if server.started else 1
+    if not clean:
+        # A collection stuck in a driver or kernel call cannot be interrupted; leaving
+        # now keeps the promise of stopping within seconds.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code

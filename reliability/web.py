@@ -1,0 +1,65 @@
+"""The daemon's HTTP surface: `/metrics`, `/healthz`, `/readyz` (an ASGI app on uvicorn).
+
+`/metrics` only reads the snapshot the scheduled jobs fill, so a scrape never touches a
+GPU, a host or an endpoint and stays fast however sick the fleet is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from reliability.collect.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """One thing `/readyz` checks: a name and a callable returning None or a problem."""
+
+    name: str
+    check: Callable[[], str | None]
+
+
+def build_app(
+    snapshot: Snapshot,
+    *,
+    readiness: list[Readiness],
+    registry: CollectorRegistry | None = None,
+) -> Starlette:
+    """The ASGI app. `registry` holds the daemon's own process metrics (fresh per app)."""
+    if registry is None:
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+
+    async def metrics(_: Request) -> Response:
+        body = snapshot.exposition().encode() + generate_latest(registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(_: Request) -> Response:
+        # Checks may touch the database: run them off the event loop.
+        problems = {}
+        for r in readiness:
+            problem = await run_in_threadpool(r.check)
+            if problem:
+                problems[r.name] = problem
+        status = 503 if problems else 200
+        return JSONResponse({"ready": not problems, "problems": problems}, status_code=status)
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ]
+    )
