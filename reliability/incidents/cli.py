@@ -69,11 +69,16 @@ def list_(config: Config, status: str, limit: int, as_json: bool) -> None:
     """List incidents, most recently seen first."""
     with database(config) as session:
         if status == "unresolved":
-            rows = [
-                i
-                for i in service.list_incidents(session, limit=limit)
-                if i.status != IncidentStatus.resolved
-            ]
+            # Both unresolved states, each limited, merged: resolved ones never crowd them out.
+            rows = sorted(
+                (
+                    i
+                    for s in (IncidentStatus.open, IncidentStatus.acknowledged)
+                    for i in service.list_incidents(session, status=s, limit=limit)
+                ),
+                key=lambda i: (i.last_seen_at, i.id),
+                reverse=True,
+            )[:limit]
         else:
             wanted = None if status == "all" else IncidentStatus(status)
             rows = service.list_incidents(session, status=wanted, limit=limit)
