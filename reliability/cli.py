@@ -88,6 +88,20 @@ def db_upgrade(config: Config) -> None:
         console.print(f"{target}: upgraded schema {before or 'empty'} -> {after}")
 
 
+# Libraries that log every request or job at INFO: a line per probe buries what matters.
+CHATTY_LOGGERS = ("httpx", "apscheduler", "alembic", "paramiko")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @main.command()
 @click.option("--once", is_flag=True, help="Collect every target once, print a table, exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
@@ -101,10 +115,7 @@ def daemon(config: Config, once: bool, verbose: bool, as_json: bool) -> None:
     from reliability import daemon as daemon_mod
     from reliability.daemon_report import print_outcomes
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _setup_logging(verbose)
     if once:
         # Quiet per-target warnings: the table says the same, once.
         logging.getLogger("reliability").setLevel(logging.ERROR)
@@ -136,9 +147,7 @@ def demo(directory: Path, listen: str) -> None:
     """Run a demo fleet on loopback with the daemon watching it (no GPU, no root)."""
     from reliability import demo as demo_mod
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _setup_logging(verbose=False)
     sys.exit(demo_mod.run(directory, listen))
 
 

@@ -134,7 +134,7 @@ class NodeConfig(Strict):
     pool: Name | None = None
     gpus: int = Field(0, ge=0, description="GPUs the node must have; fewer visible = GPU lost")
     gpu_source: Literal["smi", "nvml", "none"] | None = None
-    watch_paths: list[str] = ["/"]
+    watch_paths: list[AbsPath] = ["/"]
     container: str | None = None
 
     @property

@@ -5,16 +5,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reliability.collect.base import Collector
@@ -29,6 +32,7 @@ log = logging.getLogger("reliability.daemon")
 # own, more precise error (e.g. "host unreachable") arrives before the runner gives up.
 DEADLINE_MARGIN = 2.0
 STOP_GRACE = 3.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -105,7 +109,11 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
             daemon.jobs.append(Job(runner, interval))
 
     if config.nodes:
-        pool = SshPool(keepalive=min(15.0, cc.node_interval))
+        # A node that refused a connect is retried at most one cycle later.
+        pool = SshPool(
+            keepalive=min(15.0, cc.node_interval),
+            backoff_max=min(cc.node_interval, cc.gpu_interval),
+        )
         daemon.closers.append(pool.close)
         targets = {n.name: _ssh_target(config, n) for n in config.nodes}
         add(
@@ -149,11 +157,7 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
                 api_key=(key.get_secret_value() if (key := config.endpoint_key(i)) else None),
                 model=e.model,
                 timeout=e.timeout,
-                completion_every=(
-                    max(1, round(e.completion_interval / e.interval))
-                    if e.completion_interval
-                    else 0
-                ),
+                completion_every=_every(e.completion_interval, e.interval),
                 health_path=e.health_path,
             )
             for i, e in enumerate(config.endpoints)
@@ -163,7 +167,12 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
         # One job per distinct interval: each endpoint is probed on its own schedule.
         for interval in sorted({e.interval for e in config.endpoints}):
             names = [e.name for e in config.endpoints if e.interval == interval]
-            timeout = max(e.timeout for e in config.endpoints if e.interval == interval)
+            # The models probe and the completion probe run one after the other.
+            timeout = max(
+                e.timeout * (2 if e.kind == "openai" and e.completion_interval else 1)
+                for e in config.endpoints
+                if e.interval == interval
+            )
             add(api, interval, timeout, targets=names)
     return daemon
 
@@ -184,10 +193,13 @@ def run_once(daemon: Daemon) -> list[Outcome]:
 def _database_check(config: Config) -> Callable[[], str | None]:
     from reliability import db
 
-    engine = db.make_engine(config.database_url())
+    url = config.database_url()
+    engine = None  # made at the first check: a database down at start must not stop us
 
     def check() -> str | None:
+        nonlocal engine
         try:
+            engine = engine or db.make_engine(url)
             db.check_schema(engine)
         except db.DatabaseError as exc:
             return str(exc)
@@ -196,10 +208,22 @@ def _database_check(config: Config) -> Callable[[], str | None]:
     return check
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM after serving, killing the process before the
+    daemon could close its connections; this one only stops serving."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def serve(daemon: Daemon) -> int:
     """Run the scheduler and the HTTP surface until SIGTERM/SIGINT; 0 on a clean stop."""
-    import uvicorn
-
     scheduler = BackgroundScheduler(
         executors={"default": {"type": "threadpool", "max_workers": max(1, len(daemon.jobs))}},
         job_defaults={"max_instances": 1, "coalesce": True},
@@ -226,8 +250,15 @@ def serve(daemon: Daemon) -> int:
         ],
     )
     http = daemon.config.http
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=http.host, port=http.port, log_level="warning", access_log=False)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=http.host,
+            port=http.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
     )
     scheduler.start()
     log.info(
