@@ -201,3 +201,13 @@ def test_bad_durations(text):
 def test_format_duration_round_trips():
     assert format_duration(5400) == "1h30m"
     assert parse_duration(format_duration(3723)) == 3723
+
+
+def test_watched_paths_must_be_absolute(tmp_path):
+    path = write(
+        tmp_path,
+        "nodes:\n  - name: a\n    address: 127.0.1.1\n    watch_paths: [/, var/lib/docker]\n",
+    )
+    (line,) = errors_of(path)
+    assert line.startswith(f"{path}:4: nodes[0].watch_paths[1]: ")
+    assert "absolute path" in line
