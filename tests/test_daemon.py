@@ -47,22 +47,7 @@ def write_config(directory: Path, **sections: object) -> Path:
 
 def fleet_sections(rig: Fleet, endpoint: InferenceHandle) -> dict[str, object]:
     return {
-        "ssh": {
-            "user": rig.user,
-            "key_file": str(rig.client_key_path),
-            "known_hosts": str(rig.known_hosts_path),
-            "connect_timeout": "1s",
-        },
-        "nodes": [
-            {
-                "name": n.name,
-                "address": n.address,
-                "ssh": {"port": n.port},
-                "pool": n.pool,
-                "gpus": rig.gpus,
-            }
-            for n in rig.nodes
-        ],
+        **rig.config_sections(),
         "endpoints": [
             {
                 "name": "pool-blue",

@@ -50,16 +50,7 @@ def needs_firewall() -> None:
 
 
 def target(fleet: Fleet, name: str, **changes: object) -> SshTarget:
-    node = fleet.node(name)
-    plain = SshTarget(
-        name=name,
-        host=node.address,
-        port=node.port,
-        user=fleet.user,
-        key_file=fleet.client_key_path,
-        known_hosts=fleet.known_hosts_path,
-        connect_timeout=CUT_TIMEOUT,
-    )
+    plain = fleet.ssh_target(name, connect_timeout=CUT_TIMEOUT)
     return dataclasses.replace(plain, **changes)  # type: ignore[arg-type]
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import paramiko
 
+from reliability.ssh import SshTarget
 from reliability.testing import docker_cli, firewall, loopback, sshd
 from reliability.testing.engine import ContainerEngine
 from reliability.testing.rigstate import RigState
@@ -399,6 +400,40 @@ class Fleet:
                 docker_cli.dispatch(self.state_dir, node.name, ["rm", "-f", container])
             self.state.reset_node(node.name)
         self.state.set_registry_reachable(True)
+
+    def ssh_target(self, name: str, *, connect_timeout: float = 5.0) -> SshTarget:
+        """How the collectors reach ``name``: strict host keys, the fleet's client key."""
+        node = self.node(name)
+        return SshTarget(
+            name=name,
+            host=node.address,
+            port=node.port,
+            user=self.user,
+            key_file=self.client_key_path,
+            known_hosts=self.known_hosts_path,
+            connect_timeout=connect_timeout,
+        )
+
+    def config_sections(self, *, connect_timeout: float = 1.0) -> dict[str, Any]:
+        """The ``ssh`` and ``nodes`` sections of a reliability config for this fleet."""
+        return {
+            "ssh": {
+                "user": self.user,
+                "key_file": str(self.client_key_path),
+                "known_hosts": str(self.known_hosts_path),
+                "connect_timeout": connect_timeout,
+            },
+            "nodes": [
+                {
+                    "name": n.name,
+                    "address": n.address,
+                    "ssh": {"port": n.port},
+                    "pool": n.pool,
+                    "gpus": self.gpus,
+                }
+                for n in self.nodes
+            ],
+        }
 
     def describe(self) -> dict[str, Any]:
         """Where everything is, for logs and for wiring a config under test."""

@@ -205,16 +205,7 @@ def test_relative_watched_paths_are_refused() -> None:
 
 
 def rig_spec(rig: Fleet, name: str, container: str | None = "vllm") -> NodeSpec:
-    node = rig.node(name)
-    target = SshTarget(
-        name=name,
-        host=node.address,
-        port=node.port,
-        user=rig.user,
-        key_file=rig.client_key_path,
-        known_hosts=rig.known_hosts_path,
-        connect_timeout=RIG_TIMEOUT,
-    )
+    target = rig.ssh_target(name, connect_timeout=RIG_TIMEOUT)
     return NodeSpec(name, target, ("/", "/var/lib/docker-absent"), container)
 
 
