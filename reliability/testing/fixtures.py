@@ -8,6 +8,8 @@
 * ``rig_fleet_factory`` (function): ``rig_fleet_factory(["a", "b"], **Fleet kwargs)``
   for tests that change what cannot be reset (host keys) or need another size.
 * ``inference_group`` / ``inference_server`` (function): in-process inference stand-ins.
+* ``slack`` (function): a Slack Web API stand-in with channels ``alerts`` and ``oncall``;
+  drive it with ``WebClient(token=slack.token, base_url=slack.api_url)``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from reliability.testing.fleet import Fleet, missing_requirement
 from reliability.testing.inference import InferenceSpec
 from reliability.testing.inference_group import InferenceHandle, ServerGroup
 from reliability.testing.services import service_missing
+from reliability.testing.slack import SlackStandIn
 
 RIG_POOLS = {"gpu-1": "blue", "gpu-2": "blue", "gpu-3": "green"}
 
@@ -73,3 +76,10 @@ def inference_group() -> Iterator[ServerGroup]:
 def inference_server(inference_group: ServerGroup) -> InferenceHandle:
     """One stand-in on 127.0.0.1 (pool blue, the default image and model)."""
     return inference_group.start(InferenceSpec())
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackStandIn]:
+    """A fresh Slack stand-in on 127.0.0.1; see reliability/testing/slack.py for controls."""
+    with SlackStandIn() as stand_in:
+        yield stand_in

@@ -1,0 +1,213 @@
+"""The one seam to Slack: post, update and check, with errors that say whether to retry.
+
+Every failure leaves as one of three errors, so the outbox dispatcher decides with a single
+``except`` what happens to the row:
+
+* ``RateLimited(retry_after)``: HTTP 429 or ``ratelimited``; wait ``retry_after`` seconds.
+* ``Transient(reason)``: the network, a timeout, HTTP 5xx, or Slack's ``internal_error``,
+  ``fatal_error``, ``service_unavailable``, ``request_timeout``; retry with backoff.
+* ``Permanent(reason)``: everything else (bad token, unknown channel, invalid blocks, a
+  message that is gone...); retrying cannot help, so the row is marked failed and logged.
+
+slack_sdk's own retry handlers are switched off: a hidden retry inside a call would break
+the outbox's per-channel pacing and its honouring of ``Retry-After``. The token is never
+part of an error message; ``reason`` is a Slack error code or a network error's text.
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+from pydantic import SecretStr
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web import SlackResponse
+
+SLACK_API_URL = "https://slack.com/api/"
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_RETRY_AFTER_S = 1.0
+RATE_LIMIT_CODES = frozenset({"ratelimited", "rate_limited"})
+TRANSIENT_CODES = frozenset(
+    {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+    | {"team_added_to_org"}  # the workspace is being migrated; Slack says to retry later
+)
+REDACTED = "xox?-<redacted>"
+
+Blocks = list[dict[str, Any]]
+
+
+class SlackError(Exception):
+    """A failed Slack call; ``retryable`` says whether trying again can help."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Permanent(SlackError):
+    """Slack refused the call for a reason a retry will not change (token, channel, content)."""
+
+
+class Transient(SlackError):
+    """Slack could not be reached or failed on its side; retry with backoff."""
+
+    retryable = True
+
+
+class RateLimited(SlackError):
+    """Slack asked us to slow down; retry after ``retry_after`` seconds, not sooner."""
+
+    retryable = True
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited, retry after {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+class Posted(NamedTuple):
+    """Where a message landed. ``channel`` is the ID: ``chat.update`` accepts no name."""
+
+    channel: str
+    ts: str
+
+
+@dataclass(frozen=True)
+class SlackIdentity:
+    """Who the token speaks as, from ``auth.test``."""
+
+    team: str
+    user: str
+    bot_id: str | None
+    url: str
+
+
+class SlackNotifier:
+    """Posts and updates Slack messages through ``slack_sdk.WebClient``, one attempt per call.
+
+    ``base_url`` points it at a stand-in (``SlackStandIn.api_url``); ``timeout_s`` bounds
+    each call, connecting and reading together.
+    """
+
+    def __init__(
+        self,
+        token: SecretStr | str,
+        *,
+        base_url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        self._secret = secret.strip()
+        self.base_url = base_url or SLACK_API_URL
+        # retry_handlers=[]: the default would silently retry connection errors once.
+        self._client = WebClient(
+            token=self._secret,
+            base_url=self.base_url,
+            timeout=timeout_s,  # type: ignore[arg-type]  # urllib takes a float
+            retry_handlers=[],
+        )
+
+    def __repr__(self) -> str:
+        return f"SlackNotifier(base_url={self.base_url!r})"
+
+    def check(self) -> SlackIdentity:
+        """Verify the token with ``auth.test``; Permanent if Slack rejects it."""
+        data = self._call("auth_test")
+        return SlackIdentity(
+            team=str(data.get("team", "")),
+            user=str(data.get("user", "")),
+            bot_id=data.get("bot_id"),
+            url=str(data.get("url", "")),
+        )
+
+    def post(
+        self, channel: str, text: str, blocks: Blocks | None = None, thread_ts: str | None = None
+    ) -> Posted:
+        """Post a message, or a reply in the thread of ``thread_ts``.
+
+        ``text`` is required even with blocks: it is what notifications and screen readers
+        show. Link previews are off so an alert stays one screen tall.
+        """
+        data = self._call(
+            "chat_postMessage",
+            channel=channel,
+            text=text,
+            blocks=blocks,
+            thread_ts=thread_ts,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        return Posted(channel=str(data["channel"]), ts=str(data["ts"]))
+
+    def update(self, channel: str, ts: str, text: str, blocks: Blocks | None = None) -> None:
+        """Replace the text (and blocks, when given) of message ``ts``; ``channel`` is an ID."""
+        self._call("chat_update", channel=channel, ts=ts, text=text, blocks=blocks)
+
+    def _call(self, method: str, **arguments: Any) -> SlackResponse:
+        """Call one WebClient method; every failure becomes a SlackError without the token."""
+        try:
+            return getattr(self._client, method)(**arguments)
+        except SlackApiError as exc:
+            # `from None`: the response object carries the request's headers, token included.
+            raise classify_response(exc.response, redact=self._redact) from None
+        except (OSError, http.client.HTTPException) as exc:
+            # URLError, refused or reset connections, timeouts, a connection dropped mid-answer.
+            raise Transient(self._redact(_network_reason(exc))) from None
+        except SlackClientError as exc:
+            raise Permanent(self._redact(f"client error: {exc}")) from None
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, REDACTED) if self._secret else text
+
+
+def classify_response(response: SlackResponse, *, redact: Callable[[str], str] = str) -> SlackError:
+    """The error a non-successful Slack answer stands for; ``redact`` scrubs echoed text."""
+    status = response.status_code
+    if status == 429:
+        return RateLimited(retry_after_s(response.headers))
+    if status >= 500:
+        return Transient(f"HTTP {status}")
+    data = response.data if isinstance(response.data, dict) else {}
+    code = redact(str(data.get("error") or f"HTTP {status}"))
+    return classify_code(code, response.headers)
+
+
+def classify_code(code: str, headers: dict[str, Any] | None = None) -> SlackError:
+    """Slack's ``error`` code to an error type; codes we do not know are Permanent.
+
+    An unknown code retried forever would block the channel's queue, while a failed row is
+    logged and visible, so the unknown fails fast.
+    """
+    if code in RATE_LIMIT_CODES:
+        return RateLimited(retry_after_s(headers or {}))
+    if code in TRANSIENT_CODES:
+        return Transient(code)
+    return Permanent(code[:200])
+
+
+def retry_after_s(headers: dict[str, Any]) -> float:
+    """Seconds from a ``Retry-After`` header (any case); a missing or odd value gives 1 s."""
+    for name, value in headers.items():
+        if name.lower() != "retry-after":
+            continue
+        raw = value[0] if isinstance(value, list) and value else value
+        try:
+            seconds = float(raw)
+        except (TypeError, ValueError):
+            return DEFAULT_RETRY_AFTER_S
+        return seconds if seconds >= 0 else DEFAULT_RETRY_AFTER_S
+    return DEFAULT_RETRY_AFTER_S
+
+
+def _network_reason(exc: BaseException) -> str:
+    """A short reason for a network failure: urllib wraps the useful part in ``reason``."""
+    inner = getattr(exc, "reason", None)
+    detail = inner if isinstance(inner, BaseException) else exc
+    if isinstance(detail, TimeoutError):
+        return "timed out"
+    text = str(detail) or type(detail).__name__
+    return f"network: {text}"

@@ -1,0 +1,566 @@
+"""Slack Web API stand-in: ``auth.test``, ``chat.postMessage`` and ``chat.update`` at the wire.
+
+Driven by the real client, the way production drives Slack::
+
+    with SlackStandIn() as slack:
+        client = WebClient(token=slack.token, base_url=slack.api_url)
+        ts = client.chat_postMessage(channel="#alerts", text="gpu-3 is hot")["ts"]
+        slack.rate_limit(2, retry_after=3)  # the next two calls: HTTP 429, Retry-After: 3
+        slack.outage()                      # connections refused until outage(False)
+        assert [m.text for m in slack.messages("alerts")] == ["gpu-3 is hot"]
+
+It answers like Slack: HTTP 200 with ``{"ok": false, "error": ...}`` for API errors
+(``not_authed``, ``invalid_auth``, ``channel_not_found``, ``message_not_found``, ``no_text``,
+``msg_too_long``, ``invalid_blocks``, ``invalid_blocks_format``, ``invalid_thread_ts``), HTTP
+429 with ``Retry-After`` when rate limited. Bodies may be JSON (what ``slack_sdk`` sends for
+``chat.*``) or form-encoded (``blocks`` then a JSON string); the token comes from
+``Authorization: Bearer`` or, for form bodies only, a ``token`` field, as at Slack.
+
+``chat.postMessage`` takes a channel ID, name or ``#name``; ``chat.update`` only an ID, as
+Slack does, so a sender that stored the name instead of the ID from the answer fails here too.
+A reply to a well-formed but unknown ``thread_ts`` is accepted (Slack accepts it and the reply
+is never seen); ``orphans()`` lists them so a test can catch it.
+
+Every call that reaches the server is recorded (``calls()``), including refused ones; calls
+made while ``outage()`` refuses connections never arrive, as with the real outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qsl
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from reliability.testing.inference import listen, uvicorn_config
+
+DEFAULT_TOKEN = "xoxb-0000000000-0000000000000-standinstandinstandin00"
+DEFAULT_CHANNELS = ("alerts", "oncall")
+TEAM = {
+    "team": "Reliability Stand-in",
+    "team_id": "T0000STAND",
+    "url": "https://standin.slack.com/",
+}
+BOT = {"user": "reliability", "user_id": "U0000STAND", "bot_id": "B0000STAND"}
+MAX_TEXT_CHARS = 40_000
+MAX_BLOCKS = 50
+BLOCK_TEXT_LIMITS = {"section": 3000, "header": 150}
+BLOCK_TYPES = frozenset(
+    {"actions", "context", "divider", "file", "header", "image", "input", "markdown"}
+    | {"rich_text", "section", "video"}
+)
+TS_PATTERN = re.compile(r"\d{10}\.\d{6}")
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class SlackCall:
+    """One request the server received, and how it answered it.
+
+    ``ts`` is the message's ts: assigned by a successful ``chat.postMessage``, or the one
+    ``chat.update`` named. ``channel`` is as the caller sent it (an ID or a name).
+    """
+
+    method: str
+    status: int
+    error: str | None
+    channel: str | None
+    ts: str | None
+    thread_ts: str | None
+    text: str | None
+    blocks: list[dict[str, Any]] | None
+    received_at: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """A message as a reader of the channel sees it now; ``edits`` counts chat.update calls."""
+
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]]
+    thread_ts: str | None = None
+    edits: int = 0
+    history: tuple[str, ...] = field(default=())  # earlier texts, oldest first
+
+    @property
+    def is_reply(self) -> bool:
+        return self.thread_ts is not None and self.thread_ts != self.ts
+
+
+class ApiError(Exception):
+    """An answer of HTTP 200 with ``{"ok": false, "error": code}``, as Slack sends."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any] | str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class SlackState:
+    """Channels, messages, the call log and the failure controls; safe from any thread."""
+
+    def __init__(self, token: str, channels: Iterable[str]) -> None:
+        self.token = token
+        self._lock = threading.Lock()
+        self._channels = {name: f"C{index:09d}" for index, name in enumerate(channels, 1)}
+        self._messages: dict[str, SlackMessage] = {}
+        self._calls: list[SlackCall] = []
+        self._last_us = 0
+        self._rate_limited = 0
+        self._retry_after = 1
+        self._failures: list[str] = []
+        self.outage_status: int | None = None
+
+    # -- controls -------------------------------------------------------------------------
+
+    def rate_limit(self, calls: int, retry_after: int) -> None:
+        with self._lock:
+            self._rate_limited, self._retry_after = calls, retry_after
+
+    def fail_next(self, calls: int, error: str) -> None:
+        with self._lock:
+            self._failures = [error] * calls
+
+    def channel_id(self, channel: str) -> str:
+        """The ID of a channel given by name, ``#name`` or ID; KeyError if there is none."""
+        with self._lock:
+            found = self._lookup(channel, names=True)
+        if found is None:
+            raise KeyError(channel)
+        return found
+
+    def add_channel(self, name: str) -> str:
+        """Create a channel (if new) and return its ID."""
+        with self._lock:
+            return self._channels.setdefault(name, f"C{len(self._channels) + 1:09d}")
+
+    def reset(self) -> None:
+        """Forget messages and calls, lift every failure; channels and token stay."""
+        with self._lock:
+            self._messages.clear()
+            self._calls.clear()
+            self._rate_limited, self._failures, self.outage_status = 0, [], None
+
+    # -- what tests read ------------------------------------------------------------------
+
+    def calls(self, method: str | None = None) -> list[SlackCall]:
+        with self._lock:
+            return [c for c in self._calls if method is None or c.method == method]
+
+    def all_messages(self) -> list[SlackMessage]:
+        with self._lock:
+            return sorted(self._messages.values(), key=lambda m: m.ts)
+
+    # -- the API --------------------------------------------------------------------------
+
+    def answer(self, method: str, token: str | None, params: Mapping[str, Any]) -> Answer:
+        """Answer one API call as Slack would, and record it."""
+        received_at = time.time()
+        with self._lock:
+            answer, ts = self._answer_locked(method, token, params)
+            self._record(method, params, answer, ts, received_at)
+        return answer
+
+    def _answer_locked(
+        self, method: str, token: str | None, params: Mapping[str, Any]
+    ) -> tuple[Answer, str | None]:
+        if self.outage_status is not None:
+            return Answer(self.outage_status, "Service Unavailable"), None
+        if self._rate_limited > 0:
+            self._rate_limited -= 1
+            headers = {"Retry-After": str(self._retry_after)}
+            return Answer(429, {"ok": False, "error": "ratelimited"}, headers), None
+        try:
+            self._check_token(token)
+            if self._failures:
+                raise ApiError(self._failures.pop(0))
+            body = self._dispatch(method, params)
+        except ApiError as exc:
+            return Answer(200, {"ok": False, "error": exc.code}), None
+        return Answer(200, body), body.get("ts")
+
+    def _check_token(self, token: str | None) -> None:
+        if not token:
+            raise ApiError("not_authed")
+        if token != self.token:
+            raise ApiError("invalid_auth")
+
+    def _dispatch(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {"ok": True, **TEAM, **BOT, "is_enterprise_install": False}
+        if method == "chat.postMessage":
+            return self._post(params)
+        if method == "chat.update":
+            return self._update(params)
+        raise ApiError("unknown_method")
+
+    def _post(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel = self._lookup(params.get("channel"), names=True)
+        if channel is None:
+            raise ApiError("channel_not_found")
+        text, blocks = message_content(params)
+        if text is None and blocks is None:
+            raise ApiError("no_text")
+        thread_ts = params.get("thread_ts")
+        if thread_ts is not None and not _is_ts(thread_ts):
+            raise ApiError("invalid_thread_ts")
+        message = SlackMessage(
+            channel, self._next_ts(), text or "", blocks or [], thread_ts or None
+        )
+        self._messages[message.ts] = message
+        return {"ok": True, "channel": channel, "ts": message.ts, "message": _wire(message)}
+
+    def _update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel = self._lookup(params.get("channel"), names=False)
+        if channel is None:
+            raise ApiError("channel_not_found")
+        current = self._messages.get(str(params.get("ts", "")))
+        if current is None or current.channel != channel:
+            raise ApiError("message_not_found")
+        text, blocks = message_content(params)
+        if text is None and blocks is None:
+            raise ApiError("no_text")
+        # As at Slack: a field left out keeps its old value; blocks=[] removes the blocks.
+        updated = replace(
+            current,
+            text=current.text if text is None else text,
+            blocks=current.blocks if blocks is None else blocks,
+            edits=current.edits + 1,
+            history=(*current.history, current.text),
+        )
+        self._messages[updated.ts] = updated
+        body = {"ok": True, "channel": channel, "ts": updated.ts, "text": updated.text}
+        return {**body, "message": _wire(updated)}
+
+    def _lookup(self, channel: Any, *, names: bool) -> str | None:
+        if not isinstance(channel, str):
+            return None
+        if channel in self._channels.values():
+            return channel
+        return self._channels.get(channel.removeprefix("#")) if names else None
+
+    def _next_ts(self) -> str:
+        """Slack's "seconds.micros" form, strictly increasing even within one microsecond."""
+        self._last_us = max(time.time_ns() // 1000, self._last_us + 1)
+        return f"{self._last_us // 1_000_000}.{self._last_us % 1_000_000:06d}"
+
+    def _record(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        answer: Answer,
+        ts: str | None,
+        received_at: float,
+    ) -> None:
+        error = answer.body.get("error") if isinstance(answer.body, dict) else None
+        blocks = params.get("blocks")
+        call = SlackCall(
+            method=method,
+            status=answer.status,
+            error=error,
+            channel=_str_or_none(params.get("channel")),
+            ts=ts or _str_or_none(params.get("ts")),
+            thread_ts=_str_or_none(params.get("thread_ts")),
+            text=_str_or_none(params.get("text")),
+            blocks=_parsed_blocks(blocks),
+            received_at=received_at,
+        )
+        self._calls.append(call)
+
+
+def message_content(params: Mapping[str, Any]) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """The text and blocks of a call, validated as Slack does (ApiError if not)."""
+    text = params.get("text")
+    if text is not None and not isinstance(text, str):
+        text = str(text)
+    if text is not None and len(text) > MAX_TEXT_CHARS:
+        raise ApiError("msg_too_long")
+    raw = params.get("blocks")
+    if raw is None:
+        return text or None, None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ApiError("invalid_blocks_format") from None
+    if not isinstance(raw, list):
+        raise ApiError("invalid_blocks_format")
+    if len(raw) > MAX_BLOCKS or not all(_valid_block(block) for block in raw):
+        raise ApiError("invalid_blocks")
+    return text or None, raw
+
+
+def _valid_block(block: Any) -> bool:
+    """The checks of Slack's that a renderer most often trips: type and text length."""
+    if not isinstance(block, dict) or block.get("type") not in BLOCK_TYPES:
+        return False
+    limit = BLOCK_TEXT_LIMITS.get(block["type"])
+    if limit is None or "text" not in block:
+        return True
+    text = block["text"]
+    return (
+        isinstance(text, dict) and isinstance(text.get("text"), str) and len(text["text"]) <= limit
+    )
+
+
+def _is_ts(value: Any) -> bool:
+    """A string in Slack's ts form; Slack takes a float but then never threads the reply."""
+    return isinstance(value, str) and TS_PATTERN.fullmatch(value) is not None
+
+
+def _wire(message: SlackMessage) -> dict[str, Any]:
+    wire = {"type": "message", "subtype": "bot_message", "text": message.text, "ts": message.ts}
+    wire |= {"bot_id": BOT["bot_id"], "blocks": message.blocks}
+    return wire | ({"thread_ts": message.thread_ts} if message.thread_ts else {})
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _parsed_blocks(blocks: Any) -> list[dict[str, Any]] | None:
+    if isinstance(blocks, str):
+        try:
+            blocks = json.loads(blocks)
+        except ValueError:
+            return None
+    return blocks if isinstance(blocks, list) else None
+
+
+def parse_call(
+    content_type: str, authorization: str | None, query: str, body: bytes
+) -> tuple[str | None, dict[str, Any]]:
+    """The token and parameters of a request, read the way Slack reads them.
+
+    JSON bodies must carry the token in the header; form bodies and the query string may
+    also carry it as a ``token`` field.
+    """
+    params: dict[str, Any] = dict(parse_qsl(query))
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            parsed = json.loads(body or b"{}")
+        except ValueError:
+            raise ApiError("invalid_json") from None
+        if not isinstance(parsed, dict):
+            raise ApiError("invalid_json")
+        params |= parsed
+        params.pop("token", None)
+    elif kind in ("application/x-www-form-urlencoded", ""):
+        params |= dict(parse_qsl(body.decode("utf-8")))
+    else:
+        raise ApiError("invalid_form_data")  # multipart (file uploads) is not stood in for
+    query_token = params.pop("token", None)
+    scheme, _, header_token = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and header_token.strip():
+        return header_token.strip(), params
+    return query_token, params
+
+
+def create_app(state: SlackState) -> Starlette:
+    """The ASGI app: ``/api/{method}`` answered from ``state``."""
+
+    async def api(request: Request) -> Response:
+        method = request.path_params["method"]
+        try:
+            token, params = parse_call(
+                request.headers.get("content-type", ""),
+                request.headers.get("authorization"),
+                request.url.query,
+                await request.body(),
+            )
+        except ApiError as exc:
+            return JSONResponse({"ok": False, "error": exc.code})
+        answer = state.answer(method, token, params)
+        if isinstance(answer.body, str):
+            return PlainTextResponse(answer.body, answer.status, dict(answer.headers))
+        return JSONResponse(answer.body, answer.status, dict(answer.headers))
+
+    return Starlette(routes=[Route("/api/{method}", api, methods=["GET", "POST"])])
+
+
+class SlackStandIn:
+    """The stand-in on ``host`` (a free port unless one is given), served from a thread.
+
+    Use as a context manager, or call ``start()`` and ``stop()``. ``url`` stays the same
+    across outages, so a client built once keeps working when the outage ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str = DEFAULT_TOKEN,
+        channels: Iterable[str] = DEFAULT_CHANNELS,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.state = SlackState(token, channels)
+        self.host, self.port = host, port
+        self._app = create_app(self.state)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: uvicorn.Server | None = None
+        self._served: Future[None] | None = None
+
+    @property
+    def token(self) -> str:
+        return self.state.token
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """What ``WebClient(base_url=...)`` takes: the URL with ``/api/``."""
+        return f"{self.url}/api/"
+
+    def __enter__(self) -> SlackStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> SlackStandIn:
+        """Start serving and wait until connections are accepted."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="rig-slack", daemon=True
+        )
+        self._thread.start()
+        self._listen()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, then the loop and its thread."""
+        self._unlisten()
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(STOP_TIMEOUT_S)
+            if not self._thread.is_alive():
+                self._loop.close()
+        self._loop, self._thread = None, None
+
+    # -- controls -------------------------------------------------------------------------
+
+    def rate_limit(self, calls: int, retry_after: int = 1) -> None:
+        """The next ``calls`` calls answer HTTP 429, ``Retry-After: retry_after`` (seconds)."""
+        self.state.rate_limit(calls, retry_after)
+
+    def fail_next(self, calls: int, error: str) -> None:
+        """The next ``calls`` authenticated calls answer ``{"ok": false, "error": error}``."""
+        self.state.fail_next(calls, error)
+
+    def outage(self, down: bool = True, *, status: int | None = None) -> None:
+        """Take Slack down or bring it back.
+
+        With no ``status`` the port stops listening, so connections are refused (what a
+        network or DNS failure looks like to a sender); with ``status`` (say 503) it keeps
+        listening and answers that status with a non-JSON body, like an edge proxy in a
+        partial outage.
+        """
+        if not down:
+            self.state.outage_status = None
+            if self._server is None:
+                self._listen()
+            return
+        if status is None:
+            self._unlisten()
+        else:
+            self.state.outage_status = status
+
+    def reset(self) -> None:
+        """Forget messages and calls, end outages and rate limits."""
+        self.state.reset()
+        if self._server is None and self._loop is not None:
+            self._listen()
+
+    # -- what tests read ------------------------------------------------------------------
+
+    def channel_id(self, channel: str) -> str:
+        """The ID of a channel given by name, ``#name`` or ID; KeyError if there is none."""
+        return self.state.channel_id(channel)
+
+    def add_channel(self, name: str) -> str:
+        """Create a channel the bot can post to (if new) and return its ID."""
+        return self.state.add_channel(name)
+
+    def calls(self, method: str | None = None) -> list[SlackCall]:
+        """Every call received, oldest first, optionally only those to ``method``."""
+        return self.state.calls(method)
+
+    def messages(self, channel: str | None = None) -> list[SlackMessage]:
+        """Top-level messages as they read now, oldest first (thread replies excluded)."""
+        wanted = None if channel is None else self.channel_id(channel)
+        return [
+            m
+            for m in self.state.all_messages()
+            if not m.is_reply and (wanted is None or m.channel == wanted)
+        ]
+
+    def message(self, ts: str) -> SlackMessage:
+        """The message with this ts, as it reads now; KeyError if none."""
+        found = [m for m in self.state.all_messages() if m.ts == ts]
+        if not found:
+            raise KeyError(ts)
+        return found[0]
+
+    def replies(self, thread_ts: str) -> list[SlackMessage]:
+        """The replies in the thread of ``thread_ts``, in the order they were posted."""
+        return [m for m in self.state.all_messages() if m.is_reply and m.thread_ts == thread_ts]
+
+    def orphans(self) -> list[SlackMessage]:
+        """Replies whose parent does not exist in that channel: never seen by anyone."""
+        messages = self.state.all_messages()
+        parents = {(m.channel, m.ts) for m in messages}
+        return [m for m in messages if m.is_reply and (m.channel, m.thread_ts) not in parents]
+
+    # -- the listener ---------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        assert self._loop is not None, "start() first"
+        sock = listen(self.host, self.port)
+        # Kept after the first bind so that outages end on the same URL.
+        self.port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn_config(self._app))
+        served = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), self._loop)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not server.started:
+            if served.done() or time.monotonic() > deadline:
+                sock.close()
+                served.result(timeout=0)  # raises what stopped it
+                raise RuntimeError("the Slack stand-in did not start")
+            time.sleep(0.005)
+        self._server, self._served = server, served
+
+    def _unlisten(self) -> None:
+        if self._server is None or self._served is None:
+            return
+        self._server.should_exit = True
+        self._served.result(timeout=STOP_TIMEOUT_S)
+        self._server, self._served = None, None
