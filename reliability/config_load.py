@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from reliability import catalog
 from reliability.config import Config
+from reliability.detect.builtin import BUILTIN
+from reliability.detect.rules import check_rule
 
 Loc = tuple[str | int, ...]
 ENV_VAR = "RELIABILITY_CONFIG"
@@ -43,16 +44,23 @@ def _line_map(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = None)
     return out
 
 
-def _place(loc: Loc, lines: dict[Loc, int]) -> tuple[Loc, int | None]:
+def _place(loc: Loc, lines: dict[Loc, int], *, missing: bool = True) -> tuple[Loc, int | None]:
     """The path as the user wrote it and its line: pydantic inserts union tags
-    (`threshold`) and validator names into `loc` that are not in the file; skip them."""
+    (`threshold`) and validator names into `loc` that are not in the file; skip them.
+    `missing`: the error may be about a field absent from the file."""
     found: Loc = ()
     for part in loc:
         if (*found, part) in lines:
             found = (*found, part)
     shown = found
     # A missing field is not in the file, but it is what the user must add: show it.
-    if loc and loc[-1] not in found and isinstance(loc[-1], str) and lines.get(found) is not None:
+    if (
+        missing
+        and loc
+        and loc[-1] not in found
+        and isinstance(loc[-1], str)
+        and lines.get(found) is not None
+    ):
         shown = (*found, loc[-1])
     return shown, lines.get(found)
 
@@ -108,33 +116,24 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
     for i, e in enumerate(cfg.endpoints):
         if e.service and e.service not in services:
             yield ("endpoints", i, "service"), f"no service is named {e.service!r}"
+    yield from _check_rules(cfg)
+
+
+def _check_rules(cfg: Config) -> Iterable[tuple[Loc, str]]:
+    """Custom rules against the catalogue, the endpoints and each other; `disabled` and
+    `inhibits` must name rules that exist (a typo would leave a rule silently on)."""
+    names = {r.name for r in BUILTIN} | {r.name for r in cfg.rules.custom}
+    endpoints = {e.name for e in cfg.endpoints}
+    seen: set[str] = set()
     for i, rule in enumerate(cfg.rules.custom):
-        metric_name = getattr(rule, "metric", None)
-        labels: tuple[str, ...] = ()
-        if metric_name is not None:
-            metric = catalog.BY_NAME.get(metric_name)
-            if metric is None:
-                yield (
-                    ("rules", "custom", i, "metric"),
-                    (
-                        f"{metric_name!r} is not a metric reliability exports "
-                        "(see reliability/catalog.py)"
-                    ),
-                )
-                continue
-            labels = metric.labels
-            for label in getattr(rule, "match", {}):
-                if label not in labels:
-                    yield (
-                        ("rules", "custom", i, "match"),
-                        (f"{metric_name} has no label {label!r} (labels: {', '.join(labels)})"),
-                    )
-        for label in rule.group_by:
-            if labels and label not in labels:
-                yield (
-                    ("rules", "custom", i, "group_by"),
-                    (f"{metric_name} has no label {label!r} (labels: {', '.join(labels)})"),
-                )
+        if rule.name in seen:
+            yield ("rules", "custom", i, "name"), f"name {rule.name!r} is used twice"
+        seen.add(rule.name)
+        for loc, problem in check_rule(rule, rule_names=names, endpoints=endpoints):
+            yield ("rules", "custom", i, *loc), problem
+    for j, name in enumerate(cfg.rules.disabled):
+        if name not in names:
+            yield ("rules", "disabled", j), f"no rule is named {name!r}"
 
 
 def default_path() -> Path:
@@ -178,14 +177,15 @@ def load(path: Path | str | None = None) -> Config:
     except ValidationError as exc:
         msgs = []
         for err in exc.errors():
-            loc, line = _place(tuple(err["loc"]), lines)
+            loc, line = _place(tuple(err["loc"]), lines, missing=err["type"] == "missing")
             msgs.append(_message(name, line, loc, _problem(err)))
         raise ConfigError(msgs) from None
     issues = []
     for loc, problem in _cross_check(cfg):
         shown, line = _place(loc, lines)
-        issues.append(_message(name, line, shown, problem))
+        issues.append((line or 0, _message(name, line, shown, problem)))
     if issues:
-        raise ConfigError(issues)
+        # In file order, as the user reads the file.
+        raise ConfigError([message for _, message in sorted(issues, key=lambda i: i[0])])
     cfg._lines = lines
     return cfg

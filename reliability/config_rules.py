@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reliability.durations import Duration
 
@@ -33,8 +33,12 @@ class _RuleBase(_Strict):
     severity: Severity = "warning"
     for_: Duration = Field(0.0, alias="for", description="how long the condition must hold")
     resolve_after: Duration = Field(60.0, description="how long it must be clear to resolve")
-    group_by: list[str] = Field(default_factory=list, description="labels making one incident")
-    summary: str | None = None
+    group_by: list[str] = Field(
+        default_factory=list,
+        description="labels making one incident; empty: one incident per series",
+    )
+    title: str | None = Field(None, description="short template, e.g. '{node}: disk {value} free'")
+    summary: str | None = Field(None, description="template: what, where, how bad, since when")
     runbook: RunbookSuggestion | None = None
     inhibits: list[str] = Field(
         default_factory=list, description="rules whose incidents this one suppresses"
@@ -42,13 +46,26 @@ class _RuleBase(_Strict):
 
 
 class ThresholdRule(_RuleBase):
-    """`metric op value`, per series matching `match` (label -> regular expression)."""
+    """`metric op value`, per series matching `match` (label -> regular expression).
+
+    The threshold is a constant `value`, or `value_metric`: the same series of another
+    metric (a GPU's own slowdown temperature). With `per`, the metric is first divided by
+    that metric's same series (free bytes per size bytes: a disk's free ratio).
+    """
 
     type: Literal["threshold"]
     metric: str
     match: dict[str, str] = {}
     op: Literal[">", ">=", "<", "<=", "==", "!="] = ">"
-    value: float
+    value: float | None = None
+    value_metric: str | None = None
+    per: str | None = None
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> ThresholdRule:
+        if (self.value is None) == (self.value_metric is None):
+            raise ValueError("give exactly one of `value` or `value_metric`")
+        return self
 
 
 class ErrorRatioRule(_RuleBase):

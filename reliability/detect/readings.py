@@ -1,0 +1,199 @@
+"""Each rule type's reading of one cycle's samples: per series, its value, the threshold
+it is held against, whether the condition holds, and where the data came from.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from reliability import catalog
+from reliability.collect.base import HistogramValue, Sample
+from reliability.config_rules import (
+    CounterIncreaseRule,
+    ErrorRatioRule,
+    GpuLostRule,
+    TargetDownRule,
+    ThresholdRule,
+)
+from reliability.detect.counters import CounterWindow
+from reliability.detect.render import format_value
+from reliability.detect.rules import TARGET_LABEL, rule_collector
+
+Source = tuple[str, str]  # (collector, target): what must answer for a series to exist
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+@dataclass(slots=True)
+class Reading:
+    """One series in one cycle. `extra` holds rule-specific template values."""
+
+    key: tuple[str, ...]
+    labels: dict[str, str]
+    value: float
+    threshold: float
+    bad: bool
+    source: Source | None
+    extra: dict[str, str] | None = None
+
+
+class Samples:
+    """One cycle's samples indexed by metric name, which targets answered, and when."""
+
+    def __init__(self, samples: Iterable[Sample], now: float) -> None:
+        self.now = now
+        self.by_metric: dict[str, list[Sample]] = {}
+        for s in samples:
+            self.by_metric.setdefault(s.metric.name, []).append(s)
+        self.up: dict[Source, bool] = {
+            (s.labels[0], s.labels[1]): s.value == 1.0 for s in self.of(catalog.TARGET_UP.name)
+        }
+
+    def of(self, metric: str) -> list[Sample]:
+        return self.by_metric.get(metric, [])
+
+    def values(self, metric: str) -> dict[tuple[str, ...], float]:
+        return {
+            s.labels: s.value for s in self.of(metric) if not isinstance(s.value, HistogramValue)
+        }
+
+
+def _matcher(
+    labels: tuple[str, ...], match: Mapping[str, str]
+) -> Callable[[tuple[str, ...]], bool]:
+    """Label values -> does the series match every `label: regex` (anchored, as in PromQL)."""
+    checks = [(labels.index(k), re.compile(v)) for k, v in match.items()]
+    return lambda values: all(p.fullmatch(values[i]) for i, p in checks)
+
+
+def _source_fn(
+    collector: str | None, labels: tuple[str, ...]
+) -> Callable[[tuple[str, ...]], Source | None]:
+    """Label values -> the (collector, target) whose answer the series depends on."""
+    if collector is None:
+        return lambda values: None
+    index = labels.index(TARGET_LABEL[collector])
+    return lambda values: (collector, values[index])
+
+
+def threshold(rule: ThresholdRule, samples: Samples) -> list[Reading]:
+    """A series without its `per` or `value_metric` partner is not read: half a ratio
+    compared with a threshold would raise a false alarm."""
+    metric = catalog.BY_NAME[rule.metric]
+    matches = _matcher(metric.labels, rule.match)
+    source = _source_fn(rule_collector(rule), metric.labels)
+    per = samples.values(rule.per) if rule.per else None
+    reference = samples.values(rule.value_metric) if rule.value_metric else None
+    compare = OPS[rule.op]
+    out = []
+    for s in samples.of(metric.name):
+        if isinstance(s.value, HistogramValue) or not matches(s.labels):
+            continue
+        value, extra = s.value, None
+        if per is not None:
+            whole = per.get(s.labels)
+            if not whole:
+                continue
+            value = s.value / whole
+            extra = {
+                "part": format_value(s.value, metric.unit),
+                "whole": format_value(whole, metric.unit),
+            }
+        limit = rule.value if reference is None else reference.get(s.labels)
+        if limit is None:
+            continue
+        labels = dict(zip(metric.labels, s.labels, strict=True))
+        out.append(
+            Reading(s.labels, labels, value, limit, compare(value, limit), source(s.labels), extra)
+        )
+    return out
+
+
+def counter_increase(
+    rule: CounterIncreaseRule, samples: Samples, *, history: CounterWindow, seen: set[Source]
+) -> list[Reading]:
+    """`seen`: sources that answered in an earlier cycle. A series that appears on one of
+    them is new events (an XID counter is created at its first XID); a series present when
+    its source first answers is only the count so far."""
+    metric = catalog.BY_NAME[rule.metric]
+    matches = _matcher(metric.labels, rule.match)
+    source = _source_fn(rule_collector(rule), metric.labels)
+    out = []
+    for s in samples.of(metric.name):
+        if isinstance(s.value, HistogramValue) or not matches(s.labels):
+            continue
+        src = source(s.labels)
+        rise = history.observe(s.labels, samples.now, s.value, from_zero=src in seen)
+        labels = dict(zip(metric.labels, s.labels, strict=True))
+        out.append(
+            Reading(s.labels, labels, rise, rule.min_increase, rise >= rule.min_increase, src)
+        )
+    return out
+
+
+def error_ratio(
+    rule: ErrorRatioRule, samples: Samples, *, endpoints: Mapping[str, dict[str, str]]
+) -> list[Reading]:
+    """`endpoints`: name -> its labels from the config (role, service, pool, node ...)."""
+    metric = catalog.API_OVERLOAD_RATIO if rule.overload_only else catalog.API_ERROR_RATIO
+    out = []
+    for s in samples.of(metric.name):
+        name, window = s.labels
+        labels = endpoints.get(name)
+        if window != rule.window or labels is None or isinstance(s.value, HistogramValue):
+            continue
+        if (rule.endpoint and name != rule.endpoint) or (rule.role and labels["role"] != rule.role):
+            continue
+        out.append(
+            Reading((name,), dict(labels), s.value, rule.above, s.value > rule.above, ("api", name))
+        )
+    return out
+
+
+def target_down(rule: TargetDownRule, samples: Samples) -> list[Reading]:
+    """For nodes, `node_up` decides when present: output the node collector cannot parse
+    fails the collection but comes from a node that answered, so it is not down."""
+    node_up = samples.values(catalog.NODE_UP.name) if rule.collector == "node" else {}
+    label = TARGET_LABEL[rule.collector]
+    out = []
+    for s in samples.of(catalog.TARGET_UP.name):
+        collector, target = s.labels
+        if collector != rule.collector or isinstance(s.value, HistogramValue):
+            continue
+        up = node_up.get((target,), s.value)
+        labels = {"collector": collector, label: target}
+        out.append(Reading((target,), labels, up, 1.0, up == 0.0, None))
+    return out
+
+
+def gpu_lost(rule: GpuLostRule, samples: Samples) -> list[Reading]:
+    expected = samples.values(catalog.NODE_GPUS_EXPECTED.name)
+    visible = samples.values(catalog.NODE_GPUS_VISIBLE.name)
+    lost_gpus: dict[str, list[str]] = {}
+    for s in samples.of(catalog.GPU_LOST.name):
+        if s.value == 1.0:
+            lost_gpus.setdefault(s.labels[0], []).append(s.labels[1])
+    out = []
+    for s in samples.of(catalog.NODE_GPUS_LOST.name):
+        if isinstance(s.value, HistogramValue):
+            continue
+        node = s.labels[0]
+        extra = {
+            "expected": f"{expected.get(s.labels, 0):g}",
+            "visible": f"{visible.get(s.labels, 0):g}",
+            "gpus": ", ".join(lost_gpus.get(node, [])) or "not enumerated by the driver",
+        }
+        out.append(
+            Reading(s.labels, {"node": node}, s.value, 0.0, s.value > 0, ("gpu", node), extra)
+        )
+    return out
