@@ -24,6 +24,7 @@ from reliability.collect.base import Collector
 from reliability.collect.runner import Outcome, TargetRunner
 from reliability.collect.snapshot import Snapshot
 from reliability.config import Config
+from reliability.intake import build_routes as intake_routes
 from reliability.web import Readiness, build_app
 
 log = logging.getLogger("reliability.daemon")
@@ -45,20 +46,23 @@ class Job:
 class Daemon:
     config: Config
     snapshot: Snapshot
-    executor: ThreadPoolExecutor
     jobs: list[Job]
+    # One worker pool per job, so one collector's slow targets never queue another's.
+    executors: list[ThreadPoolExecutor] = field(default_factory=list)
     closers: list[Callable[[], object]] = field(default_factory=list)
 
     def close(self) -> bool:
         """Release connections and workers; True if every collection finished in time."""
+        # Cancel queued collections first: started after the closers, each would fail.
+        for executor in self.executors:
+            executor.shutdown(wait=False, cancel_futures=True)
         for close in self.closers:
             try:
                 close()
             except Exception:
                 log.exception("error while closing")
-        self.executor.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + STOP_GRACE
-        threads = list(getattr(self.executor, "_threads", ()))
+        threads = [t for e in self.executors for t in getattr(e, "_threads", ())]
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         stuck = [t for t in threads if t.is_alive()]
@@ -94,10 +98,15 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
 
     snapshot = snapshot or Snapshot()
     cc = config.collect
-    executor = ThreadPoolExecutor(max_workers=cc.workers, thread_name_prefix="collect")
-    daemon = Daemon(config, snapshot, executor, [])
+    daemon = Daemon(config, snapshot, [])
 
     def add(collector: Collector, interval: float, timeout: float, targets=None) -> None:
+        # A pool per job: in one shared pool the 100 SSH calls of a node + GPU cycle queued
+        # the 200 API probes due at the same moment (a 0.2 s cycle took 3 s); slower nodes
+        # would push them past their deadline, where they count as endpoint timeouts.
+        executor = ThreadPoolExecutor(
+            max_workers=cc.workers, thread_name_prefix=f"collect-{collector.name}"
+        )
         runner = TargetRunner(
             collector,
             snapshot,
@@ -107,6 +116,7 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
         )
         if runner.targets:
             daemon.jobs.append(Job(runner, interval))
+            daemon.executors.append(executor)
 
     if config.nodes:
         # A node that refused a connect is retried at most one cycle later.
@@ -248,6 +258,7 @@ def serve(daemon: Daemon) -> int:
             Readiness("database", _database_check(daemon.config)),
             Readiness("scheduler", scheduler_check),
         ],
+        routes=intake_routes(daemon.config),
     )
     http = daemon.config.http
     server = _Server(

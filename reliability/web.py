@@ -1,4 +1,5 @@
-"""The daemon's HTTP surface: `/metrics`, `/healthz`, `/readyz` (an ASGI app on uvicorn).
+"""The daemon's HTTP surface: `/metrics`, `/healthz`, `/readyz` and the routes other domains
+mount (the webhook intake), as an ASGI app on uvicorn.
 
 `/metrics` only reads the snapshot the scheduled jobs fill, so a scrape never touches a
 GPU, a host or an endpoint and stays fast however sick the fleet is.
@@ -6,7 +7,7 @@ GPU, a host or an endpoint and stays fast however sick the fleet is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -33,8 +34,10 @@ def build_app(
     *,
     readiness: list[Readiness],
     registry: CollectorRegistry | None = None,
+    routes: Sequence[Route] = (),
 ) -> Starlette:
-    """The ASGI app. `registry` holds the daemon's own process metrics (fresh per app)."""
+    """The ASGI app. `registry` holds the daemon's own process metrics (fresh per app);
+    `routes` are mounted beside the probes, so each domain owns its endpoints."""
     if registry is None:
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
@@ -61,5 +64,6 @@ def build_app(
             Route("/metrics", metrics),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            *routes,
         ]
     )
