@@ -260,6 +260,31 @@ API_OVERLOAD_RATIO = _m(
     unit="ratio",
 )
 
+# --- notifications (the Slack outbox and its dispatcher) --------------------------------
+OUTBOX_PENDING = _m(
+    "outbox_pending_rows",
+    "gauge",
+    "Notifications waiting in the outbox to be sent to Slack.",
+)
+OUTBOX_OLDEST_PENDING_AGE = _m(
+    "outbox_oldest_pending_age_seconds",
+    "gauge",
+    "Age of the oldest notification waiting in the outbox; 0 when none waits.",
+    unit="seconds",
+)
+OUTBOX_ROWS = _m(
+    "outbox_rows_total",
+    "counter",
+    "Outbox rows this process finished, by `status` (sent, failed, skipped).",
+    ("status",),
+)
+SLACK_CALL_FAILURES = _m(
+    "slack_call_failures_total",
+    "counter",
+    "Failed Slack calls by `reason` (rate_limited, transient, permanent).",
+    ("reason",),
+)
+
 ALL: tuple[Metric, ...] = tuple(v for v in globals().copy().values() if isinstance(v, Metric))
 BY_NAME: dict[str, Metric] = {m.name: m for m in ALL}
 

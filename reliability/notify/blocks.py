@@ -1,0 +1,203 @@
+"""Block Kit rendering of incidents: pure functions from incident fields to Slack content.
+
+An incident has one root message that always shows its current state (posted on open,
+replaced with ``chat.update`` on acknowledge, resolve and reopen), and a thread of replies
+for everything else (refires, notes, runbook progress). Content comes only from the
+incident and its events, never from configuration or the environment, so no secret can leak
+into a channel; every piece of it is escaped, so a label value such as ``<!channel>`` cannot
+ping anyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from reliability.incidents.models import IncidentEventRead, IncidentRead, IncidentStatus
+
+Block = dict[str, Any]
+
+# Events that change what the root message says; the rest become thread replies.
+ROOT_KINDS = frozenset({"opened", "acknowledged", "resolved", "reopened"})
+RUNBOOK_PREFIX = "reliability runbook run "
+# The labels an on-call engineer looks for first, shown as fields in this order.
+FIELD_LABELS = ("node", "gpu", "endpoint", "service", "pool")
+HIDDEN_LABELS = frozenset({"runbook"})
+SEVERITY_ICONS = {
+    "critical": ":red_circle:",
+    "warning": ":large_orange_circle:",
+    "info": ":large_blue_circle:",
+}
+HEADER_LIMIT = 150
+SECTION_LIMIT = 3000
+FIELD_LIMIT = 2000
+CONTEXT_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A Slack message: ``text`` is what notifications and screen readers show."""
+
+    text: str
+    blocks: list[Block]
+
+
+def updates_root(kind: str) -> bool:
+    """Whether an event of this kind edits the root message (else it is a thread reply)."""
+    return kind in ROOT_KINDS
+
+
+def runbook_command(opening_data: dict[str, Any] | None, labels: dict[str, str]) -> str | None:
+    """The suggested ``reliability runbook run ...`` command, if the incident carries one.
+
+    The detect engine stores it under ``runbook`` in the opening event's data; an
+    Alertmanager alert may carry it as a label. Anything that is not such a command is
+    ignored: a channel is no place to suggest an arbitrary shell line for copy and paste.
+    """
+    for candidate in ((opening_data or {}).get("runbook"), labels.get("runbook")):
+        if isinstance(candidate, str) and candidate.strip().startswith(RUNBOOK_PREFIX):
+            return candidate.strip()
+    return None
+
+
+def root_message(
+    incident: IncidentRead, *, runbook: str | None = None, dashboard_url: str | None = None
+) -> Rendered:
+    """The root message for the incident's current state."""
+    blocks: list[Block] = [
+        _header(f"{_headline(incident)}: {incident.title}"),
+        {"type": "section", "fields": _fields(incident)},
+    ]
+    if incident.summary:
+        blocks.append(_section(_escape(incident.summary)))
+    blocks.append(_section(_status_line(incident)))
+    if runbook and incident.status != IncidentStatus.resolved:
+        blocks.append(_section(f"*Suggested fix*\n```{_escape(runbook)}```"))
+    if dashboard_url:
+        blocks.append(_section(f"<{dashboard_url}|Open the Grafana dashboard>"))
+    blocks.append(_context(_footer(incident)))
+    text = f"[{_headline(incident)}] {incident.title}"
+    if incident.summary:
+        text += f": {incident.summary}"
+    return Rendered(_escape(text), blocks)
+
+
+def thread_reply(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
+    """A reply in the incident's thread for an event that does not change the root."""
+    when = _date(event.at)
+    if event.kind == "refired":
+        severity = str((event.data or {}).get("severity", incident.severity.value))
+        line = f":repeat: Fired again {when} (severity {_escape(severity)})"
+    elif event.kind == "note":
+        line = f":memo: Note by {_escape(event.actor or 'someone')} {when}"
+    else:
+        line = f"*{_escape(event.kind.replace('_', ' ').capitalize())}* {when}"
+        if event.actor:
+            line += f" by {_escape(event.actor)}"
+    if event.message:
+        line += f"\n{_escape(event.message)}"
+    return Rendered(_clip(line, SECTION_LIMIT), [_section(line)])
+
+
+def _headline(incident: IncidentRead) -> str:
+    severity = incident.severity.value.upper()
+    if incident.status == IncidentStatus.resolved:
+        return f"RESOLVED {severity}"
+    if incident.status == IncidentStatus.acknowledged:
+        return f"ACKNOWLEDGED {severity}"
+    return severity
+
+
+def _icon(incident: IncidentRead) -> str:
+    if incident.status == IncidentStatus.resolved:
+        return ":white_check_mark:"
+    if incident.status == IncidentStatus.acknowledged:
+        return ":eyes:"
+    return SEVERITY_ICONS.get(incident.severity.value, ":grey_question:")
+
+
+def _header(text: str) -> Block:
+    return {"type": "header", "text": {"type": "plain_text", "text": _clip(text, HEADER_LIMIT)}}
+
+
+def _section(mrkdwn: str) -> Block:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(mrkdwn, SECTION_LIMIT)}}
+
+
+def _context(mrkdwn: str) -> Block:
+    element = {"type": "mrkdwn", "text": _clip(mrkdwn, CONTEXT_LIMIT)}
+    return {"type": "context", "elements": [element]}
+
+
+def _fields(incident: IncidentRead) -> list[Block]:
+    pairs = [
+        ("Severity", f"{_icon(incident)} {incident.severity.value}"),
+        ("Status", incident.status.value),
+        ("Since", _date(incident.started_at)),
+    ]
+    pairs += [
+        (name.capitalize(), _escape(incident.labels[name]))
+        for name in FIELD_LABELS
+        if incident.labels.get(name)
+    ]
+    # Slack allows ten fields in a section; the labels come first in FIELD_LABELS order.
+    return [
+        {"type": "mrkdwn", "text": _clip(f"*{name}*\n{value}", FIELD_LIMIT)}
+        for name, value in pairs[:10]
+    ]
+
+
+def _status_line(incident: IncidentRead) -> str:
+    if incident.status == IncidentStatus.resolved and incident.resolved_at is not None:
+        lasted = _duration(incident.resolved_at - incident.started_at)
+        by = _escape(incident.resolved_by or "unknown")
+        return f":white_check_mark: Resolved by {by} after {lasted} ({_date(incident.resolved_at)})"
+    if incident.status == IncidentStatus.acknowledged and incident.acknowledged_at is not None:
+        by = _escape(incident.acknowledged_by or "unknown")
+        return f":eyes: Acknowledged by {by} {_date(incident.acknowledged_at)}"
+    line = f"{_icon(incident)} Open since {_date(incident.started_at)}"
+    if incident.reopen_count:
+        line += f", reopened {_times(incident.reopen_count)}"
+    return line
+
+
+def _footer(incident: IncidentRead) -> str:
+    others = sorted(
+        (name, value)
+        for name, value in incident.labels.items()
+        if name not in FIELD_LABELS and name not in HIDDEN_LABELS
+    )
+    parts = [f"Incident #{incident.id}", f"source {incident.source}"]
+    parts.append(f"fired {_times(incident.occurrences)}")
+    parts += [f"{name}={value}" for name, value in others]
+    return _escape(" · ".join(parts))
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def _date(at: datetime) -> str:
+    """A time every reader sees in their own zone; the fallback is UTC."""
+    fallback = at.strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def _escape(text: str) -> str:
+    # Slack's three control characters: unescaped, `<!channel>` in a label would ping everyone.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,370 @@
+"""The outbox dispatcher: sends pending outbox rows to Slack, in order, at Slack's pace.
+
+Each step claims one due row (the oldest pending row of its incident) with a lease, sends
+it with no database transaction open, then records the outcome. The guarantees:
+
+* **Per-incident order.** An incident's next row is not due until the one before it is
+  sent, failed or skipped; two dispatchers never hold rows of one incident at once.
+* **At least once, and once in practice.** A row is marked sent right after Slack accepts
+  it. A dispatcher killed between those two moments leaves its row claimed; when the lease
+  (`lease_s`) runs out the row is sent again. That window, one row per dispatcher, is the
+  only way a message is duplicated.
+* **Pacing.** At most `max_per_second` calls per channel. A 429 pauses that channel for
+  its `Retry-After`; a transient failure pauses it with capped exponential backoff and
+  jitter; either way the row stays pending. A permanent failure marks the row failed,
+  logged with Slack's reason (never the token), and the incident's next row goes ahead.
+* **No paging for old news.** An incident never posted to Slack and resolved more than
+  `max_age_s` ago gets its rows skipped. A posted incident is always brought up to date,
+  so a resolve is never skipped.
+
+`run_once()` is one pass, for tests; `start()`/`stop()` run passes on a thread, polling every
+`poll_interval_s`, or sooner after `wake()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from reliability import catalog
+from reliability.collect.base import Sample
+from reliability.config import SlackConfig
+from reliability.notify import blocks
+from reliability.notify import service as outbox_service
+from reliability.notify.service import Candidate, Claimed, Root
+from reliability.notify.slack import Permanent, RateLimited, SlackError, SlackNotifier
+
+log = logging.getLogger("reliability.notify")
+
+# How long the loop waits after a failed pass (database down, a bug) before the next one.
+RETRY_S = 2.0
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    """Timing of the dispatcher. `lease_s` must exceed the Slack client's timeout, or a slow
+    call's row could be claimed and sent again by another dispatcher."""
+
+    poll_interval_s: float = 0.1
+    lease_s: float = 30.0
+    max_age_s: float = 3600.0
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 30.0
+    batch: int = 1000
+    stats_interval_s: float = 5.0
+    stop_timeout_s: float = 1.0
+
+
+@dataclass
+class _Channel:
+    """Pacing of one channel, in monotonic seconds."""
+
+    ready_at: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class _Counters:
+    rows: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+    oldest_age_s: float = 0.0
+
+
+def route(slack: SlackConfig, *, severity: str, labels: dict[str, str]) -> str:
+    """The channel for a new incident: the first route whose severities and services (each
+    empty for any) match, else the default channel."""
+    for candidate in slack.routes:
+        if candidate.severity and severity not in candidate.severity:
+            continue
+        if candidate.services and labels.get("service") not in candidate.services:
+            continue
+        return candidate.channel
+    return slack.channel
+
+
+def backoff_s(failures: int, *, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: between half and all of min(cap, base * 2^(n-1)), so
+    dispatchers that failed together do not retry together."""
+    ceiling = min(cap_s, base_s * 2 ** min(failures - 1, 32))
+    return ceiling * rng.uniform(0.5, 1.0)
+
+
+class Dispatcher:
+    """Sends the outbox of the database behind `engine` through `notifier`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        notifier: SlackNotifier,
+        slack: SlackConfig,
+        *,
+        dashboard_url: str | None = None,
+        settings: DispatchSettings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._engine = engine
+        self._notifier = notifier
+        self._slack = slack
+        self._dashboard_url = dashboard_url
+        self._settings = settings or DispatchSettings()
+        self._rng = rng or random.Random()
+        self._min_interval_s = 1.0 / slack.max_per_second
+        self._channels: dict[str, _Channel] = {}
+        # Channel names seen in answers, mapped to their IDs: both name one pacing state.
+        self._ids: dict[str, str] = {}
+        self._deferred_until: float | None = None
+        self._counters = _Counters()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run passes on a background thread until `stop()`."""
+        if self._thread is not None:
+            raise RuntimeError("the dispatcher is already running")
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="outbox-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> bool:
+        """Stop the loop; True if it ended within `stop_timeout_s`.
+
+        A Slack call in flight is not interrupted: if it outlasts the wait, the thread ends
+        when it returns, and a claim it could not record expires with its lease.
+        """
+        self._stopping.set()
+        self._wakeup.set()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        thread.join(self._settings.stop_timeout_s)
+        return not thread.is_alive()
+
+    def wake(self) -> None:
+        """Look for due rows now instead of at the next poll (call after committing rows)."""
+        self._wakeup.set()
+
+    def _loop(self) -> None:
+        next_stats = 0.0
+        while not self._stopping.is_set():
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + self._settings.stats_interval_s
+                self._refresh_backlog()
+            try:
+                handled = self.run_once()
+            except SQLAlchemyError as exc:
+                log.warning("outbox: database error, retrying in %gs: %s", RETRY_S, exc)
+                self._stopping.wait(RETRY_S)
+                continue
+            except Exception:
+                # A bug must not end notifications for good; its row's lease expires.
+                log.exception("outbox: unexpected error, retrying in %gs", RETRY_S)
+                self._stopping.wait(RETRY_S)
+                continue
+            if not handled:
+                self._wakeup.wait(self._idle_wait_s())
+                self._wakeup.clear()
+
+    def _idle_wait_s(self) -> float:
+        poll = self._settings.poll_interval_s
+        if self._deferred_until is None:
+            return poll
+        return min(poll, max(0.001, self._deferred_until - time.monotonic()))
+
+    # -- one pass -------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Send (or fail, or skip) every row that is due and whose channel is ready; return
+        how many rows were handled. Rows of a paced or paused channel wait for a later pass."""
+        self._deferred_until = None
+        now = datetime.now(UTC)
+        with self._engine.begin() as connection:
+            candidates = outbox_service.due(connection, now=now, limit=self._settings.batch)
+        handled = 0
+        for candidate in candidates:
+            if self._stopping.is_set():
+                break
+            handled += self._handle(candidate)
+        return handled
+
+    def _handle(self, candidate: Candidate) -> int:
+        now = datetime.now(UTC)
+        if self._is_old_news(candidate, now):
+            return self._skip(candidate, now)
+        channel = candidate.root_channel or route(
+            self._slack, severity=candidate.severity, labels=candidate.labels
+        )
+        pacing = self._pacing(channel)
+        if pacing.ready_at > time.monotonic():
+            self._defer(pacing.ready_at)
+            return 0
+        lease_end = now + timedelta(seconds=self._settings.lease_s)
+        with self._engine.begin() as connection:
+            claimed = outbox_service.claim(
+                connection, row_id=candidate.id, now=now, until=lease_end
+            )
+        if claimed is None:
+            return 0  # another dispatcher holds it, or finished it since we looked
+        pacing.ready_at = time.monotonic() + self._min_interval_s
+        try:
+            root = self._send(claimed, channel)
+        except SlackError as exc:
+            self._record_failure(claimed, channel, exc)
+            return 1
+        with self._engine.begin() as connection:
+            sent_at = datetime.now(UTC)
+            if root is not None:
+                outbox_service.save_root(
+                    connection, incident_id=claimed.incident.id, root=root, now=sent_at
+                )
+            outbox_service.mark_sent(connection, row_id=claimed.id, now=sent_at)
+        pacing.failures = 0
+        self._count("rows", "sent")
+        return 1
+
+    def _send(self, claimed: Claimed, channel: str) -> Root | None:
+        """Make the Slack call for the row; the new root message when one was posted.
+
+        With no root yet (the first row, or the root could not be posted), any row posts a
+        fresh root showing the incident as it is now.
+        """
+        incident, root = claimed.incident, claimed.root
+        if root is None or blocks.updates_root(claimed.event.kind):
+            runbook = blocks.runbook_command(claimed.opening_data, incident.labels)
+            message = blocks.root_message(
+                incident, runbook=runbook, dashboard_url=self._dashboard_url
+            )
+            if root is not None:
+                self._notifier.update(root.channel, root.ts, message.text, message.blocks)
+                return None
+            posted = self._notifier.post(channel, message.text, message.blocks)
+            self._learn(channel, posted.channel)
+            return Root(posted.channel, posted.ts)
+        reply = blocks.thread_reply(incident, claimed.event)
+        self._notifier.post(root.channel, reply.text, reply.blocks, thread_ts=root.ts)
+        return None
+
+    def _record_failure(self, claimed: Claimed, channel: str, exc: SlackError) -> None:
+        pacing = self._pacing(channel)
+        now = datetime.now(UTC)
+        if isinstance(exc, Permanent):
+            log.error(
+                "outbox: row %s (incident %s, %s) failed for good in %s: %s",
+                claimed.id,
+                claimed.incident.id,
+                claimed.event.kind,
+                channel,
+                exc.reason,
+            )
+            with self._engine.begin() as connection:
+                outbox_service.mark_failed(connection, row_id=claimed.id, reason=exc.reason)
+            self._count("errors", "permanent")
+            self._count("rows", "failed")
+            return
+        if isinstance(exc, RateLimited):
+            delay = exc.retry_after
+            self._count("errors", "rate_limited")
+        else:
+            pacing.failures += 1
+            delay = backoff_s(
+                pacing.failures,
+                base_s=self._settings.backoff_base_s,
+                cap_s=self._settings.backoff_cap_s,
+                rng=self._rng,
+            )
+            self._count("errors", "transient")
+        if pacing.failures <= 1:  # once per outage, not once per probe
+            log.warning(
+                "outbox: Slack call to %s failed, retrying in %.1fs: %s", channel, delay, exc
+            )
+        # The whole channel waits, not just this row: Slack asked us (or failed) for all.
+        pacing.ready_at = max(pacing.ready_at, time.monotonic() + delay)
+        with self._engine.begin() as connection:
+            outbox_service.retry_later(
+                connection,
+                row_id=claimed.id,
+                not_before=now + timedelta(seconds=delay),
+                reason=exc.reason,
+            )
+
+    def _is_old_news(self, candidate: Candidate, now: datetime) -> bool:
+        if candidate.root_channel is not None or candidate.resolved_at is None:
+            return False
+        return candidate.resolved_at < now - timedelta(seconds=self._settings.max_age_s)
+
+    def _skip(self, candidate: Candidate, now: datetime) -> int:
+        reason = (
+            f"old news: resolved before anyone was told, over {self._settings.max_age_s:g}s ago"
+        )
+        with self._engine.begin() as connection:
+            skipped = outbox_service.mark_skipped(
+                connection, row_id=candidate.id, reason=reason, now=now
+            )
+        if not skipped:
+            return 0
+        self._count("rows", "skipped")
+        return 1
+
+    # -- channels -------------------------------------------------------------------------
+
+    def _pacing(self, channel: str) -> _Channel:
+        return self._channels.setdefault(self._ids.get(channel, channel), _Channel())
+
+    def _learn(self, name: str, channel_id: str) -> None:
+        """Remember that `name` is `channel_id`, so both share one pacing state."""
+        if name != channel_id and name not in self._ids:
+            self._ids[name] = channel_id
+            self._channels[channel_id] = self._channels.pop(name, _Channel())
+
+    def _defer(self, ready_at: float) -> None:
+        if self._deferred_until is None or ready_at < self._deferred_until:
+            self._deferred_until = ready_at
+
+    # -- metrics --------------------------------------------------------------------------
+
+    def _count(self, family: str, key: str) -> None:
+        with self._lock:
+            counts = getattr(self._counters, family)
+            counts[key] = counts.get(key, 0) + 1
+
+    def _refresh_backlog(self) -> None:
+        try:
+            with self._engine.begin() as connection:
+                backlog = outbox_service.backlog(connection)
+        except SQLAlchemyError as exc:
+            log.warning("outbox: cannot read the backlog: %s", exc)
+            return
+        age = 0.0
+        if backlog.oldest is not None:
+            age = max(0.0, (datetime.now(UTC) - backlog.oldest).total_seconds())
+        with self._lock:
+            self._counters.pending, self._counters.oldest_age_s = backlog.pending, age
+
+    def samples(self) -> list[Sample]:
+        """The dispatcher's metrics as of its last pass; reads no database."""
+        with self._lock:
+            counters = self._counters
+            out = [
+                Sample(catalog.OUTBOX_PENDING, (), float(counters.pending)),
+                Sample(catalog.OUTBOX_OLDEST_PENDING_AGE, (), counters.oldest_age_s),
+            ]
+            out += [
+                Sample(catalog.OUTBOX_ROWS, (status,), float(counters.rows.get(status, 0)))
+                for status in ("sent", "failed", "skipped")
+            ]
+            out += [
+                Sample(catalog.SLACK_CALL_FAILURES, (reason,), float(n))
+                for reason, n in sorted(counters.errors.items())
+            ]
+        return out

@@ -1,0 +1,87 @@
+"""Outbox and Slack message tables.
+
+`outbox` is the transactional outbox: the incident service writes one row per timeline event
+that should reach Slack, in the transaction that records the event, so a notification exists
+exactly when its event does. The dispatcher claims rows with a lease (`claimed_until`) rather
+than a lock, so a dispatcher that dies mid-send gives its row back when the lease runs out.
+`slack_messages` remembers each incident's root message so every later update edits it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from reliability.db import Base, UTCDateTime
+
+_PENDING = sa.text("status = 'pending'")
+
+
+class OutboxStatus(StrEnum):
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"  # Slack refused it for good (bad channel, bad token); see last_error
+    skipped = "skipped"  # old news when first seen: never paged for
+
+
+class OutboxRow(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # The dispatcher's hot query: the oldest pending row of each incident.
+        sa.Index(
+            "ix_outbox_pending_incident",
+            "incident_id",
+            "id",
+            sqlite_where=_PENDING,
+            postgresql_where=_PENDING,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("incident_events.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[OutboxStatus] = mapped_column(
+        sa.Enum(
+            OutboxStatus,
+            name="status",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=lambda members: [member.value for member in members],
+            validate_strings=True,
+        ),
+        default=OutboxStatus.pending,
+        server_default=OutboxStatus.pending.value,
+    )
+    attempts: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<OutboxRow {self.id} incident={self.incident_id} {self.kind} {self.status}>"
+
+
+class SlackMessage(Base):
+    """The root message of an incident: `channel` is the ID Slack answered (chat.update
+    accepts no name), `ts` the message's timestamp."""
+
+    __tablename__ = "slack_messages"
+
+    incident_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    channel: Mapped[str] = mapped_column(sa.String(64))
+    ts: Mapped[str] = mapped_column(sa.String(32))
+    posted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<SlackMessage incident={self.incident_id} {self.channel} {self.ts}>"

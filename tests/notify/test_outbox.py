@@ -1,0 +1,518 @@
+"""The outbox and its dispatcher, against the Slack stand-in through the real slack_sdk client.
+
+One Slack message per incident, edited in place as it is acknowledged and resolved, with a
+thread for everything else; nothing lost or duplicated when Slack rate-limits, goes down, or
+the dispatcher is killed. Every test runs on SQLite and PostgreSQL unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from reliability import catalog, db
+from reliability.config import SlackConfig, SlackRoute
+from reliability.incidents import service
+from reliability.incidents.models import IncidentEvent
+from reliability.notify import outbox
+from reliability.notify.dispatcher import Dispatcher, DispatchSettings
+from reliability.notify.models import OutboxRow, OutboxStatus, SlackMessage
+from reliability.notify.slack import SlackNotifier
+from reliability.testing.slack import SlackStandIn
+
+HERE = Path(__file__).parent
+
+# Fast enough that tests of ordering and outages do not wait on the 1/s default pacing;
+# the pacing itself has its own test at the default.
+TEST_RATE = 200.0
+
+
+def slack_config(**overrides: Any) -> SlackConfig:
+    fields: dict[str, Any] = {"token_env": "SLACK_BOT_TOKEN", "channel": "#alerts"}
+    return SlackConfig(**(fields | {"max_per_second": TEST_RATE} | overrides))
+
+
+def enqueue_new_events(session: Session) -> None:
+    """Give every event without an outbox row one, as the incident service does in the
+    transaction that records the event; a no-op for events the service already enqueued."""
+    missing = session.execute(
+        sa.select(IncidentEvent.id, IncidentEvent.incident_id, IncidentEvent.kind)
+        .where(~sa.exists().where(OutboxRow.event_id == IncidentEvent.id))
+        .order_by(IncidentEvent.id)
+    )
+    for event_id, incident_id, kind in missing:
+        outbox.enqueue(session, incident_id=incident_id, event_id=event_id, kind=kind)
+
+
+def rows(session: Session) -> list[OutboxRow]:
+    """The outbox as it is now; the read's transaction ends, so SQLite's lock is released."""
+    session.expire_all()
+    found = list(session.scalars(sa.select(OutboxRow).order_by(OutboxRow.id)))
+    session.commit()
+    return found
+
+
+@pytest.fixture
+def notifier(slack: SlackStandIn) -> SlackNotifier:
+    return SlackNotifier(slack.token, base_url=slack.api_url, timeout_s=2)
+
+
+@pytest.fixture
+def dispatcher_factory(
+    engine: sa.Engine, notifier: SlackNotifier
+) -> Iterator[Callable[..., Dispatcher]]:
+    """dispatcher_factory(slack=SlackConfig, **settings) -> a Dispatcher, stopped at the end."""
+    made: list[Dispatcher] = []
+
+    def make(slack: SlackConfig | None = None, **settings: Any) -> Dispatcher:
+        dispatcher = Dispatcher(
+            engine,
+            notifier,
+            slack or slack_config(),
+            dashboard_url=settings.pop("dashboard_url", None),
+            settings=DispatchSettings(**({"backoff_cap_s": 1.0} | settings)),
+        )
+        made.append(dispatcher)
+        return dispatcher
+
+    yield make
+    for dispatcher in made:
+        dispatcher.stop()
+
+
+@pytest.fixture
+def dispatcher(dispatcher_factory: Callable[..., Dispatcher]) -> Dispatcher:
+    return dispatcher_factory()
+
+
+def fire(session: Session, name: str, *, severity: str = "critical", **fields) -> int:
+    """One firing of signal `name`, committed with its outbox rows; the incident's id."""
+    upsert = service.open_or_update(
+        session,
+        fingerprint=name,
+        title=f"{name} is hot",
+        severity=severity,
+        source="rule",
+        labels=fields.pop("labels", {"node": "gpu-1"}),
+        summary=fields.pop("summary", "temperature 91 C > 85 C"),
+        **fields,
+    )
+    enqueue_new_events(session)
+    session.commit()
+    return upsert.incident.id
+
+
+def act(session: Session, change: Callable[..., object], incident_id: int, **fields) -> None:
+    """Acknowledge, resolve or annotate an incident, committed with its outbox rows."""
+    change(session, incident_id=incident_id, **fields)
+    enqueue_new_events(session)
+    session.commit()
+
+
+def drain(dispatcher: Dispatcher, session: Session, timeout_s: float = 10.0) -> None:
+    """Run passes until no row is pending."""
+    deadline = time.monotonic() + timeout_s
+    while any(row.status == OutboxStatus.pending for row in rows(session)):
+        assert time.monotonic() < deadline, f"still pending: {rows(session)}"
+        if not dispatcher.run_once():
+            time.sleep(0.02)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def statuses(session: Session) -> Counter[str]:
+    return Counter(row.status.value for row in rows(session))
+
+
+def by_incident(slack: SlackStandIn, session: Session) -> dict[int, list[str]]:
+    """The successful chat calls for each incident, in arrival order: post, update, reply."""
+    session.expire_all()
+    roots = {m.ts: m.incident_id for m in session.scalars(sa.select(SlackMessage))}
+    session.commit()
+    out: dict[int, list[str]] = {}
+    for call in slack.calls():
+        if not call.ok or not call.method.startswith("chat."):
+            continue
+        if call.method == "chat.update":
+            out.setdefault(roots[call.ts], []).append("update")
+        elif call.thread_ts:
+            out.setdefault(roots[call.thread_ts], []).append("reply")
+        else:
+            # A root post the database does not know would be a message nobody updates.
+            assert call.ts in roots, f"a root post no incident owns: {call.text!r}"
+            out.setdefault(roots[call.ts], []).append("post")
+    return out
+
+
+# -- one message per incident ------------------------------------------------------------
+
+
+def test_one_message_per_incident_edited_in_place_on_ack_and_resolve(session, slack, dispatcher):
+    incident = fire(session, "gpu-1-hot")
+    drain(dispatcher, session)
+    [message] = slack.messages("alerts")
+    assert "gpu-1-hot is hot" in message.text and message.edits == 0
+
+    act(session, service.acknowledge, incident, by="alice")
+    drain(dispatcher, session)
+    act(session, service.resolve, incident, by="bob")
+    drain(dispatcher, session)
+
+    [message] = slack.messages("alerts")
+    assert message.edits == 2
+    assert "ACKNOWLEDGED" in message.history[1]
+    assert "RESOLVED" in message.text
+    assert "Resolved by bob after" in str(message.blocks)
+    root = session.get(SlackMessage, incident)
+    assert (root.channel, root.ts) == (slack.channel_id("alerts"), message.ts)
+    assert statuses(session) == {"sent": 3}
+    assert slack.orphans() == []
+
+
+def test_refires_and_notes_are_thread_replies_in_order(session, slack, dispatcher):
+    incident = fire(session, "gpu-2-xid")
+    fire(session, "gpu-2-xid")
+    act(session, service.add_note, incident, by="carol", text="draining the node")
+    fire(session, "gpu-2-xid")
+    drain(dispatcher, session)
+
+    [root] = slack.messages("alerts")
+    replies = [m.text for m in slack.replies(root.ts)]
+    assert len(replies) == 3
+    assert "Fired again" in replies[0]
+    assert "Note by carol" in replies[1] and "draining the node" in replies[1]
+    assert "Fired again" in replies[2]
+
+
+def test_a_reopened_incident_edits_its_original_message(session, slack, dispatcher):
+    incident = fire(session, "api-503")
+    act(session, service.resolve, incident, by="rule")
+    drain(dispatcher, session)
+    assert fire(session, "api-503") == incident  # within the reopen window
+    drain(dispatcher, session)
+
+    [message] = slack.messages("alerts")
+    assert message.edits == 2  # resolved, then open again
+    assert "RESOLVED" not in message.text
+    assert "reopened once" in str(message.blocks)
+
+
+def test_channels_follow_the_routes_by_severity_and_service(session, slack, dispatcher_factory):
+    slack.add_channel("serving")
+    routes = [
+        SlackRoute(channel="#serving", services=["chat"]),
+        SlackRoute(channel="#oncall", severity=["critical"]),
+    ]
+    dispatcher = dispatcher_factory(slack_config(routes=routes))
+    fire(session, "chat-errors", severity="warning", labels={"service": "chat"})
+    fire(session, "gpu-lost", severity="critical")
+    fire(session, "disk-full", severity="warning")
+    drain(dispatcher, session)
+
+    assert ["chat-errors" in m.text for m in slack.messages("serving")] == [True]
+    assert ["gpu-lost" in m.text for m in slack.messages("oncall")] == [True]
+    assert ["disk-full" in m.text for m in slack.messages("alerts")] == [True]
+
+
+def test_the_dashboard_link_and_runbook_command_reach_the_message(
+    session, slack, dispatcher_factory
+):
+    dispatcher = dispatcher_factory(dashboard_url="https://grafana.example/d/fleet")
+    command = "reliability runbook run node-failover --param node=gpu-3"
+    fire(session, "gpu-3-down", labels={"node": "gpu-3", "runbook": command})
+    drain(dispatcher, session)
+
+    [message] = slack.messages("alerts")
+    assert command in str(message.blocks)
+    assert "https://grafana.example/d/fleet" in str(message.blocks)
+    assert slack.token not in str(slack.calls())
+
+
+# -- pacing, rate limits, failures -------------------------------------------------------
+
+
+def test_at_most_one_message_per_second_per_channel_by_default(session, slack, dispatcher_factory):
+    dispatcher = dispatcher_factory(slack_config(max_per_second=1.0))
+    for name in ("a", "b", "c"):
+        fire(session, name)
+    drain(dispatcher, session)
+
+    times = [c.received_at for c in slack.calls("chat.postMessage")]
+    assert len(times) == 3
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.95
+
+
+def test_a_429_storm_loses_nothing_and_waits_for_retry_after(session, slack, dispatcher):
+    for name in ("a", "b", "c"):
+        incident = fire(session, name)
+        act(session, service.resolve, incident, by="rule")
+    slack.rate_limit(3, retry_after=1)
+    drain(dispatcher, session, timeout_s=15)
+
+    calls = slack.calls()
+    limited = [i for i, c in enumerate(calls) if c.status == 429]
+    assert len(limited) == 3
+    for index in limited:
+        # The next attempt from this single sender comes no sooner than Retry-After.
+        assert calls[index + 1].received_at - calls[index].received_at >= 0.99
+    assert statuses(session) == {"sent": 6}
+    assert all(kinds == ["post", "update"] for kinds in by_incident(slack, session).values())
+    assert sum(r.attempts for r in rows(session)) == 6 + 3  # each 429 cost one more attempt
+
+
+def test_a_permanent_error_fails_the_row_and_the_others_go_on(
+    session, slack, dispatcher_factory, caplog
+):
+    routes = [SlackRoute(channel="#no-such-channel", severity=["critical"])]
+    dispatcher = dispatcher_factory(slack_config(routes=routes))
+    lost = fire(session, "gpu-lost", severity="critical")
+    fire(session, "disk-full", severity="warning")
+    with caplog.at_level(logging.ERROR, logger="reliability.notify"):
+        drain(dispatcher, session)
+
+    failed = [r for r in rows(session) if r.status == OutboxStatus.failed]
+    assert [(r.incident_id, r.last_error, r.attempts) for r in failed] == [
+        (lost, "channel_not_found", 1)
+    ]
+    assert ["disk-full" in m.text for m in slack.messages("alerts")] == [True]
+    assert "channel_not_found" in caplog.text and slack.token not in caplog.text
+
+
+def test_an_update_after_a_failed_root_posts_a_fresh_root(session, slack, dispatcher):
+    incident = fire(session, "gpu-lost")
+    slack.fail_next(1, "invalid_blocks")
+    drain(dispatcher, session)
+    assert slack.messages() == []
+
+    act(session, service.acknowledge, incident, by="alice")
+    drain(dispatcher, session)
+
+    [message] = slack.messages("alerts")
+    assert "ACKNOWLEDGED" in message.text and message.edits == 0
+    assert [r.status for r in rows(session)] == [OutboxStatus.failed, OutboxStatus.sent]
+
+
+def test_old_news_is_skipped_but_a_posted_incident_is_always_brought_up_to_date(
+    session, slack, dispatcher
+):
+    now = datetime.now(UTC)
+    posted = fire(session, "posted", at=now - timedelta(hours=3))
+    drain(dispatcher, session)
+    act(session, service.resolve, posted, by="rule", at=now - timedelta(hours=2))
+    old = fire(session, "old", at=now - timedelta(hours=3))
+    act(session, service.resolve, old, by="rule", at=now - timedelta(hours=2))
+    fire(session, "still-open", at=now - timedelta(hours=3))
+    drain(dispatcher, session)
+
+    assert [r.status.value for r in rows(session) if r.incident_id == old] == ["skipped"] * 2
+    texts = [m.text for m in slack.messages("alerts")]
+    assert len(texts) == 2
+    assert "RESOLVED" in texts[0] and "posted" in texts[0]
+    assert "still-open" in texts[1]
+
+
+# -- outages, concurrency and crashes ----------------------------------------------------
+
+
+def open_and_resolve_during_outage(
+    session: Session, slack: SlackStandIn, dispatcher: Dispatcher, *, incidents: int, down_s: float
+) -> None:
+    """Take Slack down, open and resolve `incidents` incidents spread over `down_s` seconds
+    with the dispatcher running, bring Slack back, and wait for the outbox to empty."""
+    slack.outage()
+    dispatcher.start()
+    started = time.monotonic()
+    ids = []
+    for number in range(incidents):
+        ids.append(fire(session, f"outage-{number:03d}"))
+        time.sleep(down_s / 2 / incidents)
+    for incident in ids:
+        act(session, service.resolve, incident, by="rule")
+        time.sleep(down_s / 2 / incidents)
+    time.sleep(max(0.0, down_s - (time.monotonic() - started)))
+    assert slack.calls() == []  # nothing got through while down
+    slack.outage(False)
+    wait_for(lambda: statuses(session) == {"sent": 2 * incidents}, 30, "the backlog to be sent")
+
+
+def assert_each_incident_posted_once_then_updated(session, slack, incidents: int) -> None:
+    calls = by_incident(slack, session)
+    assert len(calls) == incidents
+    assert all(kinds == ["post", "update"] for kinds in calls.values()), calls
+    assert len(slack.messages("alerts")) == incidents
+    assert all("RESOLVED" in m.text for m in slack.messages("alerts"))
+
+
+def test_slack_down_while_incidents_open_and_resolve_loses_and_repeats_nothing(
+    session, slack, dispatcher
+):
+    """A 5 s outage stands in for the issue's 60 s: with the backoff cap at 1 s, every
+    second of outage is another round of failed probes, so 5 s already exercises
+    retry-after-retry; the real 60 s runs once, in the next test."""
+    open_and_resolve_during_outage(session, slack, dispatcher, incidents=20, down_s=5)
+    assert_each_incident_posted_once_then_updated(session, slack, 20)
+
+
+def test_slack_down_for_the_full_60_seconds_with_50_incidents(tmp_path, slack, notifier):
+    """The issue's scenario at full length (about 65 s): SQLite only, to keep the suite's
+    time reasonable; the backend-independent part is the test above, on both databases."""
+    url = f"sqlite:///{tmp_path / 'outage.db'}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    settings = DispatchSettings(backoff_cap_s=5.0)
+    dispatcher = Dispatcher(engine, notifier, slack_config(max_per_second=50), settings=settings)
+    try:
+        with db.session_factory(engine)() as session:
+            open_and_resolve_during_outage(session, slack, dispatcher, incidents=50, down_s=60)
+            assert_each_incident_posted_once_then_updated(session, slack, 50)
+    finally:
+        dispatcher.stop()
+        engine.dispose()
+
+
+def test_two_dispatchers_at_once_send_each_row_once(session, slack, dispatcher_factory):
+    first, second = dispatcher_factory(), dispatcher_factory()
+    first.start()
+    second.start()
+    for number in range(30):
+        incident = fire(session, f"race-{number}")
+        act(session, service.acknowledge, incident, by="alice")
+        act(session, service.resolve, incident, by="bob")
+    wait_for(lambda: statuses(session) == {"sent": 90}, 20, "every row to be sent")
+
+    calls = by_incident(slack, session)
+    assert len(calls) == 30
+    assert all(kinds == ["post", "update", "update"] for kinds in calls.values()), calls
+
+
+def test_a_running_dispatcher_sends_a_new_row_well_within_a_second_and_stops_in_one(
+    session, slack, dispatcher
+):
+    dispatcher.start()
+    time.sleep(0.3)  # idle: the next row arrives between two polls
+    started = time.monotonic()
+    fire(session, "latency")
+    wait_for(lambda: len(slack.messages()) == 1, 1.0, "the message")
+    latency = time.monotonic() - started
+
+    stopping = time.monotonic()
+    assert dispatcher.stop()
+    assert time.monotonic() - stopping < 1.0
+    assert latency < 0.5
+
+
+def test_metrics_count_what_the_dispatcher_did(session, slack, dispatcher_factory):
+    routes = [SlackRoute(channel="#no-such-channel", severity=["info"])]
+    dispatcher = dispatcher_factory(slack_config(routes=routes), stats_interval_s=0.05)
+    fire(session, "sent")
+    fire(session, "failed", severity="info")
+    dispatcher.start()
+    wait_for(lambda: statuses(session)["pending"] == 0, 5, "the outbox to empty")
+    time.sleep(0.2)
+
+    values = {(s.metric, s.labels): s.value for s in dispatcher.samples()}
+    assert values[(catalog.OUTBOX_ROWS, ("sent",))] == 1
+    assert values[(catalog.OUTBOX_ROWS, ("failed",))] == 1
+    assert values[(catalog.SLACK_CALL_FAILURES, ("permanent",))] == 1
+    assert values[(catalog.OUTBOX_PENDING, ())] == 0
+
+
+def test_a_dispatcher_killed_mid_backlog_delivers_every_row_after_restart(tmp_path, slack):
+    """SIGKILL with 100 rows pending (SQLite file, dispatcher in a subprocess).
+
+    Each row is sent exactly once, except that the row in flight at the instant of the kill
+    (Slack accepted it, the process died before recording it) is sent again after its lease
+    expires: the at-least-once window, at most one row per kill.
+    """
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    try:
+        with db.session_factory(engine)() as session:
+            for number in range(100):
+                fire(session, f"kill-{number:03d}")
+            first = start_dispatcher_process(url, slack)
+            wait_for(lambda: len(slack.calls("chat.postMessage")) >= 30, 20, "30 posts")
+            first.send_signal(signal.SIGKILL)
+            first.wait(5)
+            at_kill = len(slack.calls("chat.postMessage"))
+            assert at_kill < 100, "the kill came too late to leave a backlog"
+
+            second = start_dispatcher_process(url, slack)
+            try:
+                wait_for(lambda: statuses(session) == {"sent": 100}, 30, "every row sent")
+            finally:
+                second.terminate()
+                second.wait(5)
+            posts = Counter(c.text for c in slack.calls("chat.postMessage") if c.ok)
+    finally:
+        engine.dispose()
+    assert len(posts) == 100
+    assert sum(posts.values()) - 100 <= 1, posts.most_common(3)
+
+
+def start_dispatcher_process(url: str, slack: SlackStandIn) -> subprocess.Popen[bytes]:
+    environment = os.environ | {"SLACK_BOT_TOKEN": slack.token}
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "dispatcher_process.py"), url, slack.api_url],
+        env=environment,
+        cwd=HERE.parent.parent,
+    )
+
+
+def test_an_outbox_row_commits_and_rolls_back_with_its_event(session):
+    """The transactional outbox: a notification exists exactly when its event does."""
+    fire(session, "committed")
+    service.open_or_update(
+        session, fingerprint="rolled-back", title="t", severity="info", source="rule"
+    )
+    enqueue_new_events(session)
+    session.rollback()
+
+    assert [(r.kind, r.status, r.attempts) for r in rows(session)] == [
+        ("opened", OutboxStatus.pending, 0)
+    ]
+
+
+def test_the_statement_that_records_events_can_write_their_outbox_rows(session):
+    """`insert_from_events`: PostgreSQL records the event and its outbox row in one
+    statement (data-modifying WITH); SQLite, which has no INSERT in WITH, reads the events
+    back in a second statement."""
+    incident = fire(session, "batched")
+    events = cast(sa.Table, IncidentEvent.__table__)
+    now = datetime.now(UTC)
+    new_event = sa.insert(events).values(incident_id=incident, at=now, kind="note")
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        recorded = new_event.returning(events.c.id, events.c.incident_id, events.c.kind).cte()
+        writes = outbox.insert_from_events(recorded).cte()
+        connection.execute(
+            sa.select(sa.literal(1)).add_cte(recorded).add_cte(writes), {"outbox_at_": now}
+        )
+    else:
+        event_id = connection.execute(new_event.returning(events.c.id)).scalar_one()
+        recorded = sa.select(events).where(events.c.id == event_id).subquery()
+        connection.execute(outbox.insert_from_events(recorded), {"outbox_at_": now})
+    session.commit()
+
+    queued = [(r.kind, r.status, r.not_before) for r in rows(session) if r.kind == "note"]
+    assert queued == [("note", OutboxStatus.pending, now)]
