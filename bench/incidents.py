@@ -2,9 +2,14 @@
 
     .venv/bin/python bench/incidents.py [--n N] [--pg-url URL] [--time-cap SECONDS]
 
-Scenarios: (a) every call a new fingerprint (opens), (b) every call the same fingerprint
-(refires). Each call is its own session and transaction, committed, in one process: the
-shape of webhook intake. SQLite runs on a file in a temporary directory; PostgreSQL on a
+Scenarios: (a) every firing a new fingerprint (opens), (b) every firing the same fingerprint
+(refires). Each is run per call (`open_or_update`, one session and transaction per firing,
+committed: the shape of a lone webhook alert) and batched (`open_or_update_many`, one
+transaction per 10 or 100 firings: a rule evaluation cycle, a webhook of many alerts), all
+in one process. ops/s counts firings; p50 and p99 are the latency of one transaction.
+Floor rows time the cheapest transaction through the same session (one one-row INSERT),
+and on PostgreSQL through the bare driver, so the table shows what the database and the
+round trips alone allow. SQLite runs on a file in a temporary directory; PostgreSQL on a
 database created for the run (and dropped after it) on the server at --pg-url.
 Targets: >= 5,000 upserts/s on SQLite, >= 2,000/s on PostgreSQL, p99 < 10 ms.
 """
@@ -20,11 +25,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,61 +41,137 @@ from reliability.incidents import service
 DEFAULT_PG_URL = os.environ.get(
     "RELIABILITY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+TARGET_OPS_PER_S = {"sqlite": 5000, "postgresql": 2000}
+TARGET_P99_MS = 10.0
+BATCHES = (1, 10, 100)
+# Batched rows run at least this many transactions, so that their p99 means something.
+MIN_TRANSACTIONS = 100
 WARMUP = 200
+FLOOR = "floor:"
 
 
 @dataclass(frozen=True)
 class Result:
     backend: str
     scenario: str
+    batch: int
     ops: int
     ops_per_s: float
     p50_ms: float
     p99_ms: float
 
 
-def run_scenario(
-    factory: sessionmaker[Session], fingerprint: Callable[[int], str], n: int, time_cap: float
-) -> tuple[int, float, list[float]]:
-    """Up to n upserts (stopping early at time_cap seconds); (ops, elapsed s, latencies ms)."""
+FIRING = {
+    "title": "GPU 0 on node1 reported XID 79",
+    "severity": "critical",
+    "source": "bench",
+    "labels": {"node": "node1", "gpu": "0"},
+}
+
+
+def measure(
+    backend: str,
+    scenario: str,
+    transaction: Callable[[range], None],
+    *,
+    n: int,
+    batch: int,
+    time_cap: float,
+) -> Result:
+    """Run `transaction` on consecutive ranges of `batch` firing numbers until n firings are
+    done, or time_cap seconds have passed."""
     latencies: list[float] = []
     started = time.perf_counter()
     deadline = started + time_cap
-    for i in range(n):
+    for first in range(0, n, batch):
         t0 = time.perf_counter()
-        with factory.begin() as session:
-            service.open_or_update(
-                session,
-                fingerprint=fingerprint(i),
-                title="GPU 0 on node1 reported XID 79",
-                severity="critical",
-                source="bench",
-                labels={"node": "node1", "gpu": "0"},
-                at=datetime.now(UTC),
-            )
+        transaction(range(first, min(first + batch, n)))
         t1 = time.perf_counter()
         latencies.append((t1 - t0) * 1000)
         if t1 > deadline:
             break
-    return len(latencies), time.perf_counter() - started, latencies
+    elapsed = time.perf_counter() - started
+    ops = min(len(latencies) * batch, n)
+    quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
+    return Result(backend, scenario, batch, ops, ops / elapsed, quantiles[49], quantiles[98])
+
+
+def upserts(
+    factory: sessionmaker[Session], fingerprint: Callable[[int], str], batch: int
+) -> Callable[[range], None]:
+    """One transaction of the firings numbered `numbers`: per call when batch is 1."""
+
+    def per_call(numbers: range) -> None:
+        (number,) = numbers
+        with factory.begin() as session:
+            service.open_or_update(
+                session, fingerprint=fingerprint(number), at=datetime.now(UTC), **FIRING
+            )
+
+    def batched(numbers: range) -> None:
+        firings = [
+            service.Firing(fingerprint(number), at=datetime.now(UTC), **FIRING)
+            for number in numbers
+        ]
+        with factory.begin() as session:
+            service.open_or_update_many(session, firings=firings)
+
+    return per_call if batch == 1 else batched
+
+
+def session_insert(factory: sessionmaker[Session]) -> Callable[[range], None]:
+    insert = sa.text("INSERT INTO bench_floor (n) VALUES (:n)")
+
+    def transaction(numbers: range) -> None:
+        with factory.begin() as session:
+            session.execute(insert, {"n": numbers[0]})
+
+    return transaction
+
+
+def driver_statement(connection: psycopg.Connection, sql: str) -> Callable[[range], None]:
+    def transaction(_numbers: range) -> None:
+        connection.execute(sql)
+        connection.commit()
+
+    return transaction
 
 
 def bench_backend(backend: str, url: str, n: int, time_cap: float) -> list[Result]:
     db.upgrade(url)
     engine = db.make_engine(url)
     try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE bench_floor (n integer)")
         factory = db.session_factory(engine)
         # Warm the pool, the statement caches and (PostgreSQL) prepared statements.
-        run_scenario(factory, lambda i: f"warmup:{i % 20}", WARMUP, time_cap)
+        for batch in BATCHES:
+            warmup = upserts(factory, lambda i: f"warmup:{i % 20}", batch)
+            measure(backend, "warmup", warmup, n=WARMUP * batch, batch=batch, time_cap=time_cap)
         scenarios = {
-            "new fingerprint": lambda i: f"new:{i}",
-            "same fingerprint": lambda _i: "repeat",
+            "new fingerprint": lambda batch: lambda i: f"new:{batch}:{i}",
+            "same fingerprint": lambda batch: lambda _i: f"repeat:{batch}",
         }
         results = []
-        for name, fingerprint in scenarios.items():
-            ops, elapsed, latencies = run_scenario(factory, fingerprint, n, time_cap)
-            quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
-            results.append(Result(backend, name, ops, ops / elapsed, quantiles[49], quantiles[98]))
+        for batch in BATCHES:
+            for name, fingerprints in scenarios.items():
+                transaction = upserts(factory, fingerprints(batch), batch)
+                ops = max(n, MIN_TRANSACTIONS * batch) if batch > 1 else n
+                results.append(
+                    measure(backend, name, transaction, n=ops, batch=batch, time_cap=time_cap)
+                )
+        floors = {f"{FLOOR} Session, INSERT + COMMIT": session_insert(factory)}
+        with ExitStack() as stack:
+            if backend == "postgresql":
+                params = make_url(url).translate_connect_args(username="user", database="dbname")
+                driver = stack.enter_context(psycopg.connect(**params))
+                floors[f"{FLOOR} psycopg, SELECT 1 + COMMIT"] = driver_statement(driver, "SELECT 1")
+                floors[f"{FLOOR} psycopg, INSERT + COMMIT"] = driver_statement(
+                    driver, "INSERT INTO bench_floor (n) VALUES (1)"
+                )
+            for name, transaction in floors.items():
+                measure(backend, name, transaction, n=WARMUP, batch=1, time_cap=time_cap)
+                results.append(measure(backend, name, transaction, n=n, batch=1, time_cap=time_cap))
         return results
     finally:
         engine.dispose()
@@ -120,11 +202,12 @@ def postgres_database(server_url: str) -> Iterator[str]:
 
 
 def print_table(results: list[Result]) -> None:
-    headers = ("backend", "scenario", "ops", "ops/s", "p50 ms", "p99 ms")
+    headers = ("backend", "scenario", "per txn", "ops", "ops/s", "p50 ms", "p99 ms")
     rows = [
         (
             r.backend,
             r.scenario,
+            str(r.batch),
             str(r.ops),
             f"{r.ops_per_s:,.0f}",
             f"{r.p50_ms:.2f}",
@@ -142,12 +225,46 @@ def print_table(results: list[Result]) -> None:
         )
 
 
+def targets_line(results: list[Result]) -> str:
+    """Which (backend, firings per transaction) meet the targets in every scenario, and why
+    the others do not."""
+    met, missed = [], []
+    for backend, target in TARGET_OPS_PER_S.items():
+        for batch in BATCHES:
+            rows = [
+                r
+                for r in results
+                if (r.backend, r.batch) == (backend, batch) and not r.scenario.startswith(FLOOR)
+            ]
+            if not rows:
+                continue
+            label = f"{backend} {'per call' if batch == 1 else f'batch {batch}'}"
+            shortfalls = [
+                f"{r.scenario} {r.ops_per_s:,.0f}/s" for r in rows if r.ops_per_s < target
+            ] + [f"{r.scenario} p99 {r.p99_ms:.1f} ms" for r in rows if r.p99_ms >= TARGET_P99_MS]
+            if shortfalls:
+                missed.append(f"{label} ({', '.join(shortfalls)})")
+            else:
+                met.append(label)
+    return (
+        f"targets (sqlite >= {TARGET_OPS_PER_S['sqlite']:,}/s, postgresql >= "
+        f"{TARGET_OPS_PER_S['postgresql']:,}/s, p99 < {TARGET_P99_MS:g} ms): "
+        f"met by {', '.join(met) or 'none'}; missed by {'; '.join(missed) or 'none'}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=2000, help="upserts per scenario (default 2000)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=2000,
+        help="firings per row (default 2000; batched rows run"
+        f" at least {MIN_TRANSACTIONS} transactions)",
+    )
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL server URL")
     parser.add_argument(
-        "--time-cap", type=float, default=20.0, help="seconds per scenario at most (default 20)"
+        "--time-cap", type=float, default=20.0, help="seconds per row at most (default 20)"
     )
     args = parser.parse_args(argv)
 
@@ -159,9 +276,14 @@ def main(argv: list[str] | None = None) -> int:
             results += bench_backend("postgresql", url, args.n, args.time_cap)
     except db.DatabaseUnavailable as exc:
         print(f"postgresql skipped: {exc}", file=sys.stderr)
-    # Numbers only compare on the same machine: say which one this was.
-    print(f"{os.cpu_count()} CPUs, Python {platform.python_version()}, SQLAlchemy {sa.__version__}")
+    # Numbers only compare on the same machine, and a busy one lowers them: say which it was.
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(
+        f"{os.cpu_count()} CPUs (load average {load}), Python {platform.python_version()}, "
+        f"SQLAlchemy {sa.__version__}"
+    )
     print_table(results)
+    print(targets_line(results))
     return 0
 
 

@@ -59,7 +59,9 @@ def _string_enum(enum: type[StrEnum], name: str) -> sa.Enum:
 # JSONB on PostgreSQL so labels can later be queried by containment; None is SQL NULL.
 _JSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
-_UNRESOLVED = sa.text("status != 'resolved'")
+# The partial unique index's predicate, also named by upserts (ON CONFLICT ... WHERE) so the
+# database picks that index as the arbiter: it must be this literal text, not a bound value.
+UNRESOLVED = sa.text("status != 'resolved'")
 
 
 class Incident(Base):
@@ -69,8 +71,8 @@ class Incident(Base):
             "uq_incidents_fingerprint_unresolved",
             "fingerprint",
             unique=True,
-            sqlite_where=_UNRESOLVED,
-            postgresql_where=_UNRESOLVED,
+            sqlite_where=UNRESOLVED,
+            postgresql_where=UNRESOLVED,
         ),
         sa.Index("ix_incidents_status_last_seen_at", "status", "last_seen_at"),
         # Finds the recently resolved incident to reopen without scanning the history.

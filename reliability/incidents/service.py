@@ -2,23 +2,26 @@
 
 Every function takes the session first and keyword-only arguments after it, and none commits:
 the caller owns the transaction, so it can write an outbox row in the same one. The only
-transaction control here is the SAVEPOINT that lets `open_or_update` survive a concurrent
-writer opening the same fingerprint.
+transaction control here is the SAVEPOINT that lets `open_or_update`'s reopen survive a
+concurrent writer opening the same fingerprint.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from reliability.db import UTCDateTime
 from reliability.incidents.models import (
+    UNRESOLVED,
     EventKind,
     Incident,
     IncidentEvent,
@@ -57,12 +60,26 @@ class Upsert:
     action: UpsertAction
 
 
-# open_or_update is the hot path (every alert firing), so it runs prebuilt Core statements:
-# no ORM loading, and each statement's cache key and compiled form are computed only once.
+@dataclass(frozen=True)
+class Firing:
+    """One firing of a signal, as `open_or_update_many` takes it (see `open_or_update`)."""
+
+    fingerprint: str
+    title: str
+    severity: Severity | str
+    source: str
+    labels: dict[str, str] | None = None
+    summary: str | None = None
+    at: datetime | None = None
+
+
+# open_or_update is the hot path (every alert firing), so it runs prebuilt Core statements on
+# the session's connection: no ORM loading, each statement compiled once per dialect.
 _incidents = cast(sa.Table, Incident.__table__)
 _events = cast(sa.Table, IncidentEvent.__table__)
 _c = _incidents.c
 _AT = sa.bindparam("at_", type_=UTCDateTime())
+_SOURCE = sa.bindparam("source_", type_=_c.source.type)
 _FIRING = {
     "title": sa.bindparam("title_", type_=sa.Text()),
     "severity": sa.bindparam("severity_", type_=_c.severity.type),
@@ -72,27 +89,71 @@ _FIRING = {
     # Alerts can arrive out of order (webhook retries): last_seen_at never moves backwards.
     "last_seen_at": sa.case((_c.last_seen_at < _AT, _AT), else_=_c.last_seen_at),
 }
-# One atomic UPDATE .. RETURNING: no read-modify-write window, one round trip.
+_OF_FINGERPRINT = _c.fingerprint == sa.bindparam("fingerprint_", type_=_c.fingerprint.type)
+_UNRESOLVED = _c.status != IncidentStatus.resolved
+_RECENTLY_RESOLVED = sa.and_(
+    _c.status == IncidentStatus.resolved,
+    _c.resolved_at > sa.bindparam("cutoff_", type_=UTCDateTime()),
+)
+
+
+# One atomic UPDATE .. RETURNING: no read-modify-write window. It waits for a concurrent
+# change to the unresolved incident (say, its resolution) and then judges the changed row.
 _REFIRE = (
     sa.update(_incidents)
-    .where(_c.fingerprint == sa.bindparam("fingerprint_"), _c.status != IncidentStatus.resolved)
+    .where(_OF_FINGERPRINT, _UNRESOLVED)
     .values(_FIRING)
-    .returning(*_c)
+    .returning(*_c, sa.literal("refired").label("action"))
 )
-_RECENTLY_RESOLVED = (
-    sa.select(_c.id)
-    .where(
-        _c.fingerprint == sa.bindparam("fingerprint_"),
-        _c.status == IncidentStatus.resolved,
-        _c.resolved_at > sa.bindparam("cutoff_", type_=UTCDateTime()),
+
+
+def _open(insert: Callable[[sa.Table], Any]) -> sa.Insert:
+    """Open a new incident unless one is unresolved or was resolved recently (no row then).
+
+    Both are judged by the statement's snapshot: an incident that a concurrent writer resolves
+    meanwhile still prevents the insert, and the reopen that follows, seeing it resolved,
+    reopens it.
+    """
+    new = {
+        "fingerprint": sa.bindparam("fingerprint_", type_=_c.fingerprint.type),
+        "title": _FIRING["title"],
+        "severity": _FIRING["severity"],
+        "summary": sa.bindparam("summary_", type_=sa.Text()),
+        "status": sa.literal(IncidentStatus.open, _c.status.type),
+        "source": _SOURCE,
+        "labels": sa.bindparam("labels_", type_=_c.labels.type),
+        "started_at": _AT,
+        "last_seen_at": _AT,
+        "occurrences": sa.literal(1),
+        "reopen_count": sa.literal(0),
+    }
+    return (
+        insert(_incidents)
+        .from_select(
+            list(new),
+            sa.select(*new.values()).where(
+                ~sa.exists().where(_OF_FINGERPRINT, sa.or_(_UNRESOLVED, _RECENTLY_RESOLVED))
+            ),
+        )
+        # The unique partial index arbitrates between racing writers: the loser inserts nothing,
+        # without an error (so without a savepoint), and refires the winner's on its next try.
+        .on_conflict_do_nothing(index_elements=[_c.fingerprint], index_where=UNRESOLVED)
+        .returning(*_c, sa.literal("opened").label("action"))
     )
-    .order_by(_c.resolved_at.desc())
-    .limit(1)
-)
+
+
 _REOPEN = (
     sa.update(_incidents)
-    # Status guard: a concurrent writer may have reopened it already.
-    .where(_c.id == sa.bindparam("id_"), _c.status == IncidentStatus.resolved)
+    .where(
+        _c.id
+        == sa.select(_c.id)
+        .where(_OF_FINGERPRINT, _RECENTLY_RESOLVED)
+        .order_by(_c.resolved_at.desc())
+        .limit(1)
+        .scalar_subquery(),
+        # Status guard: a concurrent writer may have reopened it already.
+        _c.status == IncidentStatus.resolved,
+    )
     .values(
         {
             **_FIRING,
@@ -105,10 +166,52 @@ _REOPEN = (
             "reopen_count": _c.reopen_count + 1,
         }
     )
-    .returning(*_c)
+    .returning(*_c, sa.literal("reopened").label("action"))
 )
-_OPEN = sa.insert(_incidents).returning(*_c)
 _EVENT = sa.insert(_events)
+
+
+def _recording_event(*statements: sa.Insert | sa.Update) -> sa.Select[Any]:
+    """One statement (PostgreSQL) that runs these, returns the row any of them returned, and
+    inserts its timeline event."""
+    changed = sa.union_all(*(sa.select(s.cte(f"s{i}")) for i, s in enumerate(statements)))
+    changed = changed.cte("changed")
+    event = sa.insert(_events).from_select(
+        ["incident_id", "at", "kind", "actor", "data"],
+        sa.select(
+            changed.c.id,
+            _AT,
+            changed.c.action,
+            _SOURCE,
+            sa.func.jsonb_build_object("severity", changed.c.severity),
+        ),
+    )
+    return sa.select(changed).add_cte(event.cte("event"))
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """open_or_update's statements on one dialect. `refire_or_open` are run in turn until one
+    returns the incident; `records_events`: they insert the timeline event themselves."""
+
+    refire_or_open: tuple[sa.Executable, ...]
+    reopen: sa.Executable
+    records_events: bool
+
+
+_STATEMENTS = {
+    # One round trip: the refire and the open are exclusive (the open's snapshot sees any
+    # incident the refire could change), so they run side by side in one statement.
+    "postgresql": _Statements(
+        refire_or_open=(_recording_event(_REFIRE, _open(postgresql.insert)),),
+        reopen=_recording_event(_REOPEN),
+        records_events=True,
+    ),
+    # SQLite has no INSERT in WITH; its statements are in-process calls, not round trips.
+    "sqlite": _Statements(
+        refire_or_open=(_REFIRE, _open(sqlite.insert)), reopen=_REOPEN, records_events=False
+    ),
+}
 
 
 def open_or_update(
@@ -135,80 +238,103 @@ def open_or_update(
     The incident comes back as a snapshot (`IncidentRead`); an `Incident` of it already
     loaded in the session is expired, so it reloads with the new values.
     """
-    _require_text(fingerprint=fingerprint, title=title, source=source)
-    at = _utc(at)
-    firing = {
-        "fingerprint_": fingerprint,
-        "title_": title,
-        "severity_": Severity(severity),
-        "summary_": summary,
+    firing = Firing(fingerprint, title, severity, source, labels, summary, at)
+    (upsert,) = open_or_update_many(session, firings=[firing], reopen_window=reopen_window)
+    return upsert
+
+
+def open_or_update_many(
+    session: Session,
+    *,
+    firings: Iterable[Firing],
+    reopen_window: timedelta = timedelta(minutes=10),
+) -> list[Upsert]:
+    """`open_or_update` for each firing, in the caller's transaction; one Upsert per firing, in
+    the order given.
+
+    For a batch (a rule evaluation cycle, an Alertmanager webhook): one commit for them all.
+    The firings of one fingerprint apply in the order given, so a repeat is a refire. Every
+    firing is checked before any is written: a ValueError leaves the transaction untouched.
+    """
+    checked = [_firing_params(firing, reopen_window) for firing in firings]
+    connection = session.connection()
+    statements = _STATEMENTS[connection.dialect.name]
+    # Fingerprints apply in sorted order (a stable sort keeps each one's firings in order), so
+    # concurrent batches wait for each other's rows in one order and cannot deadlock.
+    order = sorted(range(len(checked)), key=lambda i: checked[i]["fingerprint_"])
+    upserts = {i: _open_or_update(session, connection, statements, checked[i]) for i in order}
+    if order and not statements.records_events:
+        # The batch's timeline events in one executemany, in the order they happened.
+        connection.execute(
+            _EVENT,
+            [
+                {
+                    "incident_id": upserts[i].incident.id,
+                    "at": checked[i]["at_"],
+                    "kind": upserts[i].action,
+                    "actor": checked[i]["source_"],
+                    "message": None,
+                    # The severity of each firing, so an escalation shows on the timeline.
+                    "data": {"severity": upserts[i].incident.severity.value},
+                }
+                for i in order
+            ],
+        )
+    return [upserts[i] for i in range(len(checked))]
+
+
+def _firing_params(firing: Firing, reopen_window: timedelta) -> dict[str, Any]:
+    _require_text(fingerprint=firing.fingerprint, title=firing.title, source=firing.source)
+    at = _utc(firing.at)
+    return {
+        "fingerprint_": firing.fingerprint,
+        "title_": firing.title,
+        "severity_": Severity(firing.severity),
+        "summary_": firing.summary,
+        "source_": firing.source,
+        "labels_": firing.labels or {},
         "at_": at,
+        "cutoff_": at - reopen_window,
     }
+
+
+def _open_or_update(
+    session: Session,
+    connection: sa.Connection,
+    statements: _Statements,
+    params: dict[str, Any],
+) -> Upsert:
     for _ in range(_MAX_ATTEMPTS):
-        row = session.execute(_REFIRE, firing).one_or_none()
-        action: UpsertAction = "refired"
+        row = _first_row(connection, statements.refire_or_open, params)
         if row is None:
-            resolved_id = session.scalar(
-                _RECENTLY_RESOLVED, {"fingerprint_": fingerprint, "cutoff_": at - reopen_window}
-            )
-            if resolved_id is not None:
-                row, action = _reopen(session, {**firing, "id_": resolved_id}), "reopened"
-            else:
-                row, action = _open(session, firing, source=source, labels=labels), "opened"
+            row = _reopen(session, statements.reopen, params)
         # None: another writer got there first; the next attempt refires what it wrote.
         if row is not None:
             incident = IncidentRead.model_validate(row)
             _expire(session, incident.id)
-            session.execute(
-                _EVENT,
-                {
-                    "incident_id": incident.id,
-                    "at": at,
-                    "kind": action,
-                    "actor": source,
-                    "message": None,
-                    # The severity of each firing, so an escalation shows on the timeline.
-                    "data": {"severity": incident.severity.value},
-                },
-            )
-            return Upsert(incident, action)
+            return Upsert(incident, row.action)
     raise IncidentError(
-        f"could not open or update the incident for {fingerprint!r}: "
+        f"could not open or update the incident for {params['fingerprint_']!r}: "
         f"it changed concurrently {_MAX_ATTEMPTS} times in a row"
     )
 
 
-def _reopen(session: Session, params: dict[str, Any]) -> sa.Row[Any] | None:
+def _first_row(
+    connection: sa.Connection, statements: tuple[sa.Executable, ...], params: dict[str, Any]
+) -> sa.Row[Any] | None:
+    for statement in statements:
+        row = connection.execute(statement, params).one_or_none()
+        if row is not None:
+            return row
+    return None
+
+
+def _reopen(session: Session, reopen: sa.Executable, params: dict[str, Any]) -> sa.Row[Any] | None:
     try:
         # A concurrent writer may have opened a new incident for this fingerprint meanwhile;
         # the unique index then rejects the reopen, and the savepoint keeps our transaction.
         with session.begin_nested():
-            return session.execute(_REOPEN, params).one_or_none()
-    except IntegrityError:
-        return None
-
-
-def _open(
-    session: Session, firing: dict[str, Any], *, source: str, labels: dict[str, str] | None
-) -> sa.Row[Any] | None:
-    values = {
-        "fingerprint": firing["fingerprint_"],
-        "title": firing["title_"],
-        "severity": firing["severity_"],
-        "summary": firing["summary_"],
-        "status": IncidentStatus.open,
-        "source": source,
-        "labels": labels or {},
-        "started_at": firing["at_"],
-        "last_seen_at": firing["at_"],
-        "occurrences": 1,
-        "reopen_count": 0,
-    }
-    try:
-        # The unique index over unresolved fingerprints is the arbiter between racing writers;
-        # the savepoint lets the loser roll back just this insert and refire the winner's.
-        with session.begin_nested():
-            return session.execute(_OPEN, values).one()
+            return session.execute(reopen, params).one_or_none()
     except IntegrityError:
         return None
 

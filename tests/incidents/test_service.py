@@ -6,6 +6,7 @@ Every test runs on SQLite and PostgreSQL (see tests/conftest.py).
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -171,6 +172,17 @@ def test_a_zero_reopen_window_never_reopens(session):
     assert (new.action, new.incident.id != old.id) == ("opened", True)
 
 
+def test_a_late_firing_refires_the_open_incident_rather_than_reopen_a_resolved_one(session):
+    old = fire(session).incident
+    service.resolve(session, incident_id=old.id, by="alice", at=T0 + timedelta(minutes=1))
+    new = fire(session, at=T0 + timedelta(minutes=20)).incident
+
+    # Within the reopen window of `old`, but `new` is open: the firing belongs to it.
+    late = fire(session, at=T0 + timedelta(minutes=5))
+    assert (late.action, late.incident.id, late.incident.occurrences) == ("refired", new.id, 2)
+    assert service.get(session, incident_id=old.id).status == IncidentStatus.resolved
+
+
 # Acknowledge and resolve
 
 
@@ -319,6 +331,71 @@ def test_read_shapes_serialise_incidents_and_events_to_json(session):
     assert IncidentEventRead.model_validate(event).model_dump(mode="json")["kind"] == "opened"
 
 
+# Batches
+
+
+def firing(fingerprint="gpu-xid:node1:0", *, at=T0, **overrides):
+    fields = {"title": "XID 79 on node1 GPU 0", "severity": Severity.critical, "source": "rule"}
+    return service.Firing(fingerprint=fingerprint, at=at, **{**fields, **overrides})
+
+
+def test_a_batch_does_what_its_firings_would_do_one_by_one_in_order(session):
+    flapped = fire(session, "flappy").incident
+    service.resolve(session, incident_id=flapped.id, by="alice", at=T0)
+    ongoing = fire(session, "ongoing").incident
+
+    upserts = service.open_or_update_many(
+        session,
+        firings=[
+            firing("new", summary="first"),
+            firing("ongoing", at=T0 + timedelta(minutes=1)),
+            firing("new", severity="warning", at=T0 + timedelta(minutes=2)),
+            firing("flappy", at=T0 + timedelta(minutes=3)),
+        ],
+    )
+    session.commit()
+
+    assert [u.action for u in upserts] == ["opened", "refired", "refired", "reopened"]
+    assert [u.incident.fingerprint for u in upserts] == ["new", "ongoing", "new", "flappy"]
+    new = upserts[2].incident
+    assert (new.id, new.occurrences, new.severity) == (upserts[0].incident.id, 2, "warning")
+    assert new.summary == "first"
+    assert upserts[1].incident.id == ongoing.id
+    assert (upserts[3].incident.id, upserts[3].incident.reopen_count) == (flapped.id, 1)
+    assert kinds(session, new.id) == ["opened", "refired"]
+    assert kinds(session, flapped.id) == ["opened", "resolved", "reopened"]
+
+
+def test_a_batch_takes_the_reopen_window(session):
+    old = fire(session).incident
+    service.resolve(session, incident_id=old.id, by="alice", at=T0)
+    (upsert,) = service.open_or_update_many(
+        session, firings=[firing(at=T0 + timedelta(minutes=5))], reopen_window=timedelta(0)
+    )
+    assert (upsert.action, upsert.incident.id != old.id) == ("opened", True)
+
+
+def test_a_batch_is_part_of_the_callers_transaction(session):
+    service.open_or_update_many(session, firings=[firing("a"), firing("b")])
+    session.rollback()
+    assert count_incidents(session) == 0
+
+
+def test_a_batch_with_an_invalid_firing_writes_nothing(session):
+    with pytest.raises(ValueError, match="fingerprint must be a non-empty string"):
+        service.open_or_update_many(session, firings=[firing("a"), firing(" ")])
+    with pytest.raises(ValueError, match="naive datetime"):
+        service.open_or_update_many(
+            session, firings=[firing("a"), firing(at=T0.replace(tzinfo=None))]
+        )
+    session.commit()
+    assert count_incidents(session) == 0
+
+
+def test_an_empty_batch_does_nothing(session):
+    assert service.open_or_update_many(session, firings=[]) == []
+
+
 # Transactions, time and integrity
 
 
@@ -413,3 +490,60 @@ def test_concurrent_writers_reopen_a_recently_resolved_incident_once(engine, ses
     (only,) = session.scalars(sa.select(Incident).where(Incident.fingerprint == "flappy")).all()
     assert (only.id, only.status, only.reopen_count) == (incident.id, IncidentStatus.open, 1)
     assert only.occurrences == 1 + WORKERS * 3
+
+
+@pytest.mark.timeout(60)
+def test_a_firing_that_waits_for_a_concurrent_resolve_reopens_the_incident(engine, session):
+    incident = fire(session, "racing", at=datetime.now(UTC)).incident
+    session.commit()
+
+    with db.session_factory(engine).begin() as resolving:
+        # Holds the incident (row lock on PostgreSQL, write lock on SQLite) until it commits.
+        service.resolve(resolving, incident_id=incident.id, by="alertmanager")
+        with ThreadPoolExecutor(1) as pool:
+            firing_ = pool.submit(_fire_in_own_transaction, engine, "racing")
+            time.sleep(0.3)
+            assert not firing_.done()
+            resolving.commit()
+            upsert = firing_.result(timeout=30)
+
+    assert (upsert.action, upsert.incident.id) == ("reopened", incident.id)
+    assert count_incidents(session) == 1
+
+
+def _fire_in_own_transaction(engine, fingerprint):
+    with db.session_factory(engine).begin() as other:
+        return fire(other, fingerprint, at=datetime.now(UTC))
+
+
+def _hammer_batches(engine, barrier, fingerprints, rounds, worker):
+    """One worker: a batch of every fingerprint per transaction, odd workers in reverse order."""
+    factory = db.session_factory(engine)
+    ordered = fingerprints[::-1] if worker % 2 else fingerprints
+    barrier.wait(timeout=30)
+    for _ in range(rounds):
+        with factory.begin() as session:
+            now = datetime.now(UTC)
+            service.open_or_update_many(session, firings=[firing(fp, at=now) for fp in ordered])
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_batches_in_any_order_neither_deadlock_nor_duplicate(engine, session):
+    barrier = threading.Barrier(WORKERS)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures = [
+            pool.submit(_hammer_batches, engine, barrier, FINGERPRINTS, ROUNDS, worker)
+            for worker in range(WORKERS)
+        ]
+        for future in futures:
+            future.result(timeout=120)
+
+    for fingerprint in FINGERPRINTS:
+        (incident,) = session.scalars(
+            sa.select(Incident).where(Incident.fingerprint == fingerprint)
+        ).all()
+        assert incident.occurrences == WORKERS * ROUNDS
+        assert Counter(kinds(session, incident.id)) == {
+            "opened": 1,
+            "refired": WORKERS * ROUNDS - 1,
+        }
