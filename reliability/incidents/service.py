@@ -29,6 +29,7 @@ from reliability.incidents.models import (
     IncidentStatus,
     Severity,
 )
+from reliability.notify import outbox
 
 UpsertAction = Literal["opened", "refired", "reopened"]
 
@@ -71,6 +72,7 @@ class Firing:
     labels: dict[str, str] | None = None
     summary: str | None = None
     at: datetime | None = None
+    data: dict[str, Any] | None = None
 
 
 # open_or_update is the hot path (every alert firing), so it runs prebuilt Core statements on
@@ -168,25 +170,34 @@ _REOPEN = (
     )
     .returning(*_c, sa.literal("reopened").label("action"))
 )
-_EVENT = sa.insert(_events)
+# SQLite: the batch's events in one executemany; their ids, in order, for the outbox rows.
+_EVENT = sa.insert(_events).returning(_events.c.id, sort_by_parameter_order=True)
 
 
 def _recording_event(*statements: sa.Insert | sa.Update) -> sa.Select[Any]:
     """One statement (PostgreSQL) that runs these, returns the row any of them returned, and
-    inserts its timeline event."""
+    inserts its timeline event and the event's outbox row."""
     changed = sa.union_all(*(sa.select(s.cte(f"s{i}")) for i, s in enumerate(statements)))
     changed = changed.cte("changed")
-    event = sa.insert(_events).from_select(
-        ["incident_id", "at", "kind", "actor", "data"],
-        sa.select(
-            changed.c.id,
-            _AT,
-            changed.c.action,
-            _SOURCE,
-            sa.func.jsonb_build_object("severity", changed.c.severity),
-        ),
+    event = (
+        sa.insert(_events)
+        .from_select(
+            ["incident_id", "at", "kind", "actor", "data"],
+            sa.select(
+                changed.c.id,
+                _AT,
+                changed.c.action,
+                _SOURCE,
+                sa.func.jsonb_build_object("severity", changed.c.severity).op("||")(
+                    sa.bindparam("data_", type_=postgresql.JSONB())
+                ),
+            ),
+        )
+        .returning(_events.c.id, _events.c.incident_id, _events.c.kind)
+        .cte("event")
     )
-    return sa.select(changed).add_cte(event.cte("event"))
+    queued = outbox.insert_from_events(event).cte("queued")
+    return sa.select(changed).add_cte(event).add_cte(queued)
 
 
 @dataclass(frozen=True)
@@ -225,6 +236,7 @@ def open_or_update(
     summary: str | None = None,
     at: datetime | None = None,
     reopen_window: timedelta = timedelta(minutes=10),
+    data: dict[str, Any] | None = None,
 ) -> Upsert:
     """Record that the signal `fingerprint` fired at `at` (default now); return what happened.
 
@@ -234,11 +246,14 @@ def open_or_update(
       status open, ack and resolution cleared, reopen_count + 1, a `reopened` event.
     - Else a new incident is opened with an `opened` event.
 
+    The event (its `data`: the firing's severity and `data`, e.g. the value and the runbook
+    a rule suggests) and its Slack outbox row are written in the same transaction.
+
     Safe under concurrency: writers racing on one fingerprint end with one incident.
     The incident comes back as a snapshot (`IncidentRead`); an `Incident` of it already
     loaded in the session is expired, so it reloads with the new values.
     """
-    firing = Firing(fingerprint, title, severity, source, labels, summary, at)
+    firing = Firing(fingerprint, title, severity, source, labels, summary, at, data)
     (upsert,) = open_or_update_many(session, firings=[firing], reopen_window=reopen_window)
     return upsert
 
@@ -265,7 +280,7 @@ def open_or_update_many(
     upserts = {i: _open_or_update(session, connection, statements, checked[i]) for i in order}
     if order and not statements.records_events:
         # The batch's timeline events in one executemany, in the order they happened.
-        connection.execute(
+        ids = connection.execute(
             _EVENT,
             [
                 {
@@ -275,9 +290,22 @@ def open_or_update_many(
                     "actor": checked[i]["source_"],
                     "message": None,
                     # The severity of each firing, so an escalation shows on the timeline.
-                    "data": {"severity": upserts[i].incident.severity.value},
+                    "data": {"severity": upserts[i].incident.severity.value, **checked[i]["data_"]},
                 }
                 for i in order
+            ],
+        ).scalars()
+        now = datetime.now(UTC)
+        connection.execute(
+            outbox.INSERT,
+            [
+                outbox.entry(
+                    incident_id=upserts[i].incident.id,
+                    event_id=event_id,
+                    kind=upserts[i].action,
+                    now=now,
+                )
+                for i, event_id in zip(order, ids, strict=True)
             ],
         )
     return [upserts[i] for i in range(len(checked))]
@@ -295,6 +323,8 @@ def _firing_params(firing: Firing, reopen_window: timedelta) -> dict[str, Any]:
         "labels_": firing.labels or {},
         "at_": at,
         "cutoff_": at - reopen_window,
+        "data_": firing.data or {},
+        outbox.AT.key: datetime.now(UTC),
     }
 
 
@@ -484,7 +514,7 @@ def _record(
     actor: str | None = None,
     message: str | None = None,
 ) -> IncidentEvent:
-    return session.scalars(
+    event = session.scalars(
         sa.insert(IncidentEvent).returning(IncidentEvent),
         [
             {
@@ -497,6 +527,8 @@ def _record(
             }
         ],
     ).one()
+    outbox.enqueue(session, incident_id=incident.id, event_id=event.id, kind=kind.value)
+    return event
 
 
 def _utc(at: datetime | None) -> datetime:

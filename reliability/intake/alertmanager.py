@@ -140,7 +140,9 @@ def record_webhook(
     receipt of the firing would resolve an incident before it started.
     """
     counts = IntakeCounts()
-    for alert in webhook.alerts:
+    # In fingerprint order (stable: one alert's repeats keep theirs), so two webhooks that
+    # carry the same alerts in other orders lock their incidents in one order: no deadlock.
+    for alert in sorted(webhook.alerts, key=incident_fingerprint):
         if alert.status == "firing":
             upsert = service.open_or_update(
                 session,

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -28,7 +28,6 @@ from reliability import catalog, db
 from reliability.config import SlackConfig, SlackRoute
 from reliability.incidents import service
 from reliability.incidents.models import IncidentEvent
-from reliability.notify import outbox
 from reliability.notify.dispatcher import Dispatcher, DispatchSettings
 from reliability.notify.models import OutboxRow, OutboxStatus, SlackMessage
 from reliability.notify.slack import SlackNotifier
@@ -44,18 +43,6 @@ TEST_RATE = 200.0
 def slack_config(**overrides: Any) -> SlackConfig:
     fields: dict[str, Any] = {"token_env": "SLACK_BOT_TOKEN", "channel": "#alerts"}
     return SlackConfig(**(fields | {"max_per_second": TEST_RATE} | overrides))
-
-
-def enqueue_new_events(session: Session) -> None:
-    """Give every event without an outbox row one, as the incident service does in the
-    transaction that records the event; a no-op for events the service already enqueued."""
-    missing = session.execute(
-        sa.select(IncidentEvent.id, IncidentEvent.incident_id, IncidentEvent.kind)
-        .where(~sa.exists().where(OutboxRow.event_id == IncidentEvent.id))
-        .order_by(IncidentEvent.id)
-    )
-    for event_id, incident_id, kind in missing:
-        outbox.enqueue(session, incident_id=incident_id, event_id=event_id, kind=kind)
 
 
 def rows(session: Session) -> list[OutboxRow]:
@@ -111,7 +98,6 @@ def fire(session: Session, name: str, *, severity: str = "critical", **fields) -
         summary=fields.pop("summary", "temperature 91 C > 85 C"),
         **fields,
     )
-    enqueue_new_events(session)
     session.commit()
     return upsert.incident.id
 
@@ -119,7 +105,6 @@ def fire(session: Session, name: str, *, severity: str = "critical", **fields) -
 def act(session: Session, change: Callable[..., object], incident_id: int, **fields) -> None:
     """Acknowledge, resolve or annotate an incident, committed with its outbox rows."""
     change(session, incident_id=incident_id, **fields)
-    enqueue_new_events(session)
     session.commit()
 
 
@@ -485,7 +470,6 @@ def test_an_outbox_row_commits_and_rolls_back_with_its_event(session):
     service.open_or_update(
         session, fingerprint="rolled-back", title="t", severity="info", source="rule"
     )
-    enqueue_new_events(session)
     session.rollback()
 
     assert [(r.kind, r.status, r.attempts) for r in rows(session)] == [
@@ -493,26 +477,32 @@ def test_an_outbox_row_commits_and_rolls_back_with_its_event(session):
     ]
 
 
-def test_the_statement_that_records_events_can_write_their_outbox_rows(session):
-    """`insert_from_events`: PostgreSQL records the event and its outbox row in one
-    statement (data-modifying WITH); SQLite, which has no INSERT in WITH, reads the events
-    back in a second statement."""
-    incident = fire(session, "batched")
-    events = cast(sa.Table, IncidentEvent.__table__)
-    now = datetime.now(UTC)
-    new_event = sa.insert(events).values(incident_id=incident, at=now, kind="note")
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        recorded = new_event.returning(events.c.id, events.c.incident_id, events.c.kind).cte()
-        writes = outbox.insert_from_events(recorded).cte()
-        connection.execute(
-            sa.select(sa.literal(1)).add_cte(recorded).add_cte(writes), {"outbox_at_": now}
-        )
-    else:
-        event_id = connection.execute(new_event.returning(events.c.id)).scalar_one()
-        recorded = sa.select(events).where(events.c.id == event_id).subquery()
-        connection.execute(outbox.insert_from_events(recorded), {"outbox_at_": now})
-    session.commit()
+def test_the_service_writes_one_outbox_row_per_timeline_event(session):
+    """Every way an incident changes (single firings, a batch, ack, note, resolve, reopen)
+    leaves exactly one pending row per event, on the statement path of each database."""
+    first = fire(session, "gpu-1-hot")
+    fire(session, "gpu-1-hot")
+    service.open_or_update_many(
+        session,
+        firings=[
+            service.Firing("batch-a", "a", "warning", "rule"),
+            service.Firing("batch-b", "b", "warning", "rule", data={"runbook": "x"}),
+            service.Firing("batch-a", "a", "warning", "rule"),
+        ],
+    )
+    act(session, service.acknowledge, first, by="alice")
+    act(session, service.add_note, first, by="alice", text="looking")
+    act(session, service.resolve, first, by="alice")
+    fire(session, "gpu-1-hot")  # within the reopen window
 
-    queued = [(r.kind, r.status, r.not_before) for r in rows(session) if r.kind == "note"]
-    assert queued == [("note", OutboxStatus.pending, now)]
+    events = list(session.scalars(sa.select(IncidentEvent).order_by(IncidentEvent.id)))
+    queued = rows(session)
+    assert [(r.event_id, r.kind) for r in queued] == [(e.id, e.kind) for e in events]
+    assert {r.status for r in queued} == {OutboxStatus.pending}
+    kinds = [e.kind for e in events]
+    assert kinds.count("opened") == 3 and kinds.count("refired") == 2
+    assert {"acknowledged", "note", "resolved", "reopened"} <= set(kinds)
+    assert next(e.data for e in events if e.kind == "opened" and e.data.get("runbook")) == {
+        "severity": "warning",
+        "runbook": "x",
+    }
