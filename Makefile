@@ -25,6 +25,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/incidents.py
+	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/intake.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

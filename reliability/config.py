@@ -199,7 +199,7 @@ class CollectConfig(Strict):
     gpu_interval: Duration = 15.0
     node_interval: Duration = 15.0
     timeout: Duration = Field(10.0, description="deadline of one target's collection")
-    workers: int = Field(16, ge=1, le=256)
+    workers: int = Field(16, ge=1, le=256, description="threads per collector job")
 
 
 class IncidentsConfig(Strict):

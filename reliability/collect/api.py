@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import threading
 import time
 from bisect import bisect_left
@@ -154,9 +155,12 @@ class _Window:
 class _EndpointState:
     """Everything one endpoint accumulates; mutated only under `lock`."""
 
-    def __init__(self, spec: EndpointSpec, probes: tuple[_Probe, ...]) -> None:
+    def __init__(
+        self, spec: EndpointSpec, probes: tuple[_Probe, ...], client: httpx.Client
+    ) -> None:
         self.lock = threading.Lock()
         self.spec = spec
+        self.client = client
         self.probes = probes
         self.completion: _Probe | None = None
         self.collects = 0
@@ -168,13 +172,15 @@ class _EndpointState:
         self.windows = [(label, _Window(seconds)) for label, seconds in WINDOWS]
 
 
-def _default_client() -> httpx.Client:
-    # Sized for ~200 endpoints probed concurrently; each probe sets its own timeouts.
+def _default_client(tls: ssl.SSLContext) -> httpx.Client:
+    # One endpoint's client. httpcore's pool scans every pooled connection (quadratically
+    # in the idle ones) on each request and release: one pool shared by 200 endpoints
+    # cost ~10 ms of CPU per probe. An endpoint's probes run one after the other, so it
+    # rarely needs a second connection. Each probe sets its own timeouts.
     # identity: probe answers are small, and decompressing them only costs CPU.
     return httpx.Client(
-        limits=httpx.Limits(
-            max_connections=512, max_keepalive_connections=512, keepalive_expiry=30.0
-        ),
+        verify=tls,
+        limits=httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=30.0),
         headers={"accept-encoding": "identity", "user-agent": "reliability-probe"},
         follow_redirects=False,
     )
@@ -184,8 +190,8 @@ class ApiProbeCollector:
     """Collector `api`: one target per endpoint; safe to call concurrently per endpoint.
 
     `client` is shared by every endpoint (pass one to control TLS or proxies; it is then
-    not closed by `close()`). `clock` timestamps the 1m/5m windows only; deadlines and
-    latencies use the real monotonic clock.
+    not closed by `close()`); without it each endpoint gets a client of its own. `clock`
+    timestamps the 1m/5m windows only; deadlines and latencies use the real monotonic clock.
     """
 
     name = "api"
@@ -198,26 +204,28 @@ class ApiProbeCollector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._own_client = client is None
-        self._client = client if client is not None else _default_client()
         self._clock = clock
         self._states: dict[str, _EndpointState] = {}
+        # Loading the CA bundle takes milliseconds and memory: once, not per endpoint.
+        tls = httpx.create_ssl_context() if client is None else None
         for spec in endpoints:
             if spec.name in self._states:
                 raise ValueError(f"endpoint {spec.name} is configured twice")
-            self._states[spec.name] = self._new_state(spec)
+            own = client if tls is None else _default_client(tls)
+            self._states[spec.name] = self._new_state(spec, own)
 
     @staticmethod
-    def _new_state(spec: EndpointSpec) -> _EndpointState:
+    def _new_state(spec: EndpointSpec, client: httpx.Client) -> _EndpointState:
         base = spec.base_url.rstrip("/")
         headers = dict(spec.headers)
         if spec.api_key:
             headers["authorization"] = "Bearer " + spec.api_key
         if spec.kind == "http":
             probe = _Probe("health", "GET", base + spec.health_path, None, None, headers)
-            return _EndpointState(spec, (probe,))
+            return _EndpointState(spec, (probe,), client)
         models = _Probe("models", "GET", base + "/v1/models", None, "data", headers)
         if not spec.completion_every:
-            return _EndpointState(spec, (models,))
+            return _EndpointState(spec, (models,), client)
         body = {"model": spec.model, "messages": [_PING], "max_tokens": 1, "stream": False}
         completion = _Probe(
             "completion",
@@ -227,7 +235,7 @@ class ApiProbeCollector:
             "choices",
             headers | {"content-type": "application/json"},
         )
-        state = _EndpointState(spec, (models, completion))
+        state = _EndpointState(spec, (models, completion), client)
         state.completion = completion
         return state
 
@@ -235,9 +243,10 @@ class ApiProbeCollector:
         return list(self._states)
 
     def close(self) -> None:
-        """Close the HTTP client if this collector created it."""
+        """Close the HTTP clients this collector created."""
         if self._own_client:
-            self._client.close()
+            for state in self._states.values():
+                state.client.close()
 
     def collect(self, target: str) -> Sequence[Sample]:
         """Probe `target` once; its samples, or `CollectError` (with them) if a probe failed.
@@ -272,7 +281,7 @@ class ApiProbeCollector:
     def _run(self, state: _EndpointState, probe: _Probe) -> tuple[ProbeResult, int | None]:
         """Send one probe, record its result and latency, log a change of result."""
         started = time.monotonic()
-        result, status = self._request(probe, started + state.spec.timeout)
+        result, status = self._request(state.client, probe, started + state.spec.timeout)
         elapsed = time.monotonic() - started
         now = self._clock()
         with state.lock:
@@ -298,7 +307,9 @@ class ApiProbeCollector:
         )
         return result, status
 
-    def _request(self, probe: _Probe, deadline: float) -> tuple[ProbeResult, int | None]:
+    def _request(
+        self, client: httpx.Client, probe: _Probe, deadline: float
+    ) -> tuple[ProbeResult, int | None]:
         """Class of one request that must finish, body included, by `deadline`."""
         retried = False
         while True:
@@ -306,7 +317,7 @@ class ApiProbeCollector:
             timeouts, trace = _deadline_extensions(deadline, fresh)
             status: int | None = None
             try:
-                with self._client.stream(
+                with client.stream(
                     probe.method,
                     probe.url,
                     content=probe.body,
