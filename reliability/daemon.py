@@ -25,6 +25,7 @@ from reliability.collect.runner import Outcome, TargetRunner
 from reliability.collect.snapshot import Snapshot
 from reliability.config import Config
 from reliability.intake import build_routes as intake_routes
+from reliability.notify.dispatcher import Dispatcher
 from reliability.web import Readiness, build_app
 
 log = logging.getLogger("reliability.daemon")
@@ -232,6 +233,59 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def _dispatcher(config: Config) -> Dispatcher | None:
+    """The Slack outbox dispatcher, when Slack is configured."""
+    from reliability import db
+    from reliability.notify.slack import SlackNotifier
+
+    if config.slack is None:
+        log.info("no slack section: incidents are recorded, nobody is paged")
+        return None
+    try:
+        engine = db.make_engine(config.database_url())
+    except db.DatabaseError as exc:
+        log.error("Slack notifications are off: %s", exc)
+        return None
+    grafana = config.dashboards.grafana_url
+    return Dispatcher(
+        engine,
+        SlackNotifier(config.slack_token(), base_url=config.slack.base_url),
+        config.slack,
+        dashboard_url=str(grafana) if grafana else None,
+    )
+
+
+def _start_incident_flow(daemon: Daemon, scheduler: BackgroundScheduler) -> None:
+    """Rules into incidents (detect/loop.py), incidents into Slack (notify/dispatcher.py);
+    both stop with the daemon."""
+    from reliability.detect.engine import Evaluator
+    from reliability.detect.loop import DetectionLoop
+
+    config = daemon.config
+    dispatcher = _dispatcher(config)
+    if dispatcher is not None:
+        dispatcher.start()
+        daemon.closers.append(dispatcher.stop)
+
+        def publish_outbox() -> None:
+            daemon.snapshot.publish(
+                "notify", "slack", ok=True, duration=0.0, samples=dispatcher.samples()
+            )
+
+        scheduler.add_job(
+            publish_outbox, "interval", seconds=5, id="notify", next_run_time=datetime.now(UTC)
+        )
+    detection = DetectionLoop(
+        Evaluator(config),
+        daemon.snapshot,
+        config.database_url(),
+        reopen_window=config.incidents.reopen_window,
+        on_recorded=dispatcher.wake if dispatcher is not None else None,
+    )
+    detection.start()
+    daemon.closers.insert(0, detection.stop)
+
+
 def serve(daemon: Daemon) -> int:
     """Run the scheduler and the HTTP surface until SIGTERM/SIGINT; 0 on a clean stop."""
     scheduler = BackgroundScheduler(
@@ -272,6 +326,7 @@ def serve(daemon: Daemon) -> int:
         )
     )
     scheduler.start()
+    _start_incident_flow(daemon, scheduler)
     log.info(
         "daemon up: %d job(s), serving http://%s:%d/metrics", len(daemon.jobs), http.host, http.port
     )

@@ -1,0 +1,176 @@
+"""The daemon's detection thread: evaluate the rules over the snapshot, record the
+transitions as incidents.
+
+Every tick (half a second) the evaluator reads what the collectors last published; its
+firing and resolved transitions go through the incident service in one transaction
+(dedupe, reopen window, timeline, the Slack outbox rows the service writes with them).
+
+Nothing is lost while the database is down: transitions that could not be recorded are
+kept, in order, and recorded first at the next tick that reaches the database. Rule
+incidents open before a restart are handed to the evaluator (`restore`) before its first
+evaluation, so they resolve when their condition clears instead of staying open forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from reliability import db
+from reliability.collect.snapshot import Snapshot
+from reliability.detect.engine import FINGERPRINT_PREFIX, Evaluator, Transition
+from reliability.incidents import service
+from reliability.incidents.models import Incident, IncidentStatus
+
+log = logging.getLogger("reliability.detect")
+
+TICK = 0.5
+# Transitions kept while the database is down; beyond this the oldest are dropped (and
+# said so): the evaluator re-announces nothing, so this bounds memory, not correctness of
+# what is still firing (its incident opens from the newest transition).
+MAX_UNRECORDED = 10_000
+
+
+def record(session: sa.orm.Session, transitions: list[Transition], *, reopen_window: float) -> None:
+    """Write transitions as incidents, in order, in the caller's transaction."""
+    for t in transitions:
+        at = datetime.fromtimestamp(t.at, UTC)
+        if t.kind == "resolved":
+            service.resolve_fingerprint(session, fingerprint=t.fingerprint, by=t.rule, at=at)
+            continue
+        service.open_or_update(
+            session,
+            fingerprint=t.fingerprint,
+            title=t.title,
+            severity=t.severity,
+            source="rule",
+            labels=t.labels,
+            summary=t.summary,
+            at=at,
+            reopen_window=timedelta(seconds=reopen_window),
+            data={
+                "rule": t.rule,
+                "value": t.value_text,
+                "threshold": t.threshold_text,
+                "since": datetime.fromtimestamp(t.since, UTC).isoformat(),
+                "runbook": t.runbook,
+            },
+        )
+
+
+def open_rule_fingerprints(session: sa.orm.Session) -> list[str]:
+    """Fingerprints of the unresolved incidents the rules raised."""
+    return list(
+        session.scalars(
+            sa.select(Incident.fingerprint).where(
+                Incident.status != IncidentStatus.resolved,
+                Incident.fingerprint.startswith(FINGERPRINT_PREFIX),
+            )
+        )
+    )
+
+
+class DetectionLoop:
+    """Evaluate and record on a thread; `step()` does one tick (tests call it directly)."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        snapshot: Snapshot,
+        database_url: str,
+        *,
+        reopen_window: float,
+        on_recorded: Callable[[], object] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._evaluator = evaluator
+        self._snapshot = snapshot
+        self._url = database_url
+        self._reopen_window = reopen_window
+        self._on_recorded = on_recorded
+        self._clock = clock
+        self._engine: sa.Engine | None = None
+        self._restored = False
+        self._unrecorded: list[Transition] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def unrecorded(self) -> int:
+        """Transitions waiting for the database."""
+        return len(self._unrecorded)
+
+    def step(self) -> list[Transition]:
+        """One tick: restore (once), evaluate, record. Returns this tick's transitions."""
+        try:
+            self._engine = self._engine or db.make_engine(self._url)
+            if not self._restored:
+                with db.session_factory(self._engine)() as session:
+                    self._evaluator.restore(open_rule_fingerprints(session))
+                self._restored = True
+        except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            log.warning("rules not evaluated: database unavailable (%s)", _short(exc))
+            return []
+        new = self._evaluator.evaluate(self._snapshot.samples(), self._clock())
+        self._keep(new)
+        if self._unrecorded:
+            self._flush()
+        return new
+
+    def _keep(self, new: list[Transition]) -> None:
+        self._unrecorded.extend(new)
+        dropped = len(self._unrecorded) - MAX_UNRECORDED
+        if dropped > 0:
+            del self._unrecorded[:dropped]
+            log.error("database down too long: dropped the %d oldest rule transitions", dropped)
+
+    def _flush(self) -> None:
+        assert self._engine is not None
+        pending = list(self._unrecorded)
+        try:
+            with db.session_factory(self._engine)() as session, session.begin():
+                record(session, pending, reopen_window=self._reopen_window)
+        except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            log.warning(
+                "%d rule transition(s) kept for the next tick: database unavailable (%s)",
+                len(pending),
+                _short(exc),
+            )
+            return
+        except service.IncidentError as exc:
+            # Not the database being away: retrying the same batch would fail forever.
+            log.error("%d rule transition(s) not recorded: %s", len(pending), exc)
+            del self._unrecorded[: len(pending)]
+            return
+        del self._unrecorded[: len(pending)]
+        for t in pending:
+            log.info("%s %s: %s", t.kind, t.fingerprint, t.title)
+        if self._on_recorded is not None:
+            self._on_recorded()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="detect", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK):
+            try:
+                self.step()
+            except Exception:
+                log.exception("rule evaluation failed; trying again next tick")
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200]
