@@ -189,8 +189,7 @@ def _parse(argv: Sequence[str]) -> dict[str, str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        root = state.state_dir_from_env()
-        document = state.read_node(root, state.node_from_env(root))
+        document = state.read_current_node()
     except state.RigStateError as error:
         print(error, file=sys.stderr)
         return 255

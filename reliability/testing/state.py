@@ -112,6 +112,12 @@ def read_node(root: Path, node: str) -> Document:
     return document
 
 
+def read_current_node(environ: dict[str, str] | None = None) -> Document:
+    """The document of the node a stand-in runs as (from its environment)."""
+    root = state_dir_from_env(environ)
+    return read_node(root, node_from_env(root, environ))
+
+
 def update_node(root: Path, node: str, change: Callable[[Document], Any]) -> Any:
     """Apply ``change`` to the node's document under its lock and save it; return its result."""
     path = node_path(root, node)
