@@ -20,6 +20,7 @@ from reliability.cli_support import (
 from reliability.config import Config
 from reliability.config_load import ConfigError
 from reliability.incidents.cli import incidents
+from reliability.runbooks.cli import runbook
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -152,3 +153,4 @@ def demo(directory: Path, listen: str) -> None:
 
 
 main.add_command(incidents)
+main.add_command(runbook)

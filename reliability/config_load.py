@@ -141,6 +141,39 @@ def default_path() -> Path:
     return Path(env) if env else DEFAULT_FILE
 
 
+def read_yaml(file: Path) -> tuple[Any, dict[Loc, int]]:
+    """The parsed document of a YAML file and the line of every key in it; a ConfigError
+    naming the file (and the line, for bad YAML) when it cannot be read or parsed."""
+    name = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text) if node is not None else None
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{name}:{mark.line + 1}" if mark else name
+        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    return data, (_line_map(node) if node is not None else {})
+
+
+def validation_messages(file: str, exc: ValidationError, lines: dict[Loc, int]) -> list[str]:
+    """Every pydantic error as `FILE:LINE: path.to.field: problem`, in the order found."""
+    msgs = []
+    for err in exc.errors():
+        loc, line = _place(tuple(err["loc"]), lines, missing=err["type"] == "missing")
+        msgs.append(_message(file, line, loc, _problem(err)))
+    return msgs
+
+
+def placed_message(file: str, lines: dict[Loc, int], loc: Loc, problem: str) -> tuple[int, str]:
+    """A problem found after validation, placed at its line: (line or 0, message), so
+    callers can sort a batch of them into file order."""
+    shown, line = _place(loc, lines)
+    return line or 0, _message(file, line, shown, problem)
+
+
 def load(path: Path | str | None = None) -> Config:
     """Load and validate a config file; raise ConfigError listing every problem.
 
@@ -155,35 +188,18 @@ def load(path: Path | str | None = None) -> Config:
             raise ConfigError([f"{file}: no such config file; pass -c FILE or create it"])
         return Config()
     name = str(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) if node is not None else {}
-    except OSError as exc:
-        raise ConfigError([f"{name}: cannot read: {exc.strerror}"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{name}:{mark.line + 1}" if mark else name
-        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    data, lines = read_yaml(file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
             [f"{name}:1: the file must be a mapping of sections (database, nodes, ...)"]
         )
-    lines = _line_map(node) if node is not None else {}
     try:
         cfg = Config.model_validate({**data, "source": file})
     except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            loc, line = _place(tuple(err["loc"]), lines, missing=err["type"] == "missing")
-            msgs.append(_message(name, line, loc, _problem(err)))
-        raise ConfigError(msgs) from None
-    issues = []
-    for loc, problem in _cross_check(cfg):
-        shown, line = _place(loc, lines)
-        issues.append((line or 0, _message(name, line, shown, problem)))
+        raise ConfigError(validation_messages(name, exc, lines)) from None
+    issues = [placed_message(name, lines, loc, problem) for loc, problem in _cross_check(cfg)]
     if issues:
         # In file order, as the user reads the file.
         raise ConfigError([message for _, message in sorted(issues, key=lambda i: i[0])])

@@ -1,0 +1,484 @@
+"""The runbook file (`runbooks/NAME.yaml`): typed parameters, named target groups, and steps.
+
+Strict like the config: unknown keys are errors, every action's arguments have their own
+model, and a step whose action changes state must say how it is undone. What one field
+cannot see (names that refer to each other, placeholders, shell safety) is checked by
+`problems()`, so the loader reports everything at once, each at its line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from reliability.config import Name, NodeConfig, Strict
+from reliability.durations import Duration
+from reliability.runbooks.scope import TARGET, ValueKind, path_problem
+from reliability.runbooks.template import (
+    Kind,
+    TemplateField,
+    placeholders,
+    shell_placeholders,
+    shell_problems,
+)
+
+Loc = tuple[str | int, ...]
+ParamName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
+ShellTemplate = Annotated[str, TemplateField("shell"), Field(min_length=1)]
+UrlTemplate = Annotated[str, TemplateField("url"), Field(min_length=1)]
+TextTemplate = Annotated[str, TemplateField("text")]
+NameTemplate = Annotated[str, TemplateField("name"), Field(min_length=1)]
+ImageTemplate = Annotated[str, TemplateField("image"), Field(min_length=1)]
+
+DIGEST = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._/:-]*@)?sha256:[0-9a-f]{64}")
+KNOWN_GOOD = "known-good"
+
+
+# --- parameters ------------------------------------------------------------------------
+class _Param(Strict):
+    description: str = ""
+
+    @property
+    def required(self) -> bool:
+        """A parameter without a default must be given on every run."""
+        return getattr(self, "default", None) is None
+
+    def parse(self, raw: str) -> str | int:
+        """The value of `--param NAME=raw`, or ValueError saying what to write instead.
+        Names of nodes, pools and services are checked against the config later."""
+        return raw
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> _Param:
+        default = getattr(self, "default", None)
+        if default is not None:
+            self.parse(str(default))
+        return self
+
+
+class StringParam(_Param):
+    type: Literal["string"]
+    pattern: str = Field(..., description="the whole value must match this regular expression")
+    default: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return pattern
+
+    def parse(self, raw: str) -> str:
+        if not re.fullmatch(self.pattern, raw):
+            raise ValueError(f"{raw!r} does not match the pattern {self.pattern!r}")
+        return raw
+
+
+class ChoiceParam(_Param):
+    type: Literal["choice"]
+    choices: list[str] = Field(..., min_length=1)
+    default: str | None = None
+
+    def parse(self, raw: str) -> str:
+        if raw not in self.choices:
+            raise ValueError(f"{raw!r} is not one of {', '.join(self.choices)}")
+        return raw
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    min: int | None = None
+    max: int | None = None
+    default: int | None = None
+
+    def parse(self, raw: str) -> int:
+        if not re.fullmatch(r"-?\d+", raw):
+            raise ValueError(f"{raw!r} is not a whole number")
+        value = int(raw)
+        if (self.min is not None and value < self.min) or (
+            self.max is not None and value > self.max
+        ):
+            raise ValueError(f"{value} is outside {self.min}..{self.max}")
+        return value
+
+
+class NodeParam(_Param):
+    type: Literal["node"]
+    default: str | None = None
+
+
+class PoolParam(_Param):
+    type: Literal["pool"]
+    of: str | None = Field(None, description="a service parameter the pool must belong to")
+    default: str | None = None
+
+
+class ServiceParam(_Param):
+    type: Literal["service"]
+    default: str | None = None
+
+
+class ImageDigestParam(_Param):
+    type: Literal["image_digest"]
+    default: str | None = None
+
+    def parse(self, raw: str) -> str:
+        if not DIGEST.fullmatch(raw):
+            raise ValueError(
+                f"{raw!r} is not an image digest; write sha256:<64 hex> or REF@sha256:…"
+            )
+        return raw
+
+
+Param = Annotated[
+    StringParam | ChoiceParam | IntParam | NodeParam | PoolParam | ServiceParam | ImageDigestParam,
+    Field(discriminator="type"),
+]
+PARAM_KINDS: dict[str, ValueKind] = {"node": "node", "pool": "pool", "service": "service"}
+
+
+# --- targets and conditions ----------------------------------------------------------
+class TargetGroup(Strict):
+    """Nodes a step runs on: one node, a pool, or a role, in config order, at most `limit`."""
+
+    node: NameTemplate | None = None
+    pool: NameTemplate | None = None
+    role: Literal["serving", "standby", "lb", "other"] | None = None
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> TargetGroup:
+        if sum(x is not None for x in (self.node, self.pool, self.role)) != 1:
+            raise ValueError("choose nodes by exactly one of `node`, `pool`, `role`")
+        return self
+
+    def selects(self, node: NodeConfig, name: str) -> bool:
+        """Whether `node` is in the group; `name` is `node` or `pool` rendered."""
+        if self.node is not None:
+            return node.name == name
+        if self.pool is not None:
+            return node.pool == name
+        return node.role == self.role
+
+
+class When(Strict):
+    """Run the step only if `value` (a template) compares as asked: no expressions, no eval."""
+
+    value: TextTemplate
+    equals: TextTemplate | None = None
+    not_equals: TextTemplate | None = None
+    in_: list[TextTemplate] | None = Field(None, alias="in")
+    not_in: list[TextTemplate] | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> When:
+        tests = (self.equals, self.not_equals, self.in_, self.not_in)
+        if sum(t is not None for t in tests) != 1:
+            raise ValueError("give exactly one of `equals`, `not_equals`, `in`, `not_in`")
+        return self
+
+
+class UndoCommand(Strict):
+    """A shell command that reverses the step, run where the step ran."""
+
+    command: ShellTemplate
+    timeout: Duration = 60.0
+
+
+Undo = Literal["restore"] | UndoCommand
+
+
+# --- actions ---------------------------------------------------------------------------
+class SshArgs(Strict):
+    command: ShellTemplate
+    changes: bool = Field(False, description="true: the command changes state (needs `undo`)")
+
+
+class HttpCheckArgs(Strict):
+    url: UrlTemplate
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: int = Field(200, ge=100, le=599)
+    expect_body: str | None = Field(None, description="a substring the body must contain")
+    within: Duration = Field(30.0, description="retry until the first success, this long")
+    soak: Duration = Field(0.0, description="then keep checking this long")
+    max_error_ratio: float = Field(0.0, ge=0, le=1, description="share of failures the soak allows")
+    interval: Duration = 1.0
+
+
+class ReadyArgs(Strict):
+    service: NameTemplate
+    ttft: Duration = Field(10.0, description="limit on the first token of a 1-token completion")
+    within: Duration = 120.0
+
+
+class LbSetPoolArgs(Strict):
+    """Rewrite the service's upstream: to a pool's nodes, adding a target group's nodes,
+    or back to the file as it was before an earlier step."""
+
+    service: NameTemplate
+    pool: NameTemplate | None = None
+    add: str | None = None
+    restore_from: str | None = None
+
+    @model_validator(mode="after")
+    def _one_change(self) -> LbSetPoolArgs:
+        if sum(x is not None for x in (self.pool, self.add, self.restore_from)) != 1:
+            raise ValueError("give exactly one of `pool`, `add`, `restore_from`")
+        return self
+
+
+class DrainArgs(Strict):
+    service: NameTemplate
+    wait: Duration = Field(60.0, description="longest wait for in-flight requests to finish")
+
+
+class DeployImageArgs(Strict):
+    service: NameTemplate
+    image: ImageTemplate = Field(..., description="REF@sha256:…, or known-good")
+    pool: NameTemplate | None = Field(None, description="pool label of the new container")
+    verify: bool = Field(True, description="wait until the node is ready before the next batch")
+    ttft: Duration = 10.0
+    within: Duration = 300.0
+
+
+class RecordDeployArgs(Strict):
+    service: NameTemplate
+    image: ImageTemplate
+
+
+class ConfirmArgs(Strict):
+    prompt: TextTemplate = Field(..., min_length=1)
+
+
+class NotifyArgs(Strict):
+    text: TextTemplate = Field(..., min_length=1)
+
+
+class _Step(Strict):
+    id: Name
+    description: str = ""
+    timeout: Duration = Field(60.0, description="per attempt, per node")
+    retries: int = Field(0, ge=0, le=10)
+    backoff: Duration = Field(5.0, description="wait before the first retry; doubles each time")
+    when: When | None = None
+    undo: Undo | None = None
+
+    # Facts of the action, read by the checks and the plan: where it runs, what it changes.
+    per_node: ClassVar[bool] = False
+    changes_state: ClassVar[bool] = False
+
+    @property
+    def mutates(self) -> bool:
+        return self.changes_state
+
+
+class NodeStep(_Step):
+    nodes: str = Field(..., description="the target group it runs on")
+    batch: int | None = Field(None, ge=1, description="nodes at a time; none: all at once")
+    max_fail_percent: int = Field(0, ge=0, le=100)
+
+    per_node: ClassVar[bool] = True
+
+
+class SshStep(NodeStep):
+    action: Literal["ssh"]
+    args: SshArgs
+
+    @property
+    def mutates(self) -> bool:
+        return self.args.changes
+
+
+class HttpCheckStep(_Step):
+    action: Literal["http_check"]
+    args: HttpCheckArgs
+
+
+class ReadyStep(NodeStep):
+    action: Literal["ready"]
+    args: ReadyArgs
+
+
+class LbSetPoolStep(_Step):
+    action: Literal["lb_set_pool"]
+    args: LbSetPoolArgs
+    changes_state: ClassVar[bool] = True
+
+
+class DrainStep(NodeStep):
+    action: Literal["drain"]
+    args: DrainArgs
+    changes_state: ClassVar[bool] = True
+
+
+class DeployImageStep(NodeStep):
+    action: Literal["deploy_image"]
+    args: DeployImageArgs
+    changes_state: ClassVar[bool] = True
+
+
+class RecordDeployStep(NodeStep):
+    action: Literal["record_deploy"]
+    args: RecordDeployArgs
+
+
+class ConfirmStep(_Step):
+    action: Literal["confirm"]
+    args: ConfirmArgs
+
+
+class NotifyStep(_Step):
+    action: Literal["notify"]
+    args: NotifyArgs
+
+
+AnyStep = (
+    SshStep
+    | HttpCheckStep
+    | ReadyStep
+    | LbSetPoolStep
+    | DrainStep
+    | DeployImageStep
+    | RecordDeployStep
+    | ConfirmStep
+    | NotifyStep
+)
+Step = Annotated[AnyStep, Field(discriminator="action")]
+ACTIONS = tuple(get_args(t.model_fields["action"].annotation)[0] for t in get_args(AnyStep))
+RESTORES = {
+    "lb_set_pool": "puts the previous upstream file back byte for byte",
+    "drain": "puts the previous upstream file back byte for byte",
+    "deploy_image": "redeploys the image the container ran before",
+}
+
+
+class Runbook(Strict):
+    name: Name
+    description: str = Field(..., min_length=1)
+    params: dict[ParamName, Param] = {}
+    targets: dict[Name, TargetGroup] = {}
+    steps: list[Step] = Field(..., min_length=1)
+    source: Path | None = Field(None, exclude=True)
+
+
+# --- checks across fields --------------------------------------------------------------
+def problems(rb: Runbook) -> Iterator[tuple[Loc, str]]:
+    """What the models cannot see field by field, each with where it is in the file."""
+    kinds: dict[str, ValueKind] = {
+        n: PARAM_KINDS.get(p.type, "value") for n, p in rb.params.items()
+    }
+    if TARGET in kinds:
+        yield ("params", TARGET), f"`{TARGET}` is reserved for the node a step runs on"
+    for name, p in rb.params.items():
+        if isinstance(p, PoolParam) and p.of is not None and kinds.get(p.of) != "service":
+            yield ("params", name, "of"), f"{p.of!r} is not a service parameter"
+    for name, group in rb.targets.items():
+        yield from _templates(group, ("targets", name), kinds)
+    seen: dict[str, str] = {}
+    for i, step in enumerate(rb.steps):
+        loc: Loc = ("steps", i)
+        if step.id in seen:
+            yield (*loc, "id"), f"step id {step.id!r} is used twice"
+        if isinstance(step, NodeStep) and step.nodes not in rb.targets:
+            yield (*loc, "nodes"), _no_target(step.nodes, rb)
+        scope = {**kinds, TARGET: "node"} if step.per_node else kinds
+        yield from _templates(step.args, (*loc, "args"), scope)
+        if step.when is not None:
+            yield from _templates(step.when, (*loc, "when"), kinds)
+        if isinstance(step.undo, UndoCommand):
+            yield from _templates(step.undo, (*loc, "undo"), scope)
+        yield from _undo_problems(step, loc)
+        if isinstance(step, LbSetPoolStep):
+            yield from _lb_problems(step, loc, rb, seen)
+        seen[step.id] = step.action
+
+
+def _no_target(name: str, rb: Runbook) -> str:
+    defined = ", ".join(rb.targets) or "none yet"
+    return f"no target group is named {name!r}; define it under `targets` ({defined})"
+
+
+def _undo_problems(step: AnyStep, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    action = step.action
+    if step.mutates and step.undo is None:
+        how = f"`undo: restore` ({RESTORES[action]}) or " if action in RESTORES else ""
+        yield (
+            (*loc, "undo"),
+            (
+                f"{action} changes state, so the step needs `undo`: write {how}"
+                "`undo: {command: ...}`, the command that reverses it"
+            ),
+        )
+    elif step.undo is not None and not step.mutates:
+        hint = "; if the command changes state, add `changes: true`" if action == "ssh" else ""
+        yield (*loc, "undo"), f"this {action} step changes nothing, so it has no undo{hint}"
+    elif step.undo == "restore" and action not in RESTORES:
+        yield (
+            (*loc, "undo"),
+            (
+                f"{action} cannot restore on its own; write the command that reverses it: "
+                "`undo: {command: ...}`"
+            ),
+        )
+
+
+def _lb_problems(
+    step: LbSetPoolStep, loc: Loc, rb: Runbook, seen: dict[str, str]
+) -> Iterator[tuple[Loc, str]]:
+    args = step.args
+    if args.add is not None and args.add not in rb.targets:
+        yield (*loc, "args", "add"), _no_target(args.add, rb)
+    if args.restore_from is not None and seen.get(args.restore_from) not in (
+        "lb_set_pool",
+        "drain",
+    ):
+        yield (
+            (*loc, "args", "restore_from"),
+            (f"{args.restore_from!r} is not an earlier lb_set_pool or drain step"),
+        )
+
+
+def _kind(annotation: Any, metadata: list[Any]) -> Kind | None:
+    """The template kind a field's type is marked with, looking through Optional and list."""
+    for m in metadata:
+        if isinstance(m, TemplateField):
+            return m.kind
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _kind(args[0], list(args[1:]))
+    return next((k for k in (_kind(a, []) for a in args) if k), None)
+
+
+def template_fields(model: BaseModel, loc: Loc = ()) -> Iterator[tuple[Loc, str, Kind]]:
+    """Every template value in `model` (recursively), with its location and kind."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = field.alias or name
+        kind = _kind(field.annotation, list(field.metadata))
+        if isinstance(value, BaseModel):
+            yield from template_fields(value, (*loc, key))
+        elif kind is not None and isinstance(value, str):
+            yield (*loc, key), value, kind
+        elif kind is not None and isinstance(value, list):
+            yield from (((*loc, key, i), v, kind) for i, v in enumerate(value))
+
+
+def _templates(
+    model: BaseModel, loc: Loc, kinds: dict[str, ValueKind]
+) -> Iterator[tuple[Loc, str]]:
+    for where, text, kind in template_fields(model, loc):
+        if kind == "shell":
+            found = [p for p in shell_placeholders(text) if p.context == "word"]
+            yield from ((where, problem) for problem in shell_problems(text, kinds.__contains__))
+        else:
+            found = placeholders(text)
+        for p in found:
+            problem = path_problem(p.path, kinds)
+            if problem:
+                yield where, problem

@@ -1,0 +1,198 @@
+"""`plan` for each shipped runbook on the example fleet: per target, step by step, every
+command as it would be sent and each step's undo; and it touches nothing."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from reliability.config import Config, NodeConfig
+from reliability.runbooks.load import load_dir, load_runbooks
+from reliability.runbooks.ops import LOCAL
+from reliability.runbooks.params import resolve
+from reliability.runbooks.plan import Plan, PlanError, make_plan
+
+UPSTREAM = "/etc/nginx/conf.d/chat-upstream.conf"
+WRITE = f"cat > {UPSTREAM}.reliability-new && mv -f {UPSTREAM}.reliability-new {UPSTREAM}"
+
+
+def plan_of(config: Config, name: str, **given: str) -> Plan:
+    book = load_runbooks(config)[name]
+    return make_plan(book, resolve(book, given, config), config)
+
+
+def commands(plan: Plan, step_id: str, *, undo: bool = False) -> dict[str, list[str]]:
+    """Per target of the step: `where $ command` (or `where kind: detail`) of each op."""
+    (step,) = [s for s in plan.steps if s.id == step_id]
+    return {
+        u.target: [
+            f"{o.where} $ {o.detail}" if o.kind == "run" else f"{o.where} {o.kind}: {o.detail}"
+            for o in (u.undo if undo else u.ops)
+        ]
+        for u in step.units
+    }
+
+
+def upstream_written(plan: Plan, step_id: str) -> str:
+    (step,) = [s for s in plan.steps if s.id == step_id]
+    return next(o.stdin for u in step.units for o in u.ops if o.stdin is not None)
+
+
+def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
+    plan = plan_of(example, "node-failover", node="gpu-1")
+    assert plan.locks == ["chat"]
+    assert [s.id for s in plan.steps] == [
+        "take-out",
+        "start-standby",
+        "record",
+        "put-in",
+        "verify",
+        "note",
+    ]
+    assert commands(plan, "take-out") == {
+        "gpu-1": [
+            f"lb-1 $ cat {UPSTREAM}",
+            f"lb-1 $ {WRITE}",
+            "lb-1 $ nginx -t",
+            "lb-1 $ nginx -s reload",
+            "local wait: until gpu-1 has no in-flight or streaming request, at most 15s",
+        ]
+    }
+    assert "    server 10.20.0.11:8000 down;\n" in upstream_written(plan, "take-out")
+    assert commands(plan, "take-out", undo=True)["gpu-1"][:1] == [f"lb-1 $ {WRITE}"]
+
+    image = "<known-good image of chat, from the images registry>"
+    deploy = commands(plan, "start-standby")["gpu-spare"]
+    assert deploy[:4] == [
+        f"gpu-spare $ docker pull {image}",
+        "gpu-spare $ docker inspect --format '{{.Config.Image}}' vllm",
+        "gpu-spare $ docker rm -f vllm",
+        "gpu-spare $ docker run -d --name vllm --restart unless-stopped --gpus all "
+        f"-p 8000:8000 -l reliability.service=chat -l pool=blue {image}",
+    ]
+    assert deploy[4].startswith("local http: GET http://10.20.0.19:8000/health until 200")
+    assert commands(plan, "start-standby", undo=True)["gpu-spare"][1].endswith(
+        "<image vllm ran before, as saved>"
+    )
+    # The standby joins the upstream beside the drained node, which stays listed as down.
+    assert upstream_written(plan, "put-in").endswith(
+        "upstream chat {\n    server 10.20.0.11:8000 down;\n    server 10.20.0.19:8000;\n}\n"
+    )
+    assert commands(plan, "verify") == {
+        LOCAL: ["local http: GET http://10.20.0.2/ until 200, within 30s"]
+    }
+
+
+def test_a_failed_node_of_the_idle_pool_is_replaced_without_touching_the_balancer(example):
+    plan = plan_of(example, "node-failover", node="gpu-2")
+    skipped = {s.id: s.skipped for s in plan.steps if s.skipped}
+    assert skipped == {
+        "take-out": "`when` is false: 'green' == 'blue'",
+        "put-in": "`when` is false: 'green' == 'blue'",
+    }
+    assert "-l pool=green" in commands(plan, "start-standby")["gpu-spare"][3]
+
+
+def test_blue_green_checks_the_new_pool_then_switches_and_soaks(example):
+    plan = plan_of(example, "blue-green", service="chat", pool="green")
+    ready = commands(plan, "check-new-pool")
+    assert list(ready) == ["gpu-2"]
+    assert ready["gpu-2"][1].startswith(
+        "local http: POST http://10.20.0.12:8000/v1/chat/completions (model deepseek-chat, "
+        "max_tokens 1, streamed): first token within 10s"
+    )
+    assert "upstream chat {\n    server 10.20.0.12:8000;\n}\n" in upstream_written(plan, "switch")
+    assert commands(plan, "soak")[LOCAL][1] == (
+        "local http: GET http://10.20.0.2/ every 2s for 5m; fails above 5% errors"
+    )
+
+
+def test_blue_green_to_the_pool_already_serving_skips_the_switch(example):
+    plan = plan_of(example, "blue-green", service="chat", pool="blue")
+    (switch,) = [s for s in plan.steps if s.id == "switch"]
+    assert switch.skipped == "`when` is false: 'blue' != 'blue'"
+    assert switch.units == []
+
+
+def test_image_rollback_goes_one_node_at_a_time(example):
+    extra = NodeConfig(name="gpu-3", address="10.20.0.13", pool="blue", gpus=8)
+    bigger = example.model_copy(update={"nodes": [*example.nodes, extra]})
+    plan = plan_of(bigger, "image-rollback", service="chat", pool="blue")
+    (redeploy,) = [s for s in plan.steps if s.id == "redeploy"]
+    assert redeploy.batches == [["gpu-1"], ["gpu-3"]]
+    assert redeploy.max_fail_percent == 0
+    assert [u.target for u in redeploy.units] == ["gpu-1", "gpu-3"]
+    # gpu-3 names no container: the service's.
+    assert "gpu-3 $ docker rm -f vllm" in commands(plan, "redeploy")["gpu-3"]
+    assert commands(plan, "approve")[LOCAL] == [
+        "local confirm: Redeploy the known-good image of chat on every node of pool blue, "
+        "one at a time?"
+    ]
+
+
+def test_upstream_failover_goes_local_then_restores_the_file_after_recovery(example):
+    plan = plan_of(example, "upstream-failover", service="chat")
+    assert list(commands(plan, "check-local")) == ["gpu-1"]
+    assert commands(plan, "wait-recovery")[LOCAL][0] == (
+        "local http: GET https://api.example.com/health until 200, within 6h"
+    )
+    back = next(s for s in plan.steps if s.id == "back").units[0]
+    assert back.target == "lb-1"
+    assert back.ops[1].stdin == "<upstream file saved before step to-local>"
+
+
+def test_a_target_group_that_selects_nothing_is_a_plan_error(example):
+    no_standby = example.model_copy(
+        update={"nodes": [n for n in example.nodes if n.role != "standby"]}
+    )
+    with pytest.raises(PlanError, match="step start-standby: target group 'standby' selects"):
+        plan_of(no_standby, "node-failover", node="gpu-1")
+    with pytest.raises(PlanError, match="step take-out: node lb-1 is in no pool"):
+        plan_of(example, "node-failover", node="lb-1")
+
+
+def test_planning_touches_nothing(example, monkeypatch, tmp_path: Path):
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("plan opened a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.chdir(tmp_path)
+    for name, given in [
+        ("node-failover", {"node": "gpu-2"}),
+        ("blue-green", {"service": "chat", "pool": "green"}),
+        ("image-rollback", {"service": "chat", "pool": "green"}),
+        ("upstream-failover", {"service": "chat"}),
+    ]:
+        assert plan_of(example, name, **given).steps
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_restoring_after_a_skipped_rewrite_is_skipped_too(write_runbook, example):
+    path = write_runbook(
+        "there-and-back",
+        """
+        description: switch, then switch back
+        params:
+          service: {type: service}
+          pool: {type: pool, of: service}
+        steps:
+          - id: there
+            action: lb_set_pool
+            when: {value: "{pool}", not_equals: "{service.active_pool}"}
+            args: {service: "{service}", pool: "{pool}"}
+            undo: restore
+          - id: back
+            action: lb_set_pool
+            args: {service: "{service}", restore_from: there}
+            undo: restore
+        """,
+    )
+    book = load_dir(path.parent)["there-and-back"]
+    plan = make_plan(book, resolve(book, {"service": "chat", "pool": "blue"}, example), example)
+    assert [s.skipped for s in plan.steps] == [
+        "`when` is false: 'blue' != 'blue'",
+        "step there did not rewrite the upstream",
+    ]
