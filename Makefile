@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/incidents.py
 	$(BIN)/python bench/collect.py
 	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/alert_latency.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
