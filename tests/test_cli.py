@@ -36,7 +36,7 @@ def config_file(tmp_path: Path, database_url: str, engine) -> Path:
 def test_help_lists_the_command_groups():
     result = run("--help")
     assert result.exit_code == 0
-    for group in ("config", "db", "daemon", "demo", "incidents"):
+    for group in ("config", "db", "daemon", "demo", "incidents", "runbook"):
         assert f"  {group}" in result.output
 
 
@@ -151,3 +151,68 @@ def test_a_broken_config_writes_nothing_to_the_database(tmp_path: Path, database
     (tmp_path / "good").mkdir()
     good = write_config(tmp_path / "good", database_url)
     assert "No unresolved incidents" in run("incidents", "list", "-c", str(good)).output
+
+
+def test_silence_round_trip_create_list_expire(config_file: Path):
+    c = str(config_file)
+    opened = run("incidents", "open", "gpu-3 hot", "--label", "node=gpu-3", "-c", c, "--json")
+    incident = json.loads(opened.output)["incident"]["id"]
+    run("incidents", "open", "gpu-1 hot", "--label", "node=gpu-1", "-c", c)
+
+    created = run(
+        "incidents", "silence", "--match", "node=~gpu-[3]", "--for", "2h",
+        "--comment", "reseating gpu-3", "--by", "alice", "-c", c, "--json",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    silence = json.loads(created.output)
+    number = str(silence["id"])
+    assert silence["state"] == "active" and silence["created_by"] == "alice"
+    assert silence["unresolved_incidents_matched"] == 1
+
+    listed = run("incidents", "list", "-c", c)
+    assert f"silenced #{number}" in listed.output
+    rows = json.loads(run("incidents", "list", "-c", c, "--json").output)
+    assert {i["id"]: i["silenced_by"] for i in rows}[incident] == silence["id"]
+    assert sorted(i["silenced_by"] is None for i in rows) == [False, True]
+
+    active = run("incidents", "silences", "list", "-c", c)
+    assert active.exit_code == 0
+    assert "node=~gpu-[3]" in active.output and "reseating gpu-3" in active.output
+
+    expired = run("incidents", "silences", "expire", number, "-c", c)
+    assert expired.exit_code == 0, expired.output
+    assert f"silence #{number}" in expired.output and "expired" in expired.output
+    again = run("incidents", "silences", "expire", number, "-c", c)
+    assert again.exit_code == 1 and "already expired" in again.output
+
+    assert "No active silences." in run("incidents", "silences", "list", "-c", c).output
+    history = json.loads(run("incidents", "silences", "list", "--all", "-c", c, "--json").output)
+    assert [(s["id"], s["state"]) for s in history] == [(silence["id"], "expired")]
+    assert "silenced" not in run("incidents", "list", "-c", c).output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--match", "node", "--for", "2h"), "--match 'node': write LABEL=VALUE or LABEL=~REGEX"),
+        (("--match", "node=~gpu-[", "--for", "2h"), "not a valid regular expression"),
+        (("--match", "node=~.*", "--for", "2h"), "also matches incidents without these labels"),
+        (("--match", "node=gpu-3", "--for", "soon"), "--for: 'soon' is not a duration"),
+        (("--match", "node=gpu-3", "--for", "0s"), "--for: a silence must last longer than zero"),
+        (("--for", "2h"), "Missing option '--match'"),
+    ],
+)
+def test_a_bad_silence_is_refused_with_exit_2_and_nothing_stored(
+    config_file: Path, arguments: tuple[str, ...], message: str
+):
+    c = str(config_file)
+    result = run("incidents", "silence", *arguments, "-c", c)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "No silences." in run("incidents", "silences", "list", "--all", "-c", c).output
+
+
+def test_expiring_an_unknown_silence_fails_with_exit_1(config_file: Path):
+    result = run("incidents", "silences", "expire", "4242", "-c", str(config_file))
+    assert result.exit_code == 1
+    assert "silence 4242 not found" in result.output

@@ -1,4 +1,4 @@
-"""`reliability incidents ...`: list, show, open, ack, resolve, note."""
+"""`reliability incidents ...`: list, show, open, ack, resolve, note, silence, silences."""
 
 from __future__ import annotations
 
@@ -18,21 +18,29 @@ from reliability.cli_support import (
     print_json,
 )
 from reliability.config import Config
-from reliability.incidents import service
+from reliability.durations import format_duration, parse_duration
+from reliability.incidents import service, silences
 from reliability.incidents.models import (
     Incident,
     IncidentEventRead,
     IncidentRead,
     IncidentStatus,
     Severity,
+    Silence,
+    SilenceRead,
 )
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"open": "red", "acknowledged": "yellow", "resolved": "green"}
+SILENCE_STYLE = {"active": "magenta", "expired": "dim", "ended": "dim"}
 
 
 def _age(since: datetime) -> str:
-    seconds = int((datetime.now(UTC) - since).total_seconds())
+    return _span(datetime.now(UTC) - since)
+
+
+def _span(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -52,7 +60,7 @@ def _labels(incident: Incident | IncidentRead) -> str:
 
 @click.group()
 def incidents() -> None:
-    """Incidents: list, show, open, acknowledge, resolve."""
+    """Incidents: list, show, open, acknowledge, resolve, silence."""
 
 
 @incidents.command("list")
@@ -83,8 +91,10 @@ def list_(config: Config, status: str, limit: int, as_json: bool) -> None:
             wanted = None if status == "all" else IncidentStatus(status)
             rows = service.list_incidents(session, status=wanted, limit=limit)
         items = [IncidentRead.model_validate(i) for i in rows]
+        in_force = silences.active(session, now=datetime.now(UTC))
+    muted = {i.id: s.id for i in items if (s := silences.covering(in_force, i.labels))}
     if as_json:
-        print_json(items)
+        print_json([i.model_dump(mode="json") | {"silenced_by": muted.get(i.id)} for i in items])
         return
     if not items:
         console.print(f"No {status if status != 'all' else ''} incidents.".replace("  ", " "))
@@ -94,6 +104,8 @@ def list_(config: Config, status: str, limit: int, as_json: bool) -> None:
         table.add_column(col, overflow="fold")
     for i in items:
         status_text = i.status.value + (f" ({i.acknowledged_by})" if i.acknowledged_by else "")
+        if i.id in muted:
+            status_text += f" [{SILENCE_STYLE['active']}]silenced #{muted[i.id]}[/]"
         table.add_row(
             str(i.id),
             f"[{SEVERITY_STYLE[i.severity]}]{i.severity.value}[/]",
@@ -239,3 +251,146 @@ def open_(
         print_json({"action": upsert.action, "incident": read})
     else:
         console.print(f"#{read.id} {read.title}: {upsert.action}")
+
+
+def _matchers(texts: tuple[str, ...]) -> list[silences.Matcher]:
+    try:
+        return [silences.parse_matcher(text) for text in texts]
+    except ValueError as exc:
+        raise BadInput(f"--match {exc}") from None
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise BadInput(f"--for: {exc}") from None
+    if seconds <= 0:
+        raise BadInput("--for: a silence must last longer than zero")
+    return timedelta(seconds=seconds)
+
+
+def _silence_json(silence: Silence, now: datetime) -> dict[str, object]:
+    read = SilenceRead.model_validate(silence).model_dump(mode="json")
+    return read | {"state": silences.state(silence, now=now)}
+
+
+def _shown(silence: Silence) -> str:
+    return " ".join(str(m) for m in silences.matchers_of(silence))
+
+
+@incidents.command("silence")
+@click.option(
+    "--match",
+    "matches",
+    multiple=True,
+    required=True,
+    metavar="LABEL=VALUE|LABEL=~REGEX",
+    help="Repeatable; an incident is silenced when every matcher holds.",
+)
+@click.option("--for", "for_", required=True, metavar="DURATION", help="e.g. 30m, 2h, 1d.")
+@click.option("--comment", default=None, help="Why, for whoever finds the silence later.")
+@click.option("--by", default=_who, help="Who silences (default: your user name).")
+@config_option
+@json_option
+def silence(
+    config: Config,
+    matches: tuple[str, ...],
+    for_: str,
+    comment: str | None,
+    by: str,
+    as_json: bool,
+) -> None:
+    """Mute Slack for matching incidents for a while; they are still recorded.
+
+    When it ends, incidents it held back that are still unresolved are posted.
+    """
+    matchers, duration = _matchers(matches), _duration(for_)
+    now = datetime.now(UTC)
+    with database(config) as session:
+        try:
+            created = silences.create(
+                session, matchers=matchers, duration=duration, by=by, now=now, comment=comment
+            )
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        matched = sum(
+            all(m.matches(i.labels) for m in matchers)
+            for status in (IncidentStatus.open, IncidentStatus.acknowledged)
+            for i in service.list_incidents(session, status=status, limit=10000)
+        )
+        shown = _silence_json(created, now) | {"unresolved_incidents_matched": matched}
+        until = created.ends_at
+    if as_json:
+        print_json(shown)
+        return
+    console.print(
+        f"silence #{shown['id']}: {' '.join(map(str, matchers))} for "
+        f"{format_duration(duration.total_seconds())}, until {until:%Y-%m-%d %H:%M}Z; "
+        f"matches {matched} unresolved incident(s) now"
+    )
+
+
+@incidents.group("silences")
+def silences_group() -> None:
+    """Silences: list, expire."""
+
+
+@silences_group.command("list")
+@click.option("--all", "include_ended", is_flag=True, help="Include expired and ended ones.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@config_option
+@json_option
+def silences_list(config: Config, include_ended: bool, limit: int, as_json: bool) -> None:
+    """List active silences, soonest to end first (--all: every silence, newest first)."""
+    now = datetime.now(UTC)
+    with database(config) as session:
+        found = silences.list_silences(session, now=now, include_ended=include_ended, limit=limit)
+        items = [(_silence_json(s, now), _shown(s)) for s in found]
+    if as_json:
+        print_json([item for item, _ in items])
+        return
+    if not items:
+        console.print("No silences." if include_ended else "No active silences.")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "STATE", "MATCHERS", "ENDS", "BY", "COMMENT"):
+        table.add_column(col, overflow="fold")
+    for item, matchers in items:
+        state = str(item["state"])
+        ended = datetime.fromisoformat(str(item["expired_at"] or item["ends_at"]))
+        when = f"in {_span(ended - now)}" if state == "active" else f"{_span(now - ended)} ago"
+        ends = f"{ended:%Y-%m-%d %H:%M}Z ({when})"
+        table.add_row(
+            str(item["id"]),
+            f"[{SILENCE_STYLE[state]}]{state}[/]",
+            matchers,
+            ends,
+            str(item["created_by"]),
+            str(item["comment"] or ""),
+        )
+    console.print(table)
+
+
+@silences_group.command("expire")
+@click.argument("silence_id", type=int)
+@config_option
+@json_option
+def silences_expire(config: Config, silence_id: int, as_json: bool) -> None:
+    """End a silence now; the incidents it held back that are still unresolved are posted."""
+    now = datetime.now(UTC)
+    with database(config) as session:
+        try:
+            expired = silences.expire(session, silence_id=silence_id, now=now)
+        except silences.SilenceError as exc:
+            raise CommandFailed(str(exc)) from None
+        shown = _silence_json(expired, now)
+        matchers = _shown(expired)
+        released = [e.incident_id for e in silences.release_ended(session, now=now)]
+    if as_json:
+        print_json(shown | {"incidents_released": released})
+        return
+    console.print(
+        f"silence #{silence_id} ({matchers}) expired; "
+        f"{len(released)} held-back incident(s) will be posted"
+    )

@@ -2,7 +2,9 @@
 
 An incident is keyed by its `fingerprint` (the identity of the signal that raised it): at most
 one unresolved incident exists per fingerprint, enforced by a partial unique index, so
-concurrent writers cannot create duplicates. `incident_events` is its timeline.
+concurrent writers cannot create duplicates. `incident_events` is its timeline. A `silences`
+row mutes Slack for the incidents whose labels match it, for a while; it never stops them
+being recorded.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class EventKind(StrEnum):
     resolved = "resolved"
     reopened = "reopened"
     note = "note"
+    # Nobody resolved it within the ack timeout: open again, and the channel is pinged.
+    ack_expired = "ack_expired"
+    # A silence that held back its notifications ended while it was still unresolved.
+    silence_ended = "silence_ended"
 
 
 def _string_enum(enum: type[StrEnum], name: str) -> sa.Enum:
@@ -117,6 +123,28 @@ class IncidentEvent(Base):
         return f"<IncidentEvent {self.id} incident={self.incident_id} {self.kind}>"
 
 
+class Silence(Base):
+    """Mutes Slack, from `starts_at` until `ends_at` (or `expired_at`, when ended early), for
+    every incident whose labels satisfy all `matchers`: a list of ``{"label", "op", "value"}``
+    with op ``=`` (equal) or ``=~`` (the regex matches the whole value), as Alertmanager does.
+    Rows are never deleted, so who silenced what stays on record."""
+
+    __tablename__ = "silences"
+    # The active ones are those not yet ended: the dispatcher reads them on every busy pass.
+    __table_args__ = (sa.Index("ix_silences_ends_at", "ends_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    matchers: Mapped[list[dict[str, str]]] = mapped_column(_JSON)
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(sa.String(255))
+    comment: Mapped[str | None] = mapped_column(sa.Text)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<Silence {self.id} {self.matchers!r} until {self.ends_at}>"
+
+
 class IncidentRead(BaseModel):
     """An incident as the CLI and API print it (`IncidentRead.model_validate(incident)`)."""
 
@@ -152,3 +180,17 @@ class IncidentEventRead(BaseModel):
     actor: str | None
     message: str | None
     data: dict[str, Any] | None
+
+
+class SilenceRead(BaseModel):
+    """A silence as the CLI prints it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    matchers: list[dict[str, str]]
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str
+    comment: str | None
+    expired_at: datetime | None

@@ -1,4 +1,5 @@
-"""Incident database work: open or dedupe, reopen, acknowledge, resolve, notes, timeline.
+"""Incident database work: open or dedupe, reopen, acknowledge (and its expiry), resolve, notes,
+timeline.
 
 Every function takes the session first and keyword-only arguments after it, and none commits:
 the caller owns the transaction, so it can write an outbox row in the same one. The only
@@ -438,7 +439,7 @@ def acknowledge(
     incident.status = IncidentStatus.acknowledged
     incident.acknowledged_at = at
     incident.acknowledged_by = by
-    _record(session, incident, EventKind.acknowledged, at=at, actor=by)
+    record_event(session, incident, EventKind.acknowledged, at=at, actor=by)
     return incident
 
 
@@ -478,7 +479,50 @@ def add_note(session: Session, *, incident_id: int, by: str, text: str) -> Incid
     """Append a note by `by` to the incident's timeline (resolved incidents included)."""
     _require_text(by=by, text=text)
     incident = get(session, incident_id=incident_id)
-    return _record(session, incident, EventKind.note, at=_utc(None), actor=by, message=text)
+    return record_event(session, incident, EventKind.note, at=_utc(None), actor=by, message=text)
+
+
+def expire_acknowledgements(
+    session: Session, *, now: datetime, timeout: timedelta
+) -> list[IncidentEvent]:
+    """End every acknowledgement older than `timeout` whose incident is still unresolved: the
+    incident is open again, with an `ack_expired` event saying who acknowledged it and when.
+
+    An acknowledgement promises someone is on it; one left that long without a resolve is
+    treated as forgotten (PagerDuty's ack timeout), so Slack pings the channel again. Each
+    acknowledgement expires at most once, since expiring ends it, and acknowledging again
+    starts a new clock. The daemon calls this periodically; a zero `timeout` turns it off.
+    """
+    if timeout <= timedelta(0):
+        return []
+    now = _utc(now)
+    # Locked, and on PostgreSQL re-checked after the lock: one resolved meanwhile is left out.
+    stale = session.scalars(
+        sa.select(Incident)
+        .where(
+            Incident.status == IncidentStatus.acknowledged,
+            Incident.acknowledged_at <= now - timeout,
+        )
+        .order_by(Incident.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    return [_expire_acknowledgement(session, incident, now) for incident in stale]
+
+
+def _expire_acknowledgement(session: Session, incident: Incident, now: datetime) -> IncidentEvent:
+    by, since = incident.acknowledged_by, cast(datetime, incident.acknowledged_at)
+    incident.status = IncidentStatus.open
+    incident.acknowledged_at = None
+    incident.acknowledged_by = None
+    return record_event(
+        session,
+        incident,
+        EventKind.ack_expired,
+        at=now,
+        message=f"acknowledged by {by} at {_when(since)} and not resolved since",
+        data={"acknowledged_by": by, "acknowledged_at": since.isoformat()},
+    )
 
 
 def _resolve(
@@ -492,7 +536,7 @@ def _resolve(
     incident.status = IncidentStatus.resolved
     incident.resolved_at = at
     incident.resolved_by = by
-    _record(session, incident, EventKind.resolved, at=at, actor=by, message=note)
+    record_event(session, incident, EventKind.resolved, at=at, actor=by, message=note)
     return incident
 
 
@@ -505,7 +549,7 @@ def _locked(session: Session, incident_id: int) -> Incident:
     return incident
 
 
-def _record(
+def record_event(
     session: Session,
     incident: Incident,
     kind: EventKind,
@@ -513,7 +557,9 @@ def _record(
     at: datetime,
     actor: str | None = None,
     message: str | None = None,
+    data: dict[str, Any] | None = None,
 ) -> IncidentEvent:
+    """Append an event to the incident's timeline with its outbox row, so Slack hears of it."""
     event = session.scalars(
         sa.insert(IncidentEvent).returning(IncidentEvent),
         [
@@ -523,7 +569,7 @@ def _record(
                 "kind": kind.value,
                 "actor": actor,
                 "message": message,
-                "data": None,
+                "data": data,
             }
         ],
     ).one()

@@ -2,7 +2,9 @@
 
 An incident has one root message that always shows its current state (posted on open,
 replaced with ``chat.update`` on acknowledge, resolve and reopen), and a thread of replies
-for everything else (refires, notes, runbook progress). Content comes only from the
+for everything else (refires, notes, runbook progress). An expired acknowledgement does both:
+the root shows the incident open again, and a reply in the thread, also shown in the channel,
+pings ``@here``, because an edit notifies nobody. Content comes only from the
 incident and its events, never from configuration or the environment, so no secret can leak
 into a channel; every piece of it is escaped, so a label value such as ``<!channel>`` cannot
 ping anyone.
@@ -19,7 +21,9 @@ from reliability.incidents.models import IncidentEventRead, IncidentRead, Incide
 Block = dict[str, Any]
 
 # Events that change what the root message says; the rest become thread replies.
-ROOT_KINDS = frozenset({"opened", "acknowledged", "resolved", "reopened"})
+ROOT_KINDS = frozenset({"opened", "acknowledged", "resolved", "reopened", "ack_expired"})
+# Root-changing events that also need someone to act now: a reply that pings the channel.
+PAGING_KINDS = frozenset({"ack_expired"})
 RUNBOOK_PREFIX = "reliability runbook run "
 # The labels an on-call engineer looks for first, shown as fields in this order.
 FIELD_LABELS = ("node", "gpu", "endpoint", "service", "pool")
@@ -46,6 +50,11 @@ class Rendered:
 def updates_root(kind: str) -> bool:
     """Whether an event of this kind edits the root message (else it is a thread reply)."""
     return kind in ROOT_KINDS
+
+
+def pages(kind: str) -> bool:
+    """Whether an event of this kind, besides editing the root, pings in a thread reply."""
+    return kind in PAGING_KINDS
 
 
 def runbook_command(opening_data: dict[str, Any] | None, labels: dict[str, str]) -> str | None:
@@ -84,7 +93,23 @@ def root_message(
 
 
 def thread_reply(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
-    """A reply in the incident's thread for an event that does not change the root."""
+    """A reply in the incident's thread for an event that does not change the root (or, for
+    a paging event, that needs more than the root's edit)."""
+    # These two lines say what their event's message says for the CLI's timeline.
+    if event.kind == "ack_expired":
+        line = _ack_expired_line(event)
+    elif event.kind == "silence_ended":
+        silence = (event.data or {}).get("silence_id", "?")
+        line = (
+            f":bell: Silence #{silence} ended {_date(event.at)}; "
+            f"this incident is still {incident.status.value}"
+        )
+    else:
+        line = _event_line(incident, event)
+    return Rendered(_clip(line, SECTION_LIMIT), [_section(line)])
+
+
+def _event_line(incident: IncidentRead, event: IncidentEventRead) -> str:
     when = _date(event.at)
     if event.kind == "refired":
         severity = str((event.data or {}).get("severity", incident.severity.value))
@@ -97,7 +122,20 @@ def thread_reply(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
             line += f" by {_escape(event.actor)}"
     if event.message:
         line += f"\n{_escape(event.message)}"
-    return Rendered(_clip(line, SECTION_LIMIT), [_section(line)])
+    return line
+
+
+def _ack_expired_line(event: IncidentEventRead) -> str:
+    """``@here``, who acknowledged and how long ago: the owner may have been pulled away, so
+    the whole channel is asked to pick it up. The only mention this module writes itself."""
+    data = event.data or {}
+    by = _escape(str(data.get("acknowledged_by") or "someone"))
+    line = f"<!here> :alarm_clock: Acknowledged by {by}"
+    acknowledged_at = data.get("acknowledged_at")
+    if isinstance(acknowledged_at, str):
+        since = datetime.fromisoformat(acknowledged_at)
+        line += f" {_duration(event.at - since)} ago ({_date(since)})"
+    return line + " and still not resolved: open again, needs an owner"
 
 
 def _headline(incident: IncidentRead) -> str:

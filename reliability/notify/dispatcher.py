@@ -16,6 +16,10 @@ it with no database transaction open, then records the outcome. The guarantees:
 * **No paging for old news.** An incident never posted to Slack and resolved more than
   `max_age_s` ago gets its rows skipped. A posted incident is always brought up to date,
   so a resolve is never skipped.
+* **Silences mute, they do not hide.** A row of an incident an active silence covers is
+  skipped, with the silence's id, when it would post (a new root, a thread reply); an edit
+  of a root posted before the silence is still made, since an edit pings nobody, but its
+  paging reply is not. See `incidents/silences.py` for what happens when the silence ends.
 
 `run_once()` is one pass, for tests; `start()`/`stop()` run passes on a thread, polling every
 `poll_interval_s`, or sooner after `wake()`.
@@ -36,6 +40,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from reliability import catalog
 from reliability.collect.base import Sample
 from reliability.config import SlackConfig
+from reliability.incidents import silences
+from reliability.incidents.silences import ActiveSilence
 from reliability.notify import blocks
 from reliability.notify import service as outbox_service
 from reliability.notify.service import Candidate, Claimed, Root
@@ -191,17 +197,28 @@ class Dispatcher:
         now = datetime.now(UTC)
         with self._engine.begin() as connection:
             candidates = outbox_service.due(connection, now=now, limit=self._settings.batch)
+            # Read only when there is work: an idle poll stays one query.
+            in_force = silences.active(connection, now=now) if candidates else []
         handled = 0
         for candidate in candidates:
             if self._stopping.is_set():
                 break
-            handled += self._handle(candidate)
+            handled += self._handle(candidate, in_force)
         return handled
 
-    def _handle(self, candidate: Candidate) -> int:
+    def _handle(self, candidate: Candidate, in_force: list[ActiveSilence]) -> int:
         now = datetime.now(UTC)
         if self._is_old_news(candidate, now):
-            return self._skip(candidate, now)
+            reason = (
+                f"old news: resolved before anyone was told, over {self._settings.max_age_s:g}s ago"
+            )
+            return self._skip(candidate, now, reason)
+        silence = silences.covering(in_force, candidate.labels)
+        edits_root = candidate.root_channel is not None and blocks.updates_root(candidate.kind)
+        if silence is not None and not edits_root:
+            reason = f"silenced by silence {silence.id} until {silence.ends_at:%Y-%m-%d %H:%M:%SZ}"
+            return self._skip(candidate, now, reason, silence_id=silence.id)
+        muted_by = silence.id if silence is not None else None
         channel = candidate.root_channel or route(
             self._slack, severity=candidate.severity, labels=candidate.labels
         )
@@ -218,7 +235,7 @@ class Dispatcher:
             return 0  # another dispatcher holds it, or finished it since we looked
         pacing.ready_at = time.monotonic() + self._min_interval_s
         try:
-            root = self._send(claimed, channel)
+            root = self._send(claimed, channel, quiet=muted_by is not None)
         except SlackError as exc:
             self._record_failure(claimed, channel, exc)
             return 1
@@ -228,31 +245,37 @@ class Dispatcher:
                 outbox_service.save_root(
                     connection, incident_id=claimed.incident.id, root=root, now=sent_at
                 )
-            outbox_service.mark_sent(connection, row_id=claimed.id, now=sent_at)
+            outbox_service.mark_sent(
+                connection, row_id=claimed.id, now=sent_at, silence_id=muted_by
+            )
         pacing.failures = 0
         self._count("rows", "sent")
         return 1
 
-    def _send(self, claimed: Claimed, channel: str) -> Root | None:
-        """Make the Slack call for the row; the new root message when one was posted.
+    def _send(self, claimed: Claimed, channel: str, *, quiet: bool) -> Root | None:
+        """Make the Slack calls for the row; the new root message when one was posted.
 
         With no root yet (the first row, or the root could not be posted), any row posts a
-        fresh root showing the incident as it is now.
+        fresh root showing the incident as it is now. `quiet` (a silence): no paging reply.
         """
-        incident, root = claimed.incident, claimed.root
-        if root is None or blocks.updates_root(claimed.event.kind):
+        incident, root, kind = claimed.incident, claimed.root, claimed.event.kind
+        if root is None or blocks.updates_root(kind):
             runbook = blocks.runbook_command(claimed.opening_data, incident.labels)
             message = blocks.root_message(
                 incident, runbook=runbook, dashboard_url=self._dashboard_url
             )
-            if root is not None:
-                self._notifier.update(root.channel, root.ts, message.text, message.blocks)
+            if root is None:
+                posted = self._notifier.post(channel, message.text, message.blocks)
+                self._learn(channel, posted.channel)
+                return Root(posted.channel, posted.ts)
+            # A retry after the reply failed edits again: the same content, so harmless.
+            self._notifier.update(root.channel, root.ts, message.text, message.blocks)
+            if not blocks.pages(kind) or quiet:
                 return None
-            posted = self._notifier.post(channel, message.text, message.blocks)
-            self._learn(channel, posted.channel)
-            return Root(posted.channel, posted.ts)
         reply = blocks.thread_reply(incident, claimed.event)
-        self._notifier.post(root.channel, reply.text, reply.blocks, thread_ts=root.ts)
+        self._notifier.post(
+            root.channel, reply.text, reply.blocks, thread_ts=root.ts, broadcast=blocks.pages(kind)
+        )
         return None
 
     def _record_failure(self, claimed: Claimed, channel: str, exc: SlackError) -> None:
@@ -303,13 +326,12 @@ class Dispatcher:
             return False
         return candidate.resolved_at < now - timedelta(seconds=self._settings.max_age_s)
 
-    def _skip(self, candidate: Candidate, now: datetime) -> int:
-        reason = (
-            f"old news: resolved before anyone was told, over {self._settings.max_age_s:g}s ago"
-        )
+    def _skip(
+        self, candidate: Candidate, now: datetime, reason: str, *, silence_id: int | None = None
+    ) -> int:
         with self._engine.begin() as connection:
             skipped = outbox_service.mark_skipped(
-                connection, row_id=candidate.id, reason=reason, now=now
+                connection, row_id=candidate.id, reason=reason, now=now, silence_id=silence_id
             )
         if not skipped:
             return 0

@@ -24,7 +24,7 @@ class OutboxStatus(StrEnum):
     pending = "pending"
     sent = "sent"
     failed = "failed"  # Slack refused it for good (bad channel, bad token); see last_error
-    skipped = "skipped"  # old news when first seen: never paged for
+    skipped = "skipped"  # old news when first seen, or silenced: never paged for
 
 
 class OutboxRow(Base):
@@ -65,6 +65,10 @@ class OutboxRow(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The silence that muted this row: skipped, or sent only as a silent edit of the root.
+    # No foreign key: silences are never deleted, and SQLite could only add one to an
+    # existing table by rebuilding it.
+    silence_id: Mapped[int | None] = mapped_column()
 
     def __repr__(self) -> str:
         return f"<OutboxRow {self.id} incident={self.incident_id} {self.kind} {self.status}>"

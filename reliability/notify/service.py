@@ -175,8 +175,18 @@ def _finish(connection: Connection, row_id: int, **values: Any) -> None:
     )
 
 
-def mark_sent(connection: Connection, *, row_id: int, now: datetime) -> None:
-    _finish(connection, row_id, status=OutboxStatus.sent, sent_at=now, last_error=None)
+def mark_sent(
+    connection: Connection, *, row_id: int, now: datetime, silence_id: int | None = None
+) -> None:
+    """Record the row as sent; `silence_id`: a silence let only its silent root edit through."""
+    _finish(
+        connection,
+        row_id,
+        status=OutboxStatus.sent,
+        sent_at=now,
+        last_error=None,
+        silence_id=silence_id,
+    )
 
 
 def mark_failed(connection: Connection, *, row_id: int, reason: str) -> None:
@@ -188,12 +198,20 @@ def retry_later(connection: Connection, *, row_id: int, not_before: datetime, re
     _finish(connection, row_id, not_before=not_before, last_error=reason)
 
 
-def mark_skipped(connection: Connection, *, row_id: int, reason: str, now: datetime) -> bool:
-    """Skip a pending, unclaimed row; False if another dispatcher holds or finished it."""
+def mark_skipped(
+    connection: Connection,
+    *,
+    row_id: int,
+    reason: str,
+    now: datetime,
+    silence_id: int | None = None,
+) -> bool:
+    """Skip a pending, unclaimed row (`silence_id`: the silence that muted it); False if
+    another dispatcher holds or finished it."""
     result = connection.execute(
         sa.update(OUTBOX)
         .where(OUTBOX.c.id == row_id, _pending(OUTBOX), _unclaimed(OUTBOX))
-        .values(status=OutboxStatus.skipped, last_error=reason),
+        .values(status=OutboxStatus.skipped, last_error=reason, silence_id=silence_id),
         {"now": now},
     )
     return result.rowcount == 1

@@ -125,9 +125,16 @@ class SlackNotifier:
         )
 
     def post(
-        self, channel: str, text: str, blocks: Blocks | None = None, thread_ts: str | None = None
+        self,
+        channel: str,
+        text: str,
+        blocks: Blocks | None = None,
+        thread_ts: str | None = None,
+        *,
+        broadcast: bool = False,
     ) -> Posted:
-        """Post a message, or a reply in the thread of ``thread_ts``.
+        """Post a message, or a reply in the thread of ``thread_ts``; with ``broadcast`` the
+        reply is also shown in the channel, where a mention in it reaches everyone.
 
         ``text`` is required even with blocks: it is what notifications and screen readers
         show. Link previews are off so an alert stays one screen tall.
@@ -138,6 +145,7 @@ class SlackNotifier:
             text=text,
             blocks=blocks,
             thread_ts=thread_ts,
+            reply_broadcast=broadcast or None,
             unfurl_links=False,
             unfurl_media=False,
         )

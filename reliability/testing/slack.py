@@ -83,6 +83,8 @@ class SlackCall:
     text: str | None
     blocks: list[dict[str, Any]] | None
     received_at: float
+    # A thread reply also shown in the channel ("Also send to #channel").
+    reply_broadcast: bool = False
 
     @property
     def ok(self) -> bool:
@@ -289,6 +291,8 @@ class SlackState:
             text=_str_or_none(params.get("text")),
             blocks=_parsed_blocks(blocks),
             received_at=received_at,
+            # JSON bodies carry a boolean, form-encoded ones the string "true".
+            reply_broadcast=params.get("reply_broadcast") in (True, "true", "1"),
         )
         self._calls.append(call)
 

@@ -213,6 +213,33 @@ def test_a_resolved_incident_cannot_be_acknowledged(session):
         service.acknowledge(session, incident_id=incident.id, by="bob")
 
 
+def test_an_acknowledgement_past_the_timeout_expires_once_and_reopens_the_incident(session):
+    incident_id = fire(session).incident.id
+    service.acknowledge(session, incident_id=incident_id, by="alice", at=T0)
+    timeout = timedelta(minutes=30)
+
+    assert service.expire_acknowledgements(session, now=T0 + timeout / 2, timeout=timeout) == []
+    [event] = service.expire_acknowledgements(session, now=T0 + timeout, timeout=timeout)
+    assert service.expire_acknowledgements(session, now=T0 + 2 * timeout, timeout=timeout) == []
+    session.commit()
+
+    assert (event.kind, event.at, event.actor) == ("ack_expired", T0 + timeout, None)
+    assert event.data == {"acknowledged_by": "alice", "acknowledged_at": T0.isoformat()}
+    incident = service.get(session, incident_id=incident_id)
+    assert incident.status == IncidentStatus.open
+    assert (incident.acknowledged_by, incident.acknowledged_at) == (None, None)
+    # Open again, so anyone can take it over.
+    service.acknowledge(session, incident_id=incident_id, by="bob", at=T0 + 2 * timeout)
+
+
+def test_a_zero_ack_timeout_never_expires_an_acknowledgement(session):
+    incident_id = fire(session).incident.id
+    service.acknowledge(session, incident_id=incident_id, by="alice", at=T0)
+
+    later = T0 + timedelta(days=30)
+    assert service.expire_acknowledgements(session, now=later, timeout=timedelta(0)) == []
+
+
 def test_resolve_records_who_when_and_the_note(session):
     incident = fire(session).incident
     resolved = service.resolve(
