@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -35,6 +36,7 @@ log = logging.getLogger("reliability.daemon")
 DEADLINE_MARGIN = 2.0
 STOP_GRACE = 3.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TIMERS_INTERVAL = 15.0
 
 
 @dataclass
@@ -255,6 +257,37 @@ def _dispatcher(config: Config) -> Dispatcher | None:
     )
 
 
+class _IncidentTimers:
+    """What happens to incidents with time alone: an acknowledgement that ran out
+    (`incidents.ack_timeout`) and a silence that ended re-notify on-call."""
+
+    def __init__(self, config: Config, dispatcher: Dispatcher | None) -> None:
+        self._url = config.database_url()
+        self._timeout = timedelta(seconds=config.incidents.ack_timeout)
+        self._dispatcher = dispatcher
+        self._engine: sa.Engine | None = None
+
+    def __call__(self) -> None:
+        from reliability import db
+        from reliability.incidents import service, silences
+
+        now = datetime.now(UTC)
+        try:
+            self._engine = self._engine or db.make_engine(self._url)
+            with db.session_factory(self._engine)() as session, session.begin():
+                changed = service.expire_acknowledgements(session, now=now, timeout=self._timeout)
+                changed += silences.release_ended(session, now=now)
+        except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            log.warning("ack timeouts and ended silences not checked: %s", exc)
+            return
+        if changed and self._dispatcher is not None:
+            self._dispatcher.wake()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
 def _start_incident_flow(daemon: Daemon, scheduler: BackgroundScheduler) -> None:
     """Rules into incidents (detect/loop.py), incidents into Slack (notify/dispatcher.py);
     both stop with the daemon."""
@@ -275,6 +308,15 @@ def _start_incident_flow(daemon: Daemon, scheduler: BackgroundScheduler) -> None
         scheduler.add_job(
             publish_outbox, "interval", seconds=5, id="notify", next_run_time=datetime.now(UTC)
         )
+    timers = _IncidentTimers(config, dispatcher)
+    scheduler.add_job(
+        timers,
+        "interval",
+        seconds=TIMERS_INTERVAL,
+        id="incident-timers",
+        next_run_time=datetime.now(UTC),
+    )
+    daemon.closers.append(timers.close)
     detection = DetectionLoop(
         Evaluator(config),
         daemon.snapshot,
