@@ -51,8 +51,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from reliability.incidents.models import Incident, IncidentEvent
-from reliability.testing.alertmanager import free_port
 from reliability.testing.fleet import Fleet, missing_requirement
+from reliability.testing.loopback import free_port
 from reliability.testing.slack import SlackCall, SlackStandIn
 
 FOR_S = 2.0

@@ -28,7 +28,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from reliability.config import Config
 from reliability.testing.fleet import Fleet, missing_requirement
 from reliability.testing.inference import InferenceSpec
 from reliability.testing.inference_group import serve_many
+from reliability.testing.loopback import free_port
 
 ENDPOINTS = 200
 API_INTERVAL = 5.0
@@ -104,12 +104,6 @@ def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile: the smallest value with at least q % of values at or below."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def series_count(body: str) -> int:

@@ -32,12 +32,8 @@ import httpx
 
 from reliability import db
 from reliability.intake.alertmanager import PATH
-from reliability.testing.alertmanager import (
-    alert_payload,
-    fingerprint_of,
-    free_port,
-    webhook_payload,
-)
+from reliability.testing.alertmanager import alert_payload, fingerprint_of, webhook_payload
+from reliability.testing.loopback import free_port
 
 ALERTS_PER_WEBHOOK = 10
 TARGET_ALERTS_PER_S = 1000.0

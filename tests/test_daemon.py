@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from reliability.testing import firewall
 from reliability.testing.fleet import Fleet
 from reliability.testing.inference_group import InferenceHandle
+from reliability.testing.loopback import free_port
 from reliability.testing.services import service_missing
 
 NODE_INTERVAL = 2.0
 STOP_WITHIN = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(directory: Path, **sections: object) -> Path:

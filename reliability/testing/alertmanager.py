@@ -5,7 +5,7 @@ POSTs (version 4, as notify/webhook/webhook.go and template.Data write it), for 
 benchmark that cannot wait for Alertmanager's grouping delays. ``Alertmanager`` runs the real
 Debian binary on loopback, routing every alert to one webhook URL::
 
-    with serve_app(app) as url, Alertmanager(tmp_path, url + PATH, token="t") as am:
+    with Alertmanager(tmp_path, daemon_url + PATH, token="t") as am:
         am.post_alerts([{"labels": {"alertname": "GpuHot"}}])
 """
 
@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 import yaml
-from starlette.types import ASGIApp
 
-from reliability.testing.inference import listen, uvicorn_config
+from reliability.testing.loopback import free_port
 
 BINARY_NAMES = ("prometheus-alertmanager", "alertmanager")
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -94,37 +90,9 @@ def _common(maps: list[Mapping[str, str]]) -> dict[str, str]:
     return {k: v for k, v in maps[0].items() if all(m.get(k) == v for m in maps[1:])}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def binary() -> str | None:
     """The Alertmanager binary on PATH (Debian names it prometheus-alertmanager), or None."""
     return next((path for name in BINARY_NAMES if (path := shutil.which(name))), None)
-
-
-@contextlib.contextmanager
-def serve_app(app: ASGIApp, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve `app` with uvicorn in a background thread; yield its base URL, stop on exit."""
-    sock = listen(host, 0)
-    server = uvicorn.Server(uvicorn_config(app))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="serve-app", daemon=True
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the app's server did not start")
-            time.sleep(0.01)
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(STOP_TIMEOUT_S)
-        sock.close()
 
 
 class Alertmanager:

@@ -25,6 +25,13 @@ class BlockError(RuntimeError):
     """No free address block."""
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (the kernel's pick), for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def address(block: int, index: int) -> str:
     """The address of node ``index`` (0-based) in ``block``."""
     return f"127.0.{block}.{index + 1}"

@@ -1,75 +1,131 @@
-"""The real Alertmanager, on loopback, routing to the intake served by uvicorn: an alert
-posted to it becomes an incident, and its resolution resolves the incident.
+"""The real Alertmanager on loopback, routing to the real daemon: an alert posted to it
+becomes an incident and one Slack message (the stand-in, through slack_sdk); its
+resolution resolves the incident and edits that message.
 
 Runs on SQLite and PostgreSQL (see tests/conftest.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
+import yaml
 
 from reliability import db
-from reliability.collect.snapshot import Snapshot
 from reliability.incidents.models import Incident, IncidentRead, IncidentStatus, Severity
-from reliability.intake.alertmanager import PATH, alertmanager_route
-from reliability.testing.alertmanager import Alertmanager, binary, rfc3339, serve_app
+from reliability.intake.alertmanager import PATH
+from reliability.testing.alertmanager import Alertmanager, binary, rfc3339
+from reliability.testing.loopback import free_port
 from reliability.testing.services import service_missing
-from reliability.web import build_app
+from reliability.testing.slack import SlackStandIn
 
 TOKEN = "real-alertmanager-token-8d41"
 # group_wait 100ms, group_interval 1s: seconds are plenty, the bound only stops a hang.
 WAIT_S = 20.0
+ALERT = {
+    "labels": {"alertname": "GpuHot", "severity": "critical", "node": "gpu-3"},
+    "annotations": {"summary": "GPU 2 at 91 °C", "description": "above slowdown for 5m"},
+    "generatorURL": "http://prometheus.invalid/graph",
+}
 
 
-def wait_for(engine: sa.Engine, done: Callable[[list[IncidentRead]], bool]) -> list[IncidentRead]:
-    """Poll the incidents until `done` holds; fail after WAIT_S."""
-    factory = db.session_factory(engine)
+def wait_for(what: str, found: Callable[[], object]) -> object:
     deadline = time.monotonic() + WAIT_S
-    while True:
-        with factory() as session:
-            found = [IncidentRead.model_validate(i) for i in session.scalars(sa.select(Incident))]
-        if done(found) or time.monotonic() > deadline:
-            return found
+    while time.monotonic() < deadline:
+        if value := found():
+            return value
         time.sleep(0.1)
+    pytest.fail(f"{what}: not within {WAIT_S}s")
 
 
-def test_an_alert_through_the_real_alertmanager_opens_then_resolves_an_incident(
-    engine: sa.Engine, tmp_path: Path
+def incidents(engine: sa.Engine) -> list[IncidentRead]:
+    with db.session_factory(engine)() as session:
+        return [IncidentRead.model_validate(i) for i in session.scalars(sa.select(Incident))]
+
+
+@pytest.fixture
+def daemon_url(
+    tmp_path: Path, database_url: str, engine: sa.Engine, slack: SlackStandIn
+) -> Iterator[str]:
+    """The daemon on a free loopback port, with Slack and the webhook token configured."""
+    port = free_port()
+    config = tmp_path / "reliability.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"url": database_url},
+                "http": {"listen": f"127.0.0.1:{port}", "webhook_token_env": "AM_TOKEN"},
+                "slack": {
+                    "token_env": "SLACK_TOKEN",
+                    "channel": "#alerts",
+                    "base_url": slack.api_url,
+                },
+            }
+        )
+    )
+    env = os.environ | {"AM_TOKEN": TOKEN, "SLACK_TOKEN": slack.token}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reliability", "daemon", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("daemon ready", lambda: _ready(url, proc))
+        yield url
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        assert TOKEN not in out and slack.token not in out
+
+
+def _ready(url: str, proc: subprocess.Popen) -> bool:
+    assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    try:
+        return httpx.get(url + "/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_an_alert_through_the_real_alertmanager_pages_then_resolves(
+    engine: sa.Engine, tmp_path: Path, slack: SlackStandIn, daemon_url: str
 ):
     executable = binary()
     if executable is None:
         service_missing("Alertmanager (Debian package prometheus-alertmanager) not installed")
         return
-    route = alertmanager_route(
-        db.session_factory(engine), token=SecretStr(TOKEN), reopen_window=timedelta(minutes=10)
-    )
-    app = build_app(Snapshot(), readiness=[], routes=[route])
-    alert = {
-        "labels": {"alertname": "GpuHot", "severity": "critical", "node": "gpu-3"},
-        "annotations": {"summary": "GPU 2 at 91 °C", "description": "above slowdown for 5m"},
-        "generatorURL": "http://prometheus.invalid/graph",
-    }
-
-    with (
-        serve_app(app) as url,
-        Alertmanager(tmp_path, url + PATH, token=TOKEN, executable=executable) as am,
-    ):
-        am.post_alerts([alert])
-        found = wait_for(engine, lambda found: len(found) == 1)
-        assert len(found) == 1, f"no incident after {WAIT_S}s; Alertmanager log:\n{am.log()}"
-        [incident] = found
+    with Alertmanager(tmp_path, daemon_url + PATH, token=TOKEN, executable=executable) as am:
+        am.post_alerts([ALERT])
+        (message,) = wait_for("the Slack message", lambda: slack.messages("#alerts"))
+        [incident] = incidents(engine)
         assert incident.fingerprint.startswith("alertmanager:")
         assert (incident.title, incident.severity) == ("GpuHot: GPU 2 at 91 °C", Severity.critical)
-        assert incident.labels == alert["labels"]
+        assert incident.labels == ALERT["labels"]
+        assert "GpuHot" in message.text
+        assert "gpu-3" in message.text + json.dumps(message.blocks)
 
         ended = datetime.now(UTC) - timedelta(seconds=1)
-        am.post_alerts([alert | {"endsAt": rfc3339(ended)}])
-        [incident] = wait_for(engine, lambda found: found[0].status == IncidentStatus.resolved)
-        assert incident.status == IncidentStatus.resolved, am.log()
-        assert incident.resolved_by == "alertmanager"
+        am.post_alerts([ALERT | {"endsAt": rfc3339(ended)}])
+        wait_for("resolved", lambda: incidents(engine)[0].status == IncidentStatus.resolved)
+        assert incidents(engine)[0].resolved_by == "alertmanager"
+        edited = wait_for(
+            "the resolve edit",
+            lambda: (
+                "Resolved by alertmanager"
+                in json.dumps(slack.message(message.ts).blocks) + slack.message(message.ts).text
+            ),
+        )
+        assert edited
+        assert [m.ts for m in slack.messages("#alerts")] == [message.ts]

@@ -14,6 +14,7 @@ import pytest
 
 from reliability.testing import dmesg, docker_cli
 from reliability.testing.engine import ContainerEngine
+from reliability.testing.loopback import free_port
 from reliability.testing.rigstate import RigState
 
 IMAGE = "vllm/vllm-openai:v0.6.0"
@@ -28,12 +29,6 @@ def rig(tmp_path: Path) -> RigState:
 
 def docker(rig: RigState, *argv: str) -> tuple[str, str, int]:
     return docker_cli.dispatch(rig.root, "gpu-1", argv)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_dmesg_iso_shows_an_added_xid_in_the_nvrm_format(rig: RigState) -> None:
