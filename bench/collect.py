@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from reliability import catalog, daemon
+from reliability import catalog, daemon, db
 from reliability.collect.base import Sample
 from reliability.collect.gpu_common import node_count_samples
 from reliability.collect.runner import Outcome
@@ -293,6 +293,7 @@ def bench_collect(seconds: float, directory: Path) -> tuple[list[JobResult], Usa
         serve_many([InferenceSpec()] * ENDPOINTS) as group,
     ):
         config = collect_config(fleet, [h.url for h in group.handles], directory, port)
+        db.upgrade(config.database_url())  # the rules evaluate (and cost CPU) as in production
         with child(run_collecting_daemon, config, records, log) as process:
             usage = watch(process, f"http://127.0.0.1:{port}", seconds)
             stopping = time.time()

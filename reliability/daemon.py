@@ -331,7 +331,8 @@ def _start_incident_flow(daemon: Daemon, scheduler: BackgroundScheduler) -> None
 def serve(daemon: Daemon) -> int:
     """Run the scheduler and the HTTP surface until SIGTERM/SIGINT; 0 on a clean stop."""
     scheduler = BackgroundScheduler(
-        executors={"default": {"type": "threadpool", "max_workers": max(1, len(daemon.jobs))}},
+        # The collector jobs, the incident timers and the outbox metrics: none waits.
+        executors={"default": {"type": "threadpool", "max_workers": len(daemon.jobs) + 2}},
         job_defaults={"max_instances": 1, "coalesce": True},
         timezone="UTC",
     )

@@ -84,6 +84,7 @@ class Snapshot:
         self._published: dict[tuple[str, str], _Published] = {}
         self._states: dict[tuple[str, str], TargetState] = {}
         self._failures: dict[tuple[str, str, str], int] = {}
+        self._generation = 0
 
     def publish(
         self,
@@ -127,6 +128,7 @@ class Snapshot:
         with self._lock:
             self._published[key] = _Published(everything, text)
             self._states[key] = state
+            self._generation += 1
 
     def forget(self, collector: str, target: str) -> None:
         """Drop a target that is no longer configured."""
@@ -135,6 +137,12 @@ class Snapshot:
             self._states.pop((collector, target), None)
             for k in [k for k in self._failures if k[:2] == (collector, target)]:
                 del self._failures[k]
+            self._generation += 1
+
+    @property
+    def generation(self) -> int:
+        """Changes with every publish or forget: equal values mean the same samples."""
+        return self._generation
 
     def states(self) -> list[TargetState]:
         """Every target's latest state, sorted by collector then target."""

@@ -215,6 +215,11 @@ class Evaluator:
                     wanted.discard(group.fingerprint)
         self._restored |= wanted
 
+    def idle(self) -> bool:
+        """Nothing pending, firing or restored: the same samples again cannot change anything
+        (the daemon then skips evaluating an unchanged snapshot)."""
+        return not self._restored and not any(c.groups for c in self._rules)
+
     def evaluate(self, samples: Iterable[Sample], now: float) -> list[Transition]:
         """Read every rule over this cycle's samples (all of them: what the snapshot holds)
         and return the groups that started firing and those that resolved."""

@@ -97,6 +97,8 @@ class DetectionLoop:
         self._engine: sa.Engine | None = None
         self._restored = False
         self._unrecorded: list[Transition] = []
+        self._db_problem: str | None = None  # logged once when it starts, not every tick
+        self._generation: int | None = None  # of the snapshot last evaluated
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -113,10 +115,16 @@ class DetectionLoop:
                 with db.session_factory(self._engine)() as session:
                     self._evaluator.restore(open_rule_fingerprints(session))
                 self._restored = True
+                self._database_up()
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
-            log.warning("rules not evaluated: database unavailable (%s)", _short(exc))
+            self._database_down(f"rules not evaluated: database unavailable ({_short(exc)})")
             return []
-        new = self._evaluator.evaluate(self._snapshot.samples(), self._clock())
+        generation = self._snapshot.generation
+        if generation == self._generation and self._evaluator.idle():
+            new = []  # the healthy steady state between collections: nothing to read
+        else:
+            self._generation = generation
+            new = self._evaluator.evaluate(self._snapshot.samples(), self._clock())
         self._keep(new)
         if self._unrecorded:
             self._flush()
@@ -136,10 +144,8 @@ class DetectionLoop:
             with db.session_factory(self._engine)() as session, session.begin():
                 record(session, pending, reopen_window=self._reopen_window)
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
-            log.warning(
-                "%d rule transition(s) kept for the next tick: database unavailable (%s)",
-                len(pending),
-                _short(exc),
+            self._database_down(
+                f"rule transitions kept until the database is back: unavailable ({_short(exc)})"
             )
             return
         except service.IncidentError as exc:
@@ -148,10 +154,21 @@ class DetectionLoop:
             del self._unrecorded[: len(pending)]
             return
         del self._unrecorded[: len(pending)]
+        self._database_up()
         for t in pending:
             log.info("%s %s: %s", t.kind, t.fingerprint, t.title)
         if self._on_recorded is not None:
             self._on_recorded()
+
+    def _database_down(self, problem: str) -> None:
+        if problem != self._db_problem:
+            log.warning(problem)
+            self._db_problem = problem
+
+    def _database_up(self) -> None:
+        if self._db_problem is not None:
+            log.warning("database back: rule transitions recorded again")
+            self._db_problem = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="detect", daemon=True)

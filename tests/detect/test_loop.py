@@ -24,6 +24,10 @@ class Cycles:
     def samples(self):
         return self.fleet.samples()
 
+    @property
+    def generation(self) -> float:
+        return self.now  # every move of the clock stands for a new collection
+
     def clock(self) -> float:
         return self.now
 
