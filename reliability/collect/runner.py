@@ -49,6 +49,31 @@ class TargetRunner:
         self.targets = list(collector.targets() if targets is None else targets)
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[Outcome]] = {}
+        self._failing: dict[str, str] = {}  # target -> reason last logged
+
+    def _log_failure(
+        self, target: str, reason: str, message: object, *, exc_info: bool = False
+    ) -> None:
+        """A warning when a target starts failing or fails differently; not every cycle (a
+        node down for an hour would otherwise write 240 identical lines)."""
+        with self._lock:
+            if self._failing.get(target) == reason:
+                return
+            self._failing[target] = reason
+        log.warning(
+            "%s %s failed (%s): %s",
+            self.collector.name,
+            target,
+            reason,
+            message,
+            exc_info=exc_info,
+        )
+
+    def _log_success(self, target: str) -> None:
+        with self._lock:
+            reason = self._failing.pop(target, None)
+        if reason is not None:
+            log.warning("%s %s answers again (after %s)", self.collector.name, target, reason)
 
     def _collect(self, target: str) -> Outcome:
         name = self.collector.name
@@ -57,7 +82,7 @@ class TargetRunner:
             samples: Sequence[Sample] = self.collector.collect(target)
         except CollectError as exc:
             duration = time.monotonic() - start
-            log.warning("%s %s failed (%s): %s", name, target, exc.reason, exc)
+            self._log_failure(target, exc.reason, exc)
             self.snapshot.publish(
                 name,
                 target,
@@ -70,13 +95,14 @@ class TargetRunner:
             return Outcome(name, target, False, duration, exc.reason, str(exc))
         except Exception as exc:  # a collector bug must cost one target, not the daemon
             duration = time.monotonic() - start
-            log.exception("%s %s crashed", name, target)
+            self._log_failure(target, "internal", f"collector crashed: {exc!r}", exc_info=True)
             self.snapshot.publish(
                 name, target, ok=False, duration=duration, error=repr(exc), reason="internal"
             )
             return Outcome(name, target, False, duration, "internal", repr(exc))
         duration = time.monotonic() - start
         self.snapshot.publish(name, target, ok=True, duration=duration, samples=samples)
+        self._log_success(target)
         return Outcome(name, target, True, duration)
 
     def run_cycle(self) -> list[Outcome]:
@@ -103,7 +129,7 @@ class TargetRunner:
                 stuck.append(target)
         for target in stuck:
             message = f"no answer within {self.deadline:g}s"
-            log.warning("%s %s failed (timeout): %s", name, target, message)
+            self._log_failure(target, "timeout", message)
             self.snapshot.publish(
                 name,
                 target,

@@ -1,0 +1,84 @@
+"""The runner between the scheduler and a collector: what on-call reads in the log when a
+target fails for a while, and that one hung target does not hold up the others."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from reliability import catalog
+from reliability.collect.base import CollectError, Sample
+from reliability.collect.runner import TargetRunner
+from reliability.collect.snapshot import Snapshot
+
+
+class Scripted:
+    """A collector whose targets answer, fail or hang as the test says."""
+
+    name = "node"
+
+    def __init__(self) -> None:
+        self.failing: dict[str, str] = {}
+        self.hang = threading.Event()
+        self.hanging: set[str] = set()
+
+    def targets(self) -> Sequence[str]:
+        return ("gpu-1", "gpu-2")
+
+    def collect(self, target: str) -> Sequence[Sample]:
+        if target in self.hanging:
+            self.hang.wait(5)
+        if target in self.failing:
+            raise CollectError(self.failing[target], f"{target}: no route to host")
+        return [Sample(catalog.NODE_UP, (target,), 1.0)]
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=4)
+    yield pool
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def test_a_failing_target_is_logged_when_it_starts_changes_and_recovers(
+    executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+):
+    collector = Scripted()
+    runner = TargetRunner(collector, Snapshot(), executor=executor, deadline=2.0)
+    caplog.set_level(logging.INFO, logger="reliability.collect")
+
+    collector.failing["gpu-2"] = "unreachable"
+    for _ in range(5):
+        runner.run_cycle()
+    collector.failing["gpu-2"] = "timeout"
+    runner.run_cycle()
+    del collector.failing["gpu-2"]
+    runner.run_cycle()
+    runner.run_cycle()
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "node gpu-2 failed (unreachable): gpu-2: no route to host",
+        "node gpu-2 failed (timeout): gpu-2: no route to host",
+        "node gpu-2 answers again (after timeout)",
+    ]
+
+
+def test_a_hung_target_times_out_while_the_other_is_published(executor: ThreadPoolExecutor):
+    collector, snapshot = Scripted(), Snapshot()
+    collector.hanging.add("gpu-1")
+    runner = TargetRunner(collector, snapshot, executor=executor, deadline=0.3)
+    try:
+        outcomes = {o.target: o for o in runner.run_cycle()}
+        assert outcomes["gpu-2"].ok
+        assert (outcomes["gpu-1"].ok, outcomes["gpu-1"].reason) == (False, "timeout")
+        # Still hung at the next cycle: not collected twice at once, reported again.
+        again = {o.target: o for o in runner.run_cycle()}
+        assert again["gpu-1"].reason == "timeout" and again["gpu-2"].ok
+        states = {s.target: s.ok for s in snapshot.states()}
+        assert states == {"gpu-1": False, "gpu-2": True}
+    finally:
+        collector.hang.set()
