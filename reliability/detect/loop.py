@@ -30,9 +30,8 @@ from reliability.incidents.models import Incident, IncidentStatus
 log = logging.getLogger("reliability.detect")
 
 TICK = 0.5
-# Transitions kept while the database is down; beyond this the oldest are dropped (and
-# said so): the evaluator re-announces nothing, so this bounds memory, not correctness of
-# what is still firing (its incident opens from the newest transition).
+# Transitions kept while the database is down. A flapping fleet during a long outage must
+# not grow memory without bound: beyond this the oldest are dropped, and the log says so.
 MAX_UNRECORDED = 10_000
 
 
