@@ -19,6 +19,7 @@ from reliability.cli_support import (
 )
 from reliability.config import Config
 from reliability.config_load import ConfigError
+from reliability.dashboards.cli import dashboards
 from reliability.incidents.cli import incidents
 from reliability.runbooks.cli import runbook
 
@@ -152,5 +153,6 @@ def demo(directory: Path, listen: str) -> None:
     sys.exit(demo_mod.run(directory, listen))
 
 
+main.add_command(dashboards)
 main.add_command(incidents)
 main.add_command(runbook)

@@ -320,6 +320,11 @@ class Config(Strict):
         field = ("endpoints", index, "api_key_env" if e.api_key_env else "api_key_file")
         return self._read_secret(field, e.api_key_env, e.api_key_file)
 
+    def grafana_token(self) -> SecretStr | None:
+        """The token `dashboards push` sends; None when `dashboards.token_env` names none."""
+        env = self.dashboards.token_env
+        return self._read_secret(("dashboards", "token_env"), env, None) if env else None
+
     def secret_issues(self) -> list[str]:
         """Every secret the config names that cannot be read, as error lines."""
         from reliability.config_load import ConfigError

@@ -1,0 +1,77 @@
+"""`reliability dashboards build|push`: render the dashboard sources, upload them to Grafana."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from reliability.cli_support import BadInput, CommandFailed, config_option, console, err_console
+from reliability.config import Config
+from reliability.config_load import ConfigError
+from reliability.dashboards import build as build_mod
+from reliability.dashboards import push as push_mod
+
+src_option = click.option(
+    "--src",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("dashboards"),
+    show_default=True,
+    help="Folder of *.dashboard.py sources.",
+)
+
+
+def _build(src: Path) -> list[build_mod.Built]:
+    try:
+        return build_mod.build_all(src)
+    except build_mod.DashboardError as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+@click.group("dashboards")
+def dashboards() -> None:
+    """Grafana dashboards as code (dashboards/*.dashboard.py)."""
+
+
+@dashboards.command("build")
+@src_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/dashboards"),
+    show_default=True,
+    help="Folder the JSON files are written to.",
+)
+def build(src: Path, out: Path) -> None:
+    """Write each dashboard as <uid>.json; the same sources give byte-identical files."""
+    for path in build_mod.write_all(_build(src), out):
+        console.print(str(path))
+
+
+@dashboards.command("push")
+@src_option
+@click.option("--url", help="Grafana's base URL (default: dashboards.grafana_url).")
+@config_option
+def push(config: Config, src: Path, url: str | None) -> None:
+    """Upload every dashboard to Grafana, overwriting, in the folder `dashboards.folder_uid`.
+
+    One line per dashboard; exit 1 if any was not pushed.
+    """
+    settings = config.dashboards
+    url = url or (str(settings.grafana_url) if settings.grafana_url else None)
+    if not url:
+        raise BadInput("no Grafana URL: pass --url or set dashboards.grafana_url")
+    try:
+        token = config.grafana_token()
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    if token is None:
+        raise BadInput("dashboards.token_env is not set: name the variable holding the token")
+    built = _build(src)
+    with push_mod.client(url, token.get_secret_value()) as http:
+        results = push_mod.push_all(http, built, settings.folder_uid)
+    for result in results:
+        (console if result.ok else err_console).print(result.line())
+    failed = [r.uid for r in results if not r.ok]
+    if failed:
+        raise CommandFailed(f"{len(failed)} of {len(results)} dashboards not pushed")
