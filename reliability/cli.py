@@ -21,6 +21,7 @@ from reliability.config import Config
 from reliability.config_load import ConfigError
 from reliability.dashboards.cli import dashboards
 from reliability.incidents.cli import incidents
+from reliability.promrules.cli import rules
 from reliability.runbooks.cli import runbook
 
 
@@ -156,3 +157,4 @@ def demo(directory: Path, listen: str) -> None:
 main.add_command(dashboards)
 main.add_command(incidents)
 main.add_command(runbook)
+main.add_command(rules)

@@ -36,7 +36,7 @@ def config_file(tmp_path: Path, database_url: str, engine) -> Path:
 def test_help_lists_the_command_groups():
     result = run("--help")
     assert result.exit_code == 0
-    for group in ("config", "dashboards", "db", "daemon", "demo", "incidents", "runbook"):
+    for group in ("config", "dashboards", "db", "daemon", "demo", "incidents", "rules", "runbook"):
         assert f"  {group}" in result.output
 
 

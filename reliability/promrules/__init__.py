@@ -1,0 +1,1 @@
+"""The detection rules as Prometheus alerting rules, for teams that alert from Prometheus."""

@@ -1,0 +1,362 @@
+"""Translate the active detection rules into a Prometheus alerting rules file.
+
+Each rule becomes one alert whose expression holds for the same series and thresholds the
+evaluator uses, aggregated by the rule's `group_by` (worst value first: `min` for `<`
+rules, `max` for the others), with `for`, `severity` and `rule` labels, and annotations
+rendered from the rule's title and summary templates plus the runbook command.
+
+What has no exact Prometheus equivalent, and what is done instead:
+- `resolve_after` hysteresis: `keep_firing_for` (Prometheus 2.42+), which keeps an alert
+  firing that long after its expression stops returning it.
+- Stale is not clear: the evaluator holds a group whose source stopped answering;
+  Prometheus drops a stale series, so such an alert resolves (or keeps firing for
+  `keep_firing_for`). The `target_down` alerts report the silent source.
+- `inhibits`: inhibition belongs to Alertmanager; `inhibit_rules()` gives the matching
+  `inhibit_rules`, written as a comment at the head of the file.
+- `counter_increase`: the evaluator counts a series that appears on an already answering
+  source from zero (an XID counter is created at its first XID). `increase()` cannot see
+  that first value, so a series absent one window ago counts whole; after a Prometheus
+  restart its old count may therefore fire once.
+- `error_ratio` reads labels from the config (role, service, pool, node): they are
+  attached with `label_replace` per configured endpoint, so the export reflects the config
+  it was made from. A rule that matches no configured endpoint is not exported.
+- Template names with no label behind them (`since`, `age`, `count`, `total`, `gpus`,
+  `meaning`, `part`, `whole`) render as the engine renders a missing label, `?`; a
+  `value_metric` threshold shows that metric's name; `expected`/`visible` of `gpu_lost`
+  are queried when the alert is rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import yaml
+
+from reliability import catalog
+from reliability.config import Config
+from reliability.config_rules import (
+    CounterIncreaseRule,
+    ErrorRatioRule,
+    GpuLostRule,
+    TargetDownRule,
+    ThresholdRule,
+)
+from reliability.detect.builtin import active_rules
+from reliability.detect.engine import endpoint_labels
+from reliability.detect.render import format_value, runbook_command
+from reliability.detect.rules import ENDPOINT_LABELS, TARGET_LABEL, AnyRule, series_labels
+from reliability.durations import format_duration
+
+GROUP_NAME = "reliability"
+MISSING = "?"  # what the engine shows for a template name it cannot fill
+
+EndpointLabels = Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """The rules file's text, and the rules left out with the reason."""
+
+    text: str
+    alerts: tuple[str, ...]
+    skipped: dict[str, str]
+
+
+def alert_name(rule_name: str) -> str:
+    """`gpu-xid-critical` -> `GpuXidCritical`: Prometheus' convention for alert names."""
+    return "".join(part.capitalize() for part in rule_name.replace("_", "-").split("-"))
+
+
+def prom_duration(seconds: float) -> str:
+    """Seconds as a Prometheus duration in its largest exact unit (`300.0` -> `5m`)."""
+    ms = round(seconds * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def _string(value: str) -> str:
+    # A JSON string is a valid PromQL string literal: same escapes, double quotes.
+    return json.dumps(value)
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def _selector(
+    metric: str, *, match: Mapping[str, str] | None = None, equal: Mapping[str, str] | None = None
+) -> str:
+    """`metric{...}`: `match` values are regular expressions (anchored in both engines)."""
+    matchers = [f"{k}=~{_string(v)}" for k, v in sorted((match or {}).items())]
+    matchers += [f"{k}={_string(v)}" for k, v in sorted((equal or {}).items())]
+    return f"{metric}{{{','.join(matchers)}}}" if matchers else metric
+
+
+def _set_label(expr: str, label: str, value: str) -> str:
+    """`expr` with `label` set to a constant (`$` doubled: label_replace expands it)."""
+    replacement = _string(value.replace("$", "$$"))
+    return f'label_replace({expr}, {_string(label)}, {replacement}, "", "")'
+
+
+def _matching_endpoints(rule: ErrorRatioRule, endpoints: EndpointLabels) -> list[Mapping[str, str]]:
+    return [
+        labels
+        for name, labels in sorted(endpoints.items())
+        if (not rule.endpoint or name == rule.endpoint)
+        and (not rule.role or labels["role"] == rule.role)
+    ]
+
+
+def _determined(group_by: Sequence[str], members: Sequence[Mapping[str, str]]) -> list[str]:
+    """Endpoint labels with one value per group: kept on the alert without splitting it."""
+    values: dict[str, dict[tuple[str, ...], set[str]]] = {}
+    for labels in members:
+        key = tuple(labels.get(g, "") for g in group_by)
+        for label in ENDPOINT_LABELS:
+            values.setdefault(label, {}).setdefault(key, set()).add(labels.get(label, ""))
+    return [
+        label
+        for label in ENDPOINT_LABELS
+        if label not in group_by and all(len(v) == 1 for v in values.get(label, {}).values())
+    ]
+
+
+def alert_labels(rule: AnyRule, endpoints: EndpointLabels) -> tuple[str, ...]:
+    """The labels each alert of the rule carries: its group, plus labels constant in it."""
+    if not rule.group_by:
+        return series_labels(rule)
+    extra: list[str] = []
+    if isinstance(rule, ErrorRatioRule):
+        extra = _determined(rule.group_by, _matching_endpoints(rule, endpoints))
+    elif isinstance(rule, TargetDownRule) and "collector" not in rule.group_by:
+        extra = ["collector"]
+    return (*rule.group_by, *extra)
+
+
+def _threshold_expr(rule: ThresholdRule) -> str:
+    """A `per` partner of zero is left out, as the evaluator skips it (x/0 is +Inf)."""
+    metric = catalog.BY_NAME[rule.metric]
+    on = f"on({', '.join(metric.labels)})"
+    value = _selector(rule.metric, match=rule.match)
+    if rule.per:
+        value = f"{value} / {on} ({_selector(rule.per, match=rule.match)} > 0)"
+    if rule.value_metric:
+        return f"{value} {rule.op} {on} {_selector(rule.value_metric, match=rule.match)}"
+    assert rule.value is not None  # the model requires one of value, value_metric
+    return f"{value} {rule.op} {_number(rule.value)}"
+
+
+def _counter_expr(rule: CounterIncreaseRule) -> str:
+    """The increase over the window, or the whole count of a series newer than it."""
+    series = _selector(rule.metric, match=rule.match)
+    window, least = prom_duration(rule.window), _number(rule.min_increase)
+    return (
+        f"increase({series}[{window}]) >= {least} "
+        f"or ({series} >= {least} unless {series} offset {window})"
+    )
+
+
+def _error_ratio_expr(rule: ErrorRatioRule, endpoints: EndpointLabels) -> str | None:
+    metric = catalog.API_OVERLOAD_RATIO if rule.overload_only else catalog.API_ERROR_RATIO
+    terms = []
+    for labels in _matching_endpoints(rule, endpoints):
+        term = _selector(metric.name, equal={"endpoint": labels["endpoint"], "window": rule.window})
+        for label in ENDPOINT_LABELS:
+            if label != "endpoint" and label in labels:
+                term = _set_label(term, label, labels[label])
+        terms.append(term)
+    if not terms:
+        return None
+    return f"({' or '.join(terms)}) > {_number(rule.above)}"
+
+
+def _target_down_expr(rule: TargetDownRule) -> str:
+    """For nodes `node_up` decides where present, as in the evaluator: a node whose output
+    could not be parsed answered, so it is not down."""
+    label = TARGET_LABEL[rule.collector]
+    up = _selector(catalog.TARGET_UP.name, equal={"collector": rule.collector})
+    up = f'label_replace({up}, {_string(label)}, "$1", "target", "(.*)")'
+    if rule.collector == "node":
+        node_up = _set_label(catalog.NODE_UP.name, "collector", "node")
+        up = f"{node_up} or on(node) {up}"
+    return f"({up}) == 0"
+
+
+def expression(rule: AnyRule, endpoints: EndpointLabels) -> str | None:
+    """The PromQL returning one series per firing group; None when nothing can match."""
+    if isinstance(rule, ThresholdRule):
+        inner: str | None = _threshold_expr(rule)
+    elif isinstance(rule, CounterIncreaseRule):
+        inner = _counter_expr(rule)
+    elif isinstance(rule, ErrorRatioRule):
+        inner = _error_ratio_expr(rule, endpoints)
+    elif isinstance(rule, TargetDownRule):
+        inner = _target_down_expr(rule)
+    else:
+        inner = f"{catalog.NODE_GPUS_LOST.name} > 0"
+    if inner is None:
+        return None
+    worst = "min" if isinstance(rule, ThresholdRule) and rule.op in ("<", "<=") else "max"
+    return f"{worst} by ({', '.join(alert_labels(rule, endpoints))}) ({inner})"
+
+
+def _unit(rule: AnyRule) -> str:
+    if isinstance(rule, ThresholdRule):
+        return "ratio" if rule.per else catalog.BY_NAME[rule.metric].unit
+    return "ratio" if isinstance(rule, ErrorRatioRule) else ""
+
+
+_VALUE_BY_UNIT = {
+    "ratio": "{{ $value | humanizePercentage }}",
+    "celsius": '{{ printf "%.0f" $value }}°C',
+    "bytes": "{{ $value | humanize }}B",
+    "watts": '{{ printf "%.0f" $value }} W',
+    "seconds": "{{ $value | humanizeDuration }}",
+}
+
+
+def _threshold_text(rule: AnyRule) -> str:
+    unit = _unit(rule)
+    if isinstance(rule, ThresholdRule):
+        return rule.value_metric or format_value(rule.value or 0.0, unit)
+    if isinstance(rule, ErrorRatioRule):
+        return format_value(rule.above, unit)
+    if isinstance(rule, CounterIncreaseRule):
+        return format_value(rule.min_increase, unit)
+    return format_value(1.0 if isinstance(rule, TargetDownRule) else 0.0, unit)
+
+
+def _queried(metric: catalog.Metric) -> str:
+    """A node's value of another metric, looked up when the alert is rendered."""
+    return (
+        f'{{{{ with printf "{metric.name}{{node=%q}}" $labels.node | query }}}}'
+        "{{ . | first | value }}{{ end }}"
+    )
+
+
+def template_values(rule: AnyRule, labels: Sequence[str]) -> dict[str, str]:
+    """Template name -> Go template text (or a constant) for the names Prometheus can fill."""
+    values = {label: f"{{{{ $labels.{label} }}}}" for label in labels}
+    values |= {
+        "rule": rule.name,
+        "severity": rule.severity,
+        "value": _VALUE_BY_UNIT.get(_unit(rule), "{{ $value }}"),
+        "threshold": _threshold_text(rule),
+        "for": format_duration(rule.for_) if rule.for_ else "0s",
+    }
+    if isinstance(rule, ErrorRatioRule):
+        values["window"] = rule.window
+    elif isinstance(rule, CounterIncreaseRule):
+        values["window"] = format_duration(rule.window)
+    elif isinstance(rule, GpuLostRule) and "node" in labels:
+        values["expected"] = _queried(catalog.NODE_GPUS_EXPECTED)
+        values["visible"] = _queried(catalog.NODE_GPUS_VISIBLE)
+    return values
+
+
+def render_template(template: str, values: Mapping[str, str]) -> str:
+    """A rule template with each `{name}` replaced by its Go template text, or `?`."""
+    out = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        out.append(literal)
+        if field is not None:
+            out.append(values.get(field, MISSING))
+    return "".join(out)
+
+
+def _runbook(rule: AnyRule, values: Mapping[str, str], labels: Sequence[str]) -> str | None:
+    """The command to paste; rendered empty when a label it needs is missing, as the
+    engine then offers no command rather than one with a blank parameter."""
+    if rule.runbook is None:
+        return None
+    command = runbook_command(rule.runbook, values)
+    if command is None:
+        return None
+    needed = sorted(
+        {
+            name
+            for template in rule.runbook.params.values()
+            for _, name, _, _ in string.Formatter().parse(template)
+            if name in labels
+        }
+    )
+    if not needed:
+        return command
+    condition = " ".join(f"$labels.{name}" for name in needed)
+    return f"{{{{ if and {condition} }}}}{command}{{{{ end }}}}"
+
+
+def alerting_rule(rule: AnyRule, endpoints: EndpointLabels) -> dict[str, object] | None:
+    """One Prometheus alerting rule (a mapping in the rules file's key order), or None."""
+    expr = expression(rule, endpoints)
+    if expr is None:
+        return None
+    labels = alert_labels(rule, endpoints)
+    values = template_values(rule, labels)
+    where = ", ".join(f"{{{label}}}" for label in rule.group_by or labels)
+    title = rule.title or f"{where}: {{rule}}"
+    summary = rule.summary or "{rule}: {value} against {threshold}"
+    out: dict[str, object] = {"alert": alert_name(rule.name), "expr": expr}
+    if rule.for_:
+        out["for"] = prom_duration(rule.for_)
+    if rule.resolve_after:
+        out["keep_firing_for"] = prom_duration(rule.resolve_after)
+    out["labels"] = {"severity": rule.severity, "rule": rule.name}
+    annotations = {
+        "summary": render_template(title, values),
+        "description": render_template(summary, values),
+    }
+    runbook = _runbook(rule, values, labels)
+    if runbook is not None:
+        annotations["runbook"] = runbook
+    out["annotations"] = annotations
+    return out
+
+
+def inhibit_rules(rules: Sequence[AnyRule]) -> list[dict[str, object]]:
+    """Alertmanager `inhibit_rules` doing what each rule's `inhibits` does in the engine:
+    while it fires, alerts of the listed rules with the same group labels are muted."""
+    return [
+        {
+            "source_matchers": [f"rule={_string(rule.name)}"],
+            "target_matchers": [f"rule=~{_string('|'.join(rule.inhibits))}"],
+            "equal": list(rule.group_by or series_labels(rule)),
+        }
+        for rule in rules
+        if rule.inhibits
+    ]
+
+
+def _comment(text: str) -> str:
+    return "".join(f"# {line}".rstrip() + "\n" for line in text.splitlines())
+
+
+def export(config: Config) -> Export:
+    """The rules file for the config's active rules, in their evaluation order."""
+    rules = active_rules(config.rules)
+    endpoints = endpoint_labels(config)
+    exported: list[dict[str, object]] = []
+    skipped: dict[str, str] = {}
+    for rule in rules:
+        translated = alerting_rule(rule, endpoints)
+        if translated is None:
+            skipped[rule.name] = "no configured endpoint matches it"
+        else:
+            exported.append(translated)
+    header = "Generated by `reliability rules export`; edit the config, not this file.\n"
+    for name, reason in skipped.items():
+        header += f"Not exported: {name}: {reason}.\n"
+    inhibit = inhibit_rules(rules)
+    if inhibit:
+        header += "\nFor alertmanager.yml: the rules' inhibitions.\n"
+        header += yaml.safe_dump({"inhibit_rules": inhibit}, sort_keys=False, width=1 << 16)
+    body = {"groups": [{"name": GROUP_NAME, "rules": exported}]}
+    text = _comment(header) + yaml.safe_dump(
+        body, sort_keys=False, allow_unicode=True, width=1 << 16
+    )
+    return Export(text, tuple(str(r["alert"]) for r in exported), skipped)

@@ -1,0 +1,365 @@
+"""`reliability rules export` as a Prometheus user relies on it: the file loads in
+Prometheus, every alert fires on the series the built-in engine would flag and stays quiet
+on the others, it queries only metrics the daemon exports, and it is the same every time.
+
+The `promtool test rules` cases are generated from the rule objects, so a new rule (built-in
+or in the example config) is tested without a hand-written case, and a new rule type
+without a case generator fails here.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from reliability import catalog
+from reliability.cli import main
+from reliability.config import Config
+from reliability.config_load import load
+from reliability.config_rules import (
+    CounterIncreaseRule,
+    ErrorRatioRule,
+    GpuLostRule,
+    TargetDownRule,
+    ThresholdRule,
+)
+from reliability.detect.builtin import BUILTIN, active_rules
+from reliability.detect.engine import endpoint_labels
+from reliability.detect.rules import TARGET_LABEL, AnyRule
+from reliability.promrules.export import alert_labels, alert_name, export, prom_duration
+from reliability.testing.services import service_missing
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "reliability.example.yaml"
+STEP = 15.0  # seconds between input samples and between rule evaluations
+
+Series = list[dict[str, str]]
+Case = tuple[Series, list[dict[str, str]], float]  # input series, alerts' labels, eval time
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        service_missing("promtool (Debian package prometheus) not installed")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="module")
+def example() -> Config:
+    return load(EXAMPLE)
+
+
+def _promtool(promtool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _series(metric: str, labels: Mapping[str, str], values: str) -> dict[str, str]:
+    body = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return {"series": f"{metric}{{{body}}}", "values": values}
+
+
+def _steady(value: float, until: float) -> str:
+    return f"{value!r}x{int(until / STEP) + 1}"
+
+
+def _bad_good(op: str, limit: float) -> tuple[float, float]:
+    """A value that holds `value op limit`, and one that does not."""
+    return {
+        ">": (limit + 1, limit - 1),
+        ">=": (limit, limit - 1),
+        "<": (limit - 1, limit + 1),
+        "<=": (limit, limit + 1),
+        "==": (limit, limit + 1),
+        "!=": (limit + 1, limit),
+    }[op]
+
+
+def _labels(metric: catalog.Metric, node: str, match: Mapping[str, str]) -> dict[str, str]:
+    """A series of `metric` on `node` that `match` selects (its first alternative)."""
+    labels = {label: "0" if label == "gpu" else "x" for label in metric.labels}
+    labels |= {label: regex.split("|")[0] for label, regex in match.items()}
+    assert all(re.fullmatch(regex, labels[k]) for k, regex in match.items())
+    return labels | {"node": node} if "node" in labels else labels
+
+
+def _threshold_case(rule: ThresholdRule) -> Case:
+    at = rule.for_ + 4 * STEP
+    metric = catalog.BY_NAME[rule.metric]
+    limit = 80.0 if rule.value_metric else float(rule.value or 0.0)
+    bad, good = _bad_good(rule.op, limit)
+    series = []
+    for node, value in (("bad", bad), ("ok", good)):
+        labels = _labels(metric, node, rule.match)
+        series.append(_series(rule.metric, labels, _steady(value, at)))
+        if rule.per:
+            series.append(_series(rule.per, labels, _steady(1.0, at)))
+        if rule.value_metric:
+            series.append(_series(rule.value_metric, labels, _steady(limit, at)))
+    return series, [_labels(metric, "bad", rule.match)], at
+
+
+def _counter_case(rule: CounterIncreaseRule) -> Case:
+    """Evaluated past the window, so a steady old count is history, not new events; one
+    series rises, one appears late (a counter created at its first event)."""
+    at = rule.window + rule.for_ + 8 * STEP
+    before, after = int((at - 4 * STEP) / STEP), 4
+    metric = catalog.BY_NAME[rule.metric]
+    rise = rule.min_increase
+    return (
+        [
+            _series(rule.metric, _labels(metric, "bad", rule.match), f"0x{before} {rise}x{after}"),
+            _series(rule.metric, _labels(metric, "new", rule.match), f"_x{before} {rise}x{after}"),
+            _series(rule.metric, _labels(metric, "ok", rule.match), _steady(3 * rise, at)),
+        ],
+        [_labels(metric, "bad", rule.match), _labels(metric, "new", rule.match)],
+        at,
+    )
+
+
+def _error_ratio_case(rule: ErrorRatioRule, endpoints: Mapping[str, dict[str, str]]) -> Case:
+    """The first matching endpoint fails; endpoints the rule does not watch fail too, and
+    the other window of the watched one, which must not fire."""
+    at = rule.for_ + 4 * STEP
+    metric = catalog.API_OVERLOAD_RATIO if rule.overload_only else catalog.API_ERROR_RATIO
+    watched = [
+        name
+        for name, labels in sorted(endpoints.items())
+        if (not rule.endpoint or name == rule.endpoint)
+        and (not rule.role or labels["role"] == rule.role)
+    ]
+    other_window = "5m" if rule.window == "1m" else "1m"
+    series = [_series(metric.name, {"endpoint": watched[0], "window": other_window}, "1x20")]
+    for name in sorted(endpoints):
+        ratio = 1.0 if name == watched[0] or name not in watched else rule.above / 2
+        labels = {"endpoint": name, "window": rule.window}
+        series.append(_series(metric.name, labels, _steady(ratio, at)))
+    return series, [dict(endpoints[watched[0]])], at
+
+
+def _target_down_case(rule: TargetDownRule) -> Case:
+    """For nodes: one whose output failed to parse (`node_up` 1) is not down."""
+    at = rule.for_ + 4 * STEP
+    up = catalog.TARGET_UP.name
+    other = "api" if rule.collector != "api" else "gpu"
+    series = [
+        _series(up, {"collector": rule.collector, "target": "bad"}, _steady(0, at)),
+        _series(up, {"collector": rule.collector, "target": "ok"}, _steady(1, at)),
+        _series(up, {"collector": other, "target": "other"}, _steady(0, at)),
+    ]
+    if rule.collector == "node":
+        series += [
+            _series(up, {"collector": "node", "target": "parsefail"}, _steady(0, at)),
+            _series(catalog.NODE_UP.name, {"node": "parsefail"}, _steady(1, at)),
+            _series(catalog.NODE_UP.name, {"node": "bad"}, _steady(0, at)),
+        ]
+    return series, [{"collector": rule.collector, TARGET_LABEL[rule.collector]: "bad"}], at
+
+
+def _gpu_lost_case(rule: GpuLostRule) -> Case:
+    at = rule.for_ + 4 * STEP
+    lost = catalog.NODE_GPUS_LOST.name
+    series = [
+        _series(lost, {"node": "bad"}, _steady(2, at)),
+        _series(lost, {"node": "ok"}, _steady(0, at)),
+    ]
+    return series, [{"node": "bad"}], at
+
+
+def firing_case(rule: AnyRule, endpoints: Mapping[str, dict[str, str]]) -> Case:
+    """Series on which the rule fires for some groups only, and those alerts' labels."""
+    if isinstance(rule, ThresholdRule):
+        series, alerts, at = _threshold_case(rule)
+    elif isinstance(rule, CounterIncreaseRule):
+        series, alerts, at = _counter_case(rule)
+    elif isinstance(rule, ErrorRatioRule):
+        series, alerts, at = _error_ratio_case(rule, endpoints)
+    elif isinstance(rule, TargetDownRule):
+        series, alerts, at = _target_down_case(rule)
+    elif isinstance(rule, GpuLostRule):
+        series, alerts, at = _gpu_lost_case(rule)
+    else:
+        raise AssertionError(f"no promtool case for rule type {type(rule).__name__}")
+    fixed = {"severity": rule.severity, "rule": rule.name}
+    kept = alert_labels(rule, endpoints)
+    return series, [{k: a[k] for k in kept if k in a} | fixed for a in alerts], at
+
+
+def _unit_tests(rule: AnyRule, endpoints: Mapping[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """Fires at the end of `for` (and not a step before, when it has one)."""
+    series, alerts, at = firing_case(rule, endpoints)
+    name = alert_name(rule.name)
+    expected = [{"exp_labels": labels} for labels in alerts]
+    checks: list[dict[str, Any]] = [
+        {"eval_time": prom_duration(at), "alertname": name, "exp_alerts": expected}
+    ]
+    if rule.for_ >= 2 * STEP and not isinstance(rule, CounterIncreaseRule):
+        early = prom_duration(rule.for_ - STEP)
+        checks.append({"eval_time": early, "alertname": name, "exp_alerts": []})
+    return [{"interval": prom_duration(STEP), "input_series": series, "alert_rule_test": checks}]
+
+
+def _without_annotations(text: str) -> str:
+    """The rules file minus annotations: the generated cases check expressions and labels;
+    annotation rendering has its own hand-written test."""
+    data = yaml.safe_load(text)
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _run_unit_tests(promtool: str, tmp_path: Path, rules: str, tests: list[dict]) -> None:
+    (tmp_path / "rules.yml").write_text(rules)
+    spec = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": prom_duration(STEP),
+        "tests": tests,
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = _promtool(promtool, "test", "rules", tmp_path / "tests.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("source", ["builtin", "example"])
+def test_export_passes_promtool_check_rules(
+    promtool: str, example: Config, tmp_path: Path, source: str
+) -> None:
+    config = example if source == "example" else Config()
+    path = tmp_path / "rules.yml"
+    path.write_text(export(config).text)
+    result = _promtool(promtool, "check", "rules", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_exported_rule_fires_on_bad_series_only(
+    promtool: str, example: Config, tmp_path: Path
+) -> None:
+    endpoints = endpoint_labels(example)
+    result = export(example)
+    rules = [r for r in active_rules(example.rules) if alert_name(r.name) in result.alerts]
+    assert [alert_name(r.name) for r in rules] == list(result.alerts)
+    tests = [t for rule in rules for t in _unit_tests(rule, endpoints)]
+    _run_unit_tests(promtool, tmp_path, _without_annotations(result.text), tests)
+
+
+def test_example_config_exports_every_builtin_and_its_custom_rule(example: Config) -> None:
+    result = export(example)
+    expected = [alert_name(r.name) for r in (*BUILTIN, *example.rules.custom)]
+    assert list(result.alerts) == expected
+    assert result.skipped == {}
+
+
+def test_error_ratio_rules_without_a_matching_endpoint_are_left_out_with_the_reason() -> None:
+    result = export(Config())
+    assert set(result.skipped) == {"upstream-overloaded", "local-pool-errors"}
+    assert "# Not exported: local-pool-errors: no configured endpoint matches it." in result.text
+
+
+def test_alerts_render_values_labels_and_the_runbook_command(
+    promtool: str, example: Config, tmp_path: Path
+) -> None:
+    gpus = [
+        _series("reliability_node_gpus_lost", {"node": "gpu-1"}, "2x8"),
+        _series("reliability_node_gpus_expected", {"node": "gpu-1"}, "8x8"),
+        _series("reliability_node_gpus_visible", {"node": "gpu-1"}, "6x8"),
+    ]
+    errors = [
+        _series("reliability_api_error_ratio", {"endpoint": "chat-lb", "window": "1m"}, "0.5x8")
+    ]
+    node_failover = "reliability runbook run node-failover --param 'node=gpu-1'"
+    tests = [
+        {
+            "interval": "15s",
+            "input_series": gpus + errors,
+            "alert_rule_test": [
+                {
+                    "eval_time": "90s",
+                    "alertname": "GpuLost",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {
+                                "node": "gpu-1",
+                                "severity": "critical",
+                                "rule": "gpu-lost",
+                            },
+                            "exp_annotations": {
+                                "summary": "gpu-1: 2 of 8 GPUs lost",
+                                "description": (
+                                    "gpu-1 has 6 of 8 GPUs working since ?; lost: ?. The serving "
+                                    "container cannot use them until the node is rebooted: fail "
+                                    "the node over."
+                                ),
+                                "runbook": node_failover,
+                            },
+                        }
+                    ],
+                },
+                {
+                    "eval_time": "90s",
+                    "alertname": "LocalPoolErrors",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {
+                                **endpoint_labels(example)["chat-lb"],
+                                "severity": "critical",
+                                "rule": "local-pool-errors",
+                            },
+                            "exp_annotations": {
+                                "summary": "chat-lb: 50% of probes failing",
+                                "description": (
+                                    "50% of probes to chat-lb failed over the last 1m, above 20%, "
+                                    "since ?. Switch the service to its other pool, or roll back "
+                                    "a new image."
+                                ),
+                                "runbook": (
+                                    "reliability runbook run blue-green --param 'service=chat' "
+                                    "--param 'pool=green'"
+                                ),
+                            },
+                        }
+                    ],
+                },
+            ],
+        }
+    ]
+    _run_unit_tests(promtool, tmp_path, export(example).text, tests)
+
+
+def test_every_metric_in_the_rules_file_is_in_the_catalogue(example: Config) -> None:
+    text = export(example).text
+    data = yaml.safe_load(text)
+    for rule in data["groups"][0]["rules"]:
+        names = re.findall(r"\breliability_[a-z0-9_]+", rule["expr"])
+        assert names, rule["alert"]
+        assert set(names) <= set(catalog.BY_NAME), rule["alert"]
+    in_annotations = re.findall(r"\breliability_[a-z0-9_]+", text)
+    assert set(in_annotations) <= set(catalog.BY_NAME)
+
+
+def test_the_cli_writes_the_same_bytes_every_time(tmp_path: Path) -> None:
+    runner = CliRunner()
+    first, second = tmp_path / "a.yml", tmp_path / "b.yml"
+    for out in (first, second):
+        result = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert f"{out}: 10 alerting rules" in result.output
+    assert first.read_bytes() == second.read_bytes()
+    stdout = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE)])
+    assert stdout.exit_code == 0
+    assert stdout.output == first.read_text()
+
+
+def test_the_cli_rejects_a_missing_config_with_exit_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["rules", "export", "-c", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
