@@ -21,6 +21,7 @@ import sqlalchemy as sa
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from reliability import db
 from reliability.collect.base import Collector
 from reliability.collect.runner import Outcome, TargetRunner
 from reliability.collect.snapshot import Snapshot
@@ -203,17 +204,10 @@ def run_once(daemon: Daemon) -> list[Outcome]:
     return [o for f in futures for o in f.result()]
 
 
-def _database_check(config: Config) -> Callable[[], str | None]:
-    from reliability import db
-
-    url = config.database_url()
-    engine = None  # made at the first check: a database down at start must not stop us
-
+def _database_check(database: db.LazyEngine) -> Callable[[], str | None]:
     def check() -> str | None:
-        nonlocal engine
         try:
-            engine = engine or db.make_engine(url)
-            db.check_schema(engine)
+            db.check_schema(database.get())
         except db.DatabaseError as exc:
             return str(exc)
         return None
@@ -235,16 +229,15 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _dispatcher(config: Config) -> Dispatcher | None:
+def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
     """The Slack outbox dispatcher, when Slack is configured."""
-    from reliability import db
     from reliability.notify.slack import SlackNotifier
 
     if config.slack is None:
         log.info("no slack section: incidents are recorded, nobody is paged")
         return None
     try:
-        engine = db.make_engine(config.database_url())
+        engine = database.get()
     except db.DatabaseError as exc:
         log.error("Slack notifications are off: %s", exc)
         return None
@@ -261,20 +254,19 @@ class _IncidentTimers:
     """What happens to incidents with time alone: an acknowledgement that ran out
     (`incidents.ack_timeout`) and a silence that ended re-notify on-call."""
 
-    def __init__(self, config: Config, dispatcher: Dispatcher | None) -> None:
-        self._url = config.database_url()
-        self._timeout = timedelta(seconds=config.incidents.ack_timeout)
+    def __init__(
+        self, database: db.LazyEngine, ack_timeout: float, dispatcher: Dispatcher | None
+    ) -> None:
+        self._database = database
+        self._timeout = timedelta(seconds=ack_timeout)
         self._dispatcher = dispatcher
-        self._engine: sa.Engine | None = None
 
     def __call__(self) -> None:
-        from reliability import db
         from reliability.incidents import service, silences
 
         now = datetime.now(UTC)
         try:
-            self._engine = self._engine or db.make_engine(self._url)
-            with db.session_factory(self._engine)() as session, session.begin():
+            with self._database.session() as session, session.begin():
                 changed = service.expire_acknowledgements(session, now=now, timeout=self._timeout)
                 changed += silences.release_ended(session, now=now)
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
@@ -283,19 +275,17 @@ class _IncidentTimers:
         if changed and self._dispatcher is not None:
             self._dispatcher.wake()
 
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
 
-
-def _start_incident_flow(daemon: Daemon, scheduler: BackgroundScheduler) -> None:
+def _start_incident_flow(
+    daemon: Daemon, scheduler: BackgroundScheduler, database: db.LazyEngine
+) -> None:
     """Rules into incidents (detect/loop.py), incidents into Slack (notify/dispatcher.py);
     both stop with the daemon."""
     from reliability.detect.engine import Evaluator
     from reliability.detect.loop import DetectionLoop
 
     config = daemon.config
-    dispatcher = _dispatcher(config)
+    dispatcher = _dispatcher(config, database)
     if dispatcher is not None:
         dispatcher.start()
         daemon.closers.append(dispatcher.stop)
@@ -308,7 +298,7 @@ def _start_incident_flow(daemon: Daemon, scheduler: BackgroundScheduler) -> None
         scheduler.add_job(
             publish_outbox, "interval", seconds=5, id="notify", next_run_time=datetime.now(UTC)
         )
-    timers = _IncidentTimers(config, dispatcher)
+    timers = _IncidentTimers(database, config.incidents.ack_timeout, dispatcher)
     scheduler.add_job(
         timers,
         "interval",
@@ -316,11 +306,10 @@ def _start_incident_flow(daemon: Daemon, scheduler: BackgroundScheduler) -> None
         id="incident-timers",
         next_run_time=datetime.now(UTC),
     )
-    daemon.closers.append(timers.close)
     detection = DetectionLoop(
         Evaluator(config),
         daemon.snapshot,
-        config.database_url(),
+        database,
         reopen_window=config.incidents.reopen_window,
         on_recorded=dispatcher.wake if dispatcher is not None else None,
     )
@@ -349,13 +338,15 @@ def serve(daemon: Daemon) -> int:
     def scheduler_check() -> str | None:
         return None if scheduler.running else "scheduler is stopped"
 
+    # One engine (one connection pool) for everything the daemon does in the database.
+    database = db.LazyEngine(daemon.config.database_url())
     app = build_app(
         daemon.snapshot,
         readiness=[
-            Readiness("database", _database_check(daemon.config)),
+            Readiness("database", _database_check(database)),
             Readiness("scheduler", scheduler_check),
         ],
-        routes=intake_routes(daemon.config),
+        routes=intake_routes(daemon.config, database),
     )
     http = daemon.config.http
     server = _Server(
@@ -369,7 +360,8 @@ def serve(daemon: Daemon) -> int:
         )
     )
     scheduler.start()
-    _start_incident_flow(daemon, scheduler)
+    _start_incident_flow(daemon, scheduler, database)
+    daemon.closers.append(database.dispose)  # last: the closers before it may still write
     log.info(
         "daemon up: %d job(s), serving http://%s:%d/metrics", len(daemon.jobs), http.host, http.port
     )

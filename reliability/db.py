@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,6 +147,40 @@ def make_engine(url: str | URL) -> Engine:
     return create_engine(
         parsed, pool_pre_ping=True, pool_timeout=CONNECT_TIMEOUT_S, connect_args=connect_args
     )
+
+
+class LazyEngine:
+    """One engine for `url`, made at first use and shared by every thread that asks.
+
+    Made lazily because a database that is down (or a SQLite directory not yet creatable)
+    when the daemon starts must not stop it; `get()` raises DatabaseError until it can be
+    made. One engine means one connection pool for the daemon's readiness check, intake,
+    rule recording, timers and Slack dispatcher.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = make_engine(self.url)
+                self._sessions = session_factory(self._engine)
+            return self._engine
+
+    def session(self) -> Session:
+        """A new session on the engine (made now if it is not yet)."""
+        self.get()
+        assert self._sessions is not None
+        return self._sessions()
+
+    def dispose(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -81,7 +81,7 @@ class DetectionLoop:
         self,
         evaluator: Evaluator,
         snapshot: Snapshot,
-        database_url: str,
+        database: db.LazyEngine,
         *,
         reopen_window: float,
         on_recorded: Callable[[], object] | None = None,
@@ -89,11 +89,10 @@ class DetectionLoop:
     ) -> None:
         self._evaluator = evaluator
         self._snapshot = snapshot
-        self._url = database_url
+        self._database = database
         self._reopen_window = reopen_window
         self._on_recorded = on_recorded
         self._clock = clock
-        self._engine: sa.Engine | None = None
         self._restored = False
         self._unrecorded: list[Transition] = []
         self._db_problem: str | None = None  # logged once when it starts, not every tick
@@ -109,9 +108,8 @@ class DetectionLoop:
     def step(self) -> list[Transition]:
         """One tick: restore (once), evaluate, record. Returns this tick's transitions."""
         try:
-            self._engine = self._engine or db.make_engine(self._url)
             if not self._restored:
-                with db.session_factory(self._engine)() as session:
+                with self._database.session() as session:
                     self._evaluator.restore(open_rule_fingerprints(session))
                 self._restored = True
                 self._database_up()
@@ -137,10 +135,9 @@ class DetectionLoop:
             log.error("database down too long: dropped the %d oldest rule transitions", dropped)
 
     def _flush(self) -> None:
-        assert self._engine is not None
         pending = list(self._unrecorded)
         try:
-            with db.session_factory(self._engine)() as session, session.begin():
+            with self._database.session() as session, session.begin():
                 record(session, pending, reopen_window=self._reopen_window)
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             self._database_down(
@@ -184,8 +181,6 @@ class DetectionLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._engine is not None:
-            self._engine.dispose()
 
 
 def _short(exc: BaseException) -> str:

@@ -6,11 +6,8 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Route
 
 from reliability import db
@@ -25,9 +22,10 @@ log = logging.getLogger("reliability.intake")
 POOL_SIZE = 5
 
 
-def build_routes(config: Config) -> list[Route]:
-    """The intake endpoints, from the config: database, webhook token, reopen window."""
-    url = config.database_url()
+def build_routes(config: Config, database: db.LazyEngine | None = None) -> list[Route]:
+    """The intake endpoints, from the config: database (the daemon's shared engine, or one
+    of their own), webhook token, reopen window."""
+    database = database or db.LazyEngine(config.database_url())
     token = config.webhook_token()
     if token is None:
         log.warning(
@@ -37,25 +35,11 @@ def build_routes(config: Config) -> list[Route]:
         )
     return [
         alertmanager_route(
-            lazy_sessions(url),
+            database.session,
             token=token,
             reopen_window=timedelta(seconds=config.incidents.reopen_window),
-            transactions=1 if db.normalize_url(url).get_backend_name() == "sqlite" else POOL_SIZE,
+            transactions=(
+                1 if db.normalize_url(database.url).get_backend_name() == "sqlite" else POOL_SIZE
+            ),
         )
     ]
-
-
-def lazy_sessions(url: str) -> Callable[[], Session]:
-    """New sessions on an engine made at the first call, not now: a database that is down
-    (or a SQLite directory not yet creatable) when the daemon starts must not stop it."""
-    factory: sessionmaker[Session] | None = None
-    lock = threading.Lock()
-
-    def new_session() -> Session:
-        nonlocal factory
-        with lock:
-            if factory is None:
-                factory = db.session_factory(db.make_engine(url))
-        return factory()
-
-    return new_session

@@ -39,7 +39,9 @@ def new_loop(clock_for):
     def make(url: str) -> tuple[DetectionLoop, Cycles]:
         fresh = clock_for()
         cycles = Cycles(fresh.fleet, fresh.now)
-        loop = DetectionLoop(fresh.evaluator, cycles, url, reopen_window=600.0, clock=cycles.clock)
+        loop = DetectionLoop(
+            fresh.evaluator, cycles, db.LazyEngine(url), reopen_window=600.0, clock=cycles.clock
+        )
         return loop, cycles
 
     return make

@@ -33,7 +33,7 @@ from reliability.incidents.models import (
     IncidentStatus,
     Severity,
 )
-from reliability.intake import build_routes, lazy_sessions
+from reliability.intake import build_routes
 from reliability.intake.alertmanager import (
     PATH,
     AlertmanagerAlert,
@@ -335,7 +335,7 @@ def test_without_a_configured_token_the_intake_refuses_everyone(caplog):
 def test_an_unreachable_database_answers_503_so_alertmanager_retries(caplog):
     # Port 1 on loopback: connection refused at once. The engine is made on first use, so
     # building the route does not need the database.
-    sessions = lazy_sessions("postgresql+psycopg://postgres@127.0.0.1:1/reliability")
+    sessions = db.LazyEngine("postgresql+psycopg://postgres@127.0.0.1:1/reliability").session
     route = alertmanager_route(sessions, token=SecretStr(TOKEN), reopen_window=timedelta(0))
     with TestClient(Starlette(routes=[route])) as client:
         response = client.post(PATH, json=webhook_payload([alert_payload(FP_A)]), headers=AUTH)
