@@ -50,15 +50,14 @@ class Job:
 class Daemon:
     config: Config
     snapshot: Snapshot
-    jobs: list[Job]
-    # One worker pool per job, so one collector's slow targets never queue another's.
-    executors: list[ThreadPoolExecutor] = field(default_factory=list)
+    jobs: list[Job]  # each with a worker pool of its own (job.runner.executor)
     closers: list[Callable[[], object]] = field(default_factory=list)
 
     def close(self) -> bool:
         """Release connections and workers; True if every collection finished in time."""
         # Cancel queued collections first: started after the closers, each would fail.
-        for executor in self.executors:
+        executors = [job.runner.executor for job in self.jobs]
+        for executor in executors:
             executor.shutdown(wait=False, cancel_futures=True)
         for close in self.closers:
             try:
@@ -66,7 +65,7 @@ class Daemon:
             except Exception:
                 log.exception("error while closing")
         deadline = time.monotonic() + STOP_GRACE
-        threads = [t for e in self.executors for t in getattr(e, "_threads", ())]
+        threads = [t for e in executors for t in getattr(e, "_threads", ())]
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         stuck = [t for t in threads if t.is_alive()]
@@ -120,7 +119,6 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
         )
         if runner.targets:
             daemon.jobs.append(Job(runner, interval))
-            daemon.executors.append(executor)
 
     if config.nodes:
         # A node that refused a connect is retried at most one cycle later.
