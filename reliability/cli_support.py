@@ -5,6 +5,7 @@ mapping of failures to exit codes (0 success, 1 the operation failed, 2 bad usag
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import BaseModel
 from rich.console import Console
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from reliability.config import Config
@@ -81,9 +83,17 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, default=default, indent=2) + "\n")
 
 
+def who() -> str:
+    """The operator, as recorded on what a command does."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
 @contextmanager
-def database(config: Config, *, check: bool = True) -> Iterator[Session]:
-    """A session on the configured database, committed on success.
+def database_engine(config: Config, *, check: bool = True) -> Iterator[Engine]:
+    """An engine on the configured database, disposed after.
 
     Connection failures and an out-of-date schema become BadInput (exit 2) with the
     fix in the message, never a traceback.
@@ -94,12 +104,22 @@ def database(config: Config, *, check: bool = True) -> Iterator[Session]:
         engine = db.make_engine(config.database_url())
         if check:
             db.check_schema(engine)
-    except ConfigError as exc:
-        raise BadInput(str(exc)) from None
-    except db.DatabaseError as exc:
+    except (ConfigError, db.DatabaseError) as exc:
         raise BadInput(str(exc)) from None
     try:
-        with db.session_factory(engine)() as session, session.begin():
-            yield session
+        yield engine
     finally:
         engine.dispose()
+
+
+@contextmanager
+def database(config: Config, *, check: bool = True) -> Iterator[Session]:
+    """A session on the configured database, committed on success."""
+    from reliability import db
+
+    with (
+        database_engine(config, check=check) as engine,
+        db.session_factory(engine)() as session,
+        session.begin(),
+    ):
+        yield session

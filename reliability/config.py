@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -325,21 +326,40 @@ class Config(Strict):
         env = self.dashboards.token_env
         return self._read_secret(("dashboards", "token_env"), env, None) if env else None
 
+    def _secret_readers(self) -> list[Callable[[], Any]]:
+        readers: list[Callable[[], Any]] = [self.webhook_token]
+        readers += [lambda i=i: self.endpoint_key(i) for i in range(len(self.endpoints))]
+        if self.slack:
+            readers.append(self.slack_token)
+        if self.database.url_env or self.database.url_file:
+            readers.append(self.database_url)
+        return readers
+
     def secret_issues(self) -> list[str]:
         """Every secret the config names that cannot be read, as error lines."""
         from reliability.config_load import ConfigError
 
-        checks = [self.webhook_token] + [
-            lambda i=i: self.endpoint_key(i) for i in range(len(self.endpoints))
-        ]
-        if self.slack:
-            checks.append(self.slack_token)
-        if self.database.url_env or self.database.url_file:
-            checks.append(self.database_url)
         issues: list[str] = []
-        for check in checks:
+        for read in self._secret_readers():
             try:
-                check()
+                read()
             except ConfigError as exc:
                 issues.extend(exc.lines)
         return issues
+
+    def secret_values(self) -> list[str]:
+        """Every secret the config names that can be read: what recorded output must not
+        show (runbook steps redact them)."""
+        from reliability.config_load import ConfigError
+
+        values: list[str] = []
+        for read in [*self._secret_readers(), self.grafana_token]:
+            try:
+                value = read()
+            except ConfigError:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value:
+                values.append(value)
+        return values

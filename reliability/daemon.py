@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
 import os
 import signal
@@ -76,27 +75,12 @@ class Daemon:
         return not stuck
 
 
-def _ssh_target(config: Config, node):
-    from reliability.ssh import SshTarget
-
-    ssh = config.node_ssh(node)
-    return SshTarget(
-        name=node.name,
-        host=node.address,
-        user=ssh.user or getpass.getuser(),
-        port=ssh.port or 22,
-        key_file=ssh.key_file,
-        known_hosts=ssh.known_hosts,
-        connect_timeout=ssh.connect_timeout or 5.0,
-    )
-
-
 def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
     """Every collector the config asks for, each wrapped in a runner with its interval."""
     from reliability.collect.api import ApiProbeCollector, EndpointSpec
     from reliability.collect.gpu import NvmlGpuCollector, SmiGpuCollector
     from reliability.collect.node import NodeCollector, NodeSpec
-    from reliability.ssh import SshPool
+    from reliability.ssh import SshPool, target_for
     from reliability.ssh import TargetRunner as SshRunner
 
     snapshot = snapshot or Snapshot()
@@ -127,7 +111,7 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
             backoff_max=min(cc.node_interval, cc.gpu_interval),
         )
         daemon.closers.append(pool.close)
-        targets = {n.name: _ssh_target(config, n) for n in config.nodes}
+        targets = {n.name: target_for(config, n) for n in config.nodes}
         add(
             NodeCollector(
                 pool,

@@ -34,7 +34,12 @@ CONNECT_TIMEOUT_S = 5
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
 # Every domain's models module; load_models() imports them so Base.metadata is complete.
-MODEL_MODULES = ("reliability.incidents.models", "reliability.notify.models")
+MODEL_MODULES = (
+    "reliability.incidents.models",
+    "reliability.notify.models",
+    "reliability.runbooks.models",
+    "reliability.images.models",
+)
 
 # Deterministic constraint names, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {

@@ -17,6 +17,7 @@ whether a retry can help (`retryable`). Its contract:
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import select
@@ -27,8 +28,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
+
+if TYPE_CHECKING:
+    from reliability.config import Config, NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +226,11 @@ class SshPool:
         self._slots: dict[SshTarget, _Slot] = {}
         self._closed = False
 
-    def run(self, target: SshTarget, command: str, *, timeout: float) -> CommandResult:
-        """Run `command` (a shell command line) on `target`, all within `timeout` seconds.
+    def run(
+        self, target: SshTarget, command: str, *, timeout: float, stdin: str | None = None
+    ) -> CommandResult:
+        """Run `command` (a shell command line) on `target`, all within `timeout` seconds;
+        `stdin`, when given, is written to its standard input, which is then closed.
 
         Raises `Unreachable`, `HostKeyRejected` or `AuthFailed` when no session could be
         opened, `CommandTimeout` when the deadline passed after that, `SshError` otherwise.
@@ -233,7 +241,7 @@ class SshPool:
         start = time.monotonic()
         deadline = start + timeout
         client = self._connection(target, deadline)
-        return self._exec(target, client, command, start, deadline)
+        return self._exec(target, client, command, start, deadline, stdin)
 
     def runner(self, target: SshTarget) -> TargetRunner:
         """A `run(command, *, timeout)` bound to `target`."""
@@ -364,6 +372,7 @@ class SshPool:
         command: str,
         start: float,
         deadline: float,
+        stdin: str | None = None,
     ) -> CommandResult:
         transport = client.get_transport()
         if transport is None:  # closed under us by `close()`
@@ -388,6 +397,9 @@ class SshPool:
             try:
                 with _Watchdog(deadline - time.monotonic(), transport.close) as watchdog:
                     channel.exec_command(command)
+                    if stdin is not None:
+                        channel.sendall(stdin.encode())
+                        channel.shutdown_write()
             except (paramiko.SSHException, EOFError, OSError) as e:
                 if watchdog.fired:
                     self._drop(target, client)
@@ -459,6 +471,20 @@ def _connect_error(target: SshTarget, e: Exception) -> SshError:
     if isinstance(e, (OSError, EOFError)):
         return Unreachable(target.name, f"connection to {target.host}:{target.port} lost: {e}")
     return SshError(target.name, f"SSH handshake failed: {e}")
+
+
+def target_for(config: Config, node: NodeConfig) -> SshTarget:
+    """How `node` is reached: its own SSH settings over the config's, strict host keys."""
+    ssh = config.node_ssh(node)
+    return SshTarget(
+        name=node.name,
+        host=node.address,
+        user=ssh.user or getpass.getuser(),
+        port=ssh.port or 22,
+        key_file=ssh.key_file,
+        known_hosts=ssh.known_hosts,
+        connect_timeout=ssh.connect_timeout or 5.0,
+    )
 
 
 @dataclass(frozen=True, slots=True)

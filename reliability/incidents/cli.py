@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -16,6 +15,7 @@ from reliability.cli_support import (
     database,
     json_option,
     print_json,
+    who,
 )
 from reliability.config import Config
 from reliability.durations import format_duration, parse_duration
@@ -45,13 +45,6 @@ def _span(delta: timedelta) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{max(seconds, 0)}s"
-
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _labels(incident: Incident | IncidentRead) -> str:
@@ -171,7 +164,7 @@ def _transition(config: Config, action: str, incident_id: int, as_json: bool, **
 
 @incidents.command()
 @click.argument("incident_id", type=int)
-@click.option("--by", default=_who, help="Who acknowledges (default: your user name).")
+@click.option("--by", default=who, help="Who acknowledges (default: your user name).")
 @config_option
 @json_option
 def ack(config: Config, incident_id: int, by: str, as_json: bool) -> None:
@@ -181,7 +174,7 @@ def ack(config: Config, incident_id: int, by: str, as_json: bool) -> None:
 
 @incidents.command()
 @click.argument("incident_id", type=int)
-@click.option("--by", default=_who, help="Who resolves (default: your user name).")
+@click.option("--by", default=who, help="Who resolves (default: your user name).")
 @click.option("--note", default=None, help="What fixed it, kept on the timeline.")
 @config_option
 @json_option
@@ -193,7 +186,7 @@ def resolve(config: Config, incident_id: int, by: str, note: str | None, as_json
 @incidents.command()
 @click.argument("incident_id", type=int)
 @click.argument("text")
-@click.option("--by", default=_who, help="Author (default: your user name).")
+@click.option("--by", default=who, help="Author (default: your user name).")
 @config_option
 def note(config: Config, incident_id: int, text: str, by: str) -> None:
     """Add a note to an incident's timeline."""
@@ -290,7 +283,7 @@ def _shown(silence: Silence) -> str:
 )
 @click.option("--for", "for_", required=True, metavar="DURATION", help="e.g. 30m, 2h, 1d.")
 @click.option("--comment", default=None, help="Why, for whoever finds the silence later.")
-@click.option("--by", default=_who, help="Who silences (default: your user name).")
+@click.option("--by", default=who, help="Who silences (default: your user name).")
 @config_option
 @json_option
 def silence(

@@ -1,9 +1,15 @@
-"""`reliability runbook ...`: list, show, plan. Exit 2 for a bad runbook file or parameter,
-1 for a runbook that does not exist."""
+"""`reliability runbook ...`: list, show, plan, run, status, history, resume, undo. Exit 2
+for a bad runbook file or parameter, 1 for a runbook that does not exist or a run that did
+not succeed."""
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from collections.abc import Iterator
+from types import FrameType
+from typing import Any
 
 import click
 from rich.table import Table
@@ -13,14 +19,21 @@ from reliability.cli_support import (
     CommandFailed,
     config_option,
     console,
+    database_engine,
+    err_console,
     json_option,
     print_json,
+    who,
 )
 from reliability.config import Config
 from reliability.config_load import ConfigError
 from reliability.durations import format_duration
 from reliability.runbooks import params as params_mod
+from reliability.runbooks import service as runs
+from reliability.runbooks.actions import Outcome
+from reliability.runbooks.engine import Engine, Progress, RunResult
 from reliability.runbooks.load import load_runbooks
+from reliability.runbooks.models import RunStatus
 from reliability.runbooks.ops import LOCAL, Op
 from reliability.runbooks.plan import Plan, PlanError, PlannedStep, make_plan
 from reliability.runbooks.spec import Param, PoolParam, Runbook
@@ -50,7 +63,7 @@ def _param_summary(name: str, p: Param) -> str:
 
 @click.group()
 def runbook() -> None:
-    """Runbooks: list them, show one, plan a run."""
+    """Runbooks: list, show, plan, run; a run's status, history, resume and undo."""
 
 
 @runbook.command("list")
@@ -110,19 +123,30 @@ def show(config: Config, name: str, as_json: bool) -> None:
     console.print("\n".join(out), markup=False)
 
 
-@runbook.command()
-@click.argument("name")
-@click.option(
+param_option = click.option(
     "-p", "--param", "param_items", multiple=True, metavar="NAME=VALUE", help="A parameter."
 )
+
+
+def _values(config: Config, b: Runbook, param_items: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        return params_mod.resolve(b, params_mod.parse_assignments(param_items), config)
+    except params_mod.ParamError as exc:
+        raise BadInput(f"{b.name}: {exc}") from None
+
+
+@runbook.command()
+@click.argument("name")
+@param_option
 @config_option
 @json_option
 def plan(config: Config, name: str, param_items: tuple[str, ...], as_json: bool) -> None:
-    """Print exactly what `run` would do, per target, with every command. Touches nothing."""
+    """Print exactly what `run` would do, per target, with every command. Touches nothing.
+    With a database, pools and known-good images are as a run would find them now."""
     b = _runbook(config, name)
+    values = _values(config, b, param_items)
     try:
-        values = params_mod.resolve(b, params_mod.parse_assignments(param_items), config)
-        result = make_plan(b, values, config)
+        result = _live_plan(config, b, values)
     except (params_mod.ParamError, PlanError) as exc:
         raise BadInput(f"{name}: {exc}") from None
     if as_json:
@@ -176,4 +200,284 @@ def _op_lines(op: Op) -> Iterator[str]:
     else:
         yield f"{op.where} {op.kind}: {op.detail}{note}"
     if op.stdin is not None:
-        yield from (f"    | {line}" for line in op.stdin.splitlines())
+        yield from (f"    | {line}" for line in str(op.stdin).splitlines())
+
+
+def _live_plan(config: Config, b: Runbook, values: dict[str, Any]) -> Plan:
+    """The plan with the database's view (switched pools, known-good images) when a
+    database is there; from the config alone when it is not."""
+    from reliability import db
+
+    try:
+        engine = db.make_engine(config.database_url())
+        db.check_schema(engine)
+    except (ConfigError, db.DatabaseError):
+        return make_plan(b, values, config)
+    runner = Engine(config, engine)
+    try:
+        return runner.plan(b, values)
+    finally:
+        runner.close()
+        engine.dispose()
+
+
+# --- running ------------------------------------------------------------------------------
+class _Printer(Progress):
+    """Live progress on the terminal: a line per step, command and target."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+
+    def _say(self, text: str) -> None:
+        self.out.print(text, markup=False, highlight=False)
+
+    def started(self, run_id: int, plan: Plan) -> None:
+        self._say(f"run {run_id}: runbook {plan.runbook}, locked service {', '.join(plan.locks)}")
+
+    def step(self, index: int, step: PlannedStep) -> None:
+        if step.skipped:
+            self._say(f"{index + 1}. {step.id}: skipped, {step.skipped}")
+        else:
+            self._say(f"{index + 1}. {step.id} ({step.action})")
+
+    def op(self, target: str, op: Op, outcome: Outcome) -> None:
+        what = f"$ {op.detail}" if op.kind == "run" else f"{op.kind}: {op.detail}"
+        mark = "ok" if outcome.ok else "FAILED"
+        self._say(f"   {target} {what[:160]}  [{mark} {outcome.seconds:.2f}s] {outcome.text}")
+
+    def unit(self, step: PlannedStep, target: str, ok: bool, text: str) -> None:
+        if not ok:
+            self._say(f"   {target}: {step.id} FAILED: {text}")
+
+    def undoing(self, reason: str) -> None:
+        self._say(f"{reason}. Undoing what the run changed, newest first.")
+
+    def finished(self, result: RunResult) -> None:
+        tail = f": {result.reason}" if result.reason else ""
+        self._say(f"run {result.run_id} {result.status}{tail}")
+
+
+def _ask(prompt: str) -> bool:
+    if not sys.stdin.isatty():
+        err_console.print(f"confirm step needs a person at a terminal: {prompt}", markup=False)
+        return False
+    return click.confirm(prompt, default=False)
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM: finish the current step, undo, end `aborted`."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stop.is_set():
+            name = signal.Signals(signum).name
+            err_console.print(f"{name}: finishing the current step, then undoing", markup=False)
+        self.stop.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _engine(config: Config, db: Any, as_json: bool) -> Engine:
+    out = err_console if as_json else console
+    engine = Engine(config, db, progress=_Printer(out), confirm=_ask)
+    for found in engine.recover():
+        out.print(
+            f"run {found.run_id} ({found.runbook}) was interrupted: {found.reason}", markup=False
+        )
+    return engine
+
+
+def _report(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        print_json({"run_id": result.run_id, "status": result.status, "reason": result.reason})
+    if result.status != RunStatus.succeeded and result.status != RunStatus.undone:
+        raise CommandFailed(f"run {result.run_id} {result.status}: {result.reason}")
+
+
+@runbook.command()
+@click.argument("name")
+@param_option
+@click.option("--yes", is_flag=True, help="Start without asking (confirm steps still ask).")
+@click.option("--incident", type=int, default=None, help="The incident the run answers.")
+@config_option
+@json_option
+def run(
+    config: Config,
+    name: str,
+    param_items: tuple[str, ...],
+    yes: bool,
+    incident: int | None,
+    as_json: bool,
+) -> None:
+    """Run a runbook: lock its services, perform each step with live progress, record
+    everything; on a failed step, or Ctrl-C, undo what it changed, newest first."""
+    b = _runbook(config, name)
+    values = _values(config, b, param_items)
+    with database_engine(config) as db:
+        engine = _engine(config, db, as_json)
+        try:
+            try:
+                planned = engine.plan(b, values)
+            except (params_mod.ParamError, PlanError) as exc:
+                raise BadInput(f"{name}: {exc}") from None
+            if not yes:
+                err_console.print("\n".join(plan_lines(planned)), markup=False, highlight=False)
+                if not sys.stdin.isatty() or not click.confirm("Run it?", default=False):
+                    raise CommandFailed("not run: answer yes at a terminal, or pass --yes")
+            with _StopOnSignal(engine.stop):
+                result = engine.run(b, values, actor=who(), incident_id=incident, plan=planned)
+        except runs.Locked as exc:
+            raise CommandFailed(str(exc)) from None
+        finally:
+            engine.close()
+    _report(result, as_json)
+
+
+@runbook.command()
+@click.argument("run_id", type=int)
+@config_option
+@json_option
+def resume(config: Config, run_id: int, as_json: bool) -> None:
+    """Complete an interrupted run from the step it reached."""
+    with database_engine(config) as db:
+        engine = _engine(config, db, as_json)
+        try:
+            with engine.sessions() as s:
+                name = runs.get_run(s, run_id).runbook
+            with _StopOnSignal(engine.stop):
+                result = engine.resume(_runbook(config, name), run_id)
+        except (runs.Locked, runs.NoSuchRun) as exc:
+            raise CommandFailed(str(exc)) from None
+        except params_mod.ParamError as exc:
+            raise BadInput(f"run {run_id}: {exc}") from None
+        finally:
+            engine.close()
+    _report(result, as_json)
+
+
+@runbook.command()
+@click.argument("run_id", type=int)
+@click.option("--yes", is_flag=True, help="Undo without asking.")
+@config_option
+@json_option
+def undo(config: Config, run_id: int, yes: bool, as_json: bool) -> None:
+    """Reverse what an interrupted run changed (or retry a failed undo), newest first."""
+    if not yes and not (sys.stdin.isatty() and click.confirm(f"Undo run {run_id}?")):
+        raise CommandFailed("not undone: answer yes at a terminal, or pass --yes")
+    with database_engine(config) as db:
+        engine = _engine(config, db, as_json)
+        try:
+            result = engine.undo(run_id)
+        except (runs.Locked, runs.NoSuchRun) as exc:
+            raise CommandFailed(str(exc)) from None
+        finally:
+            engine.close()
+    _report(result, as_json)
+
+
+# --- the record ---------------------------------------------------------------------------
+def _run_json(run: Any) -> dict[str, Any]:
+    keys = ("id", "runbook", "params", "services", "status", "reason", "step", "started_by")
+    data = {k: getattr(run, k) for k in keys}
+    data.update(
+        incident_id=run.incident_id,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+    )
+    return data
+
+
+@runbook.command()
+@click.argument("run_id", type=int)
+@config_option
+@json_option
+def status(config: Config, run_id: int, as_json: bool) -> None:
+    """One run: its state, and every step on every target with the commands it sent."""
+    with database_engine(config) as db:
+        engine = _engine(config, db, as_json)
+        engine.close()
+        with engine.sessions() as s:
+            try:
+                run = runs.get_run(s, run_id)
+            except runs.NoSuchRun as exc:
+                raise CommandFailed(str(exc)) from None
+            units = runs.units(s, run_id)
+    if as_json:
+        print_json(
+            {
+                **_run_json(run),
+                "steps": [
+                    {
+                        "step": u.step,
+                        "action": u.action,
+                        "target": u.target,
+                        "status": u.status,
+                        "attempts": u.attempts,
+                        "error": u.error,
+                        "started_at": u.started_at,
+                        "ended_at": u.ended_at,
+                        "log": u.log,
+                    }
+                    for u in units
+                ],
+            }
+        )
+        return
+    params = " ".join(f"{k}={v}" for k, v in run.params.items())
+    lines = [
+        f"run {run.id}: {run.runbook} {params}".rstrip(),
+        f"status: {run.status}" + (f" ({run.reason})" if run.reason else ""),
+        f"started {run.started_at:%Y-%m-%d %H:%M:%S}Z by {run.started_by}"
+        + (f", incident {run.incident_id}" if run.incident_id else ""),
+    ]
+    for u in units:
+        lines.append(f"  {u.step} on {u.target}: {u.status}" + (f", {u.error}" if u.error else ""))
+        for e in u.log:
+            mark = "undo " if e.get("undo") else ""
+            result = "ok" if e["ok"] else "FAILED"
+            lines.append(f"      {mark}{e['where']} {e['detail'][:140]}  [{result}] {e['result']}")
+    console.print("\n".join(lines), markup=False, highlight=False)
+
+
+@runbook.command()
+@click.option("--service", default=None, help="Only runs that locked this service.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@config_option
+@json_option
+def history(config: Config, service: str | None, limit: int, as_json: bool) -> None:
+    """Recent runs, newest first."""
+    with database_engine(config) as db:
+        engine = _engine(config, db, as_json)
+        engine.close()
+        with engine.sessions() as s:
+            found = runs.history(s, service=service, limit=limit)
+    if as_json:
+        print_json([_run_json(r) for r in found])
+        return
+    if not found:
+        console.print("No runbook runs yet.")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "RUNBOOK", "STATUS", "SERVICES", "STARTED", "BY", "STEP / REASON"):
+        table.add_column(col, overflow="fold")
+    for r in found:
+        table.add_row(
+            str(r.id),
+            r.runbook,
+            r.status,
+            ", ".join(r.services),
+            f"{r.started_at:%Y-%m-%d %H:%M}Z",
+            r.started_by,
+            r.reason or r.step or "",
+        )
+    console.print(table)

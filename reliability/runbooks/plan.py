@@ -9,7 +9,7 @@ The load balancer's upstream is followed through the steps, starting from the se
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from reliability.config import Config, NodeConfig, ServiceConfig
@@ -35,6 +35,8 @@ from reliability.runbooks.spec import (
     When,
 )
 from reliability.runbooks.template import Kind, render
+
+LB_VERIFY = 30.0  # longest wait for the service to answer through the balancer after a switch
 
 
 class PlanError(ValueError):
@@ -71,20 +73,54 @@ class Plan:
     params: dict[str, str]
     locks: list[str]
     steps: list[PlannedStep]
+    # The pool each service serves from after a successful run, where a step switched it.
+    switches: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The plan for scripts: every operation as `Op.shown` prints it."""
+        steps = []
+        for step in self.steps:
+            shown = {f.name: getattr(step, f.name) for f in fields(step) if f.name != "units"}
+            shown["units"] = [
+                {
+                    "target": u.target,
+                    "ops": [op.shown() for op in u.ops],
+                    "undo": [op.shown() for op in u.undo],
+                }
+                for u in step.units
+            ]
+            steps.append(shown)
+        return {"runbook": self.runbook, "params": self.params, "locks": self.locks, "steps": steps}
 
 
-def make_plan(runbook: Runbook, params: dict[str, Any], config: Config) -> Plan:
-    """The plan of `runbook` with checked `params` (see params.resolve) on `config`."""
-    return _Planner(runbook, config, Scope(config, params)).plan()
+KnownGood = Callable[[ServiceConfig], "str | AtRun"]
+
+
+def unknown_image(service: ServiceConfig) -> AtRun:
+    """The known-good image as a plan shows it when the registry is not read."""
+    return AtRun(f"known-good image of {service.name}, from the images registry")
+
+
+def make_plan(
+    runbook: Runbook,
+    params: dict[str, Any],
+    config: Config,
+    *,
+    known_good: KnownGood = unknown_image,
+) -> Plan:
+    """The plan of `runbook` with checked `params` (see params.resolve) on `config`;
+    `known_good` gives a service's known-good image (a run reads the registry)."""
+    return _Planner(runbook, config, Scope(config, params), known_good).plan()
 
 
 class _Planner:
-    def __init__(self, runbook: Runbook, config: Config, scope: Scope) -> None:
+    def __init__(
+        self, runbook: Runbook, config: Config, scope: Scope, known_good: KnownGood
+    ) -> None:
         self.runbook, self.config, self.scope = runbook, config, scope
+        self.known_good = known_good
         self.locks: list[str] = []
+        self.switches: dict[str, str] = {}
         # Upstream members per service (node name -> serving), followed through the steps,
         # and as they were before each step that rewrote one (for `restore_from`).
         self.upstreams: dict[str, dict[str, bool]] = {}
@@ -93,7 +129,7 @@ class _Planner:
     def plan(self) -> Plan:
         steps = [self._step(step) for step in self.runbook.steps]
         shown = {k: as_text(v) for k, v in self.scope.values.items()}
-        return Plan(self.runbook.name, shown, self.locks, steps)
+        return Plan(self.runbook.name, shown, self.locks, steps, self.switches)
 
     def _step(self, step: AnyStep) -> PlannedStep:
         try:
@@ -172,7 +208,7 @@ class _Planner:
 
     def _image(self, template: str, service: ServiceConfig) -> str | AtRun:
         if template == KNOWN_GOOD:
-            return AtRun(f"known-good image of {service.name}, from the images registry")
+            return self.known_good(service)
         image = self._text(template, "image")
         if not DIGEST.fullmatch(image):
             raise ScopeError(f"image {image!r} is not pinned by digest (REF@sha256:…)")
@@ -193,11 +229,14 @@ class _Planner:
         units = [build(step, n, self.scope.bind("target", n)) for n in nodes]
         return replace(base, batches=batches, max_fail_percent=step.max_fail_percent, units=units)
 
+    def _command(self, where: str, template: str, scope: Scope, changes: bool = True) -> Op:
+        return Op(where, "run", self._text(template, "shell", scope), changes=changes)
+
     def _ssh(self, step: SshStep, node: NodeConfig, scope: Scope) -> Unit:
-        run = [Op(node.name, "run", self._text(step.args.command, "shell", scope))]
+        run = [self._command(node.name, step.args.command, scope, step.args.changes)]
         undo = []
         if isinstance(step.undo, UndoCommand):
-            undo = [Op(node.name, "run", self._text(step.undo.command, "shell", scope))]
+            undo = [self._command(node.name, step.undo.command, scope)]
         return Unit(node.name, run, undo)
 
     def _ready(self, step: ReadyStep, node: NodeConfig, scope: Scope) -> Unit:
@@ -211,10 +250,12 @@ class _Planner:
             raise ScopeError(f"{node.name} is not in the upstream of {service.name}")
         members[node.name] = False
         wait = ops.seconds(step.args.wait)
+        base = f"http://{ops.host_port(node.address, service.port)}"
         waiting = Op(
             LOCAL,
             "wait",
             f"until {node.name} has no in-flight or streaming request, at most {wait}",
+            check=ops.Drained(base, step.args.wait),
         )
         unit = self._lb_unit(step, service, [waiting], scope)
         return Unit(node.name, unit.ops, unit.undo)
@@ -224,19 +265,21 @@ class _Planner:
         service = self._service(args.service, scope)
         pool = self._text(args.pool, "name", scope) if args.pool else node.pool
         image = self._image(args.image, service)
-        run = ops.deploy_ops(node, service, pool, image)
+        saved = ops.image_key(step.id, node.name)
+        run = ops.deploy_ops(node, service, pool, image, saves=saved)
         ready = ops.ready_ops(node, service, args.ttft, args.within) if args.verify else []
         if isinstance(step.undo, UndoCommand):
-            undo = [Op(node.name, "run", self._text(step.undo.command, "shell", scope))]
+            undo = [self._command(node.name, step.undo.command, scope)]
         else:
-            undo = ops.redeploy_ops(node, service, pool) + ready
+            undo = ops.redeploy_ops(node, service, pool, saved, ttft=args.ttft, within=args.within)
         return Unit(node.name, run + ready, undo)
 
     def _record(self, step: RecordDeployStep, node: NodeConfig, scope: Scope) -> Unit:
         service = self._service(step.args.service, scope)
         image = self._image(step.args.image, service)
         detail = f"deploy of {image} for {service.name} on {node.name}, into the images registry"
-        return Unit(node.name, [Op(LOCAL, "record", detail)], [])
+        record = ops.Record(service.name, node.name, image)
+        return Unit(node.name, [Op(LOCAL, "record", detail, check=record)], [])
 
     # --- steps that run once -------------------------------------------------------------
     def _single(self, step: AnyStep) -> list[Unit]:
@@ -246,10 +289,16 @@ class _Planner:
             return [Unit(LOCAL, self._http(step), [])]
         if isinstance(step, ConfirmStep):
             prompt = self._text(step.args.prompt, "text")
-            return [Unit(LOCAL, [Op(LOCAL, "confirm", prompt, note="stops unless approved")], [])]
+            confirm = Op(
+                LOCAL, "confirm", prompt, note="stops unless approved", check=ops.Confirm(prompt)
+            )
+            return [Unit(LOCAL, [confirm], [])]
         assert isinstance(step, NotifyStep)
         text = self._text(step.args.text, "text")
-        return [Unit(LOCAL, [Op(LOCAL, "notify", text, note="the incident's Slack thread")], [])]
+        notify = Op(
+            LOCAL, "notify", text, note="the incident's Slack thread", check=ops.Notify(text)
+        )
+        return [Unit(LOCAL, [notify], [])]
 
     def _http(self, step: HttpCheckStep) -> list[Op]:
         a = step.args
@@ -257,11 +306,13 @@ class _Planner:
         if not url.startswith(("http://", "https://")):
             raise ScopeError(f"url {url!r} does not start with http:// or https://")
         body = f" with {a.expect_body!r} in the body" if a.expect_body else ""
+        wait = ops.HttpWait(url, a.within, a.method, a.expect_status, a.expect_body, a.interval)
         checks = [
             Op(
                 LOCAL,
                 "http",
                 f"{a.method} {url} until {a.expect_status}{body}, within {ops.seconds(a.within)}",
+                check=wait,
             )
         ]
         if a.soak:
@@ -272,6 +323,15 @@ class _Planner:
                     f"{a.method} {url} every {ops.seconds(a.interval)} for "
                     f"{ops.seconds(a.soak)}; fails above {a.max_error_ratio:.0%} errors",
                     note="a failure undoes the run, newest step first",
+                    check=ops.HttpSoak(
+                        url,
+                        a.soak,
+                        a.interval,
+                        a.max_error_ratio,
+                        a.method,
+                        a.expect_status,
+                        a.expect_body,
+                    ),
                 )
             )
         return checks
@@ -286,6 +346,7 @@ class _Planner:
                 raise ScopeError(f"{pool!r} is not a pool of {service.name} ({service.pools})")
             members.clear()
             members.update((n.name, True) for n in self.config.nodes if n.pool == pool)
+            self.switches[service.name] = pool
         elif args.add is not None:
             members.update((n.name, True) for n in self._group(args.add))
         else:
@@ -300,11 +361,12 @@ class _Planner:
         lb, node = load_balancer(service), lb_node(self.config, service).name
         members = [(self.config.node(n), up) for n, up in self.upstreams[service.name].items()]
         content = ops.upstream_text(lb, service, members)
-        run = ops.lb_write_ops(node, lb, content, verify=isinstance(step, LbSetPoolStep))
-        run += after
-        undo = ops.lb_restore_ops(node, lb, f"upstream file saved before step {step.id}")
+        key = ops.upstream_key(step.id)
+        verify = min(step.timeout, LB_VERIFY) if isinstance(step, LbSetPoolStep) else None
+        run = ops.lb_write_ops(node, lb, content, saves=key, verify=verify) + after
+        undo = ops.lb_restore_ops(node, lb, _saved_upstream(step.id))
         if isinstance(step.undo, UndoCommand):
-            undo = [Op(node, "run", self._text(step.undo.command, "shell", scope))]
+            undo = [self._command(node, step.undo.command, scope)]
         return Unit(node, run, undo)
 
     def _lb_restore(self, step: LbSetPoolStep, service: ServiceConfig, earlier: str) -> Unit:
@@ -314,7 +376,13 @@ class _Planner:
         if name != service.name:
             raise ScopeError(f"step {earlier} rewrote the upstream of {name}, not {service.name}")
         self.upstreams[service.name] = dict(members)
-        save = Op(node, "run", ops.command(["cat", lb.upstream_file]), note="saved for undo")
-        run = ops.lb_restore_ops(node, lb, f"upstream file saved before step {earlier}")
-        undo = ops.lb_restore_ops(node, lb, f"upstream file saved before step {step.id}")
+        self.switches.pop(service.name, None)
+        key = ops.upstream_key(step.id)
+        save = ops.run_op(node, ["cat", lb.upstream_file], note="saved for undo", saves=key)
+        run = ops.lb_restore_ops(node, lb, _saved_upstream(earlier))
+        undo = ops.lb_restore_ops(node, lb, _saved_upstream(step.id))
         return Unit(node, [save, *run], undo)
+
+
+def _saved_upstream(step_id: str) -> AtRun:
+    return AtRun(f"upstream file saved before step {step_id}", ops.upstream_key(step_id))

@@ -140,7 +140,7 @@ def test_upstream_failover_goes_local_then_restores_the_file_after_recovery(exam
     )
     back = next(s for s in plan.steps if s.id == "back").units[0]
     assert back.target == "lb-1"
-    assert back.ops[1].stdin == "<upstream file saved before step to-local>"
+    assert str(back.ops[1].stdin) == "<upstream file saved before step to-local>"
 
 
 def test_a_target_group_that_selects_nothing_is_a_plan_error(example):

@@ -1,0 +1,513 @@
+"""The runbook engine: performs a plan, step by step and target by target, under a lock per
+service, recording every operation; on a failed step, or when told to stop, it undoes what
+the run changed, newest first.
+
+    plan (plan.py) ──▶ Engine.run ──▶ per step: batches of units in parallel
+                                        unit: its operations in order (actions.py),
+                                        retried with backoff within the step's timeout
+                          failure/stop ─▶ undo: the units' recorded undo operations,
+                                        newest first, values read during the run filled in
+
+Every unit's row is written before its first change goes out, with the operations that
+reverse it, so `undo RUN_ID` works from the rows alone after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from reliability.config import Config
+from reliability.images import service as images
+from reliability.incidents import service as incidents
+from reliability.runbooks import ops
+from reliability.runbooks import params as params_mod
+from reliability.runbooks import service as runs
+from reliability.runbooks.actions import Actions, Outcome, Redactor, resolved
+from reliability.runbooks.models import RunStatus, UnitStatus
+from reliability.runbooks.ops import CHECKS, LOCAL, Op
+from reliability.runbooks.plan import Plan, PlannedStep, Unit, make_plan
+from reliability.runbooks.spec import Runbook
+from reliability.ssh import SshPool, target_for
+
+log = logging.getLogger(__name__)
+HEARTBEAT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    run_id: int
+    status: RunStatus
+    reason: str | None
+
+
+class Progress:
+    """What a run tells whoever watches it; the CLI prints it, the daemon posts the start,
+    a failure and the end to the incident's Slack thread. Every method may be left as is."""
+
+    def started(self, run_id: int, plan: Plan) -> None: ...
+
+    def step(self, index: int, step: PlannedStep) -> None: ...
+
+    def op(self, target: str, op: Op, outcome: Outcome) -> None: ...
+
+    def unit(self, step: PlannedStep, target: str, ok: bool, text: str) -> None: ...
+
+    def undoing(self, reason: str) -> None: ...
+
+    def finished(self, result: RunResult) -> None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def live_config(config: Config, session: Session) -> Config:
+    """The config with each service's `active_pool` as the last run that switched it left
+    it: what `{service.active_pool}` means now."""
+    pools = runs.active_pools(session)
+    services = [
+        s.model_copy(update={"active_pool": pools[s.name]})
+        if s.name in pools and pools[s.name] in s.pools
+        else s
+        for s in config.services
+    ]
+    return config.model_copy(update={"services": services})
+
+
+class Engine:
+    """Runs runbooks against `config`'s nodes, recording into the database of `db`."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: sa.Engine,
+        *,
+        progress: Progress | None = None,
+        confirm: Callable[[str], bool] | None = None,
+        ssh: SshPool | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.config = config
+        self.sessions = sessionmaker(db, expire_on_commit=False)
+        self.progress = progress or Progress()
+        self.stop = stop or threading.Event()
+        self._own_ssh = ssh is None
+        self.ssh = ssh or SshPool()
+        self.redact = Redactor(config.secret_values())
+        self._run_id = 0
+        self._incident_id: int | None = None
+        self._runbook = ""
+        self.actions = Actions(
+            self.ssh,
+            {n.name: target_for(config, n) for n in config.nodes},
+            redact=self.redact,
+            confirm=confirm or _refuse,
+            notify=self._notify,
+            record=self._record,
+            stop=self.stop,
+        )
+
+    def close(self) -> None:
+        self.actions.close()
+        if self._own_ssh:
+            self.ssh.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self.sessions.begin() as session:
+            yield session
+
+    def recover(self) -> list[runs.Interrupted]:
+        """Find runs a dead process left `running`; mark them interrupted, free their locks."""
+        with self._tx() as s:
+            found = runs.recover_interrupted(s, _now())
+        for run in found:
+            log.warning(
+                "runbook run %d (%s) was interrupted: %s", run.run_id, run.runbook, run.reason
+            )
+        return found
+
+    # --- entry points ----------------------------------------------------------------------
+    def plan(self, runbook: Runbook, values: dict[str, Any]) -> Plan:
+        """The plan a run would perform now: live pools, the registry's known-good image."""
+        with self._tx() as s:
+            config = live_config(self.config, s)
+
+            def known_good(service: Any) -> str:
+                try:
+                    return images.known_good(s, service)
+                except images.NoKnownGood as exc:
+                    raise params_mod.ParamError([str(exc)]) from None
+
+            return make_plan(runbook, values, config, known_good=known_good)
+
+    def run(
+        self,
+        runbook: Runbook,
+        values: dict[str, Any],
+        *,
+        actor: str,
+        incident_id: int | None = None,
+        plan: Plan | None = None,
+    ) -> RunResult:
+        """Lock, perform, record; Locked if a service is held by another live run."""
+        self.recover()
+        plan = plan or self.plan(runbook, values)
+        with self._tx() as s:
+            run = runs.create_run(
+                s,
+                runbook=runbook.name,
+                params=plan.params,
+                services=plan.locks,
+                started_by=actor,
+                incident_id=incident_id,
+                now=_now(),
+            )
+            run_id = run.id
+        self._lock(run_id, plan.locks)
+        return self._perform(run_id, runbook.name, incident_id, plan, 0, {})
+
+    def resume(self, runbook: Runbook, run_id: int) -> RunResult:
+        """Complete an interrupted run: from the step it reached, with what it had read."""
+        self.recover()
+        with self._tx() as s:
+            run = runs.get_run(s, run_id)
+            if run.status != RunStatus.interrupted:
+                raise runs.Locked(f"run {run_id} is {run.status}; only an interrupted run resumes")
+            values = params_mod.resolve(runbook, run.params, self.config)
+            reached, incident_id, services = run.step, run.incident_id, list(run.services)
+            saved = runs.saved_values(s, run_id)
+        plan = self.plan(runbook, values)
+        self._lock(run_id, services, take_over=True)
+        start = next((i for i, st in enumerate(plan.steps) if st.id == reached), 0)
+        return self._perform(run_id, runbook.name, incident_id, plan, start, saved)
+
+    def undo(self, run_id: int) -> RunResult:
+        """Reverse what an interrupted run (or one whose undo failed) changed."""
+        self.recover()
+        with self._tx() as s:
+            run = runs.get_run(s, run_id)
+            if run.status not in (RunStatus.interrupted, RunStatus.undo_failed):
+                raise runs.Locked(
+                    f"run {run_id} is {run.status}; only an interrupted run, or one whose "
+                    "undo failed, is undone this way"
+                )
+            services, self._incident_id, self._runbook = (
+                list(run.services),
+                run.incident_id,
+                run.runbook,
+            )
+        self._run_id = run_id
+        self._lock(run_id, services, take_over=True)
+        errors = self._undo_all(run_id, "asked to undo")
+        status = RunStatus.undo_failed if errors else RunStatus.undone
+        return self._finish(run_id, status, "; ".join(errors) or "undone on request")
+
+    # --- the run ----------------------------------------------------------------------------
+    def _lock(self, run_id: int, services: list[str], *, take_over: bool = False) -> None:
+        try:
+            with self._tx() as s:
+                if take_over:
+                    runs.take_over(s, runs.get_run(s, run_id), _now())
+                runs.acquire_locks(s, runs.get_run(s, run_id), services, _now())
+        except (runs.Locked, sa.exc.IntegrityError) as exc:
+            reason = str(exc) if isinstance(exc, runs.Locked) else "a lock was taken meanwhile"
+            with self._tx() as s:
+                status = RunStatus.interrupted if take_over else RunStatus.failed
+                runs.finish_run(s, run_id, status, f"not started: {reason}", _now())
+            raise runs.Locked(reason) from None
+
+    def _perform(
+        self,
+        run_id: int,
+        name: str,
+        incident_id: int | None,
+        plan: Plan,
+        start: int,
+        values: dict[str, str],
+    ) -> RunResult:
+        self._run_id, self._incident_id, self._runbook = run_id, incident_id, name
+        beat = threading.Event()
+        beater = threading.Thread(target=self._beat, args=(run_id, beat), daemon=True)
+        beater.start()
+        try:
+            self.progress.started(run_id, plan)
+            status, reason = self._steps(run_id, plan, start, values)
+            if status == RunStatus.succeeded:
+                return self._succeed(run_id, plan)
+            self.progress.undoing(reason)
+            errors = self._undo_all(run_id, reason)
+            if errors:
+                reason += "; undo failed: " + "; ".join(errors)
+                status = RunStatus.undo_failed
+            else:
+                reason += "; everything it changed was put back"
+            return self._finish(run_id, status, reason)
+        finally:
+            beat.set()
+            beater.join()
+
+    def _beat(self, run_id: int, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT):
+            try:
+                with self._tx() as s:
+                    runs.heartbeat(s, run_id, _now())
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("run %d: heartbeat not recorded: %s", run_id, exc)
+
+    def _steps(
+        self, run_id: int, plan: Plan, start: int, values: dict[str, str]
+    ) -> tuple[RunStatus, str]:
+        for index in range(start, len(plan.steps)):
+            step = plan.steps[index]
+            if self.stop.is_set():
+                return RunStatus.aborted, f"stopped before step {step.id}"
+            with self._tx() as s:
+                runs.heartbeat(s, run_id, _now(), step=step.id)
+            self.progress.step(index, step)
+            if step.skipped:
+                with self._tx() as s:
+                    unit_id = runs.start_unit(
+                        s,
+                        run_id=run_id,
+                        index=index,
+                        step=step.id,
+                        action=step.action,
+                        target=LOCAL,
+                        now=_now(),
+                    )
+                    runs.update_unit(
+                        s, unit_id, status=UnitStatus.skipped, error=step.skipped, ended_at=_now()
+                    )
+                continue
+            failure = self._step(run_id, index, step, values)
+            if failure:
+                return RunStatus.failed, f"step {step.id} failed: {failure}"
+            if self.stop.is_set():
+                return RunStatus.aborted, f"stopped during step {step.id} (it completed)"
+        return RunStatus.succeeded, ""
+
+    def _step(self, run_id: int, index: int, step: PlannedStep, values: dict[str, str]) -> str:
+        """'' when the step succeeded, else why it failed."""
+        by_target = {u.target: u for u in step.units}
+        batches = step.batches or [[u.target for u in step.units]]
+        total, errors = len(step.units), []
+        for batch in batches:
+            units = [by_target[t] for t in batch]
+            if len(units) == 1:
+                results = [self._unit(run_id, index, step, units[0], values)]
+            else:
+                with ThreadPoolExecutor(len(units), thread_name_prefix="runbook") as pool:
+                    results = list(
+                        pool.map(lambda u: self._unit(run_id, index, step, u, values), units)
+                    )
+            errors += [f"{u.target}: {e}" for u, e in zip(units, results, strict=True) if e]
+            if len(errors) * 100 > step.max_fail_percent * total:
+                shown = "; ".join(errors[:3]) + (
+                    f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+                )
+                return f"{len(errors)} of {total} targets failed: {shown}" if total > 1 else shown
+            if self.stop.is_set():
+                break
+        return ""
+
+    def _unit(
+        self, run_id: int, index: int, step: PlannedStep, unit: Unit, values: dict[str, str]
+    ) -> str:
+        """Perform one unit with retries; '' on success, else the last error."""
+        with self._tx() as s:
+            unit_id = runs.start_unit(
+                s,
+                run_id=run_id,
+                index=index,
+                step=step.id,
+                action=step.action,
+                target=unit.target,
+                now=_now(),
+            )
+        entries: list[dict[str, Any]] = []
+        changed, error, attempt = False, "", 0
+        for attempt in range(1, step.retries + 2):
+            deadline = time.monotonic() + step.timeout
+            error = ""
+            for op in unit.ops:
+                if op.needs is not None and op.needs not in values:
+                    continue
+                if op.changes and not changed:
+                    changed = True
+                    self._save_undo(unit_id, step, unit, values)
+                outcome = self.actions.perform(op, values, deadline)
+                entries.append(self._entry(op, values, outcome, attempt))
+                self.progress.op(unit.target, op, outcome)
+                with self._tx() as s:
+                    runs.update_unit(s, unit_id, log=list(entries), attempts=attempt)
+                if not outcome.ok:
+                    error = outcome.text
+                    break
+                if time.monotonic() > deadline:
+                    error = f"timed out after {ops.seconds(step.timeout)}"
+                    break
+            if not error or attempt > step.retries or self.stop.is_set():
+                break
+            if self.stop.wait(step.backoff * 2 ** (attempt - 1)):
+                break
+        if changed:
+            self._save_undo(unit_id, step, unit, values)
+        with self._tx() as s:
+            runs.update_unit(
+                s,
+                unit_id,
+                status=UnitStatus.failed if error else UnitStatus.ok,
+                error=self.redact(error) or None,
+                ended_at=_now(),
+                attempts=attempt,
+            )
+        last = entries[-1]["result"] if entries else "nothing to do"
+        self.progress.unit(step, unit.target, not error, error or last)
+        return error
+
+    def _entry(
+        self, op: Op, values: MutableMapping[str, str], outcome: Outcome, attempt: int
+    ) -> dict[str, Any]:
+        sent = resolved(op, values)
+        return {
+            "at": _now().isoformat(),
+            "where": op.where,
+            "kind": op.kind,
+            "detail": self.redact(sent.detail if sent else op.detail),
+            "attempt": attempt,
+            "ok": outcome.ok,
+            "exit_status": outcome.exit_status,
+            "result": self.redact(outcome.text),
+            "output": outcome.output,
+            "seconds": round(outcome.seconds, 3),
+        }
+
+    def _save_undo(
+        self, unit_id: int, step: PlannedStep, unit: Unit, values: MutableMapping[str, str]
+    ) -> None:
+        """Record what reverses the unit, with the values read so far filled in."""
+        undo_ops = [op for op in (resolved(o, values) for o in unit.undo) if op is not None]
+        mine = {op.saves: values[op.saves] for op in unit.ops if op.saves and op.saves in values}
+        record = {
+            "ops": [_dump(op) for op in undo_ops],
+            "values": mine,
+            "timeout": step.timeout,
+        }
+        with self._tx() as s:
+            runs.update_unit(s, unit_id, undo=record)
+
+    # --- undo --------------------------------------------------------------------------------
+    def _undo_all(self, run_id: int, reason: str) -> list[str]:
+        """Undo every unit that changed something, newest first; the errors, if any."""
+        with self._tx() as s:
+            todo = [
+                (u.id, u.step, u.target, u.undo or {}, list(u.log)) for u in runs.to_undo(s, run_id)
+            ]
+        errors = []
+        for unit_id, step, target, record, entries in todo:
+            deadline = time.monotonic() + float(record.get("timeout", 60.0))
+            error = ""
+            for op in (_load(d) for d in record.get("ops", [])):
+                outcome = self.actions.perform(op, {}, deadline)
+                entry = self._entry(op, {}, outcome, 0)
+                entries.append({**entry, "undo": True})
+                self.progress.op(target, op, outcome)
+                if not outcome.ok:
+                    error = outcome.text
+                    break
+            status = UnitStatus.undo_failed if error else UnitStatus.undone
+            with self._tx() as s:
+                runs.update_unit(s, unit_id, status=status, log=entries)
+            self.progress.unit(
+                PlannedStep(step, "undo", "", 0, 0, 0), target, not error, error or "put back"
+            )
+            if error:
+                errors.append(f"undo of {step} on {target}: {error}")
+        return errors
+
+    # --- endings ----------------------------------------------------------------------------
+    def _succeed(self, run_id: int, plan: Plan) -> RunResult:
+        with self._tx() as s:
+            for service, pool in plan.switches.items():
+                runs.set_pool(s, service, pool, run_id, _now())
+        return self._finish(run_id, RunStatus.succeeded, None)
+
+    def _finish(self, run_id: int, status: RunStatus, reason: str | None) -> RunResult:
+        with self._tx() as s:
+            runs.finish_run(s, run_id, status, reason and self.redact(reason), _now())
+        result = RunResult(run_id, status, reason)
+        self.progress.finished(result)
+        return result
+
+    # --- callbacks for actions ---------------------------------------------------------------
+    def _notify(self, text: str) -> str:
+        if self._incident_id is None:
+            return f"no incident to post to: {text}"
+        with self._tx() as s:
+            incidents.add_note(
+                s,
+                incident_id=self._incident_id,
+                by=f"runbook {self._runbook} (run {self._run_id})",
+                text=text,
+            )
+        return f"posted to incident {self._incident_id}: {text}"
+
+    def _record(self, check: ops.Record, values: MutableMapping[str, str]) -> str:
+        image = str(check.image)
+        with self._tx() as s:
+            images.record_deploy(
+                s,
+                service=check.service,
+                node=check.node,
+                image=image,
+                at=_now(),
+                run_id=self._run_id,
+            )
+        return f"recorded {image} on {check.node}"
+
+
+def _refuse(prompt: str) -> bool:
+    log.warning("confirm step refused, no one to ask: %s", prompt)
+    return False
+
+
+def _dump(op: Op) -> dict[str, Any]:
+    check = op.check
+    return {
+        "where": op.where,
+        "kind": op.kind,
+        "detail": op.detail,
+        "stdin": op.stdin if isinstance(op.stdin, str) else None,
+        "note": op.note,
+        "check": None
+        if check is None
+        else {"type": type(check).__name__, **dataclasses.asdict(check)},
+    }
+
+
+def _load(data: dict[str, Any]) -> Op:
+    check = data.get("check")
+    if check is not None:
+        fields = dict(check)
+        check = CHECKS[fields.pop("type")](**fields)
+    return Op(
+        data["where"],
+        data["kind"],
+        data["detail"],
+        stdin=data.get("stdin"),
+        note=data.get("note", ""),
+        check=check,
+    )

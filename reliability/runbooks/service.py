@@ -1,0 +1,249 @@
+"""Database work of runbook runs: create and end runs, per-service locks, the audit rows of
+each unit, heartbeats, and finding runs a dead process left `running`.
+
+Each function takes the caller's session and commits nothing; the engine writes in short
+transactions of its own so a crash loses at most the operation in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from reliability.runbooks.models import (
+    RunbookLock,
+    RunbookRun,
+    RunbookStep,
+    RunStatus,
+    ServicePool,
+    UnitStatus,
+)
+
+# A run whose heartbeat is older than this is taken for dead, wherever it ran.
+STALE_AFTER = timedelta(seconds=60)
+HOST = socket.gethostname()
+
+
+class Locked(Exception):
+    """Another run holds a service this run needs."""
+
+
+class NoSuchRun(LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    run_id: int
+    runbook: str
+    step: str | None
+    reason: str
+
+
+def create_run(
+    session: Session,
+    *,
+    runbook: str,
+    params: dict[str, str],
+    services: Sequence[str],
+    started_by: str,
+    incident_id: int | None,
+    now: datetime,
+) -> RunbookRun:
+    run = RunbookRun(
+        runbook=runbook,
+        params=params,
+        services=list(services),
+        status=RunStatus.running,
+        started_by=started_by,
+        incident_id=incident_id,
+        host=HOST,
+        pid=os.getpid(),
+        heartbeat_at=now,
+        started_at=now,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def take_over(session: Session, run: RunbookRun, now: datetime) -> None:
+    """This process now runs `run` (resume, undo): its heartbeat is ours."""
+    run.host, run.pid, run.heartbeat_at = HOST, os.getpid(), now
+    run.status, run.ended_at = RunStatus.running, None
+
+
+def acquire_locks(
+    session: Session, run: RunbookRun, services: Sequence[str], now: datetime
+) -> None:
+    """Lock every service of the run, or raise Locked naming the run that holds one. A lock
+    whose run ended or died is taken over."""
+    for service in sorted(set(services)):
+        held = session.get(RunbookLock, service, with_for_update=True)
+        if held is not None and held.run_id != run.id:
+            holder = session.get(RunbookRun, held.run_id)
+            if holder is not None and holder.status == RunStatus.running and not _dead(holder, now):
+                raise Locked(
+                    f"service {service} is locked by run {holder.id} ({holder.runbook}, "
+                    f"started by {holder.started_by} at {holder.started_at:%H:%M:%SZ}, "
+                    f"now at step {holder.step or 'start'})"
+                )
+            session.delete(held)
+            session.flush()
+        if held is None or held.run_id != run.id:
+            session.add(RunbookLock(service=service, run_id=run.id, acquired_at=now))
+            session.flush()
+
+
+def release_locks(session: Session, run_id: int) -> None:
+    session.execute(sa.delete(RunbookLock).where(RunbookLock.run_id == run_id))
+
+
+def heartbeat(session: Session, run_id: int, now: datetime, step: str | None = None) -> None:
+    values: dict[str, Any] = {"heartbeat_at": now}
+    if step is not None:
+        values["step"] = step
+    session.execute(sa.update(RunbookRun).where(RunbookRun.id == run_id).values(**values))
+
+
+def finish_run(
+    session: Session, run_id: int, status: RunStatus, reason: str | None, now: datetime
+) -> None:
+    session.execute(
+        sa.update(RunbookRun)
+        .where(RunbookRun.id == run_id)
+        .values(status=status, reason=reason, ended_at=now, heartbeat_at=now)
+    )
+    release_locks(session, run_id)
+
+
+def start_unit(
+    session: Session, *, run_id: int, index: int, step: str, action: str, target: str, now: datetime
+) -> int:
+    unit = RunbookStep(
+        run_id=run_id,
+        step=step,
+        step_index=index,
+        action=action,
+        target=target,
+        status=UnitStatus.running,
+        started_at=now,
+        log=[],
+    )
+    session.add(unit)
+    session.flush()
+    return unit.id
+
+
+def update_unit(session: Session, unit_id: int, **values: Any) -> None:
+    session.execute(sa.update(RunbookStep).where(RunbookStep.id == unit_id).values(**values))
+
+
+def get_run(session: Session, run_id: int) -> RunbookRun:
+    run = session.get(RunbookRun, run_id)
+    if run is None:
+        raise NoSuchRun(f"no runbook run {run_id}")
+    return run
+
+
+def units(session: Session, run_id: int) -> list[RunbookStep]:
+    return list(
+        session.scalars(
+            sa.select(RunbookStep).where(RunbookStep.run_id == run_id).order_by(RunbookStep.id)
+        )
+    )
+
+
+def to_undo(session: Session, run_id: int) -> list[RunbookStep]:
+    """The units of a run that changed something not yet put back, newest first."""
+    return list(
+        session.scalars(
+            sa.select(RunbookStep)
+            .where(
+                RunbookStep.run_id == run_id,
+                RunbookStep.undo.is_not(None),
+                RunbookStep.status.not_in([UnitStatus.undone, UnitStatus.skipped]),
+            )
+            .order_by(RunbookStep.id.desc())
+        )
+    )
+
+
+def saved_values(session: Session, run_id: int) -> dict[str, str]:
+    """What the run's operations read for later steps (the upstream file before a switch)."""
+    values: dict[str, str] = {}
+    for unit in units(session, run_id):
+        values.update((unit.undo or {}).get("values", {}))
+    return values
+
+
+def history(session: Session, *, service: str | None = None, limit: int = 20) -> list[RunbookRun]:
+    runs = session.scalars(sa.select(RunbookRun).order_by(RunbookRun.id.desc()))
+    picked = [r for r in runs if service is None or service in r.services]
+    return picked[:limit]
+
+
+def active_pools(session: Session) -> dict[str, str]:
+    """The pool each service serves from, where a run switched it."""
+    rows = session.execute(sa.select(ServicePool.service, ServicePool.pool))
+    return {service: pool for service, pool in rows}
+
+
+def set_pool(session: Session, service: str, pool: str, run_id: int, now: datetime) -> None:
+    row = session.get(ServicePool, service)
+    if row is None:
+        session.add(ServicePool(service=service, pool=pool, run_id=run_id, changed_at=now))
+    else:
+        row.pool, row.run_id, row.changed_at = pool, run_id, now
+
+
+def recover_interrupted(session: Session, now: datetime) -> list[Interrupted]:
+    """Mark runs left `running` by a process that is gone `interrupted`, release their
+    locks, and say what each reached."""
+    found = []
+    running = session.scalars(sa.select(RunbookRun).where(RunbookRun.status == RunStatus.running))
+    for run in running:
+        if not _dead(run, now):
+            continue
+        reason = (
+            f"the process running it (pid {run.pid} on {run.host}) stopped during step "
+            f"{run.step or 'start'}; `reliability runbook resume {run.id}` completes it, "
+            f"`reliability runbook undo {run.id}` reverses it"
+        )
+        run.status, run.reason, run.ended_at = RunStatus.interrupted, reason, now
+        release_locks(session, run.id)
+        found.append(Interrupted(run.id, run.runbook, run.step, reason))
+    session.flush()
+    return found
+
+
+def _dead(run: RunbookRun, now: datetime) -> bool:
+    if run.host == HOST and run.pid != os.getpid() and not _alive(run.pid):
+        return True
+    return now - run.heartbeat_at > STALE_AFTER
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _state(pid) != "Z"
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (Z: a zombie, dead but not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"

@@ -1,0 +1,218 @@
+"""The engine over real SSH on the rig's nodes: what a run changes, records and undoes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from reliability import db
+from reliability.config import Config
+from reliability.config_load import load
+from reliability.runbooks import params as params_mod
+from reliability.runbooks import service as runs
+from reliability.runbooks.engine import Engine
+from reliability.runbooks.load import load_runbooks
+from reliability.runbooks.models import RunbookLock, RunStatus, UnitStatus
+from reliability.testing.fleet import Fleet
+
+MARKS = """
+description: Write a mark on each blue node, then optionally fail.
+params:
+  text:
+    type: string
+    pattern: ".*"
+  fail:
+    type: choice
+    choices: ["yes", "no"]
+    default: "no"
+targets:
+  blue:
+    pool: blue
+steps:
+  - id: mark
+    action: ssh
+    nodes: blue
+    args:
+      command: printf %s {text} > {dir}/{target}.mark
+      changes: true
+    undo:
+      command: rm -f {dir}/{target}.mark
+  - id: second
+    action: ssh
+    nodes: blue
+    args:
+      command: touch {dir}/{target}.second
+      changes: true
+    undo:
+      command: rm -f {dir}/{target}.second
+  - id: boom
+    action: ssh
+    when:
+      value: "{fail}"
+      equals: "yes"
+    nodes: blue
+    args:
+      command: echo broken >&2; exit 3
+"""
+
+
+@pytest.fixture
+def shared_dir(rig: Fleet) -> Iterator[Path]:
+    """A directory the rig's login user can write, as the nodes' 'disk'."""
+    directory = Path(tempfile.mkdtemp(dir=rig.dir))
+    directory.chmod(0o777)
+    yield directory
+    shutil.rmtree(directory)
+
+
+@pytest.fixture
+def rig_config(rig: Fleet, tmp_path: Path, shared_dir: Path) -> Config:
+    books = tmp_path / "runbooks"
+    books.mkdir()
+    text = MARKS.replace("{dir}", str(shared_dir))
+    (books / "marks.yaml").write_text(textwrap.dedent(text).lstrip())
+    config = {**rig.config_sections(), "runbooks_dir": str(books)}
+    path = tmp_path / "reliability.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return load(path)
+
+
+@pytest.fixture
+def run_marks(rig_config: Config, engine: sa.Engine) -> Callable[..., tuple[int, Engine]]:
+    made: list[Engine] = []
+
+    def run(**given: str) -> tuple[int, Engine]:
+        book = load_runbooks(rig_config)["marks"]
+        values = params_mod.resolve(book, given, rig_config)
+        runner = Engine(rig_config, engine)
+        made.append(runner)
+        result = runner.run(book, values, actor="test")
+        return result.run_id, runner
+
+    yield run
+    for runner in made:
+        runner.close()
+
+
+def _blue(rig: Fleet) -> list[str]:
+    return [n.name for n in rig.nodes if n.pool == "blue"]
+
+
+def test_a_run_changes_every_target_and_records_each_command(
+    rig: Fleet, run_marks: Callable[..., tuple[int, Engine]], shared_dir: Path, engine: sa.Engine
+) -> None:
+    run_id, _ = run_marks(text="hello world")
+
+    for name in _blue(rig):
+        assert (shared_dir / f"{name}.mark").read_text() == "hello world"
+    with db.session_factory(engine)() as s:
+        run = runs.get_run(s, run_id)
+        units = runs.units(s, run_id)
+        assert run.status == RunStatus.succeeded and run.ended_at is not None
+        assert not s.scalars(sa.select(RunbookLock)).all()
+    marks = [u for u in units if u.step == "mark"]
+    assert sorted(u.target for u in marks) == sorted(_blue(rig))
+    entry = marks[0].log[0]
+    assert entry["exit_status"] == 0 and entry["ok"]
+    assert entry["detail"] == f"printf %s 'hello world' > {shared_dir}/{marks[0].target}.mark"
+    assert [u.status for u in units if u.step == "boom"] == [UnitStatus.skipped]
+
+
+def test_a_failed_step_undoes_the_run_newest_first_and_says_why(
+    rig: Fleet, run_marks: Callable[..., tuple[int, Engine]], shared_dir: Path, engine: sa.Engine
+) -> None:
+    run_id, _ = run_marks(text="x", fail="yes")
+
+    assert list(shared_dir.iterdir()) == []  # both changing steps were put back
+    with db.session_factory(engine)() as s:
+        run = runs.get_run(s, run_id)
+        units = runs.units(s, run_id)
+    assert run.status == RunStatus.failed
+    assert "step boom failed" in (run.reason or "") and "exit 3: broken" in (run.reason or "")
+    assert "put back" in (run.reason or "")
+    undone = [u for u in units if u.status == UnitStatus.undone]
+    assert {u.step for u in undone} == {"mark", "second"}
+    # Newest first: every `second` was undone before any `mark`.
+    undo_at = {
+        step: [e["at"] for u in undone if u.step == step for e in u.log if e.get("undo")]
+        for step in ("mark", "second")
+    }
+    assert len(undo_at["second"]) == len(undo_at["mark"]) == len(_blue(rig))
+    assert max(undo_at["second"]) <= min(undo_at["mark"])
+
+
+def test_shell_metacharacters_in_a_parameter_arrive_as_one_literal_word(
+    rig: Fleet, run_marks: Callable[..., tuple[int, Engine]], shared_dir: Path
+) -> None:
+    elsewhere = Path(tempfile.mkdtemp(dir=rig.dir))
+    elsewhere.chmod(0o777)  # the login user could make the canary here
+    canary = elsewhere / "canary"
+    hostile = f"; rm -rf {shared_dir} ; $(touch {canary}) `touch {canary}` && echo pwned"
+
+    run_marks(text=hostile)
+
+    for name in _blue(rig):
+        assert (shared_dir / f"{name}.mark").read_text() == hostile
+    assert not canary.exists()
+
+
+def test_a_service_lock_held_by_a_live_run_refuses_a_second_run(engine: sa.Engine) -> None:
+    now = datetime.now(UTC)
+    with db.session_factory(engine).begin() as s:
+        first = runs.create_run(
+            s,
+            runbook="a",
+            params={},
+            services=["chat"],
+            started_by="alice",
+            incident_id=None,
+            now=now,
+        )
+        runs.acquire_locks(s, first, ["chat"], now)
+        second = runs.create_run(
+            s,
+            runbook="b",
+            params={},
+            services=["chat"],
+            started_by="bob",
+            incident_id=None,
+            now=now,
+        )
+        with pytest.raises(runs.Locked, match=f"locked by run {first.id} \\(a, started by alice"):
+            runs.acquire_locks(s, second, ["chat"], now)
+
+
+def test_a_run_whose_process_died_is_reported_interrupted_and_its_lock_freed(
+    engine: sa.Engine,
+) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = datetime.now(UTC)
+    with db.session_factory(engine).begin() as s:
+        run = runs.create_run(
+            s,
+            runbook="blue-green",
+            params={},
+            services=["chat"],
+            started_by="alice",
+            incident_id=None,
+            now=now,
+        )
+        runs.acquire_locks(s, run, ["chat"], now)
+        run.pid, run.step = gone.pid, "switch"
+    with db.session_factory(engine).begin() as s:
+        found = runs.recover_interrupted(s, now + timedelta(seconds=1))
+    assert [(f.run_id, f.step) for f in found] == [(run.id, "switch")]
+    assert f"runbook undo {run.id}" in found[0].reason
+    with db.session_factory(engine)() as s:
+        assert runs.get_run(s, run.id).status == RunStatus.interrupted
+        assert not s.scalars(sa.select(RunbookLock)).all()
