@@ -20,6 +20,7 @@ from reliability.cli_support import (
 from reliability.config import Config
 from reliability.config_load import ConfigError
 from reliability.dashboards.cli import dashboards
+from reliability.images.cli import images
 from reliability.incidents.cli import incidents
 from reliability.promrules.cli import rules
 from reliability.runbooks.cli import runbook
@@ -156,5 +157,6 @@ def demo(directory: Path, listen: str) -> None:
 
 main.add_command(dashboards)
 main.add_command(incidents)
+main.add_command(images)
 main.add_command(runbook)
 main.add_command(rules)
