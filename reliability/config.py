@@ -163,8 +163,14 @@ class ServiceConfig(Strict):
     image: str | None = None
     health_path: str = "/health"
     load_balancer: LoadBalancerConfig | None = None
-    soak: Duration = 1800.0
-    auto_runbooks: list[str] = []
+    soak: Duration = Field(1800.0, description="healthy this long on a digest: known-good")
+    auto_runbooks: list[str] = Field(
+        default_factory=list,
+        description="runbooks the daemon may run on its own for this service's incidents",
+    )
+    auto_cooldown: Duration = Field(
+        900.0, description="at most one automatic runbook run on the service in this time"
+    )
 
     @model_validator(mode="after")
     def _active_is_a_pool(self) -> ServiceConfig:

@@ -233,26 +233,37 @@ def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
 
 
 class _IncidentTimers:
-    """What happens to incidents with time alone: an acknowledgement that ran out
-    (`incidents.ack_timeout`) and a silence that ended re-notify on-call."""
+    """What happens with time alone: an acknowledgement that ran out
+    (`incidents.ack_timeout`) and a silence that ended re-notify on-call; a runbook run
+    whose process died is marked interrupted (its locks freed); a digest that served its
+    service's soak time without an incident becomes known-good."""
 
     def __init__(
-        self, database: db.LazyEngine, ack_timeout: float, dispatcher: Dispatcher | None
+        self, config: Config, database: db.LazyEngine, dispatcher: Dispatcher | None
     ) -> None:
+        self._config = config
         self._database = database
-        self._timeout = timedelta(seconds=ack_timeout)
+        self._timeout = timedelta(seconds=config.incidents.ack_timeout)
         self._dispatcher = dispatcher
 
     def __call__(self) -> None:
+        from reliability.images.service import promote_soaked
         from reliability.incidents import service, silences
+        from reliability.runbooks.service import recover_interrupted
 
         now = datetime.now(UTC)
         try:
             with self._database.session() as session, session.begin():
                 changed = service.expire_acknowledgements(session, now=now, timeout=self._timeout)
                 changed += silences.release_ended(session, now=now)
+                for run in recover_interrupted(session, now):
+                    log.warning(
+                        "runbook run %d (%s) interrupted: %s", run.run_id, run.runbook, run.reason
+                    )
+                for good in promote_soaked(session, self._config, now):
+                    log.info("%s: %s is known-good after its soak", good.service, good.image)
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
-            log.warning("ack timeouts and ended silences not checked: %s", exc)
+            log.warning("ack timeouts, silences, runbook runs and soaks not checked: %s", exc)
             return
         if changed and self._dispatcher is not None:
             self._dispatcher.wake()
@@ -265,6 +276,8 @@ def _start_incident_flow(
     both stop with the daemon."""
     from reliability.detect.engine import Evaluator
     from reliability.detect.loop import DetectionLoop
+    from reliability.runbooks.auto import AutoRunner
+    from reliability.ssh import SshPool
 
     config = daemon.config
     dispatcher = _dispatcher(config, database)
@@ -280,7 +293,7 @@ def _start_incident_flow(
         scheduler.add_job(
             publish_outbox, "interval", seconds=5, id="notify", next_run_time=datetime.now(UTC)
         )
-    timers = _IncidentTimers(database, config.incidents.ack_timeout, dispatcher)
+    timers = _IncidentTimers(config, database, dispatcher)
     scheduler.add_job(
         timers,
         "interval",
@@ -288,15 +301,19 @@ def _start_incident_flow(
         id="incident-timers",
         next_run_time=datetime.now(UTC),
     )
+    runbooks = AutoRunner(config, database, SshPool())
+    runbooks.start()
     detection = DetectionLoop(
         Evaluator(config),
         daemon.snapshot,
         database,
         reopen_window=config.incidents.reopen_window,
         on_recorded=dispatcher.wake if dispatcher is not None else None,
+        on_firing=runbooks.submit,
     )
     detection.start()
-    daemon.closers.insert(0, detection.stop)
+    # Detection first (no new runs), then the running runbook ends its step and undoes.
+    daemon.closers[:0] = [detection.stop, runbooks.stop]
 
 
 def serve(daemon: Daemon) -> int:

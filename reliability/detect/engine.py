@@ -40,7 +40,13 @@ from reliability.detect import readings
 from reliability.detect.builtin import active_rules
 from reliability.detect.counters import CounterWindow
 from reliability.detect.readings import Reading, Samples, Source
-from reliability.detect.render import format_time, format_value, render, runbook_command
+from reliability.detect.render import (
+    RunbookRequest,
+    format_time,
+    format_value,
+    render,
+    runbook_request,
+)
 from reliability.detect.rules import AnyRule
 from reliability.durations import format_duration
 
@@ -71,8 +77,8 @@ class Transition:
     threshold_text: str
     since: float
     at: float
-    runbook: str | None
-    runbook_auto: bool
+    runbook: str | None  # the command an operator pastes
+    runbook_request: RunbookRequest | None  # the same, for the daemon to run when `auto`
 
 
 @dataclass(slots=True)
@@ -362,6 +368,7 @@ class Evaluator:
         where = ", ".join(v for v in group.labels.values() if v) or rule.name
         title = render(rule.title, variables) if rule.title else f"{where}: {rule.name}"
         default_summary = f"{rule.name}: {variables['value']} against {variables['threshold']}"
+        request = runbook_request(rule.runbook, variables) if rule.runbook else None
         return Transition(
             kind=kind,
             fingerprint=group.fingerprint,
@@ -376,8 +383,8 @@ class Evaluator:
             threshold_text=format_value(latest.worst.threshold, c.unit),
             since=group.since,
             at=now,
-            runbook=runbook_command(rule.runbook, variables) if rule.runbook else None,
-            runbook_auto=bool(rule.runbook and rule.runbook.auto),
+            runbook=request.command if request else None,
+            runbook_request=request,
         )
 
 

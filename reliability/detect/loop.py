@@ -85,6 +85,7 @@ class DetectionLoop:
         *,
         reopen_window: float,
         on_recorded: Callable[[], object] | None = None,
+        on_firing: Callable[[Transition], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._evaluator = evaluator
@@ -92,6 +93,7 @@ class DetectionLoop:
         self._database = database
         self._reopen_window = reopen_window
         self._on_recorded = on_recorded
+        self._on_firing = on_firing
         self._clock = clock
         self._restored = False
         self._unrecorded: list[Transition] = []
@@ -155,6 +157,10 @@ class DetectionLoop:
             log.info("%s %s: %s", t.kind, t.fingerprint, t.title)
         if self._on_recorded is not None:
             self._on_recorded()
+        if self._on_firing is not None:
+            for t in pending:
+                if t.kind == "firing" and t.runbook_request is not None:
+                    self._on_firing(t)
 
     def _database_down(self, problem: str) -> None:
         if problem != self._db_problem:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from reliability.config_rules import RunbookSuggestion
@@ -49,12 +50,35 @@ def render(template: str, variables: Mapping[str, str]) -> str:
     return template.format_map(_Vars(variables))
 
 
-def runbook_command(suggestion: RunbookSuggestion, variables: Mapping[str, str]) -> str | None:
-    """`reliability runbook run NAME --param k=v ...`, or None when a parameter's label is
-    missing: a command with a blank parameter would fail or, worse, target the wrong thing."""
-    params = []
+@dataclass(frozen=True, slots=True)
+class RunbookRequest:
+    """A rule's runbook suggestion for one incident: parameters filled in from its labels."""
+
+    name: str
+    params: dict[str, str]
+    auto: bool
+
+    @property
+    def command(self) -> str:
+        """`reliability runbook run NAME --param k=v ...`, each word shell-quoted."""
+        params = [f"--param {shlex.quote(k + '=' + v)}" for k, v in self.params.items()]
+        return " ".join(["reliability runbook run", shlex.quote(self.name), *params])
+
+
+def runbook_request(
+    suggestion: RunbookSuggestion, variables: Mapping[str, str]
+) -> RunbookRequest | None:
+    """The suggestion filled in, or None when a parameter's label is missing: a run with a
+    blank parameter would fail or, worse, target the wrong thing."""
+    params = {}
     for key, template in suggestion.params.items():
         if not all(variables.get(name) for name in placeholders(template)):
             return None
-        params.append(f"--param {shlex.quote(key + '=' + render(template, variables))}")
-    return " ".join(["reliability runbook run", shlex.quote(suggestion.name), *params])
+        params[key] = render(template, variables)
+    return RunbookRequest(suggestion.name, params, suggestion.auto)
+
+
+def runbook_command(suggestion: RunbookSuggestion, variables: Mapping[str, str]) -> str | None:
+    """The command an operator pastes, or None (see runbook_request)."""
+    request = runbook_request(suggestion, variables)
+    return request.command if request else None
