@@ -7,6 +7,11 @@
   fleet of its own.
 * ``rig_fleet_factory`` (function): ``rig_fleet_factory(["a", "b"], **Fleet kwargs)``
   for tests that change what cannot be reset (host keys) or need another size.
+* ``rig_lb`` (function): a fleet of its own, ``gpu-1``/``gpu-2`` (pool blue) and
+  ``gpu-3``/``gpu-4`` (pool green) each serving an inference stand-in in container ``vllm``
+  on port 8000, ``spare-1`` (standby, no pool) and ``lb-1``, whose real nginx (an
+  ``NginxBalancer``; ``rig_lb.fleet`` is the fleet) balances service ``chat`` over pool
+  blue on ``rig_lb.url``. Skipped locally, failed in CI, without sshd, nginx or root.
 * ``inference_group`` / ``inference_server`` (function): in-process inference stand-ins.
 * ``slack`` (function): a Slack Web API stand-in with channels ``alerts`` and ``oncall``;
   drive it with ``WebClient(token=slack.token, base_url=slack.api_url)``.
@@ -23,10 +28,15 @@ import pytest
 from reliability.testing.fleet import Fleet, missing_requirement
 from reliability.testing.inference import InferenceSpec
 from reliability.testing.inference_group import InferenceHandle, ServerGroup
+from reliability.testing.nginx import NginxBalancer
+from reliability.testing.nginx import missing_requirement as nginx_missing
 from reliability.testing.services import service_missing
 from reliability.testing.slack import SlackStandIn
 
 RIG_POOLS = {"gpu-1": "blue", "gpu-2": "blue", "gpu-3": "green"}
+RIG_LB_POOLS = {"gpu-1": "blue", "gpu-2": "blue", "gpu-3": "green", "gpu-4": "green"}
+RIG_LB_NODES = [*RIG_LB_POOLS, "spare-1", "lb-1"]
+RIG_LB_IMAGE = "vllm/vllm-openai:v0.6.0"
 
 
 def _require_fleet() -> None:
@@ -64,6 +74,22 @@ def rig_fleet_factory() -> Iterator[Callable[..., Fleet]]:
     yield make
     for fleet in fleets:
         fleet.stop()
+
+
+@pytest.fixture
+def rig_lb() -> Iterator[NginxBalancer]:
+    # A fleet of its own (about 0.2 s to build): tests rewrite the upstream, stop members
+    # and the balancer itself, none of which a reset could undo reliably.
+    _require_fleet()
+    reason = nginx_missing()
+    if reason:
+        service_missing(reason)
+    with Fleet(RIG_LB_NODES, pools=RIG_LB_POOLS) as fleet:
+        for name in RIG_LB_POOLS:
+            fleet.run_container(name, RIG_LB_IMAGE)
+        blue = [f"{fleet.node(n).address}:8000" for n, p in RIG_LB_POOLS.items() if p == "blue"]
+        with NginxBalancer(fleet, "lb-1", service="chat", members=blue) as balancer:
+            yield balancer
 
 
 @pytest.fixture

@@ -1,0 +1,336 @@
+"""The rig's real nginx balancer, driven over SSH with the exact commands runbooks send."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
+from reliability.runbooks import ops
+from reliability.testing.fleet import Fleet
+from reliability.testing.inference import DEFAULT_MODEL
+from reliability.testing.nginx import NginxBalancer, missing_requirement, parse_members
+from reliability.testing.services import service_missing
+
+pytestmark = pytest.mark.rig
+
+CHAT = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hello"}]}
+
+
+# --- helpers: SSH as the runbook executor does it, and the answers through the balancer ---
+
+
+def ssh(
+    lb: NginxBalancer, command: str, stdin: str | None = None, *, node: str | None = None
+) -> tuple[str, str, int]:
+    """Run ``command`` on the LB node (or ``node``) as the login user; (out, err, status)."""
+    client = lb.fleet.ssh_client(node or lb.node)
+    try:
+        channel_in, out, err = client.exec_command(command, timeout=10)
+        if stdin is not None:
+            channel_in.write(stdin)
+        channel_in.channel.shutdown_write()
+        return out.read().decode(), err.read().decode(), out.channel.recv_exit_status()
+    finally:
+        client.close()
+
+
+def balancer(lb: NginxBalancer) -> LoadBalancerConfig:
+    return LoadBalancerConfig(**lb.lb_config(lb.service))
+
+
+def service(lb: NginxBalancer) -> ServiceConfig:
+    return ServiceConfig(
+        name=lb.service, pools=["blue", "green"], active_pool="blue", load_balancer=balancer(lb)
+    )
+
+
+def pool_upstream(lb: NginxBalancer, active: str) -> str:
+    """The upstream file a runbook writes to serve from ``active`` (the other pool down)."""
+    members = [
+        (NodeConfig(name=n.name, address=n.address, pool=n.pool), n.pool == active)
+        for n in lb.fleet.nodes
+        if n.pool is not None
+    ]
+    return ops.upstream_text(balancer(lb), service(lb), members)
+
+
+def send(lb: NginxBalancer, op: ops.Op, saved: dict[str, str]) -> tuple[str, str, int]:
+    """One operation of a plan, sent as the executor sends it."""
+    assert (op.where, op.kind) == (lb.node, "run")
+    stdin = saved[op.stdin.key or ""] if isinstance(op.stdin, ops.AtRun) else op.stdin
+    out, err, code = ssh(lb, op.detail, stdin)
+    if op.saves:
+        saved[op.saves] = out
+    return out, err, code
+
+
+def switch_ops(lb: NginxBalancer, content: str) -> list[ops.Op]:
+    return ops.lb_write_ops(lb.node, balancer(lb), content, saves="saved", verify=5.0)
+
+
+def switch_over_ssh(lb: NginxBalancer, content: str) -> dict[str, str]:
+    """Save, write, test and reload as the runbooks do; what the run saved."""
+    saved: dict[str, str] = {}
+    for op in switch_ops(lb, content):
+        if op.where == ops.LOCAL:
+            continue
+        out, err, code = send(lb, op, saved)
+        assert code == 0, f"{op.detail}: {out}{err}"
+    return saved
+
+
+def pool_of_fresh_request(lb: NginxBalancer, path: str = "v1/models") -> str:
+    response = httpx.get(lb.url + path, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.headers["x-pool"]
+
+
+def wait_for(condition: Callable[[], bool], within: float) -> float:
+    """Seconds until ``condition()`` held; fails the test after ``within``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within, "condition not met in time"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def nginx_processes_of(config: Path) -> list[int]:
+    """Live processes whose command line names ``config`` (what ``pgrep -f`` would find)."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(config).encode() in cmdline and state != "Z":
+            found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# --- specifications -------------------------------------------------------------------------
+
+
+def test_requests_through_the_balancer_reach_the_blue_pool(rig_lb: NginxBalancer) -> None:
+    blue = {f"{rig_lb.fleet.node(n).address}:8000" for n in ("gpu-1", "gpu-2")}
+
+    answers = [httpx.get(rig_lb.url + "v1/models", timeout=5) for _ in range(6)]
+    chat = httpx.post(rig_lb.url + "v1/chat/completions", json=CHAT, timeout=5)
+    health = httpx.get(rig_lb.url, timeout=5)
+
+    assert [a.status_code for a in answers] == [200] * 6
+    assert {a.headers["x-pool"] for a in answers} == {"blue"}
+    assert {a.headers["x-upstream-addr"] for a in answers} == blue  # both members, in turn
+    assert chat.headers["x-pool"] == "blue"
+    assert chat.json()["choices"][0]["message"]["content"].startswith("Rig reply from the blue")
+    # The url a runbook checks is the members' health: 200 while one serves.
+    assert (health.status_code, health.json()["pool"]) == (200, "blue")
+    assert rig_lb.members() == [(address, False) for address in sorted(blue)]
+    assert rig_lb.lb_config("chat") == {
+        "kind": "nginx",
+        "node": "lb-1",
+        "upstream_file": str(rig_lb.upstream_file),
+        "config_file": str(rig_lb.config_file),
+        "url": rig_lb.url,
+    }
+
+
+def test_nginx_runs_as_the_login_user_with_everything_in_its_own_directory(
+    rig_lb: NginxBalancer,
+) -> None:
+    assert rig_lb.pid is not None
+    owners = {Path(f"/proc/{pid}").stat().st_uid for pid in [rig_lb.pid, *rig_lb.worker_pids()]}
+    login_uid = pwd.getpwnam(rig_lb.fleet.user).pw_uid
+
+    _, err, code = ssh(rig_lb, f"nginx -t -c {rig_lb.config_file}")
+
+    assert owners == {login_uid}
+    assert code == 0, err
+    assert "test is successful" in err
+    assert "[alert]" not in err  # no default log outside its directory was needed
+    assert (rig_lb.dir / "nginx.pid").read_text().strip() == str(rig_lb.pid)
+    assert rig_lb.upstream_file.parent == rig_lb.config_file.parent == rig_lb.dir
+
+
+def test_the_runbook_commands_over_ssh_move_traffic_to_green(rig_lb: NginxBalancer) -> None:
+    before = rig_lb.upstream_file.read_text()
+    green = pool_upstream(rig_lb, "green")
+    plan = switch_ops(rig_lb, green)
+    old_workers = set(rig_lb.serving_worker_pids())
+
+    saved = switch_over_ssh(rig_lb, green)
+    switched_in = wait_for(lambda: pool_of_fresh_request(rig_lb) == "green", within=5)
+    # For ~100 ms after a reload nginx's old workers still accept (blue); then they stop.
+    settled = rig_lb.wait_reloaded(old_workers)
+    after = [pool_of_fresh_request(rig_lb) for _ in range(8)]
+
+    # The commands sent are the ones a plan shows.
+    assert [op.detail for op in plan if op.where != ops.LOCAL] == [
+        f"cat {rig_lb.upstream_file}",
+        f"cat > {rig_lb.upstream_file}.reliability-new && "
+        f"mv -f {rig_lb.upstream_file}.reliability-new {rig_lb.upstream_file}",
+        f"nginx -t -c {rig_lb.config_file}",
+        f"nginx -c {rig_lb.config_file} -s reload",
+    ]
+    assert saved == {"saved": before}
+    assert switched_in < 2.0
+    assert settled
+    assert after == ["green"] * 8
+    assert [down for _, down in rig_lb.members()] == [True, True, False, False]
+    check = plan[-1].check
+    assert isinstance(check, ops.HttpWait) and check.url == rig_lb.url
+    assert httpx.get(check.url, timeout=5).status_code == check.status
+
+
+def test_nginx_t_over_ssh_rejects_a_broken_upstream_and_the_old_file_goes_back(
+    rig_lb: NginxBalancer,
+) -> None:
+    broken = "upstream chat {\n    server 127.0.0.1:8000 down\n}\n"  # no semicolon
+    cat, write, test, reload, _ = switch_ops(rig_lb, broken)
+    saved: dict[str, str] = {}
+    send(rig_lb, cat, saved)
+    send(rig_lb, write, saved)
+
+    _, tested, test_code = send(rig_lb, test, saved)
+    _, reloaded, reload_code = send(rig_lb, reload, saved)
+    still = [pool_of_fresh_request(rig_lb) for _ in range(4)]
+    restore = ops.lb_restore_ops(rig_lb.node, balancer(rig_lb), ops.AtRun("saved", "saved"))
+    codes = [send(rig_lb, op, saved)[2] for op in restore]
+
+    assert test_code != 0
+    assert f"in {rig_lb.upstream_file}:3" in tested
+    assert "test failed" in tested
+    # nginx parses the config before it signals: a reload of a broken file changes nothing.
+    assert reload_code != 0 and f"in {rig_lb.upstream_file}:3" in reloaded
+    assert still == ["blue"] * 4
+    assert codes == [0, 0, 0]
+    assert rig_lb.upstream_file.read_text() == saved["saved"]
+    assert pool_of_fresh_request(rig_lb) == "blue"
+
+
+def test_a_dead_member_is_skipped(rig_lb: NginxBalancer) -> None:
+    gone = f"{rig_lb.fleet.node('gpu-1').address}:8000"
+    _, err, code = ssh(rig_lb, "docker rm -f vllm", node="gpu-1")
+    assert code == 0, err
+
+    answers = [httpx.get(rig_lb.url + "v1/models", timeout=5) for _ in range(6)]
+
+    assert [(a.status_code, a.headers["x-pool"]) for a in answers] == [(200, "blue")] * 6
+    tried = [a.headers["x-upstream-addr"] for a in answers]
+    assert any(t.startswith(f"{gone}, ") for t in tried)  # refused, then the next member
+    assert not any(t == gone for t in tried)
+
+
+def test_a_stream_started_before_a_reload_completes_intact(rig_lb: NginxBalancer) -> None:
+    assert rig_lb.fleet.engine is not None
+    blue = [rig_lb.fleet.engine.server(n, "vllm") for n in ("gpu-1", "gpu-2")]
+    for server in blue:
+        assert server is not None
+        server.set_mode("ok", path="/v1/chat/completions", interval_s=0.1)  # 16 tokens: 1.6 s
+    body = CHAT | {"stream": True}
+
+    with httpx.stream("POST", rig_lb.url + "v1/chat/completions", json=body, timeout=10) as r:
+        lines = r.iter_lines()
+        first = next(lines)
+        old_workers = set(rig_lb.serving_worker_pids())
+        switch_over_ssh(rig_lb, pool_upstream(rig_lb, "green"))
+        assert rig_lb.wait_reloaded(old_workers)
+        new_pool = pool_of_fresh_request(rig_lb)
+        in_flight = sum(s.stats()["in_flight"] for s in blue if s is not None)
+        retiring = set(rig_lb.worker_pids()) - set(rig_lb.serving_worker_pids())
+        rest = list(lines)
+        pool = r.headers["x-pool"]
+
+    events = [line.removeprefix("data: ") for line in [first, *rest] if line]
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert in_flight == 1  # the switch landed while the stream was running
+    assert new_pool == "green"
+    assert len(retiring) == 1  # the old worker finishes it
+    assert pool == "blue"
+    assert events[-1] == "[DONE]"
+    assert len(text.split()) == 16 and text.startswith("Rig reply from the blue pool")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    wait_for(lambda: not retiring & set(rig_lb.worker_pids()), within=5)
+
+
+def test_stop_leaves_no_nginx_process_even_with_a_stream_in_flight(
+    rig_lb: NginxBalancer,
+) -> None:
+    assert rig_lb.fleet.engine is not None
+    server = rig_lb.fleet.engine.server("gpu-1", "vllm")
+    assert server is not None
+    server.set_mode("stall", path="/v1/chat/completions", interval_s=0.1)
+    rig_lb.set_members([f"{rig_lb.fleet.node('gpu-1').address}:8000"])
+    body = CHAT | {"stream": True}
+
+    with httpx.stream("POST", rig_lb.url + "v1/chat/completions", json=body, timeout=10) as r:
+        lines = r.iter_lines()  # kept: a dropped iterator would close the stream
+        next(lines)
+        rig_lb.set_members([f"{rig_lb.fleet.node('gpu-3').address}:8000"])
+        master = rig_lb.pid
+        workers = rig_lb.worker_pids()
+        assert len(workers) == 2  # the new generation and the one holding the stream
+        rig_lb.stop()
+        rig_lb.stop()
+
+    assert master is not None
+    assert [pid for pid in [master, *workers] if alive(pid)] == []
+    assert nginx_processes_of(rig_lb.config_file) == []
+    assert rig_lb.pid is None and rig_lb.worker_pids() == []
+    with pytest.raises(OSError), socket.create_connection((rig_lb.address, rig_lb.port), 1):
+        pass
+
+
+def test_stop_after_the_fleet_removed_its_files(
+    rig_fleet_factory: Callable[..., Fleet],
+) -> None:
+    reason = missing_requirement()
+    if reason:
+        service_missing(reason)
+    fleet = rig_fleet_factory(["lb-1"])
+    lb = NginxBalancer(fleet, "lb-1", members=["127.0.0.1:9"], port=8081).start()
+    pids = [lb.pid, *lb.worker_pids()]
+    config = lb.config_file
+
+    fleet.stop()
+    lb.stop()
+    lb.stop()
+
+    assert not config.exists()
+    assert [pid for pid in pids if pid is not None and alive(pid)] == []
+    assert nginx_processes_of(config) == []
+
+
+def test_members_parse_the_upstream_file_as_runbooks_write_it() -> None:
+    text = (
+        "# Written by reliability's runbooks; edit the runbook, not this file.\n"
+        "upstream chat {\n"
+        "    server 127.0.1.1:8000;\n"
+        "    server 127.0.1.2:8000 down;  # taken out\n"
+        "    server [::1]:8000 max_fails=3 down;\n"
+        "}\n"
+    )
+
+    assert parse_members(text) == [
+        ("127.0.1.1:8000", False),
+        ("127.0.1.2:8000", True),
+        ("[::1]:8000", True),
+    ]
