@@ -25,6 +25,7 @@ from reliability.runbooks.ops import LOCAL, AtRun, Op
 from reliability.ssh import CommandResult, SshError, SshPool, SshTarget
 
 EXCERPT = 2000  # characters of a command's output kept in the record
+DRAIN_SETTLE = 0.3  # seconds after a balancer reload before a member's load is read
 # Engines' own gauges of requests on the node: vLLM, SGLang, TGI.
 BUSY_METRICS = (
     "vllm:num_requests_running",
@@ -112,7 +113,13 @@ class Actions:
         self.ssh, self.targets, self.redact = ssh, targets, redact
         self.confirm, self.notify, self.record = confirm, notify, record
         self.stop = stop
-        self.http = httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0), trust_env=False)
+        # A fresh connection per check: a balancer's reload closes idle kept-alive ones,
+        # which would count as the service failing.
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(10.0, connect=3.0),
+            limits=httpx.Limits(max_keepalive_connections=0),
+            trust_env=False,
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -179,15 +186,20 @@ class Actions:
         return ""
 
     def _http_wait(self, c: ops.HttpWait, deadline: float) -> Outcome:
+        """Until `url` answers as expected, and keeps doing so for `settle` seconds."""
         end = min(deadline, time.monotonic() + c.within)
-        tries, why = 0, "no time to ask"
+        tries, good_since = 0, None
         while True:
             tries += 1
             why = self._answer(c.method, c.url, c.status, c.body, end - time.monotonic())
-            if not why:
+            now = time.monotonic()
+            good_since = (good_since or now) if not why else None
+            if good_since is not None and now - good_since >= c.settle:
                 return Outcome(True, f"{c.url} answered {c.status} (try {tries})")
-            if time.monotonic() + c.interval >= end:
-                return Outcome(False, f"{c.url}: {why} after {tries} tries")
+            if now + c.interval >= end:
+                return Outcome(
+                    False, f"{c.url}: {why or 'did not stay answering'} after {tries} tries"
+                )
             time.sleep(c.interval)
 
     def _http_soak(self, c: ops.HttpSoak, deadline: float) -> Outcome:
@@ -243,9 +255,11 @@ class Actions:
 
     def _drained(self, c: ops.Drained, deadline: float) -> Outcome:
         end = min(deadline, time.monotonic() + c.wait)
+        # nginx's old workers route new requests for ~0.1 s after a reload returns.
+        time.sleep(min(DRAIN_SETTLE, max(0.0, end - time.monotonic())))
         while True:
             try:
-                r = self.http.get(f"{c.base}/metrics", timeout=2.0)
+                r = self.http.get(f"{c.base}/metrics", timeout=1.0)
             except httpx.HTTPError:
                 return Outcome(True, f"{c.base} does not answer: nothing left to wait for")
             busy = _busy(r.text) if r.status_code == 200 else None

@@ -42,7 +42,9 @@ Arg = str | AtRun
 # --- checks made from the reliability host ----------------------------------------------
 @dataclass(frozen=True, slots=True)
 class HttpWait:
-    """Ask `url` every `interval` until it answers `status` (and `body` in it), `within`."""
+    """Ask `url` every `interval` until it answers `status` (and `body` in it), `within`;
+    then it must keep answering so for `settle` seconds (a balancer's old workers route for
+    a moment after a reload)."""
 
     url: str
     within: float
@@ -50,6 +52,7 @@ class HttpWait:
     status: int = 200
     body: str | None = None
     interval: float = 1.0
+    settle: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +242,7 @@ def lb_write_ops(
         *_lb_check_reload(lb_node, lb),
     ]
     if verify is not None:
-        check = HttpWait(str(lb.url), within=verify, interval=0.1)
+        check = HttpWait(str(lb.url), within=verify, interval=0.05, settle=0.25)
         ops.append(
             Op(LOCAL, "http", f"GET {lb.url} until 200", note="through the balancer", check=check)
         )
@@ -280,13 +283,14 @@ def image_key(step_id: str, node: str) -> str:
 def deploy_ops(
     node: NodeConfig, service: ServiceConfig, pool: str | None, image: Arg, *, saves: str
 ) -> list[Op]:
-    """Pull by digest first (a bad digest fails before anything stops), then replace."""
+    """Pull by digest first (a bad digest fails before anything stops), then replace. No
+    container to remove is not a failure: a standby has none before its first deploy."""
     name = container_name(node, service)
     inspect = ["docker", "inspect", "--format", "{{.Config.Image}}", name]
     return [
         run_op(node.name, ["docker", "pull", image]),
         run_op(node.name, inspect, note="saved for undo", saves=saves, may_fail=True),
-        run_op(node.name, ["docker", "rm", "-f", name], changes=True),
+        run_op(node.name, ["docker", "rm", "-f", name], changes=True, may_fail=True),
         run_op(node.name, _docker_run(node, service, pool, image), changes=True),
     ]
 
@@ -306,7 +310,7 @@ def redeploy_ops(
     previous = AtRun(f"image {name} ran before, as saved", saved)
     ready = [replace(op, needs=saved) for op in ready_ops(node, service, ttft, within)]
     return [
-        run_op(node.name, ["docker", "rm", "-f", name], changes=True),
+        run_op(node.name, ["docker", "rm", "-f", name], changes=True, may_fail=True),
         run_op(node.name, _docker_run(node, service, pool, previous), needs=saved, changes=True),
         *ready,
     ]

@@ -93,7 +93,16 @@ class ContainerEngine:
             return {"ok": False, "error": reason}
         with self._lock:
             self._servers[key] = handle
+        broken = self._broken_path(request["image"])
+        if broken is not None:
+            handle.set_mode("broken", path=broken)
         return {"ok": True}
+
+    def _broken_path(self, image: str) -> str | None:
+        """Where a container of `image` answers 500, if its digest was broken in the rig."""
+        registry = state.read_json(self.root / "registry.json")
+        digest = image.rsplit("@", 1)[1] if "@" in image else registry.get("images", {}).get(image)
+        return registry.get("broken", {}).get(digest)
 
     def _exited(self, key: Key, handle: InferenceHandle, code: int) -> None:
         with self._lock:

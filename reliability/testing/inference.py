@@ -3,7 +3,10 @@
 Endpoints: ``GET /health`` (JSON: status, pool, image, model), ``GET /v1/models`` (OpenAI
 list), ``POST /v1/chat/completions`` (a ``chat.completion`` with ``usage``, or with
 ``"stream": true`` real SSE ``data: {...}`` chunks ending ``data: [DONE]``). Every answer
-carries ``x-pool`` and ``x-image`` headers.
+carries ``x-pool`` and ``x-image`` headers. ``GET /metrics`` is the Prometheus exposition
+of the serving engine the stand-in plays (``engine``: vllm by default, sglang, tgi or
+triton), with the engine's own metric names and values from the chat completions it served
+(see engine_metrics.py); like the control routes, the modes never affect it.
 
 Control (never affected by the modes): ``POST /_rig/mode`` with ``{"mode": ..., "path":
 "/v1/*", "delay_s": 2, "retry_after_s": 3, "interval_s": 0.2, "times": 1}``, ``GET
@@ -11,14 +14,16 @@ Control (never affected by the modes): ``POST /_rig/mode`` with ``{"mode": ..., 
 
 Modes, chosen per request by the newest rule whose ``path`` (fnmatch) matches:
 ``ok``; ``overloaded`` (503, OpenAI error body "Server busy..."); ``rate_limited`` (429,
-``Retry-After``); ``slow`` (answer after ``delay_s``); ``stall`` (200 and headers, then only
-keep-alives, a blank line for JSON or ``: keep-alive`` for SSE, every ``interval_s``, the
-way hosted APIs hold a queued request, so only a client's total deadline ends it);
+``Retry-After``); ``broken`` (500, as a bad build answers while its health check passes);
+``slow`` (answer after ``delay_s``); ``stall`` (200 and headers, then only keep-alives,
+a blank line for JSON or ``: keep-alive`` for SSE, every ``interval_s``, the way hosted
+APIs hold a queued request, so only a client's total deadline ends it);
 ``garbage`` (200, a non-JSON body); ``die`` (connections reset and the listener closed,
 like a crashed process). ``times`` makes a rule expire after that many requests; setting
 ``ok`` on ``*`` clears every rule.
 
-Run one: ``python -m reliability.testing.inference --port 8000 --pool blue --image IMG``.
+Run one: ``python -m reliability.testing.inference --port 8000 --pool blue --image IMG
+[--engine sglang]``.
 Run many on one loop: ``reliability.testing.inference_group.serve_many``.
 """
 
@@ -45,7 +50,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-Mode = Literal["ok", "overloaded", "rate_limited", "slow", "stall", "garbage", "die"]
+from reliability.catalog import ENGINES, Engine
+from reliability.testing.engine_metrics import ServingStats, Ticket
+
+Mode = Literal["ok", "overloaded", "rate_limited", "broken", "slow", "stall", "garbage", "die"]
 MODES: frozenset[str] = frozenset(get_args(Mode))
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-V3"
 DEFAULT_IMAGE = "vllm/vllm-openai@sha256:" + "0" * 64
@@ -53,17 +61,23 @@ STALL_LIMIT_S = 600.0  # even a stall ends: no test may leak a connection foreve
 DEFAULT_KEEPALIVE_S = 0.25
 DEFAULT_SLOW_S = 2.0
 REPLY_TOKENS = 16
+DEFAULT_KV_CACHE_TOKENS = 4096
+CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass(frozen=True)
 class InferenceSpec:
-    """What one stand-in reports about itself, and where it listens (port 0: any free)."""
+    """What one stand-in reports about itself, and where it listens (port 0: any free).
+    `engine` is the serving engine whose metrics ``/metrics`` speaks; `kv_cache_tokens` the
+    size of the KV cache its running requests fill."""
 
     pool: str = "blue"
     image: str = DEFAULT_IMAGE
     model: str = DEFAULT_MODEL
     host: str = "127.0.0.1"
     port: int = 0
+    engine: Engine = "vllm"
+    kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS
 
 
 @dataclass
@@ -87,6 +101,8 @@ class Controls:
         self.in_flight = 0
         self.stopping = False
         self.on_die: Callable[[], None] = lambda: os._exit(1)
+        # Set by create_app, which knows the engine the stand-in plays.
+        self.serving: ServingStats | None = None
 
     def set_mode(self, mode: str, **options: Any) -> None:
         """Add a rule (replacing one on the same path); ``ok`` on ``*`` clears them all.
@@ -132,12 +148,15 @@ class Controls:
                     return rule
         return ModeRule()
 
-    def finished(self, status: int | None) -> None:
-        """A request is over (its stream included); ``status`` None: it was never answered."""
+    def finished(self, status: int | None, ticket: Ticket | None = None) -> None:
+        """A request is over (its stream included); ``status`` None: it was never answered.
+        `ticket`: the chat completion's place in the serving metrics, ended with it."""
         with self._lock:
             self.in_flight -= 1
             if status is not None:
                 self.statuses[str(status)] += 1
+        if ticket is not None and self.serving is not None:
+            self.serving.end(ticket)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -189,7 +208,11 @@ def _completion(spec: InferenceSpec, body: dict[str, Any]) -> tuple[dict[str, An
 
 
 async def _sse(
-    answer: dict[str, Any], tokens: list[str], include_usage: bool, pace_s: float
+    answer: dict[str, Any],
+    tokens: list[str],
+    include_usage: bool,
+    pace_s: float,
+    on_first_token: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[bytes]:
     head = {k: answer[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
 
@@ -201,6 +224,8 @@ async def _sse(
     for i, token in enumerate(tokens):
         if pace_s:
             await asyncio.sleep(pace_s)
+        if i == 0:
+            on_first_token()
         yield chunk({"content": token if i == len(tokens) - 1 else token + " "})
     yield chunk({}, answer["choices"][0]["finish_reason"])
     if include_usage:
@@ -213,13 +238,18 @@ async def _sse(
 
 
 async def _counted(
-    body: AsyncIterator[Any], controls: Controls, status: int | None
+    body: AsyncIterator[Any],
+    controls: Controls,
+    status: int | None,
+    ticket: Ticket | None,
+    on_done: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[Any]:
     try:
         async for chunk in body:
             yield chunk
+        on_done()
     finally:
-        controls.finished(status)
+        controls.finished(status, ticket)
 
 
 async def _keepalive(controls: Controls, beat: bytes, interval_s: float) -> AsyncIterator[bytes]:
@@ -232,6 +262,9 @@ async def _keepalive(controls: Controls, beat: bytes, interval_s: float) -> Asyn
 def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
     """The ASGI app of one stand-in."""
     headers = {"x-pool": spec.pool, "x-image": spec.image}
+    serving = controls.serving = ServingStats(
+        spec.engine, model=spec.model, kv_cache_tokens=spec.kv_cache_tokens
+    )
 
     async def wants_stream(request: Request) -> bool:
         if request.url.path != "/v1/chat/completions":
@@ -262,6 +295,8 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
                 "rate_limit_exceeded",
                 **{"retry-after": str(rule.retry_after_s)},
             )
+        if rule.mode == "broken":
+            return _error(500, "Internal server error: the engine failed.", "server_error", None)
         if rule.mode == "garbage":
             return Response(
                 b"<html><body>upstream said something</body>", media_type="application/json"
@@ -280,18 +315,26 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             rule = controls.take(request.url.path)
+            # A chat completion waits from here until its answer starts (after a delay).
+            ticket = request.state.ticket = (
+                serving.arrive() if request.url.path == CHAT_PATH else None
+            )
             try:
                 response = await apply(request, rule, handler)
             except BaseException:
-                controls.finished(None)
+                controls.finished(None, ticket)
                 raise
             response.headers.update(headers)
             status = None if rule.mode == "die" else response.status_code
             if isinstance(response, StreamingResponse):
-                # In flight until the stream ends, or the client goes away mid-stream.
-                response.body_iterator = _counted(response.body_iterator, controls, status)
+                # In flight until the stream ends, or the client goes away mid-stream; the
+                # answer counts as complete only once its last chunk went out.
+                done = getattr(request.state, "on_done", lambda: None)
+                response.body_iterator = _counted(
+                    response.body_iterator, controls, status, ticket, done
+                )
             else:
-                controls.finished(status)
+                controls.finished(status, ticket)
             return response
 
         return endpoint
@@ -329,11 +372,18 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
             answer, tokens = _completion(spec, body)
         except (TypeError, ValueError):
             return _error(400, "'max_tokens' must be an integer.", "BadRequestError", 400)
+        ticket: Ticket = request.state.ticket
+        reason = answer["choices"][0]["finish_reason"]
+        serving.start(ticket, tokens=answer["usage"]["total_tokens"])
         if not body.get("stream"):
+            serving.first_token(ticket)
+            serving.complete(ticket, reason)
             return JSONResponse(answer)
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        request.state.on_done = lambda: serving.complete(ticket, reason)
         return StreamingResponse(
-            _sse(answer, tokens, usage, rule.interval_s), media_type="text/event-stream"
+            _sse(answer, tokens, usage, rule.interval_s, lambda: serving.first_token(ticket)),
+            media_type="text/event-stream",
         )
 
     async def set_mode(request: Request) -> Response:
@@ -352,14 +402,18 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
             controls.stats() | {"pool": spec.pool, "image": spec.image, "model": spec.model}
         )
 
+    async def metrics(request: Request) -> Response:
+        return Response(serving.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
     return Starlette(
         routes=[
             Route("/health", controlled(health)),
             Route("/v1/models", controlled(models)),
-            Route("/v1/chat/completions", controlled(chat), methods=["POST"]),
+            Route(CHAT_PATH, controlled(chat), methods=["POST"]),
             Route("/_rig/mode", set_mode, methods=["POST"]),
             Route("/_rig/mode", get_mode),
             Route("/_rig/stats", stats),
+            Route("/metrics", metrics),
         ]
     )
 
@@ -391,9 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", required=True)
     parser.add_argument("--image", required=True)
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--engine", choices=ENGINES, default="vllm", help="metrics to speak")
     args = parser.parse_args(argv)
     spec = InferenceSpec(
-        pool=args.pool, image=args.image, model=args.model, host=args.host, port=args.port
+        pool=args.pool,
+        image=args.image,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
     )
     controls = Controls()  # on_die: os._exit(1), the crash this mode stands for
     sock = listen(spec.host, spec.port)

@@ -266,6 +266,14 @@ class RigState:
         )
         return digest
 
+    def break_image(self, digest: str, path: str = "/v1/*") -> None:
+        """Containers of this digest start answering 500 on `path` (a bad build: its health
+        endpoint still answers 200, so only a real completion finds it out)."""
+        state.update_file(
+            self.root / "registry.json",
+            lambda doc: doc.setdefault("broken", {}).update({digest: path}),
+        )
+
     def set_registry_reachable(self, reachable: bool) -> None:
         """An unreachable registry makes pulls (and runs of absent images) time out."""
         state.update_file(self.root / "registry.json", lambda doc: doc.update(reachable=reachable))
