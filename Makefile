@@ -24,10 +24,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/incidents.py
 	$(BIN)/python bench/collect.py
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/alert_latency.py
+	$(BIN)/python bench/runbook.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

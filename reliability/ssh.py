@@ -450,7 +450,7 @@ def _open_socket(target: SshTarget, deadline: float) -> socket.socket:
     if timeout <= 0:
         raise Unreachable(target.name, "no time left to connect")
     try:
-        return socket.create_connection((target.host, target.port), timeout=timeout)
+        sock = socket.create_connection((target.host, target.port), timeout=timeout)
     except TimeoutError as e:
         raise Unreachable(
             target.name, f"no answer from {target.host}:{target.port} within {timeout:.1f}s"
@@ -459,6 +459,10 @@ def _open_socket(target: SshTarget, deadline: float) -> socket.socket:
         raise Unreachable(
             target.name, f"cannot connect to {target.host}:{target.port}: {e.strerror or e}"
         ) from e
+    # SSH sends small packets and waits for answers: Nagle's delay would add ~40 ms to each
+    # command (~90 ms to one with stdin).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _connect_error(target: SshTarget, e: Exception) -> SshError:

@@ -54,6 +54,11 @@ steps:
       changes: true
     undo:
       command: rm -f {dir}/{target}.second
+  - id: say
+    action: ssh
+    nodes: blue
+    args:
+      command: echo {text}
   - id: boom
     action: ssh
     when:
@@ -63,6 +68,33 @@ steps:
     args:
       command: echo broken >&2; exit 3
 """
+
+
+PARTIAL = """
+description: A check that fails on gpu-1 only, tolerated up to a share of the nodes.
+params:
+  tolerate:
+    type: int
+    min: 0
+    max: 100
+targets:
+  blue:
+    pool: blue
+steps:
+  - id: check
+    action: ssh
+    nodes: blue
+    max_fail_percent: 0
+    args:
+      command: test {target} != gpu-1
+"""
+SECRET_ENV = "RELIABILITY_TEST_WEBHOOK_TOKEN"
+SECRET = "correct-horse-battery-staple"
+
+
+@pytest.fixture(autouse=True)
+def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
 
 
 @pytest.fixture
@@ -80,7 +112,12 @@ def rig_config(rig: Fleet, tmp_path: Path, shared_dir: Path) -> Config:
     books.mkdir()
     text = MARKS.replace("{dir}", str(shared_dir))
     (books / "marks.yaml").write_text(textwrap.dedent(text).lstrip())
-    config = {**rig.config_sections(), "runbooks_dir": str(books)}
+    (books / "partial.yaml").write_text(textwrap.dedent(PARTIAL).lstrip())
+    config = {
+        **rig.config_sections(),
+        "http": {"webhook_token_env": SECRET_ENV},
+        "runbooks_dir": str(books),
+    }
     path = tmp_path / "reliability.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return load(path)
@@ -216,3 +253,38 @@ def test_a_run_whose_process_died_is_reported_interrupted_and_its_lock_freed(
     with db.session_factory(engine)() as s:
         assert runs.get_run(s, run.id).status == RunStatus.interrupted
         assert not s.scalars(sa.select(RunbookLock)).all()
+
+
+def test_recorded_commands_and_output_never_show_a_secret_of_the_config(
+    rig: Fleet, run_marks: Callable[..., tuple[int, Engine]], engine: sa.Engine
+) -> None:
+    run_id, _ = run_marks(text=f"token={SECRET}")
+
+    with db.session_factory(engine)() as s:
+        said = [u for u in runs.units(s, run_id) if u.step == "say"]
+    assert said and all(u.status == UnitStatus.ok for u in said)
+    for unit in said:
+        (entry,) = unit.log
+        assert SECRET not in entry["detail"] and SECRET not in entry["output"]
+        assert entry["output"] == "token=<redacted>"
+
+
+@pytest.mark.parametrize(("tolerate", "status"), [(0, RunStatus.failed), (50, RunStatus.succeeded)])
+def test_max_fail_percent_decides_whether_some_failed_nodes_fail_the_step(
+    rig: Fleet, rig_config: Config, engine: sa.Engine, tolerate: int, status: RunStatus
+) -> None:
+    book = load_runbooks(rig_config)["partial"]
+    step = book.steps[0].model_copy(update={"max_fail_percent": tolerate})
+    book = book.model_copy(update={"steps": [step]})
+    runner = Engine(rig_config, engine)
+    try:
+        result = runner.run(book, {"tolerate": tolerate}, actor="test")
+    finally:
+        runner.close()
+
+    assert result.status == status
+    with db.session_factory(engine)() as s:
+        per_node = {u.target: u.status for u in runs.units(s, result.run_id)}
+    assert per_node == {"gpu-1": UnitStatus.failed, "gpu-2": UnitStatus.ok}
+    if status == RunStatus.failed:
+        assert "1 of 2 targets failed: gpu-1: exit 1" in (result.reason or "")

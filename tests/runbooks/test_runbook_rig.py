@@ -275,12 +275,8 @@ def cli(config: Config, *args: str, **kw: Any) -> subprocess.CompletedProcess[st
     )
 
 
-def test_sigkill_mid_run_then_restart_reports_interrupted_frees_the_lock_and_undo_restores(
-    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
-) -> None:
-    config = write_config(rig_lb, tmp_path, rig_db)
-    before = rig_lb.upstream_file.read_bytes()
-    run = subprocess.Popen(
+def start_blue_green(config: Config) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -300,22 +296,78 @@ def test_sigkill_mid_run_then_restart_reports_interrupted_frees_the_lock_and_und
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def wait_for_switch(balancer: NginxBalancer, before: bytes) -> None:
+    deadline = time.monotonic() + 30
+    while balancer.upstream_file.read_bytes() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert balancer.upstream_file.read_bytes() != before, "the switch never happened"
+    time.sleep(0.5)  # into the soak
+
+
+def killed_mid_run(balancer: NginxBalancer, config: Config) -> None:
+    before = balancer.upstream_file.read_bytes()
+    run = start_blue_green(config)
     try:
-        deadline = time.monotonic() + 30
-        while rig_lb.upstream_file.read_bytes() == before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert rig_lb.upstream_file.read_bytes() != before, "the switch never happened"
-        time.sleep(0.5)  # into the soak
+        wait_for_switch(balancer, before)
         os.kill(run.pid, signal.SIGKILL)
     finally:
         run.kill()
         run.wait(10)
 
+
+def test_sigterm_finishes_the_step_then_undoes_and_ends_aborted(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
+) -> None:
+    config = write_config(rig_lb, tmp_path, rig_db)
+    before = rig_lb.upstream_file.read_bytes()
+    run = start_blue_green(config)
+    try:
+        wait_for_switch(rig_lb, before)
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=60)
+    finally:
+        run.kill()
+
+    assert run.returncode == 1
+    assert "SIGTERM: finishing the current step, then undoing" in out
+    (found,) = json.loads(cli(config, "runbook", "history", "--json").stdout)
+    assert found["status"] == "aborted"
+    assert "stopped during step" in found["reason"] and "put back" in found["reason"]
+    assert rig_lb.upstream_file.read_bytes() == before
+    assert pool_of_answers(rig_lb.url) == {"blue"}
+
+
+def test_an_interrupted_run_resumes_from_the_step_it_reached(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
+) -> None:
+    config = write_config(rig_lb, tmp_path, rig_db)
+    killed_mid_run(rig_lb, config)
+    (found,) = json.loads(cli(config, "runbook", "history", "--json").stdout)
+
+    resumed = cli(config, "runbook", "resume", str(found["id"]), "--json")
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "succeeded"
+    assert pool_of_answers(rig_lb.url) == {"green"}
+    status = json.loads(cli(config, "runbook", "status", str(found["id"]), "--json").stdout)
+    assert [s["step"] for s in status["steps"]].count("check-new-pool") == 2  # not run again
+    assert status["steps"][-1]["step"] == "note"
+
+
+def test_sigkill_mid_run_then_restart_reports_interrupted_frees_the_lock_and_undo_restores(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
+) -> None:
+    config = write_config(rig_lb, tmp_path, rig_db)
+    before = rig_lb.upstream_file.read_bytes()
+    killed_mid_run(rig_lb, config)
+
     history = cli(config, "runbook", "history", "--json")
     assert history.returncode == 0, history.stderr
     (found,) = json.loads(history.stdout)
     assert found["status"] == "interrupted"
-    assert found["step"] in ("verify", "soak") and "runbook undo" in found["reason"]
+    assert found["step"] in ("switch", "verify", "soak") and "runbook undo" in found["reason"]
     with db.make_engine(rig_db).connect() as c:
         assert (
             c.execute(sa.select(sa.func.count()).select_from(RunbookLock.__table__)).scalar() == 0
