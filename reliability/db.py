@@ -14,13 +14,16 @@ import importlib
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -55,6 +58,24 @@ class Base(DeclarativeBase):
     """Declarative base of every table in the suite."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# JSONB on PostgreSQL (queryable by containment); None is SQL NULL.
+JSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def string_enum(enum: type[StrEnum], name: str) -> sa.Enum:
+    """A short string column with a CHECK rather than a native enum type: adding a value
+    later is an ordinary migration on every backend."""
+    return sa.Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -15,10 +15,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from reliability.db import Base, UTCDateTime
+from reliability.db import JSON, Base, UTCDateTime, string_enum
 
 
 class Severity(StrEnum):
@@ -48,23 +47,6 @@ class EventKind(StrEnum):
     silence_ended = "silence_ended"
 
 
-def _string_enum(enum: type[StrEnum], name: str) -> sa.Enum:
-    # A short string with a CHECK rather than a native enum type: adding a value later is an
-    # ordinary migration on every backend.
-    return sa.Enum(
-        enum,
-        name=name,
-        native_enum=False,
-        create_constraint=True,
-        length=16,
-        values_callable=lambda members: [member.value for member in members],
-        validate_strings=True,
-    )
-
-
-# JSONB on PostgreSQL so labels can later be queried by containment; None is SQL NULL.
-_JSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
-
 # The partial unique index's predicate, also named by upserts (ON CONFLICT ... WHERE) so the
 # database picks that index as the arbiter: it must be this literal text, not a bound value.
 UNRESOLVED = sa.text("status != 'resolved'")
@@ -88,10 +70,10 @@ class Incident(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     fingerprint: Mapped[str] = mapped_column(sa.String(255))
     title: Mapped[str] = mapped_column(sa.Text)
-    severity: Mapped[Severity] = mapped_column(_string_enum(Severity, "severity"))
-    status: Mapped[IncidentStatus] = mapped_column(_string_enum(IncidentStatus, "status"))
+    severity: Mapped[Severity] = mapped_column(string_enum(Severity, "severity"))
+    status: Mapped[IncidentStatus] = mapped_column(string_enum(IncidentStatus, "status"))
     source: Mapped[str] = mapped_column(sa.String(64))
-    labels: Mapped[dict[str, str]] = mapped_column(_JSON)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
     summary: Mapped[str | None] = mapped_column(sa.Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -117,7 +99,7 @@ class IncidentEvent(Base):
     kind: Mapped[str] = mapped_column(sa.String(32))
     actor: Mapped[str | None] = mapped_column(sa.String(255))
     message: Mapped[str | None] = mapped_column(sa.Text)
-    data: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     def __repr__(self) -> str:
         return f"<IncidentEvent {self.id} incident={self.incident_id} {self.kind}>"
@@ -134,7 +116,7 @@ class Silence(Base):
     __table_args__ = (sa.Index("ix_silences_ends_at", "ends_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    matchers: Mapped[list[dict[str, str]]] = mapped_column(_JSON)
+    matchers: Mapped[list[dict[str, str]]] = mapped_column(JSON)
     starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(sa.String(255))

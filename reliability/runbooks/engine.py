@@ -278,16 +278,8 @@ class Engine:
                 runs.heartbeat(s, run_id, _now(), step=step.id)
             self.progress.step(index, step)
             if step.skipped:
+                unit_id = self._start_unit(run_id, index, step, LOCAL)
                 with self._tx() as s:
-                    unit_id = runs.start_unit(
-                        s,
-                        run_id=run_id,
-                        index=index,
-                        step=step.id,
-                        action=step.action,
-                        target=LOCAL,
-                        now=_now(),
-                    )
                     runs.update_unit(
                         s, unit_id, status=UnitStatus.skipped, error=step.skipped, ended_at=_now()
                     )
@@ -327,16 +319,7 @@ class Engine:
         self, run_id: int, index: int, step: PlannedStep, unit: Unit, values: dict[str, str]
     ) -> str:
         """Perform one unit with retries; '' on success, else the last error."""
-        with self._tx() as s:
-            unit_id = runs.start_unit(
-                s,
-                run_id=run_id,
-                index=index,
-                step=step.id,
-                action=step.action,
-                target=unit.target,
-                now=_now(),
-            )
+        unit_id = self._start_unit(run_id, index, step, unit.target)
         entries: list[dict[str, Any]] = []
         changed, error, attempt = False, "", 0
         for attempt in range(1, step.retries + 2):
@@ -377,6 +360,18 @@ class Engine:
         last = entries[-1]["result"] if entries else "nothing to do"
         self.progress.unit(step, unit.target, not error, error or last)
         return error
+
+    def _start_unit(self, run_id: int, index: int, step: PlannedStep, target: str) -> int:
+        with self._tx() as s:
+            return runs.start_unit(
+                s,
+                run_id=run_id,
+                index=index,
+                step=step.id,
+                action=step.action,
+                target=target,
+                now=_now(),
+            )
 
     def _entry(
         self, op: Op, values: MutableMapping[str, str], outcome: Outcome, attempt: int

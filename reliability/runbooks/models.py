@@ -16,12 +16,9 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from reliability.db import Base, UTCDateTime
-
-_JSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+from reliability.db import JSON, Base, UTCDateTime, string_enum
 
 
 class RunStatus(StrEnum):
@@ -49,27 +46,15 @@ class UnitStatus(StrEnum):
     undo_failed = "undo_failed"
 
 
-def _string_enum(enum: type[StrEnum], name: str) -> sa.Enum:
-    return sa.Enum(
-        enum,
-        name=name,
-        native_enum=False,
-        create_constraint=True,
-        length=16,
-        values_callable=lambda members: [member.value for member in members],
-        validate_strings=True,
-    )
-
-
 class RunbookRun(Base):
     __tablename__ = "runbook_runs"
     __table_args__ = (sa.Index("ix_runbook_runs_status", "status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     runbook: Mapped[str] = mapped_column(sa.String(64))
-    params: Mapped[dict[str, str]] = mapped_column(_JSON)
-    services: Mapped[list[str]] = mapped_column(_JSON)
-    status: Mapped[RunStatus] = mapped_column(_string_enum(RunStatus, "run_status"))
+    params: Mapped[dict[str, str]] = mapped_column(JSON)
+    services: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[RunStatus] = mapped_column(string_enum(RunStatus, "run_status"))
     reason: Mapped[str | None] = mapped_column(sa.Text)
     # The step the run was at (its id), for `status` and after a crash.
     step: Mapped[str | None] = mapped_column(sa.String(64))
@@ -102,16 +87,16 @@ class RunbookStep(Base):
     step_index: Mapped[int]
     action: Mapped[str] = mapped_column(sa.String(32))
     target: Mapped[str] = mapped_column(sa.String(255))
-    status: Mapped[UnitStatus] = mapped_column(_string_enum(UnitStatus, "unit_status"))
+    status: Mapped[UnitStatus] = mapped_column(string_enum(UnitStatus, "unit_status"))
     attempts: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Each operation as sent: {"where", "kind", "detail", "exit_status", "output", "seconds"}.
-    log: Mapped[list[dict[str, Any]]] = mapped_column(_JSON)
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(sa.Text)
     # Set once something changed: {"ops": the operations that put it back, values filled in,
     # "values": what its operations read for later steps, "timeout": seconds for the undo}.
-    undo: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
+    undo: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     def __repr__(self) -> str:
         return f"<RunbookStep {self.id} run={self.run_id} {self.step}@{self.target}>"
