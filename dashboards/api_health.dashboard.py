@@ -1,6 +1,7 @@
 """API health: are the LLM endpoints answering, how often do they fail, and how fast."""
 
 from reliability import catalog as c
+from reliability.dashboards import links
 from reliability.dashboards.panels import Query, label_variable, new_dashboard, steps, timeseries
 from reliability.detect import builtin
 
@@ -61,7 +62,7 @@ latencies = [
 ]
 
 dashboard = new_dashboard(
-    uid="reliability-api-health",
+    uid=links.API_HEALTH,
     title="API health",
     description="Probes of the hosted and self-hosted OpenAI-compatible endpoints.",
     tags=["api"],

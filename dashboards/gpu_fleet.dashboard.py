@@ -1,6 +1,7 @@
 """GPU fleet: is every GPU there, healthy, cool enough and busy, per node and GPU."""
 
 from reliability import catalog as c
+from reliability.dashboards import links
 from reliability.dashboards.panels import (
     Query,
     label_variable,
@@ -128,7 +129,7 @@ errors = [
 ]
 
 dashboard = new_dashboard(
-    uid="reliability-gpu-fleet",
+    uid=links.GPU_FLEET,
     title="GPU fleet",
     description="GPU health per node and GPU, with the thresholds of the built-in rules.",
     tags=["gpu"],

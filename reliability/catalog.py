@@ -285,6 +285,65 @@ SLACK_CALL_FAILURES = _m(
     ("reason",),
 )
 
+# --- incidents and runbook runs, as the database records them (collect/records.py) --------
+# From an acknowledgement within the first minute to an incident left for a day, in minutes.
+INCIDENT_DURATION_BUCKETS = tuple(
+    60.0 * minutes for minutes in (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 240, 1440)
+)
+INCIDENTS_OPEN = _m(
+    "incidents_open",
+    "gauge",
+    "Incidents not yet resolved, by severity and `status` (open|acknowledged).",
+    ("severity", "status"),
+)
+INCIDENT_TIME_TO_ACKNOWLEDGE = _m(
+    "incident_time_to_acknowledge_seconds",
+    "histogram",
+    "Seconds from each page (an incident opened, reopened, or its acknowledgement expired) "
+    "to its acknowledgement, over every acknowledgement on record; `severity` as the "
+    "incident opened or reopened.",
+    ("severity",),
+    unit="seconds",
+    buckets=INCIDENT_DURATION_BUCKETS,
+)
+INCIDENT_TIME_TO_RESOLVE = _m(
+    "incident_time_to_resolve_seconds",
+    "histogram",
+    "Seconds from an incident opening (or reopening) to its resolve, over every resolve on "
+    "record; `severity` as the incident opened or reopened.",
+    ("severity",),
+    unit="seconds",
+    buckets=INCIDENT_DURATION_BUCKETS,
+)
+RUNBOOK_RUNS = _m(
+    "runbook_runs_total",
+    "counter",
+    "Runbook runs that ended, by final `status` (succeeded, failed, aborted, undone), over "
+    "every run on record.",
+    ("runbook", "status"),
+)
+RUNBOOK_RUNS_UNFINISHED = _m(
+    "runbook_runs_unfinished",
+    "gauge",
+    "Runbook runs not ended, by `status`: running, or interrupted and undo_failed (waiting "
+    "for `runbook resume` or `runbook undo`).",
+    ("runbook", "status"),
+)
+
+# --- the inventory, from the config (collect/inventory.py) -------------------------------
+NODE_INFO = _m(
+    "node_info",
+    "gauge",
+    "A configured node's pool and role; always 1. Join on `node` to add up GPUs by pool.",
+    ("node", "pool", "role"),
+)
+ENDPOINT_INFO = _m(
+    "endpoint_info",
+    "gauge",
+    "A configured endpoint's `role` (hosted|local) and service; always 1.",
+    ("endpoint", "role", "service"),
+)
+
 ALL: tuple[Metric, ...] = tuple(v for v in globals().copy().values() if isinstance(v, Metric))
 BY_NAME: dict[str, Metric] = {m.name: m for m in ALL}
 
@@ -334,3 +393,204 @@ XIDS: dict[int, Xid] = {
 def xid_info(code: int) -> Xid:
     """The catalogue entry for an XID code; a code we do not know asks a human to look."""
     return XIDS.get(code) or Xid(code, f"XID {code}", XidAction.INVESTIGATE, False)
+
+
+# =========================================================================================
+# External: serving engines' own metrics
+# =========================================================================================
+# Not exported by the daemon, ever: these are what vLLM, SGLang, TGI and Triton serve on
+# their own /metrics, spelled as the engines spell them (their names break our conventions,
+# e.g. `vllm:` prefixes and `_total`-less counters). They are here so that a dashboard's query
+# of them is checked like any other (dashboards/build.py). `EngineMetric` is not a `Metric`:
+# it is not in `ALL`, no `Sample` can carry it and the snapshot never renders it.
+# Teams scrape their engines with the labels in `ENGINE_TARGET_LABELS` added by Prometheus.
+# The rig's inference stand-in serves them from the traffic it answers (testing/inference.py).
+
+Engine = Literal["vllm", "sglang", "tgi", "triton"]
+ENGINES: tuple[Engine, ...] = ("vllm", "sglang", "tgi", "triton")
+# Set per scrape target (`static_configs[].labels`): the pool the server belongs to.
+ENGINE_TARGET_LABELS = ("pool",)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMetric:
+    """One metric family a serving engine exports; `name` is exactly as it appears in the
+    engine's exposition (histograms add `_bucket`, `_sum`, `_count`). `buckets` are what the
+    rig's stand-in uses: vLLM's defaults, a similar spread for the others (no query depends
+    on them)."""
+
+    engine: Engine
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+    buckets: tuple[float, ...] = ()
+
+
+_VLLM = ("model_name", "engine")
+# vllm/v1/metrics/loggers.py (PrometheusStatLogger)
+VLLM_RUNNING = EngineMetric(
+    "vllm", "vllm:num_requests_running", "gauge", "Requests in model execution batches.", _VLLM
+)
+VLLM_WAITING = EngineMetric(
+    "vllm", "vllm:num_requests_waiting", "gauge", "Requests waiting to be processed.", _VLLM
+)
+VLLM_KV_CACHE_USAGE = EngineMetric(
+    "vllm", "vllm:kv_cache_usage_perc", "gauge", "KV-cache usage; 1 is full.", _VLLM, "ratio"
+)
+VLLM_GPU_CACHE_USAGE = EngineMetric(
+    "vllm",
+    "vllm:gpu_cache_usage_perc",
+    "gauge",
+    "The same KV-cache usage under its older name (deprecated for kv_cache_usage_perc, then "
+    "removed); queried as a fallback for older servers.",
+    _VLLM,
+    "ratio",
+)
+VLLM_TTFT = EngineMetric(
+    "vllm",
+    "vllm:time_to_first_token_seconds",
+    "histogram",
+    "Time to first token.",
+    _VLLM,
+    "seconds",
+    (
+        *(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0),
+        *(7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0),
+    ),
+)
+VLLM_E2E = EngineMetric(
+    "vllm",
+    "vllm:e2e_request_latency_seconds",
+    "histogram",
+    "End-to-end request latency.",
+    _VLLM,
+    "seconds",
+    (
+        *(0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0),
+        *(120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0),
+    ),
+)
+VLLM_REQUEST_SUCCESS = EngineMetric(
+    "vllm",
+    "vllm:request_success_total",
+    "counter",
+    "Requests finished, by `finished_reason` (stop, length, abort).",
+    (*_VLLM, "finished_reason"),
+)
+
+_SGLANG = ("model_name",)
+# python/sglang/srt/metrics/collector.py (Scheduler- and TokenizerMetricsCollector)
+SGLANG_RUNNING = EngineMetric(
+    "sglang", "sglang:num_running_reqs", "gauge", "Running requests.", _SGLANG
+)
+SGLANG_QUEUE = EngineMetric(
+    "sglang", "sglang:num_queue_reqs", "gauge", "Requests in the waiting queue.", _SGLANG
+)
+SGLANG_TOKEN_USAGE = EngineMetric(
+    "sglang",
+    "sglang:token_usage",
+    "gauge",
+    "Share of the KV-cache token pool in use.",
+    _SGLANG,
+    "ratio",
+)
+SGLANG_TTFT = EngineMetric(
+    "sglang",
+    "sglang:time_to_first_token_seconds",
+    "histogram",
+    "Time to first token.",
+    _SGLANG,
+    "seconds",
+    (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 120.0),
+)
+SGLANG_E2E = EngineMetric(
+    "sglang",
+    "sglang:e2e_request_latency_seconds",
+    "histogram",
+    "End-to-end request latency.",
+    _SGLANG,
+    "seconds",
+    (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0),
+)
+SGLANG_REQUESTS = EngineMetric(
+    "sglang", "sglang:num_requests_total", "counter", "Requests processed.", _SGLANG
+)
+
+# router/src (text-generation-router, metrics crate): no labels; no time-to-first-token
+# and no KV-cache usage metric exist.
+TGI_QUEUE = EngineMetric("tgi", "tgi_queue_size", "gauge", "Requests in the queue.")
+TGI_BATCH = EngineMetric(
+    "tgi", "tgi_batch_current_size", "gauge", "Requests in the batch being generated."
+)
+TGI_REQUEST_DURATION = EngineMetric(
+    "tgi",
+    "tgi_request_duration",
+    "histogram",
+    "End-to-end request latency, in seconds.",
+    unit="seconds",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0),
+)
+TGI_REQUEST_SUCCESS = EngineMetric(
+    "tgi", "tgi_request_success", "counter", "Requests answered successfully."
+)
+
+_TRITON = ("model", "version")
+# Triton core (docs/user_guide/metrics.md) and its TensorRT-LLM backend (nv_trt_llm_*).
+TRITON_PENDING = EngineMetric(
+    "triton",
+    "nv_inference_pending_request_count",
+    "gauge",
+    "Requests received and not yet executing.",
+    _TRITON,
+)
+TRITON_SUCCESS = EngineMetric(
+    "triton", "nv_inference_request_success", "counter", "Successful requests.", _TRITON
+)
+TRITON_FAILURE = EngineMetric(
+    "triton",
+    "nv_inference_request_failure",
+    "counter",
+    "Failed requests (Triton adds a `reason` label in newer releases).",
+    _TRITON,
+)
+TRITON_REQUEST_DURATION = EngineMetric(
+    "triton",
+    "nv_inference_request_duration_us",
+    "counter",
+    "Cumulative end-to-end request handling time, in microseconds.",
+    _TRITON,
+    "microseconds",
+)
+TRITON_FIRST_RESPONSE = EngineMetric(
+    "triton",
+    "nv_inference_first_response_histogram_ms",
+    "histogram",
+    "Time to the first response, in milliseconds: for a streaming (decoupled) LLM model the "
+    "first streamed chunk. Off unless Triton runs with "
+    "`--metrics-config histogram_latencies=true`.",
+    _TRITON,
+    "milliseconds",
+    (1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0),
+)
+TRTLLM_REQUESTS = EngineMetric(
+    "triton",
+    "nv_trt_llm_request_metrics",
+    "gauge",
+    "TensorRT-LLM backend requests by `request_type` (active, max, scheduled, context, ...).",
+    (*_TRITON, "request_type"),
+)
+TRTLLM_KV_CACHE_BLOCKS = EngineMetric(
+    "triton",
+    "nv_trt_llm_kv_cache_block_metrics",
+    "gauge",
+    "TensorRT-LLM backend KV-cache blocks by `kv_cache_block_type` (max, free, used, "
+    "tokens_per, fraction: the share in use).",
+    (*_TRITON, "kv_cache_block_type"),
+)
+
+ENGINE_METRICS: tuple[EngineMetric, ...] = tuple(
+    v for v in globals().copy().values() if isinstance(v, EngineMetric)
+)
+ENGINE_BY_NAME: dict[str, EngineMetric] = {m.name: m for m in ENGINE_METRICS}

@@ -37,6 +37,9 @@ DEADLINE_MARGIN = 2.0
 STOP_GRACE = 3.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TIMERS_INTERVAL = 15.0
+# Incidents and runbook runs are read back from the database this often (collect/records.py).
+RECORDS_INTERVAL = 15.0
+RECORDS_TIMEOUT = 10.0
 
 
 @dataclass
@@ -79,6 +82,7 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
     """Every collector the config asks for, each wrapped in a runner with its interval."""
     from reliability.collect.api import ApiProbeCollector, EndpointSpec
     from reliability.collect.gpu import NvmlGpuCollector, SmiGpuCollector
+    from reliability.collect.inventory import COLLECTOR, TARGET, inventory_samples
     from reliability.collect.node import NodeCollector, NodeSpec
     from reliability.ssh import SshPool, target_for
     from reliability.ssh import TargetRunner as SshRunner
@@ -86,6 +90,8 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
     snapshot = snapshot or Snapshot()
     cc = config.collect
     daemon = Daemon(config, snapshot, [])
+    # The pools and roles of the config, for dashboards to join on; they change with it only.
+    snapshot.publish(COLLECTOR, TARGET, ok=True, duration=0.0, samples=inventory_samples(config))
 
     def add(collector: Collector, interval: float, timeout: float, targets=None) -> None:
         # A pool per job: in one shared pool the 100 SSH calls of a node + GPU cycle queued
@@ -228,7 +234,7 @@ def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
         engine,
         SlackNotifier(config.slack_token(), base_url=config.slack.base_url),
         config.slack,
-        dashboard_url=str(grafana) if grafana else None,
+        grafana_url=str(grafana) if grafana else None,
     )
 
 
@@ -312,15 +318,41 @@ def _start_incident_flow(
         on_firing=runbooks.submit,
     )
     detection.start()
+    _schedule_records(daemon, scheduler, database)
     # Detection first (no new runs), then the running runbook ends its step and undoes.
     daemon.closers[:0] = [detection.stop, runbooks.stop]
+
+
+def _schedule_records(
+    daemon: Daemon, scheduler: BackgroundScheduler, database: db.LazyEngine
+) -> None:
+    """Incidents and runbook runs as metrics, read from the database every 15 s: they are
+    written by other processes too (CLI, webhooks), so only the database knows them all."""
+    from reliability.collect.records import RecordsCollector
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-records")
+    runner = TargetRunner(
+        RecordsCollector(database.get, timeout=RECORDS_TIMEOUT),
+        daemon.snapshot,
+        executor=executor,
+        deadline=RECORDS_TIMEOUT + DEADLINE_MARGIN,
+    )
+    daemon.closers.append(lambda: executor.shutdown(wait=False, cancel_futures=True))
+    scheduler.add_job(
+        runner.run_cycle,
+        "interval",
+        seconds=RECORDS_INTERVAL,
+        id="records",
+        next_run_time=datetime.now(UTC),
+    )
 
 
 def serve(daemon: Daemon) -> int:
     """Run the scheduler and the HTTP surface until SIGTERM/SIGINT; 0 on a clean stop."""
     scheduler = BackgroundScheduler(
-        # The collector jobs, the incident timers and the outbox metrics: none waits.
-        executors={"default": {"type": "threadpool", "max_workers": len(daemon.jobs) + 2}},
+        # The collector jobs, the incident timers, the outbox metrics and the records: none
+        # waits.
+        executors={"default": {"type": "threadpool", "max_workers": len(daemon.jobs) + 3}},
         job_defaults={"max_instances": 1, "coalesce": True},
         timezone="UTC",
     )

@@ -1,15 +1,28 @@
-"""Dashboards as code: deterministic builds, queries only of exported metrics, and the push
+"""Dashboards as code: the five dashboards, deterministic builds, queries only of catalogued
+metrics (the daemon's, or the serving engines' own), settings from the config, and the push
 to Grafana's HTTP API (a stand-in on loopback) with its failures reported per dashboard."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
+from reliability import catalog
 from reliability.cli import main
-from reliability.dashboards.build import build_all, exported_series, metric_names, queries
+from reliability.config import DashboardsConfig
+from reliability.dashboards import links
+from reliability.dashboards.build import (
+    build_all,
+    engine_series,
+    exported_series,
+    known_series,
+    metric_names,
+    queries,
+)
 from reliability.testing.grafana import GrafanaStandIn
 from reliability.testing.loopback import free_port
 
@@ -30,6 +43,30 @@ def all_queries() -> list[tuple[str, str]]:
 # --- build ---------------------------------------------------------------------------------
 
 
+def test_the_five_dashboards_are_built_with_the_uids_messages_link_to():
+    assert {b.title: b.uid for b in BUILT} == {
+        "GPU fleet": links.GPU_FLEET,
+        "API health": links.API_HEALTH,
+        "Incidents and runbooks": links.INCIDENTS_RUNBOOKS,
+        "Serving engines": links.SERVING_ENGINES,
+        "Capacity and cost": links.CAPACITY_COST,
+    }
+    assert sorted(links.ALL) == UIDS
+
+
+def test_an_incident_link_cannot_break_out_of_its_slack_link():
+    """Label values are URL-encoded: `|` or `>` in one cannot end the link `<url|text>`."""
+    url = links.incident_url(
+        "https://grafana.example/",
+        labels={"node": "gpu 1|<!channel>", "endpoint": "ignored: the node wins"},
+        started_at=datetime(2026, 1, 1, 12, 0, tzinfo=UTC),
+    )
+    assert url == (
+        "https://grafana.example/d/reliability-gpu-fleet?var-node=gpu+1%7C%3C%21channel%3E"
+        "&from=1767267000000&to=now"
+    )
+
+
 def test_build_twice_gives_byte_identical_files(tmp_path: Path):
     first, second = tmp_path / "a", tmp_path / "b"
     for out in (first, second):
@@ -37,6 +74,7 @@ def test_build_twice_gives_byte_identical_files(tmp_path: Path):
         assert result.exit_code == 0, result.output
     names = sorted(p.name for p in first.iterdir())
     assert names == [f"{uid}.json" for uid in UIDS]
+    assert len(names) == 5
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
@@ -45,7 +83,59 @@ def test_build_twice_gives_byte_identical_files(tmp_path: Path):
 def test_every_query_selects_only_catalogue_metrics(where: str, expr: str):
     names = metric_names(expr)
     assert names, f"{where}: no metric in {expr!r}"
-    assert names <= exported_series(), f"{where}: {sorted(names - exported_series())} in {expr!r}"
+    assert names <= known_series(), f"{where}: {sorted(names - known_series())} in {expr!r}"
+
+
+def test_only_the_serving_engines_dashboards_query_engine_metrics():
+    """The daemon never exports an engine's metric; only dashboards for the engines'
+    own /metrics may name one."""
+    assert not exported_series() & engine_series()
+    assert not {m.name for m in catalog.ALL} & set(catalog.ENGINE_BY_NAME)
+    engines_queried = {
+        b.uid for b in BUILT for _, expr in queries(b.model) if metric_names(expr) & engine_series()
+    }
+    assert engines_queried == {links.SERVING_ENGINES, links.CAPACITY_COST}
+
+
+def test_every_engine_has_a_query_for_each_concern_it_reports():
+    model = next(b.model for b in BUILT if b.uid == links.SERVING_ENGINES)
+    by_panel = {
+        p["title"]: {
+            catalog.ENGINE_BY_NAME[n.removesuffix("_bucket")].engine
+            for t in p["targets"]
+            for n in metric_names(t["expr"])
+        }
+        for p in model["panels"]
+        if p["type"] != "row"
+    }
+    every = set(catalog.ENGINES)
+    assert by_panel == {
+        "Queue depth": every,
+        "Running requests": every,
+        # TGI has no KV-cache usage nor time-to-first-token metric.
+        "KV-cache usage per server": every - {"tgi"},
+        "Time to first token": every - {"tgi"},
+        "End-to-end latency": every,
+        "Requests finished": every,
+    }
+
+
+def test_the_energy_price_comes_from_the_config(tmp_path: Path):
+    config = tmp_path / "reliability.yaml"
+    config.write_text("dashboards:\n  energy_price_per_kwh: 0.31\n")
+    out = tmp_path / "out"
+    result = run("dashboards", "build", "--src", str(SOURCES), "--out", str(out), "-c", str(config))
+    assert result.exit_code == 0, result.output
+    model = json.loads((out / f"{links.CAPACITY_COST}.json").read_text())
+    [price] = [v for v in model["templating"]["list"] if v["name"] == "price_per_kwh"]
+    assert (price["type"], price["query"], price["current"]["value"]) == ("textbox", "0.31", "0.31")
+    default = next(b.model for b in BUILT if b.uid == links.CAPACITY_COST)
+    [price] = [v for v in default["templating"]["list"] if v["name"] == "price_per_kwh"]
+    assert price["query"] == str(DashboardsConfig().energy_price_per_kwh)
+    costs = [
+        t["expr"] for p in model["panels"] if "cost" in p["title"].lower() for t in p["targets"]
+    ]
+    assert costs and all("$price_per_kwh" in expr for expr in costs)
 
 
 @pytest.mark.parametrize("built", BUILT, ids=UIDS)

@@ -1,35 +1,45 @@
 """Dashboards and exported rules against a real Prometheus scraping a real daemon.
 
-The daemon runs against the rig (SSH nodes, an inference stand-in, a Slack stand-in) with
-1 s collect intervals; Debian's `prometheus` scrapes it every second with the output of
-`reliability rules export` loaded. Once data flows, every target expression of every panel
-of every built dashboard (template variables expanded to real values) and every exported
-rule's expression must return data from `/api/v1/query`.
+The daemon runs against the rig (SSH nodes, inference stand-ins for a local pool and a
+hosted API, a Slack stand-in) with 1 s collect intervals; Debian's `prometheus` scrapes it
+every second with the output of `reliability rules export` loaded. It also scrapes four
+inference stand-ins, one per serving engine (vLLM, SGLang, TGI, Triton), each speaking its
+engine's own metric names with values from the requests it served, labelled with the pool
+it serves as a team's scrape config labels it. Once data flows, every target expression of
+every panel of every built dashboard (template variables expanded to real values) and every
+exported rule's expression must return data from `/api/v1/query`.
 
 Comparisons filter: `x > 0` returns nothing while all is well. Each comparison is
 therefore queried with the `bool` modifier (`x > bool 0`), which returns every series the
 comparison looks at, with 0 or 1, so "no data" means the series or the label matching
 is missing, not that nothing is wrong. Series that exist only after an event (an XID
-counter, a lost GPU, a failed Slack call) are made to exist by causing that event.
+counter, a lost GPU, a failed Slack call, an acknowledged and resolved incident, a finished
+runbook run) are made to exist by causing that event.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from reliability import db
 from reliability.dashboards.build import build_all, queries
+from reliability.runbooks import service as runs
+from reliability.runbooks.models import RunStatus
 from reliability.testing.fleet import Fleet
-from reliability.testing.inference_group import InferenceHandle
+from reliability.testing.inference import DEFAULT_MODEL, InferenceSpec
+from reliability.testing.inference_group import InferenceHandle, ServerGroup
 from reliability.testing.loopback import free_port
 from reliability.testing.prometheus import PrometheusServer
 from reliability.testing.slack import SlackStandIn
@@ -37,9 +47,15 @@ from reliability.testing.slack import SlackStandIn
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
 ENDPOINT = "pool-blue"
+HOSTED = "hosted-api"
+# The engines other than the daemon's probed vLLM pool, and the pool each serves.
+ENGINE_POOLS = {"sglang": "green", "tgi": "green", "triton": "blue"}
 NODE = "gpu-1"  # where the events happen and what `$node` selects
 TOKEN_ENV = "RELIABILITY_TEST_SLACK_TOKEN"
-INTERVAL = "1m"  # `$__rate_interval` / `$__interval`: wide enough for >= 2 samples
+INTERVAL = "1m"  # `$__rate_interval`: wide enough for >= 2 samples
+# Grafana's range variables, as for a 5 minute dashboard at one point per scrape.
+RANGE = {"__range": "5m", "__range_s": "300", "__range_ms": "300000"}
+STEP = {"__interval": "1s", "__interval_ms": "1000"}
 DATA_WITHIN_S = 25.0
 
 # Expressions that cannot return data in this rig by design, with the reason. A key is the
@@ -99,23 +115,31 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def probe(name: str, server: InferenceHandle, role: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "url": server.url,
+        "role": role,
+        "model": server.spec.model,
+        "interval": "1s",
+        "timeout": "900ms",
+        "completion_interval": "2s",
+    }
+
+
 def write_config(
-    directory: Path, port: int, rig: Fleet, endpoint: InferenceHandle, slack: SlackStandIn
+    directory: Path,
+    port: int,
+    rig: Fleet,
+    endpoint: InferenceHandle,
+    hosted: InferenceHandle,
+    slack: SlackStandIn,
 ) -> Path:
     config = {
         "database": {"url": f"sqlite:///{directory / 'reliability.db'}"},
         "http": {"listen": f"127.0.0.1:{port}"},
         **rig.config_sections(),
-        "endpoints": [
-            {
-                "name": ENDPOINT,
-                "url": endpoint.url,
-                "model": endpoint.spec.model,
-                "interval": "1s",
-                "timeout": "900ms",
-                "completion_interval": "2s",
-            }
-        ],
+        "endpoints": [probe(ENDPOINT, endpoint, "local"), probe(HOSTED, hosted, "hosted")],
         "collect": {"node_interval": 1, "gpu_interval": 1, "timeout": 1},
         "slack": {"token_env": TOKEN_ENV, "channel": "#oncall", "base_url": slack.api_url},
     }
@@ -167,18 +191,89 @@ def wait_for(what: str, ok: Callable[[], bool], timeout: float = DATA_WITHIN_S) 
     pytest.fail(f"{what}: not within {timeout}s")
 
 
+def serve_requests(servers: list[InferenceHandle], rounds: int = 3) -> None:
+    """Chat completions to each engine stand-in, plain and streamed: the traffic its metrics
+    count (the vLLM pool gets the daemon's probes)."""
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hello"}]}
+    for _ in range(rounds):
+        for server in servers:
+            url = f"{server.url}/v1/chat/completions"
+            assert httpx.post(url, json=body, timeout=5).status_code == 200
+            with httpx.stream("POST", url, json=body | {"stream": True}, timeout=5) as reply:
+                for _ in reply.iter_lines():
+                    pass
+
+
+def record_runbook_run(config: Path) -> None:
+    """A finished run, as the runbook engine records one (a real run needs a service)."""
+    url = yaml.safe_load(config.read_text())["database"]["url"]
+    db.load_models()  # the run's foreign key names the incidents table
+    engine = db.make_engine(url)
+    now = datetime.now(UTC)
+    try:
+        with db.session_factory(engine)() as session, session.begin():
+            run = runs.create_run(
+                session,
+                runbook="node-failover",
+                params={"node": NODE},
+                services=[],
+                started_by="live-test",
+                incident_id=None,
+                now=now,
+            )
+            runs.finish_run(session, run.id, RunStatus.succeeded, None, now)
+    finally:
+        engine.dispose()
+
+
+def acknowledge_and_resolve(config: Path) -> None:
+    """The lost GPU's incident, acknowledged and resolved through the CLI, as on-call does
+    (it reopens: the GPU is still lost)."""
+    found: list[int] = []
+
+    def opened() -> bool:
+        listed = cli("incidents", "list", "--json", "-c", str(config))
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        found[:] = [i["id"] for i in json.loads(listed.stdout) if i["labels"].get("node") == NODE]
+        return bool(found)
+
+    wait_for("an incident on the lost GPU", opened)
+    for verb in ("ack", "resolve"):
+        done = cli("incidents", verb, str(found[0]), "--by", "alice", "-c", str(config))
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def variable_values(model: dict[str, object]) -> dict[str, str]:
+    """A dashboard's own text variables (the price per kWh) at their default."""
+    return {
+        v["name"]: str(v["query"])
+        for v in model.get("templating", {}).get("list", [])  # type: ignore[union-attr]
+        if v.get("type") in ("textbox", "constant")
+    }
+
+
 @pytest.mark.rig
 def test_every_panel_and_rule_expression_returns_data_from_a_real_prometheus(
     rig: Fleet,
     inference_server: InferenceHandle,
+    inference_group: ServerGroup,
     slack: SlackStandIn,
     tmp_path: Path,
     daemon_process,
 ):
+    hosted = inference_group.start(InferenceSpec(pool="hosted"))
+    engines = {
+        engine: inference_group.start(InferenceSpec(pool=pool, engine=engine))
+        for engine, pool in ENGINE_POOLS.items()
+    }
+    # The daemon's probed pool plays vLLM: its engine metrics count the probes' completions.
+    assert inference_server.spec.engine == "vllm"
+    engines["vllm"] = inference_server
     port = free_port()
-    config = write_config(tmp_path, port, rig, inference_server, slack)
+    config = write_config(tmp_path, port, rig, inference_server, hosted, slack)
     upgraded = cli("db", "upgrade", "-c", str(config))
     assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    record_runbook_run(config)
     rules = tmp_path / "reliability.rules.yml"
     exported = cli("rules", "export", "-c", str(config), "--out", str(rules))
     assert exported.returncode == 0, exported.stdout + exported.stderr
@@ -192,17 +287,31 @@ def test_every_panel_and_rule_expression_returns_data_from_a_real_prometheus(
     slack.state.fail_next(1, "internal_error")
 
     target = daemon_process(config)
-    with PrometheusServer(tmp_path / "prometheus", [target], rules=rules) as prom:
+    engine_jobs = [
+        {
+            "job_name": "engines",
+            "static_configs": [
+                {"targets": [f"{s.host}:{s.port}"], "labels": {"pool": s.spec.pool}}
+                for s in engines.values()
+            ],
+        }
+    ]
+    with PrometheusServer(
+        tmp_path / "prometheus", [target], rules=rules, scrape_configs=engine_jobs
+    ) as prom:
         assert len(prom.rules_loaded()) == len(alerts)
         wait_for("5 scrapes of the daemon", lambda: _scrapes(prom) >= 5)
+        serve_requests([engines[e] for e in ENGINE_POOLS])
+        acknowledge_and_resolve(config)
 
         values = {"node": NODE, "endpoint": ENDPOINT, "__rate_interval": INTERVAL}
-        values["__interval"] = INTERVAL
+        values |= RANGE | STEP
         checks: list[tuple[str, str]] = []
         for built in build_all(DASHBOARDS):
+            own = values | variable_values(built.model)
             for where, expr in queries(built.model):
                 if where.startswith("panel "):
-                    checks.append((f"{built.title}: {where[6:]}: {expr}", expand(expr, values)))
+                    checks.append((f"{built.title}: {where[6:]}: {expr}", expand(expr, own)))
         checks += [(f"rule {a['alert']}: {a['expr']}", a["expr"]) for a in alerts]
 
         assert len(checks) > len(alerts)

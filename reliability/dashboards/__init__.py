@@ -1,2 +1,3 @@
 """Grafana dashboards as code: building blocks, the loader that renders dashboards/*.dashboard.py
-to deterministic JSON, and the push to Grafana's HTTP API."""
+to deterministic JSON, the push to Grafana's HTTP API, and the dashboards' uids with the link
+from an incident to the dashboard that shows it."""

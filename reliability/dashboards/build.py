@@ -1,8 +1,11 @@
 """Load dashboards/*.dashboard.py and render them to deterministic JSON.
 
-Each file defines `dashboard` (a grafanalib Dashboard). Rendering sorts keys and keeps the
-ids `layout` gave, so the same sources give byte-identical files that diff cleanly in review.
-Before anything is written, every metric a target or variable queries must be in the catalogue.
+Each file defines `dashboard` (a grafanalib Dashboard), or `make_dashboard(settings)` that
+returns one from the config's `dashboards` section (the energy price, for one). Rendering
+sorts keys and keeps the ids `layout` gave, so the same sources and settings give
+byte-identical files that diff cleanly in review. Before anything is written, every metric a
+target or variable queries must be in the catalogue: exported by the daemon, or one of the
+serving engines' own metrics (`catalog.ENGINE_METRICS`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from grafanalib._gen import DashboardEncoder
 from grafanalib.core import Dashboard
 
 from reliability import catalog
+from reliability.config import DashboardsConfig
 
 SUFFIX = ".dashboard.py"
 
@@ -54,16 +58,30 @@ class Built:
         return json.dumps(self.model, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
-def exported_series() -> frozenset[str]:
-    """Every series name the daemon exports: counters end in `_total`, histograms add
-    `_bucket`, `_sum` and `_count` to the family name."""
+def _series(metrics: Iterable[catalog.Metric | catalog.EngineMetric]) -> frozenset[str]:
     names: set[str] = set()
-    for metric in catalog.ALL:
+    for metric in metrics:
         if metric.kind == "histogram":
             names.update(metric.name + s for s in ("_bucket", "_sum", "_count"))
         else:
             names.add(metric.name)
     return frozenset(names)
+
+
+def exported_series() -> frozenset[str]:
+    """Every series name the daemon exports: counters end in `_total`, histograms add
+    `_bucket`, `_sum` and `_count` to the family name."""
+    return _series(catalog.ALL)
+
+
+def engine_series() -> frozenset[str]:
+    """Every series name of the serving engines' metrics (never exported by the daemon)."""
+    return _series(catalog.ENGINE_METRICS)
+
+
+def known_series() -> frozenset[str]:
+    """What a dashboard may query: the daemon's series and the serving engines'."""
+    return exported_series() | engine_series()
 
 
 def metric_names(expr: str) -> set[str]:
@@ -75,19 +93,28 @@ def metric_names(expr: str) -> set[str]:
     return {n for n in _NAME.findall(text) if n.lower() not in _KEYWORDS}
 
 
-def load(path: Path) -> Dashboard:
-    """Import one dashboard file and return its `dashboard`; any failure names the file."""
+def load(path: Path, settings: DashboardsConfig | None = None) -> Dashboard:
+    """Import one dashboard file and return its `dashboard` (or what its `make_dashboard`
+    makes of `settings`, the defaults if None); any failure names the file."""
     spec = importlib.util.spec_from_file_location(f"_dashboard_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise DashboardError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+        make = getattr(module, "make_dashboard", None)
+        dashboard = (
+            make(settings or DashboardsConfig())
+            if callable(make)
+            else getattr(module, "dashboard", None)
+        )
     except Exception as exc:  # the author's code: any error is theirs to see, with the file
         raise DashboardError(f"{path}: {type(exc).__name__}: {exc}") from exc
-    dashboard = getattr(module, "dashboard", None)
     if not isinstance(dashboard, Dashboard):
-        raise DashboardError(f"{path}: defines no `dashboard` (a grafanalib Dashboard)")
+        raise DashboardError(
+            f"{path}: defines no `dashboard` (a grafanalib Dashboard), nor a `make_dashboard` "
+            "returning one"
+        )
     if not dashboard.uid:
         raise DashboardError(f"{path}: the dashboard has no uid")
     return dashboard
@@ -111,7 +138,7 @@ def queries(model: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 def unknown_metrics(built: Built) -> list[str]:
     """One line per query that selects a metric the catalogue does not have."""
-    known = exported_series()
+    known = known_series()
     return [
         f"{built.source.name}: {built.title}: {where}: {sorted(missing)} not in the catalogue "
         f"in {expr!r}"
@@ -127,13 +154,13 @@ def sources(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"*{SUFFIX}"))
 
 
-def build_all(directory: Path) -> list[Built]:
+def build_all(directory: Path, settings: DashboardsConfig | None = None) -> list[Built]:
     """Load, render and check every dashboard; raise DashboardError listing every problem."""
     built: list[Built] = []
     problems: list[str] = []
     for path in sources(directory):
         try:
-            dashboard = load(path)
+            dashboard = load(path, settings)
         except DashboardError as exc:
             problems.append(str(exc))
             continue

@@ -21,9 +21,9 @@ src_option = click.option(
 )
 
 
-def _build(src: Path) -> list[build_mod.Built]:
+def _build(src: Path, config: Config) -> list[build_mod.Built]:
     try:
-        return build_mod.build_all(src)
+        return build_mod.build_all(src, config.dashboards)
     except build_mod.DashboardError as exc:
         raise CommandFailed(str(exc)) from None
 
@@ -42,9 +42,12 @@ def dashboards() -> None:
     show_default=True,
     help="Folder the JSON files are written to.",
 )
-def build(src: Path, out: Path) -> None:
-    """Write each dashboard as <uid>.json; the same sources give byte-identical files."""
-    for path in build_mod.write_all(_build(src), out):
+@config_option
+def build(config: Config, src: Path, out: Path) -> None:
+    """Write each dashboard as <uid>.json; the same sources and config give byte-identical
+    files. The config's `dashboards` section sets what the dashboards take from it (the
+    energy price per kWh)."""
+    for path in build_mod.write_all(_build(src, config), out):
         console.print(str(path))
 
 
@@ -67,7 +70,7 @@ def push(config: Config, src: Path, url: str | None) -> None:
         raise BadInput(str(exc)) from None
     if token is None:
         raise BadInput("dashboards.token_env is not set: name the variable holding the token")
-    built = _build(src)
+    built = _build(src, config)
     with push_mod.client(url, token.get_secret_value()) as http:
         results = push_mod.push_all(http, built, settings.folder_uid)
     for result in results:

@@ -117,6 +117,11 @@ def datasource_variable() -> Template:
     return Template(name="datasource", label="Data source", query="prometheus", type="datasource")
 
 
+def textbox_variable(name: str, *, title: str, value: str) -> Template:
+    """A free-text variable (a number a viewer may change, such as a price), `value` first."""
+    return Template(name=name, label=title, query=value, default=value, type="textbox")
+
+
 def label_variable(metric: Metric, label: str, *, title: str) -> Template:
     """A multi-value variable over the values of `label` on `metric` ("All" by default).
 

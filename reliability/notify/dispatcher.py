@@ -40,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from reliability import catalog
 from reliability.collect.base import Sample
 from reliability.config import SlackConfig
+from reliability.dashboards import links
 from reliability.incidents import silences
 from reliability.incidents.silences import ActiveSilence
 from reliability.notify import blocks
@@ -104,7 +105,8 @@ def backoff_s(failures: int, *, base_s: float, cap_s: float, rng: random.Random)
 
 
 class Dispatcher:
-    """Sends the outbox of the database behind `engine` through `notifier`."""
+    """Sends the outbox of the database behind `engine` through `notifier`; with
+    `grafana_url`, each root message links to the dashboard that shows its incident."""
 
     def __init__(
         self,
@@ -112,14 +114,14 @@ class Dispatcher:
         notifier: SlackNotifier,
         slack: SlackConfig,
         *,
-        dashboard_url: str | None = None,
+        grafana_url: str | None = None,
         settings: DispatchSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._engine = engine
         self._notifier = notifier
         self._slack = slack
-        self._dashboard_url = dashboard_url
+        self._grafana_url = grafana_url
         self._settings = settings or DispatchSettings()
         self._rng = rng or random.Random()
         self._min_interval_s = 1.0 / slack.max_per_second
@@ -262,7 +264,7 @@ class Dispatcher:
         if root is None or blocks.updates_root(kind):
             runbook = blocks.runbook_command(claimed.opening_data, incident.labels)
             message = blocks.root_message(
-                incident, runbook=runbook, dashboard_url=self._dashboard_url
+                incident, runbook=runbook, dashboard_url=self._dashboard_url(claimed)
             )
             if root is None:
                 posted = self._notifier.post(channel, message.text, message.blocks)
@@ -277,6 +279,19 @@ class Dispatcher:
             root.channel, reply.text, reply.blocks, thread_ts=root.ts, broadcast=blocks.pages(kind)
         )
         return None
+
+    def _dashboard_url(self, claimed: Claimed) -> str | None:
+        """The Grafana dashboard that shows the incident (dashboards/links.py), if Grafana's
+        address is configured (`dashboards.grafana_url`)."""
+        if self._grafana_url is None:
+            return None
+        incident = claimed.incident
+        return links.incident_url(
+            self._grafana_url,
+            labels=incident.labels,
+            started_at=incident.started_at,
+            resolved_at=incident.resolved_at,
+        )
 
     def _record_failure(self, claimed: Claimed, channel: str, exc: SlackError) -> None:
         pacing = self._pacing(channel)

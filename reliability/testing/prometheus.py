@@ -2,8 +2,10 @@
 
 ``with PrometheusServer(tmp_path, targets=["127.0.0.1:9100"], rules=path) as prom:``
 starts ``/usr/bin/prometheus`` on a free 127.0.0.1 port with a 1 s scrape interval of
-each target's ``/metrics`` and the rules file loaded, waits until it answers, and stops
-it on exit. A missing binary skips the test locally and fails it in CI.
+each target's ``/metrics`` (job ``reliability``) and the rules file loaded, waits until it
+answers, and stops it on exit. ``scrape_configs`` adds jobs of its own (other servers,
+target labels such as the ``pool`` of a serving engine). A missing binary skips the test
+locally and fails it in CI.
 """
 
 from __future__ import annotations
@@ -44,10 +46,17 @@ class PrometheusError(RuntimeError):
 class PrometheusServer:
     """One Prometheus process scraping ``targets`` (host:port) every second."""
 
-    def __init__(self, directory: Path, targets: Sequence[str], rules: Path | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        targets: Sequence[str],
+        rules: Path | None = None,
+        scrape_configs: Sequence[dict[str, Any]] = (),
+    ):
         self.directory = directory
         self.targets = list(targets)
         self.rules = rules
+        self.scrape_configs = list(scrape_configs)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory / "prometheus.log"
@@ -57,7 +66,8 @@ class PrometheusServer:
         config: dict[str, Any] = {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"},
             "scrape_configs": [
-                {"job_name": "reliability", "static_configs": [{"targets": self.targets}]}
+                {"job_name": "reliability", "static_configs": [{"targets": self.targets}]},
+                *self.scrape_configs,
             ],
         }
         if self.rules is not None:

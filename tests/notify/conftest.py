@@ -32,7 +32,7 @@ def dispatcher_factory(
             engine,
             notifier,
             slack or slack_config(),
-            dashboard_url=settings.pop("dashboard_url", None),
+            grafana_url=settings.pop("grafana_url", None),
             settings=DispatchSettings(**({"backoff_cap_s": 1.0} | settings)),
         )
         made.append(dispatcher)

@@ -114,15 +114,66 @@ def test_channels_follow_the_routes_by_severity_and_service(session, slack, disp
 def test_the_dashboard_link_and_runbook_command_reach_the_message(
     session, slack, dispatcher_factory
 ):
-    dispatcher = dispatcher_factory(dashboard_url="https://grafana.example/d/fleet")
+    dispatcher = dispatcher_factory(grafana_url="https://grafana.example/")
     command = "reliability runbook run node-failover --param node=gpu-3"
     fire(session, "gpu-3-down", labels={"node": "gpu-3", "runbook": command})
     drain(dispatcher, session)
 
     [message] = slack.messages("alerts")
     assert command in str(message.blocks)
-    assert "https://grafana.example/d/fleet" in str(message.blocks)
+    assert "<https://grafana.example/d/reliability-gpu-fleet?var-node=gpu-3&from=" in str(
+        message.blocks
+    )
     assert slack.token not in str(slack.calls())
+
+
+def dashboard_link(message) -> str:
+    [link] = [
+        block["text"]["text"]
+        for block in message.blocks
+        if "Open the Grafana dashboard" in block.get("text", {}).get("text", "")
+    ]
+    return link.removeprefix("<").removesuffix("|Open the Grafana dashboard>")
+
+
+def test_each_message_links_to_the_dashboard_that_shows_its_incident(
+    session, slack, dispatcher_factory
+):
+    """A node's incident opens the GPU fleet on that node, an endpoint's the API health of
+    that endpoint, anything else the incidents dashboard; the time range starts half an
+    hour before the incident and, once it is resolved, ends half an hour after."""
+    dispatcher = dispatcher_factory(grafana_url="https://grafana.example/sub")
+    gpu = fire(session, "gpu-3-hot", labels={"node": "gpu-3", "gpu": "1"})
+    fire(session, "hosted-busy", labels={"endpoint": "hosted-api", "service": "chat"})
+    fire(session, "outbox-stuck", labels={"service": "chat"})
+    drain(dispatcher, session)
+    act(session, service.resolve, gpu, by="alice")
+    drain(dispatcher, session)
+
+    found = {m.text.split("] ")[1].split()[0]: dashboard_link(m) for m in slack.messages("alerts")}
+    started = {
+        i.fingerprint: int((i.started_at - timedelta(minutes=30)).timestamp() * 1000)
+        for i in service.list_incidents(session)
+    }
+    resolved_at = service.get(session, incident_id=gpu).resolved_at
+    assert resolved_at is not None
+    until = int((resolved_at + timedelta(minutes=30)).timestamp() * 1000)
+    assert found == {
+        "gpu-3-hot": "https://grafana.example/sub/d/reliability-gpu-fleet?var-node=gpu-3"
+        f"&from={started['gpu-3-hot']}&to={until}",
+        "hosted-busy": "https://grafana.example/sub/d/reliability-api-health"
+        f"?var-endpoint=hosted-api&from={started['hosted-busy']}&to=now",
+        "outbox-stuck": "https://grafana.example/sub/d/reliability-incidents-runbooks"
+        f"?from={started['outbox-stuck']}&to=now",
+    }
+
+
+def test_without_a_grafana_url_the_message_has_no_dashboard_link(session, slack, dispatcher):
+    fire(session, "gpu-3-hot", labels={"node": "gpu-3"})
+    drain(dispatcher, session)
+
+    [message] = slack.messages("alerts")
+    assert "Open the Grafana dashboard" not in str(message.blocks)
 
 
 # -- pacing, rate limits, failures -------------------------------------------------------
