@@ -20,20 +20,25 @@ from dataclasses import dataclass
 
 import httpx
 
+from reliability import catalog
 from reliability.runbooks import ops
 from reliability.runbooks.ops import LOCAL, AtRun, Op
 from reliability.ssh import CommandResult, SshError, SshPool, SshTarget
 
 EXCERPT = 2000  # characters of a command's output kept in the record
 DRAIN_SETTLE = 0.3  # seconds after a balancer reload before a member's load is read
-# Engines' own gauges of requests on the node: vLLM, SGLang, TGI.
-BUSY_METRICS = (
-    "vllm:num_requests_running",
-    "vllm:num_requests_waiting",
-    "sglang:num_running_reqs",
-    "sglang:num_queue_reqs",
-    "tgi_queue_size",
-    "tgi_batch_current_size",
+# Engines' own gauges of requests on the node (running, waiting): vLLM, SGLang, TGI, Triton.
+BUSY_METRICS = frozenset(
+    m.name
+    for m in (
+        catalog.VLLM_RUNNING,
+        catalog.VLLM_WAITING,
+        catalog.SGLANG_RUNNING,
+        catalog.SGLANG_QUEUE,
+        catalog.TGI_QUEUE,
+        catalog.TGI_BATCH,
+        catalog.TRITON_PENDING,
+    )
 )
 _SECRET_SHAPES = re.compile(
     r"(xox[abposr]-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{16,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}"

@@ -25,12 +25,13 @@ from reliability.config import Config
 from reliability.config_load import load
 from reliability.images import service as images
 from reliability.runbooks import params as params_mod
+from reliability.runbooks import service as runs
 from reliability.runbooks.engine import Engine, RunResult
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookLock, RunStatus
 from reliability.testing import docker_cli
 from reliability.testing.inference import DEFAULT_MODEL
-from reliability.testing.nginx import NginxBalancer
+from reliability.testing.nginx import NginxBalancer, parse_members
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD_REF = "registry.rig.local/serving/vllm:good"
@@ -379,3 +380,50 @@ def test_sigkill_mid_run_then_restart_reports_interrupted_frees_the_lock_and_und
     assert json.loads(undone.stdout)["status"] == "undone"
     assert rig_lb.upstream_file.read_bytes() == before
     assert pool_of_answers(rig_lb.url) == {"blue"}
+
+
+def test_drain_waits_for_the_streams_in_flight_on_the_node_to_finish(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
+) -> None:
+    config = write_config(rig_lb, tmp_path, rig_db)
+    (tmp_path / "runbooks" / "drain-one.yaml").write_text(
+        """
+description: Take gpu-1 out of the upstream once its requests are done.
+params:
+  service: {type: service}
+targets:
+  one: {node: gpu-1}
+steps:
+  - id: out
+    action: drain
+    nodes: one
+    args: {service: "{service}", wait: 20s}
+    undo: restore
+"""
+    )
+    node = rig_lb.fleet.inference_url("gpu-1")
+    httpx.post(node + "/_rig/mode", json={"mode": "slow", "delay_s": 3, "path": "/v1/*"})
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    finished: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", node + "/v1/chat/completions", json=body, timeout=30) as r:
+            finished.extend(line for line in r.iter_lines() if line)
+
+    client = threading.Thread(target=stream)
+    client.start()
+    time.sleep(0.5)  # the request is in flight on gpu-1
+    started = time.monotonic()
+
+    result = run_book(config, "drain-one", service="chat")
+    took = time.monotonic() - started
+    client.join(30)
+
+    assert result.status == RunStatus.succeeded, result.reason
+    assert finished[-1:] == ["data: [DONE]"]  # the stream was not cut
+    assert took >= 2.0  # the drain waited for it (3 s from its start)
+    members = dict(parse_members(rig_lb.upstream_file.read_text()))
+    assert members[f"{rig_lb.fleet.node('gpu-1').address}:8000"] is True
+    with db.session_factory(db.make_engine(rig_db))() as s:
+        (unit,) = runs.units(s, result.run_id)
+    assert "no request running or waiting" in unit.log[-1]["result"]
