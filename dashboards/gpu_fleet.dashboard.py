@@ -133,7 +133,10 @@ dashboard = new_dashboard(
     title="GPU fleet",
     description="GPU health per node and GPU, with the thresholds of the built-in rules.",
     tags=["gpu"],
-    variables=[label_variable(c.NODE_GPUS_EXPECTED, "node", title="Node")],
+    variables=[
+        label_variable(c.NODE_INFO, "pool", title="Pool"),
+        label_variable(c.NODE_INFO, "node", title="Node", within={"pool": "$pool"}),
+    ],
     sections=[
         ("Overview", overview),
         ("Load", load),

@@ -122,17 +122,24 @@ def textbox_variable(name: str, *, title: str, value: str) -> Template:
     return Template(name=name, label=title, query=value, default=value, type="textbox")
 
 
-def label_variable(metric: Metric, label: str, *, title: str) -> Template:
-    """A multi-value variable over the values of `label` on `metric` ("All" by default).
+def label_variable(
+    metric: Metric, label: str, *, title: str, within: dict[str, str] | None = None
+) -> Template:
+    """A multi-value variable over the values of `label` on `metric` ("All" by default);
+    `within` narrows it by other variables (`{"pool": "$pool"}`: the nodes of the pools
+    chosen).
 
     Raises ValueError when the metric has no such label: a filter on it would match nothing.
     """
-    if label not in metric.labels:
-        raise ValueError(f"{metric.name} has no label {label!r} (labels: {metric.labels})")
+    for name in (label, *(within or {})):
+        if name not in metric.labels:
+            raise ValueError(f"{metric.name} has no label {name!r} (labels: {metric.labels})")
+    selector = ", ".join(f'{k}=~"{v}"' for k, v in (within or {}).items())
+    series = f"{metric.name}{{{selector}}}" if selector else metric.name
     return Template(
         name=label,
         label=title,
-        query=f"label_values({metric.name}, {label})",
+        query=f"label_values({series}, {label})",
         dataSource=DATASOURCE,
         includeAll=True,
         multi=True,
