@@ -2,10 +2,12 @@
 
 A firing rule's runbook runs when the rule says `auto: true` or the service it would touch
 lists the runbook in `auto_runbooks`; at most one automatic run per service per
-`auto_cooldown`. Runs go one at a time on a worker thread, so detection never waits on a
-runbook. The incident's Slack thread hears the start, each failed step and the end (as
-timeline notes, through the outbox); a run that cannot start says why there too. Without
-`auto`, nothing runs: the Slack message shows the command to paste.
+`auto_cooldown`. Runs go on worker threads (a few at once: a failover waiting hours for a
+hosted API to recover must not hold back another service's), so detection never waits on
+a runbook; two runs on one service are kept apart by the service lock. The incident's
+Slack thread hears the start, each failed step and the end (as timeline notes, through the
+outbox); a run that cannot start says why there too. Without `auto`, nothing runs: the
+Slack message shows the command to paste.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -35,6 +38,7 @@ from reliability.ssh import SshPool
 log = logging.getLogger(__name__)
 ACTOR = "daemon"
 QUEUE_LIMIT = 64
+WORKERS = 4
 
 
 class _SlackThread(Progress):
@@ -67,17 +71,24 @@ class AutoRunner:
         self.config, self.database, self.ssh = config, database, ssh
         self._queue: queue.Queue[Transition | None] = queue.Queue(QUEUE_LIMIT)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="runbooks", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"runbooks-{i}", daemon=True)
+            for i in range(WORKERS)
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """The running run finishes its step and undoes itself (it ends `aborted`)."""
+        """Running runs finish their step and undo themselves (they end `aborted`)."""
         self._stop.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)  # wakes the worker if it waits for work
-        self._thread.join(timeout)
+        for _ in self._threads:  # wakes the workers waiting for work
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.ssh.close()
 
     def submit(self, transition: Transition) -> None:
