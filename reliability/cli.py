@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import click
 
@@ -20,6 +19,7 @@ from reliability.cli_support import (
 from reliability.config import Config
 from reliability.config_load import ConfigError
 from reliability.dashboards.cli import dashboards
+from reliability.demo.cli import demo
 from reliability.images.cli import images
 from reliability.incidents.cli import incidents
 from reliability.promrules.cli import rules
@@ -137,25 +137,8 @@ def daemon(config: Config, once: bool, verbose: bool, as_json: bool) -> None:
     sys.exit(daemon_mod.serve(built))
 
 
-@main.command()
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("var/demo"),
-    show_default=True,
-    help="Where the demo keeps its files.",
-)
-@click.option("--listen", default="127.0.0.1:9464", show_default=True)
-def demo(directory: Path, listen: str) -> None:
-    """Run a demo fleet on loopback with the daemon watching it (no GPU, no root)."""
-    from reliability import demo as demo_mod
-
-    _setup_logging(verbose=False)
-    sys.exit(demo_mod.run(directory, listen))
-
-
 main.add_command(dashboards)
+main.add_command(demo)
 main.add_command(incidents)
 main.add_command(images)
 main.add_command(runbook)

@@ -4,7 +4,7 @@ A firing rule's runbook runs when the rule says `auto: true` or the service it w
 lists the runbook in `auto_runbooks`; at most one automatic run per service per
 `auto_cooldown`. Runs go on worker threads (a few at once: a failover waiting hours for a
 hosted API to recover must not hold back another service's), so detection never waits on
-a runbook; two runs on one service are kept apart by the service lock. The incident's
+a runbook; automatic runs on one service take turns. The incident's
 Slack thread hears the start, each failed step and the end (as timeline notes, through the
 outbox); a run that cannot start says why there too. Without `auto`, nothing runs: the
 Slack message shows the command to paste.
@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -71,6 +72,8 @@ class AutoRunner:
         self.config, self.database, self.ssh = config, database, ssh
         self._queue: queue.Queue[Transition | None] = queue.Queue(QUEUE_LIMIT)
         self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._service_locks: dict[str, threading.Lock] = {}
         self._threads = [
             threading.Thread(target=self._work, name=f"runbooks-{i}", daemon=True)
             for i in range(WORKERS)
@@ -143,21 +146,44 @@ class AutoRunner:
         services = [s for s in self.config.services if s.name in plan.locks]
         if not (request.auto or any(request.name in s.auto_runbooks for s in services)):
             return  # the Slack message shows the command; a person decides
-        recent = self._recent_auto_run(services)
-        if recent is not None:
-            self.note(
-                incident_id,
-                f"Runbook {request.name} not run on its own: run {recent.id} "
-                f"({recent.runbook}, {recent.status}) started at {recent.started_at:%H:%M:%SZ}, "
-                "within the service's auto_cooldown. Run it by hand if it is still needed: "
-                f"`{request.command}`",
-            )
-            return
-        engine.progress = _SlackThread(self, incident_id, request.name)
+        with self._serialized(plan.locks) as turn:
+            if not turn:
+                return  # stopping
+            recent = self._recent_auto_run(services)
+            if recent is not None:
+                self.note(
+                    incident_id,
+                    f"Runbook {request.name} not run on its own: run {recent.id} "
+                    f"({recent.runbook}, {recent.status}) started at "
+                    f"{recent.started_at:%H:%M:%SZ}, within the service's auto_cooldown. "
+                    f"Run it by hand if it is still needed: `{request.command}`",
+                )
+                return
+            engine.progress = _SlackThread(self, incident_id, request.name)
+            try:
+                # Planned again: an automatic run before this one may have moved the pool.
+                engine.run(book, values, actor=ACTOR, incident_id=incident_id)
+            except (runs.Locked, params_mod.ParamError, PlanError) as exc:
+                self.note(incident_id, f"Runbook {request.name} not run on its own: {exc}")
+
+    @contextlib.contextmanager
+    def _serialized(self, services: list[str]) -> Iterator[bool]:
+        """Automatic runs on one service take turns (runs on other services go on); yields
+        False when the daemon stops while this one waits."""
+        with self._mutex:
+            locks = [self._service_locks.setdefault(s, threading.Lock()) for s in sorted(services)]
+        held: list[threading.Lock] = []
         try:
-            engine.run(book, values, actor=ACTOR, incident_id=incident_id, plan=plan)
-        except runs.Locked as exc:
-            self.note(incident_id, f"Runbook {request.name} not run on its own: {exc}")
+            for lock in locks:
+                while not lock.acquire(timeout=1.0):
+                    if self._stop.is_set():
+                        yield False
+                        return
+                held.append(lock)
+            yield not self._stop.is_set()
+        finally:
+            for lock in reversed(held):
+                lock.release()
 
     def _recent_auto_run(self, services: list[ServiceConfig]) -> RunbookRun | None:
         now = datetime.now(UTC)

@@ -6,6 +6,10 @@ asks this engine (a thread of the process that owns the fleet) over ``engine.soc
 start or stop the inference stand-in of a container, and the engine runs them all on one
 ``ServerGroup`` loop. When a stand-in dies (its ``die`` mode), the engine marks the
 container exited with code 1 in the node state, as the real engine would.
+
+``suspend(node)`` is that node's network going away: its containers stop answering (their
+listeners close) while the node state still has them running; ``resume(node)`` serves them
+again. A container started on a suspended node waits for the resume.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class ContainerEngine:
         self.root = root
         self.group = ServerGroup()
         self._servers: dict[Key, InferenceHandle] = {}
+        self._requests: dict[Key, dict[str, Any]] = {}  # how each was started, for resume
+        self._suspended: set[str] = set()
         self._lock = threading.Lock()
         path = root / SOCKET_NAME
         with contextlib.suppress(FileNotFoundError):
@@ -71,12 +77,38 @@ class ContainerEngine:
             handle = self.server(*key)
             with self._lock:
                 self._servers.pop(key, None)
+                self._requests.pop(key, None)
             if handle is not None:
                 handle.stop()
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {request['op']!r}"}
 
+    def suspend(self, node: str) -> None:
+        """Stop answering for ``node``'s containers until ``resume``; they stay running."""
+        with self._lock:
+            self._suspended.add(node)
+            handles = [h for (n, _), h in self._servers.items() if n == node]
+            self._servers = {k: h for k, h in self._servers.items() if k[0] != node}
+        for handle in handles:
+            handle.stop()
+
+    def resume(self, node: str) -> list[str]:
+        """Serve ``node``'s containers again; the errors of those that could not start."""
+        with self._lock:
+            self._suspended.discard(node)
+            waiting = [(k, r) for k, r in self._requests.items() if k[0] == node]
+        errors = []
+        for key, request in waiting:
+            answer = self._start(key, request)
+            if not answer["ok"]:
+                errors.append(f"{key[1]}: {answer['error']}")
+        return errors
+
     def _start(self, key: Key, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._requests[key] = request
+            if key[0] in self._suspended:
+                return {"ok": True}  # the node is cut off: it answers once resumed
         if self.server(*key) is not None:
             return {"ok": True}
         spec = InferenceSpec(
@@ -108,6 +140,8 @@ class ContainerEngine:
         with self._lock:
             if self._servers.get(key) is handle:
                 del self._servers[key]
+                if code == EXIT_DIED:
+                    self._requests.pop(key, None)  # crashed: a resume must not revive it
         if code != EXIT_DIED:
             return  # a stop the CLI asked for; it records the exit itself
 

@@ -176,6 +176,22 @@ class RigState:
             name, address=doc["address"], pool=doc["pool"], gpus=len(doc["nvidia"]["gpus"])
         )
 
+    def reset_gpus(self, node: str) -> bool:
+        """Every GPU of the node back to its idle defaults (and a working driver); its
+        kernel log and containers are kept. True if anything changed."""
+
+        def change(doc: dict[str, Any]) -> bool:
+            nvidia = doc["nvidia"]
+            fresh = [
+                {"status": "ok", "values": default_gpu_values(node, slot)}
+                for slot in range(len(nvidia["gpus"]))
+            ]
+            changed = fresh != nvidia["gpus"] or bool(nvidia["failure"])
+            nvidia.update(gpus=fresh, failure=False)
+            return changed
+
+        return bool(state.update_node(self.root, node, change))
+
     def nodes(self) -> list[str]:
         return sorted(path.stem for path in (self.root / "nodes").glob("*.json"))
 

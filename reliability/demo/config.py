@@ -1,0 +1,286 @@
+"""The demo's config file and runbooks, written from where its pieces listen.
+
+The config is an ordinary reliability config (it passes `config check`), commented where
+the demo departs from what production would use: rules that fire and resolve within
+seconds instead of minutes, runbooks whose soaks are seconds, an automatic cooldown of
+seconds. Secrets (the Slack token, the webhook token) sit in files beside it, mode 600.
+"""
+
+from __future__ import annotations
+
+import secrets
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reliability.config_rules import CounterIncreaseRule, ErrorRatioRule, TargetDownRule
+from reliability.detect import builtin
+from reliability.detect.rules import AnyRule
+from reliability.durations import format_duration
+from reliability.testing.inference import DEFAULT_MODEL
+
+SERVICE = "chat"
+POOLS = ("blue", "green")
+ACTIVE_POOL = "blue"
+CONTAINER = "vllm"
+CHANNEL = "#oncall"
+GPUS = 8
+# The fleet: three serving nodes in two pools, a standby, and the load balancer's node.
+NODE_POOLS = {"gpu-1": "blue", "gpu-2": "blue", "gpu-3": "green"}
+STANDBY = "spare-1"
+LB_NODE = "lb-1"
+NODES = (*NODE_POOLS, STANDBY, LB_NODE)
+AUTO_RUNBOOKS = ("node-failover", "upstream-failover")
+AUTO_COOLDOWN = "0s"
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_RUNBOOKS = REPO / "runbooks"
+
+# Runbook waits shortened for the demo (file -> (as shipped, in the demo)). Only waits
+# that a healthy run sits through: timeouts and `within` limits stay as shipped.
+SHORTENED: dict[str, tuple[tuple[str, str], ...]] = {
+    "upstream-failover.yaml": (("soak: 10m", "soak: 5s"), ("interval: 15s", "interval: 1s")),
+    "blue-green.yaml": (("soak: 5m", "soak: 10s"), ("interval: 2s", "interval: 1s")),
+    "node-failover.yaml": (("wait: 15s", "wait: 5s"),),
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the demo's pieces are: what its config is written from."""
+
+    ssh: dict[str, Any]  # the `ssh` section (user, key, known_hosts)
+    nodes: list[dict[str, Any]]  # name, address, ssh port, pool, gpus of every node
+    hosted_url: str
+    load_balancer: dict[str, str]  # the service's `load_balancer` section
+    nginx_runs: bool  # False: the balancer is in the config only, switches are planned
+    image: str  # the known-good image, pinned by digest
+    slack_token: str
+    slack_api_url: str
+    node_urls: dict[str, str] = field(default_factory=dict)  # serving node -> its stand-in
+
+
+class DemoSetupError(RuntimeError):
+    """The demo cannot be set up from this checkout (its runbooks changed or are missing)."""
+
+
+def role_of(node: str) -> str:
+    if node == STANDBY:
+        return "standby"
+    return "lb" if node == LB_NODE else "serving"
+
+
+# --- rules -----------------------------------------------------------------------------------
+
+
+def demo_rules() -> list[tuple[AnyRule, str]]:
+    """Built-in rules with shorter times (same names, so they replace the built-ins), each
+    with the comment saying what changed."""
+    nd, uo, lp = builtin.NODE_DOWN, builtin.UPSTREAM_OVERLOADED, builtin.LOCAL_POOL_ERRORS
+    xid, gsd = builtin.GPU_XID_CRITICAL, builtin.GPU_SOURCE_DOWN
+    assert isinstance(nd, TargetDownRule) and isinstance(xid, CounterIncreaseRule)
+    assert isinstance(gsd, TargetDownRule)
+    assert isinstance(uo, ErrorRatioRule) and isinstance(lp, ErrorRatioRule)
+    return [
+        (
+            nd.model_copy(update={"for_": 5.0, "resolve_after": 5.0}),
+            "fires after 5s without SSH (built-in: 10s); resolves 5s after it answers (60s)",
+        ),
+        (
+            gsd.model_copy(update={"resolve_after": 2.0}),
+            "resolves 2s after nvidia-smi answers (built-in: 60s): before node-down does, so "
+            "a node back from a cut does not raise it once node-down stops inhibiting it",
+        ),
+        (
+            uo.model_copy(update={"for_": 5.0, "resolve_after": 10.0}),
+            "fires 5s after busy probes pass 20% of the last minute (built-in: 60s); "
+            "resolves after 10s below (120s)",
+        ),
+        (
+            lp.model_copy(update={"for_": 10.0, "resolve_after": 10.0}),
+            "fires 10s after failed probes pass 20% of the last minute (built-in: 60s); "
+            "resolves after 10s below (120s)",
+        ),
+        (
+            xid.model_copy(update={"window": 60.0, "resolve_after": 10.0}),
+            "an XID counts for 1m (built-in: 30m), so its incident resolves a minute later",
+        ),
+        (
+            builtin.GPU_TEMPERATURE_SLOWDOWN.model_copy(
+                update={"value": 87.0, "value_metric": None, "for_": 5.0, "resolve_after": 10.0}
+            ),
+            "nvidia-smi cannot query a GPU's slowdown temperature (only NVML can), so over SSH "
+            "the demo compares with 87 C, an H100's; fires after 5s (built-in: 60s), "
+            "resolves after 10s (5m)",
+        ),
+    ]
+
+
+def _rule_yaml(rule: AnyRule) -> dict[str, Any]:
+    data = rule.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    for key in ("for", "resolve_after", "window"):
+        if isinstance(data.get(key), int | float):
+            data[key] = format_duration(float(data[key]))
+    # `type` first, as a person writes a rule.
+    return {"name": data.pop("name"), "type": data.pop("type"), **data}
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def write_secret(directory: Path, name: str, value: str) -> str:
+    path = directory / name
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return name
+
+
+def write_runbooks(directory: Path, source: Path = SHIPPED_RUNBOOKS) -> Path:
+    """Copy the shipped runbooks into `directory`/runbooks with the demo's short waits."""
+    target = directory / "runbooks"
+    target.mkdir(parents=True, exist_ok=True)
+    books = sorted(source.glob("*.yaml"))
+    if not books:
+        raise DemoSetupError(f"no runbooks in {source}: run the demo from a checkout")
+    for book in books:
+        text = book.read_text()
+        changes = SHORTENED.get(book.name, ())
+        for old, new in changes:
+            if text.count(old) != 1:
+                raise DemoSetupError(
+                    f"{book}: expected one `{old}` to shorten for the demo; update "
+                    "reliability/demo/config.py SHORTENED to match the runbook"
+                )
+            text = text.replace(old, new)
+        said = ", ".join(f"{old} -> {new}" for old, new in changes) or "none"
+        head = f"# Copied by `reliability demo` from runbooks/{book.name}; shortened: {said}\n"
+        (target / book.name).write_text(head + text)
+    return target
+
+
+def _section(comment: str, data: dict[str, Any]) -> str:
+    lines = "".join(f"# {line}\n" if line else "#\n" for line in comment.splitlines())
+    return "\n" + lines + yaml.safe_dump(data, sort_keys=False, width=100)
+
+
+def _endpoint(name: str, url: str, role: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "url": url,
+        "role": role,
+        "service": SERVICE,
+        "model": DEFAULT_MODEL,
+        "interval": "2s",
+        "timeout": "1500ms",
+        "completion_interval": "4s",
+    }
+
+
+def write_config(directory: Path, layout: Layout, listen: str) -> Path:
+    """The demo's config file (rewritten at every start); its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    nodes = []
+    for node in layout.nodes:
+        entry = {**node, "role": role_of(node["name"])}
+        if entry["role"] == "serving":
+            entry["container"] = CONTAINER
+        nodes.append(entry)
+    if layout.nginx_runs:
+        endpoints = [_endpoint(SERVICE, layout.load_balancer["url"], "local")]
+        lb_comment = "nginx runs on lb-1 and fronts the active pool: the runbooks switch it."
+        auto = list(AUTO_RUNBOOKS)
+    else:
+        endpoints = [_endpoint(n, url, "local") for n, url in layout.node_urls.items()]
+        lb_comment = (
+            "nginx is not installed here: this balancer is in the config only, so that\n"
+            "`reliability runbook plan` shows what a switch would do. A `runbook run` of a\n"
+            "switch fails at `nginx -t` and undoes itself; nothing runs on its own."
+        )
+        auto = []
+    endpoints.insert(0, _endpoint("hosted", layout.hosted_url, "hosted"))
+    service = {
+        "name": SERVICE,
+        "pools": list(POOLS),
+        "active_pool": ACTIVE_POOL,
+        "port": 8000,
+        "model": DEFAULT_MODEL,
+        "container": CONTAINER,
+        "image": layout.image,
+        "load_balancer": layout.load_balancer,
+        "auto_runbooks": auto,
+        "auto_cooldown": AUTO_COOLDOWN,
+    }
+    rules = demo_rules()
+    rule_notes = "\n".join(
+        textwrap.fill(f"{rule.name}: {note}", 86, initial_indent="  ", subsequent_indent="    ")
+        for rule, note in rules
+    )
+    text = (
+        "# Written by `reliability demo`; rewritten at every start. An ordinary config:\n"
+        "# `reliability config check -c` this file. Where the demo departs from what a\n"
+        "# real fleet would use, a comment says so.\n"
+        + _section(
+            "SQLite beside this file, started afresh by every demo.",
+            {"database": {"url": "sqlite:///reliability.db"}},
+        )
+        + _section(
+            "/metrics, /healthz, /readyz and the Alertmanager webhook, on loopback.",
+            {
+                "http": {
+                    "listen": listen,
+                    "webhook_token_file": write_secret(
+                        directory, "webhook-token", secrets.token_urlsafe(24)
+                    ),
+                }
+            },
+        )
+        + _section(
+            "The Slack stand-in (reliability/testing/slack.py) on loopback, driven by the\n"
+            "real slack_sdk client; the demo prints what it receives and keeps it in slack.log.",
+            {
+                "slack": {
+                    "token_file": write_secret(directory, "slack-token", layout.slack_token),
+                    "channel": CHANNEL,
+                    "base_url": layout.slack_api_url,
+                }
+            },
+        )
+        + _section(
+            "Every node is an SSH server of the demo process (paramiko) on its own loopback\n"
+            "address; host keys are checked against this known_hosts, strictly.",
+            {"ssh": layout.ssh},
+        )
+        + _section(
+            f"Three serving nodes in pools blue and green, a standby, the balancer's node;\n"
+            f"{GPUS} simulated H100s per GPU node (nvidia-smi and dmesg stand-ins).",
+            {"nodes": nodes},
+        )
+        + _section(
+            f"{lb_comment}\n"
+            "Demo: the daemon runs node-failover and upstream-failover on its own with no\n"
+            "cooldown, so each injected fault gets its runbook (production: 15m between\n"
+            "automatic runs). The image, pinned by digest, is the known-good one.",
+            {"services": [service]},
+        )
+        + _section(
+            "Probes every 2s (production: 15s or more).",
+            {"endpoints": endpoints},
+        )
+        + _section(
+            "Built-in rules replaced by shorter ones of the same name, for a demo that\n"
+            "answers in seconds:\n" + rule_notes,
+            {"rules": {"builtin": True, "custom": [_rule_yaml(r) for r, _ in rules]}},
+        )
+        + _section(
+            "Collection every 2-3s (production: 15s).",
+            {
+                "collect": {"node_interval": "2s", "gpu_interval": "3s", "timeout": "1500ms"},
+                "runbooks_dir": "runbooks",
+            },
+        )
+    )
+    path = directory / "reliability.yaml"
+    path.write_text(text)
+    return path
