@@ -24,6 +24,7 @@ from reliability.images.cli import images
 from reliability.incidents.cli import incidents
 from reliability.promrules.cli import rules
 from reliability.runbooks.cli import runbook
+from reliability.status.cli import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -143,3 +144,4 @@ main.add_command(incidents)
 main.add_command(images)
 main.add_command(runbook)
 main.add_command(rules)
+main.add_command(status)

@@ -15,6 +15,7 @@ from reliability import db
 from reliability.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "reliability.example.yaml"
+GROUPS = ("config", "dashboards", "db", "daemon", "demo", "incidents", "rules", "runbook", "status")
 
 
 def write_config(directory: Path, database_url: str) -> Path:
@@ -36,7 +37,7 @@ def config_file(tmp_path: Path, database_url: str, engine) -> Path:
 def test_help_lists_the_command_groups():
     result = run("--help")
     assert result.exit_code == 0
-    for group in ("config", "dashboards", "db", "daemon", "demo", "incidents", "rules", "runbook"):
+    for group in GROUPS:
         assert f"  {group}" in result.output
 
 

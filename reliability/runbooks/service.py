@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from reliability.runbooks.models import (
+    FINISHED,
     RunbookLock,
     RunbookRun,
     RunbookStep,
@@ -185,9 +186,25 @@ def saved_values(session: Session, run_id: int) -> dict[str, str]:
 
 
 def history(session: Session, *, service: str | None = None, limit: int = 20) -> list[RunbookRun]:
-    runs = session.scalars(sa.select(RunbookRun).order_by(RunbookRun.id.desc()))
-    picked = [r for r in runs if service is None or service in r.services]
-    return picked[:limit]
+    """The newest runs, those that locked `service` when given. The service filter reads
+    rows newest first and stops at `limit` (the services list is JSON on both backends)."""
+    query = sa.select(RunbookRun).order_by(RunbookRun.id.desc())
+    if service is None:
+        return list(session.scalars(query.limit(limit)))
+    picked: list[RunbookRun] = []
+    for run in session.scalars(query.execution_options(yield_per=100)):
+        if service in run.services:
+            picked.append(run)
+            if len(picked) >= limit:
+                break
+    return picked
+
+
+def unended(session: Session) -> list[RunbookRun]:
+    """Runs not ended, newest first: running, or interrupted and undo_failed (waiting for
+    `runbook resume` or `runbook undo`), however old."""
+    statement = sa.select(RunbookRun).where(RunbookRun.status.not_in(FINISHED))
+    return list(session.scalars(statement.order_by(RunbookRun.id.desc())))
 
 
 def active_pools(session: Session) -> dict[str, str]:

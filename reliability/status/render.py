@@ -1,0 +1,286 @@
+"""`reliability status` drawn for a terminal (rich, one line per row, fits 80 columns for a
+small fleet) or written as one JSON document for scripts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from rich.cells import cell_len
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from reliability import catalog
+from reliability.incidents.cli import SEVERITY_STYLE
+from reliability.runbooks.models import RunStatus
+from reliability.status.gather import (
+    FleetStatus,
+    IncidentRow,
+    NodeRow,
+    RunRow,
+)
+
+MAX_ATTENTION_LINES = 4
+MAX_INCIDENT_ROWS = 8
+RUN_STYLE = {
+    RunStatus.running: "cyan",
+    RunStatus.succeeded: "green",
+    RunStatus.undone: "green",
+    RunStatus.failed: "red",
+    RunStatus.aborted: "yellow",
+    RunStatus.interrupted: "bold red",
+    RunStatus.undo_failed: "bold red",
+}
+# Error ratios from this share up are shown red, below it and above zero yellow.
+RED_RATIO = 0.1
+# An ellipsis column (a title, a reason) keeps at least this much of the width.
+MIN_FLEXIBLE = 12
+
+
+def to_json(status: FleetStatus) -> dict[str, Any]:
+    """The whole status as one JSON-ready document (times in ISO 8601, UTC)."""
+    at = status.at
+    return {
+        "at": at,
+        "ok": status.ok,
+        "attention": status.attention,
+        "daemon": {
+            "url": status.metrics_url,
+            "up": status.daemon_error is None,
+            "error": status.daemon_error,
+        },
+        "database": {
+            "url": status.database,
+            "up": status.database_error is None,
+            "error": status.database_error,
+        },
+        "nodes": [asdict(n) | {"state": n.state} for n in status.nodes],
+        "endpoints": [
+            asdict(e) | {"p95_window_seconds": status.latency_covers} for e in status.endpoints
+        ],
+        "incidents": [
+            asdict(i) | {"age_seconds": round((at - i.started_at).total_seconds())}
+            for i in status.incidents
+        ],
+        "runs": [asdict(r) for r in status.runs],
+    }
+
+
+def render(status: FleetStatus, *, width: int, refresh: float | None = None) -> RenderableType:
+    """The screen for a terminal `width` columns wide. `refresh` (seconds) is shown in the
+    header under `--watch`."""
+    parts: list[RenderableType] = [_header(status, refresh)]
+    if status.daemon_error:
+        parts.append(
+            Text.assemble(
+                ("daemon: ", "bold"),
+                (f"not answering at {status.metrics_url}: {status.daemon_error}", "red"),
+                " (nodes and endpoints unknown)",
+            )
+        )
+    else:
+        nodes = _nodes(status.nodes, width) if status.nodes else Text("Nodes: none configured")
+        parts.append(nodes)
+        if status.endpoints:
+            parts.append(_endpoints(status, width))
+    if status.database_error:
+        parts.append(Text.assemble(("database: ", "bold"), (status.database_error, "red")))
+    else:
+        parts.append(_incidents(status, width))
+        parts.append(_runs(status, width))
+    return Group(*parts)
+
+
+def _header(status: FleetStatus, refresh: float | None) -> RenderableType:
+    line = Text.assemble(("reliability status", "bold"), f"  {status.at:%H:%M:%S}Z  ")
+    if status.ok:
+        line.append("all fine", "bold green")
+    else:
+        line.append(f"NEEDS ATTENTION ({len(status.attention)})", "bold red")
+    if refresh is not None:
+        line.append(f"  (every {refresh:g}s, Ctrl-C stops)", "dim")
+    lines = [line]
+    # The daemon's and the database's lines come first; each has its own line below.
+    own = (status.daemon_error is not None) + (status.database_error is not None)
+    rest = status.attention[own:]
+    shown = rest[:MAX_ATTENTION_LINES]
+    lines.extend(Text(f"  - {a}", "red", no_wrap=True, overflow="ellipsis") for a in shown)
+    if len(rest) > len(shown):
+        lines.append(Text(f"  ... and {len(rest) - len(shown)} more (--json)", "red"))
+    return Group(*lines)
+
+
+def _table(title: str, *columns: str, ellipsis: tuple[str, ...] = ()) -> Table:
+    table = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        header_style="dim",
+        pad_edge=False,
+        padding=(0, 1),
+    )
+    for c in columns:
+        if c in ellipsis:
+            table.add_column(c, no_wrap=True, overflow="ellipsis", ratio=1)
+        else:
+            table.add_column(c, no_wrap=True)
+    return table
+
+
+def _fit(table: Table, width: int) -> Table:
+    """Keep every column at its widest cell but the ellipsis ones, which share what is
+    left of `width`: a narrow terminal shortens titles and reasons, never hides an id or
+    a status."""
+    fixed, flexible = 0, []
+    for column in table.columns:
+        if column.ratio:
+            flexible.append(column)
+            continue
+        cells = [column.header, *column.cells]
+        column.min_width = max(
+            c.cell_len if isinstance(c, Text) else cell_len(str(c)) for c in cells
+        )
+        fixed += column.min_width
+    gaps = 2 * (len(table.columns) - 1)  # padding (0, 1) without the outer edges
+    for column in flexible:
+        column.max_width = max((width - fixed - gaps) // len(flexible), MIN_FLEXIBLE)
+    return table
+
+
+def _nodes(nodes: list[NodeRow], width: int) -> Table:
+    table = _table("Nodes", "NODE", "STATE", "GPUS", "POOL", "ROLE")
+    for n in nodes:
+        table.add_row(n.name, _node_state(n), _gpus(n), n.pool or "", n.role or "")
+    return _fit(table, width)
+
+
+def _node_state(n: NodeRow) -> Text:
+    if n.up is None:
+        return Text("unknown", "dim")
+    if not n.up:
+        since = f" {_span(n.down_for_seconds)}" if n.down_for_seconds is not None else ""
+        return Text(f"down{since}", "bold red")
+    return Text("up", "green")
+
+
+def _gpus(n: NodeRow) -> Text:
+    expected = "?" if n.gpus_expected is None else str(n.gpus_expected)
+    if n.gpu_collect_failed:
+        return Text(f"?/{expected} unreadable", "red")
+    if n.gpus_visible is None:
+        return Text(f"-/{expected}" if n.gpus_expected else "", "dim")
+    text = f"{n.gpus_visible}/{expected}"
+    if n.gpus_lost:
+        return Text(f"{text} ({n.gpus_lost} lost)", "bold red")
+    return Text(text)
+
+
+def _endpoints(status: FleetStatus, width: int) -> Table:
+    covers = status.latency_covers
+    basis = "since the daemon started" if covers is None else f"over the last {_span(covers)}"
+    table = _table(
+        f"Endpoints (p95 {basis})", "ENDPOINT", "ROLE", "LAST", "ERR 1m", "5m", "BUSY 1m", "P95"
+    )
+    for e in status.endpoints:
+        last = {True: Text("ok", "green"), False: Text("fail", "red"), None: Text("-", "dim")}
+        p95 = ", ".join(f"{probe} {_seconds(v)}" for probe, v in e.p95_seconds.items())
+        table.add_row(
+            e.name,
+            e.role or "",
+            last[e.last_probe_ok],
+            _ratio(e.error_ratio.get("1m")),
+            _ratio(e.error_ratio.get("5m")),
+            _ratio(e.overload_ratio.get("1m")),
+            p95 or Text("-", "dim"),
+        )
+    return _fit(table, width)
+
+
+def _incidents(status: FleetStatus, width: int) -> RenderableType:
+    if not status.incidents:
+        return Text.assemble(("Incidents: ", "bold"), ("none open", "green"))
+    shown = status.incidents[:MAX_INCIDENT_ROWS]
+    table = _table(
+        f"Open incidents ({len(status.incidents)})",
+        "ID",
+        "SEV",
+        "STATUS",
+        "AGE",
+        "TITLE",
+        ellipsis=("TITLE",),
+    )
+    for i in shown:
+        table.add_row(
+            str(i.id),
+            Text(i.severity.value, SEVERITY_STYLE[i.severity]),
+            _incident_status(i),
+            _span((status.at - i.started_at).total_seconds()),
+            i.title,
+        )
+    if len(status.incidents) > len(shown):
+        more = len(status.incidents) - len(shown)
+        table.add_row("", "", "", "", Text(f"... {more} more: reliability incidents list", "dim"))
+    return _fit(table, width)
+
+
+def _incident_status(i: IncidentRow) -> Text:
+    if i.acknowledged_by:
+        return Text(f"acked by {i.acknowledged_by}", "yellow")
+    return Text(i.status.value, "red" if i.status.value == "open" else "yellow")
+
+
+def _runs(status: FleetStatus, width: int) -> RenderableType:
+    if not status.runs:
+        return Text.assemble(("Runbook runs: ", "bold"), ("none yet", "dim"))
+    table = _table(
+        "Runbook runs",
+        "ID",
+        "RUNBOOK",
+        "STATUS",
+        "BY",
+        "STARTED",
+        "STEP / REASON",
+        ellipsis=("STEP / REASON",),
+    )
+    for r in status.runs:
+        table.add_row(
+            str(r.id),
+            r.runbook,
+            _run_status(r),
+            r.started_by,
+            f"{_span((status.at - r.started_at).total_seconds())} ago",
+            r.reason or (f"at {r.step}" if r.step and r.status is RunStatus.running else ""),
+        )
+    return _fit(table, width)
+
+
+def _run_status(r: RunRow) -> Text:
+    if r.no_heartbeat_seconds is not None:
+        return Text(f"running? (no heartbeat for {r.no_heartbeat_seconds:.0f}s)", "bold red")
+    return Text(r.status.value, RUN_STYLE.get(r.status, ""))
+
+
+def _ratio(value: float | None) -> Text:
+    if value is None:
+        return Text("-", "dim")
+    style = "red" if value >= RED_RATIO else "yellow" if value > 0 else "green"
+    return Text(f"{value:.0%}" if value == 0 or value >= 0.01 else "<1%", style)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    top = catalog.API_LATENCY_BUCKETS[-1]
+    if value >= top:
+        return f">{top:g}s"
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.1f}s"
+
+
+def _span(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
