@@ -205,7 +205,8 @@ class Actions:
                 return Outcome(
                     False, f"{c.url}: {why or 'did not stay answering'} after {tries} tries"
                 )
-            time.sleep(c.interval)
+            if self.stop.wait(c.interval):  # a wait of hours must not hold a shutdown
+                return Outcome(False, f"{c.url}: stopped while waiting ({tries} tries)")
 
     def _http_soak(self, c: ops.HttpSoak, deadline: float) -> Outcome:
         end = min(deadline, time.monotonic() + c.soak)
@@ -224,7 +225,8 @@ class Actions:
                     )
             if time.monotonic() + c.interval >= end:
                 break
-            time.sleep(c.interval)
+            if self.stop.wait(c.interval):
+                return Outcome(False, f"{c.url}: stopped {asked} checks into the soak")
         text = f"{failed} of {asked} checks of {c.url} failed ({failed / asked:.0%})"
         return Outcome(failed / asked <= c.max_error_ratio, text)
 

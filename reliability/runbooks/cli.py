@@ -265,7 +265,8 @@ def _ask(prompt: str) -> bool:
 
 
 class _StopOnSignal:
-    """SIGINT/SIGTERM: finish the current step, undo, end `aborted`."""
+    """SIGINT/SIGTERM: finish the current step (a step that only waits on an HTTP check
+    stops waiting), undo, end `aborted`."""
 
     def __init__(self, stop: threading.Event) -> None:
         self.stop = stop

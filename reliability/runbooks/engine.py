@@ -285,6 +285,8 @@ class Engine:
                     )
                 continue
             failure = self._step(run_id, index, step, values)
+            if failure and self.stop.is_set():
+                return RunStatus.aborted, f"stopped during step {step.id} ({failure})"
             if failure:
                 return RunStatus.failed, f"step {step.id} failed: {failure}"
             if self.stop.is_set():
