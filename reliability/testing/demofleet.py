@@ -56,14 +56,8 @@ class DemoFleet(Fleet):
         self.node_gpus = {name: per_node.get(name, default) for name in self.names}
         self.server: SshServer | None = None
 
-    def start(self) -> DemoFleet:
-        """Build everything; on failure undo it and raise (FleetError, BlockError, OSError)."""
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def missing_requirement(self) -> str | None:
+        return None  # only Python: the SSH servers are this process's own
 
     def _start(self) -> None:
         self.block, self._block_fd = loopback.claim_block(len(self.names), self.port)

@@ -115,9 +115,13 @@ class Fleet:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def missing_requirement(self) -> str | None:
+        """What this machine lacks for this kind of fleet (sshd here), or None."""
+        return missing_requirement()
+
     def start(self) -> Fleet:
         """Build everything; on failure undo it and raise FleetError, SshdError or BlockError."""
-        reason = missing_requirement()
+        reason = self.missing_requirement()
         if reason:
             raise FleetError(reason)
         try:
