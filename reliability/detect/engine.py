@@ -238,7 +238,9 @@ class Evaluator:
         out = []
         for c in self._rules:
             for group in c.groups.values():
-                due = group.firing and not group.announced
+                # Held back while inhibited, a group is announced only if its condition
+                # still holds: one already clearing when the node came back is not news.
+                due = group.firing and not group.announced and group.clear_since is None
                 if due and not self._suppressed(c.rule.name, group, inhibited):
                     group.announced = True
                     out.append(self._transition("firing", c, group, now))

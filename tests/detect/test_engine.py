@@ -110,6 +110,19 @@ def test_an_inhibited_incident_still_true_when_the_node_returns_fires_then(fleet
     assert fired[0].since == clock.now - 365  # the errors started with the cut
 
 
+def test_an_inhibited_incident_already_clearing_when_the_node_returns_stays_quiet(
+    fleet, clock_for
+):
+    clock = clock_for()
+    fleet.nodes["gpu-1"].up = False
+    fleet.endpoints["blue-1"] = 1.0
+    assert kinds(clock.run(300)) == [("firing", "node-down", "gpu-1")]
+    fleet.nodes["gpu-1"].up = True
+    fleet.endpoints["blue-1"] = 0.0  # the node came back whole: its probes succeed again
+    after = clock.run(600)
+    assert kinds(after) == [("resolved", "node-down", "gpu-1")]  # no late local-pool-errors
+
+
 def test_missing_gpu_data_does_not_resolve_a_gpu_incident(fleet, clock_for):
     clock = clock_for()
     node = fleet.nodes["gpu-2"]
