@@ -110,9 +110,7 @@ def test_an_inhibited_incident_still_true_when_the_node_returns_fires_then(fleet
     assert fired[0].since == clock.now - 365  # the errors started with the cut
 
 
-def test_an_inhibited_incident_already_clearing_when_the_node_returns_stays_quiet(
-    fleet, clock_for
-):
+def test_an_inhibited_incident_already_clearing_when_the_node_returns_stays_quiet(fleet, clock_for):
     clock = clock_for()
     fleet.nodes["gpu-1"].up = False
     fleet.endpoints["blue-1"] = 1.0
