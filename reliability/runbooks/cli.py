@@ -8,11 +8,13 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import click
 from rich.table import Table
+from sqlalchemy import exc as sa_exc
 
 from reliability.cli_support import (
     BadInput,
@@ -206,12 +208,17 @@ def _op_lines(op: Op) -> Iterator[str]:
 def _live_plan(config: Config, b: Runbook, values: dict[str, Any]) -> Plan:
     """The plan with the database's view (switched pools, known-good images) when a
     database is there; from the config alone when it is not."""
+    from sqlalchemy.engine import make_url
+
     from reliability import db
 
     try:
-        engine = db.make_engine(config.database_url())
+        url = make_url(config.database_url())
+        if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+            return make_plan(b, values, config)  # no database yet: a plan must not make one
+        engine = db.make_engine(url)
         db.check_schema(engine)
-    except (ConfigError, db.DatabaseError):
+    except (ConfigError, db.DatabaseError, sa_exc.ArgumentError):
         return make_plan(b, values, config)
     runner = Engine(config, engine)
     try:

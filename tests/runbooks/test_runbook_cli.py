@@ -105,3 +105,14 @@ def test_list_and_show():
     assert shown.exit_code == 0
     assert "  1. take-out: drain on failed, undo: restore" in shown.output
     assert "  standby: role=standby, limit=1" in shown.output
+
+
+def test_plan_without_a_database_makes_none(tmp_path: Path):
+    config = config_with_runbooks(tmp_path, Path(EXAMPLE).parent / "runbooks")
+
+    result = run(
+        "runbook", "plan", "blue-green", "-p", "service=chat", "-p", "pool=green", "-c", config
+    )
+
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "var").exists()  # the example's SQLite file was not created
