@@ -2,9 +2,9 @@
 
 A firing rule's runbook runs when the rule says `auto: true` or the service it would touch
 lists the runbook in `auto_runbooks`; at most one automatic run per service per
-`auto_cooldown`. Runs go on worker threads (a few at once: a failover waiting hours for a
-hosted API to recover must not hold back another service's), so detection never waits on
-a runbook; automatic runs on one service take turns. The incident's
+`auto_cooldown`. Runs go on threads, so detection never waits on a runbook: one per
+service, taking that service's runs in the order their incidents opened, so a failover
+waiting hours for a hosted API to recover holds back only its own service. The incident's
 Slack thread hears the start, each failed step and the end (as timeline notes, through the
 outbox); a run that cannot start says why there too. Without `auto`, nothing runs: the
 Slack message shows the command to paste.
@@ -17,8 +17,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -34,12 +35,12 @@ from reliability.runbooks.engine import Engine, Progress, RunResult
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookRun
 from reliability.runbooks.plan import Plan, PlanError, PlannedStep
+from reliability.runbooks.spec import Runbook
 from reliability.ssh import SshPool
 
 log = logging.getLogger(__name__)
 ACTOR = "daemon"
 QUEUE_LIMIT = 64
-WORKERS = 4
 
 
 class _SlackThread(Progress):
@@ -65,32 +66,42 @@ class _SlackThread(Progress):
         self.runner.note(self.incident_id, f"Runbook run {result.run_id} {result.status}{tail}")
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """An allowed automatic run, ready to go when its service's lane gets to it."""
+
+    request: RunbookRequest
+    book: Runbook
+    values: dict[str, Any]
+    incident_id: int | None
+    services: list[ServiceConfig]
+
+
 class AutoRunner:
-    """Takes firing transitions (`submit`), runs the allowed ones one at a time."""
+    """Takes firing transitions (`submit`). One thread decides, in the order incidents
+    opened, which runbooks may run; each service (set of services a run locks) has a lane
+    that runs its jobs one after another, so runs on one service go in that order and never
+    race for its lock, while other services' lanes go on."""
 
     def __init__(self, config: Config, database: db.LazyEngine, ssh: SshPool) -> None:
         self.config, self.database, self.ssh = config, database, ssh
         self._queue: queue.Queue[Transition | None] = queue.Queue(QUEUE_LIMIT)
         self._stop = threading.Event()
-        self._mutex = threading.Lock()
-        self._service_locks: dict[str, threading.Lock] = {}
-        self._threads = [
-            threading.Thread(target=self._work, name=f"runbooks-{i}", daemon=True)
-            for i in range(WORKERS)
-        ]
+        self._lanes: dict[tuple[str, ...], queue.Queue[_Job | None]] = {}
+        self._threads = [threading.Thread(target=self._decide, name="runbooks", daemon=True)]
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        self._threads[0].start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Running runs finish their step and undo themselves (they end `aborted`)."""
         self._stop.set()
-        for _ in self._threads:  # wakes the workers waiting for work
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(None)
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # wakes the deciding thread
+        for lane in list(self._lanes.values()):
+            lane.put(None)  # lanes are unbounded
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
         self.ssh.close()
 
@@ -110,29 +121,29 @@ class AutoRunner:
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             log.warning("runbook note not recorded on incident %d: %s", incident_id, exc)
 
-    def _work(self) -> None:
+    # --- deciding, in the order incidents opened --------------------------------------------
+    def _decide(self) -> None:
         while not self._stop.is_set():
             transition = self._queue.get()
             if transition is None or self._stop.is_set():
                 return
             try:
-                self._consider(transition)
+                job = self._job(transition)
             except Exception:
                 log.exception("automatic runbook for %s failed", transition.fingerprint)
+                continue
+            if job is not None:
+                self._lane(tuple(sorted(s.name for s in job.services))).put(job)
 
-    def _consider(self, t: Transition) -> None:
+    def _job(self, t: Transition) -> _Job | None:
+        """The run this firing asks for, if it may run on its own; None otherwise (a run
+        that cannot start says why on the incident)."""
         request = t.runbook_request
         assert request is not None
         with self.database.session() as s:
             found = incidents.get_open_by_fingerprint(s, fingerprint=t.fingerprint)
             incident_id = found.id if found is not None else None
-        engine = Engine(self.config, self.database.get(), ssh=self.ssh, stop=self._stop)
-        try:
-            self._maybe_run(engine, request, incident_id)
-        finally:
-            engine.close()
-
-    def _maybe_run(self, engine: Engine, request: RunbookRequest, incident_id: int | None) -> None:
+        engine = Engine(self.config, self.database.get(), ssh=self.ssh)
         try:
             book = load_runbooks(self.config).get(request.name)
             if book is None:
@@ -142,48 +153,58 @@ class AutoRunner:
         except (ConfigError, params_mod.ParamError, PlanError) as exc:
             if request.auto:
                 self.note(incident_id, f"Runbook {request.name} cannot run on its own: {exc}")
-            return
+            return None
+        finally:
+            engine.close()
         services = [s for s in self.config.services if s.name in plan.locks]
         if not (request.auto or any(request.name in s.auto_runbooks for s in services)):
-            return  # the Slack message shows the command; a person decides
-        with self._serialized(plan.locks) as turn:
-            if not turn:
-                return  # stopping
-            recent = self._recent_auto_run(services)
-            if recent is not None:
-                self.note(
-                    incident_id,
-                    f"Runbook {request.name} not run on its own: run {recent.id} "
-                    f"({recent.runbook}, {recent.status}) started at "
-                    f"{recent.started_at:%H:%M:%SZ}, within the service's auto_cooldown. "
-                    f"Run it by hand if it is still needed: `{request.command}`",
-                )
-                return
-            engine.progress = _SlackThread(self, incident_id, request.name)
-            try:
-                # Planned again: an automatic run before this one may have moved the pool.
-                engine.run(book, values, actor=ACTOR, incident_id=incident_id)
-            except (runs.Locked, params_mod.ParamError, PlanError) as exc:
-                self.note(incident_id, f"Runbook {request.name} not run on its own: {exc}")
+            return None  # the Slack message shows the command; a person decides
+        return _Job(request, book, values, incident_id, services)
 
-    @contextlib.contextmanager
-    def _serialized(self, services: list[str]) -> Iterator[bool]:
-        """Automatic runs on one service take turns (runs on other services go on); yields
-        False when the daemon stops while this one waits."""
-        with self._mutex:
-            locks = [self._service_locks.setdefault(s, threading.Lock()) for s in sorted(services)]
-        held: list[threading.Lock] = []
+    def _lane(self, key: tuple[str, ...]) -> queue.Queue[_Job | None]:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = queue.Queue()
+            name = "runbooks-" + ("+".join(key) or "none")
+            thread = threading.Thread(target=self._drive, args=(lane,), name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        return lane
+
+    # --- running, one service lane at a time ------------------------------------------------
+    def _drive(self, lane: queue.Queue[_Job | None]) -> None:
+        while not self._stop.is_set():
+            job = lane.get()
+            if job is None or self._stop.is_set():
+                return
+            try:
+                self._run(job)
+            except Exception:
+                log.exception("automatic runbook %s failed", job.request.name)
+
+    def _run(self, job: _Job) -> None:
+        request = job.request
+        recent = self._recent_auto_run(job.services)
+        if recent is not None:
+            self.note(
+                job.incident_id,
+                f"Runbook {request.name} not run on its own: run {recent.id} "
+                f"({recent.runbook}, {recent.status}) started at "
+                f"{recent.started_at:%H:%M:%SZ}, within the service's auto_cooldown. "
+                f"Run it by hand if it is still needed: `{request.command}`",
+            )
+            return
+        progress = _SlackThread(self, job.incident_id, request.name)
+        engine = Engine(
+            self.config, self.database.get(), ssh=self.ssh, stop=self._stop, progress=progress
+        )
         try:
-            for lock in locks:
-                while not lock.acquire(timeout=1.0):
-                    if self._stop.is_set():
-                        yield False
-                        return
-                held.append(lock)
-            yield not self._stop.is_set()
+            # Planned again now: a run before this one may have moved the pool.
+            engine.run(job.book, job.values, actor=ACTOR, incident_id=job.incident_id)
+        except (runs.Locked, params_mod.ParamError, PlanError) as exc:
+            self.note(job.incident_id, f"Runbook {request.name} not run on its own: {exc}")
         finally:
-            for lock in reversed(held):
-                lock.release()
+            engine.close()
 
     def _recent_auto_run(self, services: list[ServiceConfig]) -> RunbookRun | None:
         now = datetime.now(UTC)
