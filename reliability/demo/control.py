@@ -14,13 +14,12 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import socketserver
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from reliability.testing.engine_client import JsonSocketServer, exchange
 
 # The faults `reliability demo inject` knows, and those that take a node as target.
 FAULTS = ("upstream-busy", "node-down", "gpu-xid79", "gpu-hot", "bad-image", "clear")
@@ -80,19 +79,13 @@ def _alive(pid: int) -> bool:
 def send(directory: Path, fault: str, target: str | None) -> dict[str, Any]:
     """Ask the running demo to apply `fault`; its answer (`ok`, `message` or `error`)."""
     info = read_state(directory)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(REQUEST_TIMEOUT_S)
-        try:
-            sock.connect(info["control"])
-        except OSError as exc:
-            raise NotRunning(f"the demo in {directory} does not answer ({exc})") from None
-        sock.sendall(json.dumps({"fault": fault, "target": target}).encode())
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
+    request = {"fault": fault, "target": target}
     try:
-        return dict(json.loads(b"".join(chunks)))
+        answer = exchange(info["control"], request, REQUEST_TIMEOUT_S)
+    except OSError as exc:
+        raise NotRunning(f"the demo in {directory} does not answer ({exc})") from None
+    try:
+        return dict(json.loads(answer))
     except ValueError:
         raise NotRunning(f"the demo in {directory} closed the connection") from None
 
@@ -110,24 +103,16 @@ class ControlServer:
             path.unlink()
         self.path = path
 
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                try:
-                    request = json.loads(self.rfile.read())
-                    answer = {"ok": True, "message": apply(request["fault"], request["target"])}
-                except FaultError as exc:
-                    answer = {"ok": False, "usage": True, "error": str(exc)}
-                except Exception as exc:  # any failure must reach `inject` as an answer
-                    answer = {"ok": False, "usage": False, "error": f"{type(exc).__name__}: {exc}"}
-                self.wfile.write(json.dumps(answer).encode())
+        def answer(raw: bytes) -> dict[str, Any]:
+            try:
+                request = json.loads(raw)
+                return {"ok": True, "message": apply(request["fault"], request["target"])}
+            except FaultError as exc:
+                return {"ok": False, "usage": True, "error": str(exc)}
+            except Exception as exc:  # any failure must reach `inject` as an answer
+                return {"ok": False, "usage": False, "error": f"{type(exc).__name__}: {exc}"}
 
-        self._server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
-        self._server.daemon_threads = True
-        os.chmod(path, 0o600)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="demo-control", daemon=True
-        )
-        self._thread.start()
+        self._server = JsonSocketServer(path, answer, mode=0o600, name="demo-control")
 
     def __enter__(self) -> ControlServer:
         return self
@@ -136,8 +121,7 @@ class ControlServer:
         self.close()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         if self._tmp is not None:

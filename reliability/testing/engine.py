@@ -17,14 +17,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
-import socketserver
 import threading
 from pathlib import Path
 from typing import Any
 
 from reliability.testing import docker_format, state
-from reliability.testing.engine_client import SOCKET_NAME
+from reliability.testing.engine_client import SOCKET_NAME, JsonSocketServer
 from reliability.testing.inference import DEFAULT_MODEL, InferenceSpec
 from reliability.testing.inference_group import EXIT_DIED, InferenceHandle, ServerGroup
 
@@ -44,24 +42,14 @@ class ContainerEngine:
         path = root / SOCKET_NAME
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        engine = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                try:
-                    answer = engine.dispatch(json.loads(self.rfile.read()))
-                except Exception as error:  # any failure must reach the CLI as an answer
-                    answer = {"ok": False, "error": str(error)}
-                self.wfile.write(json.dumps(answer).encode())
-
-        self._socket_server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
-        self._socket_server.daemon_threads = True
         # The docker stand-in connects as the SSH login user.
-        os.chmod(path, 0o666)
-        self._thread = threading.Thread(
-            target=self._socket_server.serve_forever, name="rig-engine", daemon=True
-        )
-        self._thread.start()
+        self._socket_server = JsonSocketServer(path, self._answer, mode=0o666, name="rig-engine")
+
+    def _answer(self, raw: bytes) -> dict[str, Any]:
+        try:
+            return self.dispatch(json.loads(raw))
+        except Exception as error:  # any failure must reach the CLI as an answer
+            return {"ok": False, "error": str(error)}
 
     def server(self, node: str, container: str) -> InferenceHandle | None:
         """The live stand-in serving ``container`` on ``node``, if any (to set its mode)."""
@@ -154,8 +142,7 @@ class ContainerEngine:
             state.update_node(self.root, key[0], crashed)
 
     def close(self) -> None:
-        self._socket_server.shutdown()
-        self._socket_server.server_close()
+        self._socket_server.close()
         with contextlib.suppress(FileNotFoundError):
             (self.root / SOCKET_NAME).unlink()
         self.group.close()
