@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import click
 from rich.table import Table
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import sessionmaker
 
 from reliability.cli_support import (
     BadInput,
@@ -295,14 +297,19 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _engine(config: Config, db: Any, as_json: bool) -> Engine:
+def _recover(db: Any, as_json: bool) -> None:
+    """Mark runs a dead process left `running` interrupted (their locks freed); say so."""
     out = err_console if as_json else console
-    engine = Engine(config, db, progress=_Printer(out), confirm=_ask)
-    for found in engine.recover():
-        out.print(
-            f"run {found.run_id} ({found.runbook}) was interrupted: {found.reason}", markup=False
-        )
-    return engine
+    with sessionmaker(db).begin() as s:
+        found = runs.recover_interrupted(s, datetime.now(UTC))
+    for run in found:
+        out.print(f"run {run.run_id} ({run.runbook}) was interrupted: {run.reason}", markup=False)
+
+
+def _engine(config: Config, db: Any, as_json: bool) -> Engine:
+    _recover(db, as_json)
+    out = err_console if as_json else console
+    return Engine(config, db, progress=_Printer(out), confirm=_ask)
 
 
 def _report(result: RunResult, as_json: bool) -> None:
@@ -412,9 +419,8 @@ def _run_json(run: Any) -> dict[str, Any]:
 def status(config: Config, run_id: int, as_json: bool) -> None:
     """One run: its state, and every step on every target with the commands it sent."""
     with database_engine(config) as db:
-        engine = _engine(config, db, as_json)
-        engine.close()
-        with engine.sessions() as s:
+        _recover(db, as_json)
+        with sessionmaker(db, expire_on_commit=False)() as s:
             try:
                 run = runs.get_run(s, run_id)
             except runs.NoSuchRun as exc:
@@ -465,9 +471,8 @@ def status(config: Config, run_id: int, as_json: bool) -> None:
 def history(config: Config, service: str | None, limit: int, as_json: bool) -> None:
     """Recent runs, newest first."""
     with database_engine(config) as db:
-        engine = _engine(config, db, as_json)
-        engine.close()
-        with engine.sessions() as s:
+        _recover(db, as_json)
+        with sessionmaker(db, expire_on_commit=False)() as s:
             found = runs.history(s, service=service, limit=limit)
     if as_json:
         print_json([_run_json(r) for r in found])

@@ -14,12 +14,11 @@ reverse it, so `undo RUN_ID` works from the rows alone after a crash.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,14 +123,9 @@ class Engine:
         if self._own_ssh:
             self.ssh.close()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[Session]:
-        with self.sessions.begin() as session:
-            yield session
-
     def recover(self) -> list[runs.Interrupted]:
         """Find runs a dead process left `running`; mark them interrupted, free their locks."""
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             found = runs.recover_interrupted(s, _now())
         for run in found:
             log.warning(
@@ -142,7 +136,7 @@ class Engine:
     # --- entry points ----------------------------------------------------------------------
     def plan(self, runbook: Runbook, values: dict[str, Any]) -> Plan:
         """The plan a run would perform now: live pools, the registry's known-good image."""
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             config = live_config(self.config, s)
 
             def known_good(service: Any) -> str:
@@ -165,7 +159,7 @@ class Engine:
         """Lock, perform, record; Locked if a service is held by another live run."""
         self.recover()
         plan = plan or self.plan(runbook, values)
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             run = runs.create_run(
                 s,
                 runbook=runbook.name,
@@ -182,7 +176,7 @@ class Engine:
     def resume(self, runbook: Runbook, run_id: int) -> RunResult:
         """Complete an interrupted run: from the step it reached, with what it had read."""
         self.recover()
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             run = runs.get_run(s, run_id)
             if run.status != RunStatus.interrupted:
                 raise runs.Locked(f"run {run_id} is {run.status}; only an interrupted run resumes")
@@ -197,7 +191,7 @@ class Engine:
     def undo(self, run_id: int) -> RunResult:
         """Reverse what an interrupted run (or one whose undo failed) changed."""
         self.recover()
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             run = runs.get_run(s, run_id)
             if run.status not in (RunStatus.interrupted, RunStatus.undo_failed):
                 raise runs.Locked(
@@ -218,13 +212,13 @@ class Engine:
     # --- the run ----------------------------------------------------------------------------
     def _lock(self, run_id: int, services: list[str], *, take_over: bool = False) -> None:
         try:
-            with self._tx() as s:
+            with self.sessions.begin() as s:
                 if take_over:
                     runs.take_over(s, runs.get_run(s, run_id), _now())
                 runs.acquire_locks(s, runs.get_run(s, run_id), services, _now())
         except (runs.Locked, sa.exc.IntegrityError) as exc:
             reason = str(exc) if isinstance(exc, runs.Locked) else "a lock was taken meanwhile"
-            with self._tx() as s:
+            with self.sessions.begin() as s:
                 status = RunStatus.interrupted if take_over else RunStatus.failed
                 runs.finish_run(s, run_id, status, f"not started: {reason}", _now())
             raise runs.Locked(reason) from None
@@ -262,7 +256,7 @@ class Engine:
     def _beat(self, run_id: int, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT):
             try:
-                with self._tx() as s:
+                with self.sessions.begin() as s:
                     runs.heartbeat(s, run_id, _now())
             except sa.exc.SQLAlchemyError as exc:
                 log.warning("run %d: heartbeat not recorded: %s", run_id, exc)
@@ -274,12 +268,12 @@ class Engine:
             step = plan.steps[index]
             if self.stop.is_set():
                 return RunStatus.aborted, f"stopped before step {step.id}"
-            with self._tx() as s:
+            with self.sessions.begin() as s:
                 runs.heartbeat(s, run_id, _now(), step=step.id)
             self.progress.step(index, step)
             if step.skipped:
                 unit_id = self._start_unit(run_id, index, step, LOCAL)
-                with self._tx() as s:
+                with self.sessions.begin() as s:
                     runs.update_unit(
                         s, unit_id, status=UnitStatus.skipped, error=step.skipped, ended_at=_now()
                     )
@@ -336,7 +330,7 @@ class Engine:
                 outcome = self.actions.perform(op, values, deadline)
                 entries.append(self._entry(op, values, outcome, attempt))
                 self.progress.op(unit.target, op, outcome)
-                with self._tx() as s:
+                with self.sessions.begin() as s:
                     runs.update_unit(s, unit_id, log=list(entries), attempts=attempt)
                 if not outcome.ok:
                     error = outcome.text
@@ -350,7 +344,7 @@ class Engine:
                 break
         if changed:
             self._save_undo(unit_id, step, unit, values)
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             runs.update_unit(
                 s,
                 unit_id,
@@ -364,7 +358,7 @@ class Engine:
         return error
 
     def _start_unit(self, run_id: int, index: int, step: PlannedStep, target: str) -> int:
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             return runs.start_unit(
                 s,
                 run_id=run_id,
@@ -403,13 +397,13 @@ class Engine:
             "values": mine,
             "timeout": step.timeout,
         }
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             runs.update_unit(s, unit_id, undo=record)
 
     # --- undo --------------------------------------------------------------------------------
     def _undo_all(self, run_id: int, reason: str) -> list[str]:
         """Undo every unit that changed something, newest first; the errors, if any."""
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             todo = [
                 (u.id, u.step, u.target, u.undo or {}, list(u.log)) for u in runs.to_undo(s, run_id)
             ]
@@ -426,7 +420,7 @@ class Engine:
                     error = outcome.text
                     break
             status = UnitStatus.undo_failed if error else UnitStatus.undone
-            with self._tx() as s:
+            with self.sessions.begin() as s:
                 runs.update_unit(s, unit_id, status=status, log=entries)
             self.progress.unit(
                 PlannedStep(step, "undo", "", 0, 0, 0), target, not error, error or "put back"
@@ -437,13 +431,13 @@ class Engine:
 
     # --- endings ----------------------------------------------------------------------------
     def _succeed(self, run_id: int, plan: Plan) -> RunResult:
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             for service, pool in plan.switches.items():
                 runs.set_pool(s, service, pool, run_id, _now())
         return self._finish(run_id, RunStatus.succeeded, None)
 
     def _finish(self, run_id: int, status: RunStatus, reason: str | None) -> RunResult:
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             runs.finish_run(s, run_id, status, reason and self.redact(reason), _now())
         result = RunResult(run_id, status, reason)
         self.progress.finished(result)
@@ -453,7 +447,7 @@ class Engine:
     def _notify(self, text: str) -> str:
         if self._incident_id is None:
             return f"no incident to post to: {text}"
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             incidents.add_note(
                 s,
                 incident_id=self._incident_id,
@@ -464,7 +458,7 @@ class Engine:
 
     def _record(self, check: ops.Record, values: MutableMapping[str, str]) -> str:
         image = str(check.image)
-        with self._tx() as s:
+        with self.sessions.begin() as s:
             images.record_deploy(
                 s,
                 service=check.service,
