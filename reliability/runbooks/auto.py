@@ -31,7 +31,7 @@ from reliability.detect.render import RunbookRequest
 from reliability.incidents import service as incidents
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.engine import Engine, Progress, RunResult
+from reliability.runbooks.engine import Engine, Progress, RunResult, plan_now
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookRun
 from reliability.runbooks.plan import Plan, PlanError, PlannedStep
@@ -143,19 +143,17 @@ class AutoRunner:
         with self.database.session() as s:
             found = incidents.get_open_by_fingerprint(s, fingerprint=t.fingerprint)
             incident_id = found.id if found is not None else None
-        engine = Engine(self.config, self.database.get(), ssh=self.ssh)
         try:
             book = load_runbooks(self.config).get(request.name)
             if book is None:
                 raise PlanError(f"no runbook {request.name!r} in {self.config.runbooks_dir}")
             values = params_mod.resolve(book, request.params, self.config)
-            plan = engine.plan(book, values)
+            sessions = db.session_factory(self.database.get())
+            plan = plan_now(self.config, sessions, book, values)
         except (ConfigError, params_mod.ParamError, PlanError) as exc:
             if request.auto:
                 self.note(incident_id, f"Runbook {request.name} cannot run on its own: {exc}")
             return None
-        finally:
-            engine.close()
         services = [s for s in self.config.services if s.name in plan.locks]
         if not (request.auto or any(request.name in s.auto_runbooks for s in services)):
             return None  # the Slack message shows the command; a person decides

@@ -35,7 +35,7 @@ from reliability.durations import format_duration
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
 from reliability.runbooks.actions import Outcome
-from reliability.runbooks.engine import Engine, Progress, RunResult
+from reliability.runbooks.engine import Engine, Progress, RunResult, plan_now
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunStatus
 from reliability.runbooks.ops import LOCAL, Op
@@ -222,11 +222,9 @@ def _live_plan(config: Config, b: Runbook, values: dict[str, Any]) -> Plan:
         db.check_schema(engine)
     except (ConfigError, db.DatabaseError, sa_exc.ArgumentError):
         return make_plan(b, values, config)
-    runner = Engine(config, engine)
     try:
-        return runner.plan(b, values)
+        return plan_now(config, sessionmaker(engine), b, values)
     finally:
-        runner.close()
         engine.dispose()
 
 

@@ -85,6 +85,23 @@ def live_config(config: Config, session: Session) -> Config:
     return config.model_copy(update={"services": services})
 
 
+def plan_now(
+    config: Config, sessions: sessionmaker[Session], runbook: Runbook, values: dict[str, Any]
+) -> Plan:
+    """The plan a run would perform now: live pools, the registry's known-good image. Reads
+    the database only; ParamError when a service has no known-good image to deploy."""
+    with sessions.begin() as s:
+        live = live_config(config, s)
+
+        def known_good(service: Any) -> str:
+            try:
+                return images.known_good(s, service)
+            except images.NoKnownGood as exc:
+                raise params_mod.ParamError([str(exc)]) from None
+
+        return make_plan(runbook, values, live, known_good=known_good)
+
+
 class Engine:
     """Runs runbooks against `config`'s nodes, recording into the database of `db`."""
 
@@ -135,17 +152,7 @@ class Engine:
 
     # --- entry points ----------------------------------------------------------------------
     def plan(self, runbook: Runbook, values: dict[str, Any]) -> Plan:
-        """The plan a run would perform now: live pools, the registry's known-good image."""
-        with self.sessions.begin() as s:
-            config = live_config(self.config, s)
-
-            def known_good(service: Any) -> str:
-                try:
-                    return images.known_good(s, service)
-                except images.NoKnownGood as exc:
-                    raise params_mod.ParamError([str(exc)]) from None
-
-            return make_plan(runbook, values, config, known_good=known_good)
+        return plan_now(self.config, self.sessions, runbook, values)
 
     def run(
         self,
