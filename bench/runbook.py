@@ -6,8 +6,8 @@ load balancer's switch time.
 
 Fan-out: a rig fleet of 50 nodes (real sshd on 50 loopback addresses, strict host keys) and
 a runbook with one `ssh` step, `command: "true"`, on a target group of all of them (pool
-`bench`), run by the real engine (`Engine.run`, SQLite, every unit recorded):
-- cold: a new Engine and SshPool per run, so the 50 connections (key exchange, auth) count,
+`bench`), run by the real engine (`Executor.run`, SQLite, every unit recorded):
+- cold: a new Executor and SshPool per run, so the 50 connections (key exchange, auth) count,
   and closing them; the figure held to the target;
 - warm: one SshPool shared by the runs (after one run not counted): the daemon's case;
 - CLI: `python -m reliability runbook run NAME --yes` as a subprocess, cold, so the
@@ -27,7 +27,7 @@ client polls the LB every 10 ms on a new connection each time (`GET /v1/models`)
 the first answer from the new pool, and the first after which only the new pool answered
 (nginx's old workers still route for a moment after a reload). Clock points, one wall
 clock: the step's start as recorded in
-`runbook_steps`, and when `Engine.run` was called. Warm: one SshPool kept across the
+`runbook_steps`, and when `Executor.run` was called. Warm: one SshPool kept across the
 switches (as the daemon keeps it); cold: a new pool per switch (SSH connect to the LB
 counts). Target: the step's start to the new pool serving < 1 s, every switch (max).
 Needs root (the fleet's login user); all traffic stays on 127.0.0.0/8.
@@ -56,10 +56,11 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.orm import Session
 
-from reliability import config_load, db
+from reliability import db
+from reliability.cli_support import load_config
 from reliability.config import Config
 from reliability.runbooks import params
-from reliability.runbooks.engine import Engine
+from reliability.runbooks.executor import Executor
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookStep, RunStatus
 from reliability.runbooks.spec import Runbook
@@ -138,7 +139,7 @@ def write_setup(
     document = {"database": {"url": url}, **sections, "runbooks_dir": "runbooks"}
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     db.upgrade(url)
-    return config_load.load(path), db.make_engine(url), path
+    return load_config(path), db.make_engine(url), path
 
 
 def prepare(config: Config, name: str, given: dict[str, str]) -> tuple[Runbook, dict[str, Any]]:
@@ -151,7 +152,7 @@ def run_book(
     config: Config, engine: sa.Engine, book: Runbook, values: dict[str, Any], **kw: Any
 ) -> int:
     """One run through the real engine; its id. BenchFailed unless it succeeded."""
-    runner = Engine(config, engine, **kw)
+    runner = Executor(config, engine, **kw)
     try:
         result = runner.run(book, values, actor="bench")
     finally:
@@ -199,7 +200,7 @@ def engine_rows(fleet: Fleet, directory: Path, runs: int) -> list[Row]:
     cli = timed(lambda: subprocess_ok([*command, "-c", str(path)], CLI_TIMEOUT_S), runs)
     n = len(fleet.names)
     return [
-        Row(f"engine, cold: Engine.run, {n} hosts, `true`", cold),
+        Row(f"engine, cold: Executor.run, {n} hosts, `true`", cold),
         Row("engine, warm SSH pool", warm),
         Row("engine, cold, CLI: `reliability runbook run --yes`", cli),
     ]
@@ -338,7 +339,7 @@ def fanout(args: argparse.Namespace, directory: Path) -> list[Row]:
 
 @dataclass
 class Switch:
-    called_at: float  # just before Engine.run (wall clock)
+    called_at: float  # just before Executor.run (wall clock)
     step_start: float  # the step's started_at, as recorded
     step_end: float
     seen_at: float  # the client received the first answer from the new pool
@@ -495,7 +496,9 @@ def measure_switches(
         verdict = "yes" if met else "NO"
         rows += [
             Row(f"switch, {name}: step start -> new pool serving", serving, target, verdict),
-            Row("  Engine.run called -> new pool serving", each(switches, "called_at", "seen_at")),
+            Row(
+                "  Executor.run called -> new pool serving", each(switches, "called_at", "seen_at")
+            ),
             Row(
                 "  step start -> only the new pool answers",
                 each(switches, "step_start", "only_new_at"),
@@ -582,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print_table(rows)
     print(
-        "fan-out: wall time of one run (ours: Engine built, run, closed; ansible and the CLI:"
+        "fan-out: wall time of one run (ours: Executor built, run, closed; ansible and the CLI:"
         " the subprocess).\nswitch: clock points on one wall clock; the client polls"
         f" {POLL_EVERY_S * 1000:g} ms apart, a new connection each time."
     )

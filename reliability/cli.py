@@ -16,8 +16,7 @@ from reliability.cli_support import (
     json_option,
     print_json,
 )
-from reliability.config import Config
-from reliability.config_load import ConfigError
+from reliability.config import Config, ConfigError
 from reliability.dashboards.cli import dashboards
 from reliability.demo.cli import demo
 from reliability.images.cli import images

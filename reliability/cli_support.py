@@ -19,8 +19,8 @@ from rich.console import Console
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from reliability.config import Config
-from reliability.config_load import ConfigError, load
+from reliability import config as config_
+from reliability.config import Config, ConfigError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -46,6 +46,14 @@ class BadInput(CommandFailed):
     exit_code = EXIT_USAGE
 
 
+def load_config(path: Path | str | None = None) -> Config:
+    """The config at `path` (or the default), with every domain's checks of it: what
+    `config check`, the daemon, the demo and every command load."""
+    from reliability.detect.checks import check_rules
+
+    return config_.load(path, checks=[check_rules])
+
+
 def config_option(fn: F) -> F:
     """Add `-c/--config FILE` and hand the loaded Config to the command as `config`."""
 
@@ -60,7 +68,7 @@ def config_option(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, config_path: Path | None, **kwargs: Any) -> Any:
         try:
-            config = load(config_path)
+            config = load_config(config_path)
         except ConfigError as exc:
             raise BadInput(str(exc)) from None
         return fn(*args, config=config, **kwargs)

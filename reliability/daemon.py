@@ -84,8 +84,7 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
     from reliability.collect.gpu import NvmlGpuCollector, SmiGpuCollector
     from reliability.collect.inventory import COLLECTOR, TARGET, inventory_samples
     from reliability.collect.node import NodeCollector, NodeSpec
-    from reliability.ssh import SshPool, target_for
-    from reliability.ssh import TargetRunner as SshRunner
+    from reliability.ssh import NodeShell, SshPool, target_for
 
     snapshot = snapshot or Snapshot()
     cc = config.collect
@@ -136,7 +135,7 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
             cc.timeout,
         )
         smi = {
-            n.name: (SshRunner(pool, targets[n.name]), n.gpus)
+            n.name: (NodeShell(pool, targets[n.name]), n.gpus)
             for n in config.nodes
             if n.gpu_backend == "smi"
         }
@@ -280,7 +279,7 @@ def _start_incident_flow(
 ) -> None:
     """Rules into incidents (detect/loop.py), incidents into Slack (notify/dispatcher.py);
     both stop with the daemon."""
-    from reliability.detect.engine import Evaluator
+    from reliability.detect.evaluator import Evaluator
     from reliability.detect.loop import DetectionLoop
     from reliability.runbooks.auto import AutoRunner
     from reliability.ssh import SshPool

@@ -243,9 +243,9 @@ class SshPool:
         client = self._connection(target, deadline)
         return self._exec(target, client, command, start, deadline, stdin)
 
-    def runner(self, target: SshTarget) -> TargetRunner:
+    def runner(self, target: SshTarget) -> NodeShell:
         """A `run(command, *, timeout)` bound to `target`."""
-        return TargetRunner(self, target)
+        return NodeShell(self, target)
 
     def close(self) -> None:
         """Close every connection; later calls to `run` fail. Never blocks on a connect."""
@@ -492,7 +492,7 @@ def target_for(config: Config, node: NodeConfig) -> SshTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class TargetRunner:
+class NodeShell:
     """`SshPool.run` bound to one target: what the remote GPU collector and runbooks take."""
 
     pool: SshPool

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from reliability import catalog
 from reliability.collect.base import CollectError, Sample
 from reliability.collect.gpu_nvml import NvmlGpuCollector
-from reliability.collect.gpu_smi import CommandResult, CommandRunner, SmiGpuCollector
+from reliability.collect.gpu_smi import FinishedCommand, CommandRunner, SmiGpuCollector
 
 __all__ = [
-    "CommandResult",
+    "FinishedCommand",
     "CommandRunner",
     "NvmlGpuCollector",
     "SmiGpuCollector",

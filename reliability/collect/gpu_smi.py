@@ -45,7 +45,7 @@ from reliability.collect.gpu_common import (
 log = logging.getLogger(__name__)
 
 
-class CommandResult(Protocol):
+class FinishedCommand(Protocol):
     """A finished command (read-only, so `reliability.ssh.CommandResult` fits)."""
 
     @property
@@ -57,14 +57,14 @@ class CommandResult(Protocol):
 
 
 class CommandRunner(Protocol):
-    """Runs a shell command on one node (`reliability.ssh.TargetRunner` over SSH).
+    """Runs a shell command on one node (`reliability.ssh.NodeShell` over SSH).
 
     When the command cannot run or finish within `timeout` seconds it raises an error
     with a short `reason` label (as `reliability.ssh.SshError` does: unreachable,
     timeout, host_key, auth, ...), a TimeoutError or an OSError.
     """
 
-    def run(self, command: str, *, timeout: float) -> CommandResult: ...
+    def run(self, command: str, *, timeout: float) -> FinishedCommand: ...
 
 
 _REASONS_FIELD = "clocks_event_reasons.active"
@@ -194,7 +194,7 @@ def _row_samples(node: str, fields: Sequence[str], cells: list[str]) -> tuple[st
     return gpu, out
 
 
-def parse_query_output(node: str, result: CommandResult, fields: Sequence[str]) -> SmiReading:
+def parse_query_output(node: str, result: FinishedCommand, fields: Sequence[str]) -> SmiReading:
     """Read `nvidia-smi --query-gpu=FIELDS --format=csv,noheader,nounits` output.
 
     Raises CollectError "driver" (nvidia-smi cannot reach the driver), "bad_output" (a
@@ -354,7 +354,7 @@ class SmiGpuCollector:
             state.xids.record(gpu or xid.pci_bus_id, xid.code, xid.at)
 
 
-def _run(node: str, runner: CommandRunner, command: str, deadline: float) -> CommandResult:
+def _run(node: str, runner: CommandRunner, command: str, deadline: float) -> FinishedCommand:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise CollectError("timeout", f"{node}: no time left to run {command.split()[0]}")

@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from reliability.cli_support import BadInput, CommandFailed, config_option, console, err_console
-from reliability.config import Config
-from reliability.config_load import ConfigError
+from reliability.config import Config, ConfigError
 from reliability.dashboards import build as build_mod
 from reliability.dashboards import push as push_mod
 

@@ -2,7 +2,7 @@
 
 The uids live here, not in the dashboard sources, so a Slack message can link to a dashboard
 without importing grafanalib, and a renamed dashboard cannot leave a dead link behind
-(tests/test_dashboards.py checks every uid here is built).
+(tests/dashboards/test_build.py checks every uid here is built).
 """
 
 from __future__ import annotations

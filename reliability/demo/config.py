@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from reliability.config_rules import CounterIncreaseRule, ErrorRatioRule, TargetDownRule
+from reliability.config.rules import CounterIncreaseRule, ErrorRatioRule, TargetDownRule
 from reliability.detect import builtin
 from reliability.detect.rules import AnyRule
 from reliability.durations import format_duration

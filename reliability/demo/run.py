@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from reliability import db
+from reliability.cli_support import load_config
 from reliability.config import Config
-from reliability.config_load import load
 from reliability.demo import control
 from reliability.demo.config import (
     AUTO_RUNBOOKS,
@@ -209,7 +209,7 @@ def run(directory: Path, listen: str, *, use_nginx: bool = True, console: Consol
         )
         write_runbooks(directory)
         path = write_config(directory, layout, listen)
-        config = load(path)
+        config = load_config(path)
         db.upgrade(config.database_url())
         _mark_good(config, images.good_pinned)
         database = db.LazyEngine(config.database_url())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from reliability import catalog
 from reliability.catalog import XidAction
-from reliability.config_rules import (
+from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from reliability import db
 from reliability.collect.snapshot import Snapshot
-from reliability.detect.engine import FINGERPRINT_PREFIX, Evaluator, Transition
+from reliability.detect.evaluator import FINGERPRINT_PREFIX, Evaluator, Transition
 from reliability.incidents import service
 from reliability.incidents.models import Incident, IncidentStatus
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from reliability import catalog
 from reliability.collect.base import HistogramValue, Sample
-from reliability.config_rules import (
+from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,

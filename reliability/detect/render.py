@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from reliability.config_rules import RunbookSuggestion
+from reliability.config.rules import RunbookSuggestion
 from reliability.detect.rules import placeholders
 
 _BYTES = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3))

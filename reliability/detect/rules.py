@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterator
 
 from reliability import catalog
 from reliability.catalog import Metric
-from reliability.config_rules import (
+from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,

@@ -37,7 +37,7 @@ import yaml
 
 from reliability import catalog
 from reliability.config import Config
-from reliability.config_rules import (
+from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
@@ -45,7 +45,7 @@ from reliability.config_rules import (
     ThresholdRule,
 )
 from reliability.detect.builtin import active_rules
-from reliability.detect.engine import endpoint_labels
+from reliability.detect.evaluator import endpoint_labels
 from reliability.detect.render import format_value, runbook_command
 from reliability.detect.rules import ENDPOINT_LABELS, TARGET_LABEL, AnyRule, series_labels
 from reliability.durations import format_duration

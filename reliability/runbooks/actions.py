@@ -2,7 +2,7 @@
 made from the reliability host (HTTP until an answer, a soak, a first token, a drain).
 
 `Actions.perform(op, values, deadline)` runs one operation and returns its outcome; it
-never raises for a failure of the system it looks at (that is an `Outcome` with `ok`
+never raises for a failure of the system it looks at (that is an `OpOutcome` with `ok`
 False), so the engine decides about retries and undo in one place. Values an operation
 reads for later (`Op.saves`) go into `values`; operations that need them take them from
 there, shell-quoted.
@@ -47,7 +47,7 @@ _SECRET_SHAPES = re.compile(
 
 
 @dataclass(slots=True)
-class Outcome:
+class OpOutcome:
     ok: bool
     text: str  # what happened, in a line (the error when not ok)
     exit_status: int | None = None
@@ -129,7 +129,7 @@ class Actions:
     def close(self) -> None:
         self.http.close()
 
-    def perform(self, op: Op, values: MutableMapping[str, str], deadline: float) -> Outcome:
+    def perform(self, op: Op, values: MutableMapping[str, str], deadline: float) -> OpOutcome:
         start = time.monotonic()
         if op.kind == "run":
             outcome = self._command(op, values, deadline)
@@ -139,19 +139,19 @@ class Actions:
         return outcome
 
     # --- commands --------------------------------------------------------------------------
-    def _command(self, op: Op, values: MutableMapping[str, str], deadline: float) -> Outcome:
+    def _command(self, op: Op, values: MutableMapping[str, str], deadline: float) -> OpOutcome:
         line, stdin = fill(op, values)
         try:
             result = self.ssh.run(
                 self.targets[op.where], line, timeout=deadline - time.monotonic(), stdin=stdin
             )
         except SshError as exc:
-            return Outcome(False, f"{op.where}: {exc}")
+            return OpOutcome(False, f"{op.where}: {exc}")
         if op.saves is not None and result.ok:
             values.setdefault(op.saves, result.stdout)
         ok = result.ok or op.may_fail
         text = "ok" if result.ok else f"exit {result.exit_status}: {_last_line(result)}"
-        return Outcome(ok, text, result.exit_status, self._excerpt(result, saved=op.saves))
+        return OpOutcome(ok, text, result.exit_status, self._excerpt(result, saved=op.saves))
 
     def _excerpt(self, result: CommandResult, *, saved: str | None) -> str:
         out = result.stdout if saved is None or not result.ok else ""
@@ -159,7 +159,7 @@ class Actions:
         return self.redact(text[-EXCERPT:])
 
     # --- checks from this host ---------------------------------------------------------------
-    def _check(self, op: Op, values: MutableMapping[str, str], deadline: float) -> Outcome:
+    def _check(self, op: Op, values: MutableMapping[str, str], deadline: float) -> OpOutcome:
         check = op.check
         if isinstance(check, ops.HttpWait):
             return self._http_wait(check, deadline)
@@ -171,12 +171,12 @@ class Actions:
             return self._drained(check, deadline)
         if isinstance(check, ops.Confirm):
             approved = self.confirm(check.prompt)
-            return Outcome(approved, "approved" if approved else "not approved")
+            return OpOutcome(approved, "approved" if approved else "not approved")
         if isinstance(check, ops.Notify):
-            return Outcome(True, self.notify(check.text))
+            return OpOutcome(True, self.notify(check.text))
         if isinstance(check, ops.Record):
-            return Outcome(True, self.record(check, values))
-        return Outcome(False, f"{op.kind} on {LOCAL}: nothing to perform")
+            return OpOutcome(True, self.record(check, values))
+        return OpOutcome(False, f"{op.kind} on {LOCAL}: nothing to perform")
 
     def _answer(self, method: str, url: str, status: int, body: str | None, limit: float) -> str:
         """'' when `url` answers as expected, else why not."""
@@ -190,7 +190,7 @@ class Actions:
             return f"{body!r} not in the body"
         return ""
 
-    def _http_wait(self, c: ops.HttpWait, deadline: float) -> Outcome:
+    def _http_wait(self, c: ops.HttpWait, deadline: float) -> OpOutcome:
         """Until `url` answers as expected, and keeps doing so for `settle` seconds."""
         end = min(deadline, time.monotonic() + c.within)
         tries, good_since = 0, None
@@ -200,15 +200,15 @@ class Actions:
             now = time.monotonic()
             good_since = (good_since or now) if not why else None
             if good_since is not None and now - good_since >= c.settle:
-                return Outcome(True, f"{c.url} answered {c.status} (try {tries})")
+                return OpOutcome(True, f"{c.url} answered {c.status} (try {tries})")
             if now + c.interval >= end:
-                return Outcome(
+                return OpOutcome(
                     False, f"{c.url}: {why or 'did not stay answering'} after {tries} tries"
                 )
             if self.stop.wait(c.interval):  # a wait of hours must not hold a shutdown
-                return Outcome(False, f"{c.url}: stopped while waiting ({tries} tries)")
+                return OpOutcome(False, f"{c.url}: stopped while waiting ({tries} tries)")
 
-    def _http_soak(self, c: ops.HttpSoak, deadline: float) -> Outcome:
+    def _http_soak(self, c: ops.HttpSoak, deadline: float) -> OpOutcome:
         end = min(deadline, time.monotonic() + c.soak)
         expected = max(1, int(c.soak / c.interval))
         asked = failed = 0
@@ -218,7 +218,7 @@ class Actions:
             if why:
                 failed += 1
                 if failed > c.max_error_ratio * expected:  # can no longer end under the limit
-                    return Outcome(
+                    return OpOutcome(
                         False,
                         f"{failed} of {asked} checks of {c.url} failed, above "
                         f"{c.max_error_ratio:.0%} of the soak's {expected}; last: {why}",
@@ -226,11 +226,11 @@ class Actions:
             if time.monotonic() + c.interval >= end:
                 break
             if self.stop.wait(c.interval):
-                return Outcome(False, f"{c.url}: stopped {asked} checks into the soak")
+                return OpOutcome(False, f"{c.url}: stopped {asked} checks into the soak")
         text = f"{failed} of {asked} checks of {c.url} failed ({failed / asked:.0%})"
-        return Outcome(failed / asked <= c.max_error_ratio, text)
+        return OpOutcome(failed / asked <= c.max_error_ratio, text)
 
-    def _first_token(self, c: ops.FirstToken, deadline: float) -> Outcome:
+    def _first_token(self, c: ops.FirstToken, deadline: float) -> OpOutcome:
         model = c.model
         try:
             if model is None:
@@ -249,18 +249,18 @@ class Actions:
                 "POST", f"{c.base}/v1/chat/completions", json=body, timeout=timeout
             ) as r:
                 if r.status_code != 200:
-                    return Outcome(False, f"{c.base}: completion answered HTTP {r.status_code}")
+                    return OpOutcome(False, f"{c.base}: completion answered HTTP {r.status_code}")
                 for line in r.iter_lines():
                     if time.monotonic() - start > c.ttft:
                         break
                     if _has_token(line):
                         took = time.monotonic() - start
-                        return Outcome(True, f"first token from {model} in {took:.2f}s")
+                        return OpOutcome(True, f"first token from {model} in {took:.2f}s")
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-            return Outcome(False, f"{c.base}: completion failed: {exc or type(exc).__name__}")
-        return Outcome(False, f"{c.base}: no first token within {ops.seconds(c.ttft)}")
+            return OpOutcome(False, f"{c.base}: completion failed: {exc or type(exc).__name__}")
+        return OpOutcome(False, f"{c.base}: no first token within {ops.seconds(c.ttft)}")
 
-    def _drained(self, c: ops.Drained, deadline: float) -> Outcome:
+    def _drained(self, c: ops.Drained, deadline: float) -> OpOutcome:
         end = min(deadline, time.monotonic() + c.wait)
         # nginx's old workers route new requests for ~0.1 s after a reload returns.
         time.sleep(min(DRAIN_SETTLE, max(0.0, end - time.monotonic())))
@@ -268,13 +268,13 @@ class Actions:
             try:
                 r = self.http.get(f"{c.base}/metrics", timeout=1.0)
             except httpx.HTTPError:
-                return Outcome(True, f"{c.base} does not answer: nothing left to wait for")
+                return OpOutcome(True, f"{c.base} does not answer: nothing left to wait for")
             busy = _busy(r.text) if r.status_code == 200 else None
             if busy == 0:
-                return Outcome(True, f"{c.base}: no request running or waiting")
+                return OpOutcome(True, f"{c.base}: no request running or waiting")
             if time.monotonic() + 0.2 >= end or self.stop.is_set():
                 what = "reports no request gauge" if busy is None else f"still has {busy:g}"
-                return Outcome(True, f"{c.base} {what} after {ops.seconds(c.wait)}: moved on")
+                return OpOutcome(True, f"{c.base} {what} after {ops.seconds(c.wait)}: moved on")
             time.sleep(0.2)
 
 

@@ -24,14 +24,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from reliability import db
-from reliability.config import Config, ServiceConfig
-from reliability.config_load import ConfigError
-from reliability.detect.engine import Transition
+from reliability.config import Config, ConfigError, ServiceConfig
+from reliability.detect.evaluator import Transition
 from reliability.detect.render import RunbookRequest
 from reliability.incidents import service as incidents
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.engine import Engine, Progress, RunResult, plan_now
+from reliability.runbooks.executor import Executor, Progress, RunResult, plan_now
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookRun
 from reliability.runbooks.plan import Plan, PlanError, PlannedStep
@@ -83,7 +82,7 @@ class AutoRunner:
     that runs its jobs one after another, so runs on one service go in that order and never
     race for its lock, while other services' lanes go on."""
 
-    def __init__(self, config: Config, database: db.LazyEngine, ssh: SshPool) -> None:
+    def __init__(self, config: Config, database: db.LazyExecutor, ssh: SshPool) -> None:
         self.config, self.database, self.ssh = config, database, ssh
         self._queue: queue.Queue[Transition | None] = queue.Queue(QUEUE_LIMIT)
         self._stop = threading.Event()
@@ -193,7 +192,7 @@ class AutoRunner:
             )
             return
         progress = _SlackThread(self, job.incident_id, request.name)
-        engine = Engine(
+        engine = Executor(
             self.config, self.database.get(), ssh=self.ssh, stop=self._stop, progress=progress
         )
         try:

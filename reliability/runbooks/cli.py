@@ -29,13 +29,12 @@ from reliability.cli_support import (
     print_json,
     who,
 )
-from reliability.config import Config
-from reliability.config_load import ConfigError
+from reliability.config import Config, ConfigError
 from reliability.durations import format_duration
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.actions import Outcome
-from reliability.runbooks.engine import Engine, Progress, RunResult, plan_now
+from reliability.runbooks.actions import OpOutcome
+from reliability.runbooks.executor import Executor, Progress, RunResult, plan_now
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunStatus
 from reliability.runbooks.ops import LOCAL, Op
@@ -247,7 +246,7 @@ class _Printer(Progress):
         else:
             self._say(f"{index + 1}. {step.id} ({step.action})")
 
-    def op(self, target: str, op: Op, outcome: Outcome) -> None:
+    def op(self, target: str, op: Op, outcome: OpOutcome) -> None:
         what = f"$ {op.detail}" if op.kind == "run" else f"{op.kind}: {op.detail}"
         mark = "ok" if outcome.ok else "FAILED"
         self._say(f"   {target} {what[:160]}  [{mark} {outcome.seconds:.2f}s] {outcome.text}")
@@ -304,10 +303,10 @@ def _recover(db: Any, as_json: bool) -> None:
         out.print(f"run {run.run_id} ({run.runbook}) was interrupted: {run.reason}", markup=False)
 
 
-def _engine(config: Config, db: Any, as_json: bool) -> Engine:
+def _engine(config: Config, db: Any, as_json: bool) -> Executor:
     _recover(db, as_json)
     out = err_console if as_json else console
-    return Engine(config, db, progress=_Printer(out), confirm=_ask)
+    return Executor(config, db, progress=_Printer(out), confirm=_ask)
 
 
 def _report(result: RunResult, as_json: bool) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from reliability.config import Config
-from reliability.config_load import ConfigError, placed_message, read_yaml, validation_messages
+from reliability.config.errors import ConfigError, placed_message, read_yaml, validation_messages
 from reliability.runbooks.spec import Runbook, problems
 
 

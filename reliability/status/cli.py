@@ -16,8 +16,7 @@ from reliability.cli_support import (
     json_option,
     print_json,
 )
-from reliability.config import Config
-from reliability.config_load import ConfigError
+from reliability.config import Config, ConfigError
 from reliability.status.gather import StatusReader
 from reliability.status.render import render, to_json
 from reliability.status.scrape import LatencyWindow, metrics_url

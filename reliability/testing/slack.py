@@ -92,7 +92,7 @@ class SlackCall:
 
 
 @dataclass(frozen=True)
-class SlackMessage:
+class PostedMessage:
     """A message as a reader of the channel sees it now; ``edits`` counts chat.update calls."""
 
     channel: str
@@ -130,7 +130,7 @@ class SlackState:
         self.token = token
         self._lock = threading.Lock()
         self._channels = {name: f"C{index:09d}" for index, name in enumerate(channels, 1)}
-        self._messages: dict[str, SlackMessage] = {}
+        self._messages: dict[str, PostedMessage] = {}
         self._calls: list[SlackCall] = []
         self._last_us = 0
         self._rate_limited = 0
@@ -174,7 +174,7 @@ class SlackState:
         with self._lock:
             return [c for c in self._calls if method is None or c.method == method]
 
-    def all_messages(self) -> list[SlackMessage]:
+    def all_messages(self) -> list[PostedMessage]:
         with self._lock:
             return sorted(self._messages.values(), key=lambda m: m.ts)
 
@@ -231,7 +231,7 @@ class SlackState:
         thread_ts = params.get("thread_ts")
         if thread_ts is not None and not _is_ts(thread_ts):
             raise ApiError("invalid_thread_ts")
-        message = SlackMessage(
+        message = PostedMessage(
             channel, self._next_ts(), text or "", blocks or [], thread_ts or None
         )
         self._messages[message.ts] = message
@@ -337,7 +337,7 @@ def _is_ts(value: Any) -> bool:
     return isinstance(value, str) and TS_PATTERN.fullmatch(value) is not None
 
 
-def _wire(message: SlackMessage) -> dict[str, Any]:
+def _wire(message: PostedMessage) -> dict[str, Any]:
     wire = {"type": "message", "subtype": "bot_message", "text": message.text, "ts": message.ts}
     wire |= {"bot_id": BOT["bot_id"], "blocks": message.blocks}
     return wire | ({"thread_ts": message.thread_ts} if message.thread_ts else {})
@@ -518,7 +518,7 @@ class SlackStandIn:
         """Every call received, oldest first, optionally only those to ``method``."""
         return self.state.calls(method)
 
-    def messages(self, channel: str | None = None) -> list[SlackMessage]:
+    def messages(self, channel: str | None = None) -> list[PostedMessage]:
         """Top-level messages as they read now, oldest first (thread replies excluded)."""
         wanted = None if channel is None else self.channel_id(channel)
         return [
@@ -527,18 +527,18 @@ class SlackStandIn:
             if not m.is_reply and (wanted is None or m.channel == wanted)
         ]
 
-    def message(self, ts: str) -> SlackMessage:
+    def message(self, ts: str) -> PostedMessage:
         """The message with this ts, as it reads now; KeyError if none."""
         found = [m for m in self.state.all_messages() if m.ts == ts]
         if not found:
             raise KeyError(ts)
         return found[0]
 
-    def replies(self, thread_ts: str) -> list[SlackMessage]:
+    def replies(self, thread_ts: str) -> list[PostedMessage]:
         """The replies in the thread of ``thread_ts``, in the order they were posted."""
         return [m for m in self.state.all_messages() if m.is_reply and m.thread_ts == thread_ts]
 
-    def orphans(self) -> list[SlackMessage]:
+    def orphans(self) -> list[PostedMessage]:
         """Replies whose parent does not exist in that channel: never seen by anyone."""
         messages = self.state.all_messages()
         parents = {(m.channel, m.ts) for m in messages}

@@ -12,7 +12,7 @@ import pytest
 from reliability import catalog
 from reliability.collect.base import Sample
 from reliability.config import Config
-from reliability.detect.engine import Evaluator, Transition
+from reliability.detect.evaluator import Evaluator, Transition
 
 START = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
 

@@ -3,7 +3,7 @@ incident an on-call engineer expects, with the command that fixes it."""
 
 from __future__ import annotations
 
-from reliability.config_rules import Rules
+from reliability.config.rules import Rules
 from reliability.detect.builtin import BUILTIN, active_rules
 from reliability.detect.rules import check_rule
 

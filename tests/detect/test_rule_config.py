@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from reliability.config_load import ConfigError, load
-from reliability.detect.engine import Evaluator
+from reliability.cli_support import load_config
+from reliability.config import ConfigError
+from reliability.detect.evaluator import Evaluator
 
 
 def errors_of(tmp_path: Path, text: str) -> tuple[Path, list[str]]:
     path = tmp_path / "reliability.yaml"
     path.write_text(textwrap.dedent(text))
     with pytest.raises(ConfigError) as info:
-        load(path)
+        load_config(path)
     return path, info.value.lines
 
 
@@ -111,6 +112,6 @@ def test_a_valid_rule_file_builds_an_evaluator(tmp_path):
             """
         )
     )
-    names = [r.name for r in Evaluator(load(path)).rules]
+    names = [r.name for r in Evaluator(load_config(path)).rules]
     assert "disk-almost-full" not in names
     assert names.count("gpu-temperature-slowdown") == 1

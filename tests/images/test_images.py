@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
 from reliability.cli import main
+from reliability.cli_support import load_config
 from reliability.config import Config
-from reliability.config_load import load
 from reliability.images import service as images
 from reliability.incidents import service as incidents
 
@@ -45,7 +45,7 @@ def config(tmp_path: Path, database_url: str, engine) -> Config:
             }
         )
     )
-    return load(path)
+    return load_config(path)
 
 
 def deploy(session: Session, image: str, at: datetime, node: str = "gpu-1") -> None:

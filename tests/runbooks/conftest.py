@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from reliability.cli_support import load_config
 from reliability.config import Config
-from reliability.config_load import load
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "reliability.example.yaml"
@@ -17,7 +17,7 @@ EXAMPLE = REPO / "reliability.example.yaml"
 
 @pytest.fixture
 def example() -> Config:
-    return load(EXAMPLE)
+    return load_config(EXAMPLE)
 
 
 @pytest.fixture

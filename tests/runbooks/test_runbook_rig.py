@@ -21,12 +21,12 @@ import sqlalchemy as sa
 import yaml
 
 from reliability import db
+from reliability.cli_support import load_config
 from reliability.config import Config
-from reliability.config_load import load
 from reliability.images import service as images
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.engine import Engine, RunResult
+from reliability.runbooks.executor import Executor, RunResult
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookLock, RunStatus
 from reliability.testing import docker_cli
@@ -80,13 +80,13 @@ def write_config(balancer: NginxBalancer, directory: Path, url: str, **service: 
     }
     path = directory / "reliability.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return load(path)
+    return load_config(path)
 
 
 def run_book(config: Config, name: str, **given: str) -> RunResult:
     book = load_runbooks(config)[name]
     values = params_mod.resolve(book, given, config)
-    engine = Engine(config, db.make_engine(config.database_url()), confirm=lambda prompt: True)
+    engine = Executor(config, db.make_engine(config.database_url()), confirm=lambda prompt: True)
     try:
         return engine.run(book, values, actor="test")
     finally:

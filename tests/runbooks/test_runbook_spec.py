@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability.config_load import ConfigError
+from reliability.config import ConfigError
 from reliability.runbooks.load import load_dir, load_runbooks
 from reliability.runbooks.spec import ACTIONS
 

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from reliability import catalog
 from reliability.collect.base import Sample
 from reliability.config import Config
-from reliability.config_rules import (
+from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     Severity,

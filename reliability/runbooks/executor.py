@@ -2,7 +2,7 @@
 service, recording every operation; on a failed step, or when told to stop, it undoes what
 the run changed, newest first.
 
-    plan (plan.py) ──▶ Engine.run ──▶ per step: batches of units in parallel
+    plan (plan.py) ──▶ Executor.run ──▶ per step: batches of units in parallel
                                         unit: its operations in order (actions.py),
                                         retried with backoff within the step's timeout
                           failure/stop ─▶ undo: the units' recorded undo operations,
@@ -33,7 +33,7 @@ from reliability.incidents import service as incidents
 from reliability.runbooks import ops
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.actions import Actions, Outcome, Redactor, resolved
+from reliability.runbooks.actions import Actions, OpOutcome, Redactor, resolved
 from reliability.runbooks.models import RunStatus, UnitStatus
 from reliability.runbooks.ops import CHECKS, LOCAL, Op
 from reliability.runbooks.plan import Plan, PlannedStep, Unit, make_plan
@@ -59,7 +59,7 @@ class Progress:
 
     def step(self, index: int, step: PlannedStep) -> None: ...
 
-    def op(self, target: str, op: Op, outcome: Outcome) -> None: ...
+    def op(self, target: str, op: Op, outcome: OpOutcome) -> None: ...
 
     def unit(self, step: PlannedStep, target: str, ok: bool, text: str) -> None: ...
 
@@ -102,7 +102,7 @@ def plan_now(
         return make_plan(runbook, values, live, known_good=known_good)
 
 
-class Engine:
+class Executor:
     """Runs runbooks against `config`'s nodes, recording into the database of `db`."""
 
     def __init__(
@@ -377,7 +377,7 @@ class Engine:
             )
 
     def _entry(
-        self, op: Op, values: MutableMapping[str, str], outcome: Outcome, attempt: int
+        self, op: Op, values: MutableMapping[str, str], outcome: OpOutcome, attempt: int
     ) -> dict[str, Any]:
         sent = resolved(op, values)
         return {

@@ -15,11 +15,11 @@ import sqlalchemy as sa
 import yaml
 
 from reliability import db
+from reliability.cli_support import load_config
 from reliability.config import Config
-from reliability.config_load import load
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.engine import Engine
+from reliability.runbooks.executor import Executor
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookLock, RunStatus, UnitStatus
 from reliability.testing.fleet import Fleet
@@ -120,17 +120,17 @@ def rig_config(rig: Fleet, tmp_path: Path, shared_dir: Path) -> Config:
     }
     path = tmp_path / "reliability.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return load(path)
+    return load_config(path)
 
 
 @pytest.fixture
-def run_marks(rig_config: Config, engine: sa.Engine) -> Callable[..., tuple[int, Engine]]:
-    made: list[Engine] = []
+def run_marks(rig_config: Config, engine: sa.Engine) -> Callable[..., tuple[int, Executor]]:
+    made: list[Executor] = []
 
-    def run(**given: str) -> tuple[int, Engine]:
+    def run(**given: str) -> tuple[int, Executor]:
         book = load_runbooks(rig_config)["marks"]
         values = params_mod.resolve(book, given, rig_config)
-        runner = Engine(rig_config, engine)
+        runner = Executor(rig_config, engine)
         made.append(runner)
         result = runner.run(book, values, actor="test")
         return result.run_id, runner
@@ -145,7 +145,7 @@ def _blue(rig: Fleet) -> list[str]:
 
 
 def test_a_run_changes_every_target_and_records_each_command(
-    rig: Fleet, run_marks: Callable[..., tuple[int, Engine]], shared_dir: Path, engine: sa.Engine
+    rig: Fleet, run_marks: Callable[..., tuple[int, Executor]], shared_dir: Path, engine: sa.Engine
 ) -> None:
     run_id, _ = run_marks(text="hello world")
 
@@ -165,7 +165,7 @@ def test_a_run_changes_every_target_and_records_each_command(
 
 
 def test_a_failed_step_undoes_the_run_newest_first_and_says_why(
-    rig: Fleet, run_marks: Callable[..., tuple[int, Engine]], shared_dir: Path, engine: sa.Engine
+    rig: Fleet, run_marks: Callable[..., tuple[int, Executor]], shared_dir: Path, engine: sa.Engine
 ) -> None:
     run_id, _ = run_marks(text="x", fail="yes")
 
@@ -188,7 +188,7 @@ def test_a_failed_step_undoes_the_run_newest_first_and_says_why(
 
 
 def test_shell_metacharacters_in_a_parameter_arrive_as_one_literal_word(
-    rig: Fleet, run_marks: Callable[..., tuple[int, Engine]], shared_dir: Path
+    rig: Fleet, run_marks: Callable[..., tuple[int, Executor]], shared_dir: Path
 ) -> None:
     elsewhere = Path(tempfile.mkdtemp(dir=rig.dir))
     elsewhere.chmod(0o777)  # the login user could make the canary here
@@ -256,7 +256,7 @@ def test_a_run_whose_process_died_is_reported_interrupted_and_its_lock_freed(
 
 
 def test_recorded_commands_and_output_never_show_a_secret_of_the_config(
-    rig: Fleet, run_marks: Callable[..., tuple[int, Engine]], engine: sa.Engine
+    rig: Fleet, run_marks: Callable[..., tuple[int, Executor]], engine: sa.Engine
 ) -> None:
     run_id, _ = run_marks(text=f"token={SECRET}")
 
@@ -276,7 +276,7 @@ def test_max_fail_percent_decides_whether_some_failed_nodes_fail_the_step(
     book = load_runbooks(rig_config)["partial"]
     step = book.steps[0].model_copy(update={"max_fail_percent": tolerate})
     book = book.model_copy(update={"steps": [step]})
-    runner = Engine(rig_config, engine)
+    runner = Executor(rig_config, engine)
     try:
         result = runner.run(book, {"tolerate": tolerate}, actor="test")
     finally:

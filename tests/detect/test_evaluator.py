@@ -3,7 +3,7 @@ how many there are, and what silences them."""
 
 from __future__ import annotations
 
-from reliability.detect.engine import fingerprint
+from reliability.detect.evaluator import fingerprint
 
 HOT = 95.0  # above the fleet's 90°C slowdown temperature
 COOL = 60.0

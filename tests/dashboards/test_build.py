@@ -26,7 +26,7 @@ from reliability.dashboards.build import (
 from reliability.testing.grafana import GrafanaStandIn
 from reliability.testing.loopback import free_port
 
-SOURCES = Path(__file__).resolve().parents[1] / "dashboards"
+SOURCES = Path(__file__).resolve().parents[2] / "dashboards"
 TOKEN_ENV = "RELIABILITY_TEST_GRAFANA_TOKEN"
 BUILT = build_all(SOURCES)
 UIDS = sorted(b.uid for b in BUILT)

@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from reliability.config_rules import Rules
+from reliability.config.errors import ConfigError, Loc, format_loc, placed_message
+from reliability.config.rules import Rules
 from reliability.durations import Duration
 
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
@@ -285,17 +286,21 @@ class Config(Strict):
                 return prefix + str(self.path(rest))
         return url
 
+    def field_error(self, loc: Loc, problem: str) -> ConfigError:
+        """A ConfigError about one field of this config, placed at its line."""
+        if self.source is None:
+            return ConfigError([f"(defaults): {format_loc(loc)}: {problem}"])
+        return ConfigError([placed_message(str(self.source), self._lines, loc, problem)[1]])
+
     # --- secrets -------------------------------------------------------------------
     def _read_secret(
         self, field: tuple[str | int, ...], env: str | None, file: Path | None
     ) -> SecretStr:
-        from reliability.config_load import field_error
-
         if env:
             value = os.environ.get(env)
             if not value:
-                raise field_error(
-                    self, field, f"environment variable {env} is not set; export it before starting"
+                raise self.field_error(
+                    field, f"environment variable {env} is not set; export it before starting"
                 )
             return SecretStr(value)
         assert file is not None
@@ -303,8 +308,8 @@ class Config(Strict):
         try:
             return SecretStr(path.read_text().strip())
         except OSError as exc:
-            raise field_error(
-                self, field, f"cannot read secret file {path}: {exc.strerror}"
+            raise self.field_error(
+                field, f"cannot read secret file {path}: {exc.strerror}"
             ) from None
 
     def slack_token(self) -> SecretStr:
@@ -343,8 +348,6 @@ class Config(Strict):
 
     def secret_issues(self) -> list[str]:
         """Every secret the config names that cannot be read, as error lines."""
-        from reliability.config_load import ConfigError
-
         issues: list[str] = []
         for read in self._secret_readers():
             try:
@@ -356,8 +359,6 @@ class Config(Strict):
     def secret_values(self) -> list[str]:
         """Every secret the config names that can be read: what recorded output must not
         show (runbook steps redact them)."""
-        from reliability.config_load import ConfigError
-
         values: list[str] = []
         for read in [*self._secret_readers(), self.grafana_token]:
             try:

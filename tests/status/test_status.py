@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from reliability import catalog, web
 from reliability.cli import main
+from reliability.cli_support import load_config
 from reliability.collect.api import ApiProbeCollector, EndpointSpec
 from reliability.collect.base import Collector, Sample
 from reliability.collect.gpu_common import node_count_samples
@@ -38,7 +39,6 @@ from reliability.collect.inventory import COLLECTOR, TARGET, inventory_samples
 from reliability.collect.node import NodeCollector, NodeSpec
 from reliability.collect.runner import TargetRunner
 from reliability.collect.snapshot import Snapshot
-from reliability.config_load import load
 from reliability.incidents import service as incidents
 from reliability.runbooks import service as runs
 from reliability.runbooks.models import RunbookRun, RunStatus
@@ -151,7 +151,7 @@ def fleet(
         nodes=NODES,
         endpoints=endpoint_sections(servers),
     )
-    config = load(config_path)
+    config = load_config(config_path)
     snapshot = metrics_server.snapshot
     snapshot.publish(COLLECTOR, TARGET, ok=True, duration=0.0, samples=inventory_samples(config))
     for node, answered in (("gpu-1", time.time()), ("gpu-2", time.time() - 125)):

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from reliability.config_load import ConfigError, load
+from reliability.cli_support import load_config
+from reliability.config import ConfigError
 from reliability.durations import format_duration, parse_duration
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str, name: str = "reliability.yaml") -> Path:
@@ -21,12 +22,12 @@ def write(tmp_path: Path, text: str, name: str = "reliability.yaml") -> Path:
 
 def errors_of(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load(path)
+        load_config(path)
     return info.value.lines
 
 
 def test_the_annotated_example_loads(monkeypatch):
-    cfg = load(REPO / "reliability.example.yaml")
+    cfg = load_config(REPO / "reliability.example.yaml")
     assert [n.name for n in cfg.nodes] == ["gpu-1", "gpu-2", "gpu-spare", "lb-1"]
     assert cfg.services[0].load_balancer.kind == "nginx"
     assert cfg.endpoints[0].interval == 15.0
@@ -37,7 +38,7 @@ def test_the_annotated_example_loads(monkeypatch):
 def test_no_file_means_the_embedded_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RELIABILITY_CONFIG", raising=False)
-    cfg = load()
+    cfg = load_config()
     assert cfg.source is None
     assert cfg.database_url() == f"sqlite:///{tmp_path}/var/reliability.db"
     assert cfg.http.listen == "127.0.0.1:9464"
@@ -155,7 +156,7 @@ def test_secrets_come_from_the_environment_or_a_file(tmp_path, monkeypatch):
              completion_interval: 0}
         """,
     )
-    cfg = load(path)
+    cfg = load_config(path)
     monkeypatch.delenv("HOSTED_KEY", raising=False)
     assert cfg.slack_token().get_secret_value() == "xoxb-from-file"
     assert cfg.secret_issues() == [
@@ -177,7 +178,7 @@ def test_node_ssh_settings_inherit_the_defaults(tmp_path):
           - {name: a, address: 127.0.1.1, ssh: {port: 2222}}
         """,
     )
-    cfg = load(path)
+    cfg = load_config(path)
     ssh = cfg.node_ssh(cfg.nodes[0])
     assert (ssh.user, ssh.port, ssh.connect_timeout) == ("ops", 2222, 5.0)
     assert ssh.key_file == tmp_path / "keys/id"

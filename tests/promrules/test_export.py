@@ -22,9 +22,9 @@ from click.testing import CliRunner
 
 from reliability import catalog
 from reliability.cli import main
+from reliability.cli_support import load_config
 from reliability.config import Config
-from reliability.config_load import load
-from reliability.config_rules import (
+from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
@@ -32,12 +32,12 @@ from reliability.config_rules import (
     ThresholdRule,
 )
 from reliability.detect.builtin import BUILTIN, active_rules
-from reliability.detect.engine import endpoint_labels
+from reliability.detect.evaluator import endpoint_labels
 from reliability.detect.rules import TARGET_LABEL, AnyRule
 from reliability.promrules.export import alert_labels, alert_name, export, prom_duration
 from reliability.testing.services import service_missing
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "reliability.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "reliability.example.yaml"
 STEP = 15.0  # seconds between input samples and between rule evaluations
 
 Series = list[dict[str, str]]
@@ -55,7 +55,7 @@ def promtool() -> str:
 
 @pytest.fixture(scope="module")
 def example() -> Config:
-    return load(EXAMPLE)
+    return load_config(EXAMPLE)
 
 
 def _promtool(promtool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:

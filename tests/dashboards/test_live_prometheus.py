@@ -44,7 +44,7 @@ from reliability.testing.loopback import free_port
 from reliability.testing.prometheus import PrometheusServer
 from reliability.testing.slack import SlackStandIn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
 ENDPOINT = "pool-blue"
 HOSTED = "hosted-api"

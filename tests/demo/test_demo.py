@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from reliability import db
 from reliability.cli import main
-from reliability.config_load import load
+from reliability.cli_support import load_config
 from reliability.demo.config import (
     CONTAINER,
     LB_NODE,
@@ -52,7 +52,7 @@ from reliability.testing.loopback import free_port
 from reliability.testing.services import service_missing
 from reliability.testing.slack import SlackStandIn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UP_WITHIN = 60.0  # the promise on a fresh machine; here it takes a few seconds
 STOP_WITHIN = 10.0
 T = TypeVar("T")
@@ -105,7 +105,7 @@ def test_the_demo_config_passes_config_check_with_its_secrets(
 
     checked = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
     assert checked.exit_code == 0, checked.output
-    config = load(path)
+    config = load_config(path)
     assert config.slack_token().get_secret_value() == slack.token
     assert config.webhook_token() is not None
     assert (directory / "slack-token").stat().st_mode & 0o077 == 0
@@ -124,7 +124,7 @@ def test_the_demo_runbooks_are_the_shipped_ones_with_short_waits(
     tmp_path: Path, slack: SlackStandIn
 ) -> None:
     write_runbooks(tmp_path)
-    config = load(write_config(tmp_path, _layout(slack, nginx_runs=True), "127.0.0.1:9464"))
+    config = load_config(write_config(tmp_path, _layout(slack, nginx_runs=True), "127.0.0.1:9464"))
 
     books = load_runbooks(config)
 

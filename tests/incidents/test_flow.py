@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from reliability.testing.fleet import Fleet
-from reliability.testing.slack import SlackMessage, SlackStandIn
+from reliability.testing.slack import PostedMessage, SlackStandIn
 
 RUNBOOK = "reliability runbook run node-failover --param node=gpu-2"
 
@@ -35,7 +35,7 @@ def wait_for(what: str, found: Callable[[], object], timeout: float = 20.0) -> o
     pytest.fail(f"{what}: not within {timeout}s")
 
 
-def content(message: SlackMessage) -> str:
+def content(message: PostedMessage) -> str:
     return message.text + json.dumps(message.blocks)
 
 
