@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 
@@ -13,6 +12,7 @@ from reliability.cli_support import (
     BadInput,
     config_option,
     console,
+    finish,
     json_option,
     print_json,
 )
@@ -133,8 +133,8 @@ def daemon(config: Config, once: bool, verbose: bool, as_json: bool) -> None:
         finally:
             built.close()
         print_outcomes(built.snapshot, outcomes, as_json=as_json)
-        sys.exit(0 if all(o.ok for o in outcomes) else EXIT_FAILED)
-    sys.exit(daemon_mod.serve(built))
+        finish(0 if all(o.ok for o in outcomes) else EXIT_FAILED)
+    finish(daemon_mod.serve(built))
 
 
 main.add_command(dashboards)

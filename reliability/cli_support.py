@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import BaseModel
@@ -52,6 +52,13 @@ def load_config(path: Path | str | None = None) -> Config:
     from reliability.detect.checks import check_rules
 
     return config_.load(path, checks=[check_rules])
+
+
+def finish(code: int) -> NoReturn:
+    """End a command that printed its own result with `code`: how a command whose exit
+    status is its answer (`status`, `daemon --once`) exits. A failure raises CommandFailed
+    or BadInput instead, with its message."""
+    click.get_current_context().exit(code)
 
 
 def config_option(fn: F) -> F:

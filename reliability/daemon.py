@@ -252,7 +252,7 @@ class _IncidentTimers:
         self._dispatcher = dispatcher
 
     def __call__(self) -> None:
-        from reliability.images.service import promote_soaked
+        from reliability.images.flows import promote_soaked
         from reliability.incidents import service, silences
         from reliability.runbooks.service import recover_interrupted
 
@@ -265,7 +265,7 @@ class _IncidentTimers:
                     log.warning(
                         "runbook run %d (%s) interrupted: %s", run.run_id, run.runbook, run.reason
                     )
-                for good in promote_soaked(session, self._config, now):
+                for good in promote_soaked(session, config=self._config, now=now):
                     log.info("%s: %s is known-good after its soak", good.service, good.image)
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             log.warning("ack timeouts, silences, runbook runs and soaks not checked: %s", exc)

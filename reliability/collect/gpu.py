@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from reliability import catalog
 from reliability.collect.base import CollectError, Sample
 from reliability.collect.gpu_nvml import NvmlGpuCollector
-from reliability.collect.gpu_smi import FinishedCommand, CommandRunner, SmiGpuCollector
+from reliability.collect.gpu_smi import CommandRunner, FinishedCommand, SmiGpuCollector
 
 __all__ = [
-    "FinishedCommand",
     "CommandRunner",
+    "FinishedCommand",
     "NvmlGpuCollector",
     "SmiGpuCollector",
     "format_table",

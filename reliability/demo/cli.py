@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from reliability.cli_support import EXIT_FAILED, EXIT_USAGE, BadInput, console, err_console
+from reliability.cli_support import BadInput, CommandFailed, console, err_console, finish
 from reliability.demo import control
 
 DIR_HELP = "Where the demo keeps its files (config, database, slack.log, demo.json)."
@@ -52,7 +51,7 @@ def demo(ctx: click.Context, directory: Path, listen: str, no_nginx: bool) -> No
     except KeyboardInterrupt:
         err_console.print("reliability demo: interrupted while starting; stopped")
         code = 130
-    sys.exit(code)
+    finish(code)
 
 
 @demo.command()
@@ -87,12 +86,11 @@ def inject(ctx: click.Context, fault: str, target: str | None, directory: Path |
     try:
         answer = control.send(where, fault, target)
     except control.NotRunning as exc:
-        err_console.print(
-            f"[red]error:[/red] {exc}. Start one with `reliability demo` (or `make run`)"
+        raise BadInput(
+            f"{exc}. Start one with `reliability demo` (or `make run`)"
             + (f" --dir {where}" if directory else "")
-        )
-        sys.exit(EXIT_USAGE)
+        ) from None
     if not answer.get("ok"):
-        err_console.print(f"[red]error:[/red] {answer.get('error')}")
-        sys.exit(EXIT_USAGE if answer.get("usage") else EXIT_FAILED)
+        failure = BadInput if answer.get("usage") else CommandFailed
+        raise failure(str(answer.get("error")))
     console.print(answer["message"], markup=False)

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reliability.testing.engine_client import JsonSocketServer, exchange
-
 # The faults `reliability demo inject` knows, and those that take a node as target.
 FAULTS = ("upstream-busy", "node-down", "gpu-xid79", "gpu-hot", "bad-image", "clear")
 NODE_FAULTS = ("node-down", "gpu-xid79", "gpu-hot")
@@ -78,6 +76,10 @@ def _alive(pid: int) -> bool:
 
 def send(directory: Path, fault: str, target: str | None) -> dict[str, Any]:
     """Ask the running demo to apply `fault`; its answer (`ok`, `message` or `error`)."""
+    # The rig's socket exchange, imported here: every CLI call loads demo/cli.py, and only
+    # `demo inject` needs it.
+    from reliability.testing.engine_client import exchange
+
     info = read_state(directory)
     request = {"fault": fault, "target": target}
     try:
@@ -94,6 +96,8 @@ class ControlServer:
     """Serves the control socket on a thread; ``close()`` removes it."""
 
     def __init__(self, directory: Path, apply: Apply) -> None:
+        from reliability.testing.engine_client import JsonSocketServer
+
         path = directory / SOCKET_FILE
         self._tmp: Path | None = None
         if len(str(path)) > MAX_SOCKET_PATH:

@@ -300,8 +300,6 @@ def _banner(
     without_nginx: str | None,
     took: float,
 ) -> None:
-    from reliability.cli import main
-
     c = f"-c {shown(config)}"
     d = "" if directory.resolve() == DEFAULT_DIR.resolve() else f" --dir {shown(directory)}"
     nodes = "  ".join(
@@ -337,9 +335,8 @@ def _banner(
         f"  reliability demo inject bad-image{d}       # the active pool gets a broken build",
         f"  reliability demo inject clear{d}           # every fault undone",
     ]
-    if "status" in main.commands:
-        lines.append(f"  reliability status --watch {c}")
     lines += [
+        f"  reliability status --watch {c}",
         f"  reliability incidents list {c}",
         f"  reliability runbook history {c}",
         f"  reliability dashboards build {c} --out {shown(directory / 'dashboards')}",

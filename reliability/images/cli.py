@@ -48,7 +48,7 @@ def list_(config: Config, service_name: str | None, limit: int, as_json: bool) -
         for svc in config.services:
             if service_name in (None, svc.name):
                 try:
-                    current[svc.name] = service.known_good(s, svc)
+                    current[svc.name] = service.known_good(s, service=svc)
                 except service.NoKnownGood:
                     current[svc.name] = None
     if as_json:

@@ -1,5 +1,5 @@
-"""The image registry: record deploys, find and mark known-good digests, promote a digest
-after its soak time without an incident.
+"""The image registry (database only): record deploys, find and mark known-good digests.
+Promotion after a soak without an incident reads the incidents too: `images/flows.py`.
 
 A known-good image is what failover and rollback runbooks deploy (`image: known-good`):
 the newest digest of the service marked good, else the config's `image` when it is pinned
@@ -9,28 +9,19 @@ by digest. Nothing here talks to a node.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from reliability.config import Config, ServiceConfig
+from reliability.config import ServiceConfig
 from reliability.images.models import ImageDeploy, KnownGoodImage
-from reliability.incidents.models import Incident
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class NoKnownGood(LookupError):
     """No known-good image of a service: nothing to fail over or roll back to."""
-
-
-@dataclass(frozen=True, slots=True)
-class Promoted:
-    service: str
-    image: str
-    deployed_at: datetime
 
 
 def digest_of(image: str) -> str:
@@ -76,7 +67,7 @@ def mark_good(
     return row
 
 
-def known_good(session: Session, service: ServiceConfig) -> str:
+def known_good(session: Session, *, service: ServiceConfig) -> str:
     """The image a service's rollbacks and failovers deploy, or NoKnownGood saying how to
     set one."""
     row = session.scalars(
@@ -110,49 +101,22 @@ def known_good_rows(session: Session, *, service: str | None = None) -> list[Kno
     return list(session.scalars(query))
 
 
-def promote_soaked(session: Session, config: Config, now: datetime) -> list[Promoted]:
-    """Mark known-good each service's newest deployed digest that has run for the service's
-    soak time with no incident on the service, its pools or its nodes since the deploy."""
-    promoted = []
-    for service in config.services:
-        latest = session.scalars(
-            sa.select(ImageDeploy)
-            .where(ImageDeploy.service == service.name)
-            .order_by(ImageDeploy.deployed_at.desc(), ImageDeploy.id.desc())
-            .limit(1)
-        ).one_or_none()
-        if latest is None or now - latest.deployed_at < timedelta(seconds=service.soak):
-            continue
-        good = session.scalars(
+def latest_deploy(session: Session, *, service: str) -> ImageDeploy | None:
+    """The newest deploy recorded for `service`."""
+    return session.scalars(
+        sa.select(ImageDeploy)
+        .where(ImageDeploy.service == service)
+        .order_by(ImageDeploy.deployed_at.desc(), ImageDeploy.id.desc())
+        .limit(1)
+    ).one_or_none()
+
+
+def is_known_good(session: Session, *, service: str, digest: str) -> bool:
+    return (
+        session.scalars(
             sa.select(KnownGoodImage.id).where(
-                KnownGoodImage.service == service.name, KnownGoodImage.digest == latest.digest
+                KnownGoodImage.service == service, KnownGoodImage.digest == digest
             )
         ).first()
-        if good is not None or _troubled(session, config, service, latest.deployed_at):
-            continue
-        at = latest.deployed_at
-        reason = f"healthy for {service.soak:g}s after the deploy of {at:%Y-%m-%d %H:%M:%SZ}"
-        mark_good(
-            session, service=service.name, image=latest.image, by="soak", at=now, reason=reason
-        )
-        promoted.append(Promoted(service.name, latest.image, latest.deployed_at))
-    return promoted
-
-
-def _troubled(session: Session, config: Config, service: ServiceConfig, since: datetime) -> bool:
-    """Whether an incident touching the service was open at any time after `since`."""
-    nodes = {n.name for n in config.nodes if n.pool in service.pools}
-    incidents = session.scalars(
-        sa.select(Incident).where(
-            sa.or_(Incident.resolved_at.is_(None), Incident.resolved_at >= since)
-        )
+        is not None
     )
-    for incident in incidents:
-        labels = incident.labels or {}
-        if (
-            labels.get("service") == service.name
-            or labels.get("node") in nodes
-            or labels.get("pool") in service.pools
-        ):
-            return True
-    return False

@@ -95,7 +95,7 @@ def plan_now(
 
         def known_good(service: Any) -> str:
             try:
-                return images.known_good(s, service)
+                return images.known_good(s, service=service)
             except images.NoKnownGood as exc:
                 raise params_mod.ParamError([str(exc)]) from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import click
@@ -13,6 +12,7 @@ from reliability.cli_support import (
     BadInput,
     config_option,
     console,
+    finish,
     json_option,
     print_json,
 )
@@ -83,7 +83,7 @@ def status(config: Config, watch: float | None, metrics_url: str | None, as_json
         print_json(to_json(current))
     else:
         console.print(render(current, width=console.width))
-    sys.exit(0 if current.ok else EXIT_FAILED)
+    finish(0 if current.ok else EXIT_FAILED)
 
 
 def _default_url(config: Config) -> str:

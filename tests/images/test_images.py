@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from reliability.cli import main
 from reliability.cli_support import load_config
 from reliability.config import Config
+from reliability.images import flows
 from reliability.images import service as images
 from reliability.incidents import service as incidents
 
@@ -54,14 +55,14 @@ def deploy(session: Session, image: str, at: datetime, node: str = "gpu-1") -> N
 
 def test_no_known_good_image_says_how_to_set_one(session: Session, config: Config) -> None:
     with pytest.raises(images.NoKnownGood, match="images mark-good chat REF@sha256"):
-        images.known_good(session, config.services[0])
+        images.known_good(session, service=config.services[0])
 
 
 def test_the_config_image_pinned_by_digest_is_the_first_known_good(
     session: Session, config: Config
 ) -> None:
     pinned = config.services[0].model_copy(update={"image": OLD})
-    assert images.known_good(session, pinned) == OLD
+    assert images.known_good(session, service=pinned) == OLD
 
 
 def test_marking_good_makes_the_newest_mark_the_one_used(session: Session, config: Config) -> None:
@@ -72,7 +73,7 @@ def test_marking_good_makes_the_newest_mark_the_one_used(session: Session, confi
     )
 
     assert again.by == "alice"  # marking twice keeps the first record
-    assert images.known_good(session, config.services[0]) == NEW
+    assert images.known_good(session, service=config.services[0]) == NEW
 
 
 def test_a_digest_is_promoted_after_its_soak_without_an_incident(
@@ -80,13 +81,13 @@ def test_a_digest_is_promoted_after_its_soak_without_an_incident(
 ) -> None:
     deploy(session, NEW, T0)
 
-    assert images.promote_soaked(session, config, T0 + timedelta(minutes=29)) == []
-    promoted = images.promote_soaked(session, config, T0 + timedelta(minutes=31))
+    assert flows.promote_soaked(session, config=config, now=T0 + timedelta(minutes=29)) == []
+    promoted = flows.promote_soaked(session, config=config, now=T0 + timedelta(minutes=31))
 
     assert [(p.service, p.image) for p in promoted] == [("chat", NEW)]
-    assert images.known_good(session, config.services[0]) == NEW
+    assert images.known_good(session, service=config.services[0]) == NEW
     assert images.known_good_rows(session, service="chat")[0].by == "soak"
-    assert images.promote_soaked(session, config, T0 + timedelta(hours=2)) == []  # once
+    assert flows.promote_soaked(session, config=config, now=T0 + timedelta(hours=2)) == []  # once
 
 
 def test_an_incident_on_a_node_of_the_service_during_the_soak_blocks_promotion(
@@ -103,9 +104,9 @@ def test_an_incident_on_a_node_of_the_service_during_the_soak_blocks_promotion(
         at=T0 + timedelta(minutes=5),
     )
 
-    assert images.promote_soaked(session, config, T0 + timedelta(hours=1)) == []
+    assert flows.promote_soaked(session, config=config, now=T0 + timedelta(hours=1)) == []
     with pytest.raises(images.NoKnownGood):
-        images.known_good(session, config.services[0])
+        images.known_good(session, service=config.services[0])
 
 
 def test_an_image_not_pinned_by_digest_is_refused() -> None:
