@@ -19,9 +19,9 @@ from reliability.cli_support import (
 from reliability.config import Config, ConfigError
 from reliability.dashboards.cli import dashboards
 from reliability.demo.cli import demo
+from reliability.detect.cli import rules
 from reliability.images.cli import images
 from reliability.incidents.cli import incidents
-from reliability.promrules.cli import rules
 from reliability.runbooks.cli import runbook
 from reliability.status.cli import status
 

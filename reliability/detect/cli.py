@@ -8,7 +8,7 @@ import click
 
 from reliability.cli_support import config_option, console, err_console
 from reliability.config import Config
-from reliability.promrules.export import export
+from reliability.detect.prometheus import export
 
 
 @click.group("rules")

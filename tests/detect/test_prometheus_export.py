@@ -33,8 +33,8 @@ from reliability.config.rules import (
 )
 from reliability.detect.builtin import BUILTIN, active_rules
 from reliability.detect.evaluator import endpoint_labels
+from reliability.detect.prometheus import alert_labels, alert_name, export, prom_duration
 from reliability.detect.rules import TARGET_LABEL, AnyRule
-from reliability.promrules.export import alert_labels, alert_name, export, prom_duration
 from reliability.testing.services import service_missing
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "reliability.example.yaml"

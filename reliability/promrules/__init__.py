@@ -1,1 +1,0 @@
-"""The detection rules as Prometheus alerting rules, for teams that alert from Prometheus."""
