@@ -21,7 +21,6 @@ import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reliability import db
-from reliability.collect.base import Collector
 from reliability.collect.runner import Outcome, TargetRunner
 from reliability.collect.snapshot import Snapshot
 from reliability.config import Config
@@ -79,108 +78,41 @@ class Daemon:
 
 
 def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
-    """Every collector the config asks for, each wrapped in a runner with its interval."""
-    from reliability.collect.api import ApiProbeCollector, EndpointSpec
-    from reliability.collect.gpu import NvmlGpuCollector, SmiGpuCollector
+    """Every collector the config asks for (collect/schedule.py), each wrapped in a runner
+    with its interval."""
+    from reliability.collect import schedule
     from reliability.collect.inventory import COLLECTOR, TARGET, inventory_samples
-    from reliability.collect.node import NodeCollector, NodeSpec
-    from reliability.ssh import NodeShell, SshPool, target_for
 
     snapshot = snapshot or Snapshot()
-    cc = config.collect
     daemon = Daemon(config, snapshot, [])
     # The pools and roles of the config, for dashboards to join on; they change with it only.
     snapshot.publish(COLLECTOR, TARGET, ok=True, duration=0.0, samples=inventory_samples(config))
-
-    def add(collector: Collector, interval: float, timeout: float, targets=None) -> None:
+    pool = schedule.ssh_pool(config)
+    if pool is not None:
+        daemon.closers.append(pool.close)
+    closed: set[int] = set()
+    for job in schedule.scheduled(config, pool):
         # A pool per job: in one shared pool the 100 SSH calls of a node + GPU cycle queued
         # the 200 API probes due at the same moment (a 0.2 s cycle took 3 s); slower nodes
         # would push them past their deadline, where they count as endpoint timeouts.
         executor = ThreadPoolExecutor(
-            max_workers=cc.workers, thread_name_prefix=f"collect-{collector.name}"
+            max_workers=config.collect.workers,
+            thread_name_prefix=f"collect-{job.collector.name}",
         )
         runner = TargetRunner(
-            collector,
+            job.collector,
             snapshot,
             executor=executor,
-            deadline=timeout + DEADLINE_MARGIN,
-            targets=targets,
+            deadline=job.timeout + DEADLINE_MARGIN,
+            targets=job.targets,
         )
         if runner.targets:
-            daemon.jobs.append(Job(runner, interval))
-
-    if config.nodes:
-        # A node that refused a connect is retried at most one cycle later.
-        pool = SshPool(
-            keepalive=min(15.0, cc.node_interval),
-            backoff_max=min(cc.node_interval, cc.gpu_interval),
-        )
-        daemon.closers.append(pool.close)
-        targets = {n.name: target_for(config, n) for n in config.nodes}
-        add(
-            NodeCollector(
-                pool,
-                [
-                    NodeSpec(
-                        name=n.name,
-                        target=targets[n.name],
-                        paths=tuple(n.watch_paths),
-                        container=n.container,
-                    )
-                    for n in config.nodes
-                ],
-                timeout=cc.timeout,
-            ),
-            cc.node_interval,
-            cc.timeout,
-        )
-        smi = {
-            n.name: (NodeShell(pool, targets[n.name]), n.gpus)
-            for n in config.nodes
-            if n.gpu_backend == "smi"
-        }
-        if smi:
-            add(SmiGpuCollector(smi, timeout=cc.timeout), cc.gpu_interval, cc.timeout)
-    for n in config.nodes:
-        if n.gpu_backend == "nvml":
-            add(
-                NvmlGpuCollector(node=n.name, expected_gpus=n.gpus, timeout=cc.timeout),
-                cc.gpu_interval,
-                cc.timeout,
-            )
-
-    if config.endpoints:
-        specs = [
-            EndpointSpec(
-                name=e.name,
-                base_url=e.url,
-                kind=e.kind,
-                api_key=(key.get_secret_value() if (key := config.endpoint_key(i)) else None),
-                model=e.model,
-                timeout=e.timeout,
-                completion_every=_every(e.completion_interval, e.interval),
-                health_path=e.health_path,
-            )
-            for i, e in enumerate(config.endpoints)
-        ]
-        api = ApiProbeCollector(specs)
-        daemon.closers.append(api.close)
-        # One job per distinct interval: each endpoint is probed on its own schedule.
-        for interval in sorted({e.interval for e in config.endpoints}):
-            names = [e.name for e in config.endpoints if e.interval == interval]
-            # The models probe and the completion probe run one after the other.
-            timeout = max(
-                e.timeout * (2 if e.kind == "openai" and e.completion_interval else 1)
-                for e in config.endpoints
-                if e.interval == interval
-            )
-            add(api, interval, timeout, targets=names)
+            daemon.jobs.append(Job(runner, job.interval))
+        close = getattr(job.collector, "close", None)
+        if close is not None and id(job.collector) not in closed:  # one collector, many jobs
+            closed.add(id(job.collector))
+            daemon.closers.append(close)
     return daemon
-
-
-def _every(slow: float, interval: float) -> int:
-    """Run a slower probe on every Nth cycle of `interval`; 0 turns it off."""
-    return max(1, round(slow / interval)) if slow else 0
 
 
 def run_once(daemon: Daemon) -> list[Outcome]:
