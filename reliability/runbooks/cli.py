@@ -39,9 +39,9 @@ from reliability.runbooks import flows
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
 from reliability.runbooks.checks import OpOutcome
-from reliability.runbooks.errors import NoSuchRunbook, RunbookError
+from reliability.runbooks.errors import RunbookError
 from reliability.runbooks.executor import Executor, Progress, RunResult
-from reliability.runbooks.load import load_runbooks
+from reliability.runbooks.load import load_runbooks, named
 from reliability.runbooks.models import RunStatus
 from reliability.runbooks.ops import LOCAL, Op
 from reliability.runbooks.plan import Plan, PlannedStep, make_plan
@@ -70,12 +70,8 @@ def _runbooks(config: Config) -> dict[str, Runbook]:
 
 def _runbook(config: Config, name: str) -> Runbook:
     books = _runbooks(config)
-    if name not in books:
-        where = config.path(config.runbooks_dir)
-        known = ", ".join(books) or "none"
-        with _failures():
-            raise NoSuchRunbook(f"no runbook is named {name!r} in {where}; known: {known}")
-    return books[name]
+    with _failures():
+        return named(books, name, config)
 
 
 def _param_summary(name: str, p: Param) -> str:

@@ -40,9 +40,9 @@ from reliability.images import service as images
 from reliability.incidents import service as incidents
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.errors import NoSuchRunbook, ParamError, RunbookError
+from reliability.runbooks.errors import ParamError, RunbookError
 from reliability.runbooks.executor import Executor, Hooks, Progress, RunResult, plan_live
-from reliability.runbooks.load import load_runbooks
+from reliability.runbooks.load import load_runbooks, named
 from reliability.runbooks.models import RunbookRun
 from reliability.runbooks.plan import Plan, PlannedStep
 from reliability.runbooks.spec import Runbook
@@ -194,9 +194,7 @@ class AutoRunner:
             found = incidents.get_open_by_fingerprint(s, fingerprint=t.fingerprint)
             incident_id = found.id if found is not None else None
         try:
-            book = load_runbooks(self.config).get(request.name)
-            if book is None:
-                raise NoSuchRunbook(f"no runbook {request.name!r} in {self.config.runbooks_dir}")
+            book = named(load_runbooks(self.config), request.name, self.config)
             values = params_mod.resolve(book, request.params, self.config)
             sessions = db.session_factory(self.database.get())
             plan = plan_now(self.config, sessions, book, values)
