@@ -124,7 +124,10 @@ def plan_live(
 
 
 class Executor:
-    """Runs runbooks against `config`'s nodes, recording into the database of `db`."""
+    """Runs runbooks against `config`'s nodes, recording into the database of `db`.
+    `hooks` reach other domains (flows.executor passes the real ones); `confirm` asks a
+    person (none: confirm steps are refused); `ssh` is shared when given (closed by its
+    owner); `stop` ends a run after its current step, undone."""
 
     def __init__(
         self,
