@@ -193,7 +193,7 @@ class _IncidentTimers:
             with self._database.session() as session, session.begin():
                 changed = service.expire_acknowledgements(session, now=now, timeout=self._timeout)
                 changed += silences.release_ended(session, now=now)
-                for run in recover_interrupted(session, now):
+                for run in recover_interrupted(session, now=now):
                     log.warning(
                         "runbook run %d (%s) interrupted: %s", run.run_id, run.runbook, run.reason
                     )
@@ -213,7 +213,7 @@ def _start_incident_flow(
     both stop with the daemon."""
     from reliability.detect.evaluator import Evaluator
     from reliability.detect.loop import DetectionLoop
-    from reliability.runbooks.auto import AutoRunner
+    from reliability.runbooks.flows import AutoRunner
     from reliability.ssh import SshPool
 
     config = daemon.config

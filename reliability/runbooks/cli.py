@@ -1,6 +1,7 @@
 """`reliability runbook ...`: list, show, plan, run, status, history, resume, undo. Exit 2
 for a bad runbook file or parameter, 1 for a runbook that does not exist or a run that did
-not succeed."""
+not succeed. Runbook errors map to exit codes in one place (`_failures`); commands raise,
+they never exit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -15,14 +17,16 @@ from typing import Any
 
 import click
 from rich.table import Table
+from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import sessionmaker
 
+from reliability import db
 from reliability.cli_support import (
     BadInput,
     CommandFailed,
     config_option,
     console,
+    database,
     database_engine,
     err_console,
     json_option,
@@ -31,15 +35,30 @@ from reliability.cli_support import (
 )
 from reliability.config import Config, ConfigError
 from reliability.durations import format_duration
+from reliability.runbooks import flows
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.actions import OpOutcome
-from reliability.runbooks.executor import Executor, Progress, RunResult, plan_now
-from reliability.runbooks.load import load_runbooks
+from reliability.runbooks.checks import OpOutcome
+from reliability.runbooks.errors import RunbookError
+from reliability.runbooks.executor import Executor, Progress, RunResult
+from reliability.runbooks.load import load_runbooks, named
 from reliability.runbooks.models import RunStatus
 from reliability.runbooks.ops import LOCAL, Op
-from reliability.runbooks.plan import Plan, PlanError, PlannedStep, make_plan
+from reliability.runbooks.plan import Plan, PlannedStep, make_plan
 from reliability.runbooks.spec import Param, PoolParam, Runbook
+
+
+@contextmanager
+def _failures(subject: str | None = None) -> Iterator[None]:
+    """Runbook errors as exit codes: bad input (a parameter, a plan this config cannot
+    make) exits 2, prefixed with `subject`; an operation that could not go on (a lock, a
+    run in the wrong state, no such run) exits 1."""
+    try:
+        yield
+    except RunbookError as exc:
+        if exc.bad_input:
+            raise BadInput(f"{subject}: {exc}" if subject else str(exc)) from None
+        raise CommandFailed(str(exc)) from None
 
 
 def _runbooks(config: Config) -> dict[str, Runbook]:
@@ -51,11 +70,8 @@ def _runbooks(config: Config) -> dict[str, Runbook]:
 
 def _runbook(config: Config, name: str) -> Runbook:
     books = _runbooks(config)
-    if name not in books:
-        where = config.path(config.runbooks_dir)
-        known = ", ".join(books) or "none"
-        raise CommandFailed(f"no runbook is named {name!r} in {where}; known: {known}")
-    return books[name]
+    with _failures():
+        return named(books, name, config)
 
 
 def _param_summary(name: str, p: Param) -> str:
@@ -132,10 +148,8 @@ param_option = click.option(
 
 
 def _values(config: Config, b: Runbook, param_items: tuple[str, ...]) -> dict[str, Any]:
-    try:
+    with _failures(b.name):
         return params_mod.resolve(b, params_mod.parse_assignments(param_items), config)
-    except params_mod.ParamError as exc:
-        raise BadInput(f"{b.name}: {exc}") from None
 
 
 @runbook.command()
@@ -148,10 +162,8 @@ def plan(config: Config, name: str, param_items: tuple[str, ...], as_json: bool)
     With a database, pools and known-good images are as a run would find them now."""
     b = _runbook(config, name)
     values = _values(config, b, param_items)
-    try:
+    with _failures(name):
         result = _live_plan(config, b, values)
-    except (params_mod.ParamError, PlanError) as exc:
-        raise BadInput(f"{name}: {exc}") from None
     if as_json:
         print_json(result.as_dict())
         return
@@ -211,8 +223,6 @@ def _live_plan(config: Config, b: Runbook, values: dict[str, Any]) -> Plan:
     database is there; from the config alone when it is not."""
     from sqlalchemy.engine import make_url
 
-    from reliability import db
-
     try:
         url = make_url(config.database_url())
         if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
@@ -222,7 +232,7 @@ def _live_plan(config: Config, b: Runbook, values: dict[str, Any]) -> Plan:
     except (ConfigError, db.DatabaseError, sa_exc.ArgumentError):
         return make_plan(b, values, config)
     try:
-        return plan_now(config, sessionmaker(engine), b, values)
+        return flows.plan_now(config, db.session_factory(engine), b, values)
     finally:
         engine.dispose()
 
@@ -294,19 +304,19 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _recover(db: Any, as_json: bool) -> None:
+def _recover(config: Config, as_json: bool) -> None:
     """Mark runs a dead process left `running` interrupted (their locks freed); say so."""
     out = err_console if as_json else console
-    with sessionmaker(db).begin() as s:
-        found = runs.recover_interrupted(s, datetime.now(UTC))
+    with database(config) as s:
+        found = runs.recover_interrupted(s, now=datetime.now(UTC))
     for run in found:
         out.print(f"run {run.run_id} ({run.runbook}) was interrupted: {run.reason}", markup=False)
 
 
-def _engine(config: Config, db: Any, as_json: bool) -> Executor:
-    _recover(db, as_json)
+def _executor(config: Config, engine: Engine, as_json: bool) -> Executor:
+    _recover(config, as_json)
     out = err_console if as_json else console
-    return Executor(config, db, progress=_Printer(out), confirm=_ask)
+    return flows.executor(config, engine, progress=_Printer(out), confirm=_ask)
 
 
 def _report(result: RunResult, as_json: bool) -> None:
@@ -335,23 +345,18 @@ def run(
     everything; on a failed step, or Ctrl-C, undo what it changed, newest first."""
     b = _runbook(config, name)
     values = _values(config, b, param_items)
-    with database_engine(config) as db:
-        engine = _engine(config, db, as_json)
+    with database_engine(config) as engine, _failures(name):
+        runner = _executor(config, engine, as_json)
         try:
-            try:
-                planned = engine.plan(b, values)
-            except (params_mod.ParamError, PlanError) as exc:
-                raise BadInput(f"{name}: {exc}") from None
+            planned = runner.plan(b, values)
             if not yes:
                 err_console.print("\n".join(plan_lines(planned)), markup=False, highlight=False)
                 if not sys.stdin.isatty() or not click.confirm("Run it?", default=False):
                     raise CommandFailed("not run: answer yes at a terminal, or pass --yes")
-            with _StopOnSignal(engine.stop):
-                result = engine.run(b, values, actor=who(), incident_id=incident, plan=planned)
-        except runs.Locked as exc:
-            raise CommandFailed(str(exc)) from None
+            with _StopOnSignal(runner.stop):
+                result = runner.run(b, values, actor=who(), incident_id=incident, plan=planned)
         finally:
-            engine.close()
+            runner.close()
     _report(result, as_json)
 
 
@@ -361,19 +366,15 @@ def run(
 @json_option
 def resume(config: Config, run_id: int, as_json: bool) -> None:
     """Complete an interrupted run from the step it reached."""
-    with database_engine(config) as db:
-        engine = _engine(config, db, as_json)
+    with database_engine(config) as engine, _failures(f"run {run_id}"):
+        runner = _executor(config, engine, as_json)
         try:
-            with engine.sessions() as s:
-                name = runs.get_run(s, run_id).runbook
-            with _StopOnSignal(engine.stop):
-                result = engine.resume(_runbook(config, name), run_id)
-        except (runs.Locked, runs.NoSuchRun) as exc:
-            raise CommandFailed(str(exc)) from None
-        except params_mod.ParamError as exc:
-            raise BadInput(f"run {run_id}: {exc}") from None
+            with runner.sessions() as s:
+                name = runs.get_run(s, run_id=run_id).runbook
+            with _StopOnSignal(runner.stop):
+                result = runner.resume(_runbook(config, name), run_id)
         finally:
-            engine.close()
+            runner.close()
     _report(result, as_json)
 
 
@@ -386,14 +387,12 @@ def undo(config: Config, run_id: int, yes: bool, as_json: bool) -> None:
     """Reverse what an interrupted run changed (or retry a failed undo), newest first."""
     if not yes and not (sys.stdin.isatty() and click.confirm(f"Undo run {run_id}?")):
         raise CommandFailed("not undone: answer yes at a terminal, or pass --yes")
-    with database_engine(config) as db:
-        engine = _engine(config, db, as_json)
+    with database_engine(config) as engine, _failures(f"run {run_id}"):
+        runner = _executor(config, engine, as_json)
         try:
-            result = engine.undo(run_id)
-        except (runs.Locked, runs.NoSuchRun) as exc:
-            raise CommandFailed(str(exc)) from None
+            result = runner.undo(run_id)
         finally:
-            engine.close()
+            runner.close()
     _report(result, as_json)
 
 
@@ -415,14 +414,10 @@ def _run_json(run: Any) -> dict[str, Any]:
 @json_option
 def status(config: Config, run_id: int, as_json: bool) -> None:
     """One run: its state, and every step on every target with the commands it sent."""
-    with database_engine(config) as db:
-        _recover(db, as_json)
-        with sessionmaker(db, expire_on_commit=False)() as s:
-            try:
-                run = runs.get_run(s, run_id)
-            except runs.NoSuchRun as exc:
-                raise CommandFailed(str(exc)) from None
-            units = runs.units(s, run_id)
+    _recover(config, as_json)
+    with database(config) as s, _failures():
+        run = runs.get_run(s, run_id=run_id)
+        units = runs.units(s, run_id=run_id)
     if as_json:
         print_json(
             {
@@ -467,10 +462,9 @@ def status(config: Config, run_id: int, as_json: bool) -> None:
 @json_option
 def history(config: Config, service: str | None, limit: int, as_json: bool) -> None:
     """Recent runs, newest first."""
-    with database_engine(config) as db:
-        _recover(db, as_json)
-        with sessionmaker(db, expire_on_commit=False)() as s:
-            found = runs.history(s, service=service, limit=limit)
+    _recover(config, as_json)
+    with database(config) as s:
+        found = runs.history(s, service=service, limit=limit)
     if as_json:
         print_json([_run_json(r) for r in found])
         return

@@ -3,13 +3,16 @@ service, recording every operation; on a failed step, or when told to stop, it u
 the run changed, newest first.
 
     plan (plan.py) ──▶ Executor.run ──▶ per step: batches of units in parallel
-                                        unit: its operations in order (actions.py),
+                                        unit: its operations in order (perform.py),
                                         retried with backoff within the step's timeout
                           failure/stop ─▶ undo: the units' recorded undo operations,
                                         newest first, values read during the run filled in
 
 Every unit's row is written before its first change goes out, with the operations that
 reverse it, so `undo RUN_ID` works from the rows alone after a crash.
+
+What a run asks of other domains (a note on its incident, a deploy into the images
+registry, the known-good image) goes through `Hooks`; flows.py passes the real ones.
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from reliability.config import Config
-from reliability.images import service as images
-from reliability.incidents import service as incidents
-from reliability.runbooks import ops
+from reliability.config import Config, ServiceConfig
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.actions import Actions, OpOutcome, Redactor, resolved
+from reliability.runbooks.actions import REGISTRY
+from reliability.runbooks.checks import OpOutcome, seconds
+from reliability.runbooks.errors import Locked, ParamError, WrongRunState
 from reliability.runbooks.models import RunStatus, UnitStatus
-from reliability.runbooks.ops import CHECKS, LOCAL, Op
+from reliability.runbooks.ops import LOCAL, Op
+from reliability.runbooks.perform import Performer, Redactor, resolved
 from reliability.runbooks.plan import Plan, PlannedStep, Unit, make_plan
 from reliability.runbooks.spec import Runbook
 from reliability.ssh import SshPool, target_for
@@ -68,6 +71,27 @@ class Progress:
     def finished(self, result: RunResult) -> None: ...
 
 
+class Hooks:
+    """What a run asks of other domains, each in the executor's session; flows.py passes
+    the real ones (the incident's timeline, the images registry). These defaults reach no
+    other domain: a note goes nowhere, a deploy is not recorded (the record_deploy step
+    fails), and there is no known-good image to plan with (ParamError)."""
+
+    def add_note(self, session: Session, *, incident_id: int, by: str, text: str) -> bool:
+        """Put `text` on the incident's timeline; False when there is nowhere to put it."""
+        return False
+
+    def record_deploy(
+        self, session: Session, *, service: str, node: str, image: str, at: datetime, run_id: int
+    ) -> bool:
+        """Record that `node` runs `image` for `service`; False when there is no registry."""
+        return False
+
+    def known_good(self, session: Session, *, service: ServiceConfig) -> str:
+        """The image `known-good` means for `service`; ParamError when there is none."""
+        raise ParamError([f"no images registry to read the known-good image of {service.name}"])
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -85,25 +109,25 @@ def live_config(config: Config, session: Session) -> Config:
     return config.model_copy(update={"services": services})
 
 
-def plan_now(
-    config: Config, sessions: sessionmaker[Session], runbook: Runbook, values: dict[str, Any]
+def plan_live(
+    session: Session, config: Config, runbook: Runbook, values: dict[str, Any], hooks: Hooks
 ) -> Plan:
-    """The plan a run would perform now: live pools, the registry's known-good image. Reads
-    the database only; ParamError when a service has no known-good image to deploy."""
-    with sessions.begin() as s:
-        live = live_config(config, s)
-
-        def known_good(service: Any) -> str:
-            try:
-                return images.known_good(s, service=service)
-            except images.NoKnownGood as exc:
-                raise params_mod.ParamError([str(exc)]) from None
-
-        return make_plan(runbook, values, live, known_good=known_good)
+    """The plan a run would perform now: live pools, the known-good image `hooks` reads.
+    Reads the database only; ParamError when a service has no known-good image to deploy."""
+    live = live_config(config, session)
+    return make_plan(
+        runbook,
+        values,
+        live,
+        known_good=lambda service: hooks.known_good(session, service=service),
+    )
 
 
 class Executor:
-    """Runs runbooks against `config`'s nodes, recording into the database of `db`."""
+    """Runs runbooks against `config`'s nodes, recording into the database of `db`.
+    `hooks` reach other domains (flows.executor passes the real ones); `confirm` asks a
+    person (none: confirm steps are refused); `ssh` is shared when given (closed by its
+    owner); `stop` ends a run after its current step, undone."""
 
     def __init__(
         self,
@@ -111,6 +135,7 @@ class Executor:
         db: sa.Engine,
         *,
         progress: Progress | None = None,
+        hooks: Hooks | None = None,
         confirm: Callable[[str], bool] | None = None,
         ssh: SshPool | None = None,
         stop: threading.Event | None = None,
@@ -118,6 +143,7 @@ class Executor:
         self.config = config
         self.sessions = sessionmaker(db, expire_on_commit=False)
         self.progress = progress or Progress()
+        self.hooks = hooks or Hooks()
         self.stop = stop or threading.Event()
         self._own_ssh = ssh is None
         self.ssh = ssh or SshPool()
@@ -125,25 +151,25 @@ class Executor:
         self._run_id = 0
         self._incident_id: int | None = None
         self._runbook = ""
-        self.actions = Actions(
+        self.performer = Performer(
             self.ssh,
             {n.name: target_for(config, n) for n in config.nodes},
             redact=self.redact,
             confirm=confirm or _refuse,
-            notify=self._notify,
-            record=self._record,
+            note=self._note,
+            record_deploy=self._record_deploy,
             stop=self.stop,
         )
 
     def close(self) -> None:
-        self.actions.close()
+        self.performer.close()
         if self._own_ssh:
             self.ssh.close()
 
     def recover(self) -> list[runs.Interrupted]:
         """Find runs a dead process left `running`; mark them interrupted, free their locks."""
         with self.sessions.begin() as s:
-            found = runs.recover_interrupted(s, _now())
+            found = runs.recover_interrupted(s, now=_now())
         for run in found:
             log.warning(
                 "runbook run %d (%s) was interrupted: %s", run.run_id, run.runbook, run.reason
@@ -152,7 +178,9 @@ class Executor:
 
     # --- entry points ----------------------------------------------------------------------
     def plan(self, runbook: Runbook, values: dict[str, Any]) -> Plan:
-        return plan_now(self.config, self.sessions, runbook, values)
+        """The plan a run would perform now (see plan_live)."""
+        with self.sessions.begin() as s:
+            return plan_live(s, self.config, runbook, values, self.hooks)
 
     def run(
         self,
@@ -184,12 +212,14 @@ class Executor:
         """Complete an interrupted run: from the step it reached, with what it had read."""
         self.recover()
         with self.sessions.begin() as s:
-            run = runs.get_run(s, run_id)
+            run = runs.get_run(s, run_id=run_id)
             if run.status != RunStatus.interrupted:
-                raise runs.Locked(f"run {run_id} is {run.status}; only an interrupted run resumes")
+                raise WrongRunState(
+                    f"run {run_id} is {run.status}; only an interrupted run resumes"
+                )
             values = params_mod.resolve(runbook, run.params, self.config)
             reached, incident_id, services = run.step, run.incident_id, list(run.services)
-            saved = runs.saved_values(s, run_id)
+            saved = runs.saved_values(s, run_id=run_id)
         plan = self.plan(runbook, values)
         self._lock(run_id, services, take_over=True)
         start = next((i for i, st in enumerate(plan.steps) if st.id == reached), 0)
@@ -199,9 +229,9 @@ class Executor:
         """Reverse what an interrupted run (or one whose undo failed) changed."""
         self.recover()
         with self.sessions.begin() as s:
-            run = runs.get_run(s, run_id)
+            run = runs.get_run(s, run_id=run_id)
             if run.status not in (RunStatus.interrupted, RunStatus.undo_failed):
-                raise runs.Locked(
+                raise WrongRunState(
                     f"run {run_id} is {run.status}; only an interrupted run, or one whose "
                     "undo failed, is undone this way"
                 )
@@ -220,15 +250,18 @@ class Executor:
     def _lock(self, run_id: int, services: list[str], *, take_over: bool = False) -> None:
         try:
             with self.sessions.begin() as s:
+                run = runs.get_run(s, run_id=run_id)
                 if take_over:
-                    runs.take_over(s, runs.get_run(s, run_id), _now())
-                runs.acquire_locks(s, runs.get_run(s, run_id), services, _now())
-        except (runs.Locked, sa.exc.IntegrityError) as exc:
-            reason = str(exc) if isinstance(exc, runs.Locked) else "a lock was taken meanwhile"
+                    runs.take_over(s, run=run, now=_now())
+                runs.acquire_locks(s, run=run, services=services, now=_now())
+        except (Locked, sa.exc.IntegrityError) as exc:
+            reason = str(exc) if isinstance(exc, Locked) else "a lock was taken meanwhile"
             with self.sessions.begin() as s:
                 status = RunStatus.interrupted if take_over else RunStatus.failed
-                runs.finish_run(s, run_id, status, f"not started: {reason}", _now())
-            raise runs.Locked(reason) from None
+                runs.finish_run(
+                    s, run_id=run_id, status=status, reason=f"not started: {reason}", now=_now()
+                )
+            raise Locked(reason) from None
 
     def _perform(
         self,
@@ -264,7 +297,7 @@ class Executor:
         while not stop.wait(HEARTBEAT):
             try:
                 with self.sessions.begin() as s:
-                    runs.heartbeat(s, run_id, _now())
+                    runs.heartbeat(s, run_id=run_id, now=_now())
             except sa.exc.SQLAlchemyError as exc:
                 log.warning("run %d: heartbeat not recorded: %s", run_id, exc)
 
@@ -276,13 +309,17 @@ class Executor:
             if self.stop.is_set():
                 return RunStatus.aborted, f"stopped before step {step.id}"
             with self.sessions.begin() as s:
-                runs.heartbeat(s, run_id, _now(), step=step.id)
+                runs.heartbeat(s, run_id=run_id, now=_now(), step=step.id)
             self.progress.step(index, step)
             if step.skipped:
                 unit_id = self._start_unit(run_id, index, step, LOCAL)
                 with self.sessions.begin() as s:
                     runs.update_unit(
-                        s, unit_id, status=UnitStatus.skipped, error=step.skipped, ended_at=_now()
+                        s,
+                        unit_id=unit_id,
+                        status=UnitStatus.skipped,
+                        error=step.skipped,
+                        ended_at=_now(),
                     )
                 continue
             failure = self._step(run_id, index, step, values)
@@ -334,16 +371,16 @@ class Executor:
                 if op.changes and not changed:
                     changed = True
                     self._save_undo(unit_id, step, unit, values)
-                outcome = self.actions.perform(op, values, deadline)
+                outcome = self.performer.perform(op, values, deadline)
                 entries.append(self._entry(op, values, outcome, attempt))
                 self.progress.op(unit.target, op, outcome)
                 with self.sessions.begin() as s:
-                    runs.update_unit(s, unit_id, log=list(entries), attempts=attempt)
+                    runs.update_unit(s, unit_id=unit_id, log=list(entries), attempts=attempt)
                 if not outcome.ok:
                     error = outcome.text
                     break
                 if time.monotonic() > deadline:
-                    error = f"timed out after {ops.seconds(step.timeout)}"
+                    error = f"timed out after {seconds(step.timeout)}"
                     break
             if not error or attempt > step.retries or self.stop.is_set():
                 break
@@ -354,7 +391,7 @@ class Executor:
         with self.sessions.begin() as s:
             runs.update_unit(
                 s,
-                unit_id,
+                unit_id=unit_id,
                 status=UnitStatus.failed if error else UnitStatus.ok,
                 error=self.redact(error) or None,
                 ended_at=_now(),
@@ -405,21 +442,22 @@ class Executor:
             "timeout": step.timeout,
         }
         with self.sessions.begin() as s:
-            runs.update_unit(s, unit_id, undo=record)
+            runs.update_unit(s, unit_id=unit_id, undo=record)
 
     # --- undo --------------------------------------------------------------------------------
     def _undo_all(self, run_id: int, reason: str) -> list[str]:
         """Undo every unit that changed something, newest first; the errors, if any."""
         with self.sessions.begin() as s:
             todo = [
-                (u.id, u.step, u.target, u.undo or {}, list(u.log)) for u in runs.to_undo(s, run_id)
+                (u.id, u.step, u.target, u.undo or {}, list(u.log))
+                for u in runs.to_undo(s, run_id=run_id)
             ]
         errors = []
         for unit_id, step, target, record, entries in todo:
             deadline = time.monotonic() + float(record.get("timeout", 60.0))
             error = ""
             for op in (_load(d) for d in record.get("ops", [])):
-                outcome = self.actions.perform(op, {}, deadline)
+                outcome = self.performer.perform(op, {}, deadline)
                 entry = self._entry(op, {}, outcome, 0)
                 entries.append({**entry, "undo": True})
                 self.progress.op(target, op, outcome)
@@ -428,7 +466,7 @@ class Executor:
                     break
             status = UnitStatus.undo_failed if error else UnitStatus.undone
             with self.sessions.begin() as s:
-                runs.update_unit(s, unit_id, status=status, log=entries)
+                runs.update_unit(s, unit_id=unit_id, status=status, log=entries)
             self.progress.unit(
                 PlannedStep(step, "undo", "", 0, 0, 0), target, not error, error or "put back"
             )
@@ -440,41 +478,41 @@ class Executor:
     def _succeed(self, run_id: int, plan: Plan) -> RunResult:
         with self.sessions.begin() as s:
             for service, pool in plan.switches.items():
-                runs.set_pool(s, service, pool, run_id, _now())
+                runs.set_pool(s, service=service, pool=pool, run_id=run_id, now=_now())
         return self._finish(run_id, RunStatus.succeeded, None)
 
     def _finish(self, run_id: int, status: RunStatus, reason: str | None) -> RunResult:
         with self.sessions.begin() as s:
-            runs.finish_run(s, run_id, status, reason and self.redact(reason), _now())
+            runs.finish_run(
+                s, run_id=run_id, status=status, reason=reason and self.redact(reason), now=_now()
+            )
         result = RunResult(run_id, status, reason)
         self.progress.finished(result)
         return result
 
-    # --- callbacks for actions ---------------------------------------------------------------
-    def _notify(self, text: str) -> str:
+    # --- what checks ask of the run (perform.RunContext) ---------------------------------
+    def _note(self, text: str) -> OpOutcome:
         if self._incident_id is None:
-            return f"no incident to post to: {text}"
+            return OpOutcome(True, f"no incident to post to: {text}")
         with self.sessions.begin() as s:
-            incidents.add_note(
+            posted = self.hooks.add_note(
                 s,
                 incident_id=self._incident_id,
                 by=f"runbook {self._runbook} (run {self._run_id})",
                 text=text,
             )
-        return f"posted to incident {self._incident_id}: {text}"
+        if not posted:
+            return OpOutcome(True, f"no incident timeline to post to: {text}")
+        return OpOutcome(True, f"posted to incident {self._incident_id}: {text}")
 
-    def _record(self, check: ops.Record, values: MutableMapping[str, str]) -> str:
-        image = str(check.image)
+    def _record_deploy(self, *, service: str, node: str, image: str) -> OpOutcome:
         with self.sessions.begin() as s:
-            images.record_deploy(
-                s,
-                service=check.service,
-                node=check.node,
-                image=image,
-                at=_now(),
-                run_id=self._run_id,
+            recorded = self.hooks.record_deploy(
+                s, service=service, node=node, image=image, at=_now(), run_id=self._run_id
             )
-        return f"recorded {image} on {check.node}"
+        if not recorded:
+            return OpOutcome(False, f"no images registry to record {image} on {node} in")
+        return OpOutcome(True, f"recorded {image} on {node}")
 
 
 def _refuse(prompt: str) -> bool:
@@ -500,7 +538,7 @@ def _load(data: dict[str, Any]) -> Op:
     check = data.get("check")
     if check is not None:
         fields = dict(check)
-        check = CHECKS[fields.pop("type")](**fields)
+        check = REGISTRY.check(fields.pop("type"))(**fields)
     return Op(
         data["where"],
         data["kind"],

@@ -9,12 +9,22 @@ from pydantic import ValidationError
 
 from reliability.config import Config
 from reliability.config.errors import ConfigError, placed_message, read_yaml, validation_messages
+from reliability.runbooks.errors import NoSuchRunbook
 from reliability.runbooks.spec import Runbook, problems
 
 
 def load_runbooks(config: Config) -> dict[str, Runbook]:
     """The runbooks of the config's `runbooks_dir` (relative to the config file), by name."""
     return load_dir(config.path(config.runbooks_dir))
+
+
+def named(books: dict[str, Runbook], name: str, config: Config) -> Runbook:
+    """The runbook `name` of `books` (the config's), or NoSuchRunbook naming those known."""
+    if name not in books:
+        where = config.path(config.runbooks_dir)
+        known = ", ".join(books) or "none"
+        raise NoSuchRunbook(f"no runbook is named {name!r} in {where}; known: {known}")
+    return books[name]
 
 
 def load_dir(directory: Path) -> dict[str, Runbook]:

@@ -5,19 +5,20 @@ what an operator reads in a plan is what a run sends.
 Every command is built from an argument list with `shlex.join`; a value only a run can
 know (the previous image, the saved upstream file) appears as `<...>` in its place, and the
 run fills it in from what an earlier operation of the same run read (`Op.saves`). A check
-made from the reliability host carries its parameters (`Op.check`), so the plan's line and
-the run's behaviour come from one object.
+made from the reliability host carries its parameters and behaviour (`Op.check`, see
+checks.py), so the plan's line and the run's behaviour come from one object. Each action
+builds its own operations in its module (`actions/`); the load balancer's are here.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
-from reliability.durations import format_duration
+from reliability.runbooks.checks import Check, HttpWait
 
 LOCAL = "local"
 OpKind = Literal["run", "http", "wait", "confirm", "notify", "record"]
@@ -37,75 +38,6 @@ class AtRun:
 
 
 Arg = str | AtRun
-
-
-# --- checks made from the reliability host ----------------------------------------------
-@dataclass(frozen=True, slots=True)
-class HttpWait:
-    """Ask `url` every `interval` until it answers `status` (and `body` in it), `within`;
-    then it must keep answering so for `settle` seconds (a balancer's old workers route for
-    a moment after a reload)."""
-
-    url: str
-    within: float
-    method: str = "GET"
-    status: int = 200
-    body: str | None = None
-    interval: float = 1.0
-    settle: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class HttpSoak:
-    """Ask `url` every `interval` for `soak`; fail above `max_error_ratio` failures."""
-
-    url: str
-    soak: float
-    interval: float
-    max_error_ratio: float
-    method: str = "GET"
-    status: int = 200
-    body: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FirstToken:
-    """A streamed one-token chat completion on `base` whose first token comes in `ttft`."""
-
-    base: str
-    model: str | None
-    ttft: float
-
-
-@dataclass(frozen=True, slots=True)
-class Drained:
-    """Until the engine at `base` reports no running or waiting request, at most `wait`."""
-
-    base: str
-    wait: float
-
-
-@dataclass(frozen=True, slots=True)
-class Confirm:
-    prompt: str
-
-
-@dataclass(frozen=True, slots=True)
-class Notify:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    service: str
-    node: str
-    image: str | AtRun
-
-
-Check = HttpWait | HttpSoak | FirstToken | Drained | Confirm | Notify | Record
-CHECKS: dict[str, type[Check]] = {
-    c.__name__: c for c in (HttpWait, HttpSoak, FirstToken, Drained, Confirm, Notify, Record)
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +62,7 @@ class Op:
     needs: str | None = None
     changes: bool = False
     may_fail: bool = False
-    check: Check | None = None
+    check: Check | None = None  # checks.py, or the module of the action it belongs to
 
     def shown(self) -> dict[str, str | None]:
         """The operation as a plan prints it (and `--json` gives it)."""
@@ -142,6 +74,16 @@ class Op:
             "stdin": stdin,
             "note": self.note,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """What a step does on one target: a node, the load balancer, or the local host; `undo`
+    is what reverses it, recorded before its first change goes out."""
+
+    target: str
+    ops: list[Op]
+    undo: list[Op]
 
 
 def command(argv: Sequence[Arg]) -> str:
@@ -173,10 +115,6 @@ def run_op(
         changes=changes,
         may_fail=may_fail,
     )
-
-
-def seconds(value: float) -> str:
-    return format_duration(value) if value else "0s"
 
 
 def host_port(address: str, port: int) -> str:
@@ -254,84 +192,4 @@ def lb_restore_ops(lb_node: str, lb: LoadBalancerConfig, saved: AtRun) -> list[O
     return [
         _write(lb_node, lb.upstream_file, saved, "byte for byte"),
         *_lb_check_reload(lb_node, lb),
-    ]
-
-
-# --- containers and readiness -------------------------------------------------------------
-def container_name(node: NodeConfig, service: ServiceConfig) -> str:
-    return node.container or service.container or service.name
-
-
-def _docker_run(
-    node: NodeConfig, service: ServiceConfig, pool: str | None, image: Arg
-) -> list[Arg]:
-    name = container_name(node, service)
-    argv: list[Arg] = ["docker", "run", "-d", "--name", name, "--restart", "unless-stopped"]
-    if node.gpus:
-        argv += ["--gpus", "all"]
-    argv += ["-p", f"{service.port}:{service.port}", "-l", f"reliability.service={service.name}"]
-    if pool:
-        argv += ["-l", f"pool={pool}"]
-    return [*argv, image]
-
-
-def image_key(step_id: str, node: str) -> str:
-    """Where a run keeps the image a node's container ran before step `step_id`."""
-    return f"image@{step_id}@{node}"
-
-
-def deploy_ops(
-    node: NodeConfig, service: ServiceConfig, pool: str | None, image: Arg, *, saves: str
-) -> list[Op]:
-    """Pull by digest first (a bad digest fails before anything stops), then replace. No
-    container to remove is not a failure: a standby has none before its first deploy."""
-    name = container_name(node, service)
-    inspect = ["docker", "inspect", "--format", "{{.Config.Image}}", name]
-    return [
-        run_op(node.name, ["docker", "pull", image]),
-        run_op(node.name, inspect, note="saved for undo", saves=saves, may_fail=True),
-        run_op(node.name, ["docker", "rm", "-f", name], changes=True, may_fail=True),
-        run_op(node.name, _docker_run(node, service, pool, image), changes=True),
-    ]
-
-
-def redeploy_ops(
-    node: NodeConfig,
-    service: ServiceConfig,
-    pool: str | None,
-    saved: str,
-    *,
-    ttft: float,
-    within: float,
-) -> list[Op]:
-    """The undo of a deploy: the container as it ran before, by the saved image, ready
-    again; when none ran before, only the new one is removed."""
-    name = container_name(node, service)
-    previous = AtRun(f"image {name} ran before, as saved", saved)
-    ready = [replace(op, needs=saved) for op in ready_ops(node, service, ttft, within)]
-    return [
-        run_op(node.name, ["docker", "rm", "-f", name], changes=True, may_fail=True),
-        run_op(node.name, _docker_run(node, service, pool, previous), needs=saved, changes=True),
-        *ready,
-    ]
-
-
-def ready_ops(node: NodeConfig, service: ServiceConfig, ttft: float, within: float) -> list[Op]:
-    """Model-aware readiness: health answers, and a real one-token completion starts fast."""
-    base = f"http://{host_port(node.address, service.port)}"
-    shown = service.model or "<the model /v1/models lists first>"
-    return [
-        Op(
-            LOCAL,
-            "http",
-            f"GET {base}{service.health_path} until 200, within {seconds(within)}",
-            check=HttpWait(base + service.health_path, within=within, interval=0.5),
-        ),
-        Op(
-            LOCAL,
-            "http",
-            f"POST {base}/v1/chat/completions (model {shown}, max_tokens 1, streamed): "
-            f"first token within {seconds(ttft)}",
-            check=FirstToken(base, service.model, ttft),
-        ),
     ]

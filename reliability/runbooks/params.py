@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from reliability.config import Config
+from reliability.runbooks.errors import ParamError
 from reliability.runbooks.scope import Pool
 from reliability.runbooks.spec import (
     NodeParam,
@@ -15,14 +16,6 @@ from reliability.runbooks.spec import (
     Runbook,
     ServiceParam,
 )
-
-
-class ParamError(ValueError):
-    """Parameters that cannot be used. `lines` holds one message per problem."""
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        self.lines = list(lines)
-        super().__init__("\n".join(self.lines))
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, str]:

@@ -12,13 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reliability.config import Config, LoadBalancerConfig, NodeConfig, ServiceConfig
+from reliability.runbooks.errors import ScopeError
 
 ValueKind = Literal["node", "service", "pool", "value"]
 TARGET = "target"
-
-
-class ScopeError(ValueError):
-    """A placeholder names something the config does not have (a node without a pool)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """Database work of runbook runs: create and end runs, per-service locks, the audit rows of
 each unit, heartbeats, and finding runs a dead process left `running`.
 
-Each function takes the caller's session and commits nothing; the engine writes in short
-transactions of its own so a crash loses at most the operation in flight.
+Each function takes the caller's session, then keyword arguments only, and commits
+nothing; the executor writes in short transactions of its own so a crash loses at most the
+operation in flight. Errors are the domain's (`errors.py`): Locked, NoSuchRun.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from reliability.runbooks.errors import Locked, NoSuchRun
 from reliability.runbooks.models import (
     FINISHED,
     RunbookLock,
@@ -30,14 +32,6 @@ from reliability.runbooks.models import (
 # A run whose heartbeat is older than this is taken for dead, wherever it ran.
 STALE_AFTER = timedelta(seconds=60)
 HOST = socket.gethostname()
-
-
-class Locked(Exception):
-    """Another run holds a service this run needs."""
-
-
-class NoSuchRun(LookupError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +69,14 @@ def create_run(
     return run
 
 
-def take_over(session: Session, run: RunbookRun, now: datetime) -> None:
+def take_over(session: Session, *, run: RunbookRun, now: datetime) -> None:
     """This process now runs `run` (resume, undo): its heartbeat is ours."""
     run.host, run.pid, run.heartbeat_at = HOST, os.getpid(), now
     run.status, run.ended_at = RunStatus.running, None
 
 
 def acquire_locks(
-    session: Session, run: RunbookRun, services: Sequence[str], now: datetime
+    session: Session, *, run: RunbookRun, services: Sequence[str], now: datetime
 ) -> None:
     """Lock every service of the run, or raise Locked naming the run that holds one. A lock
     whose run ended or died is taken over."""
@@ -103,11 +97,11 @@ def acquire_locks(
             session.flush()
 
 
-def release_locks(session: Session, run_id: int) -> None:
+def release_locks(session: Session, *, run_id: int) -> None:
     session.execute(sa.delete(RunbookLock).where(RunbookLock.run_id == run_id))
 
 
-def heartbeat(session: Session, run_id: int, now: datetime, step: str | None = None) -> None:
+def heartbeat(session: Session, *, run_id: int, now: datetime, step: str | None = None) -> None:
     values: dict[str, Any] = {"heartbeat_at": now}
     if step is not None:
         values["step"] = step
@@ -115,14 +109,14 @@ def heartbeat(session: Session, run_id: int, now: datetime, step: str | None = N
 
 
 def finish_run(
-    session: Session, run_id: int, status: RunStatus, reason: str | None, now: datetime
+    session: Session, *, run_id: int, status: RunStatus, reason: str | None, now: datetime
 ) -> None:
     session.execute(
         sa.update(RunbookRun)
         .where(RunbookRun.id == run_id)
         .values(status=status, reason=reason, ended_at=now, heartbeat_at=now)
     )
-    release_locks(session, run_id)
+    release_locks(session, run_id=run_id)
 
 
 def start_unit(
@@ -143,18 +137,21 @@ def start_unit(
     return unit.id
 
 
-def update_unit(session: Session, unit_id: int, **values: Any) -> None:
+def update_unit(session: Session, *, unit_id: int, **values: Any) -> None:
+    """Set `values` (columns of the unit's row)."""
     session.execute(sa.update(RunbookStep).where(RunbookStep.id == unit_id).values(**values))
 
 
-def get_run(session: Session, run_id: int) -> RunbookRun:
+def get_run(session: Session, *, run_id: int) -> RunbookRun:
+    """The run `run_id`; NoSuchRun when there is none."""
     run = session.get(RunbookRun, run_id)
     if run is None:
         raise NoSuchRun(f"no runbook run {run_id}")
     return run
 
 
-def units(session: Session, run_id: int) -> list[RunbookStep]:
+def units(session: Session, *, run_id: int) -> list[RunbookStep]:
+    """The audit rows of a run, in the order they started."""
     return list(
         session.scalars(
             sa.select(RunbookStep).where(RunbookStep.run_id == run_id).order_by(RunbookStep.id)
@@ -162,7 +159,7 @@ def units(session: Session, run_id: int) -> list[RunbookStep]:
     )
 
 
-def to_undo(session: Session, run_id: int) -> list[RunbookStep]:
+def to_undo(session: Session, *, run_id: int) -> list[RunbookStep]:
     """The units of a run that changed something not yet put back, newest first."""
     return list(
         session.scalars(
@@ -177,10 +174,10 @@ def to_undo(session: Session, run_id: int) -> list[RunbookStep]:
     )
 
 
-def saved_values(session: Session, run_id: int) -> dict[str, str]:
+def saved_values(session: Session, *, run_id: int) -> dict[str, str]:
     """What the run's operations read for later steps (the upstream file before a switch)."""
     values: dict[str, str] = {}
-    for unit in units(session, run_id):
+    for unit in units(session, run_id=run_id):
         values.update((unit.undo or {}).get("values", {}))
     return values
 
@@ -213,7 +210,8 @@ def active_pools(session: Session) -> dict[str, str]:
     return {service: pool for service, pool in rows}
 
 
-def set_pool(session: Session, service: str, pool: str, run_id: int, now: datetime) -> None:
+def set_pool(session: Session, *, service: str, pool: str, run_id: int, now: datetime) -> None:
+    """`service` serves from `pool` from now on, as run `run_id` left it."""
     row = session.get(ServicePool, service)
     if row is None:
         session.add(ServicePool(service=service, pool=pool, run_id=run_id, changed_at=now))
@@ -221,7 +219,7 @@ def set_pool(session: Session, service: str, pool: str, run_id: int, now: dateti
         row.pool, row.run_id, row.changed_at = pool, run_id, now
 
 
-def recover_interrupted(session: Session, now: datetime) -> list[Interrupted]:
+def recover_interrupted(session: Session, *, now: datetime) -> list[Interrupted]:
     """Mark runs left `running` by a process that is gone `interrupted`, release their
     locks, and say what each reached."""
     found = []
@@ -235,7 +233,7 @@ def recover_interrupted(session: Session, now: datetime) -> list[Interrupted]:
             f"`reliability runbook undo {run.id}` reverses it"
         )
         run.status, run.reason, run.ended_at = RunStatus.interrupted, reason, now
-        release_locks(session, run.id)
+        release_locks(session, run_id=run.id)
         found.append(Interrupted(run.id, run.runbook, run.step, reason))
     session.flush()
     return found

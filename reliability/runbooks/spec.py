@@ -11,12 +11,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from reliability.config import Name, NodeConfig, Strict
-from reliability.durations import Duration
+from reliability.runbooks.actions import REGISTRY
+from reliability.runbooks.actions.base import (
+    DIGEST,
+    Loc,
+    NameTemplate,
+    StepBase,
+    UndoCommand,
+)
 from reliability.runbooks.scope import TARGET, ValueKind, path_problem
 from reliability.runbooks.template import (
     Kind,
@@ -26,16 +33,7 @@ from reliability.runbooks.template import (
     shell_problems,
 )
 
-Loc = tuple[str | int, ...]
 ParamName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
-ShellTemplate = Annotated[str, TemplateField("shell"), Field(min_length=1)]
-UrlTemplate = Annotated[str, TemplateField("url"), Field(min_length=1)]
-TextTemplate = Annotated[str, TemplateField("text")]
-NameTemplate = Annotated[str, TemplateField("name"), Field(min_length=1)]
-ImageTemplate = Annotated[str, TemplateField("image"), Field(min_length=1)]
-
-DIGEST = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._/:-]*@)?sha256:[0-9a-f]{64}")
-KNOWN_GOOD = "known-good"
 
 
 # --- parameters ------------------------------------------------------------------------
@@ -167,195 +165,9 @@ class TargetGroup(Strict):
         return node.role == self.role
 
 
-class When(Strict):
-    """Run the step only if `value` (a template) compares as asked: no expressions, no eval."""
-
-    value: TextTemplate
-    equals: TextTemplate | None = None
-    not_equals: TextTemplate | None = None
-    in_: list[TextTemplate] | None = Field(None, alias="in")
-    not_in: list[TextTemplate] | None = None
-
-    @model_validator(mode="after")
-    def _one_test(self) -> When:
-        tests = (self.equals, self.not_equals, self.in_, self.not_in)
-        if sum(t is not None for t in tests) != 1:
-            raise ValueError("give exactly one of `equals`, `not_equals`, `in`, `not_in`")
-        return self
-
-
-class UndoCommand(Strict):
-    """A shell command that reverses the step, run where the step ran."""
-
-    command: ShellTemplate
-    timeout: Duration = 60.0
-
-
-Undo = Literal["restore"] | UndoCommand
-
-
-# --- actions ---------------------------------------------------------------------------
-class SshArgs(Strict):
-    command: ShellTemplate
-    changes: bool = Field(False, description="true: the command changes state (needs `undo`)")
-
-
-class HttpCheckArgs(Strict):
-    url: UrlTemplate
-    method: Literal["GET", "HEAD"] = "GET"
-    expect_status: int = Field(200, ge=100, le=599)
-    expect_body: str | None = Field(None, description="a substring the body must contain")
-    within: Duration = Field(30.0, description="retry until the first success, this long")
-    soak: Duration = Field(0.0, description="then keep checking this long")
-    max_error_ratio: float = Field(0.0, ge=0, le=1, description="share of failures the soak allows")
-    interval: Duration = 1.0
-
-
-class ReadyArgs(Strict):
-    service: NameTemplate
-    ttft: Duration = Field(10.0, description="limit on the first token of a 1-token completion")
-    within: Duration = 120.0
-
-
-class LbSetPoolArgs(Strict):
-    """Rewrite the service's upstream: to a pool's nodes, adding a target group's nodes,
-    or back to the file as it was before an earlier step."""
-
-    service: NameTemplate
-    pool: NameTemplate | None = None
-    add: str | None = None
-    restore_from: str | None = None
-
-    @model_validator(mode="after")
-    def _one_change(self) -> LbSetPoolArgs:
-        if sum(x is not None for x in (self.pool, self.add, self.restore_from)) != 1:
-            raise ValueError("give exactly one of `pool`, `add`, `restore_from`")
-        return self
-
-
-class DrainArgs(Strict):
-    service: NameTemplate
-    wait: Duration = Field(60.0, description="longest wait for in-flight requests to finish")
-
-
-class DeployImageArgs(Strict):
-    service: NameTemplate
-    image: ImageTemplate = Field(..., description="REF@sha256:…, or known-good")
-    pool: NameTemplate | None = Field(None, description="pool label of the new container")
-    verify: bool = Field(True, description="wait until the node is ready before the next batch")
-    ttft: Duration = 10.0
-    within: Duration = 300.0
-
-
-class RecordDeployArgs(Strict):
-    service: NameTemplate
-    image: ImageTemplate
-
-
-class ConfirmArgs(Strict):
-    prompt: TextTemplate = Field(..., min_length=1)
-
-
-class NotifyArgs(Strict):
-    text: TextTemplate = Field(..., min_length=1)
-
-
-class _Step(Strict):
-    id: Name
-    description: str = ""
-    timeout: Duration = Field(60.0, description="per attempt, per node")
-    retries: int = Field(0, ge=0, le=10)
-    backoff: Duration = Field(5.0, description="wait before the first retry; doubles each time")
-    when: When | None = None
-    undo: Undo | None = None
-
-    # Facts of the action, read by the checks and the plan: where it runs, what it changes.
-    per_node: ClassVar[bool] = False
-    changes_state: ClassVar[bool] = False
-
-    @property
-    def mutates(self) -> bool:
-        return self.changes_state
-
-
-class NodeStep(_Step):
-    nodes: str = Field(..., description="the target group it runs on")
-    batch: int | None = Field(None, ge=1, description="nodes at a time; none: all at once")
-    max_fail_percent: int = Field(0, ge=0, le=100)
-
-    per_node: ClassVar[bool] = True
-
-
-class SshStep(NodeStep):
-    action: Literal["ssh"]
-    args: SshArgs
-
-    @property
-    def mutates(self) -> bool:
-        return self.args.changes
-
-
-class HttpCheckStep(_Step):
-    action: Literal["http_check"]
-    args: HttpCheckArgs
-
-
-class ReadyStep(NodeStep):
-    action: Literal["ready"]
-    args: ReadyArgs
-
-
-class LbSetPoolStep(_Step):
-    action: Literal["lb_set_pool"]
-    args: LbSetPoolArgs
-    changes_state: ClassVar[bool] = True
-
-
-class DrainStep(NodeStep):
-    action: Literal["drain"]
-    args: DrainArgs
-    changes_state: ClassVar[bool] = True
-
-
-class DeployImageStep(NodeStep):
-    action: Literal["deploy_image"]
-    args: DeployImageArgs
-    changes_state: ClassVar[bool] = True
-
-
-class RecordDeployStep(NodeStep):
-    action: Literal["record_deploy"]
-    args: RecordDeployArgs
-
-
-class ConfirmStep(_Step):
-    action: Literal["confirm"]
-    args: ConfirmArgs
-
-
-class NotifyStep(_Step):
-    action: Literal["notify"]
-    args: NotifyArgs
-
-
-AnyStep = (
-    SshStep
-    | HttpCheckStep
-    | ReadyStep
-    | LbSetPoolStep
-    | DrainStep
-    | DeployImageStep
-    | RecordDeployStep
-    | ConfirmStep
-    | NotifyStep
-)
-Step = Annotated[AnyStep, Field(discriminator="action")]
-ACTIONS = tuple(get_args(t.model_fields["action"].annotation)[0] for t in get_args(AnyStep))
-RESTORES = {
-    "lb_set_pool": "puts the previous upstream file back byte for byte",
-    "drain": "puts the previous upstream file back byte for byte",
-    "deploy_image": "redeploys the image the container ran before",
-}
+# --- steps: one model per action, from the registry (actions/) ---------------------------
+Step = REGISTRY.step_union()
+ACTIONS = REGISTRY.kinds
 
 
 class Runbook(Strict):
@@ -365,6 +177,11 @@ class Runbook(Strict):
     targets: dict[Name, TargetGroup] = {}
     steps: list[Step] = Field(..., min_length=1)
     source: Path | None = Field(None, exclude=True)
+
+    def no_target(self, name: str) -> str:
+        """The problem of a step naming target group `name`, which is not defined."""
+        defined = ", ".join(self.targets) or "none yet"
+        return f"no target group is named {name!r}; define it under `targets` ({defined})"
 
 
 # --- checks across fields --------------------------------------------------------------
@@ -385,8 +202,9 @@ def problems(rb: Runbook) -> Iterator[tuple[Loc, str]]:
         loc: Loc = ("steps", i)
         if step.id in seen:
             yield (*loc, "id"), f"step id {step.id!r} is used twice"
-        if isinstance(step, NodeStep) and step.nodes not in rb.targets:
-            yield (*loc, "nodes"), _no_target(step.nodes, rb)
+        action = REGISTRY.of(step)
+        if step.per_node and step.nodes not in rb.targets:
+            yield (*loc, "nodes"), rb.no_target(step.nodes)
         scope = {**kinds, TARGET: "node"} if step.per_node else kinds
         yield from _templates(step.args, (*loc, "args"), scope)
         if step.when is not None:
@@ -394,20 +212,15 @@ def problems(rb: Runbook) -> Iterator[tuple[Loc, str]]:
         if isinstance(step.undo, UndoCommand):
             yield from _templates(step.undo, (*loc, "undo"), scope)
         yield from _undo_problems(step, loc)
-        if isinstance(step, LbSetPoolStep):
-            yield from _lb_problems(step, loc, rb, seen)
+        yield from action.problems(step, loc, rb, seen)
         seen[step.id] = step.action
 
 
-def _no_target(name: str, rb: Runbook) -> str:
-    defined = ", ".join(rb.targets) or "none yet"
-    return f"no target group is named {name!r}; define it under `targets` ({defined})"
-
-
-def _undo_problems(step: AnyStep, loc: Loc) -> Iterator[tuple[Loc, str]]:
-    action = step.action
+def _undo_problems(step: StepBase, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    registered = REGISTRY.of(step)
+    action, restores = registered.kind, registered.restores
     if step.mutates and step.undo is None:
-        how = f"`undo: restore` ({RESTORES[action]}) or " if action in RESTORES else ""
+        how = f"`undo: restore` ({restores}) or " if restores else ""
         yield (
             (*loc, "undo"),
             (
@@ -416,31 +229,15 @@ def _undo_problems(step: AnyStep, loc: Loc) -> Iterator[tuple[Loc, str]]:
             ),
         )
     elif step.undo is not None and not step.mutates:
-        hint = "; if the command changes state, add `changes: true`" if action == "ssh" else ""
+        hint = registered.undo_hint
         yield (*loc, "undo"), f"this {action} step changes nothing, so it has no undo{hint}"
-    elif step.undo == "restore" and action not in RESTORES:
+    elif step.undo == "restore" and not restores:
         yield (
             (*loc, "undo"),
             (
                 f"{action} cannot restore on its own; write the command that reverses it: "
                 "`undo: {command: ...}`"
             ),
-        )
-
-
-def _lb_problems(
-    step: LbSetPoolStep, loc: Loc, rb: Runbook, seen: dict[str, str]
-) -> Iterator[tuple[Loc, str]]:
-    args = step.args
-    if args.add is not None and args.add not in rb.targets:
-        yield (*loc, "args", "add"), _no_target(args.add, rb)
-    if args.restore_from is not None and seen.get(args.restore_from) not in (
-        "lb_set_pool",
-        "drain",
-    ):
-        yield (
-            (*loc, "args", "restore_from"),
-            (f"{args.restore_from!r} is not an earlier lb_set_pool or drain step"),
         )
 
 

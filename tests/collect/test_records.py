@@ -185,7 +185,9 @@ def record_run(session, runbook: str, status: RunStatus) -> None:
         now=T0,
     )
     if status != RunStatus.running:
-        runs.finish_run(session, run.id, status, None, T0 + timedelta(minutes=1))
+        runs.finish_run(
+            session, run_id=run.id, status=status, reason=None, now=T0 + timedelta(minutes=1)
+        )
     session.commit()
 
 

@@ -221,7 +221,9 @@ def record_runbook_run(config: Path) -> None:
                 incident_id=None,
                 now=now,
             )
-            runs.finish_run(session, run.id, RunStatus.succeeded, None, now)
+            runs.finish_run(
+                session, run_id=run.id, status=RunStatus.succeeded, reason=None, now=now
+            )
     finally:
         engine.dispose()
 

@@ -152,8 +152,8 @@ def test_a_run_changes_every_target_and_records_each_command(
     for name in _blue(rig):
         assert (shared_dir / f"{name}.mark").read_text() == "hello world"
     with db.session_factory(engine)() as s:
-        run = runs.get_run(s, run_id)
-        units = runs.units(s, run_id)
+        run = runs.get_run(s, run_id=run_id)
+        units = runs.units(s, run_id=run_id)
         assert run.status == RunStatus.succeeded and run.ended_at is not None
         assert not s.scalars(sa.select(RunbookLock)).all()
     marks = [u for u in units if u.step == "mark"]
@@ -171,8 +171,8 @@ def test_a_failed_step_undoes_the_run_newest_first_and_says_why(
 
     assert list(shared_dir.iterdir()) == []  # both changing steps were put back
     with db.session_factory(engine)() as s:
-        run = runs.get_run(s, run_id)
-        units = runs.units(s, run_id)
+        run = runs.get_run(s, run_id=run_id)
+        units = runs.units(s, run_id=run_id)
     assert run.status == RunStatus.failed
     assert "step boom failed" in (run.reason or "") and "exit 3: broken" in (run.reason or "")
     assert "put back" in (run.reason or "")
@@ -214,7 +214,7 @@ def test_a_service_lock_held_by_a_live_run_refuses_a_second_run(engine: sa.Engin
             incident_id=None,
             now=now,
         )
-        runs.acquire_locks(s, first, ["chat"], now)
+        runs.acquire_locks(s, run=first, services=["chat"], now=now)
         second = runs.create_run(
             s,
             runbook="b",
@@ -225,7 +225,7 @@ def test_a_service_lock_held_by_a_live_run_refuses_a_second_run(engine: sa.Engin
             now=now,
         )
         with pytest.raises(runs.Locked, match=f"locked by run {first.id} \\(a, started by alice"):
-            runs.acquire_locks(s, second, ["chat"], now)
+            runs.acquire_locks(s, run=second, services=["chat"], now=now)
 
 
 def test_a_run_whose_process_died_is_reported_interrupted_and_its_lock_freed(
@@ -244,14 +244,14 @@ def test_a_run_whose_process_died_is_reported_interrupted_and_its_lock_freed(
             incident_id=None,
             now=now,
         )
-        runs.acquire_locks(s, run, ["chat"], now)
+        runs.acquire_locks(s, run=run, services=["chat"], now=now)
         run.pid, run.step = gone.pid, "switch"
     with db.session_factory(engine).begin() as s:
-        found = runs.recover_interrupted(s, now + timedelta(seconds=1))
+        found = runs.recover_interrupted(s, now=now + timedelta(seconds=1))
     assert [(f.run_id, f.step) for f in found] == [(run.id, "switch")]
     assert f"runbook undo {run.id}" in found[0].reason
     with db.session_factory(engine)() as s:
-        assert runs.get_run(s, run.id).status == RunStatus.interrupted
+        assert runs.get_run(s, run_id=run.id).status == RunStatus.interrupted
         assert not s.scalars(sa.select(RunbookLock)).all()
 
 
@@ -261,7 +261,7 @@ def test_recorded_commands_and_output_never_show_a_secret_of_the_config(
     run_id, _ = run_marks(text=f"token={SECRET}")
 
     with db.session_factory(engine)() as s:
-        said = [u for u in runs.units(s, run_id) if u.step == "say"]
+        said = [u for u in runs.units(s, run_id=run_id) if u.step == "say"]
     assert said and all(u.status == UnitStatus.ok for u in said)
     for unit in said:
         (entry,) = unit.log
@@ -284,7 +284,7 @@ def test_max_fail_percent_decides_whether_some_failed_nodes_fail_the_step(
 
     assert result.status == status
     with db.session_factory(engine)() as s:
-        per_node = {u.target: u.status for u in runs.units(s, result.run_id)}
+        per_node = {u.target: u.status for u in runs.units(s, run_id=result.run_id)}
     assert per_node == {"gpu-1": UnitStatus.failed, "gpu-2": UnitStatus.ok}
     if status == RunStatus.failed:
         assert "1 of 2 targets failed: gpu-1: exit 1" in (result.reason or "")

@@ -24,9 +24,10 @@ from reliability import db
 from reliability.cli_support import load_config
 from reliability.config import Config
 from reliability.images import service as images
+from reliability.runbooks import flows
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.executor import Executor, RunResult
+from reliability.runbooks.executor import RunResult
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookLock, RunStatus
 from reliability.testing import docker_cli
@@ -86,7 +87,9 @@ def write_config(balancer: NginxBalancer, directory: Path, url: str, **service: 
 def run_book(config: Config, name: str, **given: str) -> RunResult:
     book = load_runbooks(config)[name]
     values = params_mod.resolve(book, given, config)
-    engine = Executor(config, db.make_engine(config.database_url()), confirm=lambda prompt: True)
+    engine = flows.executor(
+        config, db.make_engine(config.database_url()), confirm=lambda prompt: True
+    )
     try:
         return engine.run(book, values, actor="test")
     finally:
@@ -425,5 +428,5 @@ steps:
     members = dict(parse_members(rig_lb.upstream_file.read_text()))
     assert members[f"{rig_lb.fleet.node('gpu-1').address}:8000"] is True
     with db.session_factory(db.make_engine(rig_db))() as s:
-        (unit,) = runs.units(s, result.run_id)
+        (unit,) = runs.units(s, run_id=result.run_id)
     assert "no request running or waiting" in unit.log[-1]["result"]

@@ -403,9 +403,15 @@ def add_run(
         now=now - started,
     )
     if status is not RunStatus.running:
-        runs.finish_run(session, run_.id, status, reason, now - started + timedelta(seconds=30))
+        runs.finish_run(
+            session,
+            run_id=run_.id,
+            status=status,
+            reason=reason,
+            now=now - started + timedelta(seconds=30),
+        )
     elif heartbeat is not None:
-        runs.heartbeat(session, run_.id, now - heartbeat, step="drain")
+        runs.heartbeat(session, run_id=run_.id, now=now - heartbeat, step="drain")
     session.commit()
     return run_
 

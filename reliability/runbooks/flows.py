@@ -1,7 +1,15 @@
-"""Runbooks the daemon runs on its own when an incident opens.
+"""Runbook work that spans domains: what a run writes to the incident and the images
+registry, planning with the registry's known-good image, and the runbooks the daemon runs
+on its own when an incident opens. The executor, the service, the plan and the actions
+know none of these domains; they reach them through `executor.Hooks`, wired here.
 
-A firing rule's runbook runs when the rule says `auto: true` or the service it would touch
-lists the runbook in `auto_runbooks`; at most one automatic run per service per
+    executor(config, db, ...)   an Executor whose runs note progress on their incident
+                                 (incidents.add_note) and record deploys (images)
+    plan_now(...)               the plan a run would perform now (live pools, known-good)
+    AutoRunner                  the automatic runs (below)
+
+A firing rule's runbook runs on its own when the rule says `auto: true` or the service it
+would touch lists the runbook in `auto_runbooks`; at most one automatic run per service per
 `auto_cooldown`. Runs go on threads, so detection never waits on a runbook: one per
 service, taking that service's runs in the order their incidents opened, so a failover
 waiting hours for a hosted API to recover holds back only its own service. The incident's
@@ -22,18 +30,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
 
 from reliability import db
 from reliability.config import Config, ConfigError, ServiceConfig
 from reliability.detect.evaluator import Transition
 from reliability.detect.render import RunbookRequest
+from reliability.images import service as images
 from reliability.incidents import service as incidents
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.executor import Executor, Progress, RunResult, plan_now
-from reliability.runbooks.load import load_runbooks
+from reliability.runbooks.errors import ParamError, RunbookError
+from reliability.runbooks.executor import Executor, Hooks, Progress, RunResult, plan_live
+from reliability.runbooks.load import load_runbooks, named
 from reliability.runbooks.models import RunbookRun
-from reliability.runbooks.plan import Plan, PlanError, PlannedStep
+from reliability.runbooks.plan import Plan, PlannedStep
 from reliability.runbooks.spec import Runbook
 from reliability.ssh import SshPool
 
@@ -42,6 +53,46 @@ ACTOR = "daemon"
 QUEUE_LIMIT = 64
 
 
+class DomainHooks(Hooks):
+    """A run's notes go on its incident's timeline, its deploys into the images registry,
+    and `known-good` is the registry's."""
+
+    def add_note(self, session: Session, *, incident_id: int, by: str, text: str) -> bool:
+        incidents.add_note(session, incident_id=incident_id, by=by, text=text)
+        return True
+
+    def record_deploy(
+        self, session: Session, *, service: str, node: str, image: str, at: datetime, run_id: int
+    ) -> bool:
+        images.record_deploy(session, service=service, node=node, image=image, at=at, run_id=run_id)
+        return True
+
+    def known_good(self, session: Session, *, service: ServiceConfig) -> str:
+        try:
+            return images.known_good(session, service=service)
+        except images.NoKnownGood as exc:
+            raise ParamError([str(exc)]) from None
+
+
+HOOKS = DomainHooks()
+
+
+def executor(config: Config, database: sa.Engine, **options: Any) -> Executor:
+    """An Executor (options as its own) whose runs reach the incident and the images
+    registry: what the CLI, the daemon and the rig tests run runbooks with."""
+    return Executor(config, database, hooks=HOOKS, **options)
+
+
+def plan_now(
+    config: Config, sessions: sessionmaker[Session], runbook: Runbook, values: dict[str, Any]
+) -> Plan:
+    """The plan a run would perform now: live pools, the registry's known-good image. Reads
+    the database only; ParamError when a service has no known-good image to deploy."""
+    with sessions.begin() as s:
+        return plan_live(s, config, runbook, values, HOOKS)
+
+
+# --- automatic runs ---------------------------------------------------------------------------
 class _SlackThread(Progress):
     """Progress as notes on the incident's timeline: Slack posts them in its thread."""
 
@@ -82,7 +133,7 @@ class AutoRunner:
     that runs its jobs one after another, so runs on one service go in that order and never
     race for its lock, while other services' lanes go on."""
 
-    def __init__(self, config: Config, database: db.LazyExecutor, ssh: SshPool) -> None:
+    def __init__(self, config: Config, database: db.LazyEngine, ssh: SshPool) -> None:
         self.config, self.database, self.ssh = config, database, ssh
         self._queue: queue.Queue[Transition | None] = queue.Queue(QUEUE_LIMIT)
         self._stop = threading.Event()
@@ -143,13 +194,11 @@ class AutoRunner:
             found = incidents.get_open_by_fingerprint(s, fingerprint=t.fingerprint)
             incident_id = found.id if found is not None else None
         try:
-            book = load_runbooks(self.config).get(request.name)
-            if book is None:
-                raise PlanError(f"no runbook {request.name!r} in {self.config.runbooks_dir}")
+            book = named(load_runbooks(self.config), request.name, self.config)
             values = params_mod.resolve(book, request.params, self.config)
             sessions = db.session_factory(self.database.get())
             plan = plan_now(self.config, sessions, book, values)
-        except (ConfigError, params_mod.ParamError, PlanError) as exc:
+        except (ConfigError, RunbookError) as exc:
             if request.auto:
                 self.note(incident_id, f"Runbook {request.name} cannot run on its own: {exc}")
             return None
@@ -192,16 +241,16 @@ class AutoRunner:
             )
             return
         progress = _SlackThread(self, job.incident_id, request.name)
-        engine = Executor(
+        runner = executor(
             self.config, self.database.get(), ssh=self.ssh, stop=self._stop, progress=progress
         )
         try:
             # Planned again now: a run before this one may have moved the pool.
-            engine.run(job.book, job.values, actor=ACTOR, incident_id=job.incident_id)
-        except (runs.Locked, params_mod.ParamError, PlanError) as exc:
+            runner.run(job.book, job.values, actor=ACTOR, incident_id=job.incident_id)
+        except RunbookError as exc:
             self.note(job.incident_id, f"Runbook {request.name} not run on its own: {exc}")
         finally:
-            engine.close()
+            runner.close()
 
     def _recent_auto_run(self, services: list[ServiceConfig]) -> RunbookRun | None:
         now = datetime.now(UTC)

@@ -1,0 +1,34 @@
+"""Runbook actions: one module per `action:` (its step, plan and checks; see base.py), and
+`REGISTRY`, the one list of them. Adding an action is a new module here and its line below;
+the order is the order the runbook file's errors name them in."""
+
+from __future__ import annotations
+
+from reliability.runbooks.actions import (
+    confirm,
+    deploy_image,
+    drain,
+    http_check,
+    lb_set_pool,
+    notify,
+    ready,
+    record_deploy,
+    ssh,
+)
+from reliability.runbooks.actions.base import Action, Registry
+
+REGISTRY = Registry(
+    [
+        ssh.SshAction(),
+        http_check.HttpCheckAction(),
+        ready.ReadyAction(),
+        lb_set_pool.LbSetPoolAction(),
+        drain.DrainAction(),
+        deploy_image.DeployImageAction(),
+        record_deploy.RecordDeployAction(),
+        confirm.ConfirmAction(),
+        notify.NotifyAction(),
+    ]
+)
+
+__all__ = ["REGISTRY", "Action", "Registry"]
