@@ -63,36 +63,41 @@ class HAProxy(Balancer):
         return f"{HEADER}backend {membership.backend}\n{''.join(lines)}"
 
     def read_membership(self, text: str) -> Membership:
-        backend: str | None = None
-        servers: list[Server] = []
-        default_down = False
-        for number, raw in enumerate(text.splitlines(), start=1):
-            words = raw.split("#", 1)[0].split()
-            if not words:
-                continue
-            if words[0] in SECTIONS:
-                if words[0] != "backend" or backend is not None or len(words) != 2:
-                    raise MembershipError(
-                        f"line {number}: `{' '.join(words)}`: the file must hold one "
-                        "`backend NAME` section and nothing else"
-                    )
-                backend = words[1]
-            elif backend is None:
-                raise MembershipError(f"line {number}: `{words[0]}` outside a backend section")
-            elif words[0] == "default-server":
-                default_down = "disabled" in words[1:]
-            elif words[0] == "server":
-                if len(words) < 3:
-                    raise MembershipError(f"line {number}: `server` takes a name and an address")
-                params = words[3:]
-                down = "disabled" in params or (default_down and "enabled" not in params)
-                servers.append(Server(words[2], down=down, name=words[1]))
-        if backend is None:
-            raise MembershipError("no `backend NAME` section in the file")
-        return Membership.of(backend, servers)
+        return read_backend(text)
 
     def validate_command(self) -> str:
         return shlex.join(["haproxy", "-c", "-f", self.config_file, "-f", self.upstream_file])
 
     def reload_command(self) -> str:
         return f'kill -USR2 "$(cat {shlex.quote(self.pid_file)})"'
+
+
+def read_backend(text: str) -> Membership:
+    """The membership of an HAProxy backend file (see Balancer.read_membership)."""
+    backend: str | None = None
+    servers: list[Server] = []
+    default_down = False
+    for number, raw in enumerate(text.splitlines(), start=1):
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0] in SECTIONS:
+            if words[0] != "backend" or backend is not None or len(words) != 2:
+                raise MembershipError(
+                    f"line {number}: `{' '.join(words)}`: the file must hold one "
+                    "`backend NAME` section and nothing else"
+                )
+            backend = words[1]
+        elif backend is None:
+            raise MembershipError(f"line {number}: `{words[0]}` outside a backend section")
+        elif words[0] == "default-server":
+            default_down = "disabled" in words[1:]
+        elif words[0] == "server":
+            if len(words) < 3:
+                raise MembershipError(f"line {number}: `server` takes a name and an address")
+            params = words[3:]
+            down = "disabled" in params or (default_down and "enabled" not in params)
+            servers.append(Server(words[2], down=down, name=words[1]))
+    if backend is None:
+        raise MembershipError("no `backend NAME` section in the file")
+    return Membership.of(backend, servers)

@@ -28,31 +28,36 @@ class Nginx(Balancer):
         return f"{HEADER}upstream {membership.backend} {{\n{servers}}}\n"
 
     def read_membership(self, text: str) -> Membership:
-        statements = _statements(text)
-        blocks = [(words, body, line) for words, body, line in statements if body is not None]
-        upstreams = [b for b in blocks if b[0][0] == "upstream"]
-        if len(upstreams) != 1 or len(statements) != 1:
-            found = ", ".join(f"{' '.join(w)} (line {n})" for w, _, n in statements) or "nothing"
-            raise MembershipError(f"expected one `upstream NAME {{...}}` block, found: {found}")
-        words, body, line = upstreams[0]
-        if len(words) != 2:
-            raise MembershipError(f"line {line}: `upstream` takes one name, not {words[1:]}")
-        servers = []
-        for inner, nested, n in body or []:
-            if nested is not None:
-                raise MembershipError(f"line {n}: a block inside the upstream ({inner[0]})")
-            if inner[0] != "server":
-                continue  # keepalive, zone, least_conn...: not membership
-            if len(inner) < 2:
-                raise MembershipError(f"line {n}: `server` without an address")
-            servers.append(Server(inner[1], down="down" in inner[2:]))
-        return Membership.of(words[1], servers)
+        return read_upstream(text)
 
     def validate_command(self) -> str:
         return shlex.join(["nginx", "-t", *self._conf()])
 
     def reload_command(self) -> str:
         return shlex.join(["nginx", *self._conf(), "-s", "reload"])
+
+
+def read_upstream(text: str) -> Membership:
+    """The membership of an nginx upstream file (see Balancer.read_membership)."""
+    statements = _statements(text)
+    blocks = [(words, body, line) for words, body, line in statements if body is not None]
+    upstreams = [b for b in blocks if b[0][0] == "upstream"]
+    if len(upstreams) != 1 or len(statements) != 1:
+        found = ", ".join(f"{' '.join(w)} (line {n})" for w, _, n in statements) or "nothing"
+        raise MembershipError(f"expected one `upstream NAME {{...}}` block, found: {found}")
+    words, body, line = upstreams[0]
+    if len(words) != 2:
+        raise MembershipError(f"line {line}: `upstream` takes one name, not {words[1:]}")
+    servers = []
+    for inner, nested, n in body or []:
+        if nested is not None:
+            raise MembershipError(f"line {n}: a block inside the upstream ({inner[0]})")
+        if inner[0] != "server":
+            continue  # keepalive, zone, least_conn...: not membership
+        if len(inner) < 2:
+            raise MembershipError(f"line {n}: `server` without an address")
+        servers.append(Server(inner[1], down="down" in inner[2:]))
+    return Membership.of(words[1], servers)
 
 
 Statement = tuple[list[str], "list[Statement] | None", int]  # words, block body, line
