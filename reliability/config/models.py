@@ -149,9 +149,30 @@ class NodeConfig(Strict):
 class LoadBalancerConfig(Strict):
     kind: Literal["nginx", "haproxy"]
     node: Name
-    upstream_file: AbsPath
-    config_file: AbsPath | None = None
+    upstream_file: AbsPath = Field(
+        ..., description="the file holding the service's members, which runbooks rewrite"
+    )
+    config_file: AbsPath | None = Field(
+        None,
+        description="the main config (nginx: given with -c when set; haproxy: default "
+        "/etc/haproxy/haproxy.cfg, loaded before upstream_file)",
+    )
+    pid_file: AbsPath | None = Field(
+        None,
+        description="haproxy only: the master's pid file (-p), signalled to reload; "
+        "default /run/haproxy.pid",
+    )
     url: HttpUrl
+
+    @model_validator(mode="after")
+    def _pid_file_is_haproxys(self) -> LoadBalancerConfig:
+        if self.pid_file is not None and self.kind != "haproxy":
+            raise ValueError(
+                f"pid_file is for haproxy; {self.kind} finds its pid through its config_file"
+            )
+        if self.config_file is not None and self.config_file == self.upstream_file:
+            raise ValueError("config_file and upstream_file must be two files")
+        return self
 
 
 class ServiceConfig(Strict):

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from reliability import balancers
+from reliability.balancers import Membership, Server
 from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
 from reliability.runbooks.checks import Check, HttpWait
 
@@ -122,36 +124,34 @@ def host_port(address: str, port: int) -> str:
 
 
 # --- load balancer -----------------------------------------------------------------------
+# The file format and the commands are the balancer's (reliability/balancers); these turn
+# them into the operations a plan shows and a run sends.
 def upstream_text(
     lb: LoadBalancerConfig, service: ServiceConfig, members: Sequence[tuple[NodeConfig, bool]]
 ) -> str:
     """The upstream file for `members` (node, serving; False: listed but taken out)."""
-    head = "# Written by reliability's runbooks; edit the runbook, not this file.\n"
-    if lb.kind == "nginx":
-        servers = "".join(
-            f"    server {host_port(n.address, service.port)}{'' if up else ' down'};\n"
-            for n, up in members
-        )
-        return f"{head}upstream {service.name} {{\n{servers}}}\n"
-    servers = "".join(
-        f"    server {n.name} {host_port(n.address, service.port)} check"
-        f"{'' if up else ' disabled'}\n"
-        for n, up in members
-    )
-    return f"{head}backend {service.name}\n{servers}"
+    servers = [
+        Server(host_port(n.address, service.port), down=not up, name=n.name) for n, up in members
+    ]
+    return balancers.for_config(lb).render(Membership.of(service.name, servers))
 
 
 def _lb_check_reload(lb_node: str, lb: LoadBalancerConfig) -> list[Op]:
-    if lb.kind == "nginx":
-        conf: list[Arg] = ["-c", lb.config_file] if lb.config_file else []
-        test, reload = ["nginx", "-t", *conf], ["nginx", *conf, "-s", "reload"]
-    else:
-        main = lb.config_file or "/etc/haproxy/haproxy.cfg"
-        test = ["haproxy", "-c", "-f", main, "-f", lb.upstream_file]
-        reload = ["systemctl", "reload", "haproxy"]
+    balancer = balancers.for_config(lb)
     return [
-        run_op(lb_node, test, note="validate; on failure the old file goes back"),
-        run_op(lb_node, reload, note="graceful: in-flight requests finish", changes=True),
+        Op(
+            lb_node,
+            "run",
+            balancer.validate_command(),
+            note="validate; on failure the old file goes back",
+        ),
+        Op(
+            lb_node,
+            "run",
+            balancer.reload_command(),
+            note="graceful: in-flight requests finish",
+            changes=True,
+        ),
     ]
 
 
@@ -180,7 +180,8 @@ def lb_write_ops(
         *_lb_check_reload(lb_node, lb),
     ]
     if verify is not None:
-        check = HttpWait(str(lb.url), within=verify, interval=0.05, settle=0.25)
+        balancer = balancers.for_config(lb)
+        check = HttpWait(balancer.url, within=verify, interval=0.05, settle=balancer.settle)
         ops.append(
             Op(LOCAL, "http", f"GET {lb.url} until 200", note="through the balancer", check=check)
         )

@@ -12,6 +12,10 @@
   on port 8000, ``spare-1`` (standby, no pool) and ``lb-1``, whose real nginx (an
   ``NginxBalancer``; ``rig_lb.fleet`` is the fleet) balances service ``chat`` over pool
   blue on ``rig_lb.url``. Skipped locally, failed in CI, without sshd, nginx or root.
+* ``rig_haproxy`` (function): the same, with a real HAProxy (an ``HAProxyBalancer``) on
+  ``lb-1`` instead of nginx. Skipped locally, failed in CI, without sshd, haproxy or root.
+* ``rig_balancer`` (function, parametrized ``nginx`` / ``haproxy``): each of the two in
+  turn, for specifications every balancer must meet.
 * ``inference_group`` / ``inference_server`` (function): in-process inference stand-ins.
 * ``slack`` (function): a Slack Web API stand-in with channels ``alerts`` and ``oncall``;
   drive it with ``WebClient(token=slack.token, base_url=slack.api_url)``.
@@ -21,15 +25,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
+from reliability.testing.balancer import RigBalancer
 from reliability.testing.fleet import Fleet, missing_requirement
+from reliability.testing.haproxy import HAProxyBalancer
 from reliability.testing.inference import InferenceSpec
 from reliability.testing.inference_group import InferenceHandle, ServerGroup
 from reliability.testing.nginx import NginxBalancer
-from reliability.testing.nginx import missing_requirement as nginx_missing
 from reliability.testing.services import service_missing
 from reliability.testing.slack import SlackStandIn
 
@@ -76,20 +82,41 @@ def rig_fleet_factory() -> Iterator[Callable[..., Fleet]]:
         fleet.stop()
 
 
-@pytest.fixture
-def rig_lb() -> Iterator[NginxBalancer]:
+RIG_BALANCERS: dict[str, type[RigBalancer]] = {"nginx": NginxBalancer, "haproxy": HAProxyBalancer}
+
+
+@contextmanager
+def _lb_fleet(kind: str) -> Iterator[Any]:
     # A fleet of its own (about 0.2 s to build): tests rewrite the upstream, stop members
     # and the balancer itself, none of which a reset could undo reliably.
     _require_fleet()
-    reason = nginx_missing()
+    reason = RIG_BALANCERS[kind].missing_requirement()
     if reason:
         service_missing(reason)
     with Fleet(RIG_LB_NODES, pools=RIG_LB_POOLS) as fleet:
         for name in RIG_LB_POOLS:
             fleet.run_container(name, RIG_LB_IMAGE)
         blue = [f"{fleet.node(n).address}:8000" for n, p in RIG_LB_POOLS.items() if p == "blue"]
-        with NginxBalancer(fleet, "lb-1", service="chat", members=blue) as balancer:
+        with RIG_BALANCERS[kind](fleet, "lb-1", service="chat", members=blue) as balancer:
             yield balancer
+
+
+@pytest.fixture
+def rig_lb() -> Iterator[NginxBalancer]:
+    with _lb_fleet("nginx") as balancer:
+        yield balancer
+
+
+@pytest.fixture
+def rig_haproxy() -> Iterator[HAProxyBalancer]:
+    with _lb_fleet("haproxy") as balancer:
+        yield balancer
+
+
+@pytest.fixture(params=sorted(RIG_BALANCERS, reverse=True))  # nginx first
+def rig_balancer(request: pytest.FixtureRequest) -> Iterator[RigBalancer]:
+    with _lb_fleet(request.param) as balancer:
+        yield balancer
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """The shipped runbooks against the rig: real sshd nodes, the docker stand-in running
-inference stand-ins, and a real nginx in front. What a user of the load balancer sees."""
+inference stand-ins, and a real nginx in front. What a user of the load balancer sees.
+
+The switch and its undo are specified for every balancer: those tests take
+``rig_balancer``, once with nginx and once with HAProxy."""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from reliability.runbooks.executor import RunResult
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookLock, RunStatus
 from reliability.testing import docker_cli
+from reliability.testing.balancer import RigBalancer
 from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.nginx import NginxBalancer, parse_members
 
@@ -47,7 +51,7 @@ def rig_db(tmp_path: Path) -> str:
     return url
 
 
-def write_config(balancer: NginxBalancer, directory: Path, url: str, **service: Any) -> Config:
+def write_config(balancer: RigBalancer, directory: Path, url: str, **service: Any) -> Config:
     """The rig as a reliability config, with the shipped runbooks (soaks shortened)."""
     books = directory / "runbooks"
     books.mkdir(exist_ok=True)
@@ -139,11 +143,11 @@ class Load:
 
 
 @pytest.fixture
-def load_through(rig_lb: NginxBalancer) -> Iterator[Callable[[], Load]]:
+def load_through() -> Iterator[Callable[[str], Load]]:
     loads: list[tuple[Load, threading.Thread]] = []
 
-    def start() -> Load:
-        load = Load(rig_lb.url)
+    def start(url: str) -> Load:
+        load = Load(url)
         thread = threading.Thread(target=load.run, daemon=True)
         thread.start()
         loads.append((load, thread))
@@ -155,7 +159,7 @@ def load_through(rig_lb: NginxBalancer) -> Iterator[Callable[[], Load]]:
         thread.join(15)
 
 
-def redeploy(balancer: NginxBalancer, node: str, image: str) -> None:
+def redeploy(balancer: RigBalancer, node: str, image: str) -> None:
     """Replace a node's serving container, as an operator's bad deploy would."""
     root = balancer.fleet.state_dir
     docker_cli.dispatch(root, node, ["rm", "-f", "vllm"])
@@ -165,17 +169,18 @@ def redeploy(balancer: NginxBalancer, node: str, image: str) -> None:
     assert code == 0, err
 
 
-def container_image(balancer: NginxBalancer, node: str) -> str | None:
+def container_image(balancer: RigBalancer, node: str) -> str | None:
     record = balancer.fleet.state.container(node, "vllm")
     return record["Config"]["Image"] if record else None
 
 
 def test_blue_green_under_load_fails_no_request_and_cuts_no_stream(
-    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str, load_through: Callable[[], Load]
+    rig_balancer: RigBalancer, tmp_path: Path, rig_db: str, load_through: Callable[[str], Load]
 ) -> None:
+    rig_lb = rig_balancer
     config = write_config(rig_lb, tmp_path, rig_db)
     assert pool_of_answers(rig_lb.url) == {"blue"}
-    load = load_through()
+    load = load_through(rig_lb.url)
     time.sleep(0.5)
 
     result = run_book(config, "blue-green", service="chat", pool="green")
@@ -190,9 +195,10 @@ def test_blue_green_under_load_fails_no_request_and_cuts_no_stream(
         assert c.execute(sa.text("SELECT pool FROM service_pools")).scalar() == "green"
 
 
-def test_a_step_failing_midway_leaves_nginx_and_containers_exactly_as_before(
-    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
+def test_a_step_failing_midway_leaves_the_balancer_and_containers_exactly_as_before(
+    rig_balancer: RigBalancer, tmp_path: Path, rig_db: str
 ) -> None:
+    rig_lb = rig_balancer
     fleet = rig_lb.fleet
     good = fleet.state.publish_image(GOOD_REF)
     config = write_config(rig_lb, tmp_path, rig_db)
@@ -302,7 +308,7 @@ def start_blue_green(config: Config) -> subprocess.Popen[str]:
     )
 
 
-def wait_for_switch(balancer: NginxBalancer, before: bytes) -> None:
+def wait_for_switch(balancer: RigBalancer, before: bytes) -> None:
     deadline = time.monotonic() + 30
     while balancer.upstream_file.read_bytes() == before and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -310,7 +316,7 @@ def wait_for_switch(balancer: NginxBalancer, before: bytes) -> None:
     time.sleep(0.5)  # into the soak
 
 
-def killed_mid_run(balancer: NginxBalancer, config: Config) -> None:
+def killed_mid_run(balancer: RigBalancer, config: Config) -> None:
     before = balancer.upstream_file.read_bytes()
     run = start_blue_green(config)
     try:
@@ -361,8 +367,9 @@ def test_an_interrupted_run_resumes_from_the_step_it_reached(
 
 
 def test_sigkill_mid_run_then_restart_reports_interrupted_frees_the_lock_and_undo_restores(
-    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
+    rig_balancer: RigBalancer, tmp_path: Path, rig_db: str
 ) -> None:
+    rig_lb = rig_balancer
     config = write_config(rig_lb, tmp_path, rig_db)
     before = rig_lb.upstream_file.read_bytes()
     killed_mid_run(rig_lb, config)

@@ -1,0 +1,347 @@
+"""The rig's real HAProxy balancer, driven over SSH with the exact commands runbooks send.
+
+The same specifications as the rig's nginx (test_rig_nginx.py), in HAProxy's terms:
+master-worker mode, `haproxy -c` to validate, `kill -USR2` to the master to reload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reliability.balancers import HAProxy
+from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
+from reliability.runbooks import ops
+from reliability.testing.fleet import Fleet
+from reliability.testing.haproxy import HAProxyBalancer, missing_requirement
+from reliability.testing.inference import DEFAULT_MODEL
+from reliability.testing.services import service_missing
+
+pytestmark = pytest.mark.rig
+
+CHAT = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hello"}]}
+
+
+# --- helpers: the runbook's operations over SSH, and the answers through the balancer ------
+
+
+def balancer(lb: HAProxyBalancer) -> LoadBalancerConfig:
+    return LoadBalancerConfig(**lb.lb_config(lb.service))
+
+
+def service(lb: HAProxyBalancer) -> ServiceConfig:
+    return ServiceConfig(
+        name=lb.service, pools=["blue", "green"], active_pool="blue", load_balancer=balancer(lb)
+    )
+
+
+def pool_upstream(lb: HAProxyBalancer, active: str) -> str:
+    """The backend file a runbook writes to serve from ``active`` (the other pool down)."""
+    members = [
+        (NodeConfig(name=n.name, address=n.address, pool=n.pool), n.pool == active)
+        for n in lb.fleet.nodes
+        if n.pool is not None
+    ]
+    return ops.upstream_text(balancer(lb), service(lb), members)
+
+
+def send(lb: HAProxyBalancer, op: ops.Op, saved: dict[str, str]) -> tuple[str, str, int]:
+    """One operation of a plan, sent as the executor sends it."""
+    assert (op.where, op.kind) == (lb.node, "run")
+    stdin = saved[op.stdin.key or ""] if isinstance(op.stdin, ops.AtRun) else op.stdin
+    out, err, code = lb.ssh(op.detail, stdin)
+    if op.saves:
+        saved[op.saves] = out
+    return out, err, code
+
+
+def switch_ops(lb: HAProxyBalancer, content: str) -> list[ops.Op]:
+    return ops.lb_write_ops(lb.node, balancer(lb), content, saves="saved", verify=5.0)
+
+
+def switch_over_ssh(lb: HAProxyBalancer, content: str) -> dict[str, str]:
+    """Save, write, validate and reload as the runbooks do; what the run saved."""
+    saved: dict[str, str] = {}
+    for op in switch_ops(lb, content):
+        if op.where == ops.LOCAL:
+            continue
+        out, err, code = send(lb, op, saved)
+        assert code == 0, f"{op.detail}: {out}{err}"
+    return saved
+
+
+def pool_of_fresh_request(lb: HAProxyBalancer, path: str = "v1/models") -> str:
+    response = httpx.get(lb.url + path, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.headers["x-pool"]
+
+
+def wait_for(condition: Callable[[], bool], within: float) -> float:
+    """Seconds until ``condition()`` held; fails the test after ``within``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within, "condition not met in time"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def processes_naming(config: Path) -> list[int]:
+    """Live processes whose command line names ``config`` (what ``pgrep -f`` would find)."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(config).encode() in cmdline and state != "Z":
+            found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# --- specifications -------------------------------------------------------------------------
+
+
+def test_requests_through_the_balancer_reach_the_blue_pool(rig_haproxy: HAProxyBalancer) -> None:
+    lb = rig_haproxy
+    blue = {f"{lb.fleet.node(n).address}:8000" for n in ("gpu-1", "gpu-2")}
+
+    answers = [httpx.get(lb.url + "v1/models", timeout=5) for _ in range(6)]
+    chat = httpx.post(lb.url + "v1/chat/completions", json=CHAT, timeout=5)
+    health = httpx.get(lb.url, timeout=5)
+
+    assert [a.status_code for a in answers] == [200] * 6
+    assert {a.headers["x-pool"] for a in answers} == {"blue"}
+    assert {a.headers["x-upstream-addr"] for a in answers} == blue  # both members, in turn
+    assert chat.headers["x-pool"] == "blue"
+    assert chat.json()["choices"][0]["message"]["content"].startswith("Rig reply from the blue")
+    assert (health.status_code, health.json()["pool"]) == (200, "blue")
+    assert lb.members() == [(address, False) for address in sorted(blue)]
+    assert lb.lb_config("chat") == {
+        "kind": "haproxy",
+        "node": "lb-1",
+        "upstream_file": str(lb.upstream_file),
+        "config_file": str(lb.config_file),
+        "pid_file": str(lb.pid_file),
+        "url": lb.url,
+    }
+    # The backend file is the one a runbook writes: servers named after their nodes.
+    assert lb.upstream_file.read_text() == pool_upstream_of(lb, ["gpu-1", "gpu-2"])
+
+
+def pool_upstream_of(lb: HAProxyBalancer, names: list[str]) -> str:
+    nodes = [lb.fleet.node(n) for n in names]
+    members = [(NodeConfig(name=n.name, address=n.address, pool=n.pool), True) for n in nodes]
+    return ops.upstream_text(balancer(lb), service(lb), members)
+
+
+def test_haproxy_runs_as_the_login_user_with_everything_in_its_own_directory(
+    rig_haproxy: HAProxyBalancer,
+) -> None:
+    lb = rig_haproxy
+    assert lb.pid is not None
+    owners = {Path(f"/proc/{pid}").stat().st_uid for pid in [lb.pid, *lb.worker_pids()]}
+    login_uid = pwd.getpwnam(lb.fleet.user).pw_uid
+
+    out, err, code = lb.ssh(HAProxy(balancer(lb)).validate_command())
+
+    assert owners == {login_uid}
+    assert code == 0, err
+    assert "Configuration file is valid" in out + err
+    # In master-worker mode the pid file holds the master's pid: what the reload signals.
+    assert lb.pid_file.read_text().strip() == str(lb.pid)
+    assert lb.upstream_file.parent == lb.config_file.parent == lb.pid_file.parent == lb.dir
+
+
+def test_the_runbook_commands_over_ssh_move_traffic_to_green(
+    rig_haproxy: HAProxyBalancer,
+) -> None:
+    lb = rig_haproxy
+    before = lb.upstream_file.read_text()
+    green = pool_upstream(lb, "green")
+    plan = switch_ops(lb, green)
+    old_workers = set(lb.serving_worker_pids())
+    master = lb.pid
+
+    saved = switch_over_ssh(lb, green)
+    switched_in = wait_for(lambda: pool_of_fresh_request(lb) == "green", within=5)
+    settled = lb.wait_reloaded(old_workers)
+    after = [pool_of_fresh_request(lb) for _ in range(8)]
+
+    # The commands sent are the ones a plan shows.
+    assert [op.detail for op in plan if op.where != ops.LOCAL] == [
+        f"cat {lb.upstream_file}",
+        f"cat > {lb.upstream_file}.reliability-new && "
+        f"mv -f {lb.upstream_file}.reliability-new {lb.upstream_file}",
+        f"haproxy -c -f {lb.config_file} -f {lb.upstream_file}",
+        f'kill -USR2 "$(cat {lb.pid_file})"',
+    ]
+    assert saved == {"saved": before}
+    assert switched_in < 2.0
+    assert settled
+    assert lb.pid == master  # a reload, not a restart: the master stays
+    assert lb.reloads() == 1
+    assert after == ["green"] * 8
+    assert [down for _, down in lb.members()] == [True, True, False, False]
+    check = plan[-1].check
+    assert isinstance(check, ops.HttpWait) and check.url == lb.url
+    assert httpx.get(check.url, timeout=5).status_code == check.status
+
+
+def test_haproxy_c_over_ssh_rejects_a_broken_backend_and_the_old_file_goes_back(
+    rig_haproxy: HAProxyBalancer,
+) -> None:
+    lb = rig_haproxy
+    broken = "backend chat\n    server gpu-1 127.0.0.1:8000 chek\n"  # a misspelt keyword
+    cat, write, test, _, _ = switch_ops(lb, broken)
+    saved: dict[str, str] = {}
+    send(lb, cat, saved)
+    send(lb, write, saved)
+    master, workers = lb.pid, set(lb.serving_worker_pids())
+
+    out, err, test_code = send(lb, test, saved)
+    restore = ops.lb_restore_ops(lb.node, balancer(lb), ops.AtRun("saved", "saved"))
+    codes = [send(lb, op, saved)[2] for op in restore]
+
+    assert test_code != 0
+    assert f"[{lb.upstream_file}:2]" in out + err
+    assert "unknown keyword 'chek'" in out + err
+    assert codes == [0, 0, 0]
+    assert lb.upstream_file.read_text() == saved["saved"]
+    assert lb.pid == master
+    assert lb.wait_reloaded(workers)
+    assert [pool_of_fresh_request(lb) for _ in range(4)] == ["blue"] * 4
+
+
+def test_a_reload_of_a_file_haproxy_refuses_keeps_the_old_worker_serving(
+    rig_haproxy: HAProxyBalancer,
+) -> None:
+    # Why the runbooks validate first: the master reports nothing to the signaller.
+    lb = rig_haproxy
+    cat, write, _, reload, _ = switch_ops(lb, "backend chat\n    server gpu-1 nowhere:x\n")
+    saved: dict[str, str] = {}
+    send(lb, cat, saved)
+    send(lb, write, saved)
+    workers = set(lb.serving_worker_pids())
+
+    _, _, code = send(lb, reload, saved)
+    time.sleep(0.5)
+
+    assert code == 0
+    assert "Loading failure!" in lb.log()
+    assert "[failed: 1]" in lb.master_cli("show proc")
+    assert set(lb.serving_worker_pids()) == workers
+    assert [pool_of_fresh_request(lb) for _ in range(4)] == ["blue"] * 4
+
+
+def test_a_dead_member_is_skipped(rig_haproxy: HAProxyBalancer) -> None:
+    lb = rig_haproxy
+    gone = f"{lb.fleet.node('gpu-1').address}:8000"
+    other = f"{lb.fleet.node('gpu-2').address}:8000"
+    _, err, code = lb.ssh("docker rm -f vllm", node="gpu-1")
+    assert code == 0, err
+
+    answers = [httpx.get(lb.url + "v1/models", timeout=5) for _ in range(6)]
+
+    assert [(a.status_code, a.headers["x-pool"]) for a in answers] == [(200, "blue")] * 6
+    assert {a.headers["x-upstream-addr"] for a in answers} == {other}
+    assert gone not in {a.headers["x-upstream-addr"] for a in answers}
+
+
+def test_a_stream_started_before_a_reload_completes_intact(rig_haproxy: HAProxyBalancer) -> None:
+    lb = rig_haproxy
+    assert lb.fleet.engine is not None
+    blue = [lb.fleet.engine.server(n, "vllm") for n in ("gpu-1", "gpu-2")]
+    for server in blue:
+        assert server is not None
+        server.set_mode("ok", path="/v1/chat/completions", interval_s=0.1)  # 16 tokens: 1.6 s
+    body = CHAT | {"stream": True}
+
+    with httpx.stream("POST", lb.url + "v1/chat/completions", json=body, timeout=10) as r:
+        lines = r.iter_lines()
+        first = next(lines)
+        old_workers = set(lb.serving_worker_pids())
+        switch_over_ssh(lb, pool_upstream(lb, "green"))
+        assert lb.wait_reloaded(old_workers)
+        new_pool = pool_of_fresh_request(lb)
+        in_flight = sum(s.stats()["in_flight"] for s in blue if s is not None)
+        retiring = set(lb.worker_pids()) - set(lb.serving_worker_pids())
+        rest = list(lines)
+        pool = r.headers["x-pool"]
+
+    events = [line.removeprefix("data: ") for line in [first, *rest] if line]
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert in_flight == 1  # the switch landed while the stream was running
+    assert new_pool == "green"
+    assert retiring == old_workers  # the old worker finishes it
+    assert pool == "blue"
+    assert events[-1] == "[DONE]"
+    assert len(text.split()) == 16 and text.startswith("Rig reply from the blue pool")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    wait_for(lambda: not retiring & set(lb.worker_pids()), within=5)
+
+
+def test_stop_leaves_no_haproxy_process_even_with_a_stream_in_flight(
+    rig_haproxy: HAProxyBalancer,
+) -> None:
+    lb = rig_haproxy
+    assert lb.fleet.engine is not None
+    server = lb.fleet.engine.server("gpu-1", "vllm")
+    assert server is not None
+    server.set_mode("stall", path="/v1/chat/completions", interval_s=0.1)
+    lb.set_members([f"{lb.fleet.node('gpu-1').address}:8000"])
+    body = CHAT | {"stream": True}
+
+    with httpx.stream("POST", lb.url + "v1/chat/completions", json=body, timeout=10) as r:
+        lines = r.iter_lines()  # kept: a dropped iterator would close the stream
+        next(lines)
+        lb.set_members([f"{lb.fleet.node('gpu-3').address}:8000"])
+        master = lb.pid
+        workers = lb.worker_pids()
+        assert len(workers) == 2  # the new worker and the one holding the stream
+        lb.stop()
+        lb.stop()
+
+    assert master is not None
+    assert [pid for pid in [master, *workers] if alive(pid)] == []
+    assert processes_naming(lb.config_file) == []
+    assert lb.pid is None and lb.worker_pids() == []
+    with pytest.raises(OSError), socket.create_connection((lb.address, lb.port), 1):
+        pass
+
+
+def test_stop_after_the_fleet_removed_its_files(
+    rig_fleet_factory: Callable[..., Fleet],
+) -> None:
+    reason = missing_requirement()
+    if reason:
+        service_missing(reason)
+    fleet = rig_fleet_factory(["lb-1"])
+    lb = HAProxyBalancer(fleet, "lb-1", members=["127.0.0.1:9"], port=8081).start()
+    pids = [lb.pid, *lb.worker_pids()]
+    config = lb.config_file
+
+    fleet.stop()
+    lb.stop()
+    lb.stop()
+
+    assert not config.exists()
+    assert [pid for pid in pids if pid is not None and alive(pid)] == []
+    assert processes_naming(config) == []
