@@ -142,6 +142,8 @@ def _transition(config: Config, action: str, incident_id: int, as_json: bool, **
             change = getattr(flows, action)(session, incident_id=incident_id, **kw)
         except service.IncidentError as exc:
             raise CommandFailed(str(exc)) from None
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
         read = IncidentRead.model_validate(change.incident)
     if as_json:
         print_json(read)
@@ -182,6 +184,8 @@ def note(config: Config, incident_id: int, text: str, by: str) -> None:
             flows.add_note(session, incident_id=incident_id, by=by, text=text)
         except service.IncidentError as exc:
             raise CommandFailed(str(exc)) from None
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
     console.print(f"note added to #{incident_id}")
 
 
@@ -216,16 +220,19 @@ def open_(
         parsed[key] = value
     fp = fingerprint or "manual:" + title.strip().lower()
     with database(config) as session:
-        upsert = flows.open_or_update(
-            session,
-            fingerprint=fp,
-            title=title,
-            severity=Severity(severity),
-            source="manual",
-            labels=parsed,
-            summary=summary,
-            reopen_window=timedelta(seconds=config.incidents.reopen_window),
-        )
+        try:
+            upsert = flows.open_or_update(
+                session,
+                fingerprint=fp,
+                title=title,
+                severity=Severity(severity),
+                source="manual",
+                labels=parsed,
+                summary=summary,
+                reopen_window=timedelta(seconds=config.incidents.reopen_window),
+            )
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
         read = IncidentRead.model_validate(upsert.incident)
     if as_json:
         print_json({"action": upsert.action, "incident": read})
