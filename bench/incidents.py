@@ -1,4 +1,4 @@
-"""Benchmark `incidents.service.open_or_update` on SQLite and PostgreSQL.
+"""Benchmark `incidents.flows.open_or_update` (incident, event, outbox row), SQLite and PostgreSQL.
 
     .venv/bin/python bench/incidents.py [--n N] [--pg-url URL] [--time-cap SECONDS]
 
@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from reliability import db
-from reliability.incidents import service
+from reliability.incidents import flows, service
 
 DEFAULT_PG_URL = os.environ.get(
     "RELIABILITY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -104,7 +104,7 @@ def upserts(
     def per_call(numbers: range) -> None:
         (number,) = numbers
         with factory.begin() as session:
-            service.open_or_update(
+            flows.open_or_update(
                 session, fingerprint=fingerprint(number), at=datetime.now(UTC), **FIRING
             )
 
@@ -114,7 +114,7 @@ def upserts(
             for number in numbers
         ]
         with factory.begin() as session:
-            service.open_or_update_many(session, firings=firings)
+            flows.open_or_update_many(session, firings=firings)
 
     return per_call if batch == 1 else batched
 

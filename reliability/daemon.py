@@ -24,6 +24,7 @@ from reliability import db
 from reliability.collect.runner import Outcome, TargetRunner
 from reliability.collect.snapshot import Snapshot
 from reliability.config import Config
+from reliability.incidents.models import IncidentRead
 from reliability.intake import build_routes as intake_routes
 from reliability.notify.dispatcher import Dispatcher
 from reliability.web import Readiness, build_app
@@ -149,24 +150,33 @@ class _Server(uvicorn.Server):
 
 
 def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
-    """The Slack outbox dispatcher, when Slack is configured."""
-    from reliability.notify.slack import SlackNotifier
+    """The outbox dispatcher of the notifiers the config sets up (notify/registry.py), each
+    root message linking to the Grafana dashboard of its incident when Grafana is known."""
+    from reliability.dashboards import links
+    from reliability.notify import registry
 
-    if config.slack is None:
-        log.info("no slack section: incidents are recorded, nobody is paged")
+    notifiers = registry.configured(config)
+    if not notifiers:
+        log.info("no notifier configured (slack section): incidents are recorded, nobody is paged")
         return None
     try:
         engine = database.get()
     except db.DatabaseError as exc:
-        log.error("Slack notifications are off: %s", exc)
+        log.error("notifications are off: %s", exc)
         return None
     grafana = config.dashboards.grafana_url
-    return Dispatcher(
-        engine,
-        SlackNotifier(config.slack_token(), base_url=config.slack.base_url),
-        config.slack,
-        grafana_url=str(grafana) if grafana else None,
-    )
+    link_for = None
+    if grafana:
+
+        def link_for(incident: IncidentRead) -> str | None:
+            return links.incident_url(
+                str(grafana),
+                labels=incident.labels,
+                started_at=incident.started_at,
+                resolved_at=incident.resolved_at,
+            )
+
+    return Dispatcher(engine, notifiers, link_for=link_for)
 
 
 class _IncidentTimers:
@@ -185,14 +195,13 @@ class _IncidentTimers:
 
     def __call__(self) -> None:
         from reliability.images.flows import promote_soaked
-        from reliability.incidents import service, silences
+        from reliability.incidents import flows
         from reliability.runbooks.service import recover_interrupted
 
         now = datetime.now(UTC)
         try:
             with self._database.session() as session, session.begin():
-                changed = service.expire_acknowledgements(session, now=now, timeout=self._timeout)
-                changed += silences.release_ended(session, now=now)
+                changed = flows.tick(session, now=now, ack_timeout=self._timeout)
                 for run in recover_interrupted(session, now=now):
                     log.warning(
                         "runbook run %d (%s) interrupted: %s", run.run_id, run.runbook, run.reason

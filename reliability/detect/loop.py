@@ -2,8 +2,8 @@
 transitions as incidents.
 
 Every tick (half a second) the evaluator reads what the collectors last published; its
-firing and resolved transitions go through the incident service in one transaction
-(dedupe, reopen window, timeline, the Slack outbox rows the service writes with them).
+firing and resolved transitions are recorded in one transaction by `detect/flows.py`
+(dedupe, reopen window, timeline, and the outbox rows of their notifications).
 
 Nothing is lost while the database is down: transitions that could not be recorded are
 kept, in order, and recorded first at the next tick that reaches the database. Rule
@@ -17,15 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
 from reliability import db
 from reliability.collect.snapshot import Snapshot
-from reliability.detect.evaluator import FINGERPRINT_PREFIX, Evaluator, Transition
+from reliability.detect.evaluator import Evaluator, Transition
+from reliability.detect.flows import open_rule_fingerprints, record_transitions
 from reliability.incidents import service
-from reliability.incidents.models import Incident, IncidentStatus
 
 log = logging.getLogger("reliability.detect")
 
@@ -33,45 +32,6 @@ TICK = 0.5
 # Transitions kept while the database is down. A flapping fleet during a long outage must
 # not grow memory without bound: beyond this the oldest are dropped, and the log says so.
 MAX_UNRECORDED = 10_000
-
-
-def record(session: sa.orm.Session, transitions: list[Transition], *, reopen_window: float) -> None:
-    """Write transitions as incidents, in order, in the caller's transaction."""
-    for t in transitions:
-        at = datetime.fromtimestamp(t.at, UTC)
-        if t.kind == "resolved":
-            service.resolve_fingerprint(session, fingerprint=t.fingerprint, by=t.rule, at=at)
-            continue
-        service.open_or_update(
-            session,
-            fingerprint=t.fingerprint,
-            title=t.title,
-            severity=t.severity,
-            source="rule",
-            labels=t.labels,
-            summary=t.summary,
-            at=at,
-            reopen_window=timedelta(seconds=reopen_window),
-            data={
-                "rule": t.rule,
-                "value": t.value_text,
-                "threshold": t.threshold_text,
-                "since": datetime.fromtimestamp(t.since, UTC).isoformat(),
-                "runbook": t.runbook,
-            },
-        )
-
-
-def open_rule_fingerprints(session: sa.orm.Session) -> list[str]:
-    """Fingerprints of the unresolved incidents the rules raised."""
-    return list(
-        session.scalars(
-            sa.select(Incident.fingerprint).where(
-                Incident.status != IncidentStatus.resolved,
-                Incident.fingerprint.startswith(FINGERPRINT_PREFIX),
-            )
-        )
-    )
 
 
 class DetectionLoop:
@@ -140,7 +100,7 @@ class DetectionLoop:
         pending = list(self._unrecorded)
         try:
             with self._database.session() as session, session.begin():
-                record(session, pending, reopen_window=self._reopen_window)
+                record_transitions(session, transitions=pending, reopen_window=self._reopen_window)
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             self._database_down(
                 f"rule transitions kept until the database is back: unavailable ({_short(exc)})"

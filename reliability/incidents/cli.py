@@ -19,9 +19,8 @@ from reliability.cli_support import (
 )
 from reliability.config import Config
 from reliability.durations import format_duration, parse_duration
-from reliability.incidents import service, silences
+from reliability.incidents import flows, service, silences
 from reliability.incidents.models import (
-    Incident,
     IncidentEventRead,
     IncidentRead,
     IncidentStatus,
@@ -29,26 +28,14 @@ from reliability.incidents.models import (
     Silence,
     SilenceRead,
 )
-
-SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
-STATUS_STYLE = {"open": "red", "acknowledged": "yellow", "resolved": "green"}
-SILENCE_STYLE = {"active": "magenta", "expired": "dim", "ended": "dim"}
-
-
-def _age(since: datetime) -> str:
-    return _span(datetime.now(UTC) - since)
-
-
-def _span(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
-
-
-def _labels(incident: Incident | IncidentRead) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(incident.labels.items()))
+from reliability.incidents.render import (
+    SEVERITY_STYLE,
+    SILENCE_STYLE,
+    STATUS_STYLE,
+    age,
+    labels_text,
+    span,
+)
 
 
 @click.group()
@@ -103,10 +90,10 @@ def list_(config: Config, status: str, limit: int, as_json: bool) -> None:
             str(i.id),
             f"[{SEVERITY_STYLE[i.severity]}]{i.severity.value}[/]",
             f"[{STATUS_STYLE[i.status]}]{status_text}[/]",
-            _age(i.started_at),
-            f"{i.occurrences}x, {_age(i.last_seen_at)} ago",
+            age(i.started_at),
+            f"{i.occurrences}x, {age(i.last_seen_at)} ago",
             i.title,
-            _labels(i),
+            labels_text(i),
         )
     console.print(table)
 
@@ -134,9 +121,9 @@ def show(config: Config, incident_id: int, as_json: bool) -> None:
         f"[bold]#{i.id} {i.title}[/bold]\n"
         f"  severity [{SEVERITY_STYLE[i.severity]}]{i.severity.value}[/]   "
         f"status [{STATUS_STYLE[i.status]}]{i.status.value}[/]   source {i.source}\n"
-        f"  since {i.started_at:%Y-%m-%d %H:%M:%S}Z ({_age(i.started_at)} ago), "
-        f"last seen {_age(i.last_seen_at)} ago, {i.occurrences} occurrence(s)\n"
-        f"  labels {_labels(i) or '-'}\n"
+        f"  since {i.started_at:%Y-%m-%d %H:%M:%S}Z ({age(i.started_at)} ago), "
+        f"last seen {age(i.last_seen_at)} ago, {i.occurrences} occurrence(s)\n"
+        f"  labels {labels_text(i) or '-'}\n"
         f"  fingerprint {i.fingerprint}"
     )
     if i.summary:
@@ -152,10 +139,12 @@ def show(config: Config, incident_id: int, as_json: bool) -> None:
 def _transition(config: Config, action: str, incident_id: int, as_json: bool, **kw: object) -> None:
     with database(config) as session:
         try:
-            incident = getattr(service, action)(session, incident_id=incident_id, **kw)
+            change = getattr(flows, action)(session, incident_id=incident_id, **kw)
         except service.IncidentError as exc:
             raise CommandFailed(str(exc)) from None
-        read = IncidentRead.model_validate(incident)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        read = IncidentRead.model_validate(change.incident)
     if as_json:
         print_json(read)
     else:
@@ -192,9 +181,11 @@ def note(config: Config, incident_id: int, text: str, by: str) -> None:
     """Add a note to an incident's timeline."""
     with database(config) as session:
         try:
-            service.add_note(session, incident_id=incident_id, by=by, text=text)
+            flows.add_note(session, incident_id=incident_id, by=by, text=text)
         except service.IncidentError as exc:
             raise CommandFailed(str(exc)) from None
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
     console.print(f"note added to #{incident_id}")
 
 
@@ -229,16 +220,19 @@ def open_(
         parsed[key] = value
     fp = fingerprint or "manual:" + title.strip().lower()
     with database(config) as session:
-        upsert = service.open_or_update(
-            session,
-            fingerprint=fp,
-            title=title,
-            severity=Severity(severity),
-            source="manual",
-            labels=parsed,
-            summary=summary,
-            reopen_window=timedelta(seconds=config.incidents.reopen_window),
-        )
+        try:
+            upsert = flows.open_or_update(
+                session,
+                fingerprint=fp,
+                title=title,
+                severity=Severity(severity),
+                source="manual",
+                labels=parsed,
+                summary=summary,
+                reopen_window=timedelta(seconds=config.incidents.reopen_window),
+            )
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
         read = IncidentRead.model_validate(upsert.incident)
     if as_json:
         print_json({"action": upsert.action, "incident": read})
@@ -352,7 +346,7 @@ def silences_list(config: Config, include_ended: bool, limit: int, as_json: bool
     for item, matchers in items:
         state = str(item["state"])
         ended = datetime.fromisoformat(str(item["expired_at"] or item["ends_at"]))
-        when = f"in {_span(ended - now)}" if state == "active" else f"{_span(now - ended)} ago"
+        when = f"in {span(ended - now)}" if state == "active" else f"{span(now - ended)} ago"
         ends = f"{ended:%Y-%m-%d %H:%M}Z ({when})"
         table.add_row(
             str(item["id"]),
@@ -374,12 +368,12 @@ def silences_expire(config: Config, silence_id: int, as_json: bool) -> None:
     now = datetime.now(UTC)
     with database(config) as session:
         try:
-            expired = silences.expire(session, silence_id=silence_id, now=now)
+            expired, events = flows.expire_silence(session, silence_id=silence_id, now=now)
         except silences.SilenceError as exc:
             raise CommandFailed(str(exc)) from None
         shown = _silence_json(expired, now)
         matchers = _shown(expired)
-        released = [e.incident_id for e in silences.release_ended(session, now=now)]
+        released = [e.incident_id for e in events]
     if as_json:
         print_json(shown | {"incidents_released": released})
         return

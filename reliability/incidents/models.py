@@ -3,8 +3,8 @@
 An incident is keyed by its `fingerprint` (the identity of the signal that raised it): at most
 one unresolved incident exists per fingerprint, enforced by a partial unique index, so
 concurrent writers cannot create duplicates. `incident_events` is its timeline. A `silences`
-row mutes Slack for the incidents whose labels match it, for a while; it never stops them
-being recorded.
+row mutes notifications for the incidents whose labels match it, for a while; it never stops
+them being recorded.
 """
 
 from __future__ import annotations
@@ -106,9 +106,10 @@ class IncidentEvent(Base):
 
 
 class Silence(Base):
-    """Mutes Slack, from `starts_at` until `ends_at` (or `expired_at`, when ended early), for
-    every incident whose labels satisfy all `matchers`: a list of ``{"label", "op", "value"}``
-    with op ``=`` (equal) or ``=~`` (the regex matches the whole value), as Alertmanager does.
+    """Mutes notifications, from `starts_at` until `ends_at` (or `expired_at`, when ended
+    early), for every incident whose labels satisfy all `matchers`: a list of
+    ``{"label", "op", "value"}`` with op ``=`` (equal) or ``=~`` (the regex matches the whole
+    value), as Alertmanager does.
     Rows are never deleted, so who silenced what stays on record."""
 
     __tablename__ = "silences"

@@ -2,15 +2,17 @@
 timeline.
 
 Every function takes the session first and keyword-only arguments after it, and none commits:
-the caller owns the transaction, so it can write an outbox row in the same one. The only
-transaction control here is the SAVEPOINT that lets `open_or_update`'s reopen survive a
-concurrent writer opening the same fingerprint.
+the caller owns the transaction. Every change returns the timeline event(s) it recorded, so
+that a flow (`incidents/flows.py`) can write their notifications in the same transaction;
+this module knows nothing of notifications. The only transaction control here is the
+SAVEPOINT that lets `open_or_update`'s reopen survive a concurrent writer opening the same
+fingerprint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -30,7 +32,6 @@ from reliability.incidents.models import (
     IncidentStatus,
     Severity,
 )
-from reliability.notify import outbox
 
 UpsertAction = Literal["opened", "refired", "reopened"]
 
@@ -55,11 +56,21 @@ class InvalidTransition(IncidentError):
 
 @dataclass(frozen=True)
 class Upsert:
-    """What `open_or_update` did: the incident as it now is, and whether it was opened,
-    refired or reopened."""
+    """What `open_or_update` did: the incident as it now is, whether it was opened, refired
+    or reopened, and the id of the timeline event that records it (of kind `action`)."""
 
     incident: IncidentRead
     action: UpsertAction
+    event_id: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an acknowledge or a resolve did: the incident as it now is, and the timeline
+    event that records the change."""
+
+    incident: Incident
+    event: IncidentEvent
 
 
 @dataclass(frozen=True)
@@ -171,13 +182,13 @@ _REOPEN = (
     )
     .returning(*_c, sa.literal("reopened").label("action"))
 )
-# SQLite: the batch's events in one executemany; their ids, in order, for the outbox rows.
+# SQLite: the batch's events in one executemany; their ids, in order, for the Upserts.
 _EVENT = sa.insert(_events).returning(_events.c.id, sort_by_parameter_order=True)
 
 
 def _recording_event(*statements: sa.Insert | sa.Update) -> sa.Select[Any]:
-    """One statement (PostgreSQL) that runs these, returns the row any of them returned, and
-    inserts its timeline event and the event's outbox row."""
+    """One statement (PostgreSQL) that runs these, inserts the timeline event of the row any
+    of them returned, and returns that row with the event's id (`event_id`)."""
     changed = sa.union_all(*(sa.select(s.cte(f"s{i}")) for i, s in enumerate(statements)))
     changed = changed.cte("changed")
     event = (
@@ -194,11 +205,12 @@ def _recording_event(*statements: sa.Insert | sa.Update) -> sa.Select[Any]:
                 ),
             ),
         )
-        .returning(_events.c.id, _events.c.incident_id, _events.c.kind)
+        .returning(_events.c.id, _events.c.incident_id)
         .cte("event")
     )
-    queued = outbox.insert_from_events(event).cte("queued")
-    return sa.select(changed).add_cte(event).add_cte(queued)
+    return sa.select(changed, event.c.id.label("event_id")).join(
+        event, event.c.incident_id == changed.c.id
+    )
 
 
 @dataclass(frozen=True)
@@ -248,7 +260,7 @@ def open_or_update(
     - Else a new incident is opened with an `opened` event.
 
     The event (its `data`: the firing's severity and `data`, e.g. the value and the runbook
-    a rule suggests) and its Slack outbox row are written in the same transaction.
+    a rule suggests) is written in the same transaction; `Upsert.event_id` names it.
 
     Safe under concurrency: writers racing on one fingerprint end with one incident.
     The incident comes back as a snapshot (`IncidentRead`); an `Incident` of it already
@@ -296,19 +308,8 @@ def open_or_update_many(
                 for i in order
             ],
         ).scalars()
-        now = datetime.now(UTC)
-        connection.execute(
-            outbox.INSERT,
-            [
-                outbox.entry(
-                    incident_id=upserts[i].incident.id,
-                    event_id=event_id,
-                    kind=upserts[i].action,
-                    now=now,
-                )
-                for i, event_id in zip(order, ids, strict=True)
-            ],
-        )
+        for i, event_id in zip(order, ids, strict=True):
+            upserts[i] = replace(upserts[i], event_id=event_id)
     return [upserts[i] for i in range(len(checked))]
 
 
@@ -325,7 +326,6 @@ def _firing_params(firing: Firing, reopen_window: timedelta) -> dict[str, Any]:
         "at_": at,
         "cutoff_": at - reopen_window,
         "data_": firing.data or {},
-        outbox.AT.key: datetime.now(UTC),
     }
 
 
@@ -343,7 +343,9 @@ def _open_or_update(
         if row is not None:
             incident = IncidentRead.model_validate(row)
             _expire(session, incident.id)
-            return Upsert(incident, row.action)
+            # SQLite: the event is written after the batch, which fills in its id.
+            event_id = row.event_id if statements.records_events else 0
+            return Upsert(incident, row.action, event_id)
     raise IncidentError(
         f"could not open or update the incident for {params['fingerprint_']!r}: "
         f"it changed concurrently {_MAX_ATTEMPTS} times in a row"
@@ -418,7 +420,7 @@ def events(session: Session, *, incident_id: int) -> list[IncidentEvent]:
 
 def acknowledge(
     session: Session, *, incident_id: int, by: str, at: datetime | None = None
-) -> Incident:
+) -> Change:
     """Mark an open incident as being handled by `by`.
 
     InvalidTransition if it is already acknowledged or resolved.
@@ -439,8 +441,10 @@ def acknowledge(
     incident.status = IncidentStatus.acknowledged
     incident.acknowledged_at = at
     incident.acknowledged_by = by
-    record_event(session, incident, EventKind.acknowledged, at=at, actor=by)
-    return incident
+    return Change(
+        incident,
+        record_event(session, incident=incident, kind=EventKind.acknowledged, at=at, actor=by),
+    )
 
 
 def resolve(
@@ -450,7 +454,7 @@ def resolve(
     by: str,
     note: str | None = None,
     at: datetime | None = None,
-) -> Incident:
+) -> Change:
     """Resolve an open or acknowledged incident; `note` goes on the timeline entry.
 
     InvalidTransition if it is already resolved.
@@ -461,7 +465,7 @@ def resolve(
 
 def resolve_fingerprint(
     session: Session, *, fingerprint: str, by: str, at: datetime | None = None
-) -> Incident | None:
+) -> Change | None:
     """Resolve the unresolved incident for a signal that cleared; None if there is none."""
     _require_text(by=by)
     incident = session.scalars(
@@ -479,7 +483,9 @@ def add_note(session: Session, *, incident_id: int, by: str, text: str) -> Incid
     """Append a note by `by` to the incident's timeline (resolved incidents included)."""
     _require_text(by=by, text=text)
     incident = get(session, incident_id=incident_id)
-    return record_event(session, incident, EventKind.note, at=_utc(None), actor=by, message=text)
+    return record_event(
+        session, incident=incident, kind=EventKind.note, at=_utc(None), actor=by, message=text
+    )
 
 
 def expire_acknowledgements(
@@ -489,7 +495,7 @@ def expire_acknowledgements(
     incident is open again, with an `ack_expired` event saying who acknowledged it and when.
 
     An acknowledgement promises someone is on it; one left that long without a resolve is
-    treated as forgotten (PagerDuty's ack timeout), so Slack pings the channel again. Each
+    treated as forgotten (PagerDuty's ack timeout), so on-call is paged again. Each
     acknowledgement expires at most once, since expiring ends it, and acknowledging again
     starts a new clock. The daemon calls this periodically; a zero `timeout` turns it off.
     """
@@ -517,8 +523,8 @@ def _expire_acknowledgement(session: Session, incident: Incident, now: datetime)
     incident.acknowledged_by = None
     return record_event(
         session,
-        incident,
-        EventKind.ack_expired,
+        incident=incident,
+        kind=EventKind.ack_expired,
         at=now,
         message=f"acknowledged by {by} at {_when(since)} and not resolved since",
         data={"acknowledged_by": by, "acknowledged_at": since.isoformat()},
@@ -527,7 +533,7 @@ def _expire_acknowledgement(session: Session, incident: Incident, now: datetime)
 
 def _resolve(
     session: Session, incident: Incident, *, by: str, note: str | None, at: datetime
-) -> Incident:
+) -> Change:
     if incident.status == IncidentStatus.resolved:
         raise InvalidTransition(
             f"incident {incident.id} is already resolved "
@@ -536,8 +542,10 @@ def _resolve(
     incident.status = IncidentStatus.resolved
     incident.resolved_at = at
     incident.resolved_by = by
-    record_event(session, incident, EventKind.resolved, at=at, actor=by, message=note)
-    return incident
+    event = record_event(
+        session, incident=incident, kind=EventKind.resolved, at=at, actor=by, message=note
+    )
+    return Change(incident, event)
 
 
 def _locked(session: Session, incident_id: int) -> Incident:
@@ -551,15 +559,15 @@ def _locked(session: Session, incident_id: int) -> Incident:
 
 def record_event(
     session: Session,
+    *,
     incident: Incident,
     kind: EventKind,
-    *,
     at: datetime,
     actor: str | None = None,
     message: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> IncidentEvent:
-    """Append an event to the incident's timeline with its outbox row, so Slack hears of it."""
+    """Append an event to the incident's timeline; the caller (a flow) notifies of it."""
     event = session.scalars(
         sa.insert(IncidentEvent).returning(IncidentEvent),
         [
@@ -573,7 +581,6 @@ def record_event(
             }
         ],
     ).one()
-    outbox.enqueue(session, incident_id=incident.id, event_id=event.id, kind=kind.value)
     return event
 
 

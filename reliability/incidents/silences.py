@@ -1,4 +1,5 @@
-"""Silences: mute Slack for the incidents that match, for a while, without muting the record.
+"""Silences: mute notifications for the incidents that match, for a while, without muting
+the record.
 
 A silence never stops an incident being opened, refired, acknowledged or resolved, nor its
 timeline. The dispatcher holds back what would ping while a silence covers an incident (a new
@@ -7,9 +8,10 @@ a message posted before the silence still go through, marked with the silence to
 notifies nobody, and it keeps the channel from showing as open an incident resolved meanwhile.
 
 When the silence ends (runs out, or is expired), any later change is posted as usual, and
-`release_ended` gives every still-unresolved incident whose latest notification a silence held
-back a `silence_ended` event: its first message, if it opened during the silence, else a
-thread reply. Database work only, as in `service`: the caller owns the transaction.
+`incidents.flows.release_ended_silences` gives every still-unresolved incident whose latest
+notification a silence held back a `silence_ended` event: its first message, if it opened
+during the silence, else a thread reply. Database work only, as in `service`: the caller
+owns the transaction.
 """
 
 from __future__ import annotations
@@ -24,15 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from reliability.incidents import service
-from reliability.incidents.models import (
-    EventKind,
-    Incident,
-    IncidentEvent,
-    IncidentStatus,
-    Silence,
-)
-from reliability.notify.outbox import OUTBOX
+from reliability.incidents.models import Silence
 
 Op = Literal["=", "=~"]
 State = Literal["active", "expired", "ended"]
@@ -205,50 +199,3 @@ def covering(silences: Sequence[ActiveSilence], labels: Mapping[str, str]) -> Ac
 
 def _in_force(now: datetime) -> sa.ColumnElement[bool]:
     return sa.and_(Silence.expired_at.is_(None), Silence.starts_at <= now, Silence.ends_at > now)
-
-
-_events = cast(sa.Table, IncidentEvent.__table__)
-# Every event has exactly one outbox row, so the newest event's row is the newest row; found
-# through the events' incident index, as the outbox has none over all its rows.
-_NEWEST_EVENT = (
-    sa.select(sa.func.max(_events.c.id))
-    .where(_events.c.incident_id == Incident.id)
-    .correlate(Incident)
-    .scalar_subquery()
-)
-_HELD_BACK = (
-    sa.select(Incident.id, Incident.labels, OUTBOX.c.silence_id)
-    .join(OUTBOX, OUTBOX.c.event_id == _NEWEST_EVENT)
-    .where(Incident.status != IncidentStatus.resolved, OUTBOX.c.silence_id.is_not(None))
-    .order_by(Incident.id)
-)
-
-
-def release_ended(session: Session, *, now: datetime) -> list[IncidentEvent]:
-    """Record `silence_ended` for each unresolved incident whose latest notification a silence
-    held back and which no silence covers any more; its outbox row tells Slack.
-
-    Idempotent: the event's own row is then the incident's latest, and it is not held back.
-    The daemon calls this periodically, `incidents silences expire` at once.
-    """
-    in_force = active(session, now=now)
-    released = []
-    for incident_id, labels, silence_id in session.execute(_HELD_BACK).all():
-        if covering(in_force, labels) is not None:
-            continue
-        incident = session.get(Incident, incident_id, with_for_update=True, populate_existing=True)
-        # Checked again under the lock: a concurrent caller may have released it already.
-        still_held = session.execute(_HELD_BACK.where(Incident.id == incident_id)).first()
-        if incident is None or still_held is None:
-            continue
-        released.append(
-            service.record_event(
-                session,
-                incident,
-                EventKind.silence_ended,
-                at=now,
-                message=f"silence {silence_id} ended; this incident is still {incident.status}",
-                data={"silence_id": silence_id},
-            )
-        )
-    return released

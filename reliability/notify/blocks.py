@@ -20,10 +20,6 @@ from reliability.incidents.models import IncidentEventRead, IncidentRead, Incide
 
 Block = dict[str, Any]
 
-# Events that change what the root message says; the rest become thread replies.
-ROOT_KINDS = frozenset({"opened", "acknowledged", "resolved", "reopened", "ack_expired"})
-# Root-changing events that also need someone to act now: a reply that pings the channel.
-PAGING_KINDS = frozenset({"ack_expired"})
 RUNBOOK_PREFIX = "reliability runbook run "
 # The labels an on-call engineer looks for first, shown as fields in this order.
 FIELD_LABELS = ("node", "gpu", "endpoint", "service", "pool")
@@ -45,16 +41,6 @@ class Rendered:
 
     text: str
     blocks: list[Block]
-
-
-def updates_root(kind: str) -> bool:
-    """Whether an event of this kind edits the root message (else it is a thread reply)."""
-    return kind in ROOT_KINDS
-
-
-def pages(kind: str) -> bool:
-    """Whether an event of this kind, besides editing the root, pings in a thread reply."""
-    return kind in PAGING_KINDS
 
 
 def runbook_command(opening_data: dict[str, Any] | None, labels: dict[str, str]) -> str | None:

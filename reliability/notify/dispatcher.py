@@ -1,28 +1,33 @@
-"""The outbox dispatcher: sends pending outbox rows to Slack, in order, at Slack's pace.
+"""The outbox dispatcher: sends pending outbox rows through their notifiers (Slack first), in
+order, at each notifier's pace. It speaks only the `Notifier` protocol (notify/base.py) and
+claims only the rows of the notifiers it was given.
 
-Each step claims one due row (the oldest pending row of its incident) with a lease, sends
-it with no database transaction open, then records the outcome. The guarantees:
+Each step claims one due row (the oldest pending row of its incident, for its notifier) with
+a lease, sends it with no database transaction open, then records the outcome. The
+guarantees:
 
 * **Per-incident order.** An incident's next row is not due until the one before it is
   sent, failed or skipped; two dispatchers never hold rows of one incident at once.
-* **At least once, and once in practice.** A row is marked sent right after Slack accepts
-  it. A dispatcher killed between those two moments leaves its row claimed; when the lease
-  (`lease_s`) runs out the row is sent again. That window, one row per dispatcher, is the
-  only way a message is duplicated.
-* **Pacing.** At most `max_per_second` calls per channel. A 429 pauses that channel for
-  its `Retry-After`; a transient failure pauses it with capped exponential backoff and
-  jitter; either way the row stays pending. A permanent failure marks the row failed,
-  logged with Slack's reason (never the token), and the incident's next row goes ahead.
-* **No paging for old news.** An incident never posted to Slack and resolved more than
-  `max_age_s` ago gets its rows skipped. A posted incident is always brought up to date,
-  so a resolve is never skipped.
+* **At least once, and once in practice.** A row is marked sent right after the notifier
+  accepts it. A dispatcher killed between those two moments leaves its row claimed; when
+  the lease (`lease_s`) runs out the row is sent again. That window, one row per
+  dispatcher, is the only way a message is duplicated.
+* **Pacing.** At most `max_per_second` calls per destination. A RateLimited error pauses
+  that destination for its `retry_after`; a Transient one pauses it with capped exponential
+  backoff and jitter; either way the row stays pending. A Permanent failure marks the row
+  failed, logged with the notifier's reason (never a secret), and the incident's next row
+  goes ahead.
+* **No paging for old news.** An incident never posted by the notifier and resolved more
+  than `max_age_s` ago gets its rows skipped. A posted incident is always brought up to
+  date, so a resolve is never skipped.
 * **Silences mute, they do not hide.** A row of an incident an active silence covers is
   skipped, with the silence's id, when it would post (a new root, a thread reply); an edit
   of a root posted before the silence is still made, since an edit pings nobody, but its
   paging reply is not. See `incidents/silences.py` for what happens when the silence ends.
 
 `run_once()` is one pass, for tests; `start()`/`stop()` run passes on a thread, polling every
-`poll_interval_s`, or sooner after `wake()`.
+`poll_interval_s`, or sooner after `wake()`. With `link_for`, each root message links to
+what shows its incident (the daemon passes the Grafana dashboard's link).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -39,14 +45,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reliability import catalog
 from reliability.collect.base import Sample
-from reliability.config import SlackConfig
-from reliability.dashboards import links
 from reliability.incidents import silences
+from reliability.incidents.models import IncidentRead
 from reliability.incidents.silences import ActiveSilence
-from reliability.notify import blocks
 from reliability.notify import service as outbox_service
-from reliability.notify.service import Candidate, Claimed, Root
-from reliability.notify.slack import Permanent, RateLimited, SlackError, SlackNotifier
+from reliability.notify.base import (
+    Notification,
+    Notifier,
+    NotifyError,
+    Permanent,
+    RateLimited,
+    updates_root,
+)
+from reliability.notify.service import Candidate, Claimed
 
 log = logging.getLogger("reliability.notify")
 
@@ -56,8 +67,8 @@ RETRY_S = 2.0
 
 @dataclass(frozen=True)
 class DispatchSettings:
-    """Timing of the dispatcher. `lease_s` must exceed the Slack client's timeout, or a slow
-    call's row could be claimed and sent again by another dispatcher."""
+    """Timing of the dispatcher. `lease_s` must exceed the notifiers' call timeout, or a
+    slow call's row could be claimed and sent again by another dispatcher."""
 
     poll_interval_s: float = 0.1
     lease_s: float = 30.0
@@ -71,7 +82,7 @@ class DispatchSettings:
 
 @dataclass
 class _Channel:
-    """Pacing of one channel, in monotonic seconds."""
+    """Pacing of one destination of one notifier, in monotonic seconds."""
 
     ready_at: float = 0.0
     failures: int = 0
@@ -85,18 +96,6 @@ class _Counters:
     oldest_age_s: float = 0.0
 
 
-def route(slack: SlackConfig, *, severity: str, labels: dict[str, str]) -> str:
-    """The channel for a new incident: the first route whose severities and services (each
-    empty for any) match, else the default channel."""
-    for candidate in slack.routes:
-        if candidate.severity and severity not in candidate.severity:
-            continue
-        if candidate.services and labels.get("service") not in candidate.services:
-            continue
-        return candidate.channel
-    return slack.channel
-
-
 def backoff_s(failures: int, *, base_s: float, cap_s: float, rng: random.Random) -> float:
     """Exponential backoff with jitter: between half and all of min(cap, base * 2^(n-1)), so
     dispatchers that failed together do not retry together."""
@@ -105,29 +104,31 @@ def backoff_s(failures: int, *, base_s: float, cap_s: float, rng: random.Random)
 
 
 class Dispatcher:
-    """Sends the outbox of the database behind `engine` through `notifier`; with
-    `grafana_url`, each root message links to the dashboard that shows its incident."""
+    """Sends the outbox rows of `notifiers` (one, or several) in the database behind
+    `engine`; rows of other notifiers are left to the dispatchers that have them. With
+    `link_for`, each root message links to what it returns for the incident."""
 
     def __init__(
         self,
         engine: Engine,
-        notifier: SlackNotifier,
-        slack: SlackConfig,
+        notifiers: Notifier | Sequence[Notifier],
         *,
-        grafana_url: str | None = None,
+        link_for: Callable[[IncidentRead], str | None] | None = None,
         settings: DispatchSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        listed = [notifiers] if not isinstance(notifiers, Sequence) else list(notifiers)
+        self._notifiers = {notifier.name: notifier for notifier in listed}
+        if not self._notifiers or len(self._notifiers) != len(listed):
+            raise ValueError("a dispatcher needs notifiers, each with a name of its own")
         self._engine = engine
-        self._notifier = notifier
-        self._slack = slack
-        self._grafana_url = grafana_url
+        self._link_for = link_for
         self._settings = settings or DispatchSettings()
         self._rng = rng or random.Random()
-        self._min_interval_s = 1.0 / slack.max_per_second
-        self._channels: dict[str, _Channel] = {}
-        # Channel names seen in answers, mapped to their IDs: both name one pacing state.
-        self._ids: dict[str, str] = {}
+        self._channels: dict[tuple[str, str], _Channel] = {}
+        # Destinations named one way and answered another (a Slack channel's name and its
+        # ID), per notifier: both name one pacing state.
+        self._ids: dict[tuple[str, str], str] = {}
         self._deferred_until: float | None = None
         self._counters = _Counters()
         self._lock = threading.Lock()
@@ -148,7 +149,7 @@ class Dispatcher:
     def stop(self) -> bool:
         """Stop the loop; True if it ended within `stop_timeout_s`.
 
-        A Slack call in flight is not interrupted: if it outlasts the wait, the thread ends
+        A notifier call in flight is not interrupted: if it outlasts the wait, the thread ends
         when it returns, and a claim it could not record expires with its lease.
         """
         self._stopping.set()
@@ -198,7 +199,9 @@ class Dispatcher:
         self._deferred_until = None
         now = datetime.now(UTC)
         with self._engine.begin() as connection:
-            candidates = outbox_service.due(connection, now=now, limit=self._settings.batch)
+            candidates = outbox_service.due(
+                connection, notifiers=list(self._notifiers), now=now, limit=self._settings.batch
+            )
             # Read only when there is work: an idle poll stays one query.
             in_force = silences.active(connection, now=now) if candidates else []
         handled = 0
@@ -216,15 +219,16 @@ class Dispatcher:
             )
             return self._skip(candidate, now, reason)
         silence = silences.covering(in_force, candidate.labels)
-        edits_root = candidate.root_channel is not None and blocks.updates_root(candidate.kind)
+        edits_root = candidate.root_destination is not None and updates_root(candidate.kind)
         if silence is not None and not edits_root:
             reason = f"silenced by silence {silence.id} until {silence.ends_at:%Y-%m-%d %H:%M:%SZ}"
             return self._skip(candidate, now, reason, silence_id=silence.id)
         muted_by = silence.id if silence is not None else None
-        channel = candidate.root_channel or route(
-            self._slack, severity=candidate.severity, labels=candidate.labels
+        notifier = self._notifiers[candidate.notifier]
+        destination = candidate.root_destination or notifier.destination(
+            severity=candidate.severity, labels=candidate.labels
         )
-        pacing = self._pacing(channel)
+        pacing = self._pacing(notifier.name, destination)
         if pacing.ready_at > time.monotonic():
             self._defer(pacing.ready_at)
             return 0
@@ -235,17 +239,31 @@ class Dispatcher:
             )
         if claimed is None:
             return 0  # another dispatcher holds it, or finished it since we looked
-        pacing.ready_at = time.monotonic() + self._min_interval_s
+        pacing.ready_at = time.monotonic() + 1.0 / notifier.max_per_second
+        notification = Notification(
+            incident=claimed.incident,
+            event=claimed.event,
+            opening_data=claimed.opening_data,
+            root=claimed.root,
+            destination=destination,
+            dashboard_url=self._link_for(claimed.incident) if self._link_for else None,
+            quiet=muted_by is not None,
+        )
         try:
-            root = self._send(claimed, channel, quiet=muted_by is not None)
-        except SlackError as exc:
-            self._record_failure(claimed, channel, exc)
+            root = notifier.notify(notification)
+        except NotifyError as exc:
+            self._record_failure(claimed, notifier.name, destination, exc)
             return 1
         with self._engine.begin() as connection:
             sent_at = datetime.now(UTC)
             if root is not None:
+                self._learn(notifier.name, destination, root.destination)
                 outbox_service.save_root(
-                    connection, incident_id=claimed.incident.id, root=root, now=sent_at
+                    connection,
+                    incident_id=claimed.incident.id,
+                    notifier=notifier.name,
+                    root=root,
+                    now=sent_at,
                 )
             outbox_service.mark_sent(
                 connection, row_id=claimed.id, now=sent_at, silence_id=muted_by
@@ -254,55 +272,19 @@ class Dispatcher:
         self._count("rows", "sent")
         return 1
 
-    def _send(self, claimed: Claimed, channel: str, *, quiet: bool) -> Root | None:
-        """Make the Slack calls for the row; the new root message when one was posted.
-
-        With no root yet (the first row, or the root could not be posted), any row posts a
-        fresh root showing the incident as it is now. `quiet` (a silence): no paging reply.
-        """
-        incident, root, kind = claimed.incident, claimed.root, claimed.event.kind
-        if root is None or blocks.updates_root(kind):
-            runbook = blocks.runbook_command(claimed.opening_data, incident.labels)
-            message = blocks.root_message(
-                incident, runbook=runbook, dashboard_url=self._dashboard_url(claimed)
-            )
-            if root is None:
-                posted = self._notifier.post(channel, message.text, message.blocks)
-                self._learn(channel, posted.channel)
-                return Root(posted.channel, posted.ts)
-            # A retry after the reply failed edits again: the same content, so harmless.
-            self._notifier.update(root.channel, root.ts, message.text, message.blocks)
-            if not blocks.pages(kind) or quiet:
-                return None
-        reply = blocks.thread_reply(incident, claimed.event)
-        self._notifier.post(
-            root.channel, reply.text, reply.blocks, thread_ts=root.ts, broadcast=blocks.pages(kind)
-        )
-        return None
-
-    def _dashboard_url(self, claimed: Claimed) -> str | None:
-        """The Grafana dashboard that shows the incident (dashboards/links.py), if Grafana's
-        address is configured (`dashboards.grafana_url`)."""
-        if self._grafana_url is None:
-            return None
-        incident = claimed.incident
-        return links.incident_url(
-            self._grafana_url,
-            labels=incident.labels,
-            started_at=incident.started_at,
-            resolved_at=incident.resolved_at,
-        )
-
-    def _record_failure(self, claimed: Claimed, channel: str, exc: SlackError) -> None:
-        pacing = self._pacing(channel)
+    def _record_failure(
+        self, claimed: Claimed, notifier: str, destination: str, exc: NotifyError
+    ) -> None:
+        pacing = self._pacing(notifier, destination)
         now = datetime.now(UTC)
         if isinstance(exc, Permanent):
             log.error(
-                "outbox: row %s (incident %s, %s) failed for good in %s: %s",
+                "outbox: row %s (incident %s, %s) failed for good in %s %s: %s",
                 claimed.id,
                 claimed.incident.id,
                 claimed.event.kind,
-                channel,
+                notifier,
+                destination,
                 exc.reason,
             )
             with self._engine.begin() as connection:
@@ -324,9 +306,13 @@ class Dispatcher:
             self._count("errors", "transient")
         if pacing.failures <= 1:  # once per outage, not once per probe
             log.warning(
-                "outbox: Slack call to %s failed, retrying in %.1fs: %s", channel, delay, exc
+                "outbox: %s call to %s failed, retrying in %.1fs: %s",
+                notifier,
+                destination,
+                delay,
+                exc,
             )
-        # The whole channel waits, not just this row: Slack asked us (or failed) for all.
+        # The whole destination waits, not just this row: we were asked (or failed) for all.
         pacing.ready_at = max(pacing.ready_at, time.monotonic() + delay)
         with self._engine.begin() as connection:
             outbox_service.retry_later(
@@ -337,7 +323,7 @@ class Dispatcher:
             )
 
     def _is_old_news(self, candidate: Candidate, now: datetime) -> bool:
-        if candidate.root_channel is not None or candidate.resolved_at is None:
+        if candidate.root_destination is not None or candidate.resolved_at is None:
             return False
         return candidate.resolved_at < now - timedelta(seconds=self._settings.max_age_s)
 
@@ -353,16 +339,18 @@ class Dispatcher:
         self._count("rows", "skipped")
         return 1
 
-    # -- channels -------------------------------------------------------------------------
+    # -- destinations ---------------------------------------------------------------------
 
-    def _pacing(self, channel: str) -> _Channel:
-        return self._channels.setdefault(self._ids.get(channel, channel), _Channel())
+    def _pacing(self, notifier: str, destination: str) -> _Channel:
+        known = self._ids.get((notifier, destination), destination)
+        return self._channels.setdefault((notifier, known), _Channel())
 
-    def _learn(self, name: str, channel_id: str) -> None:
-        """Remember that `name` is `channel_id`, so both share one pacing state."""
-        if name != channel_id and name not in self._ids:
-            self._ids[name] = channel_id
-            self._channels[channel_id] = self._channels.pop(name, _Channel())
+    def _learn(self, notifier: str, name: str, answered: str) -> None:
+        """Remember that the notifier's destination `name` is `answered` (a channel's name
+        and its ID), so both share one pacing state."""
+        if name != answered and (notifier, name) not in self._ids:
+            self._ids[(notifier, name)] = answered
+            self._channels[(notifier, answered)] = self._channels.pop((notifier, name), _Channel())
 
     def _defer(self, ready_at: float) -> None:
         if self._deferred_until is None or ready_at < self._deferred_until:
@@ -378,7 +366,7 @@ class Dispatcher:
     def _refresh_backlog(self) -> None:
         try:
             with self._engine.begin() as connection:
-                backlog = outbox_service.backlog(connection)
+                backlog = outbox_service.backlog(connection, notifiers=list(self._notifiers))
         except SQLAlchemyError as exc:
             log.warning("outbox: cannot read the backlog: %s", exc)
             return

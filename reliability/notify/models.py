@@ -1,10 +1,11 @@
-"""Outbox and Slack message tables.
+"""Outbox and root message tables.
 
-`outbox` is the transactional outbox: the incident service writes one row per timeline event
-that should reach Slack, in the transaction that records the event, so a notification exists
-exactly when its event does. The dispatcher claims rows with a lease (`claimed_until`) rather
-than a lock, so a dispatcher that dies mid-send gives its row back when the lease runs out.
-`slack_messages` remembers each incident's root message so every later update edits it.
+`outbox` is the transactional outbox: the incident flows (`incidents/flows.py`) write one row
+per timeline event and notifier, in the transaction that records the event, so a notification
+exists exactly when its event does. The dispatcher claims rows with a lease (`claimed_until`)
+rather than a lock, so a dispatcher that dies mid-send gives its row back when the lease runs
+out. `notification_roots` remembers, per notifier, each incident's root message so every later
+update edits it or replies under it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _PENDING = sa.text("status = 'pending'")
 class OutboxStatus(StrEnum):
     pending = "pending"
     sent = "sent"
-    failed = "failed"  # Slack refused it for good (bad channel, bad token); see last_error
+    failed = "failed"  # the notifier refused it for good (bad channel, bad token); see last_error
     skipped = "skipped"  # old news when first seen, or silenced: never paged for
 
 
@@ -46,6 +47,8 @@ class OutboxRow(Base):
         sa.ForeignKey("incident_events.id", ondelete="CASCADE"), index=True
     )
     kind: Mapped[str] = mapped_column(sa.String(32))
+    # The notifier this row is for (`notify/registry.py`): one row per event and notifier.
+    notifier: Mapped[str] = mapped_column(sa.String(32), server_default="slack")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     status: Mapped[OutboxStatus] = mapped_column(
         sa.Enum(
@@ -74,18 +77,23 @@ class OutboxRow(Base):
         return f"<OutboxRow {self.id} incident={self.incident_id} {self.kind} {self.status}>"
 
 
-class SlackMessage(Base):
-    """The root message of an incident: `channel` is the ID Slack answered (chat.update
-    accepts no name), `ts` the message's timestamp."""
+class NotificationRoot(Base):
+    """Where a notifier posted an incident's root message: `destination` is the one the
+    notifier answered (for Slack the channel ID, since chat.update accepts no name), `ref` the
+    message's own reference (Slack's ts)."""
 
-    __tablename__ = "slack_messages"
+    __tablename__ = "notification_roots"
 
     incident_id: Mapped[int] = mapped_column(
         sa.ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
     )
-    channel: Mapped[str] = mapped_column(sa.String(64))
-    ts: Mapped[str] = mapped_column(sa.String(32))
+    notifier: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    destination: Mapped[str] = mapped_column(sa.String(64))
+    ref: Mapped[str] = mapped_column(sa.String(64))
     posted_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
-        return f"<SlackMessage incident={self.incident_id} {self.channel} {self.ts}>"
+        return (
+            f"<NotificationRoot incident={self.incident_id} {self.notifier} "
+            f"{self.destination} {self.ref}>"
+        )

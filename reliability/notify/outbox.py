@@ -1,31 +1,50 @@
-"""Writing to the outbox: one row per timeline event that Slack should hear about.
+"""Writing to the outbox: one row per timeline event and notifier.
 
-Called by the incident service inside the transaction that records the event, so the row
-commits (or rolls back) with it: a notification is never lost to a crash between the two,
-and never sent for an event that did not happen. `INSERT` with `entry()` rows runs as one
-executemany for callers that record events in batches; `insert_from_events` writes the rows
-in the very statement that inserts the events (PostgreSQL's data-modifying WITH).
+Called by the incident flows (`incidents/flows.py`) inside the transaction that records the
+events, so the rows commit (or roll back) with them: a notification is never lost to a crash
+between the two, and never sent for an event that did not happen. One executemany per call,
+so a batch of events (a rule evaluation cycle, a webhook) costs one statement.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from reliability.db import UTCDateTime
 from reliability.notify.models import OutboxRow, OutboxStatus
+from reliability.notify.registry import NOTIFIERS
 
 OUTBOX = cast(sa.Table, OutboxRow.__table__)
 INSERT = sa.insert(OUTBOX)
-# The wall clock at writing, for `insert_from_events`.
-AT = sa.bindparam("outbox_at_", type_=UTCDateTime())
 
 
-def entry(*, incident_id: int, event_id: int, kind: str, now: datetime) -> dict[str, Any]:
+class Notifiable(Protocol):
+    """A timeline event to notify of: an `IncidentEvent`, or an `Event`."""
+
+    @property
+    def incident_id(self) -> int: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+
+
+class Event(NamedTuple):
+    """A timeline event known by its id, e.g. from `service.Upsert`."""
+
+    incident_id: int
+    id: int
+    kind: str
+
+
+def entry(
+    *, incident_id: int, event_id: int, kind: str, notifier: str, now: datetime
+) -> dict[str, Any]:
     """The parameters of one outbox row for `INSERT`; due at once.
 
     `now` is the wall clock at writing, not the event's own time: an alert replayed hours
@@ -35,6 +54,7 @@ def entry(*, incident_id: int, event_id: int, kind: str, now: datetime) -> dict[
         "incident_id": incident_id,
         "event_id": event_id,
         "kind": kind,
+        "notifier": notifier,
         "created_at": now,
         "status": OutboxStatus.pending,
         "attempts": 0,
@@ -42,21 +62,20 @@ def entry(*, incident_id: int, event_id: int, kind: str, now: datetime) -> dict[
     }
 
 
-def enqueue(executor: Session | Connection, *, incident_id: int, event_id: int, kind: str) -> None:
-    """Add a pending row for event `event_id` of incident `incident_id`; does not commit."""
+def enqueue(
+    executor: Session | Connection,
+    *,
+    events: Iterable[Notifiable],
+    notifiers: Iterable[str] = tuple(NOTIFIERS),
+) -> None:
+    """Add a pending row for each event (anything with `incident_id`, `id` and `kind`) and
+    each notifier, in the order given; does not commit."""
     now = datetime.now(UTC)
-    executor.execute(
-        INSERT, [entry(incident_id=incident_id, event_id=event_id, kind=kind, now=now)]
-    )
-
-
-def insert_from_events(events: sa.FromClause) -> sa.Insert:
-    """An INSERT of one pending row per row of `events`, a selectable (typically the CTE of
-    an ``INSERT INTO incident_events ... RETURNING id, incident_id, kind``) with columns
-    `id`, `incident_id` and `kind`. Bind `outbox_at_` (`AT`) to the wall clock."""
-    pending = sa.literal(OutboxStatus.pending, OUTBOX.c.status.type)
-    rows = sa.select(
-        events.c.incident_id, events.c.id, events.c.kind, AT, pending, sa.literal(0), AT
-    )
-    columns = ["incident_id", "event_id", "kind", "created_at", "status", "attempts"]
-    return sa.insert(OUTBOX).from_select([*columns, "not_before"], rows)
+    names = list(notifiers)
+    rows = [
+        entry(incident_id=e.incident_id, event_id=e.id, kind=e.kind, notifier=name, now=now)
+        for e in events
+        for name in names
+    ]
+    if rows:
+        executor.execute(INSERT, rows)

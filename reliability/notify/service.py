@@ -2,17 +2,20 @@
 
 Every function takes a Connection whose transaction the caller owns. Claims are a
 compare-and-set UPDATE on `claimed_until` (a lease), which serialises two dispatchers on
-SQLite and PostgreSQL alike: exactly one of them sees its UPDATE change the row.
+SQLite and PostgreSQL alike: exactly one of them sees its UPDATE change the row. Rows are
+kept apart by notifier: a dispatcher reads only the rows, and roots, of the notifiers it has.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from reliability.db import UTCDateTime
 from reliability.incidents.models import (
@@ -23,13 +26,15 @@ from reliability.incidents.models import (
     IncidentRead,
     IncidentStatus,
 )
-from reliability.notify.models import OutboxStatus, SlackMessage
+from reliability.notify.base import Root
+from reliability.notify.models import NotificationRoot, OutboxStatus
 from reliability.notify.outbox import OUTBOX
 
 _incidents = cast(sa.Table, Incident.__table__)
 _events = cast(sa.Table, IncidentEvent.__table__)
-_roots = cast(sa.Table, SlackMessage.__table__)
+_roots = cast(sa.Table, NotificationRoot.__table__)
 _NOW = sa.bindparam("now", type_=UTCDateTime())
+_NOTIFIERS = sa.bindparam("notifiers", expanding=True)
 
 
 def _pending(table: sa.Table | sa.Alias) -> sa.ColumnElement[bool]:
@@ -48,20 +53,14 @@ class Candidate:
 
     id: int
     incident_id: int
+    notifier: str
     kind: str
     severity: str
     labels: dict[str, str]
     incident_status: IncidentStatus
     resolved_at: datetime | None
-    root_channel: str | None
-
-
-@dataclass(frozen=True)
-class Root:
-    """Where an incident's root message is."""
-
-    channel: str
-    ts: str
+    # Where this notifier posted the incident's root message; None while nothing is posted.
+    root_destination: str | None
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,7 @@ class Claimed:
     """A claimed row and everything its message is rendered from, read in one transaction."""
 
     id: int
+    notifier: str
     incident: IncidentRead
     event: IncidentEventRead
     opening_data: dict[str, Any] | None
@@ -78,25 +78,36 @@ class Claimed:
 _queued = OUTBOX.alias("queued")
 _HEAD = (
     sa.select(sa.func.min(_queued.c.id))
-    .where(_queued.c.incident_id == OUTBOX.c.incident_id, _pending(_queued))
+    .where(
+        _queued.c.incident_id == OUTBOX.c.incident_id,
+        _queued.c.notifier == OUTBOX.c.notifier,
+        _pending(_queued),
+    )
     .scalar_subquery()
 )
 _CANDIDATES = (
     sa.select(
         OUTBOX.c.id,
         OUTBOX.c.incident_id,
+        OUTBOX.c.notifier,
         OUTBOX.c.kind,
         _incidents.c.severity,
         _incidents.c.labels,
         _incidents.c.status.label("incident_status"),
         _incidents.c.resolved_at,
-        _roots.c.channel.label("root_channel"),
+        _roots.c.destination.label("root_destination"),
     )
     .join(_incidents, _incidents.c.id == OUTBOX.c.incident_id)
-    .outerjoin(_roots, _roots.c.incident_id == OUTBOX.c.incident_id)
-    # Only the oldest pending row of each incident, and only while no one holds it: the
-    # next row of an incident waits until the one before it is sent, failed or skipped.
+    .outerjoin(
+        _roots,
+        sa.and_(
+            _roots.c.incident_id == OUTBOX.c.incident_id, _roots.c.notifier == OUTBOX.c.notifier
+        ),
+    )
+    # Only the oldest pending row of each incident and notifier, and only while no one holds
+    # it: the next row waits until the one before it is sent, failed or skipped.
     .where(_pending(OUTBOX), OUTBOX.c.id == _HEAD, OUTBOX.c.not_before <= _NOW)
+    .where(OUTBOX.c.notifier.in_(_NOTIFIERS))
     .where(_unclaimed(OUTBOX))
     .order_by(OUTBOX.c.id)
     .limit(sa.bindparam("limit"))
@@ -105,23 +116,29 @@ _CLAIM = (
     sa.update(OUTBOX)
     .where(OUTBOX.c.id == sa.bindparam("row_id"), _pending(OUTBOX), _unclaimed(OUTBOX))
     .values(claimed_until=sa.bindparam("until", type_=UTCDateTime()))
-    .returning(OUTBOX.c.event_id, OUTBOX.c.incident_id)
+    .returning(OUTBOX.c.event_id, OUTBOX.c.incident_id, OUTBOX.c.notifier)
 )
 
 
-def due(connection: Connection, *, now: datetime, limit: int) -> list[Candidate]:
-    """Up to `limit` rows that may be sent now, oldest first, at most one per incident."""
-    rows = connection.execute(_CANDIDATES, {"now": now, "limit": limit})
+def due(
+    connection: Connection, *, notifiers: Sequence[str], now: datetime, limit: int
+) -> list[Candidate]:
+    """Up to `limit` rows of these notifiers that may be sent now, oldest first, at most one
+    per incident and notifier."""
+    rows = connection.execute(
+        _CANDIDATES, {"now": now, "limit": limit, "notifiers": list(notifiers)}
+    )
     return [
         Candidate(
             id=row.id,
             incident_id=row.incident_id,
+            notifier=row.notifier,
             kind=row.kind,
             severity=row.severity.value,
             labels=row.labels or {},
             incident_status=row.incident_status,
             resolved_at=row.resolved_at,
-            root_channel=row.root_channel,
+            root_destination=row.root_destination,
         )
         for row in rows
     ]
@@ -146,24 +163,40 @@ def claim(connection: Connection, *, row_id: int, now: datetime, until: datetime
         .limit(1)
     )
     root = connection.execute(
-        sa.select(_roots.c.channel, _roots.c.ts).where(_roots.c.incident_id == claimed.incident_id)
+        sa.select(_roots.c.destination, _roots.c.ref).where(
+            _roots.c.incident_id == claimed.incident_id, _roots.c.notifier == claimed.notifier
+        )
     ).one_or_none()
     return Claimed(
         id=row_id,
+        notifier=claimed.notifier,
         incident=IncidentRead.model_validate(incident),
         event=IncidentEventRead.model_validate(event),
         opening_data=opening_data,
-        root=Root(root.channel, root.ts) if root is not None else None,
+        root=Root(root.destination, root.ref) if root is not None else None,
     )
 
 
-def save_root(connection: Connection, *, incident_id: int, root: Root, now: datetime) -> None:
-    """Remember the incident's root message, replacing one posted before (a fresh root after
-    the first could not be posted, or a repost in the at-least-once window)."""
-    connection.execute(sa.delete(_roots).where(_roots.c.incident_id == incident_id))
+def save_root(
+    connection: Connection, *, incident_id: int, notifier: str, root: Root, now: datetime
+) -> None:
+    """Remember where the notifier posted the incident's root message, replacing one posted
+    before (a fresh root after the first could not be posted, or a repost in the
+    at-least-once window)."""
+    connection.execute(
+        sa.delete(_roots).where(_roots.c.incident_id == incident_id, _roots.c.notifier == notifier)
+    )
     connection.execute(
         sa.insert(_roots),
-        [{"incident_id": incident_id, "channel": root.channel, "ts": root.ts, "posted_at": now}],
+        [
+            {
+                "incident_id": incident_id,
+                "notifier": notifier,
+                "destination": root.destination,
+                "ref": root.ref,
+                "posted_at": now,
+            }
+        ],
     )
 
 
@@ -223,9 +256,49 @@ class Backlog:
     oldest: datetime | None
 
 
-def backlog(connection: Connection) -> Backlog:
-    """How many rows wait to be sent, and since when the oldest of them."""
+def backlog(connection: Connection, *, notifiers: Sequence[str]) -> Backlog:
+    """How many rows of these notifiers wait to be sent, and since when the oldest of them."""
     row = connection.execute(
-        sa.select(sa.func.count(), sa.func.min(OUTBOX.c.created_at)).where(_pending(OUTBOX))
+        sa.select(sa.func.count(), sa.func.min(OUTBOX.c.created_at)).where(
+            _pending(OUTBOX), OUTBOX.c.notifier.in_(list(notifiers))
+        )
     ).one()
     return Backlog(pending=row[0], oldest=row[1])
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """An unresolved incident whose latest notification a silence held back."""
+
+    incident_id: int
+    labels: dict[str, str]
+    silence_id: int
+
+
+# The newest event's rows are the incident's newest rows (every event has one per notifier);
+# found through the events' incident index, as the outbox has none over all its rows.
+_NEWEST_EVENT = (
+    sa.select(sa.func.max(_events.c.id))
+    .where(_events.c.incident_id == _incidents.c.id)
+    .correlate(_incidents)
+    .scalar_subquery()
+)
+_HELD_BACK = (
+    sa.select(_incidents.c.id, _incidents.c.labels, OUTBOX.c.silence_id)
+    .select_from(_incidents)
+    .join(OUTBOX, OUTBOX.c.event_id == _NEWEST_EVENT)
+    .where(_incidents.c.status != IncidentStatus.resolved, OUTBOX.c.silence_id.is_not(None))
+    .order_by(_incidents.c.id, OUTBOX.c.id)
+)
+
+
+def held_back(executor: Connection | Session, *, incident_id: int | None = None) -> list[HeldBack]:
+    """The unresolved incidents (or this one) whose latest notification a silence held back
+    (for any notifier), oldest incident first."""
+    statement = _HELD_BACK
+    if incident_id is not None:
+        statement = statement.where(_incidents.c.id == incident_id)
+    found: dict[int, HeldBack] = {}
+    for row in executor.execute(statement):
+        found.setdefault(row.id, HeldBack(row.id, row.labels or {}, row.silence_id))
+    return list(found.values())

@@ -1,7 +1,8 @@
-"""The one seam to Slack: post, update and check, with errors that say whether to retry.
+"""Slack, the first notifier: `SlackClient` is the one seam to Slack's Web API (post, update,
+check), `SlackNotifier` the `Notifier` (notify/base.py) that the dispatcher sends through.
 
-Every failure leaves as one of three errors, so the outbox dispatcher decides with a single
-``except`` what happens to the row:
+Every failure leaves as one of the notifier errors, so the outbox dispatcher decides with a
+single ``except`` what happens to the row:
 
 * ``RateLimited(retry_after)``: HTTP 429 or ``ratelimited``; wait ``retry_after`` seconds.
 * ``Transient(reason)``: the network, a timeout, HTTP 5xx, or Slack's ``internal_error``,
@@ -17,14 +18,27 @@ part of an error message; ``reason`` is a Slack error code or a network error's 
 from __future__ import annotations
 
 import http.client
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import SecretStr
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web import SlackResponse
+
+from reliability.config import SlackConfig
+from reliability.notify import blocks
+from reliability.notify.base import (
+    Notification,
+    NotifyError,
+    Permanent,
+    RateLimited,
+    Root,
+    Transient,
+    pages,
+    updates_root,
+)
 
 SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_TIMEOUT_S = 10.0
@@ -37,36 +51,6 @@ TRANSIENT_CODES = frozenset(
 REDACTED = "xox?-<redacted>"
 
 Blocks = list[dict[str, Any]]
-
-
-class SlackError(Exception):
-    """A failed Slack call; ``retryable`` says whether trying again can help."""
-
-    retryable: ClassVar[bool] = False
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Permanent(SlackError):
-    """Slack refused the call for a reason a retry will not change (token, channel, content)."""
-
-
-class Transient(SlackError):
-    """Slack could not be reached or failed on its side; retry with backoff."""
-
-    retryable = True
-
-
-class RateLimited(SlackError):
-    """Slack asked us to slow down; retry after ``retry_after`` seconds, not sooner."""
-
-    retryable = True
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"rate limited, retry after {retry_after:g}s")
-        self.retry_after = retry_after
 
 
 class Posted(NamedTuple):
@@ -86,7 +70,7 @@ class SlackIdentity:
     url: str
 
 
-class SlackNotifier:
+class SlackClient:
     """Posts and updates Slack messages through ``slack_sdk.WebClient``, one attempt per call.
 
     ``base_url`` points it at a stand-in (``SlackStandIn.api_url``); ``timeout_s`` bounds
@@ -112,7 +96,7 @@ class SlackNotifier:
         )
 
     def __repr__(self) -> str:
-        return f"SlackNotifier(base_url={self.base_url!r})"
+        return f"SlackClient(base_url={self.base_url!r})"
 
     def check(self) -> SlackIdentity:
         """Verify the token with ``auth.test``; Permanent if Slack rejects it."""
@@ -156,7 +140,7 @@ class SlackNotifier:
         self._call("chat_update", channel=channel, ts=ts, text=text, blocks=blocks)
 
     def _call(self, method: str, **arguments: Any) -> SlackResponse:
-        """Call one WebClient method; every failure becomes a SlackError without the token."""
+        """Call one WebClient method; every failure becomes a NotifyError without the token."""
         try:
             return getattr(self._client, method)(**arguments)
         except SlackApiError as exc:
@@ -172,7 +156,72 @@ class SlackNotifier:
         return text.replace(self._secret, REDACTED) if self._secret else text
 
 
-def classify_response(response: SlackResponse, *, redact: Callable[[str], str] = str) -> SlackError:
+def route(slack: SlackConfig, *, severity: str, labels: Mapping[str, str]) -> str:
+    """The channel for a new incident: the first route whose severities and services (each
+    empty for any) match, else the default channel."""
+    for candidate in slack.routes:
+        if candidate.severity and severity not in candidate.severity:
+            continue
+        if candidate.services and labels.get("service") not in candidate.services:
+            continue
+        return candidate.channel
+    return slack.channel
+
+
+class SlackNotifier:
+    """The Slack `Notifier`: a root message per incident that always shows its current state
+    (posted, then edited with ``chat.update``) and a thread of replies for the rest, rendered
+    by `blocks`; routed and paced by the config's `slack` section."""
+
+    name = "slack"
+
+    def __init__(self, client: SlackClient, slack: SlackConfig) -> None:
+        self._client = client
+        self._slack = slack
+
+    def __repr__(self) -> str:
+        return f"SlackNotifier({self._client!r})"
+
+    @property
+    def max_per_second(self) -> float:
+        return self._slack.max_per_second
+
+    def destination(self, *, severity: str, labels: Mapping[str, str]) -> str:
+        return route(self._slack, severity=severity, labels=labels)
+
+    def notify(self, notification: Notification) -> Root | None:
+        """Make the Slack calls for the row; the new root message when one was posted.
+
+        With no root yet (the first row, or the root could not be posted), any row posts a
+        fresh root showing the incident as it is now. `quiet` (a silence): no paging reply.
+        """
+        incident, root, kind = notification.incident, notification.root, notification.event.kind
+        if root is None or updates_root(kind):
+            runbook = blocks.runbook_command(notification.opening_data, incident.labels)
+            message = blocks.root_message(
+                incident, runbook=runbook, dashboard_url=notification.dashboard_url
+            )
+            if root is None:
+                posted = self._client.post(notification.destination, message.text, message.blocks)
+                return Root(posted.channel, posted.ts)
+            # A retry after the reply failed edits again: the same content, so harmless.
+            self._client.update(root.destination, root.ref, message.text, message.blocks)
+            if not pages(kind) or notification.quiet:
+                return None
+        reply = blocks.thread_reply(incident, notification.event)
+        self._client.post(
+            root.destination,
+            reply.text,
+            reply.blocks,
+            thread_ts=root.ref,
+            broadcast=pages(kind),
+        )
+        return None
+
+
+def classify_response(
+    response: SlackResponse, *, redact: Callable[[str], str] = str
+) -> NotifyError:
     """The error a non-successful Slack answer stands for; ``redact`` scrubs echoed text."""
     status = response.status_code
     if status == 429:
@@ -184,7 +233,7 @@ def classify_response(response: SlackResponse, *, redact: Callable[[str], str] =
     return classify_code(code, response.headers)
 
 
-def classify_code(code: str, headers: dict[str, Any] | None = None) -> SlackError:
+def classify_code(code: str, headers: dict[str, Any] | None = None) -> NotifyError:
     """Slack's ``error`` code to an error type; codes we do not know are Permanent.
 
     An unknown code retried forever would block the channel's queue, while a failed row is

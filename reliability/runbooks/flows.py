@@ -4,7 +4,7 @@ on its own when an incident opens. The executor, the service, the plan and the a
 know none of these domains; they reach them through `executor.Hooks`, wired here.
 
     executor(config, db, ...)   an Executor whose runs note progress on their incident
-                                 (incidents.add_note) and record deploys (images)
+                                 (incident_flows.add_note) and record deploys (images)
     plan_now(...)               the plan a run would perform now (live pools, known-good)
     AutoRunner                  the automatic runs (below)
 
@@ -37,6 +37,7 @@ from reliability.config import Config, ConfigError, ServiceConfig
 from reliability.detect.evaluator import Transition
 from reliability.detect.render import RunbookRequest
 from reliability.images import service as images
+from reliability.incidents import flows as incident_flows
 from reliability.incidents import service as incidents
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
@@ -58,7 +59,7 @@ class DomainHooks(Hooks):
     and `known-good` is the registry's."""
 
     def add_note(self, session: Session, *, incident_id: int, by: str, text: str) -> bool:
-        incidents.add_note(session, incident_id=incident_id, by=by, text=text)
+        incident_flows.add_note(session, incident_id=incident_id, by=by, text=text)
         return True
 
     def record_deploy(
@@ -167,7 +168,9 @@ class AutoRunner:
             return
         try:
             with self.database.session() as s, s.begin():
-                incidents.add_note(s, incident_id=incident_id, by="reliability runbooks", text=text)
+                incident_flows.add_note(
+                    s, incident_id=incident_id, by="reliability runbooks", text=text
+                )
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             log.warning("runbook note not recorded on incident %d: %s", incident_id, exc)
 

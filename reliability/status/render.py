@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from reliability import catalog
-from reliability.incidents.cli import SEVERITY_STYLE
+from reliability.incidents.render import SEVERITY_STYLE
 from reliability.runbooks.models import RunStatus
 from reliability.status.gather import (
     FleetStatus,

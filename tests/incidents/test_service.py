@@ -190,7 +190,7 @@ def test_acknowledge_records_who_and_when(session):
     incident = fire(session).incident
     acked = service.acknowledge(
         session, incident_id=incident.id, by="alice", at=T0 + timedelta(minutes=2)
-    )
+    ).incident
     session.commit()
 
     assert acked.status == IncidentStatus.acknowledged
@@ -244,7 +244,7 @@ def test_resolve_records_who_when_and_the_note(session):
     incident = fire(session).incident
     resolved = service.resolve(
         session, incident_id=incident.id, by="bob", note="rebooted node1", at=T0 + timedelta(1)
-    )
+    ).incident
     session.commit()
 
     assert resolved.status == IncidentStatus.resolved
@@ -282,7 +282,7 @@ def test_resolve_fingerprint_resolves_the_open_incident_of_a_cleared_signal(sess
         session, fingerprint=incident.fingerprint, by="alertmanager", at=T0 + timedelta(1)
     )
     assert resolved is not None
-    assert (resolved.id, resolved.status, resolved.resolved_by) == (
+    assert (resolved.incident.id, resolved.incident.status, resolved.incident.resolved_by) == (
         incident.id,
         IncidentStatus.resolved,
         "alertmanager",

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from reliability.incidents import service, silences
+from reliability.incidents import flows, silences
 from reliability.incidents.silences import Matcher, parse_matcher
 from reliability.notify import service as outbox_service
 from reliability.notify.models import OutboxRow
@@ -132,7 +132,7 @@ def test_expiring_an_ended_or_unknown_silence_is_an_error(session):
 
 def held_back(session, fingerprint: str, silence_id: int, **labels: str) -> int:
     """An incident whose outbox rows the dispatcher skipped for this silence; its id."""
-    upsert = service.open_or_update(
+    upsert = flows.open_or_update(
         session,
         fingerprint=fingerprint,
         title=fingerprint,
@@ -157,17 +157,17 @@ def test_when_a_silence_runs_out_each_unresolved_incident_it_held_back_is_releas
     muted = make(session, "node=gpu-3")
     still_open = held_back(session, "hot", muted.id, node="gpu-3")
     resolved = held_back(session, "xid", muted.id, node="gpu-3")
-    service.resolve(session, incident_id=resolved, by="rule", at=T0)
+    flows.resolve(session, incident_id=resolved, by="rule", at=T0)
     session.commit()
 
-    assert silences.release_ended(session, now=T0 + timedelta(minutes=59)) == []
-    [event] = silences.release_ended(session, now=T0 + HOUR)
+    assert flows.release_ended_silences(session, now=T0 + timedelta(minutes=59)) == []
+    [event] = flows.release_ended_silences(session, now=T0 + HOUR)
     assert (event.incident_id, event.kind, event.data) == (
         still_open,
         "silence_ended",
         {"silence_id": muted.id},
     )
-    assert silences.release_ended(session, now=T0 + HOUR) == []
+    assert flows.release_ended_silences(session, now=T0 + HOUR) == []
 
 
 def test_an_incident_another_silence_still_covers_is_not_released(session):
@@ -175,5 +175,5 @@ def test_an_incident_another_silence_still_covers_is_not_released(session):
     make(session, "pool=green", duration=2 * HOUR)
     held_back(session, "hot", first.id, node="gpu-3", pool="green")
 
-    assert silences.release_ended(session, now=T0 + HOUR) == []
-    assert len(silences.release_ended(session, now=T0 + 2 * HOUR)) == 1
+    assert flows.release_ended_silences(session, now=T0 + HOUR) == []
+    assert len(flows.release_ended_silences(session, now=T0 + 2 * HOUR)) == 1

@@ -34,14 +34,10 @@ from reliability.incidents.models import (
     Severity,
 )
 from reliability.intake import build_routes
-from reliability.intake.alertmanager import (
-    PATH,
-    AlertmanagerAlert,
-    alertmanager_route,
-    incident_severity,
-    incident_title,
-)
+from reliability.intake.alertmanager import PATH, alertmanager_route
+from reliability.intake.flows import incident_severity, incident_title
 from reliability.intake.http import MAX_BODY_BYTES
+from reliability.intake.models import AlertmanagerAlert
 from reliability.testing.alertmanager import alert_payload, fingerprint_of, webhook_payload
 from reliability.web import build_app
 

@@ -13,14 +13,14 @@ import time
 from reliability import db
 from reliability.config import SlackConfig
 from reliability.notify.dispatcher import Dispatcher, DispatchSettings
-from reliability.notify.slack import SlackNotifier
+from reliability.notify.slack import SlackClient, SlackNotifier
 
 
 def main(url: str, api_url: str) -> None:
-    notifier = SlackNotifier(os.environ["SLACK_BOT_TOKEN"], base_url=api_url, timeout_s=2)
+    client = SlackClient(os.environ["SLACK_BOT_TOKEN"], base_url=api_url, timeout_s=2)
     config = SlackConfig(token_env="SLACK_BOT_TOKEN", channel="#alerts", max_per_second=100)
     dispatcher = Dispatcher(
-        db.make_engine(url), notifier, config, settings=DispatchSettings(lease_s=3)
+        db.make_engine(url), SlackNotifier(client, config), settings=DispatchSettings(lease_s=3)
     )
     dispatcher.start()
     while True:

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from reliability.config import SlackConfig
-from reliability.incidents import service
+from reliability.incidents import flows
 from reliability.notify.dispatcher import Dispatcher
-from reliability.notify.models import OutboxRow, OutboxStatus, SlackMessage
+from reliability.notify.models import NotificationRoot, OutboxRow, OutboxStatus
 from reliability.testing.slack import SlackStandIn
 
 # Fast enough that tests of ordering and outages do not wait on the 1/s default pacing;
@@ -40,7 +40,7 @@ def rows(session: Session) -> list[OutboxRow]:
 
 def fire(session: Session, name: str, *, severity: str = "critical", **fields) -> int:
     """One firing of signal `name`, committed with its outbox rows; the incident's id."""
-    upsert = service.open_or_update(
+    upsert = flows.open_or_update(
         session,
         fingerprint=name,
         title=f"{name} is hot",
@@ -83,7 +83,7 @@ def statuses(session: Session) -> Counter[str]:
 def by_incident(slack: SlackStandIn, session: Session) -> dict[int, list[str]]:
     """The successful chat calls for each incident, in arrival order: post, update, reply."""
     session.expire_all()
-    roots = {m.ts: m.incident_id for m in session.scalars(sa.select(SlackMessage))}
+    roots = {m.ref: m.incident_id for m in session.scalars(sa.select(NotificationRoot))}
     session.commit()
     out: dict[int, list[str]] = {}
     for call in slack.calls():

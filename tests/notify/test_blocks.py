@@ -10,14 +10,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reliability.incidents import service
+from reliability.incidents import flows
 from reliability.incidents.models import (
     IncidentEventRead,
     IncidentRead,
     IncidentStatus,
     Severity,
 )
-from reliability.notify import blocks
+from reliability.notify import base, blocks
 from reliability.testing.slack import message_content
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -151,12 +151,12 @@ def test_thread_replies_for_refires_notes_and_other_kinds():
 
 
 def test_only_state_changes_edit_the_root():
-    assert {k for k in ("opened", "acknowledged", "resolved", "reopened") if blocks.updates_root(k)}
-    assert not any(blocks.updates_root(k) for k in ("refired", "note", "runbook_step"))
+    assert {k for k in ("opened", "acknowledged", "resolved", "reopened") if base.updates_root(k)}
+    assert not any(base.updates_root(k) for k in ("refired", "note", "runbook_step"))
 
 
 def test_renders_incidents_as_stored_in_the_database(session):
-    upsert = service.open_or_update(
+    upsert = flows.open_or_update(
         session,
         fingerprint="api-overload:openai",
         title="Hosted API overloaded",
@@ -166,9 +166,9 @@ def test_renders_incidents_as_stored_in_the_database(session):
         summary="api_overload_ratio 0.34 > 0.20 for 1m",
         at=T0,
     )
-    stored = service.resolve(
+    stored = flows.resolve(
         session, incident_id=upsert.incident.id, by="rule", at=T0 + timedelta(minutes=3)
-    )
+    ).incident
     session.commit()
 
     rendered = blocks.root_message(IncidentRead.model_validate(stored))

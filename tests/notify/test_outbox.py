@@ -33,10 +33,11 @@ from sqlalchemy.orm import Session
 
 from reliability import catalog, db
 from reliability.config import SlackRoute
-from reliability.incidents import service
+from reliability.incidents import flows, service
 from reliability.incidents.models import IncidentEvent
 from reliability.notify.dispatcher import Dispatcher, DispatchSettings
-from reliability.notify.models import OutboxStatus, SlackMessage
+from reliability.notify.models import NotificationRoot, OutboxStatus
+from reliability.notify.slack import SlackNotifier
 from reliability.testing.slack import SlackStandIn
 
 HERE = Path(__file__).parent
@@ -50,9 +51,9 @@ def test_one_message_per_incident_edited_in_place_on_ack_and_resolve(session, sl
     [message] = slack.messages("alerts")
     assert "gpu-1-hot is hot" in message.text and message.edits == 0
 
-    act(session, service.acknowledge, incident, by="alice")
+    act(session, flows.acknowledge, incident, by="alice")
     drain(dispatcher, session)
-    act(session, service.resolve, incident, by="bob")
+    act(session, flows.resolve, incident, by="bob")
     drain(dispatcher, session)
 
     [message] = slack.messages("alerts")
@@ -60,8 +61,8 @@ def test_one_message_per_incident_edited_in_place_on_ack_and_resolve(session, sl
     assert "ACKNOWLEDGED" in message.history[1]
     assert "RESOLVED" in message.text
     assert "Resolved by bob after" in str(message.blocks)
-    root = session.get(SlackMessage, incident)
-    assert (root.channel, root.ts) == (slack.channel_id("alerts"), message.ts)
+    root = session.get(NotificationRoot, (incident, "slack"))
+    assert (root.destination, root.ref) == (slack.channel_id("alerts"), message.ts)
     assert statuses(session) == {"sent": 3}
     assert slack.orphans() == []
 
@@ -69,7 +70,7 @@ def test_one_message_per_incident_edited_in_place_on_ack_and_resolve(session, sl
 def test_refires_and_notes_are_thread_replies_in_order(session, slack, dispatcher):
     incident = fire(session, "gpu-2-xid")
     fire(session, "gpu-2-xid")
-    act(session, service.add_note, incident, by="carol", text="draining the node")
+    act(session, flows.add_note, incident, by="carol", text="draining the node")
     fire(session, "gpu-2-xid")
     drain(dispatcher, session)
 
@@ -83,7 +84,7 @@ def test_refires_and_notes_are_thread_replies_in_order(session, slack, dispatche
 
 def test_a_reopened_incident_edits_its_original_message(session, slack, dispatcher):
     incident = fire(session, "api-503")
-    act(session, service.resolve, incident, by="rule")
+    act(session, flows.resolve, incident, by="rule")
     drain(dispatcher, session)
     assert fire(session, "api-503") == incident  # within the reopen window
     drain(dispatcher, session)
@@ -147,7 +148,7 @@ def test_each_message_links_to_the_dashboard_that_shows_its_incident(
     fire(session, "hosted-busy", labels={"endpoint": "hosted-api", "service": "chat"})
     fire(session, "outbox-stuck", labels={"service": "chat"})
     drain(dispatcher, session)
-    act(session, service.resolve, gpu, by="alice")
+    act(session, flows.resolve, gpu, by="alice")
     drain(dispatcher, session)
 
     found = {m.text.split("] ")[1].split()[0]: dashboard_link(m) for m in slack.messages("alerts")}
@@ -193,7 +194,7 @@ def test_at_most_one_message_per_second_per_channel_by_default(session, slack, d
 def test_a_429_storm_loses_nothing_and_waits_for_retry_after(session, slack, dispatcher):
     for name in ("a", "b", "c"):
         incident = fire(session, name)
-        act(session, service.resolve, incident, by="rule")
+        act(session, flows.resolve, incident, by="rule")
     slack.rate_limit(3, retry_after=1)
     drain(dispatcher, session, timeout_s=15)
 
@@ -232,7 +233,7 @@ def test_an_update_after_a_failed_root_posts_a_fresh_root(session, slack, dispat
     drain(dispatcher, session)
     assert slack.messages() == []
 
-    act(session, service.acknowledge, incident, by="alice")
+    act(session, flows.acknowledge, incident, by="alice")
     drain(dispatcher, session)
 
     [message] = slack.messages("alerts")
@@ -246,9 +247,9 @@ def test_old_news_is_skipped_but_a_posted_incident_is_always_brought_up_to_date(
     now = datetime.now(UTC)
     posted = fire(session, "posted", at=now - timedelta(hours=3))
     drain(dispatcher, session)
-    act(session, service.resolve, posted, by="rule", at=now - timedelta(hours=2))
+    act(session, flows.resolve, posted, by="rule", at=now - timedelta(hours=2))
     old = fire(session, "old", at=now - timedelta(hours=3))
-    act(session, service.resolve, old, by="rule", at=now - timedelta(hours=2))
+    act(session, flows.resolve, old, by="rule", at=now - timedelta(hours=2))
     fire(session, "still-open", at=now - timedelta(hours=3))
     drain(dispatcher, session)
 
@@ -275,7 +276,7 @@ def open_and_resolve_during_outage(
         ids.append(fire(session, f"outage-{number:03d}"))
         time.sleep(down_s / 2 / incidents)
     for incident in ids:
-        act(session, service.resolve, incident, by="rule")
+        act(session, flows.resolve, incident, by="rule")
         time.sleep(down_s / 2 / incidents)
     time.sleep(max(0.0, down_s - (time.monotonic() - started)))
     assert slack.calls() == []  # nothing got through while down
@@ -301,14 +302,15 @@ def test_slack_down_while_incidents_open_and_resolve_loses_and_repeats_nothing(
     assert_each_incident_posted_once_then_updated(session, slack, 20)
 
 
-def test_slack_down_for_the_full_60_seconds_with_50_incidents(tmp_path, slack, notifier):
+def test_slack_down_for_the_full_60_seconds_with_50_incidents(tmp_path, slack, slack_client):
     """The issue's scenario at full length (about 65 s): SQLite only, to keep the suite's
     time reasonable; the backend-independent part is the test above, on both databases."""
     url = f"sqlite:///{tmp_path / 'outage.db'}"
     db.upgrade(url)
     engine = db.make_engine(url)
     settings = DispatchSettings(backoff_cap_s=5.0)
-    dispatcher = Dispatcher(engine, notifier, slack_config(max_per_second=50), settings=settings)
+    notifier = SlackNotifier(slack_client, slack_config(max_per_second=50))
+    dispatcher = Dispatcher(engine, notifier, settings=settings)
     try:
         with db.session_factory(engine)() as session:
             open_and_resolve_during_outage(session, slack, dispatcher, incidents=50, down_s=60)
@@ -324,8 +326,8 @@ def test_two_dispatchers_at_once_send_each_row_once(session, slack, dispatcher_f
     second.start()
     for number in range(30):
         incident = fire(session, f"race-{number}")
-        act(session, service.acknowledge, incident, by="alice")
-        act(session, service.resolve, incident, by="bob")
+        act(session, flows.acknowledge, incident, by="alice")
+        act(session, flows.resolve, incident, by="bob")
     wait_for(lambda: statuses(session) == {"sent": 90}, 20, "every row to be sent")
 
     calls = by_incident(slack, session)
@@ -411,7 +413,7 @@ def start_dispatcher_process(url: str, slack: SlackStandIn) -> subprocess.Popen[
 def test_an_outbox_row_commits_and_rolls_back_with_its_event(session):
     """The transactional outbox: a notification exists exactly when its event does."""
     fire(session, "committed")
-    service.open_or_update(
+    flows.open_or_update(
         session, fingerprint="rolled-back", title="t", severity="info", source="rule"
     )
     session.rollback()
@@ -426,7 +428,7 @@ def test_the_service_writes_one_outbox_row_per_timeline_event(session):
     leaves exactly one pending row per event, on the statement path of each database."""
     first = fire(session, "gpu-1-hot")
     fire(session, "gpu-1-hot")
-    service.open_or_update_many(
+    flows.open_or_update_many(
         session,
         firings=[
             service.Firing("batch-a", "a", "warning", "rule"),
@@ -434,9 +436,9 @@ def test_the_service_writes_one_outbox_row_per_timeline_event(session):
             service.Firing("batch-a", "a", "warning", "rule"),
         ],
     )
-    act(session, service.acknowledge, first, by="alice")
-    act(session, service.add_note, first, by="alice", text="looking")
-    act(session, service.resolve, first, by="alice")
+    act(session, flows.acknowledge, first, by="alice")
+    act(session, flows.add_note, first, by="alice", text="looking")
+    act(session, flows.resolve, first, by="alice")
     fire(session, "gpu-1-hot")  # within the reopen window
 
     events = list(session.scalars(sa.select(IncidentEvent).order_by(IncidentEvent.id)))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from outbox_helpers import act, drain, fire, rows
 from sqlalchemy.orm import Session
 
-from reliability.incidents import service, silences
+from reliability.incidents import flows, service, silences
 from reliability.incidents.models import IncidentStatus
 from reliability.notify.models import OutboxStatus
 from reliability.testing.slack import SlackStandIn
@@ -39,8 +39,7 @@ def end_silence(session: Session, silence_id: int) -> int:
     """Expire the silence and release what it held back, as `silences expire` does; how
     many incidents were released."""
     now = datetime.now(UTC)
-    silences.expire(session, silence_id=silence_id, now=now)
-    released = silences.release_ended(session, now=now)
+    _, released = flows.expire_silence(session, silence_id=silence_id, now=now)
     session.commit()
     return len(released)
 
@@ -53,7 +52,7 @@ def kinds(session: Session, incident_id: int) -> list[str]:
 
 def expire_acks(session: Session, *, now: datetime | None = None) -> list[int]:
     """One run of the daemon's ack-timeout job; the incidents that were re-notified."""
-    events = service.expire_acknowledgements(session, now=now or datetime.now(UTC), timeout=TIMEOUT)
+    events = flows.expire_acknowledgements(session, now=now or datetime.now(UTC), timeout=TIMEOUT)
     session.commit()
     return [event.incident_id for event in events]
 
@@ -65,7 +64,7 @@ def test_a_silenced_incident_is_recorded_but_nothing_reaches_slack(session, slac
     muted = silence(session, "node=gpu-3")
     incident = fire(session, "gpu-3-hot", labels={"node": "gpu-3"})
     fire(session, "gpu-3-hot", labels={"node": "gpu-3"})
-    act(session, service.add_note, incident, by="carol", text="reseating")
+    act(session, flows.add_note, incident, by="carol", text="reseating")
     drain(dispatcher, session)
 
     assert slack.calls() == []
@@ -96,7 +95,7 @@ def test_after_the_silence_is_expired_the_next_change_is_posted(session, slack, 
     assert slack.replies(root.ts) == []
 
     end_silence(session, muted)
-    act(session, service.add_note, incident, by="carol", text="back in service")
+    act(session, flows.add_note, incident, by="carol", text="back in service")
     drain(dispatcher, session)
 
     replies = [m.text for m in slack.replies(root.ts)]
@@ -111,12 +110,12 @@ def test_an_incident_opened_during_the_silence_is_posted_when_it_ends_if_still_u
     muted = silence(session, "node=gpu-3")
     still_open = fire(session, "gpu-3-hot", labels={"node": "gpu-3"})
     over = fire(session, "gpu-3-xid", labels={"node": "gpu-3"})
-    act(session, service.resolve, over, by="rule")
+    act(session, flows.resolve, over, by="rule")
     drain(dispatcher, session)
     assert slack.calls() == []
 
     assert end_silence(session, muted) == 1
-    assert silences.release_ended(session, now=datetime.now(UTC)) == []  # once
+    assert flows.release_ended_silences(session, now=datetime.now(UTC)) == []  # once
     drain(dispatcher, session)
 
     [message] = slack.messages("alerts")
@@ -133,7 +132,7 @@ def test_a_silence_lets_an_edit_of_a_posted_message_through_but_no_replies(
     drain(dispatcher, session)
     muted = silence(session, "node=gpu-3")
     fire(session, "gpu-3-hot", labels={"node": "gpu-3"})
-    act(session, service.resolve, incident, by="bob")
+    act(session, flows.resolve, incident, by="bob")
     drain(dispatcher, session)
 
     [message] = slack.messages("alerts")
@@ -154,7 +153,7 @@ def ack_expiry_replies(slack: SlackStandIn) -> list[str]:
 def test_an_ack_left_unresolved_past_the_timeout_pings_the_thread_once(session, slack, dispatcher):
     now = datetime.now(UTC)
     incident = fire(session, "gpu-1-hot")
-    act(session, service.acknowledge, incident, by="alice", at=now - timedelta(minutes=31))
+    act(session, flows.acknowledge, incident, by="alice", at=now - timedelta(minutes=31))
     drain(dispatcher, session)
     assert expire_acks(session, now=now - timedelta(minutes=2)) == []
 
@@ -174,9 +173,9 @@ def test_an_ack_left_unresolved_past_the_timeout_pings_the_thread_once(session, 
 def test_a_fresh_ack_restarts_the_clock(session, slack, dispatcher):
     now = datetime.now(UTC)
     incident = fire(session, "gpu-1-hot")
-    act(session, service.acknowledge, incident, by="alice", at=now - timedelta(minutes=40))
+    act(session, flows.acknowledge, incident, by="alice", at=now - timedelta(minutes=40))
     assert expire_acks(session, now=now) == [incident]
-    act(session, service.acknowledge, incident, by="bob", at=now)
+    act(session, flows.acknowledge, incident, by="bob", at=now)
 
     assert expire_acks(session, now=now + timedelta(minutes=29)) == []
     assert expire_acks(session, now=now + timedelta(minutes=30)) == [incident]
@@ -190,8 +189,8 @@ def test_a_fresh_ack_restarts_the_clock(session, slack, dispatcher):
 def test_a_resolved_incident_never_renotifies(session, slack, dispatcher):
     now = datetime.now(UTC)
     incident = fire(session, "gpu-1-hot")
-    act(session, service.acknowledge, incident, by="alice", at=now - timedelta(hours=2))
-    act(session, service.resolve, incident, by="alice", at=now - timedelta(minutes=5))
+    act(session, flows.acknowledge, incident, by="alice", at=now - timedelta(hours=2))
+    act(session, flows.resolve, incident, by="alice", at=now - timedelta(minutes=5))
 
     assert expire_acks(session, now=now) == []
     drain(dispatcher, session)
@@ -202,7 +201,7 @@ def test_a_resolved_incident_never_renotifies(session, slack, dispatcher):
 def test_an_ack_expiring_during_a_silence_pings_when_the_silence_ends(session, slack, dispatcher):
     now = datetime.now(UTC)
     incident = fire(session, "gpu-3-hot", labels={"node": "gpu-3"})
-    act(session, service.acknowledge, incident, by="alice", at=now - timedelta(hours=1))
+    act(session, flows.acknowledge, incident, by="alice", at=now - timedelta(hours=1))
     drain(dispatcher, session)
     muted = silence(session, "node=gpu-3")
     expire_acks(session, now=now)

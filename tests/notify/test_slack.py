@@ -9,36 +9,31 @@ from collections.abc import Callable, Iterator
 import pytest
 from pydantic import SecretStr
 
-from reliability.notify.slack import (
-    Permanent,
-    RateLimited,
-    SlackError,
-    SlackNotifier,
-    Transient,
-)
+from reliability.notify.base import NotifyError, Permanent, RateLimited, Transient
+from reliability.notify.slack import SlackClient
 from reliability.testing.slack import SlackStandIn
 
 BLOCKS = [{"type": "section", "text": {"type": "mrkdwn", "text": "*gpu-3* at 91 C"}}]
 
 
 @pytest.fixture
-def notifier(slack: SlackStandIn) -> SlackNotifier:
-    return SlackNotifier(SecretStr(slack.token), base_url=slack.api_url, timeout_s=5)
+def notifier(slack: SlackStandIn) -> SlackClient:
+    return SlackClient(SecretStr(slack.token), base_url=slack.api_url, timeout_s=5)
 
 
-def failure(call: Callable[[], object]) -> SlackError:
-    with pytest.raises(SlackError) as raised:
+def failure(call: Callable[[], object]) -> NotifyError:
+    with pytest.raises(NotifyError) as raised:
         call()
     return raised.value
 
 
-def test_check_names_the_bot(notifier: SlackNotifier) -> None:
+def test_check_names_the_bot(notifier: SlackClient) -> None:
     identity = notifier.check()
 
     assert identity.bot_id and identity.team and identity.user
 
 
-def test_post_then_update_edits_one_message(slack: SlackStandIn, notifier: SlackNotifier) -> None:
+def test_post_then_update_edits_one_message(slack: SlackStandIn, notifier: SlackClient) -> None:
     posted = notifier.post("#alerts", "gpu-3 hot", BLOCKS)
     notifier.update(posted.channel, posted.ts, "gpu-3 resolved", [])
 
@@ -53,7 +48,7 @@ def test_post_then_update_edits_one_message(slack: SlackStandIn, notifier: Slack
 
 
 def test_thread_replies_arrive_in_order_under_the_alert(
-    slack: SlackStandIn, notifier: SlackNotifier
+    slack: SlackStandIn, notifier: SlackClient
 ) -> None:
     alert = notifier.post("#alerts", "gpu-3 hot", BLOCKS)
     for note in ("refired", "runbook started"):
@@ -64,7 +59,7 @@ def test_thread_replies_arrive_in_order_under_the_alert(
 
 
 def test_a_bad_token_is_permanent(slack: SlackStandIn) -> None:
-    wrong = SlackNotifier("xoxb-wrong-token", base_url=slack.api_url, timeout_s=5)
+    wrong = SlackClient("xoxb-wrong-token", base_url=slack.api_url, timeout_s=5)
 
     for call in (wrong.check, lambda: wrong.post("#alerts", "x")):
         error = failure(call)
@@ -74,7 +69,7 @@ def test_a_bad_token_is_permanent(slack: SlackStandIn) -> None:
 
 
 def test_an_unknown_channel_or_message_is_permanent(
-    slack: SlackStandIn, notifier: SlackNotifier
+    slack: SlackStandIn, notifier: SlackClient
 ) -> None:
     posted = notifier.post("#alerts", "x")
 
@@ -86,7 +81,7 @@ def test_an_unknown_channel_or_message_is_permanent(
 
 
 def test_429_is_rate_limited_with_retry_after_and_not_retried_inside(
-    slack: SlackStandIn, notifier: SlackNotifier
+    slack: SlackStandIn, notifier: SlackClient
 ) -> None:
     slack.rate_limit(1, retry_after=7)
 
@@ -99,7 +94,7 @@ def test_429_is_rate_limited_with_retry_after_and_not_retried_inside(
 
 
 def test_refused_connections_are_transient_and_the_next_call_goes_through(
-    slack: SlackStandIn, notifier: SlackNotifier
+    slack: SlackStandIn, notifier: SlackClient
 ) -> None:
     slack.outage()
     error = failure(lambda: notifier.post("#alerts", "x"))
@@ -113,9 +108,7 @@ def test_refused_connections_are_transient_and_the_next_call_goes_through(
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
-def test_5xx_answers_are_transient(
-    slack: SlackStandIn, notifier: SlackNotifier, status: int
-) -> None:
+def test_5xx_answers_are_transient(slack: SlackStandIn, notifier: SlackClient, status: int) -> None:
     slack.outage(status=status)
 
     error = failure(lambda: notifier.post("#alerts", "x"))
@@ -138,7 +131,7 @@ def test_5xx_answers_are_transient(
     ],
 )
 def test_slack_error_codes_say_whether_to_retry(
-    slack: SlackStandIn, notifier: SlackNotifier, code: str, kind: type[SlackError]
+    slack: SlackStandIn, notifier: SlackClient, code: str, kind: type[NotifyError]
 ) -> None:
     slack.fail_next(1, code)
 
@@ -156,7 +149,7 @@ def silent_server() -> Iterator[str]:
 
 
 def test_a_slack_that_never_answers_is_transient_after_the_deadline(silent_server: str) -> None:
-    notifier = SlackNotifier("xoxb-any", base_url=silent_server, timeout_s=0.2)
+    notifier = SlackClient("xoxb-any", base_url=silent_server, timeout_s=0.2)
 
     error = failure(lambda: notifier.post("#alerts", "x"))
 
@@ -168,10 +161,10 @@ def test_the_token_never_appears_in_errors_or_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)  # slack_sdk logs requests and answers at DEBUG
     wrong_token = "xoxb-1111-2222-wrongwrongwrong"
-    good = SlackNotifier(slack.token, base_url=slack.api_url, timeout_s=5)
-    wrong = SlackNotifier(SecretStr(wrong_token), base_url=slack.api_url, timeout_s=5)
-    hung = SlackNotifier(slack.token, base_url=silent_server, timeout_s=0.2)
-    errors: list[SlackError] = [failure(wrong.check)]
+    good = SlackClient(slack.token, base_url=slack.api_url, timeout_s=5)
+    wrong = SlackClient(SecretStr(wrong_token), base_url=slack.api_url, timeout_s=5)
+    hung = SlackClient(slack.token, base_url=silent_server, timeout_s=0.2)
+    errors: list[NotifyError] = [failure(wrong.check)]
     slack.rate_limit(1, retry_after=3)
     errors.append(failure(lambda: good.post("#alerts", "x")))
     slack.fail_next(1, "internal_error")

@@ -1,0 +1,162 @@
+"""Incident work that notifies: each function changes incidents through `service` and writes
+the outbox rows (`notify/outbox.py`) of the events it recorded, in the caller's transaction.
+
+So a notification exists exactly when its event does, and `service` and `silences` stay
+database work on incidents alone. Every caller whose change should reach on-call (the
+detection loop, webhook intake, the CLI, runbooks, the daemon's timers) comes through here;
+the arguments and results are the service's. None commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from reliability.incidents import service, silences
+from reliability.incidents.models import EventKind, Incident, IncidentEvent, Severity, Silence
+from reliability.incidents.service import Change, Firing, Upsert
+from reliability.notify import outbox
+from reliability.notify import service as notify_service
+
+
+def open_or_update(
+    session: Session,
+    *,
+    fingerprint: str,
+    title: str,
+    severity: Severity | str,
+    source: str,
+    labels: dict[str, str] | None = None,
+    summary: str | None = None,
+    at: datetime | None = None,
+    reopen_window: timedelta = timedelta(minutes=10),
+    data: dict[str, Any] | None = None,
+) -> Upsert:
+    """`service.open_or_update`, notified."""
+    firing = Firing(fingerprint, title, severity, source, labels, summary, at, data)
+    (upsert,) = open_or_update_many(session, firings=[firing], reopen_window=reopen_window)
+    return upsert
+
+
+def open_or_update_many(
+    session: Session,
+    *,
+    firings: Iterable[Firing],
+    reopen_window: timedelta = timedelta(minutes=10),
+) -> list[Upsert]:
+    """`service.open_or_update_many`, notified: the batch's rows in one statement."""
+    upserts = service.open_or_update_many(session, firings=firings, reopen_window=reopen_window)
+    notify_upserts(session, upserts)
+    return upserts
+
+
+def notify_upserts(session: Session, upserts: Sequence[Upsert]) -> None:
+    """The outbox rows of the events these upserts recorded, in the order they happened
+    (for callers that mix upserts with other changes in one transaction)."""
+    # Event ids grow in the order the events were written: the order per incident.
+    ordered = sorted(upserts, key=lambda u: u.event_id)
+    outbox.enqueue(
+        session, events=[outbox.Event(u.incident.id, u.event_id, u.action) for u in ordered]
+    )
+
+
+def acknowledge(
+    session: Session, *, incident_id: int, by: str, at: datetime | None = None
+) -> Change:
+    """`service.acknowledge`, notified."""
+    change = service.acknowledge(session, incident_id=incident_id, by=by, at=at)
+    outbox.enqueue(session, events=[change.event])
+    return change
+
+
+def resolve(
+    session: Session,
+    *,
+    incident_id: int,
+    by: str,
+    note: str | None = None,
+    at: datetime | None = None,
+) -> Change:
+    """`service.resolve`, notified."""
+    change = service.resolve(session, incident_id=incident_id, by=by, note=note, at=at)
+    outbox.enqueue(session, events=[change.event])
+    return change
+
+
+def resolve_fingerprint(
+    session: Session, *, fingerprint: str, by: str, at: datetime | None = None
+) -> Change | None:
+    """`service.resolve_fingerprint`, notified."""
+    change = service.resolve_fingerprint(session, fingerprint=fingerprint, by=by, at=at)
+    if change is not None:
+        outbox.enqueue(session, events=[change.event])
+    return change
+
+
+def add_note(session: Session, *, incident_id: int, by: str, text: str) -> IncidentEvent:
+    """`service.add_note`, notified (a reply in the incident's thread)."""
+    event = service.add_note(session, incident_id=incident_id, by=by, text=text)
+    outbox.enqueue(session, events=[event])
+    return event
+
+
+def expire_acknowledgements(
+    session: Session, *, now: datetime, timeout: timedelta
+) -> list[IncidentEvent]:
+    """`service.expire_acknowledgements`, notified: each `ack_expired` pages again."""
+    expired = service.expire_acknowledgements(session, now=now, timeout=timeout)
+    outbox.enqueue(session, events=expired)
+    return expired
+
+
+def release_ended_silences(session: Session, *, now: datetime) -> list[IncidentEvent]:
+    """Record `silence_ended` for each unresolved incident whose latest notification a silence
+    held back and which no silence covers any more; its outbox rows tell on-call.
+
+    Idempotent: the event's own rows are then the incident's latest, and not held back.
+    """
+    in_force = silences.active(session, now=now)
+    released = []
+    for held in notify_service.held_back(session):
+        if silences.covering(in_force, held.labels) is not None:
+            continue
+        incident = session.get(
+            Incident, held.incident_id, with_for_update=True, populate_existing=True
+        )
+        # Checked again under the lock: a concurrent caller may have released it already.
+        if incident is None or not notify_service.held_back(session, incident_id=incident.id):
+            continue
+        message = f"silence {held.silence_id} ended; this incident is still {incident.status}"
+        released.append(
+            service.record_event(
+                session,
+                incident=incident,
+                kind=EventKind.silence_ended,
+                at=now,
+                message=message,
+                data={"silence_id": held.silence_id},
+            )
+        )
+    outbox.enqueue(session, events=released)
+    return released
+
+
+def expire_silence(
+    session: Session, *, silence_id: int, now: datetime
+) -> tuple[Silence, list[IncidentEvent]]:
+    """End an active silence now and release, notified, what it held back (`silences.expire`
+    and `release_ended_silences`): the silence and the `silence_ended` events."""
+    silence = silences.expire(session, silence_id=silence_id, now=now)
+    return silence, release_ended_silences(session, now=now)
+
+
+def tick(session: Session, *, now: datetime, ack_timeout: timedelta) -> list[IncidentEvent]:
+    """What time alone changes, notified: acknowledgements older than `ack_timeout` expire
+    (`expire_acknowledgements`) and incidents that ended silences held back are released
+    (`release_ended_silences`). The daemon runs it periodically; the events come back so it
+    can wake the dispatcher."""
+    expired = expire_acknowledgements(session, now=now, timeout=ack_timeout)
+    return expired + release_ended_silences(session, now=now)
