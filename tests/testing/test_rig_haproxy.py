@@ -7,7 +7,6 @@ master-worker mode, `haproxy -c` to validate, `kill -USR2` to the master to relo
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import socket
 import time
@@ -16,9 +15,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rig_balancer_ops import (
+    alive,
+    balancer,
+    pool_of_fresh_request,
+    pool_upstream,
+    processes_naming,
+    send,
+    service,
+    switch_ops,
+    switch_over_ssh,
+    wait_for,
+)
 
 from reliability.balancers import HAProxy
-from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
+from reliability.config import NodeConfig
 from reliability.runbooks import ops
 from reliability.testing.fleet import Fleet
 from reliability.testing.haproxy import HAProxyBalancer, missing_requirement
@@ -28,91 +39,6 @@ from reliability.testing.services import service_missing
 pytestmark = pytest.mark.rig
 
 CHAT = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hello"}]}
-
-
-# --- helpers: the runbook's operations over SSH, and the answers through the balancer ------
-
-
-def balancer(lb: HAProxyBalancer) -> LoadBalancerConfig:
-    return LoadBalancerConfig(**lb.lb_config(lb.service))
-
-
-def service(lb: HAProxyBalancer) -> ServiceConfig:
-    return ServiceConfig(
-        name=lb.service, pools=["blue", "green"], active_pool="blue", load_balancer=balancer(lb)
-    )
-
-
-def pool_upstream(lb: HAProxyBalancer, active: str) -> str:
-    """The backend file a runbook writes to serve from ``active`` (the other pool down)."""
-    members = [
-        (NodeConfig(name=n.name, address=n.address, pool=n.pool), n.pool == active)
-        for n in lb.fleet.nodes
-        if n.pool is not None
-    ]
-    return ops.upstream_text(balancer(lb), service(lb), members)
-
-
-def send(lb: HAProxyBalancer, op: ops.Op, saved: dict[str, str]) -> tuple[str, str, int]:
-    """One operation of a plan, sent as the executor sends it."""
-    assert (op.where, op.kind) == (lb.node, "run")
-    stdin = saved[op.stdin.key or ""] if isinstance(op.stdin, ops.AtRun) else op.stdin
-    out, err, code = lb.ssh(op.detail, stdin)
-    if op.saves:
-        saved[op.saves] = out
-    return out, err, code
-
-
-def switch_ops(lb: HAProxyBalancer, content: str) -> list[ops.Op]:
-    return ops.lb_write_ops(lb.node, balancer(lb), content, saves="saved", verify=5.0)
-
-
-def switch_over_ssh(lb: HAProxyBalancer, content: str) -> dict[str, str]:
-    """Save, write, validate and reload as the runbooks do; what the run saved."""
-    saved: dict[str, str] = {}
-    for op in switch_ops(lb, content):
-        if op.where == ops.LOCAL:
-            continue
-        out, err, code = send(lb, op, saved)
-        assert code == 0, f"{op.detail}: {out}{err}"
-    return saved
-
-
-def pool_of_fresh_request(lb: HAProxyBalancer, path: str = "v1/models") -> str:
-    response = httpx.get(lb.url + path, timeout=5)
-    assert response.status_code == 200, response.text
-    return response.headers["x-pool"]
-
-
-def wait_for(condition: Callable[[], bool], within: float) -> float:
-    """Seconds until ``condition()`` held; fails the test after ``within``."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < within, "condition not met in time"
-        time.sleep(0.01)
-    return time.monotonic() - started
-
-
-def processes_naming(config: Path) -> list[int]:
-    """Live processes whose command line names ``config`` (what ``pgrep -f`` would find)."""
-    found = []
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if str(config).encode() in cmdline and state != "Z":
-            found.append(int(name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 # --- specifications -------------------------------------------------------------------------

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from rig_balancer_ops import (
+    alive,
+    balancer,
+    pool_of_fresh_request,
+    pool_upstream,
+    processes_naming,
+    send,
+    switch_ops,
+    switch_over_ssh,
+    wait_for,
+)
 
-from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
 from reliability.runbooks import ops
 from reliability.testing.fleet import Fleet
 from reliability.testing.inference import DEFAULT_MODEL
@@ -23,106 +31,6 @@ from reliability.testing.services import service_missing
 pytestmark = pytest.mark.rig
 
 CHAT = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hello"}]}
-
-
-# --- helpers: SSH as the runbook executor does it, and the answers through the balancer ---
-
-
-def ssh(
-    lb: NginxBalancer, command: str, stdin: str | None = None, *, node: str | None = None
-) -> tuple[str, str, int]:
-    """Run ``command`` on the LB node (or ``node``) as the login user; (out, err, status)."""
-    client = lb.fleet.ssh_client(node or lb.node)
-    try:
-        channel_in, out, err = client.exec_command(command, timeout=10)
-        if stdin is not None:
-            channel_in.write(stdin)
-        channel_in.channel.shutdown_write()
-        return out.read().decode(), err.read().decode(), out.channel.recv_exit_status()
-    finally:
-        client.close()
-
-
-def balancer(lb: NginxBalancer) -> LoadBalancerConfig:
-    return LoadBalancerConfig(**lb.lb_config(lb.service))
-
-
-def service(lb: NginxBalancer) -> ServiceConfig:
-    return ServiceConfig(
-        name=lb.service, pools=["blue", "green"], active_pool="blue", load_balancer=balancer(lb)
-    )
-
-
-def pool_upstream(lb: NginxBalancer, active: str) -> str:
-    """The upstream file a runbook writes to serve from ``active`` (the other pool down)."""
-    members = [
-        (NodeConfig(name=n.name, address=n.address, pool=n.pool), n.pool == active)
-        for n in lb.fleet.nodes
-        if n.pool is not None
-    ]
-    return ops.upstream_text(balancer(lb), service(lb), members)
-
-
-def send(lb: NginxBalancer, op: ops.Op, saved: dict[str, str]) -> tuple[str, str, int]:
-    """One operation of a plan, sent as the executor sends it."""
-    assert (op.where, op.kind) == (lb.node, "run")
-    stdin = saved[op.stdin.key or ""] if isinstance(op.stdin, ops.AtRun) else op.stdin
-    out, err, code = ssh(lb, op.detail, stdin)
-    if op.saves:
-        saved[op.saves] = out
-    return out, err, code
-
-
-def switch_ops(lb: NginxBalancer, content: str) -> list[ops.Op]:
-    return ops.lb_write_ops(lb.node, balancer(lb), content, saves="saved", verify=5.0)
-
-
-def switch_over_ssh(lb: NginxBalancer, content: str) -> dict[str, str]:
-    """Save, write, test and reload as the runbooks do; what the run saved."""
-    saved: dict[str, str] = {}
-    for op in switch_ops(lb, content):
-        if op.where == ops.LOCAL:
-            continue
-        out, err, code = send(lb, op, saved)
-        assert code == 0, f"{op.detail}: {out}{err}"
-    return saved
-
-
-def pool_of_fresh_request(lb: NginxBalancer, path: str = "v1/models") -> str:
-    response = httpx.get(lb.url + path, timeout=5)
-    assert response.status_code == 200, response.text
-    return response.headers["x-pool"]
-
-
-def wait_for(condition: Callable[[], bool], within: float) -> float:
-    """Seconds until ``condition()`` held; fails the test after ``within``."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < within, "condition not met in time"
-        time.sleep(0.01)
-    return time.monotonic() - started
-
-
-def nginx_processes_of(config: Path) -> list[int]:
-    """Live processes whose command line names ``config`` (what ``pgrep -f`` would find)."""
-    found = []
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if str(config).encode() in cmdline and state != "Z":
-            found.append(int(name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 # --- specifications -------------------------------------------------------------------------
@@ -159,7 +67,7 @@ def test_nginx_runs_as_the_login_user_with_everything_in_its_own_directory(
     owners = {Path(f"/proc/{pid}").stat().st_uid for pid in [rig_lb.pid, *rig_lb.worker_pids()]}
     login_uid = pwd.getpwnam(rig_lb.fleet.user).pw_uid
 
-    _, err, code = ssh(rig_lb, f"nginx -t -c {rig_lb.config_file}")
+    _, err, code = rig_lb.ssh(f"nginx -t -c {rig_lb.config_file}")
 
     assert owners == {login_uid}
     assert code == 0, err
@@ -227,7 +135,7 @@ def test_nginx_t_over_ssh_rejects_a_broken_upstream_and_the_old_file_goes_back(
 
 def test_a_dead_member_is_skipped(rig_lb: NginxBalancer) -> None:
     gone = f"{rig_lb.fleet.node('gpu-1').address}:8000"
-    _, err, code = ssh(rig_lb, "docker rm -f vllm", node="gpu-1")
+    _, err, code = rig_lb.ssh("docker rm -f vllm", node="gpu-1")
     assert code == 0, err
 
     answers = [httpx.get(rig_lb.url + "v1/models", timeout=5) for _ in range(6)]
@@ -293,7 +201,7 @@ def test_stop_leaves_no_nginx_process_even_with_a_stream_in_flight(
 
     assert master is not None
     assert [pid for pid in [master, *workers] if alive(pid)] == []
-    assert nginx_processes_of(rig_lb.config_file) == []
+    assert processes_naming(rig_lb.config_file) == []
     assert rig_lb.pid is None and rig_lb.worker_pids() == []
     with pytest.raises(OSError), socket.create_connection((rig_lb.address, rig_lb.port), 1):
         pass
@@ -316,7 +224,7 @@ def test_stop_after_the_fleet_removed_its_files(
 
     assert not config.exists()
     assert [pid for pid in pids if pid is not None and alive(pid)] == []
-    assert nginx_processes_of(config) == []
+    assert processes_naming(config) == []
 
 
 def test_members_parse_the_upstream_file_as_runbooks_write_it() -> None:
