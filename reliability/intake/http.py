@@ -79,11 +79,14 @@ async def read_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> bytes:
 
 
 def parse_json(body: bytes) -> Any:
-    """The body as JSON; 400 with the position of the first error."""
+    """The body as JSON; 400 with the position of the first error, or when it is nested
+    deeper than the parser can follow (no webhook is: it is a hostile or broken sender)."""
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Rejection(400, "malformed JSON", [str(exc)]) from None
+    except RecursionError:
+        raise Rejection(400, "malformed JSON", ["nested too deeply"]) from None
 
 
 def validation_details(exc: ValidationError) -> list[str]:

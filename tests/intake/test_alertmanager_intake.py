@@ -200,6 +200,13 @@ def _valid_body(**changes: Any) -> bytes:
     return json.dumps({k: v for k, v in payload.items() if v is not None}).encode()
 
 
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def _alert_without_fingerprint() -> bytes:
     alert = alert_payload(FP_A)
     del alert["fingerprint"]
@@ -234,6 +241,13 @@ class BadRequest:
 BAD_REQUESTS = [
     BadRequest("malformed JSON", 400, "malformed JSON", body=b'{"version": "4", "alerts": ['),
     BadRequest("body not UTF-8", 400, "malformed JSON", body=b"\xff\xfe{}"),
+    BadRequest("nested 100,000 deep", 400, "malformed JSON", body=b"[" * 100_000),
+    BadRequest(
+        "a label nested 500 deep",
+        400,
+        "not an Alertmanager",
+        body=_valid_body(commonLabels={"team": _nested(500)}),
+    ),
     BadRequest("wrong version", 400, "not an Alertmanager", body=_valid_body(version="3")),
     BadRequest("no alerts field", 400, "not an Alertmanager", body=_valid_body(alerts=None)),
     BadRequest("alert without fingerprint", 400, "not an", body=_alert_without_fingerprint()),
