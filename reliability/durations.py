@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+MAX_SECONDS = 366 * 86400.0  # no setting of this suite waits or soaks longer than a year
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -25,8 +27,20 @@ def parse_duration(value: Any) -> float:
         seconds = sum(float(n) * _UNIT[u] for n, u in parts)
     else:
         raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a duration; write a number of seconds or e.g. 30s, 5m")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{value!r} is over a year; write a shorter duration")
+    return seconds
+
+
+def parse_interval(value: Any) -> float:
+    """Seconds between two runs of something: a duration above zero."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("an interval must be above zero; write e.g. 15s")
     return seconds
 
 
@@ -43,3 +57,4 @@ def format_duration(seconds: float) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Interval = Annotated[float, BeforeValidator(parse_interval)]

@@ -86,16 +86,49 @@ def read_yaml(file: Path) -> tuple[Any, dict[Loc, int]]:
     naming the file (and the line, for bad YAML) when it cannot be read or parsed."""
     name = str(file)
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
+        text = raw.decode("utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text) if node is not None else None
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [f"{name}:{line}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"]
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{name}:{mark.line + 1}" if mark else name
         raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    return data, (_line_map(node) if node is not None else {})
+    if node is None:
+        return data, {}
+    duplicates = [
+        _message(name, line, loc, f"given twice (first at line {first}); keep one")
+        for loc, first, line in _duplicate_keys(node)
+    ]
+    if duplicates:
+        raise ConfigError(duplicates)
+    return data, _line_map(node)
+
+
+def _duplicate_keys(node: yaml.Node, loc: Loc = ()) -> list[tuple[Loc, int, int]]:
+    """(path, first line, repeated line) of every key a mapping gives twice: YAML loaders
+    keep the last silently, so a setting written twice would change without a word."""
+    found: list[tuple[Loc, int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if key.value in first:
+                found.append(((*loc, key.value), first[key.value], line))
+            else:
+                first[key.value] = line
+            found += _duplicate_keys(value, (*loc, key.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(item, (*loc, i))
+    return found
 
 
 def validation_messages(file: str, exc: ValidationError, lines: dict[Loc, int]) -> list[str]:

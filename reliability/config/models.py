@@ -27,7 +27,7 @@ from pydantic import (
 
 from reliability.config.errors import ConfigError, Loc, format_loc, placed_message
 from reliability.config.rules import Rules
-from reliability.durations import Duration
+from reliability.durations import Duration, Interval
 
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
 
@@ -47,10 +47,28 @@ def _matching(pattern: str, hint: str) -> AfterValidator:
 Name = Annotated[
     str, _matching(r"[a-z0-9][a-z0-9._-]{0,62}", "use lowercase letters, digits, '.', '_', '-'")
 ]
+
+
+def _no_credentials(value: str) -> str:
+    """A config URL never carries `user:password@`: the file is read by many, logged and
+    copied; credentials go in the environment or a file the field's `*_env`/`*_file` names."""
+    if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError(
+            "the URL holds credentials (user:password@); remove them and give the secret "
+            "by its `*_env` or `*_file` setting"
+        )
+    return value
+
+
 HttpUrl = Annotated[
-    str, _matching(r"https?://\S+", "write a URL starting with http:// or https://")
+    str,
+    _matching(r"https?://\S+", "write a URL starting with http:// or https://"),
+    AfterValidator(_no_credentials),
 ]
 AbsPath = Annotated[str, _matching(r"/\S*", "write an absolute path on the node")]
+
+
+MAX_GPUS = 64  # per node; the largest boards today hold 8 or 16
 
 
 class Strict(BaseModel):
@@ -108,7 +126,7 @@ class SlackConfig(Strict):
     token_file: Path | None = None
     channel: str = Field(..., description="default channel, e.g. #oncall or a channel id")
     routes: list[SlackRoute] = []
-    base_url: str = "https://slack.com/api/"
+    base_url: HttpUrl = "https://slack.com/api/"
     max_per_second: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
@@ -134,7 +152,9 @@ class NodeConfig(Strict):
     ssh: SshConfig = SshConfig()
     role: Literal["serving", "standby", "lb", "other"] = "serving"
     pool: Name | None = None
-    gpus: int = Field(0, ge=0, description="GPUs the node must have; fewer visible = GPU lost")
+    gpus: int = Field(
+        0, ge=0, le=MAX_GPUS, description="GPUs the node must have; fewer visible = GPU lost"
+    )
     gpu_source: Literal["smi", "nvml", "none"] | None = None
     watch_paths: list[AbsPath] = ["/"]
     container: str | None = None
@@ -210,8 +230,8 @@ class EndpointConfig(Strict):
     model: str | None = None
     api_key_env: str | None = None
     api_key_file: Path | None = None
-    interval: Duration = 15.0
-    timeout: Duration = 10.0
+    interval: Interval = 15.0
+    timeout: Interval = 10.0
     completion_interval: Duration = Field(60.0, description="0 turns the completion probe off")
     health_path: str = "/health"
 
@@ -225,9 +245,9 @@ class EndpointConfig(Strict):
 
 
 class CollectConfig(Strict):
-    gpu_interval: Duration = 15.0
-    node_interval: Duration = 15.0
-    timeout: Duration = Field(10.0, description="deadline of one target's collection")
+    gpu_interval: Interval = 15.0
+    node_interval: Interval = 15.0
+    timeout: Interval = Field(10.0, description="deadline of one target's collection")
     workers: int = Field(16, ge=1, le=256, description="threads per collector job")
 
 

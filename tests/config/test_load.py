@@ -212,3 +212,67 @@ def test_watched_paths_must_be_absolute(tmp_path):
     (line,) = errors_of(path)
     assert line.startswith(f"{path}:4: nodes[0].watch_paths[1]: ")
     assert "absolute path" in line
+
+
+def test_a_file_that_is_not_utf8_names_its_line_not_a_traceback(tmp_path):
+    path = tmp_path / "reliability.yaml"
+    path.write_bytes(b"nodes:\n  - name: gpu-\xff1\n    address: 127.0.1.1\n")
+    assert errors_of(path) == [f"{path}:2: not UTF-8 text (byte 21); save the file as UTF-8"]
+
+
+def test_a_key_given_twice_is_refused_where_yaml_would_keep_the_last(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        collect:
+          gpu_interval: 15s
+        collect:
+          node_interval: 30s
+        """,
+    )
+    assert errors_of(path) == [f"{path}:3: collect: given twice (first at line 1); keep one"]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "1e400"])
+def test_a_duration_that_is_not_a_finite_number_is_refused(tmp_path, value):
+    path = write(tmp_path, f"incidents:\n  ack_timeout: {value}\n")
+    [line] = errors_of(path)
+    assert line.startswith(f"{path}:2: incidents.ack_timeout: ")
+    assert "duration" in line
+
+
+def test_an_interval_of_zero_is_refused_and_so_is_an_absurd_gpu_count(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        collect:
+          gpu_interval: 0
+        nodes:
+          - {name: gpu-1, address: 127.0.1.1, gpus: 99999999999999999999999}
+        """,
+    )
+    lines = errors_of(path)
+    assert (
+        f"{path}:2: collect.gpu_interval: an interval must be above zero; write e.g. 15s" in lines
+    )
+    assert f"{path}:4: nodes[0].gpus: Input should be less than or equal to 64" in lines
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        "endpoints:\n  - {name: hosted, url: 'https://bob:hunter2@api.example/v1', kind: http}\n",
+        "slack:\n  channel: '#oncall'\n  token_env: T\n  base_url: 'http://bob:hunter2@127.0.0.1:9/api/'\n",
+        "dashboards:\n  grafana_url: 'http://admin:hunter2@127.0.0.1:3000'\n",
+    ],
+)
+def test_credentials_in_any_url_are_refused_and_not_echoed(tmp_path, section):
+    path = write(tmp_path, section)
+    lines = errors_of(path)
+    assert any("the URL holds credentials" in line for line in lines)
+    assert all("hunter2" not in line for line in lines)
+
+
+def test_durations_longer_than_a_year_are_refused():
+    with pytest.raises(ValueError, match="over a year"):
+        parse_duration("400d")
