@@ -4,9 +4,11 @@
 named "gpu" whose targets are the node names. Each `collect(node)` runs `SMI_COMMAND`
 and then `dmesg --time-format iso` through the node's runner, all within `timeout`.
 
-It reports the catalogue's GPU series that nvidia-smi can query (see `FIELDS`); nvidia-smi
-has no query field for total energy, the slowdown temperature or PCIe replays, so those
-come only from the NVML back end. Values nvidia-smi prints as `[N/A]`, `[Not Supported]`
+It reports the catalogue's GPU series that nvidia-smi can query (see `FIELDS`); the
+slowdown temperature is the GPU's temperature plus its margin to slowdown
+(`temperature.gpu.tlimit`, drivers 535 and later; older ones are asked without it). nvidia-smi
+has no query field for total energy or PCIe replays, so those come only from the NVML back
+end. Values nvidia-smi prints as `[N/A]`, `[Not Supported]`
 or another bracketed note are left out, never reported as 0. A line that is neither a
 CSV row of the expected shape nor a message nvidia-smi is known to print is
 CollectError("bad_output") naming the node and the line. "NVIDIA-SMI has failed" and
@@ -70,13 +72,16 @@ class CommandRunner(Protocol):
 _REASONS_FIELD = "clocks_event_reasons.active"
 # Drivers before 535 know the clock event reasons only by their old name.
 _LEGACY_REASONS_FIELD = "clocks_throttle_reasons.active"
+# Degrees left before the GPU slows itself down ("GPU T.Limit Temp"); older drivers lack it.
+_MARGIN_FIELD = "temperature.gpu.tlimit"
 
 # Queried per GPU, in this column order: --query-gpu fields of driver 590 (checked against
 # its --help-query-gpu); drivers before 535 name only the reasons field differently.
 FIELDS: tuple[str, ...] = (
     *("index", "uuid", "name", "pci.bus_id"),
     *("utilization.gpu", "utilization.memory", "memory.used", "memory.total"),
-    *("temperature.gpu", "power.draw", "enforced.power.limit", "clocks.current.sm"),
+    *("temperature.gpu", _MARGIN_FIELD, "power.draw", "enforced.power.limit"),
+    "clocks.current.sm",
     _REASONS_FIELD,
     *(
         f"ecc.errors.{k}.{s}.total"
@@ -188,6 +193,10 @@ def _row_samples(node: str, fields: Sequence[str], cells: list[str]) -> tuple[st
             continue
         if name in (_REASONS_FIELD, _LEGACY_REASONS_FIELD):
             out.extend(clock_event_samples(node, gpu, int(cell, 16)))
+        elif name == _MARGIN_FIELD:
+            if not _absent(row["temperature.gpu"]):
+                slowdown = float(row["temperature.gpu"]) + float(cell)
+                out.append(sample(catalog.GPU_SLOWDOWN_TEMPERATURE, (node, gpu), slowdown))
         elif name in _CONVERSIONS:
             metric, extra, convert = _CONVERSIONS[name]
             out.append(sample(metric, (node, gpu, *extra), convert(cell)))
@@ -317,11 +326,17 @@ class SmiGpuCollector:
             try:
                 return parse_query_output(node, result, state.fields)
             except UnknownFieldError as error:
-                if error.field != _REASONS_FIELD:
+                # An older driver: ask again in its words, without what it cannot tell.
+                if error.field == _REASONS_FIELD:
+                    state.fields = tuple(
+                        _LEGACY_REASONS_FIELD if f == _REASONS_FIELD else f for f in state.fields
+                    )
+                elif error.field == _MARGIN_FIELD:
+                    state.fields = tuple(f for f in state.fields if f != _MARGIN_FIELD)
+                else:
                     raise CollectError(
                         "bad_output", f"{node}: nvidia-smi rejects field {error.field!r}"
                     ) from error
-            state.fields = LEGACY_FIELDS  # an older driver: ask again in its words
 
     def _gpu_of_failure(self, state: _NodeState, failure: HandleFailure) -> str | None:
         if failure.index is not None:

@@ -109,11 +109,10 @@ def demo_rules() -> list[tuple[AnyRule, str]]:
         ),
         (
             builtin.GPU_TEMPERATURE_SLOWDOWN.model_copy(
-                update={"value": 87.0, "value_metric": None, "for_": 5.0, "resolve_after": 10.0}
+                update={"for_": 5.0, "resolve_after": 10.0}
             ),
-            "nvidia-smi cannot query a GPU's slowdown temperature (only NVML can), so over SSH "
-            "the demo compares with 87 C, an H100's; fires after 5s (built-in: 60s), "
-            "resolves after 10s (5m)",
+            "at each GPU's own slowdown temperature (nvidia-smi's T.Limit margin); fires after "
+            "5s (built-in: 60s), resolves after 10s (5m)",
         ),
     ]
 

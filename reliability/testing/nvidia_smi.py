@@ -36,6 +36,7 @@ from reliability.testing.gpu_fields import (
     canonical,
 )
 
+SLOWDOWN_CELSIUS = 87  # an H100 80GB HBM3's: the capture shows 41 C with a margin of 46
 DRIVER_FAILED = (
     "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
     "Make sure that the latest NVIDIA driver is installed and running.\n\n"
@@ -52,6 +53,9 @@ def _cell(field: str, values: dict[str, Any], derived: dict[str, Any], nounits: 
         value: Any = derived[name]
     elif name == "memory.free" and name not in values:
         value = values["memory.total"] - values["memory.reserved"] - values["memory.used"]
+    elif name == "temperature.gpu.tlimit" and name not in values:
+        # The margin to the board's slowdown threshold, so it shrinks as the GPU heats.
+        value = SLOWDOWN_CELSIUS - values["temperature.gpu"]
     elif name.startswith("clocks_event_reasons.") and name not in MASKS:
         bit = REASON_BITS[name.rsplit(".", 1)[1]]
         value = "Active" if values.get("clocks_event_reasons.active", 0) & bit else "Not Active"

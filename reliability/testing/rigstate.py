@@ -82,7 +82,6 @@ def default_gpu_values(node: str, slot: int) -> dict[str, Any]:
         "remapped_rows.failure": "No",
         "remapped_rows.histogram.max": 2560,
         "temperature.gpu": 41,
-        "temperature.gpu.tlimit": 46,
         "temperature.memory": 48,
         "power.management": "[Requested functionality has been deprecated]",
         "power.draw": 69.85,

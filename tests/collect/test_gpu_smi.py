@@ -32,6 +32,15 @@ MIB = 1024 * 1024
 
 H100_ROWS = (
     "0, GPU-6d3a8f0e-1c2b-4d5e-8f90-a1b2c3d4e5f6, NVIDIA H100 80GB HBM3, 00000000:18:00.0, "
+    "100, 11, 19818, 81559, 59, 28, 629.45, 700.00, 1980, 0x0000000000000000, 0, 3, 0, 1, [N/A], "
+    "0, 0, No, No\n"
+    "1, GPU-0f9e8d7c-6b5a-4938-2716-a5b4c3d2e1f0, NVIDIA H100 80GB HBM3, 00000000:2A:00.0, "
+    "0, 0, 0, 81559, 41, 46, 69.85, 700.00, 345, 0x0000000000000001, 0, 0, 0, 0, [N/A], "
+    "2, 1, Yes, No\n"
+)
+# Driver 525: no T.Limit margin, the reasons under their old name.
+OLD_DRIVER_ROWS = (
+    "0, GPU-6d3a8f0e-1c2b-4d5e-8f90-a1b2c3d4e5f6, NVIDIA H100 80GB HBM3, 00000000:18:00.0, "
     "100, 11, 19818, 81559, 59, 629.45, 700.00, 1980, 0x0000000000000000, 0, 3, 0, 1, [N/A], "
     "0, 0, No, No\n"
     "1, GPU-0f9e8d7c-6b5a-4938-2716-a5b4c3d2e1f0, NVIDIA H100 80GB HBM3, 00000000:2A:00.0, "
@@ -146,10 +155,11 @@ def test_h100_rows_become_samples_in_base_units():
 
 
 def test_values_a_gpu_does_not_have_are_left_out():
-    # A GeForce card: no ECC, no page retirement or row remapping, no power reading.
+    # A GeForce card: no ECC, no page retirement or row remapping, no power reading, no
+    # T.Limit margin.
     row = (
         "0, GPU-1a2b3c4d-0000-1111-2222-333344445555, NVIDIA GeForce RTX 2080 SUPER, "
-        "00000000:01:00.0, 3, 1, 512, 8192, 38, [Not Supported], 250.00, 300, "
+        "00000000:01:00.0, 3, 1, 512, 8192, 38, [N/A], [Not Supported], 250.00, 300, "
         "0x0000000000000001, [N/A], [N/A], [N/A], [N/A], [N/A], [N/A], [N/A], [N/A], [N/A]\n"
     )
     samples = gpus(runner(Result(0, row)), expected=1).collect(NODE)
@@ -161,6 +171,7 @@ def test_values_a_gpu_does_not_have_are_left_out():
         catalog.GPU_REMAPPED_ROWS,
         catalog.GPU_REMAP_PENDING,
         catalog.GPU_RETIRED_PAGES_PENDING,
+        catalog.GPU_SLOWDOWN_TEMPERATURE,
     ):
         assert metric.name not in names
     assert values(samples, catalog.GPU_POWER_LIMIT) == {("0",): 250.0}
@@ -255,27 +266,33 @@ def test_a_missing_nvidia_smi_is_a_failed_command():
     assert "not found" in str(error.value)
 
 
-def test_an_older_driver_is_asked_again_with_the_old_field_name():
-    legacy_rows = H100_ROWS
-
+def test_an_older_driver_is_asked_again_in_its_words_without_what_it_cannot_tell():
     class OldDriver(ScriptedRunner):
         def run(self, command: str, *, timeout: float) -> Result:
-            if "clocks_event_reasons.active" in command:
-                self.commands.append(command)
-                return Result(
-                    2, 'Field "clocks_event_reasons.active" is not a valid field to query.\n\n'
-                )
+            for unknown in ("temperature.gpu.tlimit", "clocks_event_reasons.active"):
+                if unknown in command:
+                    self.commands.append(command)
+                    return Result(2, f'Field "{unknown}" is not a valid field to query.\n\n')
             return super().run(command, timeout=timeout)
 
-    old = OldDriver({"nvidia-smi": Result(0, legacy_rows), "dmesg": Result(0, "")})
+    old = OldDriver({"nvidia-smi": Result(0, OLD_DRIVER_ROWS), "dmesg": Result(0, "")})
     collector = gpus(old, expected=2)
 
-    assert values(collector.collect(NODE), catalog.NODE_GPUS_VISIBLE) == {(): 2}
+    first = collector.collect(NODE)
     collector.collect(NODE)
 
+    assert values(first, catalog.NODE_GPUS_VISIBLE) == {(): 2}
+    assert values(first, catalog.GPU_TEMPERATURE) == {("0",): 59, ("1",): 41}
+    assert values(first, catalog.GPU_SLOWDOWN_TEMPERATURE) == {}
     smi_commands = [c for c in old.commands if c.startswith("nvidia-smi")]
-    assert len(smi_commands) == 3  # one rejected, then the old spelling twice
+    assert len(smi_commands) == 4  # two rejected, then the driver's own words twice
     assert "clocks_throttle_reasons.active" in smi_commands[-1]
+    assert "tlimit" not in smi_commands[-1]
+
+
+def test_the_slowdown_temperature_is_the_temperature_plus_its_margin():
+    samples = gpus(runner(Result(0, H100_ROWS)), expected=2).collect(NODE)
+    assert values(samples, catalog.GPU_SLOWDOWN_TEMPERATURE) == {("0",): 87, ("1",): 87}
 
 
 def test_xids_from_the_kernel_log_are_counted_once_by_gpu_index():
@@ -366,7 +383,11 @@ def test_the_rigs_nvidia_smi_and_dmesg_are_read_as_the_real_ones(tmp_path):
     rigstate = pytest.importorskip("reliability.testing.rigstate")
     rig = rigstate.RigState.create(tmp_path)
     rig.add_node(NODE, gpus=3)
-    rig.set_gpu(NODE, 0, {"utilization.gpu": 72, "clocks_event_reasons.hw_slowdown": True})
+    rig.set_gpu(
+        NODE,
+        0,
+        {"utilization.gpu": 72, "temperature.gpu": 92, "clocks_event_reasons.hw_slowdown": True},
+    )
     rig.set_gpu_status(NODE, 1, "lost")
     rig.set_gpu_status(NODE, 2, "missing")
     rig.add_xid(NODE, 1, 79, at=1_790_000_100.5)
@@ -380,6 +401,9 @@ def test_the_rigs_nvidia_smi_and_dmesg_are_read_as_the_real_ones(tmp_path):
     samples = collector.collect(NODE)
 
     assert values(samples, catalog.GPU_UTILIZATION) == {("0",): 0.72}
+    # Hot past its slowdown temperature: what gpu-temperature-slowdown compares.
+    assert values(samples, catalog.GPU_TEMPERATURE) == {("0",): 92}
+    assert values(samples, catalog.GPU_SLOWDOWN_TEMPERATURE) == {("0",): 87}
     assert values(samples, catalog.GPU_CLOCK_EVENT)[("0", "hw_slowdown")] == 1
     assert values(samples, catalog.GPU_LOST) == {("0",): 0, ("1",): 1}
     assert values(samples, catalog.NODE_GPUS_VISIBLE) == {(): 1}
