@@ -257,6 +257,9 @@ class IncidentsConfig(Strict):
 
 
 class DashboardsConfig(Strict):
+    src: Path = Field(
+        Path("dashboards"), description="folder of *.dashboard.py sources, beside the config"
+    )
     grafana_url: HttpUrl | None = None
     folder_uid: str = "reliability"
     token_env: str | None = None

@@ -14,15 +14,14 @@ from reliability.dashboards import push as push_mod
 src_option = click.option(
     "--src",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("dashboards"),
-    show_default=True,
-    help="Folder of *.dashboard.py sources.",
+    default=None,
+    help="Folder of *.dashboard.py sources (default: dashboards.src, beside the config file).",
 )
 
 
-def _build(src: Path, config: Config) -> list[build_mod.Built]:
+def _build(src: Path | None, config: Config) -> list[build_mod.Built]:
     try:
-        return build_mod.build_all(src, config.dashboards)
+        return build_mod.build_all(src or config.path(config.dashboards.src), config.dashboards)
     except build_mod.DashboardError as exc:
         raise CommandFailed(str(exc)) from None
 
@@ -42,7 +41,7 @@ def dashboards() -> None:
     help="Folder the JSON files are written to.",
 )
 @config_option
-def build(config: Config, src: Path, out: Path) -> None:
+def build(config: Config, src: Path | None, out: Path) -> None:
     """Write each dashboard as <uid>.json; the same sources and config give byte-identical
     files. The config's `dashboards` section sets what the dashboards take from it (the
     energy price per kWh)."""
@@ -54,7 +53,7 @@ def build(config: Config, src: Path, out: Path) -> None:
 @src_option
 @click.option("--url", help="Grafana's base URL (default: dashboards.grafana_url).")
 @config_option
-def push(config: Config, src: Path, url: str | None) -> None:
+def push(config: Config, src: Path | None, url: str | None) -> None:
     """Upload every dashboard to Grafana, overwriting, in the folder `dashboards.folder_uid`.
 
     One line per dashboard; exit 1 if any was not pushed.

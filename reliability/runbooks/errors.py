@@ -27,7 +27,9 @@ class NoSuchRun(RunbookError, LookupError):
 
 
 class NoSuchRunbook(RunbookError, LookupError):
-    """No runbook of `runbooks_dir` has this name."""
+    """No runbook of `runbooks_dir` has this name: the command line names what is not there."""
+
+    bad_input = True
 
 
 class WrongRunState(RunbookError):

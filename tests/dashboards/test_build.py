@@ -273,3 +273,22 @@ def test_stand_in_answers_version_mismatch_without_overwrite():
         again = httpx.post(url, json=body, headers=headers)
     assert again.status_code == 412
     assert again.json()["status"] == "version-mismatch"
+
+
+def test_the_sources_are_found_beside_the_config_from_any_folder(tmp_path: Path, monkeypatch):
+    config = tmp_path / "etc" / "reliability.yaml"
+    config.parent.mkdir()
+    config.write_text(f"dashboards:\n  src: {SOURCES}\n")
+    (tmp_path / "etc" / "local.yaml").write_text("dashboards:\n  src: panels\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no ./dashboards here
+
+    built = run("dashboards", "build", "--out", str(tmp_path / "out"), "-c", str(config))
+    missing = run("dashboards", "build", "-c", str(tmp_path / "etc" / "local.yaml"))
+
+    assert built.exit_code == 0, built.output
+    assert len(list((tmp_path / "out").glob("*.json"))) == len(BUILT)
+    # A relative `src` is taken from the config file's folder, and says so when absent.
+    assert missing.exit_code == 1
+    assert str(tmp_path / "etc" / "panels") in missing.output

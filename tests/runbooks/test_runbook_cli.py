@@ -69,12 +69,12 @@ def test_bad_parameters_exit_2_with_every_problem():
     assert "--param 'gpu-1': write NAME=VALUE" in malformed.output
 
 
-def test_an_unknown_runbook_exits_1_and_names_the_known_ones():
+def test_an_unknown_runbook_is_bad_usage_exit_2_and_names_the_known_ones():
     result = run("runbook", "plan", "reboot-everything", "-c", EXAMPLE)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no runbook is named 'reboot-everything'" in result.output
     assert "known: blue-green, image-rollback, node-failover, upstream-failover" in result.output
-    assert run("runbook", "show", "nope", "-c", EXAMPLE).exit_code == 1
+    assert run("runbook", "show", "nope", "-c", EXAMPLE).exit_code == 2
 
 
 def test_a_broken_runbook_file_exits_2_with_its_line(tmp_path: Path):
