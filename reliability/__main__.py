@@ -1,3 +1,8 @@
-from reliability.cli import main
+import sys
+
+try:
+    from reliability.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the command line loads: stop, quietly
+    sys.exit(130)
 
 main()

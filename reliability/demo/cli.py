@@ -42,12 +42,14 @@ def demo(ctx: click.Context, directory: Path, listen: str, no_nginx: bool) -> No
     """
     if ctx.invoked_subcommand is not None:
         return
-    from reliability.demo.run import DemoError, run
-
     try:
-        code = run(directory, listen, use_nginx=not no_nginx, console=console)
-    except DemoError as exc:
-        raise BadInput(str(exc)) from None
+        # Imported here, so a Ctrl-C while the daemon's modules load stops as quietly.
+        from reliability.demo.run import DemoError, run
+
+        try:
+            code = run(directory, listen, use_nginx=not no_nginx, console=console)
+        except DemoError as exc:
+            raise BadInput(str(exc)) from None
     except KeyboardInterrupt:
         err_console.print("reliability demo: interrupted while starting; stopped")
         code = 130

@@ -581,3 +581,24 @@ def test_without_root_or_nginx_the_demo_pages_and_only_plans_the_switch(demo_dir
         assert left_behind(demo) == ([], [])
     finally:
         demo.kill()
+
+
+@pytest.mark.parametrize("after", [0.2, 1.0, 2.5])
+def test_ctrl_c_while_the_demo_starts_stops_it_quietly(demo_dir: Path, after: float) -> None:
+    """Wherever start-up is (loading modules, starting the fleet, starting the daemon),
+    one Ctrl-C stops it: no traceback, nothing left for a second Ctrl-C."""
+    demo = RunningDemo(demo_dir, f"127.0.0.1:{free_port()}", [sys.executable], dict(os.environ))
+    with demo.output.open("wb") as out:
+        demo.proc = subprocess.Popen(
+            demo.command("demo", "--dir", str(demo_dir), "--listen", demo.listen, "--no-nginx"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=demo.env,
+        )
+    try:
+        time.sleep(after)
+        code, _ = demo.interrupt()
+    finally:
+        demo.kill()
+    assert code in (0, 130), demo.tail()
+    assert "Traceback" not in demo.output.read_text(), demo.tail()
