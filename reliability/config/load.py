@@ -53,6 +53,13 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
     for i, e in enumerate(cfg.endpoints):
         if e.service and e.service not in services:
             yield ("endpoints", i, "service"), f"no service is named {e.service!r}"
+        elif e.role == "hosted" and not e.service and services:
+            # Without it a busy hosted API's incident offers no failover, silently.
+            yield (
+                ("endpoints", i, "service"),
+                "a hosted endpoint names the service whose traffic moves to the local pool "
+                f"when it is busy; add `service:` ({', '.join(sorted(services))})",
+            )
 
 
 def default_path() -> Path:

@@ -391,13 +391,38 @@ class Config(Strict):
         return readers
 
     def secret_issues(self) -> list[str]:
-        """Every secret the config names that cannot be read, as error lines."""
+        """Every secret the config names that cannot be read, and every file or folder
+        the daemon would read that is not there, as error lines: found at start, not as a
+        log line at every poll."""
         issues: list[str] = []
         for read in self._secret_readers():
             try:
                 read()
             except ConfigError as exc:
                 issues.extend(exc.lines)
+        return issues + self._missing_files()
+
+    def _missing_files(self) -> list[str]:
+        wanted: list[tuple[Loc, Path, bool]] = []  # (field, path, is a folder)
+        for where, ssh in [(("ssh",), self.ssh)] + [
+            (("nodes", i, "ssh"), n.ssh) for i, n in enumerate(self.nodes)
+        ]:
+            wanted += [
+                ((*where, key), self.path(path), False)
+                for key, path in (("key_file", ssh.key_file), ("known_hosts", ssh.known_hosts))
+                if path is not None
+            ]
+        if "runbooks_dir" in self.model_fields_set:
+            wanted.append((("runbooks_dir",), self.path(self.runbooks_dir), True))
+        issues = []
+        for loc, path, folder in wanted:
+            if folder and not path.is_dir():
+                issues += self.field_error(
+                    loc, f"{path} is not a folder; create it or fix the path"
+                ).lines
+            elif not folder and not os.access(path, os.R_OK):
+                why = "cannot be read" if path.exists() else "does not exist"
+                issues += self.field_error(loc, f"{path} {why}; create it or fix the path").lines
         return issues
 
     def secret_values(self) -> list[str]:

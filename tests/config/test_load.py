@@ -276,3 +276,50 @@ def test_credentials_in_any_url_are_refused_and_not_echoed(tmp_path, section):
 def test_durations_longer_than_a_year_are_refused():
     with pytest.raises(ValueError, match="over a year"):
         parse_duration("400d")
+
+
+def test_files_the_daemon_reads_must_be_there_before_it_starts(tmp_path):
+    key = tmp_path / "id_ed25519"
+    key.write_text("not really a key\n")
+    path = write(
+        tmp_path,
+        f"""\
+        ssh:
+          key_file: {key}
+          known_hosts: known_hosts
+        nodes:
+          - name: gpu-1
+            address: 127.0.1.1
+            ssh: {{key_file: /nonexistent/key}}
+        runbooks_dir: books
+        """,
+    )
+    issues = load_config(path).secret_issues()
+    assert issues == [
+        f"{path}:3: ssh.known_hosts: {tmp_path}/known_hosts does not exist; "
+        "create it or fix the path",
+        f"{path}:7: nodes[0].ssh.key_file: /nonexistent/key does not exist; "
+        "create it or fix the path",
+        f"{path}:8: runbooks_dir: {tmp_path}/books is not a folder; create it or fix the path",
+    ]
+    (tmp_path / "known_hosts").write_text("")
+    (tmp_path / "books").mkdir()
+    assert len(load_config(path).secret_issues()) == 1
+
+
+def test_a_hosted_endpoint_must_name_the_service_it_fails_over(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        nodes:
+          - {name: gpu-1, address: 127.0.1.1, pool: blue}
+        services:
+          - {name: chat, pools: [blue], active_pool: blue}
+        endpoints:
+          - {name: hosted, url: 'https://api.example', role: hosted, kind: http}
+        """,
+    )
+    assert errors_of(path) == [
+        f"{path}:6: endpoints[0].service: a hosted endpoint names the service whose traffic "
+        "moves to the local pool when it is busy; add `service:` (chat)"
+    ]
