@@ -1,10 +1,11 @@
-"""What the GPU back ends share: clock-event bits, the XID ledger, node counts, and the
-NVIDIA driver's kernel-log lines (PCI ids, XIDs)."""
+"""What the GPU back ends share: clock-event bits, the XID ledger, node counts, GPUs that
+cannot be opened, and the NVIDIA driver's kernel-log lines (PCI ids, XIDs)."""
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -29,6 +30,27 @@ CLOCK_EVENT_REASONS: tuple[tuple[str, int], ...] = (
 
 # Label value for an XID whose device the driver names but we cannot map to an index.
 UNKNOWN_GPU = "unknown"
+
+log = logging.getLogger(__name__)
+
+
+class Unopened:
+    """A node's GPUs the driver enumerates but cannot open: each logged once when it
+    fails (or fails otherwise), and once when it opens again, never at every collection."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._reasons: dict[str, str] = {}
+
+    def failed(self, gpu: str, reason: str) -> None:
+        if self._reasons.get(gpu) != reason:
+            self._reasons[gpu] = reason
+            log.warning("%s: GPU %s cannot be opened: %s", self.node, gpu, reason)
+
+    def opened(self, gpus: Iterable[str]) -> None:
+        for gpu in sorted(self._reasons.keys() & set(gpus)):
+            del self._reasons[gpu]
+            log.info("%s: GPU %s opens again", self.node, gpu)
 
 
 def sample(metric: Metric, labels: tuple[str, ...], value: float) -> Sample:

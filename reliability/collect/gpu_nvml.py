@@ -36,6 +36,7 @@ from reliability.catalog import Metric
 from reliability.collect.base import CollectError, Sample
 from reliability.collect.gpu_common import (
     UNKNOWN_GPU,
+    Unopened,
     XidLedger,
     clock_event_samples,
     node_count_samples,
@@ -218,6 +219,7 @@ class NvmlGpuCollector:
         self._gpu_of_handle: dict[int, str] = {}
         self._xids = XidLedger()
         self._warned: set[tuple[str, str, str]] = set()
+        self._unopened = Unopened(node)
 
     def targets(self) -> Sequence[str]:
         return [self.node]
@@ -313,10 +315,11 @@ class NvmlGpuCollector:
                 continue
             except nvml.NVMLError as error:
                 # Not lost, but not usable either: it counts as missing.
-                log.warning("%s GPU %s: no handle: %s", self.node, gpu, error)
+                self._unopened.failed(gpu, f"no handle: {error}")
                 continue
             handles.append((gpu, handle))
             self._gpu_of_handle[_handle_key(handle)] = gpu
+        self._unopened.opened(gpu for gpu, _ in handles)
         self._register_events(nvml, handles)
         self._drain_events(nvml)
         visible = 0

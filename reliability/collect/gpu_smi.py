@@ -37,6 +37,7 @@ from reliability.collect.base import CollectError, Sample
 from reliability.collect.gpu_common import (
     KernelLogCursor,
     PciKey,
+    Unopened,
     XidLedger,
     clock_event_samples,
     node_count_samples,
@@ -260,6 +261,7 @@ def _failure(match: re.Match[str]) -> HandleFailure:
 # --- the collector -----------------------------------------------------------------------
 @dataclass(slots=True)
 class _NodeState:
+    unopened: Unopened
     fields: tuple[str, ...] = FIELDS
     gpu_of_bus: dict[PciKey, str] = field(default_factory=dict)
     cursor: KernelLogCursor = field(default_factory=KernelLogCursor)
@@ -284,7 +286,7 @@ class SmiGpuCollector:
         self.timeout = timeout
         # Where `dmesg` is restricted (kernel.dmesg_restrict=1), e.g. "sudo -n dmesg ...".
         self.kernel_log_command = kernel_log_command
-        self._states = {node: _NodeState() for node in self.nodes}
+        self._states = {node: _NodeState(Unopened(node)) for node in self.nodes}
 
     def targets(self) -> Sequence[str]:
         return list(self.nodes)
@@ -303,10 +305,11 @@ class SmiGpuCollector:
             samples = list(reading.samples)
             samples.extend(sample(catalog.GPU_LOST, (target, g), 0) for g in reading.bus_ids)
             lost = 0
+            state.unopened.opened(reading.bus_ids)
             for failure in reading.failures:
                 failed = self._gpu_of_failure(state, failure)
                 if not failure.lost:
-                    log.warning("%s: nvidia-smi cannot open GPU %s: %s", target, failed, failure)
+                    state.unopened.failed(str(failed or failure.pci_bus_id), failure.reason)
                     continue
                 lost += 1
                 if failed is not None:

@@ -6,6 +6,7 @@ with `--format=csv,noheader,nounits`, util-linux `dmesg --time-format iso`).
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import subprocess
@@ -229,6 +230,24 @@ def test_a_gpu_whose_handle_fails_otherwise_counts_as_missing():
 
     assert values(samples, catalog.GPU_LOST) == {("0",): 0}
     assert values(samples, catalog.NODE_GPUS_LOST) == {(): 1}
+
+
+def test_a_gpu_that_cannot_be_opened_is_logged_once_and_once_more_when_it_opens(caplog):
+    caplog.set_level(logging.INFO, logger="reliability")
+    unknown = "Unable to determine the device handle for GPU1: 0000:2A:00.0: Unknown Error"
+    scripted = runner(Result(255, H100_ROWS.splitlines()[0] + "\n" + unknown + "\n"))
+    collector = gpus(scripted, expected=2)
+
+    for _ in range(3):
+        collector.collect(NODE)
+    scripted.answers["nvidia-smi"] = Result(0, H100_ROWS)
+    for _ in range(2):
+        collector.collect(NODE)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{NODE}: GPU 1 cannot be opened: Unknown Error",
+        f"{NODE}: GPU 1 opens again",
+    ]
 
 
 def test_fewer_gpus_than_expected_counts_the_missing_as_lost():
