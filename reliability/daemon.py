@@ -58,6 +58,8 @@ class Daemon:
     def close(self) -> bool:
         """Release connections and workers; True if every collection finished in time."""
         # Cancel queued collections first: started after the closers, each would fail.
+        for job in self.jobs:
+            job.runner.stop()
         executors = [job.runner.executor for job in self.jobs]
         for executor in executors:
             executor.shutdown(wait=False, cancel_futures=True)

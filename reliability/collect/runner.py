@@ -3,6 +3,10 @@
 A cycle never waits on a slow target past its deadline: a target still running then
 is published as a timeout, and is not started again until its stuck call returns, so a
 hung host costs one worker, not the whole pool, and never delays the other targets.
+
+Once `stop()` is called (the daemon is stopping and closes the collectors' clients), no
+cycle starts and what a collection in flight raises is not logged: a clean stop writes
+no traceback.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ class TargetRunner:
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[Outcome]] = {}
         self._failing: dict[str, str] = {}  # target -> reason last logged
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """No new cycle; collections in flight may fail quietly (their clients close).
+        Taken under the lock, so no cycle is between its check and its submissions."""
+        with self._lock:
+            self._stopped.set()
 
     def _log_failure(
         self, target: str, reason: str, message: object, *, exc_info: bool = False
@@ -57,7 +68,7 @@ class TargetRunner:
         """A warning when a target starts failing or fails differently; not every cycle (a
         node down for an hour would otherwise write 240 identical lines)."""
         with self._lock:
-            if self._failing.get(target) == reason:
+            if self._failing.get(target) == reason or self._stopped.is_set():
                 return
             self._failing[target] = reason
         log.warning(
@@ -112,6 +123,8 @@ class TargetRunner:
         futures: dict[str, Future[Outcome]] = {}
         stuck: list[str] = []
         with self._lock:
+            if self._stopped.is_set():
+                return []
             for target in self.targets:
                 previous = self._in_flight.get(target)
                 if previous is not None and not previous.done():

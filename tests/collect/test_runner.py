@@ -82,3 +82,25 @@ def test_a_hung_target_times_out_while_the_other_is_published(executor: ThreadPo
         assert states == {"gpu-1": False, "gpu-2": True}
     finally:
         collector.hang.set()
+
+
+def test_after_stop_no_cycle_starts_and_a_collection_in_flight_fails_quietly(
+    executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+):
+    class ClosedUnderIt(Scripted):
+        def collect(self, target: str) -> Sequence[Sample]:
+            self.hang.wait(5)  # the daemon stops meanwhile and closes the client
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+
+    collector = ClosedUnderIt()
+    runner = TargetRunner(collector, Snapshot(), executor=executor, deadline=5.0)
+    caplog.set_level(logging.INFO, logger="reliability")
+    cycle = threading.Thread(target=runner.run_cycle)
+    cycle.start()
+
+    runner.stop()
+    collector.hang.set()
+    cycle.join(5)
+
+    assert runner.run_cycle() == []
+    assert caplog.records == []
