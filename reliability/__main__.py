@@ -5,4 +5,4 @@ try:
 except KeyboardInterrupt:  # Ctrl-C while the command line loads: stop, quietly
     sys.exit(130)
 
-main()
+main(prog_name="reliability")  # as the installed command: its usage lines and completion

@@ -1,8 +1,15 @@
-"""The `reliability` command: mounts each domain's own command group."""
+"""The `reliability` command: mounts each domain's own command group.
+
+Each domain's group is imported only when it runs (or its help is asked for): the list
+below holds what `reliability --help` shows of it, so a command starts without loading the
+others (tests/test_cli_imports.py keeps the list true and the import graph small).
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,17 +23,90 @@ from reliability.cli_support import (
     json_option,
     print_json,
 )
-from reliability.config import Config, ConfigError
-from reliability.dashboards.cli import dashboards
-from reliability.demo.cli import demo
-from reliability.detect.cli import rules
-from reliability.images.cli import images
-from reliability.incidents.cli import incidents
-from reliability.runbooks.cli import runbook
-from reliability.status.cli import status
+
+if TYPE_CHECKING:
+    from reliability.config import Config
+
+# name -> (module, attribute, what `--help` lists of it: its `help`, which click shortens,
+# or its own `short_help`)
+DOMAIN_COMMANDS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "dashboards": (
+        "reliability.dashboards.cli",
+        "dashboards",
+        {"help": "Grafana dashboards as code (dashboards/*.dashboard.py)."},
+    ),
+    "demo": (
+        "reliability.demo.cli",
+        "demo",
+        {
+            "help": "Run a demo fleet on loopback with the daemon watching it (no GPU, no "
+            "root, no sshd)."
+        },
+    ),
+    "images": (
+        "reliability.images.cli",
+        "images",
+        {"help": "Known-good images: every deploy, and the digests rollbacks and failovers use."},
+    ),
+    "incidents": (
+        "reliability.incidents.cli",
+        "incidents",
+        {"help": "Incidents: list, show, open, acknowledge, resolve, silence."},
+    ),
+    "rules": (
+        "reliability.detect.cli",
+        "rules",
+        {"help": "Detection rules for Prometheus and Alertmanager."},
+    ),
+    "runbook": (
+        "reliability.runbooks.cli",
+        "runbook",
+        {"help": "Runbooks: list, show, plan, run; a run's status, history, resume and undo."},
+    ),
+    "status": (
+        "reliability.status.cli",
+        "status",
+        {"short_help": "One screen for on-call: nodes, endpoints, open incidents, runbook runs."},
+    ),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def listed(name: str) -> click.Command:
+    """What `--help` lists of domain command `name`, without importing its module."""
+    return click.Command(name, **DOMAIN_COMMANDS[name][2])
+
+
+class _Commands(click.Group):
+    """The top-level group: its own commands, and each domain's group from
+    DOMAIN_COMMANDS, imported when it is needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *DOMAIN_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in DOMAIN_COMMANDS and name not in self.commands:
+            module, attribute, _ = DOMAIN_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click lists them, without importing a domain to read its short help."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in DOMAIN_COMMANDS and name not in self.commands:
+                rows.append((name, listed(name).get_short_help_str(limit)))
+            elif (command := self.get_command(ctx, name)) is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="reliability")
 def main() -> None:
     """Keep self-hosted LLM serving up: collect GPU, node and API health, open incidents,
@@ -79,6 +159,7 @@ def db_group() -> None:
 def db_upgrade(config: Config) -> None:
     """Create or migrate the database schema to this version of reliability."""
     from reliability import db
+    from reliability.config import ConfigError
 
     try:
         url = config.database_url()
@@ -90,6 +171,18 @@ def db_upgrade(config: Config) -> None:
         console.print(f"{target}: already at schema {after}")
     else:
         console.print(f"{target}: upgraded schema {before or 'empty'} -> {after}")
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell's completion script for reliability: add
+    `eval "$(reliability completion bash)"` to ~/.bashrc (zsh: ~/.zshrc)."""
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    assert complete is not None  # click knows the three choices
+    click.echo(complete(main, {}, "reliability", "_RELIABILITY_COMPLETE").source())
 
 
 # Libraries that log every request or job at INFO: a line per probe buries what matters.
@@ -135,12 +228,3 @@ def daemon(config: Config, once: bool, verbose: bool, as_json: bool) -> None:
         print_outcomes(built.snapshot, outcomes, as_json=as_json)
         finish(0 if all(o.ok for o in outcomes) else EXIT_FAILED)
     finish(daemon_mod.serve(built))
-
-
-main.add_command(dashboards)
-main.add_command(demo)
-main.add_command(incidents)
-main.add_command(images)
-main.add_command(runbook)
-main.add_command(rules)
-main.add_command(status)

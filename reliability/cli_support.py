@@ -11,16 +11,19 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from pydantic import BaseModel
 from rich.console import Console
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
-from reliability import config as config_
-from reliability.config import Config, ConfigError
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+    from reliability.config import Config
+
+# The config, the database and the domains are imported by the commands that use them, so
+# `reliability --help` and a command that reads no database start in a fraction of a second.
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -49,6 +52,7 @@ class BadInput(CommandFailed):
 def load_config(path: Path | str | None = None) -> Config:
     """The config at `path` (or the default), with every domain's checks of it: what
     `config check`, the daemon, the demo and every command load."""
+    from reliability import config as config_
     from reliability.detect.checks import check_rules
 
     return config_.load(path, checks=[check_rules])
@@ -74,6 +78,8 @@ def config_option(fn: F) -> F:
     )
     @functools.wraps(fn)
     def wrapper(*args: Any, config_path: Path | None, **kwargs: Any) -> Any:
+        from reliability.config import ConfigError
+
         try:
             config = load_config(config_path)
         except ConfigError as exc:
@@ -89,7 +95,7 @@ def json_option(fn: F) -> F:
 
 def print_json(data: Any) -> None:
     def default(o: Any) -> Any:
-        if isinstance(o, BaseModel):
+        if hasattr(o, "model_dump"):  # a pydantic model
             return o.model_dump(mode="json")
         if hasattr(o, "isoformat"):
             return o.isoformat()
@@ -114,6 +120,7 @@ def database_engine(config: Config, *, check: bool = True) -> Iterator[Engine]:
     fix in the message, never a traceback.
     """
     from reliability import db
+    from reliability.config import ConfigError
 
     try:
         engine = db.make_engine(config.database_url())

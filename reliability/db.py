@@ -11,17 +11,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
@@ -29,7 +27,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from alembic import command
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "alembic"
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
@@ -278,7 +277,10 @@ def load_models() -> MetaData:
 
 
 def alembic_config() -> Config:
-    """Alembic configuration for the bundled migrations, independent of the working directory."""
+    """Alembic configuration for the bundled migrations, independent of the working directory.
+    Alembic is imported here, not at start: only `db upgrade` and the tests need it."""
+    from alembic.config import Config
+
     config = Config()
     # Config values are %-interpolated, so a literal % in the path must be doubled.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -286,17 +288,34 @@ def alembic_config() -> Config:
     return config
 
 
+_REVISION_LINE = re.compile(
+    r"^(down_revision|revision)\b[^=]*=\s*(?:\(?\s*)?['\"]?([0-9a-f]+)?", re.MULTILINE
+)
+
+
 @functools.cache  # the migrations on disk are fixed for the life of the process
 def head_revision() -> str:
-    """The schema revision this code needs (the single head of the migrations)."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:
-        raise DatabaseError(f"no migrations found in {MIGRATIONS_DIR}")
-    return head
+    """The schema revision this code needs: the one migration no other names as its
+    `down_revision`. Read from the files' two assignments, without importing Alembic (a
+    command checking the schema starts in a fraction of the time); tests/test_db.py checks
+    it against Alembic's own answer."""
+    revisions, parents = set(), set()
+    for path in MIGRATIONS_DIR.glob("versions/*.py"):
+        found = dict((m[1], m[2]) for m in _REVISION_LINE.finditer(path.read_text()))
+        if found.get("revision"):
+            revisions.add(found["revision"])
+            parents.add(found.get("down_revision"))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise DatabaseError(f"expected one head among the migrations in {MIGRATIONS_DIR}: {heads}")
+    return heads.pop()
 
 
 def _revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    """The revision Alembic recorded (its `alembic_version` table); None before the first."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -324,6 +343,8 @@ def upgrade(url: str | URL) -> tuple[str | None, str]:
             before = _revision(connection)
             # End the read's transaction so Alembic owns, and commits, the migration's own.
             connection.rollback()
+            from alembic import command
+
             config = alembic_config()
             config.attributes["connection"] = connection
             command.upgrade(config, "head")

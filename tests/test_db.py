@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.exc import IntegrityError
 
 from alembic import command
@@ -27,6 +28,10 @@ def test_upgrade_migrates_an_empty_database_to_head_and_is_idempotent(empty_data
         assert db.check_schema(engine) == head
     finally:
         engine.dispose()
+
+
+def test_the_head_read_from_the_files_is_alembics():
+    assert db.head_revision() == ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 
 
 def test_migrations_match_the_models(engine):

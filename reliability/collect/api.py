@@ -29,6 +29,7 @@ from typing import Any, Literal
 import httpx
 
 from reliability import catalog
+from reliability.collect import base
 from reliability.collect.base import CollectError, HistogramValue, Sample
 
 log = logging.getLogger("reliability.collect.api")
@@ -194,7 +195,7 @@ class ApiProbeCollector:
     timestamps the 1m/5m windows only; deadlines and latencies use the real monotonic clock.
     """
 
-    name = "api"
+    name = base.API
 
     def __init__(
         self,

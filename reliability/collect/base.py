@@ -14,6 +14,10 @@ from typing import Protocol
 
 from reliability.catalog import Metric
 
+# Each collector's `name`: the `collector` label of its target series (target_up, ...),
+# here so a reader of those series (`status`) need not import the collectors themselves.
+NODE, GPU, API = "node", "gpu", "api"
+
 
 @dataclass(frozen=True, slots=True)
 class HistogramValue:

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from reliability import catalog
 from reliability.catalog import Metric
+from reliability.collect import base
 from reliability.collect.base import CollectError, Sample
 from reliability.collect.gpu_common import (
     UNKNOWN_GPU,
@@ -193,7 +194,7 @@ class NvmlGpuCollector:
     XIDs, whose NVML events carry no time of their own.
     """
 
-    name = "gpu"
+    name = base.GPU
 
     def __init__(
         self,

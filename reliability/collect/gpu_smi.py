@@ -33,6 +33,7 @@ from typing import Protocol
 
 from reliability import catalog
 from reliability.catalog import Metric
+from reliability.collect import base
 from reliability.collect.base import CollectError, Sample
 from reliability.collect.gpu_common import (
     KernelLogCursor,
@@ -273,7 +274,7 @@ class _NodeState:
 class SmiGpuCollector:
     """Remote nodes' GPUs through nvidia-smi and dmesg; see the module docstring."""
 
-    name = "gpu"
+    name = base.GPU
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reliability import catalog
+from reliability.collect import base
 from reliability.collect.base import CollectError, Sample
 from reliability.ssh import SshError, SshPool, SshTarget
 
@@ -185,7 +186,7 @@ class NodeCollector:
     trigger a failover that the node's health does not justify.
     """
 
-    name = "node"
+    name = base.NODE
 
     def __init__(self, pool: SshPool, nodes: Sequence[NodeSpec], timeout: float) -> None:
         self._pool = pool

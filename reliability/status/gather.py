@@ -15,9 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from reliability import catalog, db
-from reliability.collect.api import ApiProbeCollector
-from reliability.collect.gpu_smi import SmiGpuCollector
-from reliability.collect.node import NodeCollector
+from reliability.collect import base as collectors
 from reliability.config import Config
 from reliability.incidents import service as incident_service
 from reliability.incidents.models import Incident, IncidentStatus, Severity
@@ -229,11 +227,11 @@ def node_rows(config: Config, exposition: Exposition, now_unix: float) -> list[N
         expected = _int(exposition.value(catalog.NODE_GPUS_EXPECTED, node=name))
         if expected is None and node is not None and node.gpus:
             expected = node.gpus
-        gpu_up = exposition.value(catalog.TARGET_UP, collector=SmiGpuCollector.name, target=name)
+        gpu_up = exposition.value(catalog.TARGET_UP, collector=collectors.GPU, target=name)
         down_for_seconds = None
         if up is False:
             last = exposition.value(
-                catalog.TARGET_LAST_SUCCESS, collector=NodeCollector.name, target=name
+                catalog.TARGET_LAST_SUCCESS, collector=collectors.NODE, target=name
             )
             down_for_seconds = round(max(now_unix - last, 0.0), 1) if last is not None else None
         rows.append(
@@ -279,7 +277,7 @@ def endpoint_rows(
         role, service = (
             (endpoint.role, endpoint.service) if endpoint else info.get(name, (None, None))
         )
-        last = exposition.value(catalog.TARGET_UP, collector=ApiProbeCollector.name, target=name)
+        last = exposition.value(catalog.TARGET_UP, collector=collectors.API, target=name)
         rows.append(
             EndpointRow(
                 name=name,
