@@ -27,10 +27,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from reliability import shipped
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "alembic"
+MIGRATIONS_DIR = shipped.folder("alembic")
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
 CONNECT_TIMEOUT_S = 5
 SQLITE_BUSY_TIMEOUT_MS = 5000

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from reliability import shipped
 from reliability.config.errors import ConfigError, Loc, format_loc, placed_message
 from reliability.config.rules import Rules
 from reliability.durations import Duration, Interval
@@ -295,6 +296,19 @@ class Config(Strict):
         """A path from the config, relative paths taken from the config file's folder."""
         p = Path(p).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+    def runbooks_path(self) -> Path:
+        """`runbooks_dir`; when not set and absent beside the config, the shipped runbooks."""
+        return self._folder(self.runbooks_dir, "runbooks_dir" in self.model_fields_set, "runbooks")
+
+    def dashboards_path(self) -> Path:
+        """`dashboards.src`; when not set and absent beside the config, the shipped sources."""
+        explicit = "src" in self.dashboards.model_fields_set
+        return self._folder(self.dashboards.src, explicit, "dashboards")
+
+    def _folder(self, value: Path, explicit: bool, name: str) -> Path:
+        path = self.path(value)
+        return path if explicit or path.is_dir() else shipped.folder(name)
 
     def node(self, name: str) -> NodeConfig:
         for n in self.nodes:

@@ -21,7 +21,7 @@ src_option = click.option(
 
 def _build(src: Path | None, config: Config) -> list[build_mod.Built]:
     try:
-        return build_mod.build_all(src or config.path(config.dashboards.src), config.dashboards)
+        return build_mod.build_all(src or config.dashboards_path(), config.dashboards)
     except build_mod.DashboardError as exc:
         raise CommandFailed(str(exc)) from None
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from reliability import shipped
 from reliability.config.rules import CounterIncreaseRule, ErrorRatioRule, TargetDownRule
 from reliability.detect import builtin
 from reliability.detect.rules import AnyRule
@@ -35,8 +36,7 @@ LB_NODE = "lb-1"
 NODES = (*NODE_POOLS, STANDBY, LB_NODE)
 AUTO_RUNBOOKS = ("node-failover", "upstream-failover")
 AUTO_COOLDOWN = "0s"
-REPO = Path(__file__).resolve().parents[2]
-SHIPPED_RUNBOOKS = REPO / "runbooks"
+SHIPPED_RUNBOOKS = shipped.folder("runbooks")
 
 # Runbook waits shortened for the demo (file -> (as shipped, in the demo)). Only waits
 # that a healthy run sits through: timeouts and `within` limits stay as shipped.

@@ -100,7 +100,7 @@ def list_(config: Config, as_json: bool) -> None:
         )
         return
     if not books:
-        console.print(f"No runbooks in {config.path(config.runbooks_dir)}.")
+        console.print(f"No runbooks in {config.runbooks_path()}.")
         return
     table = Table(box=None, header_style="bold")
     for col in ("NAME", "DESCRIPTION", "PARAMS"):

@@ -15,13 +15,13 @@ from reliability.runbooks.spec import Runbook, problems
 
 def load_runbooks(config: Config) -> dict[str, Runbook]:
     """The runbooks of the config's `runbooks_dir` (relative to the config file), by name."""
-    return load_dir(config.path(config.runbooks_dir))
+    return load_dir(config.runbooks_path())
 
 
 def named(books: dict[str, Runbook], name: str, config: Config) -> Runbook:
     """The runbook `name` of `books` (the config's), or NoSuchRunbook naming those known."""
     if name not in books:
-        where = config.path(config.runbooks_dir)
+        where = config.runbooks_path()
         known = ", ".join(books) or "none"
         raise NoSuchRunbook(f"no runbook is named {name!r} in {where}; known: {known}")
     return books[name]
