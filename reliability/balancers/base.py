@@ -95,7 +95,7 @@ class Block:
     add_before: str = ""  # what goes before the new lines (a newline at an unended file)
 
 
-Action = Literal["down", "up", "add", "remove", "switch"]
+EditAction = Literal["down", "up", "add", "remove", "switch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ class Edit:
     put back up with their parameters, the missing ones added)."""
 
     backend: str
-    action: Action
+    action: EditAction
     servers: tuple[Server, ...]
 
     def shown(self, block_kind: str) -> str:

@@ -21,7 +21,7 @@ from typing import Literal
 
 from reliability import balancers
 from reliability.balancers import Edit, Server
-from reliability.balancers.base import Action
+from reliability.balancers.base import EditAction
 from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
 from reliability.runbooks.checks import Check, HttpWait
 
@@ -146,7 +146,7 @@ class UpstreamEdit:
 
 def upstream_edit(
     service: ServiceConfig,
-    action: Action,
+    action: EditAction,
     nodes: Sequence[NodeConfig],
 ) -> Edit:
     """The edit `action` of `nodes` (each at the service's port) in `service`'s block."""
