@@ -207,11 +207,10 @@ class Balancer(ABC):
                     added.append(server)
                     continue
                 assert found is not None
-                change = {"down": found.mark_down, "up": found.mark_up}.get(
-                    edit.action, (*found.remove, "")
-                )
-                if change is not None:
-                    splices.append(change)
+                if edit.action == "remove":
+                    splices.append((*found.remove, ""))
+                elif change := found.mark_down if edit.action == "down" else found.mark_up:
+                    splices.append(change)  # None: it already is
         if added:
             lines = "".join(f"{block.indent}{self.server_text(s)}\n" for s in added)
             splices.append((block.add_at, block.add_at, block.add_before + lines))

@@ -212,3 +212,30 @@ def test_watched_paths_must_be_absolute(tmp_path):
     (line,) = errors_of(path)
     assert line.startswith(f"{path}:4: nodes[0].watch_paths[1]: ")
     assert "absolute path" in line
+
+
+def test_a_balancer_health_url_the_engine_does_not_answer_is_refused_with_the_fix(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        nodes:
+          - {name: gpu-1, address: 10.0.0.1, pool: blue}
+          - {name: lb-1, address: 10.0.0.2, gpus: 0}
+        services:
+          - name: chat
+            pools: [blue]
+            active_pool: blue
+            load_balancer:
+              kind: nginx
+              node: lb-1
+              upstream_file: /etc/nginx/conf.d/chat.conf
+              url: http://10.0.0.2/
+              health_url: http://10.0.0.2/
+        """,
+    )
+    [line] = errors_of(path)
+    assert line.startswith(f"{path}:5: services[0]: load_balancer.health_url 'http://10.0.0.2/'")
+    assert line.endswith(
+        "write http://10.0.0.2/health (the service's health_path) or "
+        "http://10.0.0.2/v1/models, or leave it out for the first"
+    )
