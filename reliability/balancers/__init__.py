@@ -6,8 +6,8 @@ entry (and its name in `LoadBalancerConfig.kind`).
 """
 
 from reliability.balancers.base import (
-    HEADER,
     Balancer,
+    Edit,
     Membership,
     MembershipError,
     Server,
@@ -25,8 +25,8 @@ def for_config(lb: LoadBalancerConfig) -> Balancer:
 
 
 __all__ = [
-    "HEADER",
     "Balancer",
+    "Edit",
     "HAProxy",
     "Membership",
     "MembershipError",

@@ -1,14 +1,19 @@
 """The load-balancer seam: what the runbooks need from a balancer, whatever its kind.
 
-A `Balancer` is built for one `LoadBalancerConfig` and knows its kind's file and commands:
-`render` writes the membership file (one upstream or backend: which servers, which are
-taken out), `read_membership` reads the live file back into the same shape, and
-`validate_command` / `reload_command` are the shell lines a runbook sends to the
-balancer's node, in that order, after replacing the file. Verifying goes through `url`,
-steady for `settle` seconds (the old generation may route for a moment after a reload).
+A `Balancer` is built for one `LoadBalancerConfig` and knows its kind's file and commands.
+The membership file is the operator's: it may hold several upstreams (nginx) or backends
+(HAProxy), weights, `max_fails`, `backup`, comments, keepalive. A runbook never rewrites
+it whole: it reads the live file and applies an `Edit` (mark a server down or up, add one,
+remove one, switch the block to a given list), which changes only the server lines the
+edit names and keeps every other byte (`apply`). What the edit cannot reconcile with the
+live file (marking down a server the block does not list, adding one it lists, a block
+that is not there, a file it cannot parse) is refused with a `MembershipError` that says
+where and why, before anything is written. `read_membership` reads one block's servers.
 
-For a file a balancer wrote, `read_membership(render(m)) == m`. Nothing here connects to
-anything: the runbooks send the commands (runbooks/ops.py).
+`validate_command` / `reload_command` are the shell lines a runbook sends to the balancer's
+node, in that order, after replacing the file. Verifying goes through `health_url`, steady
+for `settle` seconds (the old generation may route for a moment after a reload). Nothing
+here connects to anything: the runbooks send the commands (runbooks/ops.py).
 """
 
 from __future__ import annotations
@@ -16,11 +21,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from reliability.config import LoadBalancerConfig
-
-HEADER = "# Written by reliability's runbooks; edit the runbook, not this file.\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +56,77 @@ class Membership:
 
 
 class MembershipError(ValueError):
-    """The text is not one backend's membership file this balancer can read; says where
-    (line numbers count from 1) and what was found."""
+    """The live file cannot be read, or an edit cannot be applied to it; says where (`line`,
+    counting from 1, when one line is to blame) and why."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        super().__init__(f"line {line}: {reason}" if line is not None else reason)
+        self.line = line
+
+
+Splice = tuple[int, int, str]  # replace text[start:end] by the string
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLine:
+    """One server statement of a block as the file holds it. `line`: where it starts;
+    `remove`: the span that removing it deletes (its whole line(s) with their comment when
+    nothing else is on them); `mark_down` / `mark_up`: the splices that take it out or put
+    it back, parameters and comments kept (None: it already is)."""
+
+    server: Server
+    line: int
+    remove: tuple[int, int]
+    mark_down: Splice | None
+    mark_up: Splice | None
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One upstream or backend of a live file: its servers, and where a new server line
+    goes (after the last server line, with its indentation) as a splice point and the
+    text around the new line."""
+
+    name: str
+    line: int
+    servers: tuple[ServerLine, ...]
+    add_at: int
+    indent: str
+    add_before: str = ""  # what goes before the new lines (a newline at an unended file)
+
+
+EditAction = Literal["down", "up", "add", "remove", "switch"]
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """What one step changes in block `backend`: mark `servers` down or up, add them (each
+    `name` is the node's, shown in the plan and written where the kind names servers),
+    remove them, or switch the block to exactly them (lines of others removed, those kept
+    put back up with their parameters, the missing ones added)."""
+
+    backend: str
+    action: EditAction
+    servers: tuple[Server, ...]
+
+    def shown(self, block_kind: str) -> str:
+        """The edit as a plan shows it: "mark gpu-1 (10.0.0.1:8000) down in upstream chat"."""
+        names = ", ".join(f"{s.name} ({s.address})" if s.name else s.address for s in self.servers)
+        where = f"{block_kind} {self.backend}"
+        return {
+            "down": f"mark {names} down in {where}",
+            "up": f"mark {names} up in {where}",
+            "add": f"add {names} to {where}, after its last server line",
+            "remove": f"remove {names} from {where}",
+            "switch": f"switch {where} to {names or 'no server'}; other server lines removed",
+        }[self.action]
 
 
 class Balancer(ABC):
     """One configured load balancer: its membership file and the commands that apply it."""
 
     kind: ClassVar[str]
+    block_kind: ClassVar[str]  # what the kind calls a block of servers ("upstream")
     # Seconds the old generation may still route new requests after the reload command
     # returns: a verify must see the answer steady that long.
     settle: ClassVar[float]
@@ -72,22 +138,112 @@ class Balancer(ABC):
 
     @property
     def upstream_file(self) -> str:
-        """The membership file the runbooks rewrite (and nothing else)."""
+        """The membership file the runbooks edit (and nothing else)."""
         return self.lb.upstream_file
 
     @property
-    def url(self) -> str:
-        """Where the service answers through the balancer (what a verify asks)."""
-        return str(self.lb.url)
+    def health_url(self) -> str:
+        """What a verify through the balancer asks (200 while a member serves)."""
+        return str(self.lb.health_url)
 
     @abstractmethod
-    def render(self, membership: Membership) -> str:
-        """The whole membership file for `membership`, starting with `HEADER`."""
+    def blocks(self, text: str) -> dict[str, Block]:
+        """Every upstream or backend of a live file's `text`, by name; MembershipError if
+        the text cannot be read."""
 
     @abstractmethod
-    def read_membership(self, text: str) -> Membership:
-        """The membership in a live file's `text`; MembershipError if it holds anything
-        but one backend (comments and the kind's other directives are skipped)."""
+    def server_text(self, server: Server) -> str:
+        """A new server statement (no indentation, no newline), serving."""
+
+    def block(self, text: str, backend: str) -> Block:
+        """Block `backend` of `text`; MembershipError naming the blocks there if absent."""
+        blocks = self.blocks(text)
+        if backend not in blocks:
+            found = ", ".join(f"{n} (line {b.line})" for n, b in blocks.items()) or "none"
+            raise MembershipError(
+                f"no `{self.block_kind} {backend}` in {self.upstream_file} (found: {found})"
+            )
+        return blocks[backend]
+
+    def read_membership(self, text: str, backend: str | None = None) -> Membership:
+        """The servers of block `backend` of a live file (without a name: its only block)."""
+        if backend is None:
+            blocks = self.blocks(text)
+            if len(blocks) != 1:
+                found = ", ".join(f"{n} (line {b.line})" for n, b in blocks.items()) or "nothing"
+                raise MembershipError(f"expected one {self.block_kind} block, found: {found}")
+            (chosen,) = blocks.values()
+        else:
+            chosen = self.block(text, backend)
+        return Membership.of(chosen.name, [s.server for s in chosen.servers])
+
+    def apply(self, text: str, edit: Edit) -> str:
+        """`text` with `edit` applied: only the server lines it names change, every other
+        byte stays. MembershipError (nothing applied) when the live file disagrees."""
+        block = self.block(text, edit.backend)
+        splices: list[Splice] = []
+        added: list[Server] = []
+        if edit.action == "switch":
+            wanted = {s.address for s in edit.servers}
+            for s in block.servers:
+                if s.server.address not in wanted:
+                    splices.append((*s.remove, ""))
+            for server in edit.servers:
+                found = self._one(block, server.address, must=False)
+                if found is None:
+                    added.append(server)
+                elif found.mark_up is not None:
+                    splices.append(found.mark_up)
+        else:
+            for server in edit.servers:
+                found = self._one(block, server.address, must=edit.action != "add")
+                if edit.action == "add":
+                    if found is not None:
+                        raise MembershipError(
+                            f"{server.address} is already in {self.block_kind} {block.name}",
+                            found.line,
+                        )
+                    self._name_free(block, server)
+                    added.append(server)
+                    continue
+                assert found is not None
+                if edit.action == "remove":
+                    splices.append((*found.remove, ""))
+                elif change := found.mark_down if edit.action == "down" else found.mark_up:
+                    splices.append(change)  # None: it already is
+        if added:
+            lines = "".join(f"{block.indent}{self.server_text(s)}\n" for s in added)
+            splices.append((block.add_at, block.add_at, block.add_before + lines))
+        return _spliced(text, splices)
+
+    def _one(self, block: Block, address: str, *, must: bool) -> ServerLine | None:
+        found = [s for s in block.servers if s.server.address == address]
+        if len(found) > 1:
+            lines = ", ".join(str(s.line) for s in found)
+            raise MembershipError(
+                f"{address} is listed {len(found)} times in {self.block_kind} {block.name} "
+                f"(lines {lines}): which one the edit means is unclear",
+                found[1].line,
+            )
+        if not found and must:
+            listed = ", ".join(s.server.address for s in block.servers) or "no server"
+            raise MembershipError(
+                f"{address} is not in {self.block_kind} {block.name} (it lists {listed})",
+                block.line,
+            )
+        return found[0] if found else None
+
+    def _name_free(self, block: Block, server: Server) -> None:
+        """Where the kind names servers, a new one must not reuse a name."""
+        if server.name is None:
+            return
+        for s in block.servers:
+            if s.server.name == server.name:
+                raise MembershipError(
+                    f"a server named {server.name} ({s.server.address}) is already in "
+                    f"{self.block_kind} {block.name}",
+                    s.line,
+                )
 
     @abstractmethod
     def validate_command(self) -> str:
@@ -98,3 +254,31 @@ class Balancer(ABC):
     def reload_command(self) -> str:
         """The shell line that makes the running balancer load its files gracefully:
         requests and streams in flight finish on the old generation."""
+
+
+def _spliced(text: str, splices: list[Splice]) -> str:
+    """`text` with each splice applied; they never overlap (one per server line, and the
+    additions after the last one)."""
+    out, at = [], 0
+    for start, end, new in sorted(splices, key=lambda s: (s[0], s[1])):
+        out += [text[at:start], new]
+        at = end
+    return "".join([*out, text[at:]])
+
+
+def line_of(text: str, offset: int) -> int:
+    """The line number (from 1) of `offset` in `text`."""
+    return text.count("\n", 0, offset) + 1
+
+
+def whole_lines(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """The span of the lines holding text[start:end], newline included, when nothing but
+    blanks comes before it on its first line and nothing but blanks or a comment after it
+    on its last; else None."""
+    first = text.rfind("\n", 0, start) + 1
+    last = text.find("\n", end)
+    after = len(text) if last < 0 else last + 1
+    rest = text[end : len(text) if last < 0 else last].strip()
+    if text[first:start].strip() or (rest and not rest.startswith("#")):
+        return None
+    return first, after

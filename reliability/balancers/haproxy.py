@@ -1,6 +1,12 @@
-"""HAProxy: a file holding one `backend NAME` section of `server NAME ADDR check
-[disabled]` lines, loaded after the main config (`haproxy -f CONFIG -f UPSTREAM`, the
-backend's options come from the main config's `defaults`).
+"""HAProxy: a file of `backend NAME` sections (and whatever other sections the operator
+keeps there) with `server NAME ADDR [PARAMS] [disabled]` lines, loaded after the main
+config (`haproxy -f CONFIG -f UPSTREAM`; a backend's options may come from the main
+config's `defaults`).
+
+Marking down appends ` disabled` after a server's last parameter (or turns its `enabled`
+into `disabled`); marking up removes `disabled` (or writes `enabled` where the section's
+`default-server` disables). A new server line (`server NODE ADDR check`) goes after the
+section's last server line, with its indentation. Nothing else in the file changes.
 
 HAProxy runs in master-worker mode (`-W`, as Debian's unit runs it) and writes the
 master's pid to `pid_file`. Validating is `haproxy -c` over both files; reloading is
@@ -16,11 +22,11 @@ from __future__ import annotations
 import re
 import shlex
 
-from reliability.balancers.base import HEADER, Balancer, Membership, MembershipError, Server
+from reliability.balancers.base import Balancer, Block, MembershipError, Server, ServerLine
 
 DEFAULT_CONFIG = "/etc/haproxy/haproxy.cfg"
 DEFAULT_PID_FILE = "/run/haproxy.pid"  # Debian's
-# Keywords that open a section; anything but one `backend` in the membership file is refused.
+# Keywords that open a section.
 SECTIONS = frozenset(
     {
         "global",
@@ -40,10 +46,13 @@ SECTIONS = frozenset(
     }
 )
 _NAME = re.compile(r"[A-Za-z0-9._:-]+")  # what HAProxy accepts as a server or proxy name
+_WORD = re.compile(r"\S+")
+_INDENT = "    "
 
 
 class HAProxy(Balancer):
     kind = "haproxy"
+    block_kind = "backend"
     settle = 0.25  # the old worker stops accepting once the new one is up (~50 ms)
 
     @property
@@ -54,16 +63,15 @@ class HAProxy(Balancer):
     def pid_file(self) -> str:
         return self.lb.pid_file or DEFAULT_PID_FILE
 
-    def render(self, membership: Membership) -> str:
-        lines = []
-        for s in membership.servers:
-            if s.name is None or not _NAME.fullmatch(s.name):
-                raise ValueError(f"HAProxy server {s.address}: a name is needed, not {s.name!r}")
-            lines.append(f"    server {s.name} {s.address} check{' disabled' if s.down else ''}\n")
-        return f"{HEADER}backend {membership.backend}\n{''.join(lines)}"
+    def blocks(self, text: str) -> dict[str, Block]:
+        return read_backends(text)
 
-    def read_membership(self, text: str) -> Membership:
-        return read_backend(text)
+    def server_text(self, server: Server) -> str:
+        if server.name is None or not _NAME.fullmatch(server.name):
+            raise MembershipError(
+                f"HAProxy server {server.address}: a name is needed, not {server.name!r}"
+            )
+        return f"server {server.name} {server.address} check"
 
     def validate_command(self) -> str:
         return shlex.join(["haproxy", "-c", "-f", self.config_file, "-f", self.upstream_file])
@@ -72,32 +80,87 @@ class HAProxy(Balancer):
         return f'kill -USR2 "$(cat {shlex.quote(self.pid_file)})"'
 
 
-def read_backend(text: str) -> Membership:
-    """The membership of an HAProxy backend file (see Balancer.read_membership)."""
-    backend: str | None = None
-    servers: list[Server] = []
-    default_down = False
-    for number, raw in enumerate(text.splitlines(), start=1):
-        words = raw.split("#", 1)[0].split()
+class _Section:
+    """A backend being read: its servers and the last line that belongs to it."""
+
+    def __init__(self, name: str, line: int, end: int) -> None:
+        self.name, self.line = name, line
+        self.servers: list[ServerLine] = []
+        self.default_down = False
+        self.last_end = end  # after the section's last statement line (its header at first)
+        # After the last server line, and its indentation, once one is seen.
+        self.server_end: int | None = None
+        self.server_indent = _INDENT
+
+    def block(self, text: str) -> Block:
+        at = self.last_end if self.server_end is None else self.server_end
+        before = "" if text[:at].endswith("\n") else "\n"
+        return Block(self.name, self.line, tuple(self.servers), at, self.server_indent, before)
+
+
+def read_backends(text: str) -> dict[str, Block]:
+    """Every `backend` section of an HAProxy file, by name (other sections are left alone).
+    MembershipError for a statement outside any section, a backend without one name, a
+    `server` without a name and an address, or two backends of a name."""
+    found: dict[str, Block] = {}
+    section: _Section | None = None
+    in_other = False
+    offset = 0
+    for number, raw in enumerate(text.splitlines(keepends=True), start=1):
+        start, offset = offset, offset + len(raw)
+        body = raw.split("#", 1)[0]
+        words = [(m[0], (start + m.start(), start + m.end())) for m in _WORD.finditer(body)]
         if not words:
             continue
-        if words[0] in SECTIONS:
-            if words[0] != "backend" or backend is not None or len(words) != 2:
-                raise MembershipError(
-                    f"line {number}: `{' '.join(words)}`: the file must hold one "
-                    "`backend NAME` section and nothing else"
-                )
-            backend = words[1]
-        elif backend is None:
-            raise MembershipError(f"line {number}: `{words[0]}` outside a backend section")
-        elif words[0] == "default-server":
-            default_down = "disabled" in words[1:]
-        elif words[0] == "server":
+        keyword = words[0][0]
+        if keyword in SECTIONS:
+            if section is not None:
+                found[section.name] = section.block(text)
+            section, in_other = None, keyword != "backend"
+            if keyword == "backend":
+                if len(words) != 2:
+                    raise MembershipError("`backend` takes one name", number)
+                if words[1][0] in found:
+                    raise MembershipError(f"a second `backend {words[1][0]}`", number)
+                section = _Section(words[1][0], number, offset)
+            continue
+        if section is None:
+            if in_other:
+                continue  # a line of another section: not ours to read
+            raise MembershipError(f"`{keyword}` outside a section", number)
+        section.last_end = offset
+        if keyword == "default-server":
+            section.default_down = "disabled" in [w for w, _ in words[1:]]
+        elif keyword == "server":
             if len(words) < 3:
-                raise MembershipError(f"line {number}: `server` takes a name and an address")
-            params = words[3:]
-            down = "disabled" in params or (default_down and "enabled" not in params)
-            servers.append(Server(words[2], down=down, name=words[1]))
-    if backend is None:
-        raise MembershipError("no `backend NAME` section in the file")
-    return Membership.of(backend, servers)
+                raise MembershipError("`server` takes a name and an address", number)
+            section.servers.append(_server_line(words, section.default_down, number, start, raw))
+            section.server_end, section.server_indent = offset, raw[: len(raw) - len(raw.lstrip())]
+    if section is not None:
+        found[section.name] = section.block(text)
+    return found
+
+
+def _server_line(
+    words: list[tuple[str, tuple[int, int]]], default_down: bool, number: int, start: int, raw: str
+) -> ServerLine:
+    params = [w for w, _ in words[3:]]
+    down = "disabled" in params or (default_down and "enabled" not in params)
+    server = Server(words[2][0], down=down, name=words[1][0])
+    after_last = words[-1][1][1]
+
+    def word(name: str) -> tuple[int, int]:
+        i = 3 + params.index(name)
+        return words[i - 1][1][1], words[i][1][1]  # the word and the blanks before it
+
+    mark_down = mark_up = None
+    if not down:
+        if "enabled" in params:
+            mark_down = (*word("enabled"), "" if default_down else " disabled")
+        else:
+            mark_down = (after_last, after_last, " disabled")
+    elif "disabled" in params:
+        mark_up = (*word("disabled"), " enabled" if default_down else "")
+    else:
+        mark_up = (after_last, after_last, " enabled")
+    return ServerLine(server, number, (start, start + len(raw)), mark_down, mark_up)

@@ -1,34 +1,48 @@
-"""nginx: an `upstream NAME { server ADDR [down]; }` file included by the main config;
-`nginx -t` validates, `nginx -s reload` reloads (new workers; old ones finish what they
-hold). With `config_file`, both commands name it with `-c`."""
+"""nginx: a file of `upstream NAME { server ADDR [PARAMS] [down]; ... }` blocks (and
+whatever else the operator keeps there) included by the main config; `nginx -t` validates,
+`nginx -s reload` reloads (new workers; old ones finish what they hold). With
+`config_file`, both commands name it with `-c`.
+
+Marking down appends ` down` after a server's last parameter; marking up removes that
+word; a new server line (`server ADDR;`) goes after the block's last server line, with
+its indentation. Nothing else in the file changes.
+"""
 
 from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 
-from reliability.balancers.base import HEADER, Balancer, Membership, MembershipError, Server
+from reliability.balancers.base import (
+    Balancer,
+    Block,
+    MembershipError,
+    Server,
+    ServerLine,
+    line_of,
+    whole_lines,
+)
 
 _COMMENT = re.compile(r"#[^\n]*")
-# A quoted string, a brace or semicolon, or a bare word; with its offset for line numbers.
+# A quoted string, a brace or semicolon, or a bare word.
 _TOKEN = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|[{};]|[^\s{};\"']+")
+_INDENT = "    "
 
 
 class Nginx(Balancer):
     kind = "nginx"
+    block_kind = "upstream"
     settle = 0.25  # old workers accept for ~0.1 s after `-s reload` returns
 
     def _conf(self) -> list[str]:
         return ["-c", self.lb.config_file] if self.lb.config_file else []
 
-    def render(self, membership: Membership) -> str:
-        servers = "".join(
-            f"    server {s.address}{' down' if s.down else ''};\n" for s in membership.servers
-        )
-        return f"{HEADER}upstream {membership.backend} {{\n{servers}}}\n"
+    def blocks(self, text: str) -> dict[str, Block]:
+        return read_upstreams(text)
 
-    def read_membership(self, text: str) -> Membership:
-        return read_upstream(text)
+    def server_text(self, server: Server) -> str:
+        return f"server {server.address};"
 
     def validate_command(self) -> str:
         return shlex.join(["nginx", "-t", *self._conf()])
@@ -37,67 +51,115 @@ class Nginx(Balancer):
         return shlex.join(["nginx", *self._conf(), "-s", "reload"])
 
 
-def read_upstream(text: str) -> Membership:
-    """The membership of an nginx upstream file (see Balancer.read_membership)."""
-    statements = _statements(text)
-    blocks = [(words, body, line) for words, body, line in statements if body is not None]
-    upstreams = [b for b in blocks if b[0][0] == "upstream"]
-    if len(upstreams) != 1 or len(statements) != 1:
-        found = ", ".join(f"{' '.join(w)} (line {n})" for w, _, n in statements) or "nothing"
-        raise MembershipError(f"expected one `upstream NAME {{...}}` block, found: {found}")
-    words, body, line = upstreams[0]
-    if len(words) != 2:
-        raise MembershipError(f"line {line}: `upstream` takes one name, not {words[1:]}")
+@dataclass(slots=True)
+class _Statement:
+    """`words;` or `words { body }`: each word with its span; `end`: after its `;` or `}`."""
+
+    words: list[str]
+    spans: list[tuple[int, int]]
+    body: list[_Statement] | None = None
+    end: int = 0
+    close: int = 0  # a block's `}`
+
+    @property
+    def start(self) -> int:
+        return self.spans[0][0]
+
+
+def read_upstreams(text: str) -> dict[str, Block]:
+    """Every `upstream` block of an nginx file, by name (other statements are left alone).
+    MembershipError for a file nginx could not parse, an upstream without one name, a
+    block inside an upstream, a `server` without an address, or two upstreams of a name."""
+    found: dict[str, Block] = {}
+    for statement in _statements(text):
+        if statement.body is None or statement.words[0] != "upstream":
+            continue
+        line = line_of(text, statement.start)
+        if len(statement.words) != 2:
+            raise MembershipError(f"`upstream` takes one name, not {statement.words[1:]}", line)
+        name = statement.words[1]
+        if name in found:
+            raise MembershipError(f"a second `upstream {name}`", line)
+        found[name] = _block(text, name, line, statement)
+    return found
+
+
+def _block(text: str, name: str, line: int, upstream: _Statement) -> Block:
     servers = []
-    for inner, nested, n in body or []:
-        if nested is not None:
-            raise MembershipError(f"line {n}: a block inside the upstream ({inner[0]})")
-        if inner[0] != "server":
+    last: _Statement | None = None
+    for inner in upstream.body or []:
+        at = line_of(text, inner.start)
+        if inner.body is not None:
+            raise MembershipError(f"a block inside the upstream ({inner.words[0]})", at)
+        if inner.words[0] != "server":
             continue  # keepalive, zone, least_conn...: not membership
-        if len(inner) < 2:
-            raise MembershipError(f"line {n}: `server` without an address")
-        servers.append(Server(inner[1], down="down" in inner[2:]))
-    return Membership.of(words[1], servers)
+        if len(inner.words) < 2:
+            raise MembershipError("`server` without an address", at)
+        servers.append(_server_line(text, inner, at))
+        last = inner
+    if last is not None:
+        span = whole_lines(text, last.start, last.end)
+        first = text.rfind("\n", 0, last.start) + 1
+        if span is not None:
+            add_at, indent = span[1], text[first : last.start]
+            before = "" if text[:add_at].endswith("\n") else "\n"
+            return Block(name, line, tuple(servers), add_at, indent, before)
+        # Servers share a line with other statements: the new one goes on a line of its own.
+        return Block(name, line, tuple(servers), last.end, _INDENT, "\n")
+    # No server yet: before the `}`, one level in from the `upstream` line.
+    first = text.rfind("\n", 0, upstream.start) + 1
+    indent = text[first : upstream.start] + _INDENT
+    close_line = text.rfind("\n", 0, upstream.close) + 1
+    if text[close_line : upstream.close].strip():
+        return Block(name, line, (), upstream.close, indent, "\n")
+    return Block(name, line, (), close_line, indent)
 
 
-Statement = tuple[list[str], "list[Statement] | None", int]  # words, block body, line
+def _server_line(text: str, statement: _Statement, line: int) -> ServerLine:
+    words, spans = statement.words, statement.spans
+    params = words[2:]
+    server = Server(words[1], down="down" in params)
+    whole = whole_lines(text, statement.start, statement.end)
+    remove = whole if whole is not None else (statement.start, statement.end)
+    after_last = spans[-1][1]
+    mark_down = None if server.down else (after_last, after_last, " down")
+    mark_up = None
+    if server.down:
+        i = 2 + params.index("down")
+        mark_up = (spans[i - 1][1], spans[i][1], "")  # the word and the blanks before it
+    return ServerLine(server, line, remove, mark_down, mark_up)
 
 
-def _statements(text: str) -> list[Statement]:
-    """nginx's syntax: `words;` or `words { statements }`, comments dropped."""
-    tokens = [(m[0], text.count("\n", 0, m.start()) + 1) for m in _tokens(text)]
-    stack: list[list[Statement]] = [[]]
-    opened: list[tuple[list[str], int]] = []
-    words: list[str] = []
-    start = 0
-    for token, line in tokens:
+def _statements(text: str) -> list[_Statement]:
+    """nginx's syntax: `words;` or `words { statements }`, comments skipped."""
+    # Comments are blanked, not removed, so offsets stay true.
+    blanked = _COMMENT.sub(lambda m: " " * len(m[0]), text)
+    stack: list[list[_Statement]] = [[]]
+    opened: list[_Statement] = []
+    current = _Statement([], [])
+    for m in _TOKEN.finditer(blanked):
+        token, line = m[0], line_of(text, m.start())
         if token == ";":
-            if not words:
-                raise MembershipError(f"line {line}: `;` with no directive before it")
-            stack[-1].append((words, None, start))
-            words = []
+            if not current.words:
+                raise MembershipError("`;` with no directive before it", line)
+            current.end = m.end()
+            stack[-1].append(current)
+            current = _Statement([], [])
         elif token == "{":
-            if not words:
-                raise MembershipError(f"line {line}: `{{` with no directive before it")
-            opened.append((words, start))
+            if not current.words:
+                raise MembershipError("`{` with no directive before it", line)
+            opened.append(current)
             stack.append([])
-            words = []
+            current = _Statement([], [])
         elif token == "}":
-            if words or not opened:
-                raise MembershipError(f"line {line}: unexpected `}}`")
-            body = stack.pop()
-            head, at = opened.pop()
-            stack[-1].append((head, body, at))
+            if current.words or not opened:
+                raise MembershipError("unexpected `}`", line)
+            block = opened.pop()
+            block.body, block.end, block.close = stack.pop(), m.end(), m.start()
+            stack[-1].append(block)
         else:
-            if not words:
-                start = line
-            words.append(token.strip("\"'") if token[0] in "\"'" else token)
-    if words or opened:
+            current.words.append(token[1:-1] if token[0] in "\"'" else token)
+            current.spans.append(m.span())
+    if current.words or opened:
         raise MembershipError("unexpected end of file (a `;` or `}` is missing)")
     return stack[0]
-
-
-def _tokens(text: str) -> list[re.Match[str]]:
-    # Comments are blanked, not removed, so offsets (and so line numbers) stay true.
-    blanked = _COMMENT.sub(lambda m: " " * len(m[0]), text)
-    return list(_TOKEN.finditer(blanked))

@@ -67,6 +67,12 @@ HttpUrl = Annotated[
     AfterValidator(_no_credentials),
 ]
 AbsPath = Annotated[str, _matching(r"/\S*", "write an absolute path on the node")]
+DEFAULT_HEALTH_PATH = "/health"  # what vLLM, SGLang and TGI answer 200 on while serving
+
+
+def under(url: str, path: str) -> str:
+    """`path` (from /) under `url`, which may end with a prefix of its own."""
+    return url.rstrip("/") + path
 
 
 MAX_GPUS = 64  # per node; the largest boards today hold 8 or 16
@@ -183,7 +189,20 @@ class LoadBalancerConfig(Strict):
         description="haproxy only: the master's pid file (-p), signalled to reload; "
         "default /run/haproxy.pid",
     )
-    url: HttpUrl
+    url: HttpUrl = Field(..., description="where the service answers through the balancer")
+    health_url: HttpUrl | None = Field(
+        None,
+        description="what a verify through the balancer asks; it must answer 200 while a "
+        "member serves, so it is an engine path under url: the service's health_path "
+        "(default) or /v1/models (the engine's / answers 404)",
+    )
+
+    @model_validator(mode="after")
+    def _health_url_default(self) -> LoadBalancerConfig:
+        if self.health_url is None:
+            # The engine's usual health path; a service with its own re-derives it.
+            object.__setattr__(self, "health_url", under(self.url, DEFAULT_HEALTH_PATH))
+        return self
 
     @model_validator(mode="after")
     def _pid_file_is_haproxys(self) -> LoadBalancerConfig:
@@ -204,7 +223,7 @@ class ServiceConfig(Strict):
     model: str | None = None
     container: str | None = None
     image: str | None = None
-    health_path: str = "/health"
+    health_path: str = DEFAULT_HEALTH_PATH
     load_balancer: LoadBalancerConfig | None = None
     soak: Duration = Field(1800.0, description="healthy this long on a digest: known-good")
     auto_runbooks: list[str] = Field(
@@ -219,6 +238,29 @@ class ServiceConfig(Strict):
     def _active_is_a_pool(self) -> ServiceConfig:
         if self.active_pool not in self.pools:
             raise ValueError(f"active_pool {self.active_pool!r} is not one of pools {self.pools}")
+        return self
+
+    @model_validator(mode="after")
+    def _balancer_health_url(self) -> ServiceConfig:
+        """A verify through the balancer asks `load_balancer.health_url`: it must reach a
+        path the engine answers 200 on while serving (its `/` is a 404 on vLLM)."""
+        lb = self.load_balancer
+        if lb is None:
+            return self
+        paths = (self.health_path, "/v1/models")
+        if "health_url" not in lb.model_fields_set:
+            derived = under(lb.url, self.health_path)
+            if lb.health_url != derived:
+                object.__setattr__(
+                    self, "load_balancer", lb.model_copy(update={"health_url": derived})
+                )
+        elif lb.health_url not in {under(lb.url, p) for p in paths}:
+            raise ValueError(
+                f"load_balancer.health_url {lb.health_url!r} is not a path the engine answers "
+                f"through the balancer at {lb.url}: a verify needs 200 while a member serves; "
+                f"write {under(lb.url, paths[0])} (the service's health_path) or "
+                f"{under(lb.url, paths[1])}, or leave it out for the first"
+            )
         return self
 
 

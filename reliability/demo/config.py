@@ -188,7 +188,10 @@ def write_config(directory: Path, layout: Layout, listen: str) -> Path:
         nodes.append(entry)
     if layout.nginx_runs:
         endpoints = [_endpoint(SERVICE, layout.load_balancer["url"], "local")]
-        lb_comment = "nginx runs on lb-1 and fronts the active pool: the runbooks switch it."
+        lb_comment = (
+            "nginx runs on lb-1 and fronts the active pool: the runbooks edit its upstream\n"
+            "file's server lines (its weights, comments and other upstream stay)."
+        )
         auto = list(AUTO_RUNBOOKS)
     else:
         endpoints = [_endpoint(n, url, "local") for n, url in layout.node_urls.items()]
@@ -258,6 +261,8 @@ def write_config(directory: Path, layout: Layout, listen: str) -> Path:
         )
         + _section(
             f"{lb_comment}\n"
+            "load_balancer.health_url is what a verify asks: it must answer 200 while a member\n"
+            "serves, so it is the engine's /health through nginx (the engine's / is a 404).\n"
             "Demo: the daemon runs node-failover and upstream-failover on its own with no\n"
             "cooldown, so each injected fault gets its runbook (production: 15m between\n"
             "automatic runs). The image, pinned by digest, is the known-good one.",

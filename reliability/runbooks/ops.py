@@ -6,7 +6,9 @@ Every command is built from an argument list with `shlex.join`; a value only a r
 know (the previous image, the saved upstream file) appears as `<...>` in its place, and the
 run fills it in from what an earlier operation of the same run read (`Op.saves`). A check
 made from the reliability host carries its parameters and behaviour (`Op.check`, see
-checks.py), so the plan's line and the run's behaviour come from one object. Each action
+checks.py), so the plan's line and the run's behaviour come from one object. An `edit`
+operation changes, here, a file an earlier operation read (the balancer's upstream), so the
+plan shows the change and the run applies it to the live file. Each action
 builds its own operations in its module (`actions/`); the load balancer's are here.
 """
 
@@ -18,12 +20,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from reliability import balancers
-from reliability.balancers import Membership, Server
+from reliability.balancers import Edit, Server
+from reliability.balancers.base import EditAction
 from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
 from reliability.runbooks.checks import Check, HttpWait
 
 LOCAL = "local"
-OpKind = Literal["run", "http", "wait", "confirm", "notify", "record"]
+OpKind = Literal["run", "edit", "http", "wait", "confirm", "notify", "record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +55,9 @@ class Op:
     command's output under that key; `needs` skips the operation when that key holds
     nothing (no container ran before, so none is put back); `changes`: sending it changes
     the system, so from then on the unit must be undone if the run fails; `may_fail`: a
-    non-zero exit is an answer, not a failure; `check`: what a local operation does."""
+    non-zero exit is an answer, not a failure; `check`: what a local operation does; `edit`:
+    what an `edit` operation does, here, to the text an earlier one saved under `needs`
+    (the result saved under `saves`)."""
 
     where: str
     kind: OpKind
@@ -65,6 +70,7 @@ class Op:
     changes: bool = False
     may_fail: bool = False
     check: Check | None = None  # checks.py, or the module of the action it belongs to
+    edit: UpstreamEdit | None = None
 
     def shown(self) -> dict[str, str | None]:
         """The operation as a plan prints it (and `--json` gives it)."""
@@ -124,16 +130,28 @@ def host_port(address: str, port: int) -> str:
 
 
 # --- load balancer -----------------------------------------------------------------------
-# The file format and the commands are the balancer's (reliability/balancers); these turn
-# them into the operations a plan shows and a run sends.
-def upstream_text(
-    lb: LoadBalancerConfig, service: ServiceConfig, members: Sequence[tuple[NodeConfig, bool]]
-) -> str:
-    """The upstream file for `members` (node, serving; False: listed but taken out)."""
-    servers = [
-        Server(host_port(n.address, service.port), down=not up, name=n.name) for n, up in members
-    ]
-    return balancers.for_config(lb).render(Membership.of(service.name, servers))
+# The file format, the edits and the commands are the balancer's (reliability/balancers);
+# these turn them into the operations a plan shows and a run sends.
+@dataclass(frozen=True, slots=True)
+class UpstreamEdit:
+    """The edit of an `edit` op: the balancer's file as the run read it, with `edit`
+    applied (balancers.Balancer.apply); MembershipError (a ValueError) when it cannot be."""
+
+    lb: LoadBalancerConfig
+    edit: Edit
+
+    def apply(self, text: str) -> str:
+        return balancers.for_config(self.lb).apply(text, self.edit)
+
+
+def upstream_edit(
+    service: ServiceConfig,
+    action: EditAction,
+    nodes: Sequence[NodeConfig],
+) -> Edit:
+    """The edit `action` of `nodes` (each at the service's port) in `service`'s block."""
+    servers = tuple(Server(host_port(n.address, service.port), name=n.name) for n in nodes)
+    return Edit(service.name, action, servers)
 
 
 def _lb_check_reload(lb_node: str, lb: LoadBalancerConfig) -> list[Op]:
@@ -155,12 +173,11 @@ def _lb_check_reload(lb_node: str, lb: LoadBalancerConfig) -> list[Op]:
     ]
 
 
-def _write(lb_node: str, path: str, content: str | AtRun, note: str) -> Op:
+def _write(lb_node: str, path: str, content: AtRun, note: str) -> Op:
     """Replace a file atomically: a new file beside it, renamed over it."""
     tmp = f"{path}.reliability-new"
     line = f"{command(['cat'])} > {shlex.quote(tmp)} && {command(['mv', '-f', tmp, path])}"
-    needs = content.key if isinstance(content, AtRun) else None
-    return Op(lb_node, "run", line, stdin=content, note=note, needs=needs, changes=True)
+    return Op(lb_node, "run", line, stdin=content, note=note, needs=content.key, changes=True)
 
 
 def upstream_key(step_id: str) -> str:
@@ -168,23 +185,34 @@ def upstream_key(step_id: str) -> str:
     return f"upstream@{step_id}"
 
 
-def lb_write_ops(
-    lb_node: str, lb: LoadBalancerConfig, content: str, *, saves: str, verify: float | None
+def lb_edit_ops(
+    lb_node: str, lb: LoadBalancerConfig, edit: Edit, *, saves: str, verify: float | None
 ) -> list[Op]:
-    """Save the current upstream file (under `saves`), write the new one, validate, reload;
-    with `verify` (seconds), check the service answers through the balancer (not after a
-    drain: it may have no member left serving)."""
+    """Read the live upstream file (kept under `saves` for undo), apply `edit` to it here
+    (refused, with the reason, before anything is written when the file disagrees), write
+    the result, validate, reload; with `verify` (seconds), check the service answers
+    through the balancer (not after a drain: it may have no member left serving)."""
+    balancer = balancers.for_config(lb)
+    edited = f"{saves}+edit"
     ops = [
         run_op(lb_node, ["cat", lb.upstream_file], note="saved for undo", saves=saves),
-        _write(lb_node, lb.upstream_file, content, "the new upstream"),
+        Op(
+            LOCAL,
+            "edit",
+            edit.shown(balancer.block_kind),
+            note="on the file as read; only these server lines change",
+            needs=saves,
+            saves=edited,
+            edit=UpstreamEdit(lb, edit),
+        ),
+        _write(lb_node, lb.upstream_file, AtRun("the file read, edited", edited), "edited"),
         *_lb_check_reload(lb_node, lb),
     ]
     if verify is not None:
-        balancer = balancers.for_config(lb)
-        check = HttpWait(balancer.url, within=verify, interval=0.05, settle=balancer.settle)
-        ops.append(
-            Op(LOCAL, "http", f"GET {lb.url} until 200", note="through the balancer", check=check)
-        )
+        url = balancer.health_url
+        check = HttpWait(url, within=verify, interval=0.05, settle=balancer.settle)
+        shown = f"GET {url} until 200"
+        ops.append(Op(LOCAL, "http", shown, note="through the balancer", check=check))
     return ops
 
 

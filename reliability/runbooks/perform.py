@@ -1,5 +1,6 @@
 """Performing one operation of a plan: a command over SSH on a node, or a check made from
-the reliability host (the check's own `perform`, see checks.py and actions/).
+the reliability host (the check's own `perform`, see checks.py and actions/), or an edit of
+a file an earlier operation read (`Op.edit`, done here).
 
 `Performer.perform(op, values, deadline)` runs one operation and returns its outcome; it
 never raises for a failure of the system it looks at (that is an `OpOutcome` with `ok`
@@ -109,6 +110,8 @@ class Performer:
         start = time.monotonic()
         if op.kind == "run":
             outcome = self._command(op, values, deadline)
+        elif op.kind == "edit":
+            outcome = _edit(op, values)
         elif op.check is not None:
             outcome = op.check.perform(self, deadline)
         else:
@@ -134,6 +137,17 @@ class Performer:
         out = result.stdout if saved is None or not result.ok else ""
         text = (out + ("\n" if out and result.stderr else "") + result.stderr).strip()
         return self.redact(text[-EXCERPT:])
+
+
+def _edit(op: Op, values: MutableMapping[str, str]) -> OpOutcome:
+    """Apply `op.edit` to the text saved under `op.needs`; the result under `op.saves`.
+    A refusal fails the operation with its reason: the write after it never goes out."""
+    assert op.edit is not None and op.needs is not None and op.saves is not None
+    try:
+        values[op.saves] = op.edit.apply(values[op.needs])
+    except ValueError as exc:
+        return OpOutcome(False, f"refused: {exc}")
+    return OpOutcome(True, "edited")
 
 
 def _last_line(result: CommandResult) -> str:

@@ -89,9 +89,9 @@ def make_plan(
 class Planner:
     """Builds a plan step by step, each step by its action (actions/), and is what an
     action plans with: placeholders rendered (`text`), services looked up and locked
-    (`service`), target groups (`group`), images (`image`), commands (`command`), the
-    pool each service ends on (`switches`), and state an action follows through the steps
-    of one plan (`state`)."""
+    (`service`), target groups (`group`), a pool's nodes (`pool_nodes`), images (`image`),
+    commands (`command`), the pool each service ends on (`switches`), and state an action
+    follows through the steps of one plan (`state`)."""
 
     def __init__(
         self, runbook: Runbook, config: Config, scope: Scope, known_good: KnownGood
@@ -169,6 +169,10 @@ class Planner:
             what = f"node {rendered!r}" if group.node else f"pool {rendered!r}"
             raise ScopeError(f"target group {name!r} selects no node ({group.role or what})")
         return nodes
+
+    def pool_nodes(self, pool: str) -> list[NodeConfig]:
+        """The nodes of `pool` (the config's `pool` of each node), in config order."""
+        return [n for n in self.config.nodes if n.pool == pool]
 
     def image(self, template: str, service: ServiceConfig) -> str | AtRun:
         """An image pinned by digest, or the service's known-good one."""

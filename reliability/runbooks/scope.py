@@ -90,6 +90,7 @@ ATTRS: dict[ValueKind, dict[str, tuple[ValueKind, Getter]]] = {
         "image": ("value", lambda c, s: _need(s.image, f"image of service {s.name}")),
         "lb": ("node", lb_node),
         "lb_url": ("value", lambda c, s: load_balancer(s).url),
+        "lb_health_url": ("value", lambda c, s: str(load_balancer(s).health_url)),
         "hosted_url": ("value", hosted_url),
     },
     "pool": {"service": ("service", pool_service)},

@@ -2,7 +2,8 @@
 own under the fleet's, owned by the login user; the real binary run in the foreground as
 that user, in a process group of its own with a parent-death signal, so ``stop()`` (or a
 killed test run) ends every process of it, old generations included; and an upstream file
-the login user rewrites over SSH exactly as a runbook does.
+as an operator keeps it (parameters, comments, another block), which the login user
+edits over SSH exactly as a runbook does.
 
 A subclass names its binary, writes its main config, says how it is started, checked and
 reloaded, and which of its processes serve the current configuration.
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from reliability.balancers import Balancer, Membership, Server, for_config
+from reliability.balancers import Balancer, for_config
 from reliability.config import LoadBalancerConfig
 
 if TYPE_CHECKING:
@@ -42,6 +43,11 @@ SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 Member = tuple[str, bool]  # ("address:port", down)
+
+
+def as_member(member: str | Member) -> Member:
+    """A member given as its address alone serves."""
+    return (member, False) if isinstance(member, str) else member
 
 
 class BalancerError(RuntimeError):
@@ -242,6 +248,12 @@ class RigBalancer(ABC):
     def url(self) -> str:
         return f"http://{self.address}:{self.port}/"
 
+    @property
+    def health_url(self) -> str:
+        """What a runbook's verify asks: the engine's /health through the balancer (its
+        ``/`` answers what the engine's does: 404)."""
+        return f"{self.url}health"
+
     def lb_config(self, service: str | None = None) -> dict[str, str]:
         """The ``services[].load_balancer`` section of a reliability config for this one."""
         if service not in (None, self.service):
@@ -252,6 +264,7 @@ class RigBalancer(ABC):
             "upstream_file": str(self.upstream_file),
             "config_file": str(self.config_file),
             "url": self.url,
+            "health_url": self.health_url,
         }
 
     @property
@@ -329,13 +342,11 @@ class RigBalancer(ABC):
 
     # --- upstream ---------------------------------------------------------------------------
 
+    @abstractmethod
     def render(self, members: Sequence[str | Member]) -> str:
-        """The upstream file as the runbooks write it, for these members."""
-        servers = []
-        for member in members:
-            address, down = (member, False) if isinstance(member, str) else member
-            servers.append(Server(address, down, self._server_name(address)))
-        return self.balancer.render(Membership.of(self.service, servers))
+        """The upstream file as an operator keeps it, for these members: each server line
+        with parameters of its own (weight, failure limits), a comment, the kind's
+        connection reuse, and an unrelated second block; all of it a runbook must keep."""
 
     def _server_name(self, address: str) -> str:
         """The node's name at ``address`` (as a runbook names it), else one made of it."""
@@ -346,8 +357,9 @@ class RigBalancer(ABC):
         return "at-" + re.sub(r"[^A-Za-z0-9]+", "-", address).strip("-")
 
     def members(self) -> list[Member]:
-        """The upstream file's members as it is now: ("address:port", down)."""
-        membership = self.balancer.read_membership(self.upstream_file.read_text())
+        """The service's members in the upstream file as it is now: ("address:port", down)."""
+        text = self.upstream_file.read_text()
+        membership = self.balancer.read_membership(text, self.service)
         return [(s.address, s.down) for s in membership.servers]
 
     def set_members(self, members: Sequence[str | Member]) -> None:

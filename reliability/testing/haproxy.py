@@ -13,9 +13,13 @@ files, the new worker takes the listening sockets over, the old one finishes wha
 
 The proxy mirrors the rig's nginx: HTTP/1.1 to the members, responses streamed, hour-long
 timeouts, a failed connect, empty answer, 502 or 503 tried again on another member (at
-most ``PROXY_TRIES`` in all); ``GET /`` exactly is the members' ``/health``; every answer
+most ``PROXY_TRIES`` in all); every path goes to the members as it is (``GET /`` answers
+what the engine's ``/`` does: a runbook verifies through ``health_url``); every answer
 from a member carries ``x-upstream-addr``, the member that answered. Access logs go to the
 master's stderr, in ``haproxy.out``.
+
+The backend file is the kind an operator keeps: ``balance``, a comment, each server with a
+weight, ``http-reuse``, and a second backend no runbook may touch (``UNRELATED``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from reliability.testing.balancer import (
@@ -30,12 +35,21 @@ from reliability.testing.balancer import (
     BalancerError,
     Member,
     RigBalancer,
+    as_member,
     children,
 )
 
 HAPROXY = "/usr/sbin/haproxy"
+UNRELATED = "rig-unrelated"  # the backend file's second backend
 CLI_TIMEOUT_S = 2.0
-__all__ = ["HAPROXY", "HAProxyBalancer", "HAProxyError", "Member", "missing_requirement"]
+__all__ = [
+    "HAPROXY",
+    "UNRELATED",
+    "HAProxyBalancer",
+    "HAProxyError",
+    "Member",
+    "missing_requirement",
+]
 
 
 class HAProxyError(BalancerError):
@@ -74,8 +88,6 @@ defaults
 
 frontend {service}-in
     bind {address}:{port}
-    # The url a runbook checks: 200 while a member serves.
-    http-request set-path /health if {{ path / }}
     http-response set-header x-upstream-addr %[bc_dst]:%[bc_dst_port]
     default_backend {service}
 """
@@ -117,6 +129,28 @@ class HAProxyBalancer(RigBalancer):
 
     def lb_config(self, service: str | None = None) -> dict[str, str]:
         return {**super().lb_config(service), "pid_file": str(self.pid_file)}
+
+    def render(self, members: Sequence[str | Member]) -> str:
+        """The backend file as an operator keeps it (see the module's docstring)."""
+        lines = []
+        for member in members:
+            address, down = as_member(member)
+            name = self._server_name(address)
+            lines.append(
+                f"    server {name} {address} check weight 2{' disabled' if down else ''}\n"
+            )
+        return (
+            "# The rig's backends, kept by hand: runbooks change server lines only.\n"
+            f"backend {self.service}\n"
+            "    balance roundrobin\n"
+            "    # the serving pool; weights are the operator's\n"
+            f"{''.join(lines)}"
+            "    http-reuse safe\n"
+            "\n"
+            "# Another service on this balancer: no runbook of this one may touch it.\n"
+            f"backend {UNRELATED}\n"
+            "    server unrelated 127.0.0.1:9  # nothing listens: never proxied to\n"
+        )
 
     def main_config(self) -> str:
         return main_config(

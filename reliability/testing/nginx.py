@@ -14,17 +14,23 @@ run) ends the master and every worker, old generations included.
 
 The proxy is set up for LLM traffic: HTTP/1.1 to the members, no buffering (tokens reach
 the client as they are streamed), hour-long read timeouts, and a failed connect, timeout,
-502 or 503 tried on the next member (at most ``PROXY_TRIES`` in all). ``GET /`` exactly is
-the members' ``/health``, so the ``url`` a runbook checks answers 200 while one serves.
-Every answer carries ``x-upstream-addr``: the member(s) nginx tried.
+502 or 503 tried on the next member (at most ``PROXY_TRIES`` in all). Every path goes to
+the members as it is: ``GET /`` answers what the engine's ``/`` does (404), so a runbook
+verifies through ``health_url`` (``/health``), as on a real balancer. Every answer carries
+``x-upstream-addr``: the member(s) nginx tried.
+
+The upstream file is the kind an operator keeps: each server line with a weight and
+failure limits, a comment, ``zone`` and ``keepalive``, and a second upstream no runbook may
+touch (``UNRELATED``); runbooks must edit the service's server lines and keep the rest.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from reliability.balancers.nginx import read_upstream
+from reliability.balancers.nginx import read_upstreams
 from reliability.testing.balancer import (
     COMMAND_TIMEOUT_S,
     DEFAULT_PORT,
@@ -35,11 +41,13 @@ from reliability.testing.balancer import (
     BalancerError,
     Member,
     RigBalancer,
+    as_member,
     children,
     title,
 )
 
 NGINX = "/usr/sbin/nginx"
+UNRELATED = "rig-unrelated"  # the upstream file's second upstream
 __all__ = [
     "COMMAND_TIMEOUT_S",
     "DEFAULT_PORT",
@@ -48,12 +56,14 @@ __all__ = [
     "READY_TIMEOUT_S",
     "RELOAD_TIMEOUT_S",
     "STOP_TIMEOUT_S",
+    "UNRELATED",
     "Member",
     "NginxBalancer",
     "NginxError",
     "main_config",
     "missing_requirement",
     "parse_members",
+    "upstream_file",
 ]
 
 
@@ -66,10 +76,36 @@ def missing_requirement() -> str | None:
     return NginxBalancer.missing_requirement()
 
 
-def parse_members(text: str) -> list[Member]:
-    """The ``server`` lines of an upstream file: ("address:port", down), in order."""
-    membership = read_upstream(text)
-    return [(s.address, s.down) for s in membership.servers]
+def parse_members(text: str, service: str = "chat") -> list[Member]:
+    """The ``server`` lines of ``service``'s upstream: ("address:port", down), in order."""
+    block = read_upstreams(text).get(service)
+    if block is None:
+        raise NginxError(f"no `upstream {service}` in:\n{text}")
+    return [(s.server.address, s.server.down) for s in block.servers]
+
+
+def upstream_file(service: str, members: Sequence[str | Member]) -> str:
+    """The upstream file as an operator keeps it (see the module's docstring)."""
+    lines = []
+    for member in members:
+        address, down = as_member(member)
+        lines.append(
+            f"    server {address} weight=2 max_fails=3 fail_timeout=5s{' down' if down else ''};\n"
+        )
+    return (
+        "# The rig's upstreams, kept by hand: runbooks change server lines only.\n"
+        f"upstream {service} {{\n"
+        f"    zone {service} 64k;\n"
+        "    # the serving pool; weights and failure limits are the operator's\n"
+        f"{''.join(lines)}"
+        "    keepalive 16;\n"
+        "}\n"
+        "\n"
+        "# Another service on this balancer: no runbook of this one may touch it.\n"
+        f"upstream {UNRELATED} {{\n"
+        "    server 127.0.0.1:9 max_fails=0;  # nothing listens: never proxied to\n"
+        "}\n"
+    )
 
 
 def main_config(
@@ -121,10 +157,6 @@ http {{
         proxy_next_upstream_timeout 10s;
         add_header x-upstream-addr $upstream_addr always;
 
-        # The url a runbook checks: 200 while a member serves.
-        location = / {{
-            proxy_pass http://{service}/health;
-        }}
         location / {{
             proxy_pass http://{service};
         }}
@@ -163,6 +195,9 @@ class NginxBalancer(RigBalancer):
     @property
     def access_log(self) -> Path:
         return self.dir / "access.log"
+
+    def render(self, members: Sequence[str | Member]) -> str:
+        return upstream_file(self.service, members)
 
     def main_config(self) -> str:
         return main_config(

@@ -323,3 +323,30 @@ def test_a_hosted_endpoint_must_name_the_service_it_fails_over(tmp_path):
         f"{path}:6: endpoints[0].service: a hosted endpoint names the service whose traffic "
         "moves to the local pool when it is busy; add `service:` (chat)"
     ]
+
+
+def test_a_balancer_health_url_the_engine_does_not_answer_is_refused_with_the_fix(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        nodes:
+          - {name: gpu-1, address: 10.0.0.1, pool: blue}
+          - {name: lb-1, address: 10.0.0.2, gpus: 0}
+        services:
+          - name: chat
+            pools: [blue]
+            active_pool: blue
+            load_balancer:
+              kind: nginx
+              node: lb-1
+              upstream_file: /etc/nginx/conf.d/chat.conf
+              url: http://10.0.0.2/
+              health_url: http://10.0.0.2/
+        """,
+    )
+    [line] = errors_of(path)
+    assert line.startswith(f"{path}:5: services[0]: load_balancer.health_url 'http://10.0.0.2/'")
+    assert line.endswith(
+        "write http://10.0.0.2/health (the service's health_path) or "
+        "http://10.0.0.2/v1/models, or leave it out for the first"
+    )

@@ -32,7 +32,10 @@ def test_plan_prints_every_command_per_target():
     assert "Locks: service chat" in out
     assert "1. take-out (drain): timeout 30s\n" in out
     assert "   on gpu-1:\n     lb-1 $ cat /etc/nginx/conf.d/chat-upstream.conf" in out
-    assert "         |     server 10.20.0.11:8000 down;\n" in out
+    assert (
+        "     local edit: mark gpu-1 (10.20.0.11:8000) down in upstream chat    # on the file as "
+        "read; only these server lines change\n"
+    ) in out
     assert "   on gpu-spare:\n     gpu-spare $ docker pull <known-good image of chat" in out
     assert "   undo on gpu-spare:\n     gpu-spare $ docker rm -f vllm\n" in out
     assert "6. note (notify)" in out

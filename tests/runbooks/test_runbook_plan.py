@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from reliability.balancers import Edit, Server
 from reliability.config import Config, NodeConfig
 from reliability.runbooks.load import load_dir, load_runbooks
 from reliability.runbooks.ops import LOCAL
@@ -35,9 +36,11 @@ def commands(plan: Plan, step_id: str, *, undo: bool = False) -> dict[str, list[
     }
 
 
-def upstream_written(plan: Plan, step_id: str) -> str:
+def upstream_edit(plan: Plan, step_id: str) -> Edit:
     (step,) = [s for s in plan.steps if s.id == step_id]
-    return next(o.stdin for u in step.units for o in u.ops if o.stdin is not None)
+    edits = [o.edit.edit for u in step.units for o in u.ops if o.edit is not None]
+    assert len(edits) == 1
+    return edits[0]
 
 
 def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
@@ -54,13 +57,17 @@ def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
     assert commands(plan, "take-out") == {
         "gpu-1": [
             f"lb-1 $ cat {UPSTREAM}",
+            "local edit: mark gpu-1 (10.20.0.11:8000) down in upstream chat",
             f"lb-1 $ {WRITE}",
             "lb-1 $ nginx -t",
             "lb-1 $ nginx -s reload",
             "local wait: until gpu-1 has no in-flight or streaming request, at most 15s",
         ]
     }
-    assert "    server 10.20.0.11:8000 down;\n" in upstream_written(plan, "take-out")
+    # The run edits the file it reads; the plan carries the edit, not a file.
+    assert upstream_edit(plan, "take-out") == Edit(
+        "chat", "down", (Server("10.20.0.11:8000", name="gpu-1"),)
+    )
     assert commands(plan, "take-out", undo=True)["gpu-1"][:1] == [f"lb-1 $ {WRITE}"]
 
     image = "<known-good image of chat, from the images registry>"
@@ -76,12 +83,16 @@ def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
     assert commands(plan, "start-standby", undo=True)["gpu-spare"][1].endswith(
         "<image vllm ran before, as saved>"
     )
-    # The standby joins the upstream beside the drained node, which stays listed as down.
-    assert upstream_written(plan, "put-in").endswith(
-        "upstream chat {\n    server 10.20.0.11:8000 down;\n    server 10.20.0.19:8000;\n}\n"
+    # The standby joins the upstream beside what is there (the drained node stays down).
+    assert commands(plan, "put-in")["lb-1"][1] == (
+        "local edit: add gpu-spare (10.20.0.19:8000) to upstream chat, after its last server line"
     )
+    assert upstream_edit(plan, "put-in") == Edit(
+        "chat", "add", (Server("10.20.0.19:8000", name="gpu-spare"),)
+    )
+    # Verifies ask the balancer's health_url: the engine's `/` is a 404.
     assert commands(plan, "verify") == {
-        LOCAL: ["local http: GET http://10.20.0.2/ until 200, within 30s"]
+        LOCAL: ["local http: GET http://10.20.0.2/health until 200, within 30s"]
     }
 
 
@@ -103,9 +114,12 @@ def test_blue_green_checks_the_new_pool_then_switches_and_soaks(example):
         "local http: POST http://10.20.0.12:8000/v1/chat/completions (model deepseek-chat, "
         "max_tokens 1, streamed): first token within 10s"
     )
-    assert "upstream chat {\n    server 10.20.0.12:8000;\n}\n" in upstream_written(plan, "switch")
+    assert commands(plan, "switch")["lb-1"][1] == (
+        "local edit: switch upstream chat to gpu-2 (10.20.0.12:8000); other server lines removed"
+    )
+    assert upstream_edit(plan, "switch").servers == (Server("10.20.0.12:8000", name="gpu-2"),)
     assert commands(plan, "soak")[LOCAL][1] == (
-        "local http: GET http://10.20.0.2/ every 2s for 5m; fails above 5% errors"
+        "local http: GET http://10.20.0.2/health every 2s for 5m; fails above 5% errors"
     )
 
 

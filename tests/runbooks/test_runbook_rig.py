@@ -437,3 +437,126 @@ steps:
     with db.session_factory(db.make_engine(rig_db))() as s:
         (unit,) = runs.units(s, run_id=result.run_id)
     assert "no request running or waiting" in unit.log[-1]["result"]
+
+
+# --- the operator's upstream file: edited, never rewritten -----------------------------------
+
+DRAIN_AND_ADD = """
+description: Take gpu-1 out of the upstream, add gpu-3 beside what serves, keep a copy of
+  the file, then fail (the run undoes itself).
+params:
+  service: {type: service}
+targets:
+  one: {node: gpu-1}
+  three: {node: gpu-3}
+  lb: {node: lb-1}
+steps:
+  - id: out
+    action: drain
+    nodes: one
+    args: {service: "{service}", wait: 1s}
+    undo: restore
+  - id: in
+    action: lb_set_pool
+    args: {service: "{service}", add: three}
+    undo: restore
+  - id: copy
+    action: ssh
+    nodes: lb
+    args: {command: "cp UPSTREAM UPSTREAM.copy"}
+  - id: fail
+    action: http_check
+    args: {url: "http://127.0.0.1:9/", within: 1s}
+"""
+
+
+def drain_and_add(balancer: RigBalancer, directory: Path) -> None:
+    text = DRAIN_AND_ADD.replace("UPSTREAM", str(balancer.upstream_file))
+    (directory / "runbooks" / "drain-and-add.yaml").write_text(text)
+
+
+def server_line(balancer: RigBalancer, node: str) -> str:
+    """The node's server line as the rig's operator file holds it."""
+    address = f"{balancer.fleet.node(node).address}:8000"
+    (line,) = [
+        line + "\n"
+        for line in balancer.upstream_file.read_text().splitlines()
+        if f" {address}" in line
+    ]
+    return line
+
+
+def test_an_operators_upstream_file_keeps_every_directive_through_drain_add_switch_and_undo(
+    rig_balancer: RigBalancer, tmp_path: Path, rig_db: str
+) -> None:
+    lb = rig_balancer
+    config = write_config(lb, tmp_path, rig_db)
+    drain_and_add(lb, tmp_path)
+    before = lb.upstream_file.read_text()
+    gpu1, gpu2 = server_line(lb, "gpu-1"), server_line(lb, "gpu-2")
+    down = {"nginx": " down;", "haproxy": " disabled"}[lb.kind]
+    gpu3 = f"{lb.fleet.node('gpu-3').address}:8000"
+    added = {"nginx": f"    server {gpu3};\n", "haproxy": f"    server gpu-3 {gpu3} check\n"}
+
+    failed = run_book(config, "drain-and-add", service="chat")
+    edited = Path(f"{lb.upstream_file}.copy").read_text()
+    after_undo = lb.upstream_file.read_text()
+    switched = run_book(config, "blue-green", service="chat", pool="green")
+    after_switch = lb.upstream_file.read_text()
+
+    assert failed.status == RunStatus.failed and "step fail failed" in (failed.reason or "")
+    # gpu-1's line gained the kind's `down` (weight, failure limits, comment kept); gpu-3's
+    # line came after the last server line; every other byte (comments, zone and keepalive
+    # or balance and http-reuse, the unrelated block, blank lines) is the operator's.
+    marked = gpu1.rstrip("\n").removesuffix(";") + down + "\n"
+    assert edited == before.replace(gpu1, marked).replace(gpu2, gpu2 + added[lb.kind])
+    assert after_undo == before  # the undo: byte for byte
+    assert switched.status == RunStatus.succeeded, switched.reason
+    # Only the service's server lines (port 8000) changed in the switch.
+    assert [line for line in after_switch.splitlines() if ":8000" not in line] == [
+        line for line in before.splitlines() if ":8000" not in line
+    ]
+    assert lb.members() == [(f"{lb.fleet.node(n).address}:8000", False) for n in ("gpu-3", "gpu-4")]
+    assert pool_of_answers(lb.url) == {"green"}
+
+
+def test_a_refused_edit_fails_the_step_with_its_reason_and_changes_nothing(
+    rig_balancer: RigBalancer, tmp_path: Path, rig_db: str
+) -> None:
+    lb = rig_balancer
+    config = write_config(lb, tmp_path, rig_db)
+    # gpu-3 is green: the live upstream does not list it, so it cannot be marked down.
+    (tmp_path / "runbooks" / "drain-three.yaml").write_text(
+        DRAIN_AND_ADD.replace("{node: gpu-1}", "{node: gpu-3}").replace("UPSTREAM", "/nonexistent")
+    )
+    before = lb.upstream_file.read_bytes()
+    workers = set(lb.serving_worker_pids())
+
+    result = run_book(config, "drain-three", service="chat")
+
+    assert result.status == RunStatus.failed
+    gpu3 = f"{lb.fleet.node('gpu-3').address}:8000"
+    block = {"nginx": "upstream", "haproxy": "backend"}[lb.kind]
+    assert f"refused: line 2: {gpu3} is not in {block} chat (it lists " in (result.reason or "")
+    assert lb.upstream_file.read_bytes() == before
+    assert set(lb.serving_worker_pids()) == workers  # not even a reload
+    with db.session_factory(db.make_engine(rig_db))() as s:
+        (unit,) = runs.units(s, run_id=result.run_id)
+    assert [entry["kind"] for entry in unit.log] == ["run", "edit"]  # the cat, the refusal
+    assert unit.undo is None
+
+
+def test_an_upstream_file_the_parser_cannot_read_is_refused_by_the_cli_with_exit_1(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
+) -> None:
+    config = write_config(rig_lb, tmp_path, rig_db)
+    drain_and_add(rig_lb, tmp_path)
+    unreadable = rig_lb.upstream_file.read_text().replace("keepalive 16;\n}", "keepalive 16;\n")
+    rig_lb.upstream_file.write_text(unreadable)  # nginx serves on from the file it loaded
+
+    done = cli(config, "runbook", "run", "drain-and-add", "-p", "service=chat", "--yes")
+
+    assert done.returncode == 1
+    assert "refused: unexpected end of file (a `;` or `}` is missing)" in done.stdout + done.stderr
+    assert rig_lb.upstream_file.read_text() == unreadable
+    assert pool_of_answers(rig_lb.url) == {"blue"}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from reliability.balancers import Edit
 from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
 from reliability.runbooks import ops
 from reliability.testing.balancer import RigBalancer
@@ -28,18 +29,28 @@ def service(lb: RigBalancer) -> ServiceConfig:
     )
 
 
-def pool_upstream(lb: RigBalancer, active: str) -> str:
-    """The membership file a runbook writes to serve from ``active`` (the other pool down)."""
-    members = [
-        (NodeConfig(name=n.name, address=n.address, pool=n.pool), n.pool == active)
+def pool_switch(lb: RigBalancer, pool: str) -> Edit:
+    """The edit a runbook applies to switch the service to ``pool``."""
+    nodes = [
+        NodeConfig(name=n.name, address=n.address, pool=n.pool)
         for n in lb.fleet.nodes
-        if n.pool is not None
+        if n.pool == pool
     ]
-    return ops.upstream_text(balancer(lb), service(lb), members)
+    return ops.upstream_edit(service(lb), "switch", nodes)
+
+
+def not_members(text: str) -> list[str]:
+    """The lines of an upstream file that are not the service's members (at port 8000)."""
+    return [line for line in text.splitlines() if ":8000" not in line]
 
 
 def send(lb: RigBalancer, op: ops.Op, saved: dict[str, str]) -> tuple[str, str, int]:
-    """One operation of a plan, sent as the executor sends it."""
+    """One operation of a plan, sent as the executor sends it (an edit: done here, on what
+    an earlier one saved)."""
+    if op.kind == "edit":
+        assert op.edit is not None and op.needs is not None and op.saves is not None
+        saved[op.saves] = op.edit.apply(saved[op.needs])
+        return "", "", 0
     assert (op.where, op.kind) == (lb.node, "run")
     stdin = saved[op.stdin.key or ""] if isinstance(op.stdin, ops.AtRun) else op.stdin
     out, err, code = lb.ssh(op.detail, stdin)
@@ -48,15 +59,15 @@ def send(lb: RigBalancer, op: ops.Op, saved: dict[str, str]) -> tuple[str, str, 
     return out, err, code
 
 
-def switch_ops(lb: RigBalancer, content: str) -> list[ops.Op]:
-    return ops.lb_write_ops(lb.node, balancer(lb), content, saves="saved", verify=5.0)
+def switch_ops(lb: RigBalancer, edit: Edit) -> list[ops.Op]:
+    return ops.lb_edit_ops(lb.node, balancer(lb), edit, saves="saved", verify=5.0)
 
 
-def switch_over_ssh(lb: RigBalancer, content: str) -> dict[str, str]:
-    """Save, write, test and reload as the runbooks do; what the run saved."""
+def switch_over_ssh(lb: RigBalancer, edit: Edit) -> dict[str, str]:
+    """Save, edit, write, test and reload as the runbooks do; what the run saved."""
     saved: dict[str, str] = {}
-    for op in switch_ops(lb, content):
-        if op.where == ops.LOCAL:
+    for op in switch_ops(lb, edit):
+        if op.kind == "http":
             continue
         out, err, code = send(lb, op, saved)
         assert code == 0, f"{op.detail}: {out}{err}"

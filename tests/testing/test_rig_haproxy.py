@@ -18,18 +18,17 @@ import pytest
 from rig_balancer_ops import (
     alive,
     balancer,
+    not_members,
     pool_of_fresh_request,
-    pool_upstream,
+    pool_switch,
     processes_naming,
     send,
-    service,
     switch_ops,
     switch_over_ssh,
     wait_for,
 )
 
 from reliability.balancers import HAProxy
-from reliability.config import NodeConfig
 from reliability.runbooks import ops
 from reliability.testing.fleet import Fleet
 from reliability.testing.haproxy import HAProxyBalancer, missing_requirement
@@ -50,7 +49,8 @@ def test_requests_through_the_balancer_reach_the_blue_pool(rig_haproxy: HAProxyB
 
     answers = [httpx.get(lb.url + "v1/models", timeout=5) for _ in range(6)]
     chat = httpx.post(lb.url + "v1/chat/completions", json=CHAT, timeout=5)
-    health = httpx.get(lb.url, timeout=5)
+    health = httpx.get(lb.health_url, timeout=5)
+    root = httpx.get(lb.url, timeout=5)
 
     assert [a.status_code for a in answers] == [200] * 6
     assert {a.headers["x-pool"] for a in answers} == {"blue"}
@@ -58,6 +58,7 @@ def test_requests_through_the_balancer_reach_the_blue_pool(rig_haproxy: HAProxyB
     assert chat.headers["x-pool"] == "blue"
     assert chat.json()["choices"][0]["message"]["content"].startswith("Rig reply from the blue")
     assert (health.status_code, health.json()["pool"]) == (200, "blue")
+    assert root.status_code == 404 and root.headers["x-upstream-addr"] in blue  # the engine
     assert lb.members() == [(address, False) for address in sorted(blue)]
     assert lb.lb_config("chat") == {
         "kind": "haproxy",
@@ -66,15 +67,11 @@ def test_requests_through_the_balancer_reach_the_blue_pool(rig_haproxy: HAProxyB
         "config_file": str(lb.config_file),
         "pid_file": str(lb.pid_file),
         "url": lb.url,
+        "health_url": lb.url + "health",
     }
-    # The backend file is the one a runbook writes: servers named after their nodes.
-    assert lb.upstream_file.read_text() == pool_upstream_of(lb, ["gpu-1", "gpu-2"])
-
-
-def pool_upstream_of(lb: HAProxyBalancer, names: list[str]) -> str:
-    nodes = [lb.fleet.node(n) for n in names]
-    members = [(NodeConfig(name=n.name, address=n.address, pool=n.pool), True) for n in nodes]
-    return ops.upstream_text(balancer(lb), service(lb), members)
+    # The servers are named after their nodes, as a runbook's added lines are.
+    membership = HAProxy(balancer(lb)).read_membership(lb.upstream_file.read_text(), "chat")
+    assert [s.name for s in membership.servers] == ["gpu-1", "gpu-2"]
 
 
 def test_haproxy_runs_as_the_login_user_with_everything_in_its_own_directory(
@@ -100,7 +97,7 @@ def test_the_runbook_commands_over_ssh_move_traffic_to_green(
 ) -> None:
     lb = rig_haproxy
     before = lb.upstream_file.read_text()
-    green = pool_upstream(lb, "green")
+    green = pool_switch(lb, "green")
     plan = switch_ops(lb, green)
     old_workers = set(lb.serving_worker_pids())
     master = lb.pid
@@ -118,15 +115,22 @@ def test_the_runbook_commands_over_ssh_move_traffic_to_green(
         f"haproxy -c -f {lb.config_file} -f {lb.upstream_file}",
         f'kill -USR2 "$(cat {lb.pid_file})"',
     ]
-    assert saved == {"saved": before}
+    assert saved["saved"] == before
     assert switched_in < 2.0
     assert settled
     assert lb.pid == master  # a reload, not a restart: the master stays
     assert lb.reloads() == 1
     assert after == ["green"] * 8
-    assert [down for _, down in lb.members()] == [True, True, False, False]
+    green_addresses = [f"{lb.fleet.node(n).address}:8000" for n in ("gpu-3", "gpu-4")]
+    assert lb.members() == [(address, False) for address in green_addresses]
+    # Only the service's server lines changed: the rest of the operator's file is as it was.
+    after_text = lb.upstream_file.read_text()
+    assert not_members(after_text) == not_members(before)
+    assert [line for line in after_text.splitlines() if ":8000" in line] == [
+        "    " + lb.balancer.server_text(s) for s in pool_switch(lb, "green").servers
+    ]
     check = plan[-1].check
-    assert isinstance(check, ops.HttpWait) and check.url == lb.url
+    assert isinstance(check, ops.HttpWait) and check.url == lb.health_url
     assert httpx.get(check.url, timeout=5).status_code == check.status
 
 
@@ -135,9 +139,11 @@ def test_haproxy_c_over_ssh_rejects_a_broken_backend_and_the_old_file_goes_back(
 ) -> None:
     lb = rig_haproxy
     broken = "backend chat\n    server gpu-1 127.0.0.1:8000 chek\n"  # a misspelt keyword
-    cat, write, test, _, _ = switch_ops(lb, broken)
+    cat, edit, write, test, _, _ = switch_ops(lb, pool_switch(lb, "green"))
     saved: dict[str, str] = {}
     send(lb, cat, saved)
+    assert edit.saves is not None
+    saved[edit.saves] = broken  # as if the edit had made it
     send(lb, write, saved)
     master, workers = lb.pid, set(lb.serving_worker_pids())
 
@@ -160,9 +166,11 @@ def test_a_reload_of_a_file_haproxy_refuses_keeps_the_old_worker_serving(
 ) -> None:
     # Why the runbooks validate first: the master reports nothing to the signaller.
     lb = rig_haproxy
-    cat, write, _, reload, _ = switch_ops(lb, "backend chat\n    server gpu-1 nowhere:x\n")
+    cat, edit, write, _, reload, _ = switch_ops(lb, pool_switch(lb, "green"))
     saved: dict[str, str] = {}
     send(lb, cat, saved)
+    assert edit.saves is not None
+    saved[edit.saves] = "backend chat\n    server gpu-1 nowhere:x\n"
     send(lb, write, saved)
     workers = set(lb.serving_worker_pids())
 
@@ -203,7 +211,7 @@ def test_a_stream_started_before_a_reload_completes_intact(rig_haproxy: HAProxyB
         lines = r.iter_lines()
         first = next(lines)
         old_workers = set(lb.serving_worker_pids())
-        switch_over_ssh(lb, pool_upstream(lb, "green"))
+        switch_over_ssh(lb, pool_switch(lb, "green"))
         assert lb.wait_reloaded(old_workers)
         new_pool = pool_of_fresh_request(lb)
         in_flight = sum(s.stats()["in_flight"] for s in blue if s is not None)

@@ -13,8 +13,9 @@ import pytest
 from rig_balancer_ops import (
     alive,
     balancer,
+    not_members,
     pool_of_fresh_request,
-    pool_upstream,
+    pool_switch,
     processes_naming,
     send,
     switch_ops,
@@ -41,15 +42,18 @@ def test_requests_through_the_balancer_reach_the_blue_pool(rig_lb: NginxBalancer
 
     answers = [httpx.get(rig_lb.url + "v1/models", timeout=5) for _ in range(6)]
     chat = httpx.post(rig_lb.url + "v1/chat/completions", json=CHAT, timeout=5)
-    health = httpx.get(rig_lb.url, timeout=5)
+    health = httpx.get(rig_lb.health_url, timeout=5)
+    root = httpx.get(rig_lb.url, timeout=5)
 
     assert [a.status_code for a in answers] == [200] * 6
     assert {a.headers["x-pool"] for a in answers} == {"blue"}
     assert {a.headers["x-upstream-addr"] for a in answers} == blue  # both members, in turn
     assert chat.headers["x-pool"] == "blue"
     assert chat.json()["choices"][0]["message"]["content"].startswith("Rig reply from the blue")
-    # The url a runbook checks is the members' health: 200 while one serves.
+    # A runbook verifies through health_url, the members' health: 200 while one serves.
     assert (health.status_code, health.json()["pool"]) == (200, "blue")
+    # `/` is the engine's `/`, a 404, as behind a real balancer: nothing maps it to health.
+    assert root.status_code == 404 and root.headers["x-upstream-addr"] in blue
     assert rig_lb.members() == [(address, False) for address in sorted(blue)]
     assert rig_lb.lb_config("chat") == {
         "kind": "nginx",
@@ -57,6 +61,7 @@ def test_requests_through_the_balancer_reach_the_blue_pool(rig_lb: NginxBalancer
         "upstream_file": str(rig_lb.upstream_file),
         "config_file": str(rig_lb.config_file),
         "url": rig_lb.url,
+        "health_url": rig_lb.url + "health",
     }
 
 
@@ -79,7 +84,7 @@ def test_nginx_runs_as_the_login_user_with_everything_in_its_own_directory(
 
 def test_the_runbook_commands_over_ssh_move_traffic_to_green(rig_lb: NginxBalancer) -> None:
     before = rig_lb.upstream_file.read_text()
-    green = pool_upstream(rig_lb, "green")
+    green = pool_switch(rig_lb, "green")
     plan = switch_ops(rig_lb, green)
     old_workers = set(rig_lb.serving_worker_pids())
 
@@ -97,13 +102,20 @@ def test_the_runbook_commands_over_ssh_move_traffic_to_green(rig_lb: NginxBalanc
         f"nginx -t -c {rig_lb.config_file}",
         f"nginx -c {rig_lb.config_file} -s reload",
     ]
-    assert saved == {"saved": before}
+    assert saved["saved"] == before
     assert switched_in < 2.0
     assert settled
     assert after == ["green"] * 8
-    assert [down for _, down in rig_lb.members()] == [True, True, False, False]
+    green_addresses = [f"{rig_lb.fleet.node(n).address}:8000" for n in ("gpu-3", "gpu-4")]
+    assert rig_lb.members() == [(address, False) for address in green_addresses]
+    # Only the service's server lines changed: the rest of the operator's file is as it was.
+    after_text = rig_lb.upstream_file.read_text()
+    assert not_members(after_text) == not_members(before)
+    assert [line for line in after_text.splitlines() if ":8000" in line] == [
+        "    " + rig_lb.balancer.server_text(s) for s in pool_switch(rig_lb, "green").servers
+    ]
     check = plan[-1].check
-    assert isinstance(check, ops.HttpWait) and check.url == rig_lb.url
+    assert isinstance(check, ops.HttpWait) and check.url == rig_lb.health_url
     assert httpx.get(check.url, timeout=5).status_code == check.status
 
 
@@ -111,9 +123,11 @@ def test_nginx_t_over_ssh_rejects_a_broken_upstream_and_the_old_file_goes_back(
     rig_lb: NginxBalancer,
 ) -> None:
     broken = "upstream chat {\n    server 127.0.0.1:8000 down\n}\n"  # no semicolon
-    cat, write, test, reload, _ = switch_ops(rig_lb, broken)
+    cat, edit, write, test, reload, _ = switch_ops(rig_lb, pool_switch(rig_lb, "green"))
     saved: dict[str, str] = {}
     send(rig_lb, cat, saved)
+    assert edit.saves is not None
+    saved[edit.saves] = broken  # as if the edit had made it
     send(rig_lb, write, saved)
 
     _, tested, test_code = send(rig_lb, test, saved)
@@ -158,7 +172,7 @@ def test_a_stream_started_before_a_reload_completes_intact(rig_lb: NginxBalancer
         lines = r.iter_lines()
         first = next(lines)
         old_workers = set(rig_lb.serving_worker_pids())
-        switch_over_ssh(rig_lb, pool_upstream(rig_lb, "green"))
+        switch_over_ssh(rig_lb, pool_switch(rig_lb, "green"))
         assert rig_lb.wait_reloaded(old_workers)
         new_pool = pool_of_fresh_request(rig_lb)
         in_flight = sum(s.stats()["in_flight"] for s in blue if s is not None)

@@ -1,5 +1,6 @@
-"""`drain`: take each node of a target group out of its service's upstream (listed `down`),
-then wait until the engine on it has no request running or waiting."""
+"""`drain`: mark each node of a target group down in its service's upstream (its line,
+parameters and comment kept; refused when the live file does not list it), then wait until
+the engine on it has no request running or waiting."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pydantic import Field
 from reliability import catalog
 from reliability.config import NodeConfig, Strict
 from reliability.durations import Duration
+from reliability.runbooks import ops
 from reliability.runbooks.actions.base import Action, NameTemplate, NodeStep
-from reliability.runbooks.actions.upstream import Upstreams, lb_unit
+from reliability.runbooks.actions.upstream import lb_unit
 from reliability.runbooks.checks import OpOutcome, RunContext, seconds
 from reliability.runbooks.errors import ScopeError
 from reliability.runbooks.ops import LOCAL, Op, Unit, host_port
@@ -96,10 +98,9 @@ class DrainAction(Action[DrainStep]):
 
     def unit(self, step: DrainStep, node: NodeConfig, scope: Scope, planner: Planner) -> Unit:
         service = planner.service(step.args.service, scope)
-        members = planner.state(Upstreams).members(step.id, service, planner)
-        if node.name not in members:
-            raise ScopeError(f"{node.name} is not in the upstream of {service.name}")
-        members[node.name] = False
+        if len(planner.group(step.nodes)) > 1 and step.batch != 1:
+            # Each unit edits the file as it read it: two at once would lose one's edit.
+            raise ScopeError("a drain of several nodes edits one upstream file: give `batch: 1`")
         wait = seconds(step.args.wait)
         base = f"http://{host_port(node.address, service.port)}"
         waiting = Op(
@@ -108,5 +109,8 @@ class DrainAction(Action[DrainStep]):
             f"until {node.name} has no in-flight or streaming request, at most {wait}",
             check=Drained(base, step.args.wait),
         )
-        unit = lb_unit(step, service, [waiting], scope, planner, verify=None)
+        edit = ops.upstream_edit(service, "down", [node])
+        unit = lb_unit(
+            step, service, edit, [waiting], scope, planner, target=node.name, verify=None
+        )
         return Unit(node.name, unit.ops, unit.undo)

@@ -1,6 +1,7 @@
-"""`lb_set_pool`: rewrite a service's upstream on its balancer: to a pool's nodes (a switch,
-remembered as the service's pool after a successful run), adding a target group's nodes,
-or back to the file as it was before an earlier step (`restore_from`)."""
+"""`lb_set_pool`: edit a service's upstream on its balancer: switch it to a pool's nodes
+(remembered as the service's pool after a successful run), add a target group's nodes, or
+put back the file as it was before an earlier step (`restore_from`). A switch or an add
+changes only the server lines it names in the live file (see actions/upstream.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import model_validator
 
 from reliability.config import Strict
+from reliability.runbooks import ops
 from reliability.runbooks.actions.base import Action, Loc, NameTemplate, StepBase
 from reliability.runbooks.actions.upstream import Upstreams, lb_restore, lb_unit
 from reliability.runbooks.checks import HttpWait
@@ -26,8 +28,8 @@ REWRITES_UPSTREAM = ("lb_set_pool", "drain")
 
 
 class LbSetPoolArgs(Strict):
-    """Rewrite the service's upstream: to a pool's nodes, adding a target group's nodes,
-    or back to the file as it was before an earlier step."""
+    """Edit the service's upstream: switch it to a pool's nodes, add a target group's
+    nodes, or put back the file as it was before an earlier step."""
 
     service: NameTemplate
     pool: NameTemplate | None = None
@@ -75,18 +77,19 @@ class LbSetPoolAction(Action[LbSetPoolStep]):
     def plan(self, step: LbSetPoolStep, planner: Planner) -> list[Unit]:
         args = step.args
         service = planner.service(args.service)
-        members = planner.state(Upstreams).members(step.id, service, planner)
         if args.pool is not None:
             pool = planner.text(args.pool, "name")
             if pool not in service.pools:
                 raise ScopeError(f"{pool!r} is not a pool of {service.name} ({service.pools})")
-            members.clear()
-            members.update((n.name, True) for n in planner.config.nodes if n.pool == pool)
+            nodes = planner.pool_nodes(pool)
+            if not nodes:
+                raise ScopeError(f"pool {pool!r} has no node to switch {service.name} to")
+            edit = ops.upstream_edit(service, "switch", nodes)
             planner.switches[service.name] = pool
         elif args.add is not None:
-            members.update((n.name, True) for n in planner.group(args.add))
+            edit = ops.upstream_edit(service, "add", planner.group(args.add))
         else:
             assert args.restore_from is not None
             return [lb_restore(step, service, args.restore_from, planner)]
         verify = min(step.timeout, LB_VERIFY)
-        return [lb_unit(step, service, [], planner.scope, planner, verify=verify)]
+        return [lb_unit(step, service, edit, [], planner.scope, planner, verify=verify)]

@@ -1,12 +1,15 @@
-"""The balancer's upstream of each service as a plan follows it through the steps (shared by
-lb_set_pool and drain; not an action): who is in it after each step, and what it was before
-each step that rewrote it, so `restore_from` can put that back. It starts from each
-service's `active_pool`, so every rewrite shows the file a run would write."""
+"""The balancer's upstream of each service as a plan's steps edit it (shared by lb_set_pool
+and drain; not an action). A step never writes a file made from the config: at run time it
+reads the live file, applies its edit (balancers.Edit: mark down, add, switch...) and
+writes the result, so what the operator keeps there (weights, comments, other upstreams)
+stays. The plan remembers which step first edited which service's upstream, and under
+which key the run keeps the file as it was before, so `restore_from` can put that back."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from reliability.balancers import Edit
 from reliability.config import ServiceConfig
 from reliability.runbooks import ops
 from reliability.runbooks.actions.base import StepBase, undo_commands
@@ -20,45 +23,41 @@ if TYPE_CHECKING:
 
 
 class Upstreams:
-    """One plan's upstreams (`planner.state(Upstreams)`)."""
+    """One plan's upstream edits (`planner.state(Upstreams)`)."""
 
     def __init__(self) -> None:
-        # Members per service (node name -> serving), followed through the steps, and as
-        # they were before each step that rewrote one (for `restore_from`).
-        self.current: dict[str, dict[str, bool]] = {}
-        self.before: dict[str, tuple[str, dict[str, bool]]] = {}
+        # Per step that edited an upstream: the service, and the key of the file as it was
+        # before the step's first unit edited it (for `restore_from`).
+        self.before: dict[str, tuple[str, str]] = {}
 
-    def members(self, step_id: str, service: ServiceConfig, planner: Planner) -> dict[str, bool]:
-        """The upstream of `service`, remembered as it was before step `step_id` first
-        changed it; the caller changes it in place."""
-        if service.name not in self.current:
-            active = [n.name for n in planner.config.nodes if n.pool == service.active_pool]
-            self.current[service.name] = dict.fromkeys(active, True)
-        members = self.current[service.name]
-        self.before.setdefault(step_id, (service.name, dict(members)))
-        return members
+    def save_key(self, step_id: str, target: str, service: ServiceConfig) -> str:
+        """Where unit `target` of step `step_id` keeps the file it read: each unit its own,
+        so a later unit of the step edits the file the earlier ones left."""
+        if step_id not in self.before:
+            key = ops.upstream_key(step_id)
+            self.before[step_id] = (service.name, key)
+            return key
+        return f"{ops.upstream_key(step_id)}:{target}"
 
 
 def lb_unit(
     step: StepBase,
     service: ServiceConfig,
+    edit: Edit,
     after: list[Op],
     scope: Scope,
     planner: Planner,
     *,
+    target: str | None = None,
     verify: float | None,
 ) -> Unit:
-    """Rewrite the service's upstream file to the members followed so far, then `after`;
-    with `verify` (seconds), check the service answers through the balancer."""
-    config = planner.config
-    lb, node = load_balancer(service), lb_node(config, service).name
-    current = planner.state(Upstreams).current[service.name]
-    members = [(config.node(n), up) for n, up in current.items()]
-    content = ops.upstream_text(lb, service, members)
-    key = ops.upstream_key(step.id)
-    run = ops.lb_write_ops(node, lb, content, saves=key, verify=verify) + after
+    """Apply `edit` to the service's upstream file as the run finds it, then `after`; with
+    `verify` (seconds), check the service answers through the balancer."""
+    lb, node = load_balancer(service), lb_node(planner.config, service).name
+    key = planner.state(Upstreams).save_key(step.id, target or node, service)
+    run = ops.lb_edit_ops(node, lb, edit, saves=key, verify=verify) + after
     undo = undo_commands(step, node, scope, planner) or ops.lb_restore_ops(
-        node, lb, saved_upstream(step.id)
+        node, lb, saved_upstream(step.id, key)
     )
     return Unit(node, run, undo)
 
@@ -67,17 +66,16 @@ def lb_restore(step: StepBase, service: ServiceConfig, earlier: str, planner: Pl
     """Back to the upstream file as it was before step `earlier`, byte for byte."""
     lb, node = load_balancer(service), lb_node(planner.config, service).name
     upstreams = planner.state(Upstreams)
-    name, members = upstreams.before[earlier]
+    name, earlier_key = upstreams.before[earlier]
     if name != service.name:
-        raise ScopeError(f"step {earlier} rewrote the upstream of {name}, not {service.name}")
-    upstreams.current[service.name] = dict(members)
+        raise ScopeError(f"step {earlier} edited the upstream of {name}, not {service.name}")
     planner.switches.pop(service.name, None)
-    key = ops.upstream_key(step.id)
+    key = upstreams.save_key(step.id, node, service)
     save = ops.run_op(node, ["cat", lb.upstream_file], note="saved for undo", saves=key)
-    run = ops.lb_restore_ops(node, lb, saved_upstream(earlier))
-    undo = ops.lb_restore_ops(node, lb, saved_upstream(step.id))
+    run = ops.lb_restore_ops(node, lb, saved_upstream(earlier, earlier_key))
+    undo = ops.lb_restore_ops(node, lb, saved_upstream(step.id, key))
     return Unit(node, [save, *run], undo)
 
 
-def saved_upstream(step_id: str) -> AtRun:
-    return AtRun(f"upstream file saved before step {step_id}", ops.upstream_key(step_id))
+def saved_upstream(step_id: str, key: str) -> AtRun:
+    return AtRun(f"upstream file saved before step {step_id}", key)
