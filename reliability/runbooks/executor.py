@@ -12,7 +12,8 @@ Every unit's row is written before its first change goes out, with the operation
 reverse it, so `undo RUN_ID` works from the rows alone after a crash.
 
 What a run asks of other domains (a note on its incident, a deploy into the images
-registry, the known-good image) goes through `Hooks`; flows.py passes the real ones.
+registry, the known-good image, the fleet's live state) goes through `Hooks`; flows.py
+passes the real ones.
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from reliability.config import Config, ServiceConfig
+from reliability.config import Config, NodeConfig, ServiceConfig
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
 from reliability.runbooks.actions import REGISTRY
+from reliability.runbooks.actions.node_state import SetNodeState
 from reliability.runbooks.checks import OpOutcome, seconds
 from reliability.runbooks.errors import Locked, ParamError, WrongRunState
 from reliability.runbooks.models import RunStatus, UnitStatus
 from reliability.runbooks.ops import LOCAL, Op
 from reliability.runbooks.perform import Performer, Redactor, resolved
-from reliability.runbooks.plan import Plan, PlannedStep, Unit, make_plan
+from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, Unit, first_picture, make_plan
 from reliability.runbooks.spec import Runbook
 from reliability.ssh import SshPool, target_for
 
@@ -73,9 +75,10 @@ class Progress:
 
 class Hooks:
     """What a run asks of other domains, each in the executor's session; flows.py passes
-    the real ones (the incident's timeline, the images registry). These defaults reach no
-    other domain: a note goes nowhere, a deploy is not recorded (the record_deploy step
-    fails), and there is no known-good image to plan with (ParamError)."""
+    the real ones (the incident's timeline, the images registry, the fleet). These defaults
+    reach no other domain: a note goes nowhere, a deploy is not recorded (the record_deploy
+    step fails), there is no known-good image to plan with (ParamError), the fleet is as
+    the config draws it and its state cannot change (the node_state step fails)."""
 
     def add_note(self, session: Session, *, incident_id: int, by: str, text: str) -> bool:
         """Put `text` on the incident's timeline; False when there is nowhere to put it."""
@@ -91,14 +94,27 @@ class Hooks:
         """The image `known-good` means for `service`; ParamError when there is none."""
         raise ParamError([f"no images registry to read the known-good image of {service.name}"])
 
+    def fleet(self, session: Session, *, config: Config) -> dict[str, LiveNode]:
+        """Each fleet node's live state, by name."""
+        return first_picture(config)
+
+    def set_node_state(
+        self, session: Session, *, change: SetNodeState, run_id: int, at: datetime
+    ) -> str | None:
+        """Change a node's state as `change` says (only if it is still as expected); None
+        when done, else why not."""
+        return "no fleet to change the state of a node in"
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def live_config(config: Config, session: Session) -> Config:
-    """The config with each service's `active_pool` as the last run that switched it left
-    it: what `{service.active_pool}` means now."""
+def live_config(config: Config, session: Session, fleet: dict[str, LiveNode]) -> Config:
+    """The config as the fleet is now: each service's `active_pool` as the last run that
+    switched it left it, and each node's `pool` the one it serves (a standby that took
+    over serves the failed node's pool): what `{service.active_pool}` and `{node.pool}`
+    mean now."""
     pools = runs.active_pools(session)
     services = [
         s.model_copy(update={"active_pool": pools[s.name]})
@@ -106,21 +122,40 @@ def live_config(config: Config, session: Session) -> Config:
         else s
         for s in config.services
     ]
-    return config.model_copy(update={"services": services})
+    nodes = [
+        n.model_copy(update={"pool": fleet[n.name].pool})
+        if n.name in fleet and fleet[n.name].state == "serving"
+        else n
+        for n in config.nodes
+    ]
+    return config.model_copy(update={"services": services, "nodes": nodes})
 
 
 def plan_live(
     session: Session, config: Config, runbook: Runbook, values: dict[str, Any], hooks: Hooks
 ) -> Plan:
-    """The plan a run would perform now: live pools, the known-good image `hooks` reads.
-    Reads the database only; ParamError when a service has no known-good image to deploy."""
-    live = live_config(config, session)
+    """The plan a run would perform now: the fleet's live state and pools, the known-good
+    image `hooks` reads. Reads the database only (the fleet is seeded on first read);
+    ParamError when a service has no known-good image to deploy."""
+    fleet = hooks.fleet(session, config=config)
+    live = live_config(config, session, fleet)
+    values = {k: _live_value(live, v) for k, v in values.items()}
     return make_plan(
         runbook,
         values,
         live,
         known_good=lambda service: hooks.known_good(session, service=service),
+        fleet=fleet,
     )
+
+
+def _live_value(live: Config, value: Any) -> Any:
+    """A node or service parameter as the live config has it."""
+    if isinstance(value, NodeConfig):
+        return live.node(value.name)
+    if isinstance(value, ServiceConfig):
+        return next(s for s in live.services if s.name == value.name)
+    return value
 
 
 class Executor:
@@ -158,6 +193,7 @@ class Executor:
             confirm=confirm or _refuse,
             note=self._note,
             record_deploy=self._record_deploy,
+            set_node_state=self._set_node_state,
             stop=self.stop,
         )
 
@@ -513,6 +549,13 @@ class Executor:
         if not recorded:
             return OpOutcome(False, f"no images registry to record {image} on {node} in")
         return OpOutcome(True, f"recorded {image} on {node}")
+
+    def _set_node_state(self, change: SetNodeState) -> OpOutcome:
+        with self.sessions.begin() as s:
+            refused = self.hooks.set_node_state(s, change=change, run_id=self._run_id, at=_now())
+        if refused is not None:
+            return OpOutcome(False, refused)
+        return OpOutcome(True, f"{change.node} is {change.state} {change.pool or ''}".rstrip())
 
 
 def _refuse(prompt: str) -> bool:

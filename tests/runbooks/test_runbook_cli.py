@@ -35,7 +35,8 @@ def test_plan_prints_every_command_per_target():
     assert "         |     server 10.20.0.11:8000 down;\n" in out
     assert "   on gpu-spare:\n     gpu-spare $ docker pull <known-good image of chat" in out
     assert "   undo on gpu-spare:\n     gpu-spare $ docker rm -f vllm\n" in out
-    assert "6. note (notify)" in out
+    assert "8. note (notify)" in out
+    assert "gpu-spare: standby -> serving blue in the fleet (took over from gpu-1)" in out
 
 
 def test_plan_json_is_the_same_plan_for_scripts():

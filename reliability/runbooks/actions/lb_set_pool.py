@@ -81,7 +81,7 @@ class LbSetPoolAction(Action[LbSetPoolStep]):
             if pool not in service.pools:
                 raise ScopeError(f"{pool!r} is not a pool of {service.name} ({service.pools})")
             members.clear()
-            members.update((n.name, True) for n in planner.config.nodes if n.pool == pool)
+            members.update((n.name, True) for n in planner.pool_nodes(pool))
             planner.switches[service.name] = pool
         elif args.add is not None:
             members.update((n.name, True) for n in planner.group(args.add))

@@ -32,7 +32,7 @@ class Upstreams:
         """The upstream of `service`, remembered as it was before step `step_id` first
         changed it; the caller changes it in place."""
         if service.name not in self.current:
-            active = [n.name for n in planner.config.nodes if n.pool == service.active_pool]
+            active = [n.name for n in planner.pool_nodes(service.active_pool)]
             self.current[service.name] = dict.fromkeys(active, True)
         members = self.current[service.name]
         self.before.setdefault(step_id, (service.name, dict(members)))
