@@ -20,6 +20,7 @@ from reliability.config import Config, ConfigError
 from reliability.dashboards.cli import dashboards
 from reliability.demo.cli import demo
 from reliability.detect.cli import rules
+from reliability.fleet.cli import nodes
 from reliability.images.cli import images
 from reliability.incidents.cli import incidents
 from reliability.runbooks.cli import runbook
@@ -141,6 +142,7 @@ main.add_command(dashboards)
 main.add_command(demo)
 main.add_command(incidents)
 main.add_command(images)
+main.add_command(nodes)
 main.add_command(runbook)
 main.add_command(rules)
 main.add_command(status)
