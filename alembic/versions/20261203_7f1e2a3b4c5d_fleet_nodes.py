@@ -27,7 +27,9 @@ def upgrade() -> None:
         sa.Column("node", sa.String(length=64), nullable=False),
         sa.Column(
             "state",
-            sa.Enum(*STATES, name="node_state", native_enum=False, create_constraint=True, length=16),
+            sa.Enum(
+                *STATES, name="node_state", native_enum=False, create_constraint=True, length=16
+            ),
             nullable=False,
         ),
         sa.Column("service", sa.String(length=64), nullable=True),

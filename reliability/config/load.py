@@ -53,7 +53,8 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
                 yield (
                     ("services", i, "pools", j),
                     f"pool {pool!r} is also a pool of service {listed[pool]!r}: its nodes "
-                    f"({members}) would be in two pools at once; give each service pools of its own",
+                    f"({members}) would be in two pools at once; "
+                    "give each service pools of its own",
                 )
             listed.setdefault(pool, s.name)
         lb = s.load_balancer

@@ -149,7 +149,9 @@ class NodeConfig(Strict):
     def first_state(self) -> NodeState | None:
         """The node's fleet state before any run or operator changed it; None for nodes
         outside the fleet (the balancer's, `other`)."""
-        return "serving" if self.role == "serving" else "standby" if self.role == "standby" else None
+        return (
+            "serving" if self.role == "serving" else "standby" if self.role == "standby" else None
+        )
 
     @property
     def gpu_backend(self) -> Literal["smi", "nvml", "none"]:

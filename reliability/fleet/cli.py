@@ -149,7 +149,9 @@ def return_(config: Config, name: str, service_name: str | None, as_json: bool) 
     node = _node(config, name)
     row = _row(config, name)
     if row.state not in RETURNS_FROM:
-        raise CommandFailed(f"{name} is {described(row)}; only a node that is out or in repair returns")
+        raise CommandFailed(
+            f"{name} is {described(row)}; only a node that is out or in repair returns"
+        )
     chosen = service_name or row.service or _config_service(config, node)
     if chosen is None:
         raise BadInput(f"{name} served no service; name the one to check it with: --service NAME")

@@ -96,7 +96,10 @@ def set_state(
     still as the caller saw it (StateChanged otherwise). UnknownNode if it has no row."""
     where = [FleetNode.node == node]
     if expect is not None:
-        where += [FleetNode.state == State(expect.state), FleetNode.pool.is_not_distinct_from(expect.pool)]
+        where += [
+            FleetNode.state == State(expect.state),
+            FleetNode.pool.is_not_distinct_from(expect.pool),
+        ]
     changed = session.execute(
         sa.update(FleetNode)
         .where(*where)

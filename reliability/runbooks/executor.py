@@ -100,10 +100,11 @@ class Hooks:
 
     def set_node_state(
         self, session: Session, *, change: SetNodeState, run_id: int, at: datetime
-    ) -> str | None:
-        """Change a node's state as `change` says (only if it is still as expected); None
-        when done, else why not."""
-        return "no fleet to change the state of a node in"
+    ) -> tuple[bool, str]:
+        """Change a node's state as `change` says (only if it is still as expected): whether
+        that went as asked, and what happened, in a line. Here no fleet: nothing changes, so
+        an undo has nothing to put back."""
+        return change.undo, "no fleet to change the state of a node in"
 
 
 def _now() -> datetime:
@@ -552,10 +553,8 @@ class Executor:
 
     def _set_node_state(self, change: SetNodeState) -> OpOutcome:
         with self.sessions.begin() as s:
-            refused = self.hooks.set_node_state(s, change=change, run_id=self._run_id, at=_now())
-        if refused is not None:
-            return OpOutcome(False, refused)
-        return OpOutcome(True, f"{change.node} is {change.state} {change.pool or ''}".rstrip())
+            ok, text = self.hooks.set_node_state(s, change=change, run_id=self._run_id, at=_now())
+        return OpOutcome(ok, text)
 
 
 def _refuse(prompt: str) -> bool:

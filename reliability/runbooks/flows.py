@@ -1,7 +1,8 @@
 """Runbook work that spans domains: what a run writes to the incident, the images registry
 and the fleet, planning with the registry's known-good image and the fleet's live state,
-and the runbooks the daemon runs on its own when an incident opens. The executor, the service, the plan and the actions
-know none of these domains; they reach them through `executor.Hooks`, wired here.
+and the runbooks the daemon runs on its own when an incident opens. The executor, the
+service, the plan and the actions know none of these domains; they reach them through
+`executor.Hooks`, wired here.
 
     executor(config, db, ...)   an Executor whose runs note progress on their incident
                                  (incident_flows.add_note), record deploys (images) and
@@ -88,12 +89,10 @@ class DomainHooks(Hooks):
 
     def set_node_state(
         self, session: Session, *, change: SetNodeState, run_id: int, at: datetime
-    ) -> str | None:
-        expect = None
-        if change.expect_state is not None:
-            expect = fleet.Seen(change.expect_state, change.expect_pool)
+    ) -> tuple[bool, str]:
+        expect = fleet.Seen(change.expect_state, change.expect_pool)
         try:
-            fleet.set_state(
+            row = fleet.set_state(
                 session,
                 node=change.node,
                 state=change.state,
@@ -106,10 +105,12 @@ class DomainHooks(Hooks):
                 expect=expect,
             )
         except fleet.UnknownNode:
-            return f"{change.node} is not in the fleet table"
+            return False, f"{change.node} is not in the fleet table"
         except fleet.StateChanged as exc:
-            return str(exc)
-        return None
+            # An undo finding the node changed by someone else since leaves it to them.
+            return change.undo, f"left as it is: {exc}" if change.undo else str(exc)
+        where = f" {row.pool}" if row.pool and row.state == "serving" else ""
+        return True, f"{row.node} is {row.state.value}{where} in the fleet"
 
 
 HOOKS = DomainHooks()

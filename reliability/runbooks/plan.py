@@ -264,7 +264,8 @@ class Planner:
             service = self.config.pool_service(pool)
             where = f" for pool {pool}" + (f" of service {service.name}" if service else "")
         return (
-            f"no free standby{where}: every standby serves or is out ({taken or 'none configured'}); "
+            f"no free standby{where}: every standby serves or is out "
+            f"({taken or 'none configured'}); "
             "put one back with `reliability nodes return NODE` or add a standby node to the config"
         )
 

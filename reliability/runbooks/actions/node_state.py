@@ -50,16 +50,19 @@ class NodeStateStep(NodeStep):
 
 @dataclass(frozen=True, slots=True)
 class SetNodeState:
-    """Put `node` in `state` (serving `pool` of `service`); with `expect_state`, only if it
-    is still in that state and pool."""
+    """Put `node` in `state` (serving `pool` of `service`) only if it is still in
+    `expect_state` and `expect_pool`. `undo`: putting back what the run changed; a node no
+    longer as the run left it (the change never happened, or someone changed it since) is
+    left as it is, and that is not a failure."""
 
     node: str
     state: NodeState
     pool: str | None
     service: str | None
     reason: str | None
-    expect_state: NodeState | None = None
-    expect_pool: str | None = None
+    expect_state: NodeState
+    expect_pool: str | None
+    undo: bool = False
 
     def perform(self, run: RunContext, deadline: float) -> OpOutcome:
         return run.set_node_state(self)
@@ -105,10 +108,10 @@ class NodeStateAction(Action[NodeStateStep]):
         reason = planner.text(args.reason, "text", scope) if args.reason else None
         now = replace(was, state=args.state, pool=pool, service=service, reason=reason)
         planner.fleet[node.name] = now
-        change = SetNodeState(
-            node.name, args.state, pool, service, reason, was.state, was.pool
+        change = SetNodeState(node.name, args.state, pool, service, reason, was.state, was.pool)
+        back = SetNodeState(
+            node.name, was.state, was.pool, was.service, was.reason, args.state, pool, undo=True
         )
-        back = SetNodeState(node.name, was.state, was.pool, was.service, was.reason)
         because = f" ({reason})" if reason else ""
         return Unit(
             node.name,
