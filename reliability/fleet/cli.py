@@ -141,11 +141,17 @@ def out(config: Config, name: str, reason: str, yes: bool, as_json: bool) -> Non
     default=None,
     help="The service whose health and completion it must pass (default: the one it served).",
 )
+@click.option(
+    "--warm",
+    is_flag=True,
+    help="Run the service's known-good image on it first: a failover onto it skips the deploy.",
+)
 @config_option
 @json_option
-def return_(config: Config, name: str, service_name: str | None, as_json: bool) -> None:
+def return_(config: Config, name: str, service_name: str | None, warm: bool, as_json: bool) -> None:
     """Check a node that is out or in repair (health, a one-token completion) and put it
-    back as a standby: the node-return runbook. A node failing its checks stays out."""
+    back as a standby (`--warm`: a warm standby): the node-return runbook. A node failing
+    its checks stays out."""
     node = _node(config, name)
     row = _row(config, name)
     if row.state not in RETURNS_FROM:
@@ -155,7 +161,7 @@ def return_(config: Config, name: str, service_name: str | None, as_json: bool) 
     chosen = service_name or row.service or _config_service(config, node)
     if chosen is None:
         raise BadInput(f"{name} served no service; name the one to check it with: --service NAME")
-    params = (f"node={name}", f"service={chosen}")
+    params = (f"node={name}", f"service={chosen}", f"warm={'yes' if warm else 'no'}")
     click.get_current_context().invoke(
         runbook_cli.run,
         config_path=config.source,

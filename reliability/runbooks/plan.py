@@ -147,6 +147,7 @@ class Planner:
         self.runbook, self.config, self.scope = runbook, config, scope
         self.known_good = known_good
         self.fleet = dict(fleet)
+        self._first = dict(fleet)  # as the run finds it, before any step of this plan
         self.locks: list[str] = []
         self.switches: dict[str, str] = {}
         self._state: dict[type, Any] = {}
@@ -246,6 +247,10 @@ class Planner:
             and live.state == "serving"
             and live.pool == pool
         ]
+
+    def was(self, node: str) -> LiveNode | None:
+        """The node's live state as the run finds it, before any step of this plan."""
+        return self._first.get(node)
 
     def _free_standbys(self) -> list[NodeConfig]:
         free = [n for n in self.config.nodes if n.name in self.fleet]

@@ -114,7 +114,7 @@ def test_return_checks_the_node_then_makes_it_a_standby_again(config: str):
     )
     result = run("nodes", "return", "spare-1", "-c", config)
     assert result.exit_code == 0, result.output
-    assert "1. check (ready)" in result.output
+    assert "2. check (ready)" in result.output
     assert "first token from" in result.output
     assert "spare-1: out -> standby in the fleet" in result.output
     spare = listed(config)["spare-1"]

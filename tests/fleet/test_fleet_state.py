@@ -367,3 +367,14 @@ def test_without_a_fleet_the_node_state_step_fails_and_nothing_changes(
         runner.close()
     assert result.status == RunStatus.failed
     assert "no fleet to change the state of a node in" in (result.reason or "")
+
+
+def test_a_failover_onto_a_warm_standby_skips_the_deploy(config: Config):
+    warm = failover_plan(config, "gpu-1", live(config, spare_2=("warm-standby", None)))
+    (start,) = [s for s in warm.steps if s.id == "start-standby"]
+    assert start.skipped == (
+        "spare-2: a warm standby, the known-good image already runs there, checked"
+    )
+    assert targets(warm, "put-in") == ["lb-1"]  # it is only drained into the upstream
+    cold = failover_plan(config, "gpu-1", live(config))
+    assert targets(cold, "start-standby") == ["spare-1"]
