@@ -38,7 +38,7 @@ from reliability.runbooks.actions import REGISTRY
 from reliability.runbooks.actions.node_state import SetNodeState
 from reliability.runbooks.checks import OpOutcome, seconds
 from reliability.runbooks.errors import Locked, ParamError, WrongRunState
-from reliability.runbooks.models import RunStatus, UnitStatus
+from reliability.runbooks.models import RunbookStep, RunStatus, UnitStatus
 from reliability.runbooks.ops import LOCAL, Op
 from reliability.runbooks.perform import Performer, Redactor, resolved
 from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, Unit, first_picture, make_plan
@@ -99,10 +99,11 @@ class Hooks:
         return first_picture(config)
 
     def set_node_state(
-        self, session: Session, *, change: SetNodeState, run_id: int, at: datetime
+        self, session: Session, *, config: Config, change: SetNodeState, run_id: int, at: datetime
     ) -> tuple[bool, str]:
-        """Change a node's state as `change` says (only if it is still as expected): whether
-        that went as asked, and what happened, in a line. Here no fleet: nothing changes, so
+        """Change a node's state as `change` says (only if it is still as expected; nodes of
+        `config` the fleet does not know yet as the config has them): whether that went as
+        asked, and what happened, in a line. Here no fleet: nothing changes, so
         an undo has nothing to put back."""
         return change.undo, "no fleet to change the state of a node in"
 
@@ -133,12 +134,21 @@ def live_config(config: Config, session: Session, fleet: dict[str, LiveNode]) ->
 
 
 def plan_live(
-    session: Session, config: Config, runbook: Runbook, values: dict[str, Any], hooks: Hooks
+    session: Session,
+    config: Config,
+    runbook: Runbook,
+    values: dict[str, Any],
+    hooks: Hooks,
+    *,
+    resumed: int | None = None,
 ) -> Plan:
     """The plan a run would perform now: the fleet's live state and pools, the known-good
-    image `hooks` reads. Reads the database only (the fleet is seeded on first read);
-    ParamError when a service has no known-good image to deploy."""
+    image `hooks` reads. Reads the database only; ParamError when a service has no
+    known-good image to deploy. `resumed`: a run being resumed, planned with the fleet as
+    that run found it (its node_state changes rewound), so its steps plan as they did."""
     fleet = hooks.fleet(session, config=config)
+    if resumed is not None:
+        fleet = _rewound(fleet, runs.to_undo(session, run_id=resumed))
     live = live_config(config, session, fleet)
     values = {k: _live_value(live, v) for k, v in values.items()}
     return make_plan(
@@ -148,6 +158,20 @@ def plan_live(
         known_good=lambda service: hooks.known_good(session, service=service),
         fleet=fleet,
     )
+
+
+def _rewound(fleet: dict[str, LiveNode], units: list[RunbookStep]) -> dict[str, LiveNode]:
+    """`fleet` with the node states the units' recorded undo puts back (newest first, so
+    the oldest state wins): the fleet as the run found it."""
+    fleet = dict(fleet)
+    for unit in units:
+        for op in (unit.undo or {}).get("ops", []):
+            check = op.get("check") or {}
+            if check.get("type") == SetNodeState.__name__:
+                fleet[check["node"]] = LiveNode(
+                    check["node"], check["state"], check["pool"], check["service"], check["reason"]
+                )
+    return fleet
 
 
 def _live_value(live: Config, value: Any) -> Any:
@@ -257,7 +281,8 @@ class Executor:
             values = params_mod.resolve(runbook, run.params, self.config)
             reached, incident_id, services = run.step, run.incident_id, list(run.services)
             saved = runs.saved_values(s, run_id=run_id)
-        plan = self.plan(runbook, values)
+        with self.sessions.begin() as s:
+            plan = plan_live(s, self.config, runbook, values, self.hooks, resumed=run_id)
         self._lock(run_id, services, take_over=True)
         start = next((i for i, st in enumerate(plan.steps) if st.id == reached), 0)
         return self._perform(run_id, runbook.name, incident_id, plan, start, saved)
@@ -553,7 +578,9 @@ class Executor:
 
     def _set_node_state(self, change: SetNodeState) -> OpOutcome:
         with self.sessions.begin() as s:
-            ok, text = self.hooks.set_node_state(s, change=change, run_id=self._run_id, at=_now())
+            ok, text = self.hooks.set_node_state(
+                s, config=self.config, change=change, run_id=self._run_id, at=_now()
+            )
         return OpOutcome(ok, text)
 
 

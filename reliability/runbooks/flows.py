@@ -50,7 +50,7 @@ from reliability.runbooks.errors import ParamError, RunbookError
 from reliability.runbooks.executor import Executor, Hooks, Progress, RunResult, plan_live
 from reliability.runbooks.load import load_runbooks, named
 from reliability.runbooks.models import RunbookRun
-from reliability.runbooks.plan import LiveNode, Plan, PlannedStep
+from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, first_picture
 from reliability.runbooks.spec import Runbook
 from reliability.ssh import SshPool
 
@@ -62,7 +62,7 @@ QUEUE_LIMIT = 64
 class DomainHooks(Hooks):
     """A run's notes go on its incident's timeline, its deploys into the images registry,
     `known-good` is the registry's, and nodes are chosen from, and changed in, the fleet
-    table (seeded from the config on first read)."""
+    table (seeded from the config by the first change)."""
 
     def add_note(self, session: Session, *, incident_id: int, by: str, text: str) -> bool:
         incident_flows.add_note(session, incident_id=incident_id, by=by, text=text)
@@ -81,16 +81,19 @@ class DomainHooks(Hooks):
             raise ParamError([str(exc)]) from None
 
     def fleet(self, session: Session, *, config: Config) -> dict[str, LiveNode]:
-        fleet.seed(session, config=config, now=datetime.now(UTC))
-        return {
+        # Read only (a plan writes nothing): nodes the table does not know yet are as the
+        # config has them; the first change seeds them.
+        known = {
             r.node: LiveNode(r.node, r.state.value, r.pool, r.service, r.reason)
             for r in fleet.nodes(session, config=config)
         }
+        return {**first_picture(config), **known}
 
     def set_node_state(
-        self, session: Session, *, change: SetNodeState, run_id: int, at: datetime
+        self, session: Session, *, config: Config, change: SetNodeState, run_id: int, at: datetime
     ) -> tuple[bool, str]:
         expect = fleet.Seen(change.expect_state, change.expect_pool)
+        fleet.seed(session, config=config, now=at)
         try:
             row = fleet.set_state(
                 session,

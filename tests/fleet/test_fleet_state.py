@@ -18,7 +18,7 @@ from reliability.cli_support import load_config
 from reliability.config import Config, ConfigError
 from reliability.fleet import service as fleet
 from reliability.runbooks import flows
-from reliability.runbooks.executor import Executor
+from reliability.runbooks.executor import Executor, plan_live
 from reliability.runbooks.load import load_dir, load_runbooks
 from reliability.runbooks.models import RunStatus
 from reliability.runbooks.params import resolve
@@ -335,6 +335,7 @@ def test_a_standby_taken_by_another_run_since_the_plan_fails_the_run_and_is_undo
     try:
         planned = runner.plan(swap, resolve(swap, {"node": "gpu-1"}, config))
         with db.session_factory(engine).begin() as s:  # another run takes spare-1 meanwhile
+            fleet.seed(s, config=config, now=T0)
             fleet.set_state(
                 s,
                 node="spare-1",
@@ -378,3 +379,24 @@ def test_a_failover_onto_a_warm_standby_skips_the_deploy(config: Config):
     assert targets(warm, "put-in") == ["lb-1"]  # it is only drained into the upstream
     cold = failover_plan(config, "gpu-1", live(config))
     assert targets(cold, "start-standby") == ["spare-1"]
+
+
+def test_a_resumed_run_plans_with_the_fleet_as_it_found_it(
+    session: Session, config: Config, engine: sa.Engine, swap
+):
+    result = run_swap(config, engine, swap, node="gpu-1")
+    assert result.status == RunStatus.succeeded, result.reason
+    values = resolve(swap, {"node": "gpu-1"}, config)
+    with db.session_factory(engine).begin() as s:
+        with pytest.raises(PlanError, match="step mark-out: gpu-1 is out"):
+            plan_live(s, config, swap, values, flows.HOOKS)
+        # Resuming it: its own changes rewound, its steps plan as they did the first time.
+        again = plan_live(s, config, swap, values, flows.HOOKS, resumed=result.run_id)
+    assert targets(again, "mark-out") == ["gpu-1"]
+    assert targets(again, "take-standby") == ["spare-1"]
+
+
+def test_a_plan_writes_nothing_to_the_fleet(session: Session, config: Config, engine, swap):
+    with db.session_factory(engine).begin() as s:
+        plan_live(s, config, swap, resolve(swap, {"node": "gpu-1"}, config), flows.HOOKS)
+    assert states(session, config) == {}
