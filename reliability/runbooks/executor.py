@@ -209,6 +209,8 @@ class Executor:
         self.ssh = ssh or SshPool()
         self.redact = Redactor(config.secret_values())
         self._run_id = 0
+        # The unit each thread performs (units of a batch run on threads of their own).
+        self._unit_at = threading.local()
         self._incident_id: int | None = None
         self._runbook = ""
         self.performer = Performer(
@@ -422,6 +424,7 @@ class Executor:
     ) -> str:
         """Perform one unit with retries; '' on success, else the last error."""
         unit_id = self._start_unit(run_id, index, step, unit.target)
+        self._unit_at.id = unit_id
         entries: list[dict[str, Any]] = []
         changed, error, attempt = False, "", 0
         for attempt in range(1, step.retries + 2):
@@ -516,6 +519,7 @@ class Executor:
             ]
         errors = []
         for unit_id, step, target, record, entries in todo:
+            self._unit_at.id = unit_id
             deadline = time.monotonic() + float(record.get("timeout", 60.0))
             error = ""
             for op in (_load(d) for d in record.get("ops", [])):
@@ -577,10 +581,15 @@ class Executor:
         return OpOutcome(True, f"recorded {image} on {node}")
 
     def _set_node_state(self, change: SetNodeState) -> OpOutcome:
+        """The node's new state and its unit's status go in one transaction: after a crash
+        the record says whether the change was made."""
         with self.sessions.begin() as s:
             ok, text = self.hooks.set_node_state(
                 s, config=self.config, change=change, run_id=self._run_id, at=_now()
             )
+            if ok:
+                done = UnitStatus.undone if change.undo else UnitStatus.ok
+                runs.update_unit(s, unit_id=self._unit_at.id, status=done)
         return OpOutcome(ok, text)
 
 
