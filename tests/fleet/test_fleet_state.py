@@ -400,3 +400,13 @@ def test_a_plan_writes_nothing_to_the_fleet(session: Session, config: Config, en
     with db.session_factory(engine).begin() as s:
         plan_live(s, config, swap, resolve(swap, {"node": "gpu-1"}, config), flows.HOOKS)
     assert states(session, config) == {}
+
+
+def test_the_daemons_timer_seeds_the_fleet_on_its_first_tick(
+    session: Session, config: Config, database_url: str
+):
+    from reliability.daemon import _IncidentTimers
+
+    assert states(session, config) == {}
+    _IncidentTimers(config, db.LazyEngine(database_url), None)()
+    assert states(session, config)["spare-2"] == ("standby", None)
