@@ -53,6 +53,11 @@ DOMAIN_COMMANDS: dict[str, tuple[str, str, dict[str, str]]] = {
         "incidents",
         {"help": "Incidents: list, show, open, acknowledge, resolve, silence."},
     ),
+    "nodes": (
+        "reliability.fleet.cli",
+        "nodes",
+        {"help": "The fleet's live state: which node serves which pool, the standbys, who is out."},
+    ),
     "rules": (
         "reliability.detect.cli",
         "rules",

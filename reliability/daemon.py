@@ -185,7 +185,8 @@ class _IncidentTimers:
     """What happens with time alone: an acknowledgement that ran out
     (`incidents.ack_timeout`) and a silence that ended re-notify on-call; a runbook run
     whose process died is marked interrupted (its locks freed); a digest that served its
-    service's soak time without an incident becomes known-good."""
+    service's soak time without an incident becomes known-good; the fleet table knows every
+    fleet node of the config (seeded on the first tick, nodes added later on the next)."""
 
     def __init__(
         self, config: Config, database: db.LazyEngine, dispatcher: Dispatcher | None
@@ -196,6 +197,7 @@ class _IncidentTimers:
         self._dispatcher = dispatcher
 
     def __call__(self) -> None:
+        from reliability.fleet.service import seed
         from reliability.images.flows import promote_soaked
         from reliability.incidents import flows
         from reliability.runbooks.service import recover_interrupted
@@ -210,8 +212,11 @@ class _IncidentTimers:
                     )
                 for good in promote_soaked(session, config=self._config, now=now):
                     log.info("%s: %s is known-good after its soak", good.service, good.image)
+                seed(session, config=self._config, now=now)
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
-            log.warning("ack timeouts, silences, runbook runs and soaks not checked: %s", exc)
+            log.warning(
+                "ack timeouts, silences, runbook runs, soaks and the fleet not checked: %s", exc
+            )
             return
         if changed and self._dispatcher is not None:
             self._dispatcher.wake()

@@ -43,6 +43,7 @@ MODEL_MODULES = (
     "reliability.notify.models",
     "reliability.runbooks.models",
     "reliability.images.models",
+    "reliability.fleet.models",
 )
 
 # Deterministic constraint names, so migrations can refer to them on every backend.

@@ -2,7 +2,7 @@
 down or sideways, never up, and closes no cycle.
 
     core      config, db, catalog, ssh, durations, balancers, shipped
-    domains   collect, detect, intake, incidents, notify, runbooks, images, dashboards
+    domains   collect, detect, intake, incidents, notify, runbooks, images, fleet, dashboards
               (their models, services, renderers, collectors)
     flows     each domain's flows.py (work that spans domains), status (the read-only view
               over all of them)

@@ -43,10 +43,20 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
     nodes = {n.name: n for n in cfg.nodes}
     pools = {n.pool for n in cfg.nodes if n.pool}
     services = {s.name for s in cfg.services}
+    listed: dict[str, str] = {}
     for i, s in enumerate(cfg.services):
         for j, pool in enumerate(s.pools):
             if pool not in pools:
                 yield ("services", i, "pools", j), f"no node is in pool {pool!r}"
+            if pool in listed and listed[pool] != s.name:
+                members = ", ".join(n.name for n in cfg.nodes if n.pool == pool)
+                yield (
+                    ("services", i, "pools", j),
+                    f"pool {pool!r} is also a pool of service {listed[pool]!r}: its nodes "
+                    f"({members}) would be in two pools at once; "
+                    "give each service pools of its own",
+                )
+            listed.setdefault(pool, s.name)
         lb = s.load_balancer
         if lb and lb.node not in nodes:
             yield ("services", i, "load_balancer", "node"), f"no node is named {lb.node!r}"

@@ -153,6 +153,12 @@ class SshConfig(Strict):
     connect_timeout: Duration | None = None
 
 
+NodeState = Literal["serving", "standby", "warm-standby", "out", "repair"]
+"""What a node of the fleet does now (the fleet domain keeps it; runbooks change it):
+`serving` a pool, a free `standby` (`warm-standby`: the known-good image already running and
+checked), `out` (failed, or taken out by an operator) or in `repair`."""
+
+
 class NodeConfig(Strict):
     name: Name
     address: str = Field(..., min_length=1)
@@ -165,6 +171,14 @@ class NodeConfig(Strict):
     gpu_source: Literal["smi", "nvml", "none"] | None = None
     watch_paths: list[AbsPath] = ["/"]
     container: str | None = None
+
+    @property
+    def first_state(self) -> NodeState | None:
+        """The node's fleet state before any run or operator changed it; None for nodes
+        outside the fleet (the balancer's, `other`)."""
+        return (
+            "serving" if self.role == "serving" else "standby" if self.role == "standby" else None
+        )
 
     @property
     def gpu_backend(self) -> Literal["smi", "nvml", "none"]:
@@ -357,6 +371,10 @@ class Config(Strict):
             if n.name == name:
                 return n
         raise KeyError(name)
+
+    def pool_service(self, pool: str) -> ServiceConfig | None:
+        """The service that lists `pool` (the config check keeps it to one)."""
+        return next((s for s in self.services if pool in s.pools), None)
 
     def node_ssh(self, node: NodeConfig) -> SshConfig:
         """The node's SSH settings with the top-level defaults filled in."""

@@ -3,9 +3,9 @@
 A local operation (`Op.check`) carries its parameters as a frozen dataclass with one method,
 `perform(run, deadline)`, so the plan's line and the run's behaviour come from one object
 and the executor performs every kind the same way. `run` is what a check may use: the HTTP
-client, the stop event, and the run's ways to ask a person, post a note and record a
-deploy (`RunContext`). A check never raises for a failure of the system it looks at: that is
-an `OpOutcome` with `ok` False.
+client, the stop event, and the run's ways to ask a person, post a note, record a deploy
+and change a node's state in the fleet (`RunContext`). A check never raises for a failure
+of the system it looks at: that is an `OpOutcome` with `ok` False.
 
 The two checks here (an HTTP answer, a first token) are shared by several actions; checks
 that belong to one action live in that action's module (`actions/`).
@@ -17,11 +17,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import httpx
 
 from reliability.durations import format_duration
+
+if TYPE_CHECKING:
+    from reliability.runbooks.actions.node_state import SetNodeState
 
 
 @dataclass(slots=True)
@@ -50,6 +53,10 @@ class RunContext(Protocol):
 
     def record_deploy(self, *, service: str, node: str, image: str) -> OpOutcome:
         """Record that `node` now runs `image` for `service`."""
+        ...
+
+    def set_node_state(self, change: SetNodeState) -> OpOutcome:
+        """Change a node's live state in the fleet (actions/node_state.SetNodeState)."""
         ...
 
 

@@ -12,7 +12,8 @@ Every unit's row is written before its first change goes out, with the operation
 reverse it, so `undo RUN_ID` works from the rows alone after a crash.
 
 What a run asks of other domains (a note on its incident, a deploy into the images
-registry, the known-good image) goes through `Hooks`; flows.py passes the real ones.
+registry, the known-good image, the fleet's live state) goes through `Hooks`; flows.py
+passes the real ones.
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from reliability.config import Config, ServiceConfig
+from reliability.config import Config, NodeConfig, ServiceConfig
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
 from reliability.runbooks.actions import REGISTRY
+from reliability.runbooks.actions.node_state import SetNodeState
 from reliability.runbooks.checks import OpOutcome, seconds
 from reliability.runbooks.errors import Locked, ParamError, WrongRunState
-from reliability.runbooks.models import RunStatus, UnitStatus
+from reliability.runbooks.models import RunbookStep, RunStatus, UnitStatus
 from reliability.runbooks.ops import LOCAL, Op
 from reliability.runbooks.perform import Performer, Redactor, resolved
-from reliability.runbooks.plan import Plan, PlannedStep, Unit, make_plan
+from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, Unit, first_picture, make_plan
 from reliability.runbooks.spec import Runbook
 from reliability.ssh import SshPool, target_for
 
@@ -73,9 +75,10 @@ class Progress:
 
 class Hooks:
     """What a run asks of other domains, each in the executor's session; flows.py passes
-    the real ones (the incident's timeline, the images registry). These defaults reach no
-    other domain: a note goes nowhere, a deploy is not recorded (the record_deploy step
-    fails), and there is no known-good image to plan with (ParamError)."""
+    the real ones (the incident's timeline, the images registry, the fleet). These defaults
+    reach no other domain: a note goes nowhere, a deploy is not recorded (the record_deploy
+    step fails), there is no known-good image to plan with (ParamError), the fleet is as
+    the config draws it and its state cannot change (the node_state step fails)."""
 
     def add_note(self, session: Session, *, incident_id: int, by: str, text: str) -> bool:
         """Put `text` on the incident's timeline; False when there is nowhere to put it."""
@@ -91,14 +94,29 @@ class Hooks:
         """The image `known-good` means for `service`; ParamError when there is none."""
         raise ParamError([f"no images registry to read the known-good image of {service.name}"])
 
+    def fleet(self, session: Session, *, config: Config) -> dict[str, LiveNode]:
+        """Each fleet node's live state, by name."""
+        return first_picture(config)
+
+    def set_node_state(
+        self, session: Session, *, config: Config, change: SetNodeState, run_id: int, at: datetime
+    ) -> tuple[bool, str]:
+        """Change a node's state as `change` says (only if it is still as expected; nodes of
+        `config` the fleet does not know yet as the config has them): whether that went as
+        asked, and what happened, in a line. Here no fleet: nothing changes, so
+        an undo has nothing to put back."""
+        return change.undo, "no fleet to change the state of a node in"
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def live_config(config: Config, session: Session) -> Config:
-    """The config with each service's `active_pool` as the last run that switched it left
-    it: what `{service.active_pool}` means now."""
+def live_config(config: Config, session: Session, fleet: dict[str, LiveNode]) -> Config:
+    """The config as the fleet is now: each service's `active_pool` as the last run that
+    switched it left it, and each node's `pool` the one it serves (a standby that took
+    over serves the failed node's pool): what `{service.active_pool}` and `{node.pool}`
+    mean now."""
     pools = runs.active_pools(session)
     services = [
         s.model_copy(update={"active_pool": pools[s.name]})
@@ -106,21 +124,63 @@ def live_config(config: Config, session: Session) -> Config:
         else s
         for s in config.services
     ]
-    return config.model_copy(update={"services": services})
+    nodes = [
+        n.model_copy(update={"pool": fleet[n.name].pool})
+        if n.name in fleet and fleet[n.name].state == "serving"
+        else n
+        for n in config.nodes
+    ]
+    return config.model_copy(update={"services": services, "nodes": nodes})
 
 
 def plan_live(
-    session: Session, config: Config, runbook: Runbook, values: dict[str, Any], hooks: Hooks
+    session: Session,
+    config: Config,
+    runbook: Runbook,
+    values: dict[str, Any],
+    hooks: Hooks,
+    *,
+    resumed: int | None = None,
 ) -> Plan:
-    """The plan a run would perform now: live pools, the known-good image `hooks` reads.
-    Reads the database only; ParamError when a service has no known-good image to deploy."""
-    live = live_config(config, session)
+    """The plan a run would perform now: the fleet's live state and pools, the known-good
+    image `hooks` reads. Reads the database only; ParamError when a service has no
+    known-good image to deploy. `resumed`: a run being resumed, planned with the fleet as
+    that run found it (its node_state changes rewound), so its steps plan as they did."""
+    fleet = hooks.fleet(session, config=config)
+    if resumed is not None:
+        fleet = _rewound(fleet, runs.to_undo(session, run_id=resumed))
+    live = live_config(config, session, fleet)
+    values = {k: _live_value(live, v) for k, v in values.items()}
     return make_plan(
         runbook,
         values,
         live,
         known_good=lambda service: hooks.known_good(session, service=service),
+        fleet=fleet,
     )
+
+
+def _rewound(fleet: dict[str, LiveNode], units: list[RunbookStep]) -> dict[str, LiveNode]:
+    """`fleet` with the node states the units' recorded undo puts back (newest first, so
+    the oldest state wins): the fleet as the run found it."""
+    fleet = dict(fleet)
+    for unit in units:
+        for op in (unit.undo or {}).get("ops", []):
+            check = op.get("check") or {}
+            if check.get("type") == SetNodeState.__name__:
+                fleet[check["node"]] = LiveNode(
+                    check["node"], check["state"], check["pool"], check["service"], check["reason"]
+                )
+    return fleet
+
+
+def _live_value(live: Config, value: Any) -> Any:
+    """A node or service parameter as the live config has it."""
+    if isinstance(value, NodeConfig):
+        return live.node(value.name)
+    if isinstance(value, ServiceConfig):
+        return next(s for s in live.services if s.name == value.name)
+    return value
 
 
 class Executor:
@@ -149,6 +209,8 @@ class Executor:
         self.ssh = ssh or SshPool()
         self.redact = Redactor(config.secret_values())
         self._run_id = 0
+        # The unit each thread performs (units of a batch run on threads of their own).
+        self._unit_at = threading.local()
         self._incident_id: int | None = None
         self._runbook = ""
         self.performer = Performer(
@@ -158,6 +220,7 @@ class Executor:
             confirm=confirm or _refuse,
             note=self._note,
             record_deploy=self._record_deploy,
+            set_node_state=self._set_node_state,
             stop=self.stop,
         )
 
@@ -220,7 +283,8 @@ class Executor:
             values = params_mod.resolve(runbook, run.params, self.config)
             reached, incident_id, services = run.step, run.incident_id, list(run.services)
             saved = runs.saved_values(s, run_id=run_id)
-        plan = self.plan(runbook, values)
+        with self.sessions.begin() as s:
+            plan = plan_live(s, self.config, runbook, values, self.hooks, resumed=run_id)
         self._lock(run_id, services, take_over=True)
         start = next((i for i, st in enumerate(plan.steps) if st.id == reached), 0)
         return self._perform(run_id, runbook.name, incident_id, plan, start, saved)
@@ -360,6 +424,7 @@ class Executor:
     ) -> str:
         """Perform one unit with retries; '' on success, else the last error."""
         unit_id = self._start_unit(run_id, index, step, unit.target)
+        self._unit_at.id = unit_id
         entries: list[dict[str, Any]] = []
         changed, error, attempt = False, "", 0
         for attempt in range(1, step.retries + 2):
@@ -454,6 +519,7 @@ class Executor:
             ]
         errors = []
         for unit_id, step, target, record, entries in todo:
+            self._unit_at.id = unit_id
             deadline = time.monotonic() + float(record.get("timeout", 60.0))
             error = ""
             for op in (_load(d) for d in record.get("ops", [])):
@@ -513,6 +579,18 @@ class Executor:
         if not recorded:
             return OpOutcome(False, f"no images registry to record {image} on {node} in")
         return OpOutcome(True, f"recorded {image} on {node}")
+
+    def _set_node_state(self, change: SetNodeState) -> OpOutcome:
+        """The node's new state and its unit's status go in one transaction: after a crash
+        the record says whether the change was made."""
+        with self.sessions.begin() as s:
+            ok, text = self.hooks.set_node_state(
+                s, config=self.config, change=change, run_id=self._run_id, at=_now()
+            )
+            if ok:
+                done = UnitStatus.undone if change.undo else UnitStatus.ok
+                runs.update_unit(s, unit_id=self._unit_at.id, status=done)
+        return OpOutcome(ok, text)
 
 
 def _refuse(prompt: str) -> bool:

@@ -1,11 +1,14 @@
-"""Runbook work that spans domains: what a run writes to the incident and the images
-registry, planning with the registry's known-good image, and the runbooks the daemon runs
-on its own when an incident opens. The executor, the service, the plan and the actions
-know none of these domains; they reach them through `executor.Hooks`, wired here.
+"""Runbook work that spans domains: what a run writes to the incident, the images registry
+and the fleet, planning with the registry's known-good image and the fleet's live state,
+and the runbooks the daemon runs on its own when an incident opens. The executor, the
+service, the plan and the actions know none of these domains; they reach them through
+`executor.Hooks`, wired here.
 
     executor(config, db, ...)   an Executor whose runs note progress on their incident
-                                 (incident_flows.add_note) and record deploys (images)
-    plan_now(...)               the plan a run would perform now (live pools, known-good)
+                                 (incident_flows.add_note), record deploys (images) and
+                                 change nodes' states (fleet)
+    plan_now(...)               the plan a run would perform now (live pools and nodes,
+                                 known-good)
     AutoRunner                  the automatic runs (below)
 
 A firing rule's runbook runs on its own when the rule says `auto: true` or the service it
@@ -36,16 +39,18 @@ from reliability import db
 from reliability.config import Config, ConfigError, ServiceConfig
 from reliability.detect.evaluator import Transition
 from reliability.detect.render import RunbookRequest
+from reliability.fleet import service as fleet
 from reliability.images import service as images
 from reliability.incidents import flows as incident_flows
 from reliability.incidents import service as incidents
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
+from reliability.runbooks.actions.node_state import SetNodeState
 from reliability.runbooks.errors import ParamError, RunbookError
 from reliability.runbooks.executor import Executor, Hooks, Progress, RunResult, plan_live
 from reliability.runbooks.load import load_runbooks, named
 from reliability.runbooks.models import RunbookRun
-from reliability.runbooks.plan import Plan, PlannedStep
+from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, first_picture
 from reliability.runbooks.spec import Runbook
 from reliability.ssh import SshPool
 
@@ -56,7 +61,8 @@ QUEUE_LIMIT = 64
 
 class DomainHooks(Hooks):
     """A run's notes go on its incident's timeline, its deploys into the images registry,
-    and `known-good` is the registry's."""
+    `known-good` is the registry's, and nodes are chosen from, and changed in, the fleet
+    table (seeded from the config by the first change)."""
 
     def add_note(self, session: Session, *, incident_id: int, by: str, text: str) -> bool:
         incident_flows.add_note(session, incident_id=incident_id, by=by, text=text)
@@ -73,6 +79,41 @@ class DomainHooks(Hooks):
             return images.known_good(session, service=service)
         except images.NoKnownGood as exc:
             raise ParamError([str(exc)]) from None
+
+    def fleet(self, session: Session, *, config: Config) -> dict[str, LiveNode]:
+        # Read only (a plan writes nothing): nodes the table does not know yet are as the
+        # config has them; the first change seeds them.
+        known = {
+            r.node: LiveNode(r.node, r.state.value, r.pool, r.service, r.reason)
+            for r in fleet.nodes(session, config=config)
+        }
+        return {**first_picture(config), **known}
+
+    def set_node_state(
+        self, session: Session, *, config: Config, change: SetNodeState, run_id: int, at: datetime
+    ) -> tuple[bool, str]:
+        expect = fleet.Seen(change.expect_state, change.expect_pool)
+        fleet.seed(session, config=config, now=at)
+        try:
+            row = fleet.set_state(
+                session,
+                node=change.node,
+                state=change.state,
+                service=change.service,
+                pool=change.pool,
+                reason=change.reason,
+                by=f"run {run_id}",
+                at=at,
+                run_id=run_id,
+                expect=expect,
+            )
+        except fleet.UnknownNode:
+            return False, f"{change.node} is not in the fleet table"
+        except fleet.StateChanged as exc:
+            # An undo finding the node changed by someone else since leaves it to them.
+            return change.undo, f"left as it is: {exc}" if change.undo else str(exc)
+        where = f" {row.pool}" if row.pool and row.state == "serving" else ""
+        return True, f"{row.node} is {row.state.value}{where} in the fleet"
 
 
 HOOKS = DomainHooks()

@@ -78,8 +78,9 @@ def resolved(op: Op, values: MutableMapping[str, str]) -> Op | None:
 
 class Performer:
     """Performs operations: commands over `ssh` on the config's nodes, checks from here.
-    It is the checks' `RunContext`: `confirm(prompt)` asks a person; `note(text)` and
-    `record_deploy(...)` are the executor's (it knows the run and its incident)."""
+    It is the checks' `RunContext`: `confirm(prompt)` asks a person; `note(text)`,
+    `record_deploy(...)` and `set_node_state(...)` are the executor's (it knows the run
+    and its incident)."""
 
     def __init__(
         self,
@@ -90,10 +91,12 @@ class Performer:
         confirm: Callable[[str], bool],
         note: Callable[[str], OpOutcome],
         record_deploy: Callable[..., OpOutcome],
+        set_node_state: Callable[..., OpOutcome],
         stop: threading.Event,
     ) -> None:
         self.ssh, self.targets, self.redact = ssh, targets, redact
         self.confirm, self.note, self.record_deploy = confirm, note, record_deploy
+        self.set_node_state = set_node_state
         self.stop = stop
         # A fresh connection per check: a balancer's reload closes idle kept-alive ones,
         # which would count as the service failing.

@@ -5,6 +5,10 @@ parameters and the config alone: no connection, no file, no database.
 Each step is planned by its action (actions/, looked up in the registry); the planner
 renders placeholders, locks services, selects target groups and keeps what actions follow
 through the steps, such as the balancer's upstream (actions/upstream.py).
+
+Target groups and pools are chosen from the fleet's live state (`LiveNode`, read by the
+executor's hooks from the fleet domain; the config's first picture when none is given):
+`pool: P` is who serves P now, `role: standby` the first free standby, warm first.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from reliability.config import Config, NodeConfig, ServiceConfig
+from reliability.config import Config, NodeConfig, NodeState, ServiceConfig
 from reliability.runbooks.actions import REGISTRY
 from reliability.runbooks.actions.base import DIGEST, KNOWN_GOOD, NodeStep, StepBase, When
 from reliability.runbooks.errors import PlanError, ScopeError
@@ -22,8 +26,43 @@ from reliability.runbooks.scope import Scope, as_text
 from reliability.runbooks.spec import Runbook
 from reliability.runbooks.template import Kind, render
 
-__all__ = ["KnownGood", "Plan", "PlanError", "PlannedStep", "Planner", "Unit", "make_plan"]
+__all__ = [
+    "KnownGood",
+    "LiveNode",
+    "Plan",
+    "PlanError",
+    "PlannedStep",
+    "Planner",
+    "Unit",
+    "first_picture",
+    "make_plan",
+]
 T = TypeVar("T")
+FREE: tuple[NodeState, ...] = ("warm-standby", "standby")  # the order standbys are taken in
+
+
+@dataclass(frozen=True, slots=True)
+class LiveNode:
+    """A fleet node as it is now: its state, and the pool and service it serves (serving),
+    or last served (out, repair)."""
+
+    name: str
+    state: NodeState
+    pool: str | None = None
+    service: str | None = None
+    reason: str | None = None
+
+
+def first_picture(config: Config) -> dict[str, LiveNode]:
+    """The fleet as the config draws it, before any run changed it."""
+    live = {}
+    for node in config.nodes:
+        if node.first_state is not None:
+            service = config.pool_service(node.pool) if node.pool else None
+            live[node.name] = LiveNode(
+                node.name, node.first_state, node.pool, service.name if service else None
+            )
+    return live
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,27 +119,40 @@ def make_plan(
     config: Config,
     *,
     known_good: KnownGood = unknown_image,
+    fleet: dict[str, LiveNode] | None = None,
 ) -> Plan:
     """The plan of `runbook` with checked `params` (see params.resolve) on `config`;
-    `known_good` gives a service's known-good image (a run reads the registry)."""
-    return Planner(runbook, config, Scope(config, params), known_good).plan()
+    `known_good` gives a service's known-good image (a run reads the registry), `fleet`
+    each node's live state (a run reads the fleet; none: the config's first picture)."""
+    live = first_picture(config) if fleet is None else fleet
+    return Planner(runbook, config, Scope(config, params), known_good, live).plan()
 
 
 class Planner:
     """Builds a plan step by step, each step by its action (actions/), and is what an
     action plans with: placeholders rendered (`text`), services looked up and locked
-    (`service`), target groups (`group`), a pool's nodes (`pool_nodes`), images (`image`),
-    commands (`command`), the pool each service ends on (`switches`), and state an action
-    follows through the steps of one plan (`state`)."""
+    (`service`), target groups (`group`) and pools (`pool_nodes`) from the fleet's live
+    state (`fleet`, followed through the steps), images (`image`), commands (`command`),
+    the pool each service ends on (`switches`), and state an action follows through the
+    steps of one plan (`state`)."""
 
     def __init__(
-        self, runbook: Runbook, config: Config, scope: Scope, known_good: KnownGood
+        self,
+        runbook: Runbook,
+        config: Config,
+        scope: Scope,
+        known_good: KnownGood,
+        fleet: dict[str, LiveNode],
     ) -> None:
         self.runbook, self.config, self.scope = runbook, config, scope
         self.known_good = known_good
+        self.fleet = dict(fleet)
+        self._first = dict(fleet)  # as the run finds it, before any step of this plan
         self.locks: list[str] = []
         self.switches: dict[str, str] = {}
         self._state: dict[type, Any] = {}
+        # A target group is chosen once per plan: `standby` is the same node in every step.
+        self._groups: dict[str, list[NodeConfig]] = {}
 
     def plan(self) -> Plan:
         steps = [self._step(step) for step in self.runbook.steps]
@@ -160,19 +212,67 @@ class Planner:
         return service
 
     def group(self, name: str) -> list[NodeConfig]:
-        """The nodes of target group `name`; ScopeError when it selects none."""
+        """The nodes of target group `name` as the fleet is when the plan first asks
+        (the same nodes in every later step); ScopeError when it selects none."""
+        if name in self._groups:
+            return self._groups[name]
         group = self.runbook.targets[name]
-        chosen = group.node if group.node is not None else group.pool
-        rendered = self.text(chosen, "name") if chosen is not None else ""
-        nodes = [n for n in self.config.nodes if group.selects(n, rendered)][: group.limit]
+        if group.node is not None:
+            rendered = self.text(group.node, "name")
+            nodes = [n for n in self.config.nodes if n.name == rendered]
+            what = f"node {rendered!r}"
+        elif group.pool is not None:
+            rendered = self.text(group.pool, "name")
+            nodes, what = self.pool_nodes(rendered), f"pool {rendered!r}"
+        elif group.role == "standby":
+            nodes, what = self._free_standbys(), "standby"
+        else:
+            nodes = [n for n in self.config.nodes if group.selects(n, self.fleet.get(n.name))]
+            what = str(group.role)
+        nodes = nodes[: group.limit]
+        if not nodes and group.role == "standby":
+            raise ScopeError(self._no_standby(group.for_pool))
         if not nodes:
-            what = f"node {rendered!r}" if group.node else f"pool {rendered!r}"
-            raise ScopeError(f"target group {name!r} selects no node ({group.role or what})")
+            raise ScopeError(f"target group {name!r} selects no node ({what})")
+        self._groups[name] = nodes
         return nodes
 
     def pool_nodes(self, pool: str) -> list[NodeConfig]:
-        """The nodes of `pool` (the config's `pool` of each node), in config order."""
-        return [n for n in self.config.nodes if n.pool == pool]
+        """The nodes serving `pool` now, in config order: a standby that took over is one,
+        a node that is out is not."""
+        return [
+            n
+            for n in self.config.nodes
+            if (live := self.fleet.get(n.name)) is not None
+            and live.state == "serving"
+            and live.pool == pool
+        ]
+
+    def was(self, node: str) -> LiveNode | None:
+        """The node's live state as the run finds it, before any step of this plan."""
+        return self._first.get(node)
+
+    def _free_standbys(self) -> list[NodeConfig]:
+        free = [n for n in self.config.nodes if n.name in self.fleet]
+        free = [n for n in free if self.fleet[n.name].state in FREE]
+        return sorted(free, key=lambda n: FREE.index(self.fleet[n.name].state))
+
+    def _no_standby(self, pool_template: str | None) -> str:
+        taken = ", ".join(
+            f"{n.name} {live.state}{f' {live.pool}' if live.pool else ''}"
+            for n in self.config.nodes
+            if (live := self.fleet.get(n.name)) is not None and n.first_state == "standby"
+        )
+        where = ""
+        if pool_template is not None:
+            pool = self.text(pool_template, "name")
+            service = self.config.pool_service(pool)
+            where = f" for pool {pool}" + (f" of service {service.name}" if service else "")
+        return (
+            f"no free standby{where}: every standby serves or is out "
+            f"({taken or 'none configured'}); "
+            "put one back with `reliability nodes return NODE` or add a standby node to the config"
+        )
 
     def image(self, template: str, service: ServiceConfig) -> str | AtRun:
         """An image pinned by digest, or the service's known-good one."""

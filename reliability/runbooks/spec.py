@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from reliability.config import Name, NodeConfig, Strict
+from reliability.config import Name, NodeConfig, NodeState, Strict
 from reliability.runbooks.actions import REGISTRY
 from reliability.runbooks.actions.base import (
     DIGEST,
@@ -34,6 +34,13 @@ from reliability.runbooks.template import (
 )
 
 ParamName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
+
+
+class LiveState(Protocol):
+    """What a target group reads of a node's live state (plan.LiveNode)."""
+
+    @property
+    def state(self) -> NodeState: ...
 
 
 # --- parameters ------------------------------------------------------------------------
@@ -143,26 +150,33 @@ PARAM_KINDS: dict[str, ValueKind] = {"node": "node", "pool": "pool", "service": 
 
 # --- targets and conditions ----------------------------------------------------------
 class TargetGroup(Strict):
-    """Nodes a step runs on: one node, a pool, or a role, in config order, at most `limit`."""
+    """Nodes a step runs on, chosen from the fleet's live state (plan.Planner.group), in
+    config order, at most `limit`: one node; a pool (the nodes serving it now); or a role:
+    `standby` the free standbys (warm first), `serving` the nodes serving any pool, `lb` and
+    `other` as the config has them."""
 
     node: NameTemplate | None = None
     pool: NameTemplate | None = None
     role: Literal["serving", "standby", "lb", "other"] | None = None
     limit: int | None = Field(None, ge=1)
+    for_pool: NameTemplate | None = Field(
+        None, description="role standby: the pool it is taken for, named when none is free"
+    )
 
     @model_validator(mode="after")
     def _one_selector(self) -> TargetGroup:
         if sum(x is not None for x in (self.node, self.pool, self.role)) != 1:
             raise ValueError("choose nodes by exactly one of `node`, `pool`, `role`")
+        if self.for_pool is not None and self.role != "standby":
+            raise ValueError("`for_pool` goes with `role: standby`")
         return self
 
-    def selects(self, node: NodeConfig, name: str) -> bool:
-        """Whether `node` is in the group; `name` is `node` or `pool` rendered."""
-        if self.node is not None:
-            return node.name == name
-        if self.pool is not None:
-            return node.pool == name
-        return node.role == self.role
+    def selects(self, node: NodeConfig, live: LiveState | None) -> bool:
+        """Whether `node` is in a role group (`serving`, `lb`, `other`); `live` is its
+        state in the fleet (None: not a fleet node)."""
+        if self.role == "serving":
+            return live is not None and live.state == "serving"
+        return live is None and node.role == self.role
 
 
 # --- steps: one model per action, from the registry (actions/) ---------------------------

@@ -7,7 +7,7 @@ saying which URL and why), never an exception: the other half is still shown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from reliability import catalog, db
 from reliability.collect import base as collectors
 from reliability.config import Config
+from reliability.fleet import service as fleet_service
 from reliability.incidents import service as incident_service
 from reliability.incidents.models import Incident, IncidentStatus, Severity
 from reliability.runbooks import service as run_service
@@ -43,7 +44,10 @@ FAILED = (RunStatus.failed, RunStatus.aborted)
 
 @dataclass(frozen=True, slots=True)
 class NodeRow:
-    """A node as the daemon last saw it. `up` None: not collected (yet), or no daemon."""
+    """A node as the daemon last saw it. `up` None: not collected (yet), or no daemon.
+    `pool` and `role` are the fleet's live ones where the database has them (role: the
+    node's state, e.g. a standby that took over is `serving` its pool, the failed node
+    `out`), else the config's."""
 
     name: str
     pool: str | None
@@ -157,7 +161,8 @@ class StatusReader:
         runs: list[RunRow] = []
         database_error = None
         try:
-            incidents, runs = self._read_database(now)
+            incidents, runs, live = self._read_database(now)
+            nodes = [replace(n, **live[n.name]) if n.name in live else n for n in nodes]
         except db.DatabaseError as exc:
             database_error = str(exc)
         except sa.exc.SQLAlchemyError as exc:
@@ -183,7 +188,9 @@ class StatusReader:
             self._engine.dispose()
             self._engine = None
 
-    def _read_database(self, now: datetime) -> tuple[list[IncidentRow], list[RunRow]]:
+    def _read_database(
+        self, now: datetime
+    ) -> tuple[list[IncidentRow], list[RunRow], dict[str, dict[str, str | None]]]:
         if self._engine is None:
             missing = _missing_sqlite_file(self._database_url)
             if missing is not None:
@@ -206,7 +213,12 @@ class StatusReader:
                 key=lambda i: (SEVERITY_ORDER[i.severity], i.started_at, i.id),
             )
             runs = [_run_row(picked[k], now) for k in sorted(picked, reverse=True)]
-        return incidents, runs
+            # Read only: nodes the fleet table does not know yet keep the config's picture.
+            live = {
+                r.node: {"pool": r.pool, "role": r.state.value}
+                for r in fleet_service.nodes(session, config=self.config)
+            }
+        return incidents, runs, live
 
 
 def node_rows(config: Config, exposition: Exposition, now_unix: float) -> list[NodeRow]:

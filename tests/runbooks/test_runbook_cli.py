@@ -38,7 +38,8 @@ def test_plan_prints_every_command_per_target():
     ) in out
     assert "   on gpu-spare:\n     gpu-spare $ docker pull <known-good image of chat" in out
     assert "   undo on gpu-spare:\n     gpu-spare $ docker rm -f vllm\n" in out
-    assert "6. note (notify)" in out
+    assert "8. note (notify)" in out
+    assert "gpu-spare: standby -> serving blue in the fleet (took over from gpu-1)" in out
 
 
 def test_plan_json_is_the_same_plan_for_scripts():
@@ -76,7 +77,8 @@ def test_an_unknown_runbook_is_bad_usage_exit_2_and_names_the_known_ones():
     result = run("runbook", "plan", "reboot-everything", "-c", EXAMPLE)
     assert result.exit_code == 2
     assert "no runbook is named 'reboot-everything'" in result.output
-    assert "known: blue-green, image-rollback, node-failover, upstream-failover" in result.output
+    known = "known: blue-green, image-rollback, node-failover, node-return, upstream-failover"
+    assert known in result.output
     assert run("runbook", "show", "nope", "-c", EXAMPLE).exit_code == 2
 
 
@@ -95,7 +97,13 @@ def test_list_and_show():
     listed = run("runbook", "list", "-c", EXAMPLE, "--json")
     assert listed.exit_code == 0
     books = {b["name"]: b for b in json.loads(listed.output)}
-    assert set(books) == {"blue-green", "image-rollback", "node-failover", "upstream-failover"}
+    assert set(books) == {
+        "blue-green",
+        "image-rollback",
+        "node-failover",
+        "node-return",
+        "upstream-failover",
+    }
     assert books["blue-green"]["params"]["pool"] == {
         "type": "pool",
         "of": "service",

@@ -48,6 +48,8 @@ def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
     assert plan.locks == ["chat"]
     assert [s.id for s in plan.steps] == [
         "take-out",
+        "mark-out",
+        "take-standby",
         "start-standby",
         "record",
         "put-in",
@@ -161,7 +163,7 @@ def test_a_target_group_that_selects_nothing_is_a_plan_error(example):
     no_standby = example.model_copy(
         update={"nodes": [n for n in example.nodes if n.role != "standby"]}
     )
-    with pytest.raises(PlanError, match="step start-standby: target group 'standby' selects"):
+    with pytest.raises(PlanError, match="step take-standby: no free standby for pool blue of "):
         plan_of(no_standby, "node-failover", node="gpu-1")
     with pytest.raises(PlanError, match="step take-out: node lb-1 is in no pool"):
         plan_of(example, "node-failover", node="lb-1")

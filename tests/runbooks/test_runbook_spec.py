@@ -15,7 +15,7 @@ from reliability.runbooks.spec import ACTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
-SHIPPED = {"blue-green", "node-failover", "image-rollback", "upstream-failover"}
+SHIPPED = {"blue-green", "node-failover", "node-return", "image-rollback", "upstream-failover"}
 
 
 def errors_of(directory: Path) -> list[str]:
@@ -42,6 +42,7 @@ def test_the_actions_are_those_of_the_engine():
         "record_deploy",
         "confirm",
         "notify",
+        "node_state",
     }
 
 
@@ -93,7 +94,7 @@ def test_every_mistake_in_every_file_at_once_with_file_line_and_field(write_runb
         "the expected tags: 'string', 'choice', 'int', 'node', 'pool', 'service', 'image_digest'",
         f"{b}:5: steps[0]: Input tag 'reboot' found using 'action' does not match any of the "
         "expected tags: 'ssh', 'http_check', 'ready', 'lb_set_pool', 'drain', 'deploy_image', "
-        "'record_deploy', 'confirm', 'notify'",
+        "'record_deploy', 'confirm', 'notify', 'node_state'",
     ]
 
 

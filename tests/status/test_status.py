@@ -29,7 +29,7 @@ import yaml
 from click.testing import CliRunner, Result
 from sqlalchemy.orm import Session
 
-from reliability import catalog, web
+from reliability import catalog, db, web
 from reliability.cli import main
 from reliability.cli_support import load_config
 from reliability.collect.api import ApiProbeCollector, EndpointSpec
@@ -39,6 +39,7 @@ from reliability.collect.inventory import COLLECTOR, TARGET, inventory_samples
 from reliability.collect.node import NodeCollector, NodeSpec
 from reliability.collect.runner import TargetRunner
 from reliability.collect.snapshot import Snapshot
+from reliability.fleet import service as fleet_service
 from reliability.incidents import service as incidents
 from reliability.runbooks import service as runs
 from reliability.runbooks.models import RunbookRun, RunStatus
@@ -208,6 +209,34 @@ def test_a_down_node_shows_down_on_the_screen_and_the_exit_status_is_1(fleet: Pa
     assert gpu1.split()[1:] == ["up", "8/8", "blue", "serving"]
     assert gpu2.split()[1:] == ["down", "2m", "-/8", "green", "serving"]
     assert max(len(line) for line in lines) <= 80
+
+
+def test_nodes_show_the_fleets_live_state_not_the_configs_role(fleet: Path, engine):
+    """After a failover the failed node is out and the standby serves its pool: the table
+    says so, whatever the config's `role` and `pool`."""
+    config = load_config(fleet)
+    at = datetime.now(UTC)
+    with db.session_factory(engine).begin() as s:
+        fleet_service.seed(s, config=config, now=at)
+        fleet_service.set_state(
+            s,
+            node="gpu-2",
+            state="out",
+            service="chat",
+            pool="green",
+            reason="cut",
+            by="run 1",
+            at=at,
+        )
+    document, _ = status_json(fleet)
+    nodes = {n["name"]: (n["role"], n["pool"]) for n in document["nodes"]}
+    assert nodes == {"gpu-1": ("serving", "blue"), "gpu-2": ("out", "green")}
+    gpu2 = next(
+        line
+        for line in run("status", "-c", str(fleet)).output.splitlines()
+        if line.startswith("gpu-2")
+    )
+    assert gpu2.split()[-2:] == ["green", "out"]
 
 
 def test_the_json_has_each_endpoints_error_ratio_and_p95(fleet: Path):

@@ -10,6 +10,7 @@ from reliability.runbooks.actions import (
     drain,
     http_check,
     lb_set_pool,
+    node_state,
     notify,
     ready,
     record_deploy,
@@ -28,6 +29,7 @@ REGISTRY = Registry(
         record_deploy.RecordDeployAction(),
         confirm.ConfirmAction(),
         notify.NotifyAction(),
+        node_state.NodeStateAction(),
     ]
 )
 

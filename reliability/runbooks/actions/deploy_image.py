@@ -1,6 +1,7 @@
 """`deploy_image`: replace the service's container on each node of a target group with an
 image pinned by digest (or the registry's known-good one), then wait until it is ready.
-Its undo runs the image the container ran before, read during the run."""
+Its undo runs the image the container ran before, read during the run. With `unless_warm`
+the step is skipped on warm standbys (the fleet's `warm-standby`), which already run it."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ class DeployImageArgs(Strict):
     verify: bool = Field(True, description="wait until the node is ready before the next batch")
     ttft: Duration = 10.0
     within: Duration = 300.0
+    unless_warm: bool = Field(
+        False,
+        description="skip when the group's nodes are warm standbys: the known-good image "
+        "already runs there, checked",
+    )
 
 
 class DeployImageStep(NodeStep):
@@ -104,6 +110,15 @@ class DeployImageAction(Action[DeployImageStep]):
     step = DeployImageStep
     restores = "redeploys the image the container ran before"
     checks = (HttpWait, FirstToken)
+
+    def skipped(self, step: DeployImageStep, planner: Planner) -> str | None:
+        if not step.args.unless_warm:
+            return None
+        nodes = planner.group(step.nodes)
+        if all((live := planner.was(n.name)) and live.state == "warm-standby" for n in nodes):
+            names = ", ".join(n.name for n in nodes)
+            return f"{names}: a warm standby, the known-good image already runs there, checked"
+        return None
 
     def unit(self, step: DeployImageStep, node: NodeConfig, scope: Scope, planner: Planner) -> Unit:
         args = step.args
