@@ -138,8 +138,9 @@ def test_three_failures_in_a_row_on_one_pool_with_two_standbys(
         assert at(standby) in answering(rig)
         assert fleet_now(config)[failed] == ("out", "blue")
         assert fleet_now(config)[standby] == ("serving", "blue")
-    # The second failover wrote the pool as it is: gpu-1 (out) is gone, spare-1 stays.
+    # Each failover changed only its own lines: gpu-1 stays down, spare-1 stays in.
     assert live_members(rig) == {
+        at("gpu-1"): False,
         at("gpu-2"): False,
         at("gpu-3"): True,
         at("spare-1"): True,

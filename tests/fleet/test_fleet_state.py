@@ -188,9 +188,10 @@ def targets(plan, step: str) -> list[str]:
     return [u.target for s in plan.steps if s.id == step for u in s.units]
 
 
-def upstream(plan, step: str) -> str:
+def upstream_edits(plan, step: str) -> list[str]:
+    """What the step's edit of the live upstream file does, as the plan shows it."""
     (found,) = [s for s in plan.steps if s.id == step]
-    return next(o.stdin for u in found.units for o in u.ops if o.stdin is not None)
+    return [o.detail for u in found.units for o in u.ops if o.kind == "edit"]
 
 
 def test_the_first_free_standby_is_taken_warm_first_then_in_config_order(config: Config):
@@ -207,12 +208,11 @@ def test_the_first_free_standby_is_taken_warm_first_then_in_config_order(config:
 def test_a_pool_is_the_nodes_serving_it_now(config: Config):
     taken = live(config, gpu_1=("out", "blue"), spare_1=("serving", "blue"))
     plan = failover_plan(config, "gpu-2", taken)
-    # The dead gpu-1 never comes back; spare-1, serving, stays; gpu-2 goes down; spare-2 joins.
-    written = upstream(plan, "put-in")
-    assert "127.0.1.1:" not in written
-    assert "server 127.0.1.2:8000 down;" in written
-    assert "server 127.0.1.4:8000;" in written
-    assert "server 127.0.1.5:8000;" in written
+    # Only gpu-2 goes down and spare-2 joins: the dead gpu-1 and the serving spare-1 are
+    # lines of the live file no edit touches.
+    assert upstream_edits(plan, "take-out") == ["mark gpu-2 (127.0.1.2:8000) down in upstream chat"]
+    [added] = upstream_edits(plan, "put-in")
+    assert added.startswith("add spare-2 (127.0.1.5:8000) to upstream chat")
 
 
 def test_with_no_free_standby_the_plan_fails_and_says_what_to_do(config: Config):
