@@ -201,7 +201,7 @@ def test_served_metrics_pass_promtool_and_readyz_is_true(
     )
     ready = daemon.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json() == {"ready": True, "problems": {}}
+    assert ready.json() == {"ready": True, "problems": {}, "critical": {}}
 
 
 @pytest.mark.rig
