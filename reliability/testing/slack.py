@@ -143,6 +143,7 @@ class SlackState:
         self._rate_limited = 0
         self._retry_after = 1
         self._failures: list[str] = []
+        self._failing_method: str | None = None
         self._archived: set[str] = set()
         self._inactive = False
         self.outage_status: int | None = None
@@ -153,9 +154,9 @@ class SlackState:
         with self._lock:
             self._rate_limited, self._retry_after = calls, retry_after
 
-    def fail_next(self, calls: int, error: str) -> None:
+    def fail_next(self, calls: int, error: str, method: str | None = None) -> None:
         with self._lock:
-            self._failures = [error] * calls
+            self._failures, self._failing_method = [error] * calls, method
 
     def channel_id(self, channel: str) -> str:
         """The ID of a channel given by name, ``#name`` or ID; KeyError if there is none."""
@@ -227,7 +228,7 @@ class SlackState:
             return Answer(429, {"ok": False, "error": "ratelimited"}, headers), None
         try:
             self._check_token(token)
-            if self._failures:
+            if self._failures and self._failing_method in (None, method):
                 raise ApiError(self._failures.pop(0))
             body = self._dispatch(method, params)
         except ApiError as exc:
@@ -510,9 +511,10 @@ class SlackStandIn:
         """The next ``calls`` calls answer HTTP 429, ``Retry-After: retry_after`` (seconds)."""
         self.state.rate_limit(calls, retry_after)
 
-    def fail_next(self, calls: int, error: str) -> None:
-        """The next ``calls`` authenticated calls answer ``{"ok": false, "error": error}``."""
-        self.state.fail_next(calls, error)
+    def fail_next(self, calls: int, error: str, method: str | None = None) -> None:
+        """The next ``calls`` authenticated calls (to ``method`` only, when given) answer
+        ``{"ok": false, "error": error}``."""
+        self.state.fail_next(calls, error, method)
 
     def outage(self, down: bool = True, *, status: int | None = None) -> None:
         """Take Slack down or bring it back.
