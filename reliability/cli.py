@@ -22,6 +22,7 @@ from reliability.demo.cli import demo
 from reliability.detect.cli import rules
 from reliability.images.cli import images
 from reliability.incidents.cli import incidents
+from reliability.notify.cli import notify
 from reliability.runbooks.cli import runbook
 from reliability.status.cli import status
 
@@ -140,6 +141,7 @@ def daemon(config: Config, once: bool, verbose: bool, as_json: bool) -> None:
 main.add_command(dashboards)
 main.add_command(demo)
 main.add_command(incidents)
+main.add_command(notify)
 main.add_command(images)
 main.add_command(runbook)
 main.add_command(rules)
