@@ -19,7 +19,7 @@ guarantees:
   failed, logged with the notifier's reason (never a secret), and the incident's next row
   goes ahead.
 * **Pages are never dropped for a broken token or channel.** A Blocked error (a refused
-  token, an archived channel) raises a critical condition (`health()`: metrics, `/readyz`,
+  token, an archived channel) raises a critical condition (`health`: metrics, `/readyz`,
   `reliability status`) and keeps the row pending; the notifier (or that destination) is
   tried again every `blocked_retry_s`, at once when its credentials check passes again, and
   its rows go out when a call succeeds. The credentials are checked (`Notifier.check()`) when

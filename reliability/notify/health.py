@@ -7,7 +7,8 @@ check: a Slack outage of a hundred failed calls is two lines. The same state is 
 
 A problem is scoped to the notifier's credentials (`destination` None: nothing goes out) or
 to one destination (an archived channel: only what goes there waits). A delivery lifts the
-problems it proves wrong; a passing credentials check lifts the problem a failing one raised.
+problems it proves wrong; a passing credentials check lifts a problem a failing check saw
+too (a missing scope passes `auth.test`, so only a delivery lifts that).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from reliability import catalog
@@ -33,7 +34,7 @@ class Problem:
     destination: str | None  # None: the credentials; nothing of the notifier goes out
     reason: str
     since: datetime
-    by_check: bool = False  # raised by a failing check(): a passing one lifts it
+    by_check: bool = False  # a check() failed with it too: a passing one lifts it
 
     def describe(self) -> str:
         where = f"to {self.destination}" if self.destination else "anywhere"
@@ -63,6 +64,9 @@ class Health:
         with self._lock:
             known = self._problems.get(key)
             if known is not None and known.reason == reason:
+                # The same, seen again: a check that fails with it too may lift it later.
+                if by_check and not known.by_check:
+                    self._problems[key] = replace(known, by_check=True)
                 return
             problem = Problem(notifier, destination, reason, datetime.now(UTC), by_check)
             self._problems[key] = problem
@@ -87,8 +91,8 @@ class Health:
         return lifted
 
     def checked(self, notifier: str) -> bool:
-        """The credentials check passed: lift the problem a failing check raised; True if
-        one was lifted."""
+        """The credentials check passed: lift the credentials' problem if a failing check saw
+        it; True if one was lifted."""
         with self._lock:
             problem = self._problems.get((notifier, None))
         if problem is None or not problem.by_check:
