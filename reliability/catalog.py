@@ -284,6 +284,22 @@ SLACK_CALL_FAILURES = _m(
     "Failed Slack calls by `reason` (rate_limited, transient, permanent).",
     ("reason",),
 )
+NOTIFIER_HEALTHY = _m(
+    "notifier_healthy",
+    "gauge",
+    "1 if the notifier can deliver pages, 0 while a permanent failure (a refused token, an "
+    "archived channel) holds them back in the outbox.",
+    ("notifier",),
+)
+NOTIFIER_PERMANENT_FAILURE = _m(
+    "notifier_permanent_failure_timestamp_seconds",
+    "gauge",
+    "Unix time since which a permanent failure holds the notifier's pages back, by "
+    "`destination` (empty: the credentials, so every destination) and `reason` (its error "
+    "code); absent when none holds.",
+    ("notifier", "destination", "reason"),
+    unit="seconds",
+)
 
 # --- incidents and runbook runs, as the database records them (collect/records.py) --------
 # From an acknowledgement within the first minute to an incident left for a day, in minutes.

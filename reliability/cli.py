@@ -58,6 +58,11 @@ DOMAIN_COMMANDS: dict[str, tuple[str, str, dict[str, str]]] = {
         "nodes",
         {"help": "The fleet's live state: which node serves which pool, the standbys, who is out."},
     ),
+    "notify": (
+        "reliability.notify.cli",
+        "notify",
+        {"help": "Notifications: check that pages reach on-call."},
+    ),
     "rules": (
         "reliability.detect.cli",
         "rules",

@@ -223,7 +223,10 @@ class _IncidentTimers:
 
 
 def _start_incident_flow(
-    daemon: Daemon, scheduler: BackgroundScheduler, database: db.LazyEngine
+    daemon: Daemon,
+    scheduler: BackgroundScheduler,
+    database: db.LazyEngine,
+    dispatcher: Dispatcher | None,
 ) -> None:
     """Rules into incidents (detect/loop.py), incidents into Slack (notify/dispatcher.py);
     both stop with the daemon."""
@@ -233,7 +236,6 @@ def _start_incident_flow(
     from reliability.ssh import SshPool
 
     config = daemon.config
-    dispatcher = _dispatcher(config, database)
     if dispatcher is not None:
         dispatcher.start()
         daemon.closers.append(dispatcher.stop)
@@ -318,12 +320,16 @@ def serve(daemon: Daemon) -> int:
 
     # One engine (one connection pool) for everything the daemon does in the database.
     database = db.LazyEngine(daemon.config.database_url())
+    dispatcher = _dispatcher(daemon.config, database)
     app = build_app(
         daemon.snapshot,
         readiness=[
             Readiness("database", _database_check(database)),
             Readiness("scheduler", scheduler_check),
         ],
+        # Pages held back by a refused token or channel: critical, but the daemon still
+        # records incidents and takes webhooks, so it stays ready.
+        critical=[Readiness("notify", dispatcher.health.condition)] if dispatcher else [],
         routes=intake_routes(daemon.config, database),
     )
     http = daemon.config.http
@@ -338,7 +344,7 @@ def serve(daemon: Daemon) -> int:
         )
     )
     scheduler.start()
-    _start_incident_flow(daemon, scheduler, database)
+    _start_incident_flow(daemon, scheduler, database, dispatcher)
     daemon.closers.append(database.dispose)  # last: the closers before it may still write
     log.info(
         "daemon up: %d job(s), serving http://%s:%d/metrics", len(daemon.jobs), http.host, http.port

@@ -33,11 +33,15 @@ def build_app(
     snapshot: Snapshot,
     *,
     readiness: list[Readiness],
+    critical: Sequence[Readiness] = (),
     registry: CollectorRegistry | None = None,
     routes: Sequence[Route] = (),
 ) -> Starlette:
-    """The ASGI app. `registry` holds the daemon's own process metrics (fresh per app);
-    `routes` are mounted beside the probes, so each domain owns its endpoints."""
+    """The ASGI app. `/readyz` answers 503 while a `readiness` check has a problem; the
+    `critical` checks (pages that cannot be delivered) are shown beside them without making
+    the daemon unready, since it still records and serves. `registry` holds the daemon's
+    own process metrics (fresh per app); `routes` are mounted beside the probes, so each
+    domain owns its endpoints."""
     if registry is None:
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
@@ -51,13 +55,15 @@ def build_app(
 
     async def readyz(_: Request) -> Response:
         # Checks may touch the database: run them off the event loop.
-        problems = {}
-        for r in readiness:
-            problem = await run_in_threadpool(r.check)
-            if problem:
-                problems[r.name] = problem
+        problems, conditions = {}, {}
+        for found, checks in ((problems, readiness), (conditions, critical)):
+            for r in checks:
+                problem = await run_in_threadpool(r.check)
+                if problem:
+                    found[r.name] = problem
         status = 503 if problems else 200
-        return JSONResponse({"ready": not problems, "problems": problems}, status_code=status)
+        body = {"ready": not problems, "problems": problems, "critical": conditions}
+        return JSONResponse(body, status_code=status)
 
     return Starlette(
         routes=[

@@ -201,7 +201,7 @@ def test_served_metrics_pass_promtool_and_readyz_is_true(
     )
     ready = daemon.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json() == {"ready": True, "problems": {}}
+    assert ready.json() == {"ready": True, "problems": {}, "critical": {}}
 
 
 @pytest.mark.rig
@@ -291,3 +291,40 @@ def test_a_stop_signal_ends_the_daemon_within_5s_and_cleanly(
     assert took < STOP_WITHIN, f"stopped after {took:.1f}s"
     assert code == 0, daemon.proc.stdout.read()
     assert "stopping" in daemon.proc.stdout.read()
+
+
+def test_a_refused_slack_token_is_found_at_start_shown_and_cleared_by_a_restart(
+    tmp_path: Path, start_daemon, monkeypatch: pytest.MonkeyPatch
+):
+    from reliability.testing.slack import SlackStandIn
+
+    port = free_port()
+    with SlackStandIn() as slack:
+        monkeypatch.setenv("RELIABILITY_TEST_SLACK_TOKEN", slack.token)
+        section = {
+            "token_env": "RELIABILITY_TEST_SLACK_TOKEN",
+            "channel": "#alerts",
+            "base_url": slack.api_url,
+        }
+        config = write_config(tmp_path, http={"listen": f"127.0.0.1:{port}"}, slack=section)
+        assert cli("db", "upgrade", "-c", str(config)).returncode == 0
+        healthy = ("reliability_notifier_healthy", (("notifier", "slack"),))
+        slack.deactivate()  # the bot's account was switched off
+
+        daemon = start_daemon(config, port)
+        daemon.wait_until(
+            "the refusal in /readyz", lambda: daemon.get("/readyz").json()["critical"]
+        )
+        ready = daemon.get("/readyz")
+        assert ready.status_code == 200  # it still records incidents and takes webhooks
+        assert "account_inactive" in ready.json()["critical"]["notify"]
+        daemon.wait_until("the metric at 0", lambda: daemon.metrics().get(healthy) == 0)
+        daemon.stop()
+        log = daemon.proc.stdout.read()
+        assert log.count("cannot deliver pages") == 1, log
+
+        slack.deactivate(False)  # fixed, and the daemon restarted
+        again = start_daemon(config, port)
+        again.wait_until("the metric back at 1", lambda: again.metrics().get(healthy) == 1)
+        assert again.get("/readyz").json()["critical"] == {}
+        assert [c.ok for c in slack.calls("auth.test")] == [False, True]  # once per start

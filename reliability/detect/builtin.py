@@ -174,6 +174,23 @@ LOCAL_POOL_ERRORS = ErrorRatioRule(
     ),
     runbook=BLUE_GREEN,
 )
+NOTIFIER_FAILING = ThresholdRule(
+    type="threshold",
+    name="notifier-failing",
+    severity="critical",
+    metric=catalog.NOTIFIER_HEALTHY.name,
+    op="<",
+    value=1.0,
+    resolve_after=60.0,
+    group_by=["notifier"],
+    title="{notifier}: pages cannot be delivered",
+    summary=(
+        "{notifier} refuses every page since {since} (a revoked or wrong token, an archived "
+        "channel, the bot removed from its channel): nobody is paged. The pages wait in the "
+        "outbox and go out once it is fixed; `reliability status` names the reason and "
+        "`reliability notify test` checks each channel."
+    ),
+)
 
 BUILTIN: tuple[AnyRule, ...] = (
     GPU_UTILIZATION_HIGH,
@@ -185,6 +202,7 @@ BUILTIN: tuple[AnyRule, ...] = (
     DISK_ALMOST_FULL,
     UPSTREAM_OVERLOADED,
     LOCAL_POOL_ERRORS,
+    NOTIFIER_FAILING,
 )
 
 

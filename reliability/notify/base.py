@@ -6,14 +6,25 @@ one method that does the work, `notify()`. The dispatcher owns everything else: 
 per-incident order, pacing, backoff, silences, old news, and remembering the root message
 that `notify()` returns so that later notifications of the incident edit it or reply under it.
 
-`notify()` raises one of three errors, which say whether retrying can help:
+`notify()` raises one of four errors, which say whether retrying can help:
 
 * ``RateLimited(retry_after)``: the service asked to slow down; retry after that long;
 * ``Transient(reason)``: unreachable or failing on its side; retry with backoff;
-* ``Permanent(reason)``: refused for a reason a retry will not change; the row is failed.
+* ``Blocked(reason, destination)``: the notifier's credentials (``destination`` None) or one
+  destination refuse everything until someone fixes them (a revoked token, an archived
+  channel): a critical condition; the rows wait and go out once it clears;
+* ``Permanent(reason)``: this row is refused for a reason a retry will not change (its
+  content); the row is failed.
+
+A notifier whose incident root message is gone posts a fresh root (saying so) and carries on
+under it; an error raised after that post carries the new root (``NotifyError.root``) so
+that the dispatcher remembers it and a retry does not post a third.
+
+``check()`` verifies the credentials (Slack's ``auth.test``) at start and every few minutes;
+``destinations()`` and ``send_test()`` serve ``reliability notify test``.
 
 Adding a notifier (say, Microsoft Teams): write ``notify/teams.py`` with a class that has
-these four members and maps its client's failures onto these errors, and add one entry to
+these members and maps its client's failures onto these errors, and add one entry to
 ``NOTIFIERS`` in ``notify/registry.py`` (when is it configured, how is it built). Its rows,
 its roots (`notification_roots`) and its pacing are then kept apart from Slack's by name.
 """
@@ -47,6 +58,8 @@ class NotifyError(Exception):
     why (an error code or a network error's text, never a secret)."""
 
     retryable: ClassVar[bool] = False
+    # A root message posted before the failure (a lost root's replacement): remember it.
+    root: Root | None = None
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -55,6 +68,16 @@ class NotifyError(Exception):
 
 class Permanent(NotifyError):
     """Refused for a reason a retry will not change (credentials, destination, content)."""
+
+
+class Blocked(Permanent):
+    """Everything to `destination` (None: everything this notifier sends) is refused until
+    someone acts: a bad or revoked token, an archived channel, a bot not in its channel.
+    Retrying alone will not help, but the rows are kept and go out once it clears."""
+
+    def __init__(self, reason: str, *, destination: str | None = None) -> None:
+        super().__init__(reason)
+        self.destination = destination
 
 
 class Transient(NotifyError):
@@ -121,5 +144,18 @@ class Notifier(Protocol):
 
     def notify(self, notification: Notification) -> Root | None:
         """Send it; the root message when one was posted (the dispatcher remembers it), else
-        None. Raises RateLimited, Transient or Permanent."""
+        None. Raises RateLimited, Transient, Blocked or Permanent."""
+        ...
+
+    def check(self) -> str:
+        """Verify the credentials; who they speak as. Raises Blocked when they are refused,
+        Transient or RateLimited when the answer says nothing about them."""
+        ...
+
+    def destinations(self) -> list[str]:
+        """Every destination the config names (the default first), each once."""
+        ...
+
+    def send_test(self, destination: str) -> Root:
+        """Send one test message to `destination`; where it landed. Raises as notify()."""
         ...

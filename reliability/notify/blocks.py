@@ -57,13 +57,23 @@ def runbook_command(opening_data: dict[str, Any] | None, labels: dict[str, str])
 
 
 def root_message(
-    incident: IncidentRead, *, runbook: str | None = None, dashboard_url: str | None = None
+    incident: IncidentRead,
+    *,
+    runbook: str | None = None,
+    dashboard_url: str | None = None,
+    lost: str | None = None,
 ) -> Rendered:
-    """The root message for the incident's current state."""
-    blocks: list[Block] = [
-        _header(f"{_headline(incident)}: {incident.title}"),
-        {"type": "section", "fields": _fields(incident)},
-    ]
+    """The root message for the incident's current state; `lost`: why the incident's earlier
+    root message is gone (it is posted again, and says so under its header)."""
+    blocks: list[Block] = [_header(f"{_headline(incident)}: {incident.title}")]
+    if lost:
+        blocks.append(
+            _context(
+                f":warning: The earlier message about this incident was lost "
+                f"({_escape(lost)}); it continues here."
+            )
+        )
+    blocks.append({"type": "section", "fields": _fields(incident)})
     if incident.summary:
         blocks.append(_section(_escape(incident.summary)))
     blocks.append(_section(_status_line(incident)))

@@ -14,9 +14,16 @@ guarantees:
   dispatcher, is the only way a message is duplicated.
 * **Pacing.** At most `max_per_second` calls per destination. A RateLimited error pauses
   that destination for its `retry_after`; a Transient one pauses it with capped exponential
-  backoff and jitter; either way the row stays pending. A Permanent failure marks the row
+  backoff and jitter; either way the row stays pending, and an outage is logged once when
+  it starts and once when it ends (notify/health.py). A Permanent failure marks the row
   failed, logged with the notifier's reason (never a secret), and the incident's next row
   goes ahead.
+* **Pages are never dropped for a broken token or channel.** A Blocked error (a refused
+  token, an archived channel) raises a critical condition (`health`: metrics, `/readyz`,
+  `reliability status`) and keeps the row pending; the notifier (or that destination) is
+  tried again every `blocked_retry_s`, at once when its credentials check passes again, and
+  its rows go out when a call succeeds. The credentials are checked (`Notifier.check()`) when
+  the loop starts and every `check_interval_s`.
 * **No paging for old news.** An incident never posted by the notifier and resolved more
   than `max_age_s` ago gets its rows skipped. A posted incident is always brought up to
   date, so a resolve is never skipped.
@@ -50,13 +57,16 @@ from reliability.incidents.models import IncidentRead
 from reliability.incidents.silences import ActiveSilence
 from reliability.notify import service as outbox_service
 from reliability.notify.base import (
+    Blocked,
     Notification,
     Notifier,
     NotifyError,
     Permanent,
     RateLimited,
+    Root,
     updates_root,
 )
+from reliability.notify.health import Health
 from reliability.notify.service import Candidate, Claimed
 
 log = logging.getLogger("reliability.notify")
@@ -78,6 +88,10 @@ class DispatchSettings:
     batch: int = 1000
     stats_interval_s: float = 5.0
     stop_timeout_s: float = 1.0
+    # A notifier or destination refusing everything is tried again this often (its rows wait).
+    blocked_retry_s: float = 300.0
+    # The credentials are checked when the loop starts and this often after.
+    check_interval_s: float = 300.0
 
 
 @dataclass
@@ -86,6 +100,7 @@ class _Channel:
 
     ready_at: float = 0.0
     failures: int = 0
+    rate_limited: bool = False
 
 
 @dataclass
@@ -129,6 +144,10 @@ class Dispatcher:
         # Destinations named one way and answered another (a Slack channel's name and its
         # ID), per notifier: both name one pacing state.
         self._ids: dict[tuple[str, str], str] = {}
+        # Per notifier: not before this (monotonic) while its credentials are refused.
+        self._held_until: dict[str, float] = {}
+        self._checked: set[str] = set()  # notifiers whose credentials passed a check
+        self._health = Health(self._notifiers)
         self._deferred_until: float | None = None
         self._counters = _Counters()
         self._lock = threading.Lock()
@@ -164,9 +183,17 @@ class Dispatcher:
         """Look for due rows now instead of at the next poll (call after committing rows)."""
         self._wakeup.set()
 
+    @property
+    def health(self) -> Health:
+        """What the notifiers' problems and outages are (metrics, `/readyz`, status)."""
+        return self._health
+
     def _loop(self) -> None:
-        next_stats = 0.0
+        next_stats = next_check = 0.0
         while not self._stopping.is_set():
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + self._settings.check_interval_s
+                self.check_notifiers()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self._settings.stats_interval_s
                 self._refresh_backlog()
@@ -190,6 +217,37 @@ class Dispatcher:
         if self._deferred_until is None:
             return poll
         return min(poll, max(0.001, self._deferred_until - time.monotonic()))
+
+    def check_notifiers(self) -> None:
+        """Check each notifier's credentials: a refusal raises the critical condition before
+        any page is tried; a pass lifts it and lets held rows go now (as does the first pass
+        of this dispatcher: a restart after the token was fixed). An unreachable notifier
+        says nothing about its credentials, so that changes nothing."""
+        for notifier in self._notifiers.values():
+            try:
+                notifier.check()
+            except Blocked as exc:
+                self._health.block(notifier.name, None, exc.reason, by_check=True)
+                self._held_until[notifier.name] = time.monotonic() + self._settings.blocked_retry_s
+                continue
+            except NotifyError:
+                continue
+            lifted = self._health.checked(notifier.name)
+            first = notifier.name not in self._checked
+            self._checked.add(notifier.name)
+            if lifted or first or self._health.blocked(notifier.name) is not None:
+                # Lifted, raised by a failed delivery, or a restart (the token fixed): the
+                # held rows go now instead of at their next retry.
+                self._release(notifier.name)
+
+    def _release(self, notifier: str) -> None:
+        self._held_until.pop(notifier, None)
+        try:
+            with self._engine.begin() as connection:
+                outbox_service.release(connection, notifier=notifier, now=datetime.now(UTC))
+        except SQLAlchemyError as exc:
+            log.warning("outbox: cannot release the held rows of %s: %s", notifier, exc)
+        self._wakeup.set()
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -229,8 +287,9 @@ class Dispatcher:
             severity=candidate.severity, labels=candidate.labels
         )
         pacing = self._pacing(notifier.name, destination)
-        if pacing.ready_at > time.monotonic():
-            self._defer(pacing.ready_at)
+        ready_at = max(pacing.ready_at, self._held_until.get(notifier.name, 0.0))
+        if ready_at > time.monotonic():
+            self._defer(ready_at)
             return 0
         lease_end = now + timedelta(seconds=self._settings.lease_s)
         with self._engine.begin() as connection:
@@ -252,12 +311,16 @@ class Dispatcher:
         try:
             root = notifier.notify(notification)
         except NotifyError as exc:
+            if exc.root is not None:
+                self._new_root(claimed, notifier.name, exc.root)
             self._record_failure(claimed, notifier.name, destination, exc)
             return 1
         with self._engine.begin() as connection:
             sent_at = datetime.now(UTC)
             if root is not None:
-                self._learn(notifier.name, destination, root.destination)
+                if claimed.root is None:  # posted where it was routed, by name or ID
+                    self._learn(notifier.name, destination, root.destination)
+                self._log_repost(claimed, notifier.name, root)
                 outbox_service.save_root(
                     connection,
                     incident_id=claimed.incident.id,
@@ -268,15 +331,43 @@ class Dispatcher:
             outbox_service.mark_sent(
                 connection, row_id=claimed.id, now=sent_at, silence_id=muted_by
             )
-        pacing.failures = 0
+        pacing.failures, pacing.rate_limited = 0, False
+        reached = root.destination if root is not None else self._known(notifier.name, destination)
+        if self._health.delivered(notifier.name, reached):
+            self._release(notifier.name)
         self._count("rows", "sent")
         return 1
+
+    def _new_root(self, claimed: Claimed, notifier: str, root: Root) -> None:
+        """Remember a root posted before the row failed, so that its retry goes under it."""
+        self._log_repost(claimed, notifier, root)
+        with self._engine.begin() as connection:
+            outbox_service.save_root(
+                connection,
+                incident_id=claimed.incident.id,
+                notifier=notifier,
+                root=root,
+                now=datetime.now(UTC),
+            )
+
+    def _log_repost(self, claimed: Claimed, notifier: str, root: Root) -> None:
+        if claimed.root is not None and claimed.root != root:
+            log.warning(
+                "outbox: incident %s's message in %s %s was gone; posted it again in %s",
+                claimed.incident.id,
+                notifier,
+                claimed.root.destination,
+                root.destination,
+            )
 
     def _record_failure(
         self, claimed: Claimed, notifier: str, destination: str, exc: NotifyError
     ) -> None:
         pacing = self._pacing(notifier, destination)
         now = datetime.now(UTC)
+        if isinstance(exc, Blocked):
+            self._hold(claimed, notifier, destination, exc)
+            return
         if isinstance(exc, Permanent):
             log.error(
                 "outbox: row %s (incident %s, %s) failed for good in %s %s: %s",
@@ -295,6 +386,14 @@ class Dispatcher:
         if isinstance(exc, RateLimited):
             delay = exc.retry_after
             self._count("errors", "rate_limited")
+            if not pacing.rate_limited:  # once until a call there goes through
+                pacing.rate_limited = True
+                log.warning(
+                    "outbox: %s asks to slow down calls to %s: waiting %.1fs as told",
+                    notifier,
+                    destination,
+                    delay,
+                )
         else:
             pacing.failures += 1
             delay = backoff_s(
@@ -304,14 +403,7 @@ class Dispatcher:
                 rng=self._rng,
             )
             self._count("errors", "transient")
-        if pacing.failures <= 1:  # once per outage, not once per probe
-            log.warning(
-                "outbox: %s call to %s failed, retrying in %.1fs: %s",
-                notifier,
-                destination,
-                delay,
-                exc,
-            )
+            self._health.unreachable(notifier, exc.reason, delay)
         # The whole destination waits, not just this row: we were asked (or failed) for all.
         pacing.ready_at = max(pacing.ready_at, time.monotonic() + delay)
         with self._engine.begin() as connection:
@@ -319,6 +411,25 @@ class Dispatcher:
                 connection,
                 row_id=claimed.id,
                 not_before=now + timedelta(seconds=delay),
+                reason=exc.reason,
+            )
+
+    def _hold(self, claimed: Claimed, notifier: str, destination: str, exc: Blocked) -> None:
+        """Keep the row; raise the condition; try that notifier or destination later."""
+        until = time.monotonic() + self._settings.blocked_retry_s
+        if exc.destination is None:
+            self._held_until[notifier] = until
+            self._health.block(notifier, None, exc.reason)
+        else:
+            where = self._known(notifier, exc.destination)
+            self._pacing(notifier, where).ready_at = until
+            self._health.block(notifier, where, exc.reason)
+        self._count("errors", "permanent")
+        with self._engine.begin() as connection:
+            outbox_service.retry_later(
+                connection,
+                row_id=claimed.id,
+                not_before=datetime.now(UTC) + timedelta(seconds=self._settings.blocked_retry_s),
                 reason=exc.reason,
             )
 
@@ -341,8 +452,12 @@ class Dispatcher:
 
     # -- destinations ---------------------------------------------------------------------
 
+    def _known(self, notifier: str, destination: str) -> str:
+        """The destination as the notifier answered it (a channel's ID for its name)."""
+        return self._ids.get((notifier, destination), destination)
+
     def _pacing(self, notifier: str, destination: str) -> _Channel:
-        known = self._ids.get((notifier, destination), destination)
+        known = self._known(notifier, destination)
         return self._channels.setdefault((notifier, known), _Channel())
 
     def _learn(self, notifier: str, name: str, answered: str) -> None:
@@ -392,4 +507,4 @@ class Dispatcher:
                 Sample(catalog.SLACK_CALL_FAILURES, (reason,), float(n))
                 for reason, n in sorted(counters.errors.items())
             ]
-        return out
+        return out + self._health.samples()

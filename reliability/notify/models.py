@@ -24,7 +24,7 @@ _PENDING = sa.text("status = 'pending'")
 class OutboxStatus(StrEnum):
     pending = "pending"
     sent = "sent"
-    failed = "failed"  # the notifier refused it for good (bad channel, bad token); see last_error
+    failed = "failed"  # the notifier refused its content for good; see last_error
     skipped = "skipped"  # old news when first seen, or silenced: never paged for
 
 

@@ -302,3 +302,14 @@ def held_back(executor: Connection | Session, *, incident_id: int | None = None)
     for row in executor.execute(statement):
         found.setdefault(row.id, HeldBack(row.id, row.labels or {}, row.silence_id))
     return list(found.values())
+
+
+def release(connection: Connection, *, notifier: str, now: datetime) -> int:
+    """Make the notifier's waiting rows due now (its condition cleared); how many."""
+    result = connection.execute(
+        sa.update(OUTBOX)
+        .where(OUTBOX.c.notifier == notifier, _pending(OUTBOX), OUTBOX.c.not_before > _NOW)
+        .values(not_before=_NOW),
+        {"now": now},
+    )
+    return result.rowcount

@@ -7,17 +7,27 @@ single ``except`` what happens to the row:
 * ``RateLimited(retry_after)``: HTTP 429 or ``ratelimited``; wait ``retry_after`` seconds.
 * ``Transient(reason)``: the network, a timeout, HTTP 5xx, or Slack's ``internal_error``,
   ``fatal_error``, ``service_unavailable``, ``request_timeout``; retry with backoff.
-* ``Permanent(reason)``: everything else (bad token, unknown channel, invalid blocks, a
-  message that is gone...); retrying cannot help, so the row is marked failed and logged.
+* ``Blocked(reason)``: the token is refused (``invalid_auth``, ``token_revoked``...), or the
+  channel is (``channel_not_found``, ``not_in_channel``, ``is_archived``...): nothing goes
+  out there until someone fixes it, so the rows wait under a critical condition.
+* ``Permanent(reason)``: everything else (invalid blocks, a message too long, a code we do
+  not know); retrying cannot help, so the row is marked failed and logged.
+
+An incident's root message that is gone (deleted, its channel archived or deleted, no longer
+editable) is posted again where a new incident would go, saying the earlier one was lost, and
+the thread carries on under the new one.
 
 slack_sdk's own retry handlers are switched off: a hidden retry inside a call would break
-the outbox's per-channel pacing and its honouring of ``Retry-After``. The token is never
-part of an error message; ``reason`` is a Slack error code or a network error's text.
+the outbox's per-channel pacing and its honouring of ``Retry-After``. Its ERROR line for
+every failed request is dropped too (kept at DEBUG): the same failure reaches the
+dispatcher, which logs one line when Slack goes down and one when it is back. The token is
+never part of an error message; ``reason`` is a Slack error code or a network error's text.
 """
 
 from __future__ import annotations
 
 import http.client
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -30,6 +40,7 @@ from slack_sdk.web import SlackResponse
 from reliability.config import SlackConfig
 from reliability.notify import blocks
 from reliability.notify.base import (
+    Blocked,
     Notification,
     NotifyError,
     Permanent,
@@ -48,7 +59,47 @@ TRANSIENT_CODES = frozenset(
     {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
     | {"team_added_to_org"}  # the workspace is being migrated; Slack says to retry later
 )
+# The token itself is refused: nothing this notifier sends can go out.
+TOKEN_CODES = frozenset(
+    {"not_authed", "invalid_auth", "account_inactive", "token_revoked", "token_expired"}
+    | {"no_permission", "missing_scope", "not_allowed_token_type", "team_access_not_granted"}
+    | {"ekm_access_denied", "org_login_required"}
+)
+# One channel refuses: what is routed there waits until it is fixed (or the route is).
+CHANNEL_CODES = frozenset(
+    {"channel_not_found", "not_in_channel", "is_archived", "restricted_action"}
+    | {"restricted_action_read_only_channel", "restricted_action_thread_only_channel"}
+)
+# A root message that can no longer be edited or replied under: post a new root.
+ROOT_GONE_CODES = frozenset(
+    {"message_not_found", "cant_update_message", "edit_window_closed"}
+    | {"channel_not_found", "is_archived"}
+)
 REDACTED = "xox?-<redacted>"
+TEST_MESSAGE = (
+    ":white_check_mark: Test from `reliability notify test`: incidents routed to this "
+    "channel reach it."
+)
+# What slack_sdk logs at ERROR for a request that failed: the caller gets the same failure
+# as an exception, and the dispatcher logs one line per outage instead of one per call.
+SDK_DUPLICATES = ("Failed to send a request to Slack API server", "Failed to decode Slack API")
+
+
+class _RaisedAnyway(logging.Filter):
+    """Drops slack_sdk's line per failed request unless DEBUG is on (then kept, as DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(SDK_DUPLICATES):
+            return True
+        if not SDK_LOG.isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+# slack_sdk logs through this logger (passed to its WebClient), not its own module's.
+SDK_LOG = logging.getLogger("reliability.notify.slack_sdk")
+SDK_LOG.addFilter(_RaisedAnyway())
 
 Blocks = list[dict[str, Any]]
 
@@ -93,13 +144,14 @@ class SlackClient:
             base_url=self.base_url,
             timeout=timeout_s,  # type: ignore[arg-type]  # urllib takes a float
             retry_handlers=[],
+            logger=SDK_LOG,
         )
 
     def __repr__(self) -> str:
         return f"SlackClient(base_url={self.base_url!r})"
 
     def check(self) -> SlackIdentity:
-        """Verify the token with ``auth.test``; Permanent if Slack rejects it."""
+        """Verify the token with ``auth.test``; Blocked if Slack rejects it."""
         data = self._call("auth_test")
         return SlackIdentity(
             team=str(data.get("team", "")),
@@ -144,8 +196,11 @@ class SlackClient:
         try:
             return getattr(self._client, method)(**arguments)
         except SlackApiError as exc:
+            error = classify_response(exc.response, redact=self._redact)
+            if isinstance(error, Blocked) and error.reason in CHANNEL_CODES:
+                error.destination = arguments.get("channel")
             # `from None`: the response object carries the request's headers, token included.
-            raise classify_response(exc.response, redact=self._redact) from None
+            raise error from None
         except (OSError, http.client.HTTPException) as exc:
             # URLError, refused or reset connections, timeouts, a connection dropped mid-answer.
             raise Transient(self._redact(_network_reason(exc))) from None
@@ -193,22 +248,62 @@ class SlackNotifier:
         """Make the Slack calls for the row; the new root message when one was posted.
 
         With no root yet (the first row, or the root could not be posted), any row posts a
-        fresh root showing the incident as it is now. `quiet` (a silence): no paging reply.
+        fresh root showing the incident as it is now. A root that is gone is posted again
+        where the incident would go now, saying so, and the row goes on under the new one.
+        `quiet` (a silence): no paging reply, and no new root either.
         """
-        incident, root, kind = notification.incident, notification.root, notification.event.kind
-        if root is None or updates_root(kind):
+        root = notification.root
+        if root is None:
+            return self._post_root(notification, notification.destination)
+        try:
+            self._send(notification, root)
+            return None
+        except Permanent as exc:
+            if exc.reason not in ROOT_GONE_CODES:
+                raise
+            lost = exc.reason
+        if notification.quiet:
+            return None  # a new root would ping; the silence's end brings the incident back
+        incident, kind = notification.incident, notification.event.kind
+        where = self.destination(severity=incident.severity.value, labels=incident.labels)
+        new_root = self._post_root(notification, where, lost=lost)
+        if updates_root(kind) and not pages(kind):
+            return new_root  # the new root shows it
+        try:
+            self._reply(notification, new_root)
+        except NotifyError as exc:
+            exc.root = new_root  # remembered, so that the retry only replies
+            raise
+        return new_root
+
+    def _post_root(
+        self, notification: Notification, destination: str, *, lost: str | None = None
+    ) -> Root:
+        incident = notification.incident
+        runbook = blocks.runbook_command(notification.opening_data, incident.labels)
+        message = blocks.root_message(
+            incident, runbook=runbook, dashboard_url=notification.dashboard_url, lost=lost
+        )
+        posted = self._client.post(destination, message.text, message.blocks)
+        return Root(posted.channel, posted.ts)
+
+    def _send(self, notification: Notification, root: Root) -> None:
+        """Edit the root (root-changing events), reply under it (the rest, and pages)."""
+        incident, kind = notification.incident, notification.event.kind
+        if updates_root(kind):
             runbook = blocks.runbook_command(notification.opening_data, incident.labels)
             message = blocks.root_message(
                 incident, runbook=runbook, dashboard_url=notification.dashboard_url
             )
-            if root is None:
-                posted = self._client.post(notification.destination, message.text, message.blocks)
-                return Root(posted.channel, posted.ts)
             # A retry after the reply failed edits again: the same content, so harmless.
             self._client.update(root.destination, root.ref, message.text, message.blocks)
             if not pages(kind) or notification.quiet:
-                return None
-        reply = blocks.thread_reply(incident, notification.event)
+                return
+        self._reply(notification, root)
+
+    def _reply(self, notification: Notification, root: Root) -> None:
+        kind = notification.event.kind
+        reply = blocks.thread_reply(notification.incident, notification.event)
         self._client.post(
             root.destination,
             reply.text,
@@ -216,7 +311,18 @@ class SlackNotifier:
             thread_ts=root.ref,
             broadcast=pages(kind),
         )
-        return None
+
+    def check(self) -> str:
+        identity = self._client.check()
+        return f"{identity.user} on {identity.team}"
+
+    def destinations(self) -> list[str]:
+        channels = [self._slack.channel, *(r.channel for r in self._slack.routes)]
+        return list(dict.fromkeys(channels))
+
+    def send_test(self, destination: str) -> Root:
+        posted = self._client.post(destination, TEST_MESSAGE)
+        return Root(posted.channel, posted.ts)
 
 
 def classify_response(
@@ -243,6 +349,8 @@ def classify_code(code: str, headers: dict[str, Any] | None = None) -> NotifyErr
         return RateLimited(retry_after_s(headers or {}))
     if code in TRANSIENT_CODES:
         return Transient(code)
+    if code in TOKEN_CODES or code in CHANNEL_CODES:
+        return Blocked(code)
     return Permanent(code[:200])
 
 

@@ -105,6 +105,24 @@ class RunRow:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifierFailure:
+    """A permanent failure holding a notifier's pages back; `destination` None: all."""
+
+    destination: str | None
+    reason: str
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierRow:
+    """A notifier as the daemon's dispatcher sees it: not `healthy` while `failures` hold."""
+
+    name: str
+    healthy: bool
+    failures: list[NotifierFailure] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class FleetStatus:
     at: datetime
     metrics_url: str
@@ -118,6 +136,7 @@ class FleetStatus:
     # Seconds the p95 figures cover; None: since the daemon started.
     latency_covers: float | None
     attention: list[str]
+    notifiers: list[NotifierRow] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -179,6 +198,7 @@ class StatusReader:
             runs=runs,
             latency_covers=covers,
             attention=[],
+            notifiers=notifier_rows(exposition),
         )
         status.attention.extend(needs_attention(status))
         return status
@@ -304,10 +324,30 @@ def endpoint_rows(
     return rows
 
 
+def notifier_rows(exposition: Exposition) -> list[NotifierRow]:
+    """Each notifier the daemon sends through, with what holds its pages back."""
+    failures: dict[str, list[NotifierFailure]] = {}
+    for labels, since in exposition.values(catalog.NOTIFIER_PERMANENT_FAILURE):
+        failures.setdefault(labels["notifier"], []).append(
+            NotifierFailure(
+                destination=labels.get("destination") or None,
+                reason=labels.get("reason", ""),
+                since=datetime.fromtimestamp(since, UTC),
+            )
+        )
+    return [
+        NotifierRow(labels["notifier"], healthy >= 1, failures.get(labels["notifier"], []))
+        for labels, healthy in sorted(
+            exposition.values(catalog.NOTIFIER_HEALTHY), key=lambda s: s[0]["notifier"]
+        )
+    ]
+
+
 def needs_attention(status: FleetStatus) -> list[str]:
     """One line per thing on-call should look at; empty when all is well.
 
-    Counted, in this order: the daemon, then the database, not answering; a node down, or
+    Counted, in this order: the daemon, then the database, not answering; a notifier whose
+    pages are held back (a refused token or channel: nobody is paged); a node down, or
     up with GPUs lost or not readable; an unresolved critical incident; a run interrupted
     or whose undo failed (waiting for a human), a running run with no heartbeat, a run that
     failed or was aborted in the last hour. Endpoint error ratios count through the
@@ -318,6 +358,16 @@ def needs_attention(status: FleetStatus) -> list[str]:
         out.append(f"daemon not answering at {status.metrics_url}: {status.daemon_error}")
     if status.database_error:
         out.append(status.database_error)
+    for notifier in status.notifiers:
+        if not notifier.healthy and not notifier.failures:
+            out.append(f"{notifier.name} cannot deliver pages (the daemon's log says why)")
+        for f in notifier.failures:
+            where = f"to {f.destination}" if f.destination else "anywhere"
+            out.append(
+                f"{notifier.name} cannot deliver pages {where}: {f.reason} since "
+                f"{f.since:%Y-%m-%d %H:%M}Z; they wait in the outbox "
+                f"(`reliability notify test` checks each channel)"
+            )
     for n in status.nodes:
         if n.up is False:
             out.append(f"node {n.name} is down")

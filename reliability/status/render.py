@@ -64,6 +64,7 @@ def to_json(status: FleetStatus) -> dict[str, Any]:
             for i in status.incidents
         ],
         "runs": [asdict(r) for r in status.runs],
+        "notifiers": [asdict(n) for n in status.notifiers],
     }
 
 

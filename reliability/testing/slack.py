@@ -10,11 +10,18 @@ Driven by the real client, the way production drives Slack::
         assert [m.text for m in slack.messages("alerts")] == ["gpu-3 is hot"]
 
 It answers like Slack: HTTP 200 with ``{"ok": false, "error": ...}`` for API errors
-(``not_authed``, ``invalid_auth``, ``channel_not_found``, ``message_not_found``, ``no_text``,
-``msg_too_long``, ``invalid_blocks``, ``invalid_blocks_format``, ``invalid_thread_ts``), HTTP
-429 with ``Retry-After`` when rate limited. Bodies may be JSON (what ``slack_sdk`` sends for
-``chat.*``) or form-encoded (``blocks`` then a JSON string); the token comes from
-``Authorization: Bearer`` or, for form bodies only, a ``token`` field, as at Slack.
+(``not_authed``, ``invalid_auth``, ``account_inactive``, ``channel_not_found``,
+``is_archived``, ``message_not_found``, ``no_text``, ``msg_too_long``, ``invalid_blocks``,
+``invalid_blocks_format``, ``invalid_thread_ts``), HTTP 429 with ``Retry-After`` when rate
+limited. What people do to a workspace can be done to it: ``delete(ts)`` removes a message
+(as a user deleting the alert would; later ``chat.update`` calls answer
+``message_not_found``), ``archive("alerts")`` archives a channel (posts and edits there
+answer ``is_archived``), ``deactivate()`` turns the bot's account off (every call, including
+``auth.test``, answers ``account_inactive`` until ``deactivate(False)``).
+
+Bodies may be JSON (what ``slack_sdk`` sends for ``chat.*``) or form-encoded (``blocks``
+then a JSON string); the token comes from ``Authorization: Bearer`` or, for form bodies
+only, a ``token`` field, as at Slack.
 
 ``chat.postMessage`` takes a channel ID, name or ``#name``; ``chat.update`` only an ID, as
 Slack does, so a sender that stored the name instead of the ID from the answer fails here too.
@@ -136,6 +143,9 @@ class SlackState:
         self._rate_limited = 0
         self._retry_after = 1
         self._failures: list[str] = []
+        self._failing_method: str | None = None
+        self._archived: set[str] = set()
+        self._inactive = False
         self.outage_status: int | None = None
 
     # -- controls -------------------------------------------------------------------------
@@ -144,9 +154,9 @@ class SlackState:
         with self._lock:
             self._rate_limited, self._retry_after = calls, retry_after
 
-    def fail_next(self, calls: int, error: str) -> None:
+    def fail_next(self, calls: int, error: str, method: str | None = None) -> None:
         with self._lock:
-            self._failures = [error] * calls
+            self._failures, self._failing_method = [error] * calls, method
 
     def channel_id(self, channel: str) -> str:
         """The ID of a channel given by name, ``#name`` or ID; KeyError if there is none."""
@@ -161,12 +171,31 @@ class SlackState:
         with self._lock:
             return self._channels.setdefault(name, f"C{len(self._channels) + 1:09d}")
 
+    def delete(self, ts: str) -> None:
+        """Delete the message `ts` (KeyError if none); its replies stay, orphaned."""
+        with self._lock:
+            del self._messages[ts]
+
+    def archive(self, channel: str, archived: bool = True) -> None:
+        """Archive (or unarchive) a channel given by name or ID; KeyError if none."""
+        with self._lock:
+            found = self._lookup(channel, names=True)
+            if found is None:
+                raise KeyError(channel)
+            (self._archived.add if archived else self._archived.discard)(found)
+
+    def deactivate(self, inactive: bool = True) -> None:
+        with self._lock:
+            self._inactive = inactive
+
     def reset(self) -> None:
         """Forget messages and calls, lift every failure; channels and token stay."""
         with self._lock:
             self._messages.clear()
             self._calls.clear()
             self._rate_limited, self._failures, self.outage_status = 0, [], None
+            self._archived.clear()
+            self._inactive = False
 
     # -- what tests read ------------------------------------------------------------------
 
@@ -199,7 +228,7 @@ class SlackState:
             return Answer(429, {"ok": False, "error": "ratelimited"}, headers), None
         try:
             self._check_token(token)
-            if self._failures:
+            if self._failures and self._failing_method in (None, method):
                 raise ApiError(self._failures.pop(0))
             body = self._dispatch(method, params)
         except ApiError as exc:
@@ -211,6 +240,8 @@ class SlackState:
             raise ApiError("not_authed")
         if token != self.token:
             raise ApiError("invalid_auth")
+        if self._inactive:
+            raise ApiError("account_inactive")
 
     def _dispatch(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
@@ -225,6 +256,8 @@ class SlackState:
         channel = self._lookup(params.get("channel"), names=True)
         if channel is None:
             raise ApiError("channel_not_found")
+        if channel in self._archived:
+            raise ApiError("is_archived")
         text, blocks = message_content(params)
         if text is None and blocks is None:
             raise ApiError("no_text")
@@ -241,6 +274,8 @@ class SlackState:
         channel = self._lookup(params.get("channel"), names=False)
         if channel is None:
             raise ApiError("channel_not_found")
+        if channel in self._archived:
+            raise ApiError("is_archived")
         current = self._messages.get(str(params.get("ts", "")))
         if current is None or current.channel != channel:
             raise ApiError("message_not_found")
@@ -476,9 +511,10 @@ class SlackStandIn:
         """The next ``calls`` calls answer HTTP 429, ``Retry-After: retry_after`` (seconds)."""
         self.state.rate_limit(calls, retry_after)
 
-    def fail_next(self, calls: int, error: str) -> None:
-        """The next ``calls`` authenticated calls answer ``{"ok": false, "error": error}``."""
-        self.state.fail_next(calls, error)
+    def fail_next(self, calls: int, error: str, method: str | None = None) -> None:
+        """The next ``calls`` authenticated calls (to ``method`` only, when given) answer
+        ``{"ok": false, "error": error}``."""
+        self.state.fail_next(calls, error, method)
 
     def outage(self, down: bool = True, *, status: int | None = None) -> None:
         """Take Slack down or bring it back.
@@ -513,6 +549,18 @@ class SlackStandIn:
     def add_channel(self, name: str) -> str:
         """Create a channel the bot can post to (if new) and return its ID."""
         return self.state.add_channel(name)
+
+    def delete(self, ts: str) -> None:
+        """Delete the message ``ts``, as a user deleting it in Slack; its replies stay."""
+        self.state.delete(ts)
+
+    def archive(self, channel: str, archived: bool = True) -> None:
+        """Archive a channel (name or ID), or unarchive it with ``archived=False``."""
+        self.state.archive(channel, archived)
+
+    def deactivate(self, inactive: bool = True) -> None:
+        """Deactivate the bot's account (every call: ``account_inactive``), or reactivate it."""
+        self.state.deactivate(inactive)
 
     def calls(self, method: str | None = None) -> list[SlackCall]:
         """Every call received, oldest first, optionally only those to ``method``."""

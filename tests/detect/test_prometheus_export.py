@@ -86,11 +86,14 @@ def _bad_good(op: str, limit: float) -> tuple[float, float]:
 
 
 def _labels(metric: catalog.Metric, node: str, match: Mapping[str, str]) -> dict[str, str]:
-    """A series of `metric` on `node` that `match` selects (its first alternative)."""
+    """A series of `metric` on `node` that `match` selects (its first alternative); `node`
+    names its first label when it has no `node` (a notifier's)."""
     labels = {label: "0" if label == "gpu" else "x" for label in metric.labels}
     labels |= {label: regex.split("|")[0] for label, regex in match.items()}
     assert all(re.fullmatch(regex, labels[k]) for k, regex in match.items())
-    return labels | {"node": node} if "node" in labels else labels
+    if "node" in labels:
+        return labels | {"node": node}
+    return labels | {metric.labels[0]: node} if metric.labels and not match else labels
 
 
 def _threshold_case(rule: ThresholdRule) -> Case:
@@ -353,7 +356,7 @@ def test_the_cli_writes_the_same_bytes_every_time(tmp_path: Path) -> None:
     for out in (first, second):
         result = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE), "--out", str(out)])
         assert result.exit_code == 0, result.output
-        assert f"{out}: 10 alerting rules" in result.output
+        assert f"{out}: 11 alerting rules" in result.output
     assert first.read_bytes() == second.read_bytes()
     stdout = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE)])
     assert stdout.exit_code == 0

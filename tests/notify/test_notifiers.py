@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from outbox_helpers import rows
+from outbox_helpers import drain, rows
 from sqlalchemy.orm import Session
 
 from reliability.incidents import flows, service
 from reliability.notify import outbox
 from reliability.notify.base import (
+    Blocked,
     Notification,
     NotifyError,
     Permanent,
@@ -48,6 +49,25 @@ class FakeNotifier:
         self.sent.append(notification)
         if notification.root is None:
             return Root(notification.destination, f"{self.name}-{len(self.sent)}")
+        return None
+
+    def check(self) -> str:
+        return self.name
+
+
+@dataclass
+class ReplacingNotifier(FakeNotifier):
+    """Finds its first root gone at the second row: posts a new root, then fails the rest of
+    that row once, as a reply under the new root that Slack answered with an error."""
+
+    def notify(self, notification: Notification) -> Root | None:
+        self.sent.append(notification)
+        if notification.root is None:
+            return Root("pager-warning", "first")
+        if notification.root.ref == "first":
+            error = Transient("internal_error")
+            error.root = Root("pager-warning", "second")
+            raise error
         return None
 
 
@@ -123,6 +143,7 @@ def test_a_dispatcher_refuses_two_notifiers_of_one_name(engine):
         (Permanent("channel_not_found"), OutboxStatus.failed, None),
         (Transient("network: refused"), OutboxStatus.pending, (0.5, 1.0)),
         (RateLimited(7), OutboxStatus.pending, (7.0, 7.0)),
+        (Blocked("token_revoked"), OutboxStatus.pending, (300.0, 300.0)),
     ],
 )
 def test_a_notifier_error_says_what_happens_to_the_row(engine, session, error, status, waits_s):
@@ -134,8 +155,25 @@ def test_a_notifier_error_says_what_happens_to_the_row(engine, session, error, s
 
     first = rows(session)[0]
     assert (first.status, first.attempts, first.last_error) == (status, 1, error.reason)
-    assert error.retryable == (status == OutboxStatus.pending)
+    # Blocked: a retry alone cannot help, but the row waits for the fix.
+    assert error.retryable == (status == OutboxStatus.pending) or isinstance(error, Blocked)
     if waits_s is not None:
         low, high = waits_s
         assert before + timedelta(seconds=low) <= first.not_before
         assert first.not_before <= datetime.now(UTC) + timedelta(seconds=high)
+
+
+def test_a_root_posted_before_a_failure_is_kept_so_the_retry_does_not_post_another(engine, session):
+    incident = open_incident(session, "hot", ["pager"])
+    pager = ReplacingNotifier("pager")
+
+    drain(dispatcher(engine, pager), session)
+
+    assert [(n.event.kind, n.root.ref if n.root else None) for n in pager.sent] == [
+        ("opened", None),
+        ("acknowledged", "first"),  # gone: "second" posted, then the row failed
+        ("acknowledged", "second"),  # the retry goes under it
+        ("note", "second"),
+    ]
+    assert session.get(NotificationRoot, (incident, "pager")).ref == "second"
+    assert {r.status for r in rows(session)} == {OutboxStatus.sent}

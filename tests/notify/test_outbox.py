@@ -209,22 +209,19 @@ def test_a_429_storm_loses_nothing_and_waits_for_retry_after(session, slack, dis
     assert sum(r.attempts for r in rows(session)) == 6 + 3  # each 429 cost one more attempt
 
 
-def test_a_permanent_error_fails_the_row_and_the_others_go_on(
-    session, slack, dispatcher_factory, caplog
-):
-    routes = [SlackRoute(channel="#no-such-channel", severity=["critical"])]
-    dispatcher = dispatcher_factory(slack_config(routes=routes))
+def test_a_permanent_error_fails_the_row_and_the_others_go_on(session, slack, dispatcher, caplog):
     lost = fire(session, "gpu-lost", severity="critical")
     fire(session, "disk-full", severity="warning")
+    slack.fail_next(1, "msg_too_long")  # this message can never be sent as it is
     with caplog.at_level(logging.ERROR, logger="reliability.notify"):
         drain(dispatcher, session)
 
     failed = [r for r in rows(session) if r.status == OutboxStatus.failed]
     assert [(r.incident_id, r.last_error, r.attempts) for r in failed] == [
-        (lost, "channel_not_found", 1)
+        (lost, "msg_too_long", 1)
     ]
     assert ["disk-full" in m.text for m in slack.messages("alerts")] == [True]
-    assert "channel_not_found" in caplog.text and slack.token not in caplog.text
+    assert "msg_too_long" in caplog.text and slack.token not in caplog.text
 
 
 def test_an_update_after_a_failed_root_posts_a_fresh_root(session, slack, dispatcher):
@@ -354,17 +351,23 @@ def test_a_running_dispatcher_sends_a_new_row_well_within_a_second_and_stops_in_
 def test_metrics_count_what_the_dispatcher_did(session, slack, dispatcher_factory):
     routes = [SlackRoute(channel="#no-such-channel", severity=["info"])]
     dispatcher = dispatcher_factory(slack_config(routes=routes), stats_interval_s=0.05)
+    fire(session, "failed")
     fire(session, "sent")
-    fire(session, "failed", severity="info")
+    fire(session, "held", severity="info")
+    slack.fail_next(1, "msg_too_long", method="chat.postMessage")
     dispatcher.start()
-    wait_for(lambda: statuses(session)["pending"] == 0, 5, "the outbox to empty")
+    done = {"failed": 1, "sent": 1, "pending": 1}
+    wait_for(lambda: statuses(session) == done, 5, "the outbox to settle")
     time.sleep(0.2)
 
     values = {(s.metric, s.labels): s.value for s in dispatcher.samples()}
     assert values[(catalog.OUTBOX_ROWS, ("sent",))] == 1
     assert values[(catalog.OUTBOX_ROWS, ("failed",))] == 1
-    assert values[(catalog.SLACK_CALL_FAILURES, ("permanent",))] == 1
-    assert values[(catalog.OUTBOX_PENDING, ())] == 0
+    assert values[(catalog.SLACK_CALL_FAILURES, ("permanent",))] == 2
+    assert values[(catalog.OUTBOX_PENDING, ())] == 1  # held for the missing channel
+    assert values[(catalog.NOTIFIER_HEALTHY, ("slack",))] == 0
+    held = (catalog.NOTIFIER_PERMANENT_FAILURE, ("slack", "#no-such-channel", "channel_not_found"))
+    assert values[held] <= time.time()
 
 
 def test_a_dispatcher_killed_mid_backlog_delivers_every_row_after_restart(tmp_path, slack):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from pydantic import SecretStr
 
-from reliability.notify.base import NotifyError, Permanent, RateLimited, Transient
+from reliability.notify.base import Blocked, NotifyError, Permanent, RateLimited, Transient
 from reliability.notify.slack import SlackClient
 from reliability.testing.slack import SlackStandIn
 
@@ -58,13 +58,13 @@ def test_thread_replies_arrive_in_order_under_the_alert(
     assert [m.text for m in slack.replies(alert.ts)] == ["refired", "runbook started"]
 
 
-def test_a_bad_token_is_permanent(slack: SlackStandIn) -> None:
+def test_a_bad_token_blocks_everything(slack: SlackStandIn) -> None:
     wrong = SlackClient("xoxb-wrong-token", base_url=slack.api_url, timeout_s=5)
 
     for call in (wrong.check, lambda: wrong.post("#alerts", "x")):
         error = failure(call)
-        assert isinstance(error, Permanent) and not error.retryable
-        assert error.reason == "invalid_auth"
+        assert isinstance(error, Blocked) and not error.retryable
+        assert (error.reason, error.destination) == ("invalid_auth", None)
     assert slack.messages() == []
 
 
@@ -76,7 +76,8 @@ def test_an_unknown_channel_or_message_is_permanent(
     no_channel = failure(lambda: notifier.post("#no-such-channel", "x"))
     no_message = failure(lambda: notifier.update(posted.channel, "1700000000.000100", "x"))
 
-    assert isinstance(no_channel, Permanent) and no_channel.reason == "channel_not_found"
+    assert isinstance(no_channel, Blocked) and no_channel.reason == "channel_not_found"
+    assert no_channel.destination == "#no-such-channel"
     assert isinstance(no_message, Permanent) and no_message.reason == "message_not_found"
 
 
@@ -124,9 +125,11 @@ def test_5xx_answers_are_transient(slack: SlackStandIn, notifier: SlackClient, s
         ("fatal_error", Transient),
         ("service_unavailable", Transient),
         ("ratelimited", RateLimited),
-        ("not_in_channel", Permanent),
-        ("is_archived", Permanent),
-        ("token_revoked", Permanent),
+        ("not_in_channel", Blocked),
+        ("is_archived", Blocked),
+        ("token_revoked", Blocked),
+        ("account_inactive", Blocked),
+        ("invalid_blocks", Permanent),
         ("some_code_slack_adds_later", Permanent),
     ],
 )
@@ -139,6 +142,10 @@ def test_slack_error_codes_say_whether_to_retry(
 
     assert type(error) is kind
     assert kind is RateLimited or error.reason == code
+    if kind is Blocked:  # a channel's refusal holds that channel; the token's, everything
+        assert error.destination == (
+            "#alerts" if code in ("not_in_channel", "is_archived") else None
+        )
 
 
 @pytest.fixture

@@ -649,3 +649,42 @@ def test_a_real_daemon_shows_a_cut_node_down(
         rig.restore("gpu-2")
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(10)
+
+
+def test_a_notifier_whose_token_is_refused_needs_attention(
+    tmp_path: Path, database_url: str, engine, metrics_server: MetricsServer, session: Session
+):
+    from reliability.config import SlackConfig
+    from reliability.incidents import flows
+    from reliability.notify.dispatcher import Dispatcher
+    from reliability.notify.slack import SlackClient, SlackNotifier
+    from reliability.testing.slack import SlackStandIn
+
+    config = write_config(tmp_path, database_url, metrics_server.listen)
+    with SlackStandIn() as slack:
+        client = SlackClient("xoxb-0-0-revokedrevoked", base_url=slack.api_url, timeout_s=2)
+        notifier = SlackNotifier(client, SlackConfig(token_env="UNUSED", channel="#alerts"))
+        dispatcher = Dispatcher(engine, notifier)
+        flows.open_or_update(
+            session, fingerprint="hot", title="gpu-1 hot", severity="warning", source="rule"
+        )
+        session.commit()
+        dispatcher.run_once()  # the page meets the refusal and is held
+    # What the daemon publishes for its dispatcher every few seconds.
+    metrics_server.snapshot.publish(
+        "notify", "slack", ok=True, duration=0.0, samples=dispatcher.samples()
+    )
+
+    document, code = status_json(config)
+
+    assert code == 1
+    [line] = [a for a in document["attention"] if a.startswith("slack")]
+    assert line.startswith("slack cannot deliver pages anywhere: invalid_auth since ")
+    [row] = document["notifiers"]
+    assert (row["name"], row["healthy"], row["failures"][0]["reason"]) == (
+        "slack",
+        False,
+        "invalid_auth",
+    )
+    screen = run("status", "-c", str(config)).output
+    assert "slack cannot deliver pages anywhere: invalid_auth" in screen
