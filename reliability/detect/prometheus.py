@@ -165,7 +165,8 @@ def _error_ratio_expr(rule: ErrorRatioRule, endpoints: EndpointLabels) -> str | 
     metric = catalog.API_OVERLOAD_RATIO if rule.overload_only else catalog.API_ERROR_RATIO
     terms = []
     for labels in _matching_endpoints(rule, endpoints):
-        term = _selector(metric.name, equal={"endpoint": labels["endpoint"], "window": rule.window})
+        window = format_duration(rule.window)
+        term = _selector(metric.name, equal={"endpoint": labels["endpoint"], "window": window})
         for label in ENDPOINT_LABELS:
             if label != "endpoint" and label in labels:
                 term = _set_label(term, label, labels[label])
@@ -249,9 +250,7 @@ def template_values(rule: AnyRule, labels: Sequence[str]) -> dict[str, str]:
         "threshold": _threshold_text(rule),
         "for": format_duration(rule.for_) if rule.for_ else "0s",
     }
-    if isinstance(rule, ErrorRatioRule):
-        values["window"] = rule.window
-    elif isinstance(rule, CounterIncreaseRule):
+    if isinstance(rule, ErrorRatioRule | CounterIncreaseRule):
         values["window"] = format_duration(rule.window)
     elif isinstance(rule, GpuLostRule) and "node" in labels:
         values["expected"] = _queried(catalog.NODE_GPUS_EXPECTED)

@@ -35,6 +35,7 @@ from reliability.detect.builtin import BUILTIN, active_rules
 from reliability.detect.evaluator import endpoint_labels
 from reliability.detect.prometheus import alert_labels, alert_name, export, prom_duration
 from reliability.detect.rules import TARGET_LABEL, AnyRule
+from reliability.durations import format_duration
 from reliability.testing.services import service_missing
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "reliability.example.yaml"
@@ -138,11 +139,12 @@ def _error_ratio_case(rule: ErrorRatioRule, endpoints: Mapping[str, dict[str, st
         if (not rule.endpoint or name == rule.endpoint)
         and (not rule.role or labels["role"] == rule.role)
     ]
-    other_window = "5m" if rule.window == "1m" else "1m"
+    window = format_duration(rule.window)
+    other_window = "5m" if window == "1m" else "1m"
     series = [_series(metric.name, {"endpoint": watched[0], "window": other_window}, "1x20")]
     for name in sorted(endpoints):
         ratio = 1.0 if name == watched[0] or name not in watched else rule.above / 2
-        labels = {"endpoint": name, "window": rule.window}
+        labels = {"endpoint": name, "window": window}
         series.append(_series(metric.name, labels, _steady(ratio, at)))
     return series, [dict(endpoints[watched[0]])], at
 
