@@ -345,9 +345,7 @@ def _queried_values(
     active = _selector("ALERTS_FOR_STATE", equal={"alertname": alert_name(rule.name)})
     active = f"{group.narrowed(active)} or on() vector(time())"
     out["since"] = group.query(active, "{{ . | first | value | humanizeTimestamp }}")
-    out["age"] = group.query(
-        f"time() - ({active})", "{{ . | first | value | humanizeDuration }}", "0s"
-    )
+    out["age"] = group.query(f"time() - ({active})", "{{ . | first | value | humanizeDuration }}")
     if isinstance(rule, GpuLostRule):
         out["expected"] = _queried(catalog.NODE_GPUS_EXPECTED)
         out["visible"] = _queried(catalog.NODE_GPUS_VISIBLE)
