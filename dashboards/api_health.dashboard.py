@@ -4,10 +4,13 @@ from reliability import catalog as c
 from reliability.dashboards import links
 from reliability.dashboards.panels import Query, label_variable, new_dashboard, steps, timeseries
 from reliability.detect import builtin
+from reliability.durations import format_duration
 
 ENDPOINT = '{endpoint=~"$endpoint"}'
 ERRORS = builtin.LOCAL_POOL_ERRORS
 OVERLOAD = builtin.UPSTREAM_OVERLOADED
+# The 1m ratios: collected for every endpoint whatever the rules read (catalog).
+MINUTE = format_duration(c.API_RATIO_WINDOWS[0])
 BUCKETS = f"{c.API_PROBE_DURATION.name}_bucket"
 
 
@@ -31,26 +34,26 @@ traffic = [
         width=24,
     ),
     timeseries(
-        f"Error ratio ({ERRORS.window})",
+        f"Error ratio ({MINUTE})",
         Query(
-            f'{c.API_ERROR_RATIO.name}{{endpoint=~"$endpoint", window="{ERRORS.window}"}}',
+            f'{c.API_ERROR_RATIO.name}{{endpoint=~"$endpoint", window="{MINUTE}"}}',
             "{{endpoint}}",
         ),
         unit="percentunit",
-        description="Probes that did not succeed; a local pool above the line opens an "
-        "incident (local-pool-errors).",
+        description="Probes that did not succeed; a local pool above the line over the last "
+        f"{format_duration(ERRORS.window)} opens an incident (local-pool-errors).",
         thresholds=steps((ERRORS.above, "red")),
         bounds=(0, 1),
     ),
     timeseries(
-        f"Overload ratio ({OVERLOAD.window})",
+        f"Overload ratio ({MINUTE})",
         Query(
-            f'{c.API_OVERLOAD_RATIO.name}{{endpoint=~"$endpoint", window="{OVERLOAD.window}"}}',
+            f'{c.API_OVERLOAD_RATIO.name}{{endpoint=~"$endpoint", window="{MINUTE}"}}',
             "{{endpoint}}",
         ),
         unit="percentunit",
-        description="Probes answered 503/529 or 429; a hosted API above the line opens an "
-        "incident (upstream-overloaded).",
+        description="Probes answered 503/529 or 429; a hosted API above the line over the "
+        f"last {format_duration(OVERLOAD.window)} opens an incident (upstream-overloaded).",
         thresholds=steps((OVERLOAD.above, "red")),
         bounds=(0, 1),
     ),

@@ -245,10 +245,14 @@ API_PROBE_DURATION = _m(
     unit="seconds",
     buckets=API_LATENCY_BUCKETS,
 )
+# Seconds every endpoint's error and busy ratios cover (dashboards, `status`); the daemon
+# adds the window of each active error-ratio rule. The `window` label spells them as the
+# config does (durations.format_duration: 1m, 5m, 15s, 1m30s).
+API_RATIO_WINDOWS = (60.0, 300.0)
 API_ERROR_RATIO = _m(
     "api_error_ratio",
     "gauge",
-    "Fraction of probes over `window` (1m|5m) that did not succeed.",
+    "Fraction of probes over `window` (1m, 5m, and each rule's) that did not succeed.",
     ("endpoint", "window"),
     unit="ratio",
 )

@@ -85,6 +85,7 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
     with its interval."""
     from reliability.collect import schedule
     from reliability.collect.inventory import COLLECTOR, TARGET, inventory_samples
+    from reliability.detect.builtin import ratio_windows
 
     snapshot = snapshot or Snapshot()
     daemon = Daemon(config, snapshot, [])
@@ -94,7 +95,8 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
     if pool is not None:
         daemon.closers.append(pool.close)
     closed: set[int] = set()
-    for job in schedule.scheduled(config, pool):
+    windows = ratio_windows(config.rules)
+    for job in schedule.scheduled(config, pool, ratio_windows=windows):
         # A pool per job: in one shared pool the 100 SSH calls of a node + GPU cycle queued
         # the 200 API probes due at the same moment (a 0.2 s cycle took 3 s); slower nodes
         # would push them past their deadline, where they count as endpoint timeouts.

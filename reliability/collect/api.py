@@ -3,7 +3,8 @@
 Each `collect(endpoint)` sends the endpoint's probes under a wall-clock deadline, classes
 each answer (ok, rate_limited, overloaded, server_error, client_error, timeout,
 connection_error, bad_response) and returns cumulative counters, a latency histogram and
-the share of failed and of busy answers over the last 1 and 5 minutes. A failed probe
+the share of failed and of busy answers over each ratio window (1m, 5m and those the
+rules read; `window` label: the config spelling, `15s`, `1m`). A failed probe
 raises `CollectError` carrying those same samples, so a failure shows as such, never as
 the last good values.
 
@@ -31,16 +32,17 @@ import httpx
 from reliability import catalog
 from reliability.collect import base
 from reliability.collect.base import CollectError, HistogramValue, Sample
+from reliability.durations import format_duration
 
 log = logging.getLogger("reliability.collect.api")
 
 EndpointKind = Literal["openai", "http"]
 
 MAX_BODY_BYTES = 1 << 20  # an answer to a probe is tiny; more is a broken or hostile server
-WINDOWS: tuple[tuple[str, float], ...] = (("1m", 60.0), ("5m", 300.0))
-# Bounds memory if collect() is called far more often than the 5 s the daemon uses; past
-# it a window covers the newest entries only.
-WINDOW_MAX_ENTRIES = 2048
+# Bounds memory if collect() is called far more often than the daemon does (every 2 s at
+# most, two probes each: an hour's window holds 3600); past it a window covers the newest
+# entries only.
+WINDOW_MAX_ENTRIES = 4096
 _MIN_WAIT = 0.001  # a past deadline still gets a (near-)zero wait, so httpx raises its timeout
 _PING = {"role": "user", "content": "ping"}
 
@@ -157,7 +159,11 @@ class _EndpointState:
     """Everything one endpoint accumulates; mutated only under `lock`."""
 
     def __init__(
-        self, spec: EndpointSpec, probes: tuple[_Probe, ...], client: httpx.Client
+        self,
+        spec: EndpointSpec,
+        probes: tuple[_Probe, ...],
+        client: httpx.Client,
+        windows: Sequence[float],
     ) -> None:
         self.lock = threading.Lock()
         self.spec = spec
@@ -170,7 +176,7 @@ class _EndpointState:
         self.buckets = {p.label: [0] * (len(catalog.API_LATENCY_BUCKETS) + 1) for p in probes}
         self.sums = dict.fromkeys((p.label for p in probes), 0.0)
         self.last = dict.fromkeys((p.label for p in probes), ProbeResult.OK)
-        self.windows = [(label, _Window(seconds)) for label, seconds in WINDOWS]
+        self.windows = [(format_duration(seconds), _Window(seconds)) for seconds in windows]
 
 
 def _default_client(tls: ssl.SSLContext) -> httpx.Client:
@@ -191,8 +197,10 @@ class ApiProbeCollector:
     """Collector `api`: one target per endpoint; safe to call concurrently per endpoint.
 
     `client` is shared by every endpoint (pass one to control TLS or proxies; it is then
-    not closed by `close()`); without it each endpoint gets a client of its own. `clock`
-    timestamps the 1m/5m windows only; deadlines and latencies use the real monotonic clock.
+    not closed by `close()`); without it each endpoint gets a client of its own.
+    `ratio_windows`: the seconds the error and busy ratios cover, each a sample with its
+    `window` label. `clock` timestamps the windows only; deadlines and latencies use the
+    real monotonic clock.
     """
 
     name = base.API
@@ -203,7 +211,12 @@ class ApiProbeCollector:
         *,
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ratio_windows: Sequence[float] = catalog.API_RATIO_WINDOWS,
     ) -> None:
+        labels = [format_duration(w) for w in ratio_windows]
+        if len(set(labels)) != len(labels) or any(w < 1 or w != int(w) for w in ratio_windows):
+            raise ValueError(f"ratio windows must be distinct whole seconds: {ratio_windows}")
+        self._windows = tuple(ratio_windows)
         self._own_client = client is None
         self._clock = clock
         self._states: dict[str, _EndpointState] = {}
@@ -213,20 +226,22 @@ class ApiProbeCollector:
             if spec.name in self._states:
                 raise ValueError(f"endpoint {spec.name} is configured twice")
             own = client if tls is None else _default_client(tls)
-            self._states[spec.name] = self._new_state(spec, own)
+            self._states[spec.name] = self._new_state(spec, own, self._windows)
 
     @staticmethod
-    def _new_state(spec: EndpointSpec, client: httpx.Client) -> _EndpointState:
+    def _new_state(
+        spec: EndpointSpec, client: httpx.Client, windows: Sequence[float]
+    ) -> _EndpointState:
         base = spec.base_url.rstrip("/")
         headers = dict(spec.headers)
         if spec.api_key:
             headers["authorization"] = "Bearer " + spec.api_key
         if spec.kind == "http":
             probe = _Probe("health", "GET", base + spec.health_path, None, None, headers)
-            return _EndpointState(spec, (probe,), client)
+            return _EndpointState(spec, (probe,), client, windows)
         models = _Probe("models", "GET", base + "/v1/models", None, "data", headers)
         if not spec.completion_every:
-            return _EndpointState(spec, (models,), client)
+            return _EndpointState(spec, (models,), client, windows)
         body = {"model": spec.model, "messages": [_PING], "max_tokens": 1, "stream": False}
         completion = _Probe(
             "completion",
@@ -236,7 +251,7 @@ class ApiProbeCollector:
             "choices",
             headers | {"content-type": "application/json"},
         )
-        state = _EndpointState(spec, (models, completion), client)
+        state = _EndpointState(spec, (models, completion), client, windows)
         state.completion = completion
         return state
 
@@ -342,7 +357,7 @@ class ApiProbeCollector:
                 return ProbeResult.CONNECTION_ERROR, status
 
     def _samples(self, state: _EndpointState) -> list[Sample]:
-        """Counters, histograms and 1m/5m ratios of `state` (pruning its windows)."""
+        """Counters, histograms and the windows' ratios of `state` (pruning its windows)."""
         name = state.spec.name
         now = self._clock()
         with state.lock:

@@ -1,5 +1,6 @@
 """What the daemon collects, from the config: each collector kind is one function here that
-builds its collectors for the configured fleet, and one entry in `SOURCES`.
+builds its collectors for the configured fleet, and one entry in `SOURCES` (the endpoints'
+probes come last, with the windows their ratios cover, which only the rules know).
 
 Collectors themselves never read the config (their clients, targets and deadlines are
 passed in, so a test builds one with a fake); this module is the one place that knows
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from reliability import catalog
 from reliability.collect.api import ApiProbeCollector, EndpointSpec
 from reliability.collect.base import Collector
 from reliability.collect.gpu_nvml import NvmlGpuCollector
@@ -86,7 +88,9 @@ def local_gpus(config: Config, pool: SshPool | None) -> list[Scheduled]:
     ]
 
 
-def endpoints(config: Config, pool: SshPool | None) -> list[Scheduled]:
+def endpoints(
+    config: Config, ratio_windows: Sequence[float] = catalog.API_RATIO_WINDOWS
+) -> list[Scheduled]:
     if not config.endpoints:
         return []
     specs = [
@@ -102,7 +106,7 @@ def endpoints(config: Config, pool: SshPool | None) -> list[Scheduled]:
         )
         for i, e in enumerate(config.endpoints)
     ]
-    api = ApiProbeCollector(specs)
+    api = ApiProbeCollector(specs, ratio_windows=ratio_windows)
     scheduled = []
     # One job per distinct interval: each endpoint is probed on its own schedule.
     for interval in sorted({e.interval for e in config.endpoints}):
@@ -120,9 +124,16 @@ def _every(slow: float, interval: float) -> int:
     return max(1, round(slow / interval)) if slow else 0
 
 
-SOURCES: tuple[Source, ...] = (nodes, gpus_over_ssh, local_gpus, endpoints)
+SOURCES: tuple[Source, ...] = (nodes, gpus_over_ssh, local_gpus)
 
 
-def scheduled(config: Config, pool: SshPool | None) -> list[Scheduled]:
-    """Every collector the config asks for, in `SOURCES` order."""
-    return [job for source in SOURCES for job in source(config, pool)]
+def scheduled(
+    config: Config,
+    pool: SshPool | None,
+    *,
+    ratio_windows: Sequence[float] = catalog.API_RATIO_WINDOWS,
+) -> list[Scheduled]:
+    """Every collector the config asks for, in `SOURCES` order, then the endpoints' probes,
+    whose ratios cover `ratio_windows` seconds (the daemon passes its rules' windows)."""
+    jobs = [job for source in SOURCES for job in source(config, pool)]
+    return jobs + endpoints(config, ratio_windows)

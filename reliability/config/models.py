@@ -28,7 +28,7 @@ from pydantic import (
 from reliability import shipped
 from reliability.config.errors import ConfigError, Loc, format_loc, placed_message
 from reliability.config.rules import Rules
-from reliability.durations import Duration, Interval
+from reliability.durations import Duration, Interval, parse_duration
 
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
 
@@ -278,6 +278,16 @@ class ServiceConfig(Strict):
         return self
 
 
+# A hosted API is probed every 3 s unless told otherwise: often enough for the built-in
+# upstream-overloaded rule to start a failover within 20 s of it turning busy (the
+# arithmetic is in detect/builtin.py), and under one probe per 2 s with the completion
+# probe. A local endpoint: every 15 s. A timeout not given is 10 s, or 80% of a shorter
+# interval (it must end before the next probe is due).
+HOSTED_INTERVAL = 3.0
+LOCAL_INTERVAL = 15.0
+DEFAULT_TIMEOUT = 10.0
+
+
 class EndpointConfig(Strict):
     name: Name
     url: HttpUrl
@@ -287,10 +297,28 @@ class EndpointConfig(Strict):
     model: str | None = None
     api_key_env: str | None = None
     api_key_file: Path | None = None
-    interval: Interval = 15.0
-    timeout: Interval = 10.0
+    interval: Interval = Field(
+        LOCAL_INTERVAL, description=f"default {HOSTED_INTERVAL:g}s for a hosted endpoint"
+    )
+    timeout: Interval = Field(DEFAULT_TIMEOUT, description="default: 80% of a shorter interval")
     completion_interval: Duration = Field(60.0, description="0 turns the completion probe off")
     health_path: str = "/health"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "interval" not in data and data.get("role") == "hosted":
+            data["interval"] = HOSTED_INTERVAL
+        if "timeout" not in data:
+            try:
+                interval = parse_duration(data.get("interval", LOCAL_INTERVAL))
+            except ValueError:
+                return data  # reported at `interval`
+            data["timeout"] = min(DEFAULT_TIMEOUT, round(interval * 0.8, 3))
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> EndpointConfig:

@@ -2,18 +2,21 @@
 
 Each rule type names what it watches in the metric catalogue's terms; the detection
 engine (detect/) evaluates them into signals. Built-in rules cover every failure of
-CONTEXT.md; a custom rule with a built-in's name replaces it.
+CONTEXT.md; a custom rule with a built-in's name replaces it, and `overrides` changes
+some fields of a rule (built-in or custom) while it keeps the others.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reliability.durations import Duration
 
 Severity = Literal["critical", "warning", "info"]
+# The longest probe ratio window: an hour of results is kept per endpoint and window.
+MAX_RATIO_WINDOW = 3600.0
 
 
 class _Strict(BaseModel):
@@ -69,14 +72,28 @@ class ThresholdRule(_RuleBase):
 
 
 class ErrorRatioRule(_RuleBase):
-    """An endpoint's failed (or, with `overload_only`, busy: 503/529/429) probe ratio."""
+    """An endpoint's failed (or, with `overload_only`, busy: 503/529/429) probe ratio over
+    the last `window`: any whole number of seconds (`20s`, `1m`, `90s`); the API collector
+    computes the ratio over every window an active rule reads, labelled with its config
+    spelling (`format_duration`: `20s`, `1m`, `1m30s`)."""
 
     type: Literal["error_ratio"]
     endpoint: str | None = Field(None, description="one endpoint, or all when omitted")
     role: Literal["hosted", "local"] | None = None
-    window: Literal["1m", "5m"] = "1m"
+    window: Duration = Field(60.0, description="the probes the ratio covers: those this long")
     above: float = Field(..., gt=0, le=1)
     overload_only: bool = False
+
+    @field_validator("window")
+    @classmethod
+    def _whole_seconds(cls, window: float) -> float:
+        # The window is a label value too: 1.5s and 2s would both be spelled `2s`.
+        if window < 1 or window != int(window) or window > MAX_RATIO_WINDOW:
+            raise ValueError(
+                f"window must be a whole number of seconds from 1s to {MAX_RATIO_WINDOW:g}s "
+                "(e.g. 20s, 1m, 90s)"
+            )
+        return window
 
 
 class TargetDownRule(_RuleBase):
@@ -111,4 +128,8 @@ Rule = Annotated[
 class Rules(_Strict):
     builtin: bool = Field(True, description="load the built-in rules")
     disabled: list[str] = Field(default_factory=list, description="rule names to switch off")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="rule name -> the fields to change (`for: 10s`); the others are kept",
+    )
     custom: list[Rule] = []

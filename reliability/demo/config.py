@@ -94,9 +94,9 @@ def demo_rules() -> list[tuple[AnyRule, str]]:
             "a node back from a cut does not raise it once node-down stops inhibiting it",
         ),
         (
-            uo.model_copy(update={"for_": 5.0, "resolve_after": 10.0}),
-            "fires 5s after busy probes pass 20% of the last minute (built-in: 60s); "
-            "resolves after 10s below (120s)",
+            uo.model_copy(update={"resolve_after": 10.0}),
+            "fires as the built-in does (within 20s of the hosted API turning busy); "
+            "resolves after 10s below (built-in: 120s)",
         ),
         (
             lp.model_copy(update={"for_": 10.0, "resolve_after": 10.0}),
@@ -165,16 +165,10 @@ def _section(comment: str, data: dict[str, Any]) -> str:
 
 
 def _endpoint(name: str, url: str, role: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "url": url,
-        "role": role,
-        "service": SERVICE,
-        "model": DEFAULT_MODEL,
-        "interval": "2s",
-        "timeout": "1500ms",
-        "completion_interval": "4s",
-    }
+    endpoint = {"name": name, "url": url, "role": role, "service": SERVICE, "model": DEFAULT_MODEL}
+    if role == "hosted":  # probed as in production, by the built-in upstream-overloaded
+        return endpoint
+    return endpoint | {"interval": "2s", "timeout": "1500ms", "completion_interval": "4s"}
 
 
 def write_config(directory: Path, layout: Layout, listen: str) -> Path:
@@ -269,7 +263,9 @@ def write_config(directory: Path, layout: Layout, listen: str) -> Path:
             {"services": [service]},
         )
         + _section(
-            "Probes every 2s (production: 15s or more).",
+            "Local endpoints probed every 2s (production: 15s). The hosted API as in\n"
+            "production: every 3s (its default), which the built-in upstream-overloaded\n"
+            "rule turns into a failover within 20s of it answering busy.",
             {"endpoints": endpoints},
         )
         + _section(

@@ -117,8 +117,8 @@ class Faults:
         command = f"reliability runbook run upstream-failover --param service={SERVICE}"
         auto = self._auto("upstream-failover", command)
         return (
-            f'The hosted API ({self.hosted.url}) answers 503 "server busy" to everything. In '
-            f"about 20s: incident upstream-overloaded and its Slack message; {auto}. It waits "
+            f'The hosted API ({self.hosted.url}) answers 503 "server busy" to everything. Within '
+            f"20s: incident upstream-overloaded and its Slack message; {auto}. It waits "
             "for the hosted API to recover: `reliability demo inject clear`."
         )
 

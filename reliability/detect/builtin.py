@@ -1,11 +1,15 @@
 """The built-in rules: one for every failure of CONTEXT.md, on by default.
 
-`rules.builtin: false` drops them all, `rules.disabled` switches one off by name, and a
-custom rule with a built-in's name replaces it (to tune a threshold, keep the name).
-Runbook names are those of the shipped runbooks (runbooks/*.yaml).
+`rules.builtin: false` drops them all, `rules.disabled` switches one off by name,
+`rules.overrides` changes some fields of one (`upstream-overloaded: {above: 0.3}`), and a
+custom rule with a built-in's name replaces it whole. Runbook names are those of the
+shipped runbooks (runbooks/*.yaml).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from reliability import catalog
 from reliability.catalog import XidAction
@@ -139,15 +143,23 @@ DISK_ALMOST_FULL = ThresholdRule(
         "{since}. Image pulls and logs fail when it fills: prune old images and logs."
     ),
 )
+# Why 15s, above 50%, for 3s: a hosted endpoint is probed every 3s by default
+# (EndpointConfig.interval: under the one probe per 2s a provider tolerates, with the
+# once-a-minute completion probe), so the window holds the last 5 probes (6 when one
+# came late or the completion probe is among them), and more than half busy takes 3 (4)
+# busy answers, not one stray 503. The API turns busy at t; the first busy probe is sent
+# by t+3s, the third by t+9s (the fourth by t+12s); the condition holds `for` 3s more and
+# detection ticks every 0.5s: the incident fires, and its automatic upstream-failover is
+# handed to the runbooks, by t+12.5s (t+15.5s at worst), within the 20s promised.
 UPSTREAM_OVERLOADED = ErrorRatioRule(
     type="error_ratio",
     name="upstream-overloaded",
     severity="critical",
     role="hosted",
     overload_only=True,
-    window="1m",
-    above=0.2,
-    for_=60.0,
+    window=15.0,
+    above=0.5,
+    for_=3.0,
     resolve_after=120.0,
     group_by=["endpoint"],
     title="{endpoint}: hosted API overloaded, {value} of probes busy (503/529/429)",
@@ -162,7 +174,7 @@ LOCAL_POOL_ERRORS = ErrorRatioRule(
     name="local-pool-errors",
     severity="critical",
     role="local",
-    window="1m",
+    window=60.0,
     above=0.2,
     for_=60.0,
     resolve_after=120.0,
@@ -206,11 +218,37 @@ BUILTIN: tuple[AnyRule, ...] = (
 )
 
 
+# Rule fields an override cannot change: another name or type is another rule.
+FIXED_FIELDS = ("name", "type")
+
+
+def field_names(rule: AnyRule) -> list[str]:
+    """The fields of the rule's type as the config spells them (`for`, not `for_`)."""
+    return sorted(f.alias or name for name, f in type(rule).model_fields.items())
+
+
+def overridden(rule: AnyRule, fields: Mapping[str, Any]) -> AnyRule:
+    """`rule` with `fields` (config spelling) changed and the others kept, validated as the
+    whole rule is (pydantic's ValidationError when the result is not a valid rule)."""
+    return type(rule).model_validate({**rule.model_dump(by_alias=True), **fields})
+
+
 def active_rules(rules: Rules) -> list[AnyRule]:
     """The rules to evaluate: built-ins (unless off), replaced by custom rules of the same
-    name, plus the other custom rules, minus the disabled ones."""
+    name, plus the other custom rules, each changed by its override, minus the disabled
+    ones. The config check (detect/checks.py) has validated the overrides."""
     by_name: dict[str, AnyRule] = {r.name: r for r in BUILTIN} if rules.builtin else {}
     for rule in rules.custom:
         by_name[rule.name] = rule
+    for name, fields in rules.overrides.items():
+        by_name[name] = overridden(by_name[name], fields)
     off = set(rules.disabled)
     return [rule for name, rule in by_name.items() if name not in off]
+
+
+def ratio_windows(rules: Rules) -> tuple[float, ...]:
+    """The seconds the API collector's error and busy ratios must cover: 1m and 5m (the
+    dashboards and `status` read those) and the window of every active error-ratio rule."""
+    windows = set(catalog.API_RATIO_WINDOWS)
+    windows |= {r.window for r in active_rules(rules) if isinstance(r, ErrorRatioRule)}
+    return tuple(sorted(windows))

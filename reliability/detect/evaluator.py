@@ -355,9 +355,7 @@ class Evaluator:
         }
         if "xid" in worst.labels and worst.labels["xid"].isdigit():
             variables["meaning"] = catalog.xid_info(int(worst.labels["xid"])).meaning
-        if isinstance(rule, ErrorRatioRule):
-            variables["window"] = rule.window
-        elif isinstance(rule, CounterIncreaseRule):
+        if isinstance(rule, ErrorRatioRule | CounterIncreaseRule):
             variables["window"] = format_duration(rule.window)
         return variables
 

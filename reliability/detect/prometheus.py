@@ -20,10 +20,16 @@ What has no exact Prometheus equivalent, and what is done instead:
 - `error_ratio` reads labels from the config (role, service, pool, node): they are
   attached with `label_replace` per configured endpoint, so the export reflects the config
   it was made from. A rule that matches no configured endpoint is not exported.
-- Template names with no label behind them (`since`, `age`, `count`, `total`, `gpus`,
-  `meaning`, `part`, `whole`) render as the engine renders a missing label, `?`; a
-  `value_metric` threshold shows that metric's name; `expected`/`visible` of `gpu_lost`
-  are queried when the alert is rendered.
+- Template names with no label of the alert behind them are queried when Prometheus
+  renders the alert, over the alert's own group (its labels matched with `and on(...)`):
+  `count`/`total` count the group's series over the threshold / all of them, `gpus` lists
+  their `gpu` labels, a series label the alert does not carry (a disk's `path`, an XID's
+  `gpu`), `part`/`whole` and a `value_metric` threshold come from the group's worst series,
+  `meaning` from NVIDIA's XID table, `expected`/`visible` from the node's series, `since`
+  and `age` from `ALERTS_FOR_STATE` (when the alert became active; the evaluation time on
+  its first evaluation). Nothing renders as `?` or as a metric name: a query that finds
+  nothing (the condition already clear while `keep_firing_for` holds the alert) leaves
+  the value out.
 """
 
 from __future__ import annotations
@@ -47,11 +53,16 @@ from reliability.config.rules import (
 from reliability.detect.builtin import active_rules
 from reliability.detect.evaluator import endpoint_labels
 from reliability.detect.render import format_value, runbook_command
-from reliability.detect.rules import ENDPOINT_LABELS, TARGET_LABEL, AnyRule, series_labels
+from reliability.detect.rules import (
+    ENDPOINT_LABELS,
+    TARGET_LABEL,
+    AnyRule,
+    series_labels,
+    template_names,
+)
 from reliability.durations import format_duration
 
 GROUP_NAME = "reliability"
-MISSING = "?"  # what the engine shows for a template name it cannot fill
 
 EndpointLabels = Mapping[str, Mapping[str, str]]
 
@@ -138,14 +149,21 @@ def alert_labels(rule: AnyRule, endpoints: EndpointLabels) -> tuple[str, ...]:
     return (*rule.group_by, *extra)
 
 
-def _threshold_expr(rule: ThresholdRule) -> str:
-    """A `per` partner of zero is left out, as the evaluator skips it (x/0 is +Inf)."""
+def _threshold_value(rule: ThresholdRule) -> str:
+    """The value compared: the metric, or its ratio to `per`. A `per` partner of zero is
+    left out, as the evaluator skips it (x/0 is +Inf)."""
     metric = catalog.BY_NAME[rule.metric]
-    on = f"on({', '.join(metric.labels)})"
     value = _selector(rule.metric, match=rule.match)
     if rule.per:
+        on = f"on({', '.join(metric.labels)})"
         value = f"{value} / {on} ({_selector(rule.per, match=rule.match)} > 0)"
+    return value
+
+
+def _threshold_expr(rule: ThresholdRule) -> str:
+    value = _threshold_value(rule)
     if rule.value_metric:
+        on = f"on({', '.join(catalog.BY_NAME[rule.metric].labels)})"
         return f"{value} {rule.op} {on} {_selector(rule.value_metric, match=rule.match)}"
     assert rule.value is not None  # the model requires one of value, value_metric
     return f"{value} {rule.op} {_number(rule.value)}"
@@ -161,21 +179,21 @@ def _counter_expr(rule: CounterIncreaseRule) -> str:
     )
 
 
-def _error_ratio_expr(rule: ErrorRatioRule, endpoints: EndpointLabels) -> str | None:
+def _error_ratio_series(rule: ErrorRatioRule, endpoints: EndpointLabels) -> str | None:
+    """The ratio of every endpoint the rule watches, with its config labels."""
     metric = catalog.API_OVERLOAD_RATIO if rule.overload_only else catalog.API_ERROR_RATIO
     terms = []
     for labels in _matching_endpoints(rule, endpoints):
-        term = _selector(metric.name, equal={"endpoint": labels["endpoint"], "window": rule.window})
+        window = format_duration(rule.window)
+        term = _selector(metric.name, equal={"endpoint": labels["endpoint"], "window": window})
         for label in ENDPOINT_LABELS:
             if label != "endpoint" and label in labels:
                 term = _set_label(term, label, labels[label])
         terms.append(term)
-    if not terms:
-        return None
-    return f"({' or '.join(terms)}) > {_number(rule.above)}"
+    return f"({' or '.join(terms)})" if terms else None
 
 
-def _target_down_expr(rule: TargetDownRule) -> str:
+def _target_up(rule: TargetDownRule) -> str:
     """For nodes `node_up` decides where present, as in the evaluator: a node whose output
     could not be parsed answered, so it is not down."""
     label = TARGET_LABEL[rule.collector]
@@ -184,25 +202,37 @@ def _target_down_expr(rule: TargetDownRule) -> str:
     if rule.collector == "node":
         node_up = _set_label(catalog.NODE_UP.name, "collector", "node")
         up = f"{node_up} or on(node) {up}"
-    return f"({up}) == 0"
+    return f"({up})"
+
+
+def _series(rule: AnyRule, endpoints: EndpointLabels) -> tuple[str, str] | None:
+    """(every series the rule reads, those holding its condition) as PromQL; None when
+    nothing can match."""
+    if isinstance(rule, ThresholdRule):
+        return _threshold_value(rule), _threshold_expr(rule)
+    if isinstance(rule, CounterIncreaseRule):
+        return _selector(rule.metric, match=rule.match), _counter_expr(rule)
+    if isinstance(rule, ErrorRatioRule):
+        ratios = _error_ratio_series(rule, endpoints)
+        return None if ratios is None else (ratios, f"{ratios} > {_number(rule.above)}")
+    if isinstance(rule, TargetDownRule):
+        up = _target_up(rule)
+        return up, f"{up} == 0"
+    lost = catalog.NODE_GPUS_LOST.name
+    return lost, f"{lost} > 0"
+
+
+def _lowest_first(rule: AnyRule) -> bool:
+    return isinstance(rule, ThresholdRule) and rule.op in ("<", "<=")
 
 
 def expression(rule: AnyRule, endpoints: EndpointLabels) -> str | None:
     """The PromQL returning one series per firing group; None when nothing can match."""
-    if isinstance(rule, ThresholdRule):
-        inner: str | None = _threshold_expr(rule)
-    elif isinstance(rule, CounterIncreaseRule):
-        inner = _counter_expr(rule)
-    elif isinstance(rule, ErrorRatioRule):
-        inner = _error_ratio_expr(rule, endpoints)
-    elif isinstance(rule, TargetDownRule):
-        inner = _target_down_expr(rule)
-    else:
-        inner = f"{catalog.NODE_GPUS_LOST.name} > 0"
-    if inner is None:
+    series = _series(rule, endpoints)
+    if series is None:
         return None
-    worst = "min" if isinstance(rule, ThresholdRule) and rule.op in ("<", "<=") else "max"
-    return f"{worst} by ({', '.join(alert_labels(rule, endpoints))}) ({inner})"
+    worst = "min" if _lowest_first(rule) else "max"
+    return f"{worst} by ({', '.join(alert_labels(rule, endpoints))}) ({series[1]})"
 
 
 def _unit(rule: AnyRule) -> str:
@@ -211,24 +241,115 @@ def _unit(rule: AnyRule) -> str:
     return "ratio" if isinstance(rule, ErrorRatioRule) else ""
 
 
-_VALUE_BY_UNIT = {
-    "ratio": "{{ $value | humanizePercentage }}",
-    "celsius": '{{ printf "%.0f" $value }}°C',
-    "bytes": "{{ $value | humanize }}B",
-    "watts": '{{ printf "%.0f" $value }} W',
-    "seconds": "{{ $value | humanizeDuration }}",
+_FORMAT_BY_UNIT = {
+    "ratio": "{v} | humanizePercentage",
+    "celsius": 'printf "%.0f" {v}',
+    "bytes": "{v} | humanize",
+    "watts": 'printf "%.0f" {v}',
+    "seconds": "{v} | humanizeDuration",
 }
+_SUFFIX_BY_UNIT = {"celsius": "°C", "bytes": "B", "watts": " W"}
+
+
+def _shown(value: str, unit: str) -> str:
+    """Go template text showing the number `value` (a template expression) in `unit`."""
+    pipeline = _FORMAT_BY_UNIT.get(unit, "{v}").format(v=value)
+    return f"{{{{ {pipeline} }}}}{_SUFFIX_BY_UNIT.get(unit, '')}"
 
 
 def _threshold_text(rule: AnyRule) -> str:
     unit = _unit(rule)
     if isinstance(rule, ThresholdRule):
-        return rule.value_metric or format_value(rule.value or 0.0, unit)
+        return format_value(rule.value or 0.0, unit)
     if isinstance(rule, ErrorRatioRule):
         return format_value(rule.above, unit)
     if isinstance(rule, CounterIncreaseRule):
         return format_value(rule.min_increase, unit)
     return format_value(1.0 if isinstance(rule, TargetDownRule) else 0.0, unit)
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """PromQL narrowed to one alert's group when Prometheus renders it: `printf` formats
+    whose arguments are the alert's labels."""
+
+    labels: tuple[str, ...]
+
+    @property
+    def args(self) -> str:
+        return "".join(f" $labels.{label}" for label in self.labels)
+
+    def narrowed(self, expr: str) -> str:
+        """A printf format: `expr`'s series carrying the alert's values of its labels (an
+        empty value matches a series without the label, as Prometheus compares them)."""
+        if not self.labels:
+            return expr.replace("%", "%%")
+        mine = "vector(1)"
+        for i, label in enumerate(self.labels, 1):
+            mine = f'label_replace({mine}, {_string(label)}, %[{i}]q, "", "")'
+        return f"({expr.replace('%', '%%')}) and on({', '.join(self.labels)}) {mine}"
+
+    def query(self, fmt: str, body: str, otherwise: str = "") -> str:
+        """Go template text: `body` over the result of the query `fmt` (with `.` the
+        result), or `otherwise` when it returns nothing."""
+        rest = f"{{{{ else }}}}{otherwise}" if otherwise else ""
+        return f"{{{{ with printf {_string(fmt)}{self.args} | query }}}}{body}{rest}{{{{ end }}}}"
+
+
+def _meaning(label: str) -> str:
+    """Go template text: NVIDIA's meaning of the XID in `label` (a template expression)."""
+    chain = "".join(
+        f'{{{{ {"if" if i == 0 else "else if"} eq {label} "{code}" }}}}{xid.meaning}'
+        for i, (code, xid) in enumerate(sorted(catalog.XIDS.items()))
+    )
+    return f"{chain}{{{{ else }}}}XID {{{{ {label} }}}}{{{{ end }}}}"
+
+
+def _queried_values(
+    rule: AnyRule, names: frozenset[str], labels: Sequence[str], endpoints: EndpointLabels
+) -> dict[str, str]:
+    """Go template text for the names no label of the alert holds, queried over its group."""
+    series = _series(rule, endpoints)
+    assert series is not None  # alerting_rule exports only rules with an expression
+    members, holding = series
+    group = _Group(tuple(labels))
+    pick = "bottomk" if _lowest_first(rule) else "topk"
+    worst = f"{pick}(1, {group.narrowed(holding)})"  # a printf format, as `narrowed` gives
+    out = {
+        "count": group.query(f"count({group.narrowed(holding)})", "{{ . | first | value }}", "0"),
+        "total": group.query(f"count({group.narrowed(members)})", "{{ . | first | value }}", "0"),
+    }
+    for label in sorted(set(series_labels(rule)) - set(labels)):
+        out[label] = group.query(worst, f'{{{{ . | first | label "{label}" }}}}')
+    if "xid" in labels:
+        out["meaning"] = _meaning("$labels.xid")
+    else:
+        out["meaning"] = group.query(worst, _meaning('(. | first | label "xid")'))
+    lost_gpu = f"{catalog.GPU_LOST.name} == 1"
+    listed = group.narrowed(lost_gpu if isinstance(rule, GpuLostRule) else holding)
+    out["gpus"] = group.query(
+        listed,
+        '{{ range $i, $s := sortByLabel "gpu" . }}{{ if $i }}, {{ end }}'
+        "{{ $s.Labels.gpu }}{{ end }}",
+        "not enumerated by the driver" if isinstance(rule, GpuLostRule) else "",
+    )
+    if isinstance(rule, ThresholdRule):
+        metric = catalog.BY_NAME[rule.metric]
+        on, unit = f"on({', '.join(metric.labels)})", metric.unit
+        value = "(. | first | value)"
+        partners = {"part": rule.metric, "whole": rule.per, "threshold": rule.value_metric}
+        for name, partner in partners.items():
+            if partner is not None:
+                partner_fmt = _selector(partner, match=rule.match).replace("%", "%%")
+                out[name] = group.query(f"{partner_fmt} and {on} {worst}", _shown(value, unit))
+    active = _selector("ALERTS_FOR_STATE", equal={"alertname": alert_name(rule.name)})
+    active = f"{group.narrowed(active)} or on() vector(time())"
+    out["since"] = group.query(active, "{{ . | first | value | humanizeTimestamp }}")
+    out["age"] = group.query(f"time() - ({active})", "{{ . | first | value | humanizeDuration }}")
+    if isinstance(rule, GpuLostRule):
+        out["expected"] = _queried(catalog.NODE_GPUS_EXPECTED)
+        out["visible"] = _queried(catalog.NODE_GPUS_VISIBLE)
+    return {name: text for name, text in out.items() if name in names}
 
 
 def _queried(metric: catalog.Metric) -> str:
@@ -239,33 +360,34 @@ def _queried(metric: catalog.Metric) -> str:
     )
 
 
-def template_values(rule: AnyRule, labels: Sequence[str]) -> dict[str, str]:
-    """Template name -> Go template text (or a constant) for the names Prometheus can fill."""
-    values = {label: f"{{{{ $labels.{label} }}}}" for label in labels}
+def template_values(
+    rule: AnyRule, labels: Sequence[str], endpoints: EndpointLabels
+) -> dict[str, str]:
+    """Template name -> Go template text (or a constant) for every name a template of the
+    rule may use (detect/rules.py `template_names`)."""
+    names = template_names(rule)
+    values = _queried_values(rule, names, labels, endpoints)
+    values |= {label: f"{{{{ $labels.{label} }}}}" for label in labels}
     values |= {
         "rule": rule.name,
         "severity": rule.severity,
-        "value": _VALUE_BY_UNIT.get(_unit(rule), "{{ $value }}"),
-        "threshold": _threshold_text(rule),
+        "value": _shown("$value", _unit(rule)),
         "for": format_duration(rule.for_) if rule.for_ else "0s",
     }
-    if isinstance(rule, ErrorRatioRule):
-        values["window"] = rule.window
-    elif isinstance(rule, CounterIncreaseRule):
+    values.setdefault("threshold", _threshold_text(rule))
+    if isinstance(rule, ErrorRatioRule | CounterIncreaseRule):
         values["window"] = format_duration(rule.window)
-    elif isinstance(rule, GpuLostRule) and "node" in labels:
-        values["expected"] = _queried(catalog.NODE_GPUS_EXPECTED)
-        values["visible"] = _queried(catalog.NODE_GPUS_VISIBLE)
     return values
 
 
 def render_template(template: str, values: Mapping[str, str]) -> str:
-    """A rule template with each `{name}` replaced by its Go template text, or `?`."""
+    """A rule template with each `{name}` replaced by its Go template text (the config
+    check allows only names `template_values` fills)."""
     out = []
     for literal, field, _, _ in string.Formatter().parse(template):
         out.append(literal)
         if field is not None:
-            out.append(values.get(field, MISSING))
+            out.append(values[field])
     return "".join(out)
 
 
@@ -297,7 +419,7 @@ def alerting_rule(rule: AnyRule, endpoints: EndpointLabels) -> dict[str, object]
     if expr is None:
         return None
     labels = alert_labels(rule, endpoints)
-    values = template_values(rule, labels)
+    values = template_values(rule, labels, endpoints)
     where = ", ".join(f"{{{label}}}" for label in rule.group_by or labels)
     title = rule.title or f"{where}: {{rule}}"
     summary = rule.summary or "{rule}: {value} against {threshold}"

@@ -21,6 +21,7 @@ from reliability.config.rules import (
 from reliability.detect.counters import CounterWindow
 from reliability.detect.render import format_value
 from reliability.detect.rules import TARGET_LABEL, rule_collector
+from reliability.durations import format_duration
 
 Source = tuple[str, str]  # (collector, target): what must answer for a series to exist
 
@@ -146,11 +147,11 @@ def error_ratio(
 ) -> list[Reading]:
     """`endpoints`: name -> its labels from the config (role, service, pool, node ...)."""
     metric = catalog.API_OVERLOAD_RATIO if rule.overload_only else catalog.API_ERROR_RATIO
-    out = []
+    out, wanted = [], format_duration(rule.window)
     for s in samples.of(metric.name):
         name, window = s.labels
         labels = endpoints.get(name)
-        if window != rule.window or labels is None or isinstance(s.value, HistogramValue):
+        if window != wanted or labels is None or isinstance(s.value, HistogramValue):
             continue
         if (rule.endpoint and name != rule.endpoint) or (rule.role and labels["role"] != rule.role):
             continue

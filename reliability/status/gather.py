@@ -73,7 +73,7 @@ class EndpointRow:
     service: str | None
     # Whether the endpoint's last probe succeeded (None: not probed yet, or no daemon).
     last_probe_ok: bool | None = None
-    error_ratio: dict[str, float] = field(default_factory=dict)  # by window: 1m, 5m
+    error_ratio: dict[str, float] = field(default_factory=dict)  # by window: 1m, 5m, each rule's
     overload_ratio: dict[str, float] = field(default_factory=dict)
     p95_seconds: dict[str, float | None] = field(default_factory=dict)  # by probe
 

@@ -188,6 +188,35 @@ def test_window_holds_only_the_last_five_minutes(inference_server: InferenceHand
     collector.close()
 
 
+def test_each_ratio_window_asked_for_is_labelled_as_the_config_spells_it(
+    inference_server: InferenceHandle,
+) -> None:
+    """A rule reading the last 20s or 90s gets its own series beside 1m and 5m."""
+    clock = FakeClock()
+    windows = (20.0, 60.0, 90.0, 300.0)
+    collector = ApiProbeCollector([spec(inference_server.url)], clock=clock, ratio_windows=windows)
+    for _ in range(10):  # 100 s healthy
+        collect(collector)
+        clock.now += 10
+    inference_server.set_mode("overloaded")
+    for _ in range(3):  # then 30 s busy
+        samples, _ = collect(collector)
+        clock.now += 10
+    got = {
+        s.labels[1]: s.value
+        for s in samples
+        if s.metric is catalog.API_OVERLOAD_RATIO and s.labels[0] == "hosted"
+    }
+    # At the last collect the 20s window holds 2 busy results, 90s 3 of 9, 1m 3 of 6.
+    assert got == {"20s": 1.0, "1m": 0.5, "1m30s": pytest.approx(3 / 9), "5m": 3 / 13}
+    collector.close()
+
+
+def test_ratio_windows_must_be_distinct_whole_seconds() -> None:
+    with pytest.raises(ValueError, match="whole seconds"):
+        ApiProbeCollector([spec("http://127.0.0.1:1")], ratio_windows=(1.5, 2.0))
+
+
 @pytest.mark.parametrize(
     ("mode", "result"),
     [("rate_limited", "rate_limited"), ("overloaded", "overloaded"), ("garbage", "bad_response")],

@@ -30,7 +30,8 @@ def test_the_annotated_example_loads(monkeypatch):
     cfg = load_config(REPO / "reliability.example.yaml")
     assert [n.name for n in cfg.nodes] == ["gpu-1", "gpu-2", "gpu-spare", "lb-1"]
     assert cfg.services[0].load_balancer.kind == "nginx"
-    assert cfg.endpoints[0].interval == 15.0
+    assert (cfg.endpoints[0].interval, cfg.endpoints[0].timeout) == (3.0, 2.4)  # hosted
+    assert (cfg.endpoints[1].interval, cfg.endpoints[1].timeout) == (15.0, 10.0)  # local
     assert cfg.rules.custom[0].for_ == 600.0
     assert cfg.http.host == "127.0.0.1"
 

@@ -19,16 +19,20 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from reliability import db
 from reliability.cli import main
 from reliability.cli_support import load_config
+from reliability.config.models import HOSTED_INTERVAL
+from reliability.config.rules import ErrorRatioRule
 from reliability.demo.config import (
     CONTAINER,
     LB_NODE,
@@ -42,6 +46,7 @@ from reliability.demo.config import (
 from reliability.demo.control import FaultError
 from reliability.demo.faults import HOT_GPU, Faults, Images
 from reliability.demo.run import BAD_IMAGE, GOOD_IMAGE
+from reliability.detect import builtin
 from reliability.detect.builtin import BUILTIN, active_rules
 from reliability.runbooks.load import load_runbooks
 from reliability.testing import nginx
@@ -494,6 +499,81 @@ def test_the_demo_pages_and_fails_over_on_its_own_and_clear_resolves_it_all(
         assert stopping < STOP_WITHIN
         assert left_behind(demo) == ([], [])
         assert not (demo_dir / "demo.json").exists()
+    finally:
+        demo.kill()
+
+
+BUSY_TO_FAILOVER = 20.0  # the issue's promise: a busy hosted API is failed over this soon
+MIN_PROBE_GAP = 2.0  # a provider sees at most one probe per 2 s from us
+
+
+def _at(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+@pytest.mark.timeout(240)
+def test_a_busy_hosted_api_is_failed_over_within_20s_by_the_default_rule_and_probes(
+    demo_dir: Path,
+) -> None:
+    """The demo probes the hosted API at its default interval and keeps the built-in rule's
+    window, threshold and `for`: its 503s open the incident and start upstream-failover on
+    the daemon's own within 20 s, while the API sees under one probe per 2 s."""
+    reason = nginx.missing_requirement()
+    if reason:
+        service_missing(reason)
+    demo = RunningDemo(demo_dir, f"127.0.0.1:{free_port()}", [sys.executable], dict(os.environ))
+    try:
+        demo.start()
+        config = load_config(demo.info["config"])
+        (hosted,) = [e for e in config.endpoints if e.role == "hosted"]
+        written = yaml.safe_load(Path(demo.info["config"]).read_text())["endpoints"][0]
+        assert written["role"] == "hosted" and "interval" not in written  # the default
+        assert hosted.interval == HOSTED_INTERVAL >= MIN_PROBE_GAP
+        (rule,) = [r for r in active_rules(config.rules) if r.name == "upstream-overloaded"]
+        assert isinstance(rule, ErrorRatioRule)
+        default = builtin.UPSTREAM_OVERLOADED
+        assert (rule.window, rule.above, rule.for_) == (default.window, default.above, default.for_)
+        stats, mode = (f"{hosted.url}".rstrip("/") + path for path in ("/_rig/stats", "/_rig/mode"))
+
+        def probes() -> int:
+            """The daemon's probes the stand-in answered (the runbook's checks ask `/`)."""
+            by_path = httpx.get(stats).json()["by_path"]
+            return by_path.get("/v1/models", 0) + by_path.get("/v1/chat/completions", 0)
+
+        # A daemon that has been up a while: the rule's window is full of good probes.
+        time.sleep(rule.window)
+        before = probes()
+        # The moment the stand-in turns busy, seen from outside: the `demo inject` command
+        # itself can take seconds to start on a loaded machine.
+        inject = subprocess.Popen(
+            demo.command("demo", "inject", "upstream-busy", "--dir", str(demo.directory)),
+            stdout=subprocess.PIPE,
+            text=True,
+            env=demo.env,
+        )
+        deadline = time.monotonic() + 60
+        while not httpx.get(mode).json()["rules"]:  # seen within ~0.05 s of the change
+            assert time.monotonic() < deadline, "the hosted API did not turn busy"
+            time.sleep(0.05)
+        began = time.time()
+        assert "503" in inject.communicate(timeout=60)[0]
+
+        run = demo.wait(
+            lambda: run_of(demo, "upstream-failover", service="chat"), 60, "upstream-failover"
+        )
+        busy = incident(demo, "upstream-overloaded", endpoint="hosted")
+        assert busy is not None and run["started_by"] == "daemon"
+        assert run["incident_id"] == busy["id"]
+        shown = demo.json("incidents", "show", str(busy["id"]))
+        opened = next(e for e in shown["events"] if e["kind"] == "opened")
+        fired, started = _at(opened["at"]) - began, _at(run["started_at"]) - began
+        sent, elapsed = probes() - before, time.time() - began
+        print(
+            f"hosted API busy -> incident opened {fired:.1f}s, upstream-failover started "
+            f"{started:.1f}s; {sent} probes to it in {elapsed:.1f}s"
+        )
+        assert fired <= BUSY_TO_FAILOVER and started <= BUSY_TO_FAILOVER
+        assert sent <= elapsed / MIN_PROBE_GAP + 1
     finally:
         demo.kill()
 

@@ -12,9 +12,13 @@ import pytest
 from reliability import catalog
 from reliability.collect.base import Sample
 from reliability.config import Config
+from reliability.config.rules import Rules
+from reliability.detect.builtin import ratio_windows
 from reliability.detect.evaluator import Evaluator, Transition
+from reliability.durations import format_duration
 
 START = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
+WINDOWS = [format_duration(w) for w in ratio_windows(Rules())]
 
 
 @dataclass
@@ -48,9 +52,9 @@ class Fleet:
         for name in self.endpoints:
             errors, busy = self.endpoints[name], self.overload[name]
             out.append(Sample(catalog.TARGET_UP, ("api", name), 0.0 if errors else 1.0))
-            out.append(Sample(catalog.API_ERROR_RATIO, (name, "1m"), errors))
-            out.append(Sample(catalog.API_ERROR_RATIO, (name, "5m"), errors))
-            out.append(Sample(catalog.API_OVERLOAD_RATIO, (name, "1m"), busy))
+            for window in WINDOWS:  # what the collector publishes for the built-in rules
+                out.append(Sample(catalog.API_ERROR_RATIO, (name, window), errors))
+                out.append(Sample(catalog.API_OVERLOAD_RATIO, (name, window), busy))
         return out
 
     @staticmethod

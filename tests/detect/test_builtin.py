@@ -100,20 +100,21 @@ def test_disk_almost_full(fleet, clock_for):
     assert t.severity == "warning"
 
 
-def test_hosted_api_overloaded_for_a_minute_suggests_the_upstream_failover(fleet, clock_for):
+def test_hosted_api_busy_for_3s_suggests_the_upstream_failover(fleet, clock_for):
     clock = clock_for()
-    fleet.overload["hosted-api"] = 0.45
-    assert clock.run(60) == []
+    fleet.overload["hosted-api"] = 0.6
+    assert clock.cycle() == []  # pending: 3 of the last 5 probes busy, not yet for 3s
     t = only(clock.cycle())
-    assert t.title == "hosted-api: hosted API overloaded, 45% of probes busy (503/529/429)"
+    assert t.title == "hosted-api: hosted API overloaded, 60% of probes busy (503/529/429)"
+    assert "over the last 15s were answered busy" in t.summary
     assert t.severity == "critical"
     assert t.runbook == "reliability runbook run upstream-failover --param service=chat"
     assert "pool" not in t.labels
 
 
-def test_a_busy_share_of_20_percent_is_not_an_overload(fleet, clock_for):
+def test_a_busy_share_of_half_is_not_an_overload(fleet, clock_for):
     clock = clock_for()
-    fleet.overload["hosted-api"] = 0.2
+    fleet.overload["hosted-api"] = 0.5
     assert clock.run(300) == []
 
 

@@ -12,10 +12,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -23,6 +28,8 @@ from click.testing import CliRunner
 from reliability import catalog
 from reliability.cli import main
 from reliability.cli_support import load_config
+from reliability.collect.base import Sample
+from reliability.collect.snapshot import Snapshot
 from reliability.config import Config
 from reliability.config.rules import (
     CounterIncreaseRule,
@@ -35,6 +42,8 @@ from reliability.detect.builtin import BUILTIN, active_rules
 from reliability.detect.evaluator import endpoint_labels
 from reliability.detect.prometheus import alert_labels, alert_name, export, prom_duration
 from reliability.detect.rules import TARGET_LABEL, AnyRule
+from reliability.durations import format_duration
+from reliability.testing.prometheus import PrometheusServer
 from reliability.testing.services import service_missing
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "reliability.example.yaml"
@@ -141,11 +150,12 @@ def _error_ratio_case(rule: ErrorRatioRule, endpoints: Mapping[str, dict[str, st
         if (not rule.endpoint or name == rule.endpoint)
         and (not rule.role or labels["role"] == rule.role)
     ]
-    other_window = "5m" if rule.window == "1m" else "1m"
+    window = format_duration(rule.window)
+    other_window = "5m" if window == "1m" else "1m"
     series = [_series(metric.name, {"endpoint": watched[0], "window": other_window}, "1x20")]
     for name in sorted(endpoints):
         ratio = 1.0 if name == watched[0] or name not in watched else rule.above / 2
-        labels = {"endpoint": name, "window": rule.window}
+        labels = {"endpoint": name, "window": window}
         series.append(_series(metric.name, labels, _steady(ratio, at)))
     return series, [dict(endpoints[watched[0]])], at
 
@@ -272,10 +282,16 @@ def test_error_ratio_rules_without_a_matching_endpoint_are_left_out_with_the_rea
 def test_alerts_render_values_labels_and_the_runbook_command(
     promtool: str, example: Config, tmp_path: Path
 ) -> None:
+    # GPUs 3 and 7 lost from 30 s on: `since` is when the alert became active, not now.
     gpus = [
-        _series("reliability_node_gpus_lost", {"node": "gpu-1"}, "2x8"),
+        _series("reliability_node_gpus_lost", {"node": "gpu-1"}, "0x1 2x7"),
         _series("reliability_node_gpus_expected", {"node": "gpu-1"}, "8x8"),
-        _series("reliability_node_gpus_visible", {"node": "gpu-1"}, "6x8"),
+        _series("reliability_node_gpus_visible", {"node": "gpu-1"}, "8x1 6x7"),
+        *(
+            _series("reliability_gpu_lost", {"node": "gpu-1", "gpu": g}, "0x1 1x7")
+            for g in ("3", "7")
+        ),
+        _series("reliability_gpu_lost", {"node": "gpu-1", "gpu": "0"}, "0x8"),
     ]
     errors = [
         _series("reliability_api_error_ratio", {"endpoint": "chat-lb", "window": "1m"}, "0.5x8")
@@ -299,9 +315,9 @@ def test_alerts_render_values_labels_and_the_runbook_command(
                             "exp_annotations": {
                                 "summary": "gpu-1: 2 of 8 GPUs lost",
                                 "description": (
-                                    "gpu-1 has 6 of 8 GPUs working since ?; lost: ?. The serving "
-                                    "container cannot use them until the node is rebooted: fail "
-                                    "the node over."
+                                    "gpu-1 has 6 of 8 GPUs working since 1970-01-01 00:00:30 "
+                                    "+0000 UTC; lost: 3, 7. The serving container cannot use "
+                                    "them until the node is rebooted: fail the node over."
                                 ),
                                 "runbook": node_failover,
                             },
@@ -322,8 +338,8 @@ def test_alerts_render_values_labels_and_the_runbook_command(
                                 "summary": "chat-lb: 50% of probes failing",
                                 "description": (
                                     "50% of probes to chat-lb failed over the last 1m, above 20%, "
-                                    "since ?. Switch the service to its other pool, or roll back "
-                                    "a new image."
+                                    "since 1970-01-01 00:00:00 +0000 UTC. Switch the service to "
+                                    "its other pool, or roll back a new image."
                                 ),
                                 "runbook": (
                                     "reliability runbook run blue-green --param 'service=chat' "
@@ -366,3 +382,146 @@ def test_the_cli_writes_the_same_bytes_every_time(tmp_path: Path) -> None:
 def test_the_cli_rejects_a_missing_config_with_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["rules", "export", "-c", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
+
+
+# --- rendered by a real Prometheus ------------------------------------------------------------
+
+HOT, BUSY, LOST = {"5": 93.0, "2": 91.0}, {"1": 0.95, "3": 0.97, "6": 0.9}, "4"
+
+
+def _bad_fleet() -> Snapshot:
+    """One node with hot, busy, lost and XID-79 GPUs and a nearly full disk, and a busy
+    hosted API: what the daemon would serve on /metrics."""
+    snapshot = Snapshot()
+    gpu: list[Sample] = []
+    for i in map(str, range(8)):
+        gpu.append(Sample(catalog.GPU_LOST, ("gpu-1", i), 1.0 if i == LOST else 0.0))
+        if i == LOST:
+            continue
+        gpu.append(Sample(catalog.GPU_UTILIZATION, ("gpu-1", i), BUSY.get(i, 0.3)))
+        gpu.append(Sample(catalog.GPU_TEMPERATURE, ("gpu-1", i), HOT.get(i, 60.0)))
+        gpu.append(Sample(catalog.GPU_SLOWDOWN_TEMPERATURE, ("gpu-1", i), 90.0))
+    gpu += [
+        Sample(catalog.NODE_GPUS_EXPECTED, ("gpu-1",), 8.0),
+        Sample(catalog.NODE_GPUS_VISIBLE, ("gpu-1",), 7.0),
+        Sample(catalog.NODE_GPUS_LOST, ("gpu-1",), 1.0),
+        Sample(catalog.GPU_XID_ERRORS, ("gpu-1", "2", "79", "reboot_node"), 1.0),
+    ]
+    node = [
+        Sample(catalog.NODE_PATH_FREE, ("gpu-1", "/"), 200e9),
+        Sample(catalog.NODE_PATH_SIZE, ("gpu-1", "/"), 400e9),
+        Sample(catalog.NODE_PATH_FREE, ("gpu-1", "/var/lib/docker"), 20e9),
+        Sample(catalog.NODE_PATH_SIZE, ("gpu-1", "/var/lib/docker"), 400e9),
+    ]
+    api = [Sample(catalog.API_OVERLOAD_RATIO, ("hosted", "15s"), 0.8)]
+    for collector, target, samples in (("gpu", "gpu-1", gpu), ("node", "gpu-1", node)):
+        snapshot.publish(collector, target, ok=True, duration=0.1, samples=samples)
+    snapshot.publish("api", "hosted", ok=False, duration=0.1, samples=api)
+    return snapshot
+
+
+@pytest.fixture
+def metrics_url() -> Iterator[str]:
+    """The bad fleet's exposition over HTTP, for Prometheus to scrape."""
+    body = _bad_fleet().exposition().encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _since(alert: dict[str, Any]) -> str:
+    """The alert's `activeAt` as Go's humanizeTimestamp shows a Unix time in seconds."""
+    active = datetime.fromisoformat(alert["activeAt"].replace("Z", "+00:00"))
+    return active.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+
+
+@pytest.mark.timeout(120)
+def test_a_real_prometheus_renders_the_numbers_of_the_series_never_a_placeholder(
+    tmp_path: Path, metrics_url: str
+) -> None:
+    quick = {"for": "2s"}
+    config = Config.model_validate(
+        {
+            "endpoints": [
+                {"name": "hosted", "url": "http://127.0.0.1:9", "role": "hosted", "model": "m"}
+            ],
+            "rules": {
+                "overrides": {
+                    name: quick for name in ("gpu-utilization-high", "gpu-temperature-slowdown")
+                }
+                | {"disk-almost-full": quick}
+            },
+        }
+    )
+    rules = tmp_path / "rules.yml"
+    rules.write_text(export(config).text)
+    expected = {
+        "GpuUtilizationHigh",
+        "GpuTemperatureSlowdown",
+        "GpuXidCritical",
+        "GpuLost",
+        "DiskAlmostFull",
+        "UpstreamOverloaded",
+    }
+    with PrometheusServer(tmp_path / "prometheus", [metrics_url], rules=rules) as prometheus:
+        deadline = time.monotonic() + 60
+        while True:
+            body = httpx.get(f"{prometheus.url}/api/v1/alerts", timeout=5).json()
+            alerts = {a["labels"]["alertname"]: a for a in body["data"]["alerts"]}
+            firing = {name for name, a in alerts.items() if a["state"] == "firing"}
+            if expected <= firing:
+                break
+            assert time.monotonic() < deadline, f"firing {sorted(firing)}, not {sorted(expected)}"
+            time.sleep(0.5)
+    shown = {
+        name: (a["annotations"]["summary"], a["annotations"]["description"], _since(a))
+        for name, a in alerts.items()
+    }
+    for name, (summary, description, _) in shown.items():
+        for text in (summary, description):
+            assert "?" not in text and "reliability_" not in text, (name, text)
+    summary, description, since = shown["GpuUtilizationHigh"]
+    assert summary == "gpu-1: GPU utilisation 97% above 85% on 3 of 7 GPUs"
+    assert description.startswith(
+        f"GPUs 1, 3, 6 on gpu-1 have been busier than 85% for over 2s (busiest 97%) since {since}:"
+    )
+    summary, description, since = shown["GpuTemperatureSlowdown"]
+    assert summary == "gpu-1: GPU temperature 93°C at slowdown 90°C"
+    assert description.startswith(
+        "GPU 5 on gpu-1 is at 93°C, at or above its slowdown temperature 90°C, since "
+        f"{since} (2 of 7 GPUs hot)"
+    )
+    summary, description, since = shown["GpuXidCritical"]
+    assert summary == "gpu-1: XID 79 on GPU 2 (GPU has fallen off the bus), action: reboot_node"
+    assert description.startswith(
+        "The driver on gpu-1 reported XID 79 (GPU has fallen off the bus) on GPU 2 at "
+        f"{since}; NVIDIA's recommended action is reboot_node."
+    )
+    summary, description, since = shown["GpuLost"]
+    assert summary == "gpu-1: 1 of 8 GPUs lost"
+    assert description.startswith(f"gpu-1 has 7 of 8 GPUs working since {since}; lost: 4.")
+    summary, description, since = shown["DiskAlmostFull"]
+    assert summary == "gpu-1: disk /var/lib/docker 5% free"
+    assert description.startswith(
+        f"/var/lib/docker on gpu-1 has 20GB free of 400GB (5%, below 10%) since {since}."
+    )
+    summary, description, since = shown["UpstreamOverloaded"]
+    assert summary == "hosted: hosted API overloaded, 80% of probes busy (503/529/429)"
+    assert description.startswith(
+        "80% of probes to hosted over the last 15s were answered busy (503, 529 or 429), "
+        f"above 50%, since {since}."
+    )
