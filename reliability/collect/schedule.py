@@ -99,6 +99,7 @@ def endpoints(config: Config, pool: SshPool | None) -> list[Scheduled]:
             timeout=e.timeout,
             completion_every=_every(e.completion_interval, e.interval),
             health_path=e.health_path,
+            ca_file=str(config.path(e.ca_file)) if e.ca_file else None,
         )
         for i, e in enumerate(config.endpoints)
     ]

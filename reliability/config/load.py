@@ -55,6 +55,8 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
     for i, e in enumerate(cfg.endpoints):
         if e.service and e.service not in services:
             yield ("endpoints", i, "service"), f"no service is named {e.service!r}"
+        if e.ca_file is not None and not cfg.path(e.ca_file).is_file():
+            yield ("endpoints", i, "ca_file"), f"no such file: {cfg.path(e.ca_file)}"
 
 
 def _route_check(cfg: Config, index: int) -> Iterable[tuple[Loc, str]]:

@@ -254,6 +254,9 @@ class EndpointConfig(Strict):
     timeout: Duration = 10.0
     completion_interval: Duration = Field(60.0, description="0 turns the completion probe off")
     health_path: str = "/health"
+    ca_file: Path | None = Field(
+        None, description="https: trust this CA (PEM) instead of the system's; still verified"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> EndpointConfig:
@@ -261,6 +264,8 @@ class EndpointConfig(Strict):
             raise ValueError(f"timeout ({self.timeout:g}s) must be below interval")
         if self.kind == "openai" and self.completion_interval and not self.model:
             raise ValueError("an openai endpoint with a completion probe needs `model`")
+        if self.ca_file is not None and not self.url.startswith("https://"):
+            raise ValueError("ca_file is for an https:// url; remove it or use https")
         return self
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
+from reliability import balancers
 from reliability.config import Strict
 from reliability.durations import Duration
 from reliability.runbooks import ops
@@ -25,7 +26,6 @@ from reliability.runbooks.scope import lb_node, load_balancer
 if TYPE_CHECKING:
     from reliability.runbooks.plan import Planner
 
-VERIFY_WITHIN = 30.0  # longest wait for a completion through the balancer after the swap
 RETRY_EVERY = 0.2
 
 
@@ -33,6 +33,11 @@ class LbRouteArgs(Strict):
     service: NameTemplate
     to: Literal["hosted", "local"]
     ttft: Duration = Field(10.0, description="limit on the first token through the balancer")
+    within: Duration = Field(
+        5.0,
+        description="retry the completion this long; every failed try is a client's failed "
+        "request too, so a side that does not answer is undone soon",
+    )
 
 
 class LbRouteStep(StepBase):
@@ -44,16 +49,20 @@ class LbRouteStep(StepBase):
 @dataclass(frozen=True, slots=True)
 class CompletionThrough:
     """A streamed one-token completion through the balancer at `base`, asked until one
-    answers within `within`: for a moment after a reload a kept-alive connection may still
-    reach an old worker, which routes as before the swap."""
+    answers within `within`. First `settle` seconds pass: for a moment after a reload the
+    old workers still accept, and route as before the swap, so a completion answered
+    sooner would not say which side serves (nothing in an answer does)."""
 
     base: str
     model: str | None
     ttft: float
     within: float
+    settle: float = 0.0
 
     def perform(self, run: RunContext, deadline: float) -> OpOutcome:
         end = min(deadline, time.monotonic() + self.within)
+        if run.stop.wait(self.settle):
+            return OpOutcome(False, f"{self.base}: stopped before verifying")
         first = FirstToken(self.base, self.model, self.ttft)
         tries = 0
         while True:
@@ -89,15 +98,17 @@ class LbRouteAction(Action[LbRouteStep]):
         saved = saved_route(step.id)
         parts = urlsplit(lb.url)
         base = f"{parts.scheme}://{parts.netloc}"
-        within = min(step.timeout, VERIFY_WITHIN)
+        within = min(step.timeout, args.within)
         shown = service.model or "<the model /v1/models lists first>"
         verify = Op(
             LOCAL,
             "http",
             f"POST {base}/v1/chat/completions (model {shown}, max_tokens 1, streamed): first "
             f"token within {seconds(args.ttft)}, retried for {seconds(within)}",
-            note=f"the service answers through the balancer, now from the {args.to} side",
-            check=CompletionThrough(base, service.model, args.ttft, within),
+            note=f"through the balancer, from the {args.to} side once old workers stop",
+            check=CompletionThrough(
+                base, service.model, args.ttft, within, balancers.for_config(lb).settle
+            ),
         )
         run = [*ops.lb_swap_ops(node, lb, lb.route.file, variant, saved.key or ""), verify]
         undo = undo_commands(step, node, planner.scope, planner) or ops.lb_restore_ops(
