@@ -66,14 +66,20 @@ def _route_check(cfg: Config, index: int) -> Iterable[tuple[Loc, str]]:
     hosted = cfg.hosted_endpoints(service.name)
     loc = ("services", index, "load_balancer", "route")
     if len(hosted) != 1:
-        yield loc, (
-            f"{len(hosted)} hosted endpoints could be the one {service.name} falls back from; "
-            f"give exactly one endpoint `role: hosted, service: {service.name}`"
+        yield (
+            loc,
+            (
+                f"{len(hosted)} hosted endpoints could be the one {service.name} falls back from; "
+                f"give exactly one endpoint `role: hosted, service: {service.name}`"
+            ),
         )
     elif hosted[0].kind != "openai" or not hosted[0].completion_interval:
-        yield loc, (
-            f"hosted endpoint {hosted[0].name!r} sends no completion probe; the switch back "
-            "needs one (kind: openai, a model, completion_interval above 0)"
+        yield (
+            loc,
+            (
+                f"hosted endpoint {hosted[0].name!r} sends no completion probe; the switch back "
+                "needs one (kind: openai, a model, completion_interval above 0)"
+            ),
         )
 
 

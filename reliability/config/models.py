@@ -200,7 +200,9 @@ class LoadBalancerConfig(Strict):
                     "route is for nginx (an include file per location); see deploy/nginx/"
                 )
             taken = {self.upstream_file, self.config_file}
-            clash = [f for f in (self.route.file, self.route.hosted, self.route.local) if f in taken]
+            clash = [
+                f for f in (self.route.file, self.route.hosted, self.route.local) if f in taken
+            ]
             if clash:
                 raise ValueError(f"route uses {clash[0]}, already the upstream or config file")
         return self
@@ -328,9 +330,7 @@ class Config(Strict):
         """The hosted APIs `service` may fall back from: the hosted endpoints naming it,
         else those naming no service (one is expected)."""
         hosted = [e for e in self.endpoints if e.role == "hosted"]
-        return [e for e in hosted if e.service == service] or [
-            e for e in hosted if not e.service
-        ]
+        return [e for e in hosted if e.service == service] or [e for e in hosted if not e.service]
 
     def node_ssh(self, node: NodeConfig) -> SshConfig:
         """The node's SSH settings with the top-level defaults filled in."""

@@ -20,6 +20,10 @@ What has no exact Prometheus equivalent, and what is done instead:
 - `error_ratio` reads labels from the config (role, service, pool, node): they are
   attached with `label_replace` per configured endpoint, so the export reflects the config
   it was made from. A rule that matches no configured endpoint is not exported.
+- `recovered` reads the config's recovery soak and error ratio per service: one term per
+  service with a route, the completion probes' increase over the soak, and the route read
+  `local` throughout it (`min_over_time`); the evaluator's soak starts when it first reads
+  the route as local, Prometheus' covers whatever history the window holds.
 - Template names with no label behind them (`since`, `age`, `count`, `total`, `gpus`,
   `meaning`, `part`, `whole`) render as the engine renders a missing label, `?`; a
   `value_metric` threshold shows that metric's name; `expected`/`visible` of `gpu_lost`
@@ -41,11 +45,13 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    RecoveredRule,
     TargetDownRule,
     ThresholdRule,
 )
 from reliability.detect.builtin import active_rules
-from reliability.detect.evaluator import endpoint_labels
+from reliability.detect.evaluator import endpoint_labels, recoveries
+from reliability.detect.readings import Recovery
 from reliability.detect.render import format_value, runbook_command
 from reliability.detect.rules import ENDPOINT_LABELS, TARGET_LABEL, AnyRule, series_labels
 from reliability.durations import format_duration
@@ -126,13 +132,21 @@ def _determined(group_by: Sequence[str], members: Sequence[Mapping[str, str]]) -
     ]
 
 
-def alert_labels(rule: AnyRule, endpoints: EndpointLabels) -> tuple[str, ...]:
+def _matching_recoveries(rule: RecoveredRule, routed: Sequence[Recovery]) -> list[Recovery]:
+    return [r for r in routed if not rule.endpoint or r.endpoint == rule.endpoint]
+
+
+def alert_labels(
+    rule: AnyRule, endpoints: EndpointLabels, routed: Sequence[Recovery] = ()
+) -> tuple[str, ...]:
     """The labels each alert of the rule carries: its group, plus labels constant in it."""
     if not rule.group_by:
         return series_labels(rule)
     extra: list[str] = []
     if isinstance(rule, ErrorRatioRule):
         extra = _determined(rule.group_by, _matching_endpoints(rule, endpoints))
+    elif isinstance(rule, RecoveredRule):
+        extra = _determined(rule.group_by, [r.labels for r in _matching_recoveries(rule, routed)])
     elif isinstance(rule, TargetDownRule) and "collector" not in rule.group_by:
         extra = ["collector"]
     return (*rule.group_by, *extra)
@@ -175,6 +189,28 @@ def _error_ratio_expr(rule: ErrorRatioRule, endpoints: EndpointLabels) -> str | 
     return f"({' or '.join(terms)}) > {_number(rule.above)}"
 
 
+def _recovered_expr(rule: RecoveredRule, routed: Sequence[Recovery]) -> str | None:
+    terms = []
+    for r in _matching_recoveries(rule, routed):
+        window = prom_duration(r.soak)
+        where = f'endpoint={_string(r.endpoint)},probe="completion"'
+        probes = f"sum(increase({catalog.API_PROBES.name}{{{where}}}[{window}]))"
+        failed = f'sum(increase({catalog.API_PROBES.name}{{{where},result!="ok"}}[{window}]))'
+        local = _selector(
+            catalog.SERVICE_ROUTE.name, equal={"service": r.service, "route": "local"}
+        )
+        term = (
+            f"({failed} / {probes} <= {_number(r.max_error_ratio)}) "
+            f"and on() ({probes} >= {_number(rule.min_probes)}) "
+            f"and on() (min_over_time({local}[{window}]) == 1)"
+        )
+        for label in ENDPOINT_LABELS:
+            if label in r.labels:
+                term = _set_label(term, label, r.labels[label])
+        terms.append(term)
+    return f"({' or '.join(terms)})" if terms else None
+
+
 def _target_down_expr(rule: TargetDownRule) -> str:
     """For nodes `node_up` decides where present, as in the evaluator: a node whose output
     could not be parsed answered, so it is not down."""
@@ -187,14 +223,19 @@ def _target_down_expr(rule: TargetDownRule) -> str:
     return f"({up}) == 0"
 
 
-def expression(rule: AnyRule, endpoints: EndpointLabels) -> str | None:
-    """The PromQL returning one series per firing group; None when nothing can match."""
+def expression(
+    rule: AnyRule, endpoints: EndpointLabels, routed: Sequence[Recovery] = ()
+) -> str | None:
+    """The PromQL returning one series per firing group; None when nothing can match.
+    `routed`: the services whose traffic can go back to a hosted API (`recovered`)."""
     if isinstance(rule, ThresholdRule):
         inner: str | None = _threshold_expr(rule)
     elif isinstance(rule, CounterIncreaseRule):
         inner = _counter_expr(rule)
     elif isinstance(rule, ErrorRatioRule):
         inner = _error_ratio_expr(rule, endpoints)
+    elif isinstance(rule, RecoveredRule):
+        inner = _recovered_expr(rule, routed)
     elif isinstance(rule, TargetDownRule):
         inner = _target_down_expr(rule)
     else:
@@ -202,13 +243,13 @@ def expression(rule: AnyRule, endpoints: EndpointLabels) -> str | None:
     if inner is None:
         return None
     worst = "min" if isinstance(rule, ThresholdRule) and rule.op in ("<", "<=") else "max"
-    return f"{worst} by ({', '.join(alert_labels(rule, endpoints))}) ({inner})"
+    return f"{worst} by ({', '.join(alert_labels(rule, endpoints, routed))}) ({inner})"
 
 
 def _unit(rule: AnyRule) -> str:
     if isinstance(rule, ThresholdRule):
         return "ratio" if rule.per else catalog.BY_NAME[rule.metric].unit
-    return "ratio" if isinstance(rule, ErrorRatioRule) else ""
+    return "ratio" if isinstance(rule, ErrorRatioRule | RecoveredRule) else ""
 
 
 _VALUE_BY_UNIT = {
@@ -228,6 +269,8 @@ def _threshold_text(rule: AnyRule) -> str:
         return format_value(rule.above, unit)
     if isinstance(rule, CounterIncreaseRule):
         return format_value(rule.min_increase, unit)
+    if isinstance(rule, RecoveredRule):
+        return MISSING  # each service's own recovery_error_ratio
     return format_value(1.0 if isinstance(rule, TargetDownRule) else 0.0, unit)
 
 
@@ -291,12 +334,14 @@ def _runbook(rule: AnyRule, values: Mapping[str, str], labels: Sequence[str]) ->
     return f"{{{{ if and {condition} }}}}{command}{{{{ end }}}}"
 
 
-def alerting_rule(rule: AnyRule, endpoints: EndpointLabels) -> dict[str, object] | None:
+def alerting_rule(
+    rule: AnyRule, endpoints: EndpointLabels, routed: Sequence[Recovery] = ()
+) -> dict[str, object] | None:
     """One Prometheus alerting rule (a mapping in the rules file's key order), or None."""
-    expr = expression(rule, endpoints)
+    expr = expression(rule, endpoints, routed)
     if expr is None:
         return None
-    labels = alert_labels(rule, endpoints)
+    labels = alert_labels(rule, endpoints, routed)
     values = template_values(rule, labels)
     where = ", ".join(f"{{{label}}}" for label in rule.group_by or labels)
     title = rule.title or f"{where}: {{rule}}"
@@ -340,12 +385,17 @@ def export(config: Config) -> Export:
     """The rules file for the config's active rules, in their evaluation order."""
     rules = active_rules(config.rules)
     endpoints = endpoint_labels(config)
+    routed = recoveries(config, endpoints)
     exported: list[dict[str, object]] = []
     skipped: dict[str, str] = {}
     for rule in rules:
-        translated = alerting_rule(rule, endpoints)
+        translated = alerting_rule(rule, endpoints, routed)
         if translated is None:
-            skipped[rule.name] = "no configured endpoint matches it"
+            skipped[rule.name] = (
+                "no service has a route to a hosted endpoint"
+                if isinstance(rule, RecoveredRule)
+                else "no configured endpoint matches it"
+            )
         else:
             exported.append(translated)
     header = "Generated by `reliability rules export`; edit the config, not this file.\n"

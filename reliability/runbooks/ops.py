@@ -199,7 +199,9 @@ def lb_restore_ops(
     ]
 
 
-def lb_swap_ops(lb_node: str, lb: LoadBalancerConfig, file: str, variant: str, key: str) -> list[Op]:
+def lb_swap_ops(
+    lb_node: str, lb: LoadBalancerConfig, file: str, variant: str, key: str
+) -> list[Op]:
     """Copy the prepared `variant` over `file` on the balancer's node (read, then written
     atomically as every balancer file is), validate, reload; `file` as it was is saved
     under `key` for undo (lb_restore_ops with `file`)."""

@@ -36,12 +36,12 @@ from typing import Any
 
 import pytest
 
+from reliability.testing import tls
 from reliability.testing.balancer import RigBalancer
 from reliability.testing.fleet import Fleet, missing_requirement
 from reliability.testing.haproxy import HAProxyBalancer
 from reliability.testing.inference import InferenceSpec
 from reliability.testing.inference_group import InferenceHandle, ServerGroup
-from reliability.testing import tls
 from reliability.testing.nginx import HostedApi, NginxBalancer
 from reliability.testing.services import service_missing
 from reliability.testing.slack import SlackStandIn

@@ -490,7 +490,9 @@ def uvicorn_config(app: Starlette, tls: ServerIdentity | None = None) -> uvicorn
     """Quiet uvicorn settings shared by the CLI and the in-process group; with `tls`, HTTPS
     as `server_tls` sets it up."""
 
-    def tls_context(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    def tls_context(
+        config: uvicorn.Config, default: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
         assert tls is not None
         return server_tls(tls)
 

@@ -73,7 +73,10 @@ def test_an_unknown_runbook_exits_1_and_names_the_known_ones():
     result = run("runbook", "plan", "reboot-everything", "-c", EXAMPLE)
     assert result.exit_code == 1
     assert "no runbook is named 'reboot-everything'" in result.output
-    assert "known: blue-green, image-rollback, node-failover, upstream-failover" in result.output
+    assert (
+        "known: blue-green, image-rollback, node-failover, upstream-failover, upstream-switch-back"
+        in result.output
+    )
     assert run("runbook", "show", "nope", "-c", EXAMPLE).exit_code == 1
 
 
@@ -92,7 +95,13 @@ def test_list_and_show():
     listed = run("runbook", "list", "-c", EXAMPLE, "--json")
     assert listed.exit_code == 0
     books = {b["name"]: b for b in json.loads(listed.output)}
-    assert set(books) == {"blue-green", "image-rollback", "node-failover", "upstream-failover"}
+    assert set(books) == {
+        "blue-green",
+        "image-rollback",
+        "node-failover",
+        "upstream-failover",
+        "upstream-switch-back",
+    }
     assert books["blue-green"]["params"]["pool"] == {
         "type": "pool",
         "of": "service",

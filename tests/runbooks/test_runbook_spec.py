@@ -15,7 +15,13 @@ from reliability.runbooks.spec import ACTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
-SHIPPED = {"blue-green", "node-failover", "image-rollback", "upstream-failover"}
+SHIPPED = {
+    "blue-green",
+    "node-failover",
+    "image-rollback",
+    "upstream-failover",
+    "upstream-switch-back",
+}
 
 
 def errors_of(directory: Path) -> list[str]:
