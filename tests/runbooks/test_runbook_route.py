@@ -15,14 +15,17 @@ import httpx
 import pytest
 import yaml
 
-from reliability import db
+from reliability import catalog, db
 from reliability.cli_support import load_config
+from reliability.collect.base import CollectError
+from reliability.collect.schedule import routes
 from reliability.config import Config
 from reliability.runbooks import flows
 from reliability.runbooks import params as params_mod
 from reliability.runbooks.executor import RunResult
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunStatus
+from reliability.ssh import SshPool
 from reliability.testing import tls
 from reliability.testing.fixtures import HostedRig, hosted_rig
 from reliability.testing.inference import DEFAULT_MODEL
@@ -220,3 +223,32 @@ def test_a_hosted_api_whose_certificate_another_ca_issued_is_never_reached(tmp_p
     assert answer.status_code == 502
     assert "upstream SSL certificate verify error" in log
     assert served == 0
+
+
+def test_the_daemon_reads_where_traffic_goes_from_the_route_file_on_the_balancer(
+    rig_hosted: HostedRig, tmp_path: Path
+) -> None:
+    rig = rig_hosted
+    config = write_config(rig, tmp_path)
+    pool = SshPool()
+    try:
+        ((scheduled),) = routes(config, pool)
+        route = scheduled.collector
+
+        def side() -> str:
+            samples = route.collect("chat")
+            (on,) = [s.labels[1] for s in samples if s.metric == catalog.SERVICE_ROUTE and s.value]
+            return on
+
+        assert route.targets() == ["chat"]
+        assert side() == "hosted"
+        rig.api.set_mode("overloaded")
+        assert run_book(config, "upstream-failover", service="chat").status == RunStatus.succeeded
+        assert side() == "local"
+        rig.lb.ssh(f"echo '# edited by hand' >> {rig.lb.route_file}")
+        assert side() == "other"
+        rig.lb.ssh(f"rm {rig.lb.route_file}")
+        with pytest.raises(CollectError, match=f"cannot read {rig.lb.route_file}"):
+            route.collect("chat")
+    finally:
+        pool.close()
