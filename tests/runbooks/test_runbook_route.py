@@ -252,3 +252,28 @@ def test_the_daemon_reads_where_traffic_goes_from_the_route_file_on_the_balancer
             route.collect("chat")
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        ("proxy_ssl_server_name on;", 502),  # no SNI: the handshake is refused
+        ("proxy_set_header Host localhost;", 421),  # Host: chat_hosted is not the API's name
+        ("-auth.conf;", 401),  # the include with the key
+    ],
+)
+def test_each_line_of_the_hosted_route_is_one_a_hosted_api_needs(
+    rig_hosted: HostedRig, line: str, status: int
+) -> None:
+    rig = rig_hosted
+    assert httpx.post(rig.lb.url + "v1/chat/completions", json=BODY, timeout=10).status_code == 200
+    text = rig.lb.route_file.read_text()
+    rig.lb.route_file.write_text(
+        "".join(x for x in text.splitlines(True) if not x.endswith(line + "\n"))
+    )
+    assert rig.lb.route_file.read_text() != text
+    rig.lb.reload()
+
+    answer = httpx.post(rig.lb.url + "v1/chat/completions", json=BODY, timeout=10)
+
+    assert answer.status_code == status
