@@ -264,6 +264,15 @@ API_OVERLOAD_RATIO = _m(
     unit="ratio",
 )
 
+# --- where each service's public traffic goes (collect/route.py) ------------------------
+SERVICE_ROUTE = _m(
+    "service_route",
+    "gauge",
+    "1 for the side the service's route file on its balancer sends public traffic to "
+    "(`route`: hosted, local, or other: neither prepared variant), 0 for the others.",
+    ("service", "route"),
+)
+
 # --- notifications (the Slack outbox and its dispatcher) --------------------------------
 OUTBOX_PENDING = _m(
     "outbox_pending_rows",

@@ -118,3 +118,56 @@ def test_systemd_unit_verifies(tmp_path: Path):
     result = _run(analyze, "verify", tmp_path / "reliability.service")
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr
+
+
+# --- deploy/nginx: the pattern the upstream runbooks switch ------------------------------
+
+NGINX_DIR = DEPLOY / "nginx"
+
+
+def _installed_nginx(tmp_path: Path, route: str) -> Path:
+    """deploy/nginx installed as its README says, into `tmp_path` instead of
+    /etc/nginx/reliability, with `route` as the route file; the main config around it."""
+    installed = tmp_path / "reliability"
+    installed.mkdir()
+    names = {
+        "chat.conf": "chat.conf",
+        "chat-upstream.conf": "chat-upstream.conf",
+        "chat-route-hosted.conf": "chat-route-hosted.conf",
+        "chat-route-local.conf": "chat-route-local.conf",
+        f"chat-route-{route}.conf": "chat-route.conf",
+        "chat-hosted-auth.conf.example": "chat-hosted-auth.conf",
+    }
+    for source, target in names.items():
+        text = (NGINX_DIR / source).read_text().replace("/etc/nginx/reliability/", f"{installed}/")
+        # No DNS here: the hosted API's name in the upstream block only.
+        text = text.replace("server api.example.com:443;", "server 127.0.0.1:9443;")
+        text = text.replace("listen 80;", "listen 127.0.0.1:18080;")
+        (installed / target).write_text(text)
+    (installed / "chat-hosted-auth.conf").chmod(0o600)
+    main_config = tmp_path / "nginx.conf"
+    main_config.write_text(
+        f"error_log {tmp_path}/error.log;\npid {tmp_path}/nginx.pid;\nevents {{}}\n"
+        f"http {{\n    access_log off;\n    include {installed}/chat.conf;\n}}\n"
+    )
+    return main_config
+
+
+@pytest.mark.parametrize("route", ["hosted", "local"])
+def test_deploy_nginx_as_installed_passes_nginx_t_with_either_route(
+    tmp_path: Path, route: str
+) -> None:
+    nginx = _tool("nginx", "nginx")
+    result = _run(nginx, "-t", "-c", _installed_nginx(tmp_path, route))
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_the_hosted_route_verifies_the_api_by_its_name_and_sends_the_key() -> None:
+    lines = (NGINX_DIR / "chat-route-hosted.conf").read_text().splitlines()
+    directives = {line.split()[0]: line for line in lines if line and not line.startswith("#")}
+    assert directives["proxy_ssl_verify"] == "proxy_ssl_verify on;"
+    assert directives["proxy_ssl_server_name"] == "proxy_ssl_server_name on;"
+    assert "proxy_ssl_trusted_certificate" in directives
+    assert directives["include"].endswith("chat-hosted-auth.conf;")
+    assert "Authorization" not in "\n".join(lines)  # the key lives in the 0600 include only

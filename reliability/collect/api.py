@@ -77,7 +77,8 @@ class EndpointSpec:
     GPU time, so it runs slower than the models probe); 0 never sends it. If the models
     probe finds the host unreachable, a due completion waits for the next collect.
     `timeout` bounds each probe's whole request, body included. `headers` are extra,
-    non-secret request headers.
+    non-secret request headers. `ca_file`: trust this CA bundle (PEM) for the endpoint's
+    TLS instead of the system's (a hosted API behind a private CA); verification stays on.
     """
 
     name: str
@@ -89,6 +90,7 @@ class EndpointSpec:
     completion_every: int = 0
     health_path: str = "/health"
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    ca_file: str | None = None
 
     def __post_init__(self) -> None:
         # Messages name fields, never values: the key must not reach a log via a config error.
@@ -220,12 +222,20 @@ class ApiProbeCollector:
         self._own_client = client is None
         self._clock = clock
         self._states: dict[str, _EndpointState] = {}
-        # Loading the CA bundle takes milliseconds and memory: once, not per endpoint.
-        tls = httpx.create_ssl_context() if client is None else None
+        # Loading a CA bundle takes milliseconds and memory: once per bundle, not per endpoint.
+        contexts: dict[str | None, ssl.SSLContext] = {}
         for spec in endpoints:
             if spec.name in self._states:
                 raise ValueError(f"endpoint {spec.name} is configured twice")
-            own = client if tls is None else _default_client(tls)
+            own = client
+            if own is None:
+                if spec.ca_file not in contexts:
+                    contexts[spec.ca_file] = (
+                        ssl.create_default_context(cafile=spec.ca_file)
+                        if spec.ca_file
+                        else httpx.create_ssl_context()
+                    )
+                own = _default_client(contexts[spec.ca_file])
             self._states[spec.name] = self._new_state(spec, own, self._windows)
 
     @staticmethod

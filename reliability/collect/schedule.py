@@ -18,6 +18,7 @@ from reliability.collect.base import Collector
 from reliability.collect.gpu_nvml import NvmlGpuCollector
 from reliability.collect.gpu_smi import SmiGpuCollector
 from reliability.collect.node import NodeCollector, NodeSpec
+from reliability.collect.route import RouteCollector, RouteSpec
 from reliability.config import Config
 from reliability.ssh import NodeShell, SshPool, target_for
 
@@ -103,6 +104,7 @@ def endpoints(
             timeout=e.timeout,
             completion_every=_every(e.completion_interval, e.interval),
             health_path=e.health_path,
+            ca_file=str(config.path(e.ca_file)) if e.ca_file else None,
         )
         for i, e in enumerate(config.endpoints)
     ]
@@ -119,12 +121,33 @@ def endpoints(
     return scheduled
 
 
+def routes(config: Config, pool: SshPool | None) -> list[Scheduled]:
+    """The route file of each service that has one, read on its balancer's node."""
+    specs = [
+        RouteSpec(
+            service=s.name,
+            target=target_for(config, config.node(s.load_balancer.node)),
+            file=s.load_balancer.route.file,
+            hosted=s.load_balancer.route.hosted,
+            local=s.load_balancer.route.local,
+        )
+        for s in config.services
+        if s.load_balancer is not None and s.load_balancer.route is not None
+    ]
+    if pool is None or not specs:
+        return []
+    cc = config.collect
+    return [
+        Scheduled(RouteCollector(pool, specs, timeout=cc.timeout), cc.node_interval, cc.timeout)
+    ]
+
+
 def _every(slow: float, interval: float) -> int:
     """Run a slower probe on every Nth cycle of `interval`; 0 turns it off."""
     return max(1, round(slow / interval)) if slow else 0
 
 
-SOURCES: tuple[Source, ...] = (nodes, gpus_over_ssh, local_gpus)
+SOURCES: tuple[Source, ...] = (nodes, gpus_over_ssh, local_gpus, routes)
 
 
 def scheduled(

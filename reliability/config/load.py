@@ -60,6 +60,8 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
         lb = s.load_balancer
         if lb and lb.node not in nodes:
             yield ("services", i, "load_balancer", "node"), f"no node is named {lb.node!r}"
+        if lb and lb.route:
+            yield from _route_check(cfg, i)
     for i, e in enumerate(cfg.endpoints):
         if e.service and e.service not in services:
             yield ("endpoints", i, "service"), f"no service is named {e.service!r}"
@@ -70,6 +72,32 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
                 "a hosted endpoint names the service whose traffic moves to the local pool "
                 f"when it is busy; add `service:` ({', '.join(sorted(services))})",
             )
+        if e.ca_file is not None and not cfg.path(e.ca_file).is_file():
+            yield ("endpoints", i, "ca_file"), f"no such file: {cfg.path(e.ca_file)}"
+
+
+def _route_check(cfg: Config, index: int) -> Iterable[tuple[Loc, str]]:
+    """A service whose traffic can move to the hosted API needs that API as one endpoint
+    with a completion probe: the switch back waits on its completions, not on `/health`."""
+    service = cfg.services[index]
+    hosted = cfg.hosted_endpoints(service.name)
+    loc = ("services", index, "load_balancer", "route")
+    if len(hosted) != 1:
+        yield (
+            loc,
+            (
+                f"{len(hosted)} hosted endpoints could be the one {service.name} falls back from; "
+                f"give exactly one endpoint `role: hosted, service: {service.name}`"
+            ),
+        )
+    elif hosted[0].kind != "openai" or not hosted[0].completion_interval:
+        yield (
+            loc,
+            (
+                f"hosted endpoint {hosted[0].name!r} sends no completion probe; the switch back "
+                "needs one (kind: openai, a model, completion_interval above 0)"
+            ),
+        )
 
 
 def default_path() -> Path:

@@ -187,6 +187,23 @@ class NodeConfig(Strict):
         return "smi" if self.gpus else "none"
 
 
+class RouteConfig(Strict):
+    """Where the service's public location sends its traffic (nginx; deploy/nginx/): `file`
+    is the small include the location reads, and `hosted` and `local` the two variants
+    prepared beside it on the balancer's node. A runbook copies one over `file`, checks
+    and reloads nginx; nothing else in the config changes."""
+
+    file: AbsPath = Field(..., description="the include the service's location reads")
+    hosted: AbsPath = Field(..., description="variant: proxy to the hosted API (HTTPS)")
+    local: AbsPath = Field(..., description="variant: proxy to the local pool's upstream")
+
+    @model_validator(mode="after")
+    def _three_files(self) -> RouteConfig:
+        if len({self.file, self.hosted, self.local}) != 3:
+            raise ValueError("file, hosted and local must be three different files")
+        return self
+
+
 class LoadBalancerConfig(Strict):
     kind: Literal["nginx", "haproxy"]
     node: Name
@@ -211,6 +228,12 @@ class LoadBalancerConfig(Strict):
         "(default) or /v1/models (the engine's / answers 404)",
     )
 
+    route: RouteConfig | None = Field(
+        None,
+        description="nginx only: the include choosing hosted API or local pool, which the "
+        "upstream-failover and upstream-switch-back runbooks swap (deploy/nginx/README.md)",
+    )
+
     @model_validator(mode="after")
     def _health_url_default(self) -> LoadBalancerConfig:
         if self.health_url is None:
@@ -226,6 +249,17 @@ class LoadBalancerConfig(Strict):
             )
         if self.config_file is not None and self.config_file == self.upstream_file:
             raise ValueError("config_file and upstream_file must be two files")
+        if self.route is not None:
+            if self.kind != "nginx":
+                raise ValueError(
+                    "route is for nginx (an include file per location); see deploy/nginx/"
+                )
+            taken = {self.upstream_file, self.config_file}
+            clash = [
+                f for f in (self.route.file, self.route.hosted, self.route.local) if f in taken
+            ]
+            if clash:
+                raise ValueError(f"route uses {clash[0]}, already the upstream or config file")
         return self
 
 
@@ -246,6 +280,15 @@ class ServiceConfig(Strict):
     )
     auto_cooldown: Duration = Field(
         900.0, description="at most one automatic runbook run on the service in this time"
+    )
+    recovery_soak: Duration = Field(
+        600.0,
+        gt=0,
+        description="after an upstream failover, the hosted API's completion probes stay "
+        "under recovery_error_ratio this long before traffic goes back to it",
+    )
+    recovery_error_ratio: float = Field(
+        0.05, ge=0, lt=1, description="share of failed completion probes the soak allows"
     )
 
     @model_validator(mode="after")
@@ -303,6 +346,9 @@ class EndpointConfig(Strict):
     timeout: Interval = Field(DEFAULT_TIMEOUT, description="default: 80% of a shorter interval")
     completion_interval: Duration = Field(60.0, description="0 turns the completion probe off")
     health_path: str = "/health"
+    ca_file: Path | None = Field(
+        None, description="https: trust this CA (PEM) instead of the system's; still verified"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -326,6 +372,8 @@ class EndpointConfig(Strict):
             raise ValueError(f"timeout ({self.timeout:g}s) must be below interval")
         if self.kind == "openai" and self.completion_interval and not self.model:
             raise ValueError("an openai endpoint with a completion probe needs `model`")
+        if self.ca_file is not None and not self.url.startswith("https://"):
+            raise ValueError("ca_file is for an https:// url; remove it or use https")
         return self
 
 
@@ -403,6 +451,12 @@ class Config(Strict):
     def pool_service(self, pool: str) -> ServiceConfig | None:
         """The service that lists `pool` (the config check keeps it to one)."""
         return next((s for s in self.services if pool in s.pools), None)
+
+    def hosted_endpoints(self, service: str) -> list[EndpointConfig]:
+        """The hosted APIs `service` may fall back from: the hosted endpoints naming it,
+        else those naming no service (one is expected)."""
+        hosted = [e for e in self.endpoints if e.role == "hosted"]
+        return [e for e in hosted if e.service == service] or [e for e in hosted if not e.service]
 
     def node_ssh(self, node: NodeConfig) -> SshConfig:
         """The node's SSH settings with the top-level defaults filled in."""

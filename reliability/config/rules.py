@@ -96,6 +96,17 @@ class ErrorRatioRule(_RuleBase):
         return window
 
 
+class RecoveredRule(_RuleBase):
+    """A hosted API back to health while its service's traffic is on the local pool: over
+    the service's `recovery_soak`, during all of which the route file was the local
+    variant, its completion probes (never `/health`) failed at most the service's
+    `recovery_error_ratio`, and there were at least `min_probes` of them."""
+
+    type: Literal["recovered"]
+    endpoint: str | None = Field(None, description="one hosted endpoint, or all when omitted")
+    min_probes: int = Field(3, ge=1, description="completion probes the soak must hold")
+
+
 class TargetDownRule(_RuleBase):
     """A node, endpoint or GPU source that stopped answering."""
 
@@ -120,7 +131,12 @@ class GpuLostRule(_RuleBase):
 
 
 Rule = Annotated[
-    ThresholdRule | ErrorRatioRule | TargetDownRule | CounterIncreaseRule | GpuLostRule,
+    ThresholdRule
+    | ErrorRatioRule
+    | RecoveredRule
+    | TargetDownRule
+    | CounterIncreaseRule
+    | GpuLostRule,
     Field(discriminator="type"),
 ]
 

@@ -34,14 +34,14 @@ NODE_POOLS = {"gpu-1": "blue", "gpu-2": "blue", "gpu-3": "green"}
 STANDBY = "spare-1"
 LB_NODE = "lb-1"
 NODES = (*NODE_POOLS, STANDBY, LB_NODE)
-AUTO_RUNBOOKS = ("node-failover", "upstream-failover")
+AUTO_RUNBOOKS = ("node-failover", "upstream-failover", "upstream-switch-back")
+RECOVERY_SOAK = "20s"  # hosted completions good this long, then traffic goes back
 AUTO_COOLDOWN = "0s"
 SHIPPED_RUNBOOKS = shipped.folder("runbooks")
 
 # Runbook waits shortened for the demo (file -> (as shipped, in the demo)). Only waits
 # that a healthy run sits through: timeouts and `within` limits stay as shipped.
 SHORTENED: dict[str, tuple[tuple[str, str], ...]] = {
-    "upstream-failover.yaml": (("soak: 10m", "soak: 5s"), ("interval: 15s", "interval: 1s")),
     "blue-green.yaml": (("soak: 5m", "soak: 10s"), ("interval: 2s", "interval: 1s")),
     "node-failover.yaml": (("wait: 15s", "wait: 5s"),),
 }
@@ -53,8 +53,10 @@ class Layout:
 
     ssh: dict[str, Any]  # the `ssh` section (user, key, known_hosts)
     nodes: list[dict[str, Any]]  # name, address, ssh port, pool, gpus of every node
-    hosted_url: str
-    load_balancer: dict[str, str]  # the service's `load_balancer` section
+    hosted_url: str  # https, a name its certificate holds
+    hosted_key: str  # the hosted API's key (nginx sends it; the probes too)
+    hosted_ca: Path  # the CA that issued the hosted API's certificate
+    load_balancer: dict[str, Any]  # the service's `load_balancer` section (with its route)
     nginx_runs: bool  # False: the balancer is in the config only, switches are planned
     image: str  # the known-good image, pinned by digest
     slack_token: str
@@ -79,6 +81,7 @@ def demo_rules() -> list[tuple[AnyRule, str]]:
     """Built-in rules with shorter times (same names, so they replace the built-ins), each
     with the comment saying what changed."""
     nd, uo, lp = builtin.NODE_DOWN, builtin.UPSTREAM_OVERLOADED, builtin.LOCAL_POOL_ERRORS
+    ur = builtin.UPSTREAM_RECOVERED
     xid, gsd = builtin.GPU_XID_CRITICAL, builtin.GPU_SOURCE_DOWN
     assert isinstance(nd, TargetDownRule) and isinstance(xid, CounterIncreaseRule)
     assert isinstance(gsd, TargetDownRule)
@@ -97,6 +100,11 @@ def demo_rules() -> list[tuple[AnyRule, str]]:
             uo.model_copy(update={"resolve_after": 10.0}),
             "fires as the built-in does (within 20s of the hosted API turning busy); "
             "resolves after 10s below (built-in: 120s)",
+        ),
+        (
+            ur.model_copy(update={"resolve_after": 5.0}),
+            f"resolves 5s after traffic is back on the hosted API (built-in: 60s); fires "
+            f"after the service's recovery_soak, {RECOVERY_SOAK} here",
         ),
         (
             lp.model_copy(update={"for_": 10.0, "resolve_after": 10.0}),
@@ -180,22 +188,30 @@ def write_config(directory: Path, layout: Layout, listen: str) -> Path:
         if entry["role"] == "serving":
             entry["container"] = CONTAINER
         nodes.append(entry)
+    # Each serving node probed on its own: /v1/ through nginx goes where the route says,
+    # the hosted API or the pool, so it measures neither alone.
+    endpoints = [_endpoint(n, url, "local") for n, url in layout.node_urls.items()]
     if layout.nginx_runs:
-        endpoints = [_endpoint(SERVICE, layout.load_balancer["url"], "local")]
         lb_comment = (
-            "nginx runs on lb-1 and fronts the active pool: the runbooks edit its upstream\n"
-            "file's server lines (its weights, comments and other upstream stay)."
+            "nginx runs on lb-1 as deploy/nginx/ ships it: /v1/ goes where the route file\n"
+            "says, the hosted API (TLS, its name, the key from a mode-600 include) or the\n"
+            "active pool; the runbooks swap the route file and edit the upstream file's\n"
+            "server lines (its weights, comments and other upstream stay)."
         )
         auto = list(AUTO_RUNBOOKS)
     else:
-        endpoints = [_endpoint(n, url, "local") for n, url in layout.node_urls.items()]
         lb_comment = (
             "nginx is not installed here: this balancer is in the config only, so that\n"
             "`reliability runbook plan` shows what a switch would do. A `runbook run` of a\n"
             "switch fails at `nginx -t` and undoes itself; nothing runs on its own."
         )
         auto = []
-    endpoints.insert(0, _endpoint("hosted", layout.hosted_url, "hosted"))
+    hosted = {
+        **_endpoint("hosted", layout.hosted_url, "hosted"),
+        "api_key_file": write_secret(directory, "hosted-api-key", layout.hosted_key),
+        "ca_file": str(layout.hosted_ca),
+    }
+    endpoints.insert(0, hosted)
     service = {
         "name": SERVICE,
         "pools": list(POOLS),
@@ -207,6 +223,7 @@ def write_config(directory: Path, layout: Layout, listen: str) -> Path:
         "load_balancer": layout.load_balancer,
         "auto_runbooks": auto,
         "auto_cooldown": AUTO_COOLDOWN,
+        "recovery_soak": RECOVERY_SOAK,
     }
     rules = demo_rules()
     rule_notes = "\n".join(
@@ -257,15 +274,18 @@ def write_config(directory: Path, layout: Layout, listen: str) -> Path:
             f"{lb_comment}\n"
             "load_balancer.health_url is what a verify asks: it must answer 200 while a member\n"
             "serves, so it is the engine's /health through nginx (the engine's / is a 404).\n"
-            "Demo: the daemon runs node-failover and upstream-failover on its own with no\n"
-            "cooldown, so each injected fault gets its runbook (production: 15m between\n"
-            "automatic runs). The image, pinned by digest, is the known-good one.",
+            "Demo: the daemon runs node-failover, upstream-failover and upstream-switch-back\n"
+            "on its own with no cooldown, so each injected fault gets its runbook\n"
+            "(production: 15m between automatic runs); traffic goes back to the hosted API\n"
+            f"after {RECOVERY_SOAK} of good completions (production: 10m or more). The\n"
+            "image, pinned by digest, is the known-good one.",
             {"services": [service]},
         )
         + _section(
             "Local endpoints probed every 2s (production: 15s). The hosted API as in\n"
             "production: every 3s (its default), which the built-in upstream-overloaded\n"
-            "rule turns into a failover within 20s of it answering busy.",
+            "rule turns into a failover within 20s of it answering busy; its stand-in\n"
+            "serves TLS with a certificate of the demo's own CA, trusted here by ca_file.",
             {"endpoints": endpoints},
         )
         + _section(

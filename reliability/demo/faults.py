@@ -19,6 +19,7 @@ from reliability.demo.config import (
     LB_NODE,
     NODE_POOLS,
     POOLS,
+    RECOVERY_SOAK,
     SERVICE,
     STANDBY,
 )
@@ -118,8 +119,11 @@ class Faults:
         auto = self._auto("upstream-failover", command)
         return (
             f'The hosted API ({self.hosted.url}) answers 503 "server busy" to everything. Within '
-            f"20s: incident upstream-overloaded and its Slack message; {auto}. It waits "
-            "for the hosted API to recover: `reliability demo inject clear`."
+            f"20s: incident upstream-overloaded and its Slack message; {auto}, moving "
+            f"/v1/ traffic through nginx to pool {ACTIVE_POOL}. After `reliability demo "
+            f"inject clear`, once the hosted API's completions stay good for "
+            f"{RECOVERY_SOAK}: incident upstream-recovered, and upstream-switch-back moves "
+            "the traffic back."
         )
 
     def _node_down(self, node: str) -> str:

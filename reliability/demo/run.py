@@ -3,9 +3,11 @@
 No GPU, no root, no Slack workspace, no system package: every node is an SSH server of this
 process (paramiko) on its own loopback address, with simulated GPUs (nvidia-smi and dmesg
 stand-ins) and a serving container started through the docker stand-in. A hosted-API
-stand-in can turn busy; a Slack stand-in shows what on-call would read. Where nginx is
-installed it balances the service on a node of its own and the runbooks switch it for
-real; where it is not, the demo says so and the switch runbooks are only planned.
+stand-in, served over TLS by a CA of the demo's own and strict about its name and key, can
+turn busy; a Slack stand-in shows what on-call would read. Where nginx is installed it
+fronts the service on a node of its own as deploy/nginx/ ships it (the hosted API or the
+pool, by a route file) and the runbooks switch it for real; where it is not, the demo says
+so and the switch runbooks are only planned.
 Then the daemon runs in the foreground, on SQLite, with a generated config, until Ctrl-C,
 which stops everything the demo started.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -47,11 +50,11 @@ from reliability.demo.config import (
 )
 from reliability.demo.faults import Faults, Images
 from reliability.demo.slack_echo import SlackEcho
-from reliability.testing import nginx
+from reliability.testing import nginx, tls
 from reliability.testing.demofleet import DemoFleet
 from reliability.testing.fleet import FleetError
 from reliability.testing.inference import InferenceSpec
-from reliability.testing.inference_group import ServerGroup
+from reliability.testing.inference_group import InferenceHandle, ServerGroup
 from reliability.testing.loopback import BlockError
 from reliability.testing.slack import SlackStandIn
 
@@ -60,6 +63,7 @@ DEFAULT_LISTEN = "127.0.0.1:9464"
 GOOD_IMAGE = "registry.demo.local/serving/vllm:v0.6.3"
 BAD_IMAGE = "registry.demo.local/serving/vllm:v0.6.4-rc1"
 HOSTED_IMAGE = "api.hosted.example/deepseek-v3"
+HOSTED_NAME = "localhost"  # the hosted stand-in's certificate name: one that resolves here
 LB_PORT = 8080
 MAX_RIG_BASE = 60
 SERVING_PORT = 8000
@@ -179,8 +183,11 @@ def run(directory: Path, listen: str, *, use_nginx: bool = True, console: Consol
             stack.enter_context(fleet)
         except (BlockError, FleetError, OSError) as exc:
             raise DemoError(f"the demo fleet cannot start here: {exc}") from None
+        ca = tls.make_ca(directory / "tls", name="reliability demo CA")
+        identity = tls.issue(ca, HOSTED_NAME)
+        hosted_key = "sk-demo-" + secrets.token_urlsafe(24)
         hosted = stack.enter_context(ServerGroup()).start(
-            InferenceSpec(pool="hosted", image=HOSTED_IMAGE)
+            InferenceSpec(pool="hosted", image=HOSTED_IMAGE, tls=identity, api_key=hosted_key)
         )
         digest = fleet.state.publish_image(GOOD_IMAGE)
         images = Images(GOOD_IMAGE, f"{GOOD_IMAGE.rsplit(':', 1)[0]}@{digest}", BAD_IMAGE)
@@ -190,7 +197,12 @@ def run(directory: Path, listen: str, *, use_nginx: bool = True, console: Consol
             f"{fleet.node(n).address}:{SERVING_PORT}" for n, p in NODE_POOLS.items() if p == "blue"
         ]
         without = "--no-nginx given" if not use_nginx else nginx.missing_requirement()
-        balancer = nginx.NginxBalancer(fleet, LB_NODE, service=SERVICE, members=blue, port=LB_PORT)
+        route_to = nginx.HostedApi(
+            f"{hosted.host}:{hosted.port}", HOSTED_NAME, hosted_key, ca.cert_file
+        )
+        balancer = nginx.NginxBalancer(
+            fleet, LB_NODE, service=SERVICE, members=blue, port=LB_PORT, hosted=route_to
+        )
         if without is None:
             try:
                 stack.enter_context(balancer)
@@ -200,6 +212,8 @@ def run(directory: Path, listen: str, *, use_nginx: bool = True, console: Consol
             ssh=fleet.config_sections()["ssh"],
             nodes=fleet.config_sections()["nodes"],
             hosted_url=hosted.url,
+            hosted_key=hosted_key,
+            hosted_ca=ca.cert_file.resolve(),
             load_balancer=balancer.lb_config(),
             nginx_runs=without is None,
             image=images.good_pinned,
@@ -230,7 +244,7 @@ def run(directory: Path, listen: str, *, use_nginx: bool = True, console: Consol
             return message
 
         server = stack.enter_context(control.ControlServer(directory, apply))
-        info = _state(directory, path, fleet, hosted.url, slack.url, listen, server.path, without)
+        info = _state(directory, path, fleet, hosted, slack.url, listen, server.path, without)
         control.write_state(directory, info)
         stack.callback(_remove, directory / control.STATE_FILE)
         built = daemon.build(config)
@@ -253,7 +267,7 @@ def _state(
     directory: Path,
     config: Path,
     fleet: DemoFleet,
-    hosted_url: str,
+    hosted: InferenceHandle,
     slack_url: str,
     listen: str,
     socket_path: Path,
@@ -272,7 +286,11 @@ def _state(
     lb = fleet.node(LB_NODE).address
     ports = [f"{n.address}:{n.port}" for n in fleet.nodes]
     ports += [f"{fleet.node(n).address}:{SERVING_PORT}" for n in (*NODE_POOLS, STANDBY)]
-    ports += [f"{lb}:{LB_PORT}", hosted_url.split("//")[1], slack_url.split("//")[1].rstrip("/")]
+    ports += [
+        f"{lb}:{LB_PORT}",
+        f"{hosted.host}:{hosted.port}",
+        slack_url.split("//")[1].rstrip("/"),
+    ]
     ports.append(listen)
     return {
         "pid": os.getpid(),
@@ -281,7 +299,7 @@ def _state(
         "state_dir": str(fleet.state_dir),
         "control": str(socket_path),
         "nodes": nodes,
-        "hosted_url": hosted_url,
+        "hosted_url": hosted.url,
         "lb_url": None if without_nginx else f"http://{lb}:{LB_PORT}/",
         "nginx": without_nginx is None,
         "without_nginx": without_nginx,
@@ -307,7 +325,10 @@ def _banner(
         for n in fleet.nodes
     )
     if without_nginx is None:
-        lb = f"nginx on {LB_NODE} balances service {SERVICE} (pool blue) at {info['lb_url']}"
+        lb = (
+            f"nginx on {LB_NODE} at {info['lb_url']}: /v1/ of service {SERVICE} goes to the "
+            "hosted API until upstream-failover swaps its route file to pool blue"
+        )
         runbooks = f"{' and '.join(AUTO_RUNBOOKS)} run on their own when their incident opens"
     else:
         lb = f"no load balancer runs ({escape(without_nginx)})"
@@ -321,7 +342,8 @@ def _banner(
         f"  nodes     {nodes}",
         "  GPUs      8 simulated H100s per GPU node; containers through the docker stand-in",
         f"  balancer  {lb}",
-        f"  hosted    OpenAI-compatible hosted API stand-in at {info['hosted_url']}",
+        f"  hosted    OpenAI-compatible hosted API stand-in at {info['hosted_url']} (TLS by "
+        f"the demo's CA {shown(directory / 'tls' / 'ca.pem')}; name and API key checked)",
         f"  metrics   {info['metrics_url']}",
         f"  slack     messages print here and go to {shown(directory / 'slack.log')}",
         f"  log       {shown(directory / 'daemon.log')} (here: detection, runbooks, errors)",

@@ -17,6 +17,7 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    RecoveredRule,
     Rules,
     RunbookSuggestion,
     TargetDownRule,
@@ -26,6 +27,9 @@ from reliability.detect.rules import AnyRule
 
 NODE_FAILOVER = RunbookSuggestion(name="node-failover", params={"node": "{node}"})
 UPSTREAM_FAILOVER = RunbookSuggestion(name="upstream-failover", params={"service": "{service}"})
+UPSTREAM_SWITCH_BACK = RunbookSuggestion(
+    name="upstream-switch-back", params={"service": "{service}"}
+)
 BLUE_GREEN = RunbookSuggestion(
     name="blue-green", params={"service": "{service}", "pool": "{standby_pool}"}
 )
@@ -169,6 +173,20 @@ UPSTREAM_OVERLOADED = ErrorRatioRule(
     ),
     runbook=UPSTREAM_FAILOVER,
 )
+UPSTREAM_RECOVERED = RecoveredRule(
+    type="recovered",
+    name="upstream-recovered",
+    severity="info",
+    resolve_after=60.0,
+    group_by=["service"],
+    title="{service}: hosted API {endpoint} recovered; traffic can go back to it",
+    summary=(
+        "{service} serves from its own pool while {endpoint}'s completion probes have "
+        "failed {value} over the last {window} (at most {threshold} allowed): the hosted "
+        "API has recovered. Move the traffic back to it."
+    ),
+    runbook=UPSTREAM_SWITCH_BACK,
+)
 LOCAL_POOL_ERRORS = ErrorRatioRule(
     type="error_ratio",
     name="local-pool-errors",
@@ -213,6 +231,7 @@ BUILTIN: tuple[AnyRule, ...] = (
     NODE_DOWN,
     DISK_ALMOST_FULL,
     UPSTREAM_OVERLOADED,
+    UPSTREAM_RECOVERED,
     LOCAL_POOL_ERRORS,
     NOTIFIER_FAILING,
 )

@@ -1,4 +1,5 @@
-"""Increase of counters over a sliding window, per series, with bounded memory."""
+"""Increase of counters over a sliding window, per series, with bounded memory; and the
+soaks of `upstream-recovered` (probes and failures over a window that restarts)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,38 @@ class CounterWindow:
         while len(points) > 1 and points[1][0] <= start:
             points.popleft()
         return series.total - points[0][1]
+
+
+@dataclass(slots=True)
+class _Soak:
+    since: float  # when this soak began: the first reading of the route as local
+    points: deque[tuple[float, float, float]]  # (at, probes, failed) at each change
+
+
+class SoakWindows:
+    """Probes and failures of each series over a soak that restarts whenever `reset`:
+    how `upstream-recovered` counts a hosted API's completion probes while its service's
+    traffic is on the local pool. In memory: a restarted daemon starts the soak again."""
+
+    def __init__(self) -> None:
+        self._soaks: dict[SeriesKey, _Soak] = {}
+
+    def reset(self, key: SeriesKey) -> None:
+        self._soaks.pop(key, None)
+
+    def observe(
+        self, key: SeriesKey, at: float, probes: float, failed: float, soak: float
+    ) -> tuple[bool, float, float]:
+        """Record the cumulative counts at `at`; return (the soak has lasted `soak`, probes
+        and failures in the last `soak` seconds). Counts going down (the collector
+        restarted) start the soak again."""
+        state = self._soaks.get(key)
+        if state is None or probes < state.points[-1][1] or failed < state.points[-1][2]:
+            state = self._soaks[key] = _Soak(at, deque([(at, probes, failed)], maxlen=MAX_POINTS))
+        elif probes != state.points[-1][1]:
+            state.points.append((at, probes, failed))
+        points, start = state.points, at - soak
+        # Keep one point at or before the window's start: the baseline of the counts.
+        while len(points) > 1 and points[1][0] <= start:
+            points.popleft()
+        return at - state.since >= soak, probes - points[0][1], failed - points[0][2]

@@ -32,14 +32,15 @@ from reliability.config import Config
 from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
+    RecoveredRule,
     Severity,
     TargetDownRule,
     ThresholdRule,
 )
 from reliability.detect import readings
 from reliability.detect.builtin import active_rules
-from reliability.detect.counters import CounterWindow
-from reliability.detect.readings import Reading, Samples, Source
+from reliability.detect.counters import CounterWindow, SoakWindows
+from reliability.detect.readings import Reading, Recovery, Samples, Source
 from reliability.detect.render import (
     RunbookRequest,
     format_time,
@@ -151,10 +152,25 @@ def endpoint_labels(config: Config) -> dict[str, dict[str, str]]:
     return out
 
 
+def recoveries(config: Config, endpoints: Mapping[str, dict[str, str]]) -> list[Recovery]:
+    """Each service with a route and the one hosted API it falls back from (config check
+    makes sure there is one), as `upstream-recovered` reads them."""
+    out = []
+    for s in config.services:
+        hosted = config.hosted_endpoints(s.name)
+        if s.load_balancer is None or s.load_balancer.route is None or len(hosted) != 1:
+            continue
+        labels = {**endpoints[hosted[0].name], "service": s.name}
+        out.append(
+            Recovery(hosted[0].name, s.name, s.recovery_soak, s.recovery_error_ratio, labels)
+        )
+    return out
+
+
 def _unit(rule: AnyRule) -> str:
     if isinstance(rule, ThresholdRule):
         return "ratio" if rule.per else catalog.BY_NAME[rule.metric].unit
-    return "ratio" if isinstance(rule, ErrorRatioRule) else ""
+    return "ratio" if isinstance(rule, ErrorRatioRule | RecoveredRule) else ""
 
 
 def _worst(rule: AnyRule, candidates: list[Reading]) -> Reading:
@@ -183,6 +199,7 @@ class Evaluator:
 
     def __init__(self, config: Config) -> None:
         self._endpoints = endpoint_labels(config)
+        self._recoveries = recoveries(config, self._endpoints)
         self._seen: set[Source] = set()  # sources that have answered at least once
         self._restored: set[str] = set()
         self._rules = [self._compile(rule) for rule in active_rules(config.rules)]
@@ -200,6 +217,9 @@ class Evaluator:
             read = partial(readings.counter_increase, rule, history=history, seen=self._seen)
         elif isinstance(rule, ErrorRatioRule):
             read = partial(readings.error_ratio, rule, endpoints=self._endpoints)
+        elif isinstance(rule, RecoveredRule):
+            windows = SoakWindows()
+            read = partial(readings.recovered, rule, recoveries=self._recoveries, windows=windows)
         elif isinstance(rule, TargetDownRule):
             read = partial(readings.target_down, rule)
         else:
@@ -388,4 +408,4 @@ class Evaluator:
         )
 
 
-__all__ = ["Evaluator", "Transition", "endpoint_labels", "fingerprint"]
+__all__ = ["Evaluator", "Transition", "endpoint_labels", "fingerprint", "recoveries"]

@@ -20,6 +20,10 @@ What has no exact Prometheus equivalent, and what is done instead:
 - `error_ratio` reads labels from the config (role, service, pool, node): they are
   attached with `label_replace` per configured endpoint, so the export reflects the config
   it was made from. A rule that matches no configured endpoint is not exported.
+- `recovered` reads the config's recovery soak and error ratio per service: one term per
+  service with a route, the completion probes' increase over the soak, and the route read
+  `local` throughout it (`min_over_time`); the evaluator's soak starts when it first reads
+  the route as local, Prometheus' covers whatever history the window holds.
 - Template names with no label of the alert behind them are queried when Prometheus
   renders the alert, over the alert's own group (its labels matched with `and on(...)`):
   `count`/`total` count the group's series over the threshold / all of them, `gpus` lists
@@ -47,11 +51,13 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    RecoveredRule,
     TargetDownRule,
     ThresholdRule,
 )
 from reliability.detect.builtin import active_rules
-from reliability.detect.evaluator import endpoint_labels
+from reliability.detect.evaluator import endpoint_labels, recoveries
+from reliability.detect.readings import Recovery
 from reliability.detect.render import format_value, runbook_command
 from reliability.detect.rules import (
     ENDPOINT_LABELS,
@@ -137,13 +143,21 @@ def _determined(group_by: Sequence[str], members: Sequence[Mapping[str, str]]) -
     ]
 
 
-def alert_labels(rule: AnyRule, endpoints: EndpointLabels) -> tuple[str, ...]:
+def _matching_recoveries(rule: RecoveredRule, routed: Sequence[Recovery]) -> list[Recovery]:
+    return [r for r in routed if not rule.endpoint or r.endpoint == rule.endpoint]
+
+
+def alert_labels(
+    rule: AnyRule, endpoints: EndpointLabels, routed: Sequence[Recovery] = ()
+) -> tuple[str, ...]:
     """The labels each alert of the rule carries: its group, plus labels constant in it."""
     if not rule.group_by:
         return series_labels(rule)
     extra: list[str] = []
     if isinstance(rule, ErrorRatioRule):
         extra = _determined(rule.group_by, _matching_endpoints(rule, endpoints))
+    elif isinstance(rule, RecoveredRule):
+        extra = _determined(rule.group_by, [r.labels for r in _matching_recoveries(rule, routed)])
     elif isinstance(rule, TargetDownRule) and "collector" not in rule.group_by:
         extra = ["collector"]
     return (*rule.group_by, *extra)
@@ -193,6 +207,41 @@ def _error_ratio_series(rule: ErrorRatioRule, endpoints: EndpointLabels) -> str 
     return f"({' or '.join(terms)})" if terms else None
 
 
+def _recovered_series(rule: RecoveredRule, routed: Sequence[Recovery]) -> str | None:
+    """Per service with a route, the failed share of the hosted API's completion probes
+    over the service's soak, where enough probes ran and the route read local throughout."""
+    terms = []
+    for r in _matching_recoveries(rule, routed):
+        window = prom_duration(r.soak)
+        where = f'endpoint={_string(r.endpoint)},probe="completion"'
+        probes = f"sum(increase({catalog.API_PROBES.name}{{{where}}}[{window}]))"
+        failed = f'sum(increase({catalog.API_PROBES.name}{{{where},result!="ok"}}[{window}]))'
+        local = _selector(
+            catalog.SERVICE_ROUTE.name, equal={"service": r.service, "route": "local"}
+        )
+        term = (
+            f"({failed} / {probes}) "
+            f"and on() ({probes} >= {_number(rule.min_probes)}) "
+            f"and on() (min_over_time({local}[{window}]) == 1)"
+        )
+        for label in ENDPOINT_LABELS:
+            if label in r.labels:
+                term = _set_label(term, label, r.labels[label])
+        terms.append((term, r.max_error_ratio))
+    if not terms:
+        return None
+    return " or ".join(f"({t})" for t, _ in terms)
+
+
+def _recovered_expr(rule: RecoveredRule, routed: Sequence[Recovery]) -> str | None:
+    terms = []
+    for r in _matching_recoveries(rule, routed):
+        one = _recovered_series(rule, [r])
+        if one is not None:
+            terms.append(f"({one} <= {_number(r.max_error_ratio)})")
+    return f"({' or '.join(terms)})" if terms else None
+
+
 def _target_up(rule: TargetDownRule) -> str:
     """For nodes `node_up` decides where present, as in the evaluator: a node whose output
     could not be parsed answered, so it is not down."""
@@ -205,9 +254,12 @@ def _target_up(rule: TargetDownRule) -> str:
     return f"({up})"
 
 
-def _series(rule: AnyRule, endpoints: EndpointLabels) -> tuple[str, str] | None:
+def _series(
+    rule: AnyRule, endpoints: EndpointLabels, routed: Sequence[Recovery] = ()
+) -> tuple[str, str] | None:
     """(every series the rule reads, those holding its condition) as PromQL; None when
-    nothing can match."""
+    nothing can match. `routed`: the services whose traffic can go back to a hosted API
+    (`recovered`)."""
     if isinstance(rule, ThresholdRule):
         return _threshold_value(rule), _threshold_expr(rule)
     if isinstance(rule, CounterIncreaseRule):
@@ -215,6 +267,10 @@ def _series(rule: AnyRule, endpoints: EndpointLabels) -> tuple[str, str] | None:
     if isinstance(rule, ErrorRatioRule):
         ratios = _error_ratio_series(rule, endpoints)
         return None if ratios is None else (ratios, f"{ratios} > {_number(rule.above)}")
+    if isinstance(rule, RecoveredRule):
+        ratios = _recovered_series(rule, routed)
+        holding = _recovered_expr(rule, routed)
+        return None if ratios is None or holding is None else (ratios, holding)
     if isinstance(rule, TargetDownRule):
         up = _target_up(rule)
         return up, f"{up} == 0"
@@ -223,22 +279,26 @@ def _series(rule: AnyRule, endpoints: EndpointLabels) -> tuple[str, str] | None:
 
 
 def _lowest_first(rule: AnyRule) -> bool:
-    return isinstance(rule, ThresholdRule) and rule.op in ("<", "<=")
+    return (isinstance(rule, ThresholdRule) and rule.op in ("<", "<=")) or isinstance(
+        rule, RecoveredRule
+    )
 
 
-def expression(rule: AnyRule, endpoints: EndpointLabels) -> str | None:
+def expression(
+    rule: AnyRule, endpoints: EndpointLabels, routed: Sequence[Recovery] = ()
+) -> str | None:
     """The PromQL returning one series per firing group; None when nothing can match."""
-    series = _series(rule, endpoints)
+    series = _series(rule, endpoints, routed)
     if series is None:
         return None
     worst = "min" if _lowest_first(rule) else "max"
-    return f"{worst} by ({', '.join(alert_labels(rule, endpoints))}) ({series[1]})"
+    return f"{worst} by ({', '.join(alert_labels(rule, endpoints, routed))}) ({series[1]})"
 
 
 def _unit(rule: AnyRule) -> str:
     if isinstance(rule, ThresholdRule):
         return "ratio" if rule.per else catalog.BY_NAME[rule.metric].unit
-    return "ratio" if isinstance(rule, ErrorRatioRule) else ""
+    return "ratio" if isinstance(rule, ErrorRatioRule | RecoveredRule) else ""
 
 
 _FORMAT_BY_UNIT = {
@@ -306,10 +366,14 @@ def _meaning(label: str) -> str:
 
 
 def _queried_values(
-    rule: AnyRule, names: frozenset[str], labels: Sequence[str], endpoints: EndpointLabels
+    rule: AnyRule,
+    names: frozenset[str],
+    labels: Sequence[str],
+    endpoints: EndpointLabels,
+    routed: Sequence[Recovery],
 ) -> dict[str, str]:
     """Go template text for the names no label of the alert holds, queried over its group."""
-    series = _series(rule, endpoints)
+    series = _series(rule, endpoints, routed)
     assert series is not None  # alerting_rule exports only rules with an expression
     members, holding = series
     group = _Group(tuple(labels))
@@ -361,12 +425,15 @@ def _queried(metric: catalog.Metric) -> str:
 
 
 def template_values(
-    rule: AnyRule, labels: Sequence[str], endpoints: EndpointLabels
+    rule: AnyRule,
+    labels: Sequence[str],
+    endpoints: EndpointLabels,
+    routed: Sequence[Recovery] = (),
 ) -> dict[str, str]:
     """Template name -> Go template text (or a constant) for every name a template of the
     rule may use (detect/rules.py `template_names`)."""
     names = template_names(rule)
-    values = _queried_values(rule, names, labels, endpoints)
+    values = _queried_values(rule, names, labels, endpoints, routed)
     values |= {label: f"{{{{ $labels.{label} }}}}" for label in labels}
     values |= {
         "rule": rule.name,
@@ -374,6 +441,13 @@ def template_values(
         "value": _shown("$value", _unit(rule)),
         "for": format_duration(rule.for_) if rule.for_ else "0s",
     }
+    if isinstance(rule, RecoveredRule):
+        # Each service's own soak and error ratio: shown as one when the services agree.
+        mine = _matching_recoveries(rule, routed)
+        soaks = {format_duration(r.soak) for r in mine}
+        ratios = {format_value(r.max_error_ratio, "ratio") for r in mine}
+        values["window"] = soaks.pop() if len(soaks) == 1 else "its recovery soak"
+        values["threshold"] = ratios.pop() if len(ratios) == 1 else "its recovery_error_ratio"
     values.setdefault("threshold", _threshold_text(rule))
     if isinstance(rule, ErrorRatioRule | CounterIncreaseRule):
         values["window"] = format_duration(rule.window)
@@ -413,13 +487,15 @@ def _runbook(rule: AnyRule, values: Mapping[str, str], labels: Sequence[str]) ->
     return f"{{{{ if and {condition} }}}}{command}{{{{ end }}}}"
 
 
-def alerting_rule(rule: AnyRule, endpoints: EndpointLabels) -> dict[str, object] | None:
+def alerting_rule(
+    rule: AnyRule, endpoints: EndpointLabels, routed: Sequence[Recovery] = ()
+) -> dict[str, object] | None:
     """One Prometheus alerting rule (a mapping in the rules file's key order), or None."""
-    expr = expression(rule, endpoints)
+    expr = expression(rule, endpoints, routed)
     if expr is None:
         return None
-    labels = alert_labels(rule, endpoints)
-    values = template_values(rule, labels, endpoints)
+    labels = alert_labels(rule, endpoints, routed)
+    values = template_values(rule, labels, endpoints, routed)
     where = ", ".join(f"{{{label}}}" for label in rule.group_by or labels)
     title = rule.title or f"{where}: {{rule}}"
     summary = rule.summary or "{rule}: {value} against {threshold}"
@@ -462,12 +538,17 @@ def export(config: Config) -> Export:
     """The rules file for the config's active rules, in their evaluation order."""
     rules = active_rules(config.rules)
     endpoints = endpoint_labels(config)
+    routed = recoveries(config, endpoints)
     exported: list[dict[str, object]] = []
     skipped: dict[str, str] = {}
     for rule in rules:
-        translated = alerting_rule(rule, endpoints)
+        translated = alerting_rule(rule, endpoints, routed)
         if translated is None:
-            skipped[rule.name] = "no configured endpoint matches it"
+            skipped[rule.name] = (
+                "no service has a route to a hosted endpoint"
+                if isinstance(rule, RecoveredRule)
+                else "no configured endpoint matches it"
+            )
         else:
             exported.append(translated)
     header = "Generated by `reliability rules export`; edit the config, not this file.\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reliability import catalog
@@ -15,10 +15,11 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    RecoveredRule,
     TargetDownRule,
     ThresholdRule,
 )
-from reliability.detect.counters import CounterWindow
+from reliability.detect.counters import CounterWindow, SoakWindows
 from reliability.detect.render import format_value
 from reliability.detect.rules import TARGET_LABEL, rule_collector
 from reliability.durations import format_duration
@@ -158,6 +159,61 @@ def error_ratio(
         out.append(
             Reading((name,), dict(labels), s.value, rule.above, s.value > rule.above, ("api", name))
         )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A service whose traffic can move back to its hosted API (`endpoint`), with its
+    soak and the share of failed completion probes the soak allows; `labels` those of
+    the endpoint, with the service's name."""
+
+    endpoint: str
+    service: str
+    soak: float
+    max_error_ratio: float
+    labels: Mapping[str, str]
+
+
+def _completions(samples: Samples) -> dict[str, tuple[float, float]]:
+    """Endpoint -> (completion probes, failed ones) since the collector started."""
+    out: dict[str, tuple[float, float]] = {}
+    for s in samples.of(catalog.API_PROBES.name):
+        endpoint, probe, result = s.labels
+        if probe != "completion" or isinstance(s.value, HistogramValue):
+            continue
+        probes, failed = out.get(endpoint, (0.0, 0.0))
+        out[endpoint] = (probes + s.value, failed + (0.0 if result == "ok" else s.value))
+    return out
+
+
+def recovered(
+    rule: RecoveredRule,
+    samples: Samples,
+    *,
+    recoveries: Sequence[Recovery],
+    windows: SoakWindows,
+) -> list[Reading]:
+    """The soak counts only while the route file reads `local`; any other reading starts
+    it again. No route or probe reading yet: no series (held as it was)."""
+    route = samples.values(catalog.SERVICE_ROUTE.name)
+    completions = _completions(samples)
+    out = []
+    for r in recoveries:
+        local, counts = route.get((r.service, "local")), completions.get(r.endpoint)
+        if (rule.endpoint and r.endpoint != rule.endpoint) or local is None or counts is None:
+            continue
+        key = (r.endpoint, r.service)
+        ratio, bad = 0.0, False
+        if local == 1.0:
+            soaked, probes, failed = windows.observe(key, samples.now, *counts, r.soak)
+            ratio = failed / probes if probes else 1.0
+            bad = soaked and probes >= rule.min_probes and ratio <= r.max_error_ratio
+        else:
+            windows.reset(key)
+        extra = {"window": format_duration(r.soak)}
+        source = ("route", r.service)
+        out.append(Reading(key, dict(r.labels), ratio, r.max_error_ratio, bad, source, extra))
     return out
 
 

@@ -16,11 +16,19 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    RecoveredRule,
     TargetDownRule,
     ThresholdRule,
 )
 
-AnyRule = ThresholdRule | ErrorRatioRule | TargetDownRule | CounterIncreaseRule | GpuLostRule
+AnyRule = (
+    ThresholdRule
+    | ErrorRatioRule
+    | RecoveredRule
+    | TargetDownRule
+    | CounterIncreaseRule
+    | GpuLostRule
+)
 Loc = tuple[str | int, ...]
 
 # The label that names a collector's target in the series it publishes.
@@ -50,7 +58,7 @@ def rule_collector(rule: AnyRule) -> str | None:
     """The collector whose data the rule reads (None: the meta series)."""
     if isinstance(rule, ThresholdRule | CounterIncreaseRule):
         return collector_of(catalog.BY_NAME[rule.metric])
-    if isinstance(rule, ErrorRatioRule):
+    if isinstance(rule, ErrorRatioRule | RecoveredRule):
         return "api"
     if isinstance(rule, TargetDownRule):
         return rule.collector
@@ -61,7 +69,7 @@ def series_labels(rule: AnyRule) -> tuple[str, ...]:
     """The labels every series the rule evaluates can carry."""
     if isinstance(rule, ThresholdRule | CounterIncreaseRule):
         return catalog.BY_NAME[rule.metric].labels
-    if isinstance(rule, ErrorRatioRule):
+    if isinstance(rule, ErrorRatioRule | RecoveredRule):
         return ENDPOINT_LABELS
     if isinstance(rule, TargetDownRule):
         return ("collector", TARGET_LABEL[rule.collector])
@@ -80,7 +88,7 @@ def template_names(rule: AnyRule) -> frozenset[str]:
         names |= {"part", "whole"}
     if isinstance(rule, GpuLostRule):
         names |= {"expected", "visible"}
-    if isinstance(rule, CounterIncreaseRule | ErrorRatioRule):
+    if isinstance(rule, CounterIncreaseRule | ErrorRatioRule | RecoveredRule):
         names.add("window")
     return frozenset(names)
 
@@ -156,7 +164,7 @@ def check_rule(
     if rule.runbook is not None:
         for key, value in rule.runbook.params.items():
             yield from _check_template(("runbook", "params", key), value, names)
-    if isinstance(rule, ErrorRatioRule) and rule.endpoint and rule.endpoint not in endpoints:
+    if isinstance(rule, ErrorRatioRule | RecoveredRule) and rule.endpoint not in (None, *endpoints):
         yield ("endpoint",), f"no endpoint is named {rule.endpoint!r}"
     for j, name in enumerate(rule.inhibits):
         if name not in rule_names:

@@ -216,9 +216,27 @@ def lb_edit_ops(
     return ops
 
 
-def lb_restore_ops(lb_node: str, lb: LoadBalancerConfig, saved: AtRun) -> list[Op]:
-    """Put a saved upstream file back byte for byte, validate, reload."""
+def lb_restore_ops(
+    lb_node: str, lb: LoadBalancerConfig, saved: AtRun, *, file: str | None = None
+) -> list[Op]:
+    """Put a saved upstream file (or another file of the balancer's: `file`) back byte for
+    byte, validate, reload."""
     return [
-        _write(lb_node, lb.upstream_file, saved, "byte for byte"),
+        _write(lb_node, file or lb.upstream_file, saved, "byte for byte"),
+        *_lb_check_reload(lb_node, lb),
+    ]
+
+
+def lb_swap_ops(
+    lb_node: str, lb: LoadBalancerConfig, file: str, variant: str, key: str
+) -> list[Op]:
+    """Copy the prepared `variant` over `file` on the balancer's node (read, then written
+    atomically as every balancer file is), validate, reload; `file` as it was is saved
+    under `key` for undo (lb_restore_ops with `file`)."""
+    content = AtRun(f"the contents of {variant}", f"{key}:variant")
+    return [
+        run_op(lb_node, ["cat", file], note="saved for undo", saves=key),
+        run_op(lb_node, ["cat", variant], note="the prepared variant", saves=content.key),
+        _write(lb_node, file, content, "the variant, byte for byte"),
         *_lb_check_reload(lb_node, lb),
     ]

@@ -60,8 +60,7 @@ def lb_node(cfg: Config, s: ServiceConfig) -> NodeConfig:
 def hosted_url(cfg: Config, s: ServiceConfig) -> str:
     """The health URL of the hosted API this service falls back from: a hosted endpoint
     naming the service, else the only hosted endpoint naming none."""
-    hosted = [e for e in cfg.endpoints if e.role == "hosted"]
-    mine = [e for e in hosted if e.service == s.name] or [e for e in hosted if not e.service]
+    mine = cfg.hosted_endpoints(s.name)
     if len(mine) != 1:
         raise ScopeError(f"{len(mine)} hosted endpoints could be the one of service {s.name}")
     return mine[0].url.rstrip("/") + mine[0].health_path

@@ -16,6 +16,9 @@
   ``lb-1`` instead of nginx. Skipped locally, failed in CI, without sshd, haproxy or root.
 * ``rig_balancer`` (function, parametrized ``nginx`` / ``haproxy``): each of the two in
   turn, for specifications every balancer must meet.
+* ``rig_hosted`` (function): the ``rig_lb`` fleet and nginx set up as deploy/nginx/ ships
+  it, ``/v1/`` routed by a route file to the TLS hosted-API stand-in (a CA of its own,
+  SNI, ``Host`` and API key checked) or, swapped, to pool blue; a ``HostedRig``.
 * ``inference_group`` / ``inference_server`` (function): in-process inference stand-ins.
 * ``slack`` (function): a Slack Web API stand-in with channels ``alerts`` and ``oncall``;
   drive it with ``WebClient(token=slack.token, base_url=slack.api_url)``.
@@ -24,18 +27,22 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reliability.testing import tls
 from reliability.testing.balancer import RigBalancer
 from reliability.testing.fleet import Fleet, missing_requirement
 from reliability.testing.haproxy import HAProxyBalancer
 from reliability.testing.inference import InferenceSpec
 from reliability.testing.inference_group import InferenceHandle, ServerGroup
-from reliability.testing.nginx import NginxBalancer
+from reliability.testing.nginx import HostedApi, NginxBalancer
 from reliability.testing.services import service_missing
 from reliability.testing.slack import SlackStandIn
 
@@ -43,6 +50,7 @@ RIG_POOLS = {"gpu-1": "blue", "gpu-2": "blue", "gpu-3": "green"}
 RIG_LB_POOLS = {"gpu-1": "blue", "gpu-2": "blue", "gpu-3": "green", "gpu-4": "green"}
 RIG_LB_NODES = [*RIG_LB_POOLS, "spare-1", "lb-1"]
 RIG_LB_IMAGE = "vllm/vllm-openai:v0.6.0"
+HOSTED_NAME = "localhost"  # the hosted stand-in's certificate name: one that resolves here
 
 
 def _require_fleet() -> None:
@@ -86,7 +94,7 @@ RIG_BALANCERS: dict[str, type[RigBalancer]] = {"nginx": NginxBalancer, "haproxy"
 
 
 @contextmanager
-def _lb_fleet(kind: str) -> Iterator[Any]:
+def _lb_fleet(kind: str, **options: Any) -> Iterator[Any]:
     # A fleet of its own (about 0.2 s to build): tests rewrite the upstream, stop members
     # and the balancer itself, none of which a reset could undo reliably.
     _require_fleet()
@@ -97,7 +105,8 @@ def _lb_fleet(kind: str) -> Iterator[Any]:
         for name in RIG_LB_POOLS:
             fleet.run_container(name, RIG_LB_IMAGE)
         blue = [f"{fleet.node(n).address}:8000" for n, p in RIG_LB_POOLS.items() if p == "blue"]
-        with RIG_BALANCERS[kind](fleet, "lb-1", service="chat", members=blue) as balancer:
+        balancer = RIG_BALANCERS[kind](fleet, "lb-1", service="chat", members=blue, **options)
+        with balancer:
             yield balancer
 
 
@@ -117,6 +126,39 @@ def rig_haproxy() -> Iterator[HAProxyBalancer]:
 def rig_balancer(request: pytest.FixtureRequest) -> Iterator[RigBalancer]:
     with _lb_fleet(request.param) as balancer:
         yield balancer
+
+
+@dataclass(frozen=True)
+class HostedRig:
+    """``rig_hosted``: nginx (``lb``) whose ``/v1/`` routes to the TLS hosted-API stand-in
+    (``api``) or the blue pool, the CA it was issued by, and the key nginx sends."""
+
+    lb: NginxBalancer
+    api: InferenceHandle
+    ca_file: Path
+    api_key: str
+
+
+@contextmanager
+def hosted_rig(directory: Path, **options: Any) -> Iterator[HostedRig]:
+    """The ``rig_hosted`` set-up in ``directory``; ``options`` go to the HostedApi (e.g.
+    ``ca_file=None``) or, ``route``, to the balancer."""
+    ca = tls.make_ca(directory / "ca")
+    identity = tls.issue(ca, HOSTED_NAME)
+    key = "sk-rig-" + secrets.token_hex(16)
+    route = options.pop("route", "hosted")
+    with ServerGroup() as group:
+        api = group.start(InferenceSpec(pool="hosted", tls=identity, api_key=key))
+        given = {"ca_file": ca.cert_file, **options}
+        hosted = HostedApi(f"{api.host}:{api.port}", HOSTED_NAME, key, **given)
+        with _lb_fleet("nginx", hosted=hosted, route=route) as lb:
+            yield HostedRig(lb, api, ca.cert_file, key)
+
+
+@pytest.fixture
+def rig_hosted(tmp_path: Path) -> Iterator[HostedRig]:
+    with hosted_rig(tmp_path) as rig:
+        yield rig
 
 
 @pytest.fixture

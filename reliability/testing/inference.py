@@ -22,6 +22,12 @@ APIs hold a queued request, so only a client's total deadline ends it);
 like a crashed process). ``times`` makes a rule expire after that many requests; setting
 ``ok`` on ``*`` clears every rule.
 
+As a hosted API (``tls``, ``api_key``): served over TLS with a certificate of the rig's own
+CA (tls.py) for one name, and as strict as a hosted API's front: a TLS client that sends
+no server name (SNI) or another one is refused in the handshake, a request whose ``Host``
+is not that name gets 421, one without ``Authorization: Bearer <api_key>`` gets OpenAI's
+401. The control routes and ``/metrics`` stay open to the rig.
+
 Run one: ``python -m reliability.testing.inference --port 8000 --pool blue --image IMG
 [--engine sglang]``.
 Run many on one loop: ``reliability.testing.inference_group.serve_many``.
@@ -32,16 +38,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fnmatch
+import hmac
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 import uvicorn
@@ -52,6 +60,7 @@ from starlette.routing import Route
 
 from reliability.catalog import ENGINES, Engine
 from reliability.testing.engine_metrics import ServingStats, Ticket
+from reliability.testing.tls import ServerIdentity
 
 Mode = Literal["ok", "overloaded", "rate_limited", "broken", "slow", "stall", "garbage", "die"]
 MODES: frozenset[str] = frozenset(get_args(Mode))
@@ -69,7 +78,8 @@ CHAT_PATH = "/v1/chat/completions"
 class InferenceSpec:
     """What one stand-in reports about itself, and where it listens (port 0: any free).
     `engine` is the serving engine whose metrics ``/metrics`` speaks; `kv_cache_tokens` the
-    size of the KV cache its running requests fill."""
+    size of the KV cache its running requests fill. `tls`: serve HTTPS as that name only;
+    `api_key`: the bearer token every API request must carry."""
 
     pool: str = "blue"
     image: str = DEFAULT_IMAGE
@@ -78,6 +88,12 @@ class InferenceSpec:
     port: int = 0
     engine: Engine = "vllm"
     kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS
+    tls: ServerIdentity | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
 
 @dataclass
@@ -259,6 +275,55 @@ async def _keepalive(controls: Controls, beat: bytes, interval_s: float) -> Asyn
         await asyncio.sleep(interval_s)
 
 
+def _refusal(spec: InferenceSpec, request: Request) -> Response | None:
+    """What a hosted API's front answers a request not meant for it, or None."""
+    if spec.tls is not None:
+        host = request.headers.get("host", "")
+        if host.rsplit(":", 1)[0] != spec.tls.hostname:
+            return _error(
+                421,
+                f"Misdirected request: this server answers for {spec.tls.hostname}, not "
+                f"{host or 'a request without Host'}.",
+                "invalid_request_error",
+                "misdirected_request",
+            )
+    if spec.api_key is not None:
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer "):
+            return _error(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                "invalid_request_error",
+                None,
+            )
+        if not hmac.compare_digest(given[len("Bearer ") :].encode(), spec.api_key.encode()):
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+    return None
+
+
+def server_tls(identity: ServerIdentity) -> ssl.SSLContext:
+    """The TLS context of a hosted stand-in: the certificate is handed out only to a client
+    that asks for its name (SNI); without one the handshake finds no certificate and fails,
+    with another name it is refused (unrecognized_name)."""
+    named = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    named.load_cert_chain(identity.cert_file, identity.key_file)
+    named.set_alpn_protocols(["http/1.1"])
+    base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # no certificate of its own
+    base.set_alpn_protocols(["http/1.1"])
+
+    def by_name(sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> int | None:
+        if name != identity.hostname:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sock.context = named
+        return None
+
+    base.sni_callback = by_name  # type: ignore[assignment]
+    return base
+
+
 def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
     """The ASGI app of one stand-in."""
     headers = {"x-pool": spec.pool, "x-image": spec.image}
@@ -314,6 +379,9 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
         handler: Callable[[Request, ModeRule], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
+            refused = _refusal(spec, request)
+            if refused is not None:
+                return refused
             rule = controls.take(request.url.path)
             # A chat completion waits from here until its answer starts (after a delay).
             ticket = request.state.ticket = (
@@ -418,11 +486,20 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
     )
 
 
-def uvicorn_config(app: Starlette) -> uvicorn.Config:
-    """Quiet uvicorn settings shared by the CLI and the in-process group."""
+def uvicorn_config(app: Starlette, tls: ServerIdentity | None = None) -> uvicorn.Config:
+    """Quiet uvicorn settings shared by the CLI and the in-process group; with `tls`, HTTPS
+    as `server_tls` sets it up."""
+
+    def tls_context(
+        config: uvicorn.Config, default: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        assert tls is not None
+        return server_tls(tls)
+
     # log_config=None leaves the host's logging alone (pytest's capture, the daemon's).
     return uvicorn.Config(
         app,
+        ssl_context_factory=None if tls is None else tls_context,
         log_config=None,
         log_level="warning",
         access_log=False,
@@ -461,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         f"inference stand-in ({spec.pool}, {spec.image}) on http://{spec.host}:{spec.port}",
         file=sys.stderr,
     )
-    uvicorn.Server(uvicorn_config(create_app(spec, controls))).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(create_app(spec, controls), spec.tls)).run(sockets=[sock])
     return 0
 
 

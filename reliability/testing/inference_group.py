@@ -47,7 +47,10 @@ class InferenceHandle:
         self.spec = spec
         self.host = spec.host
         self.port = port
-        self.url = f"http://{spec.host}:{port}"
+        # Over TLS the stand-in answers only to its certificate's name (tls.py issues for
+        # names that resolve here, such as localhost).
+        host = spec.tls.hostname if spec.tls else spec.host
+        self.url = f"{spec.scheme}://{host}:{port}"
         self.controls = controls
         self.exit_code: int | None = None
         self._server = server
@@ -125,7 +128,7 @@ class ServerGroup:
         for spec in specs:
             sock = listen(spec.host, spec.port)
             controls = Controls()
-            server = uvicorn.Server(uvicorn_config(create_app(spec, controls)))
+            server = uvicorn.Server(uvicorn_config(create_app(spec, controls), spec.tls))
             handle = InferenceHandle(spec, server, sock.getsockname()[1], controls, self._loop)
             controls.on_die = handle._die
             # Listed at once, so close() stops it even if a later spec fails to bind.

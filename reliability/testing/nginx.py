@@ -22,13 +22,22 @@ verifies through ``health_url`` (``/health``), as on a real balancer. Every answ
 The upstream file is the kind an operator keeps: each server line with a weight and
 failure limits, a comment, ``zone`` and ``keepalive``, and a second upstream no runbook may
 touch (``UNRELATED``); runbooks must edit the service's server lines and keep the rest.
+
+With ``hosted`` (a ``HostedApi``: the TLS hosted-API stand-in), the balancer is set up as
+deploy/nginx/ ships it: ``/v1/`` includes the route file, a copy of one of two variants
+made from deploy/nginx's own files (the hosted API over verified TLS with SNI, ``Host`` and
+the API key from a mode-600 include; or the pool's upstream), so the runbooks'
+``lb_route`` swaps real traffic between the hosted API and the pool.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Literal
 
 from reliability.balancers.nginx import read_upstreams
 from reliability.testing.balancer import (
@@ -48,6 +57,14 @@ from reliability.testing.balancer import (
 
 NGINX = "/usr/sbin/nginx"
 UNRELATED = "rig-unrelated"  # the upstream file's second upstream
+DEPLOY_NGINX = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
+# What deploy/nginx's example files name, and what the rig puts in their place.
+EXAMPLE_SERVICE = "chat"
+EXAMPLE_DIR = "/etc/nginx/reliability/"
+EXAMPLE_HOST = "api.example.com"
+EXAMPLE_CA = "/etc/ssl/certs/ca-certificates.crt"
+EXAMPLE_KEY = "sk-REPLACE-WITH-THE-HOSTED-API-KEY"
+Route = Literal["hosted", "local"]
 __all__ = [
     "COMMAND_TIMEOUT_S",
     "DEFAULT_PORT",
@@ -57,6 +74,7 @@ __all__ = [
     "RELOAD_TIMEOUT_S",
     "STOP_TIMEOUT_S",
     "UNRELATED",
+    "HostedApi",
     "Member",
     "NginxBalancer",
     "NginxError",
@@ -108,11 +126,72 @@ def upstream_file(service: str, members: Sequence[str | Member]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class HostedApi:
+    """The hosted API the service's public location can proxy to: where nginx connects
+    (``address``, host:port), the name its certificate is for (SNI and ``Host``), its key,
+    and the CA nginx trusts (None: none is named, and nginx refuses to start)."""
+
+    address: str
+    hostname: str
+    api_key: str = field(repr=False)
+    ca_file: Path | None = None
+
+
+def route_files(service: str, hosted: HostedApi, directory: Path) -> dict[str, str]:
+    """The route variants and the key's include, by file name, made from deploy/nginx's
+    files with the rig's names, paths, hosted API and key in place of the example's."""
+
+    def from_deploy(name: str) -> str:
+        text = (DEPLOY_NGINX / name).read_text().replace(EXAMPLE_SERVICE, service)
+        text = text.replace(EXAMPLE_DIR, f"{directory}/").replace(EXAMPLE_HOST, hosted.hostname)
+        if hosted.ca_file is None:
+            return "".join(line for line in text.splitlines(True) if EXAMPLE_CA not in line)
+        return text.replace(EXAMPLE_CA, str(hosted.ca_file))
+
+    auth = from_deploy("chat-hosted-auth.conf.example").replace(EXAMPLE_KEY, hosted.api_key)
+    return {
+        f"{service}-route-hosted.conf": from_deploy("chat-route-hosted.conf"),
+        f"{service}-route-local.conf": from_deploy("chat-route-local.conf"),
+        f"{service}-hosted-auth.conf": auth,
+    }
+
+
+def _hosted_blocks(service: str, hosted: HostedApi | None, route_file: Path) -> tuple[str, str]:
+    """The hosted API's upstream block and the ``/v1/`` location (deploy/nginx/chat.conf)."""
+    if hosted is None:
+        return "", ""
+    upstream = f"""
+    upstream {service}_hosted {{
+        server {hosted.address};
+        keepalive 8;
+    }}
+"""
+    location = f"""
+        # The service's public API: the route file says where (deploy/nginx/chat.conf).
+        location /v1/ {{
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            include {route_file};
+        }}"""
+    return upstream, location
+
+
 def main_config(
-    *, directory: Path, upstream_file: Path, service: str, address: str, port: int, workers: int
+    *,
+    directory: Path,
+    upstream_file: Path,
+    service: str,
+    address: str,
+    port: int,
+    workers: int,
+    hosted: HostedApi | None = None,
 ) -> str:
     """The main nginx config: everything nginx writes stays in ``directory``."""
     d = directory
+    hosted_upstream, hosted_location = _hosted_blocks(
+        service, hosted, directory / f"{service}-route.conf"
+    )
     return f"""\
 # The rig's load balancer (reliability/testing/nginx.py). Runs as the login user.
 error_log {d}/error.log notice;
@@ -140,8 +219,7 @@ http {{
     client_body_buffer_size 1m;
 
     include {upstream_file};
-
-    server {{
+{hosted_upstream}    server {{
         listen {address}:{port};
 
         proxy_http_version 1.1;
@@ -159,7 +237,7 @@ http {{
 
         location / {{
             proxy_pass http://{service};
-        }}
+        }}{hosted_location}
     }}
 }}
 """
@@ -171,6 +249,17 @@ class NginxBalancer(RigBalancer):
     kind = "nginx"
     binary = NGINX
     error = NginxError
+
+    def __init__(
+        self,
+        *args: Any,
+        hosted: HostedApi | None = None,
+        route: Route = "hosted",
+        **options: Any,
+    ) -> None:
+        super().__init__(*args, **options)
+        self.hosted = hosted
+        self._route = route
 
     def __enter__(self) -> NginxBalancer:
         return self.start()
@@ -187,6 +276,24 @@ class NginxBalancer(RigBalancer):
     @property
     def upstream_file(self) -> Path:
         return self.dir / f"upstream-{self.service}.conf"
+
+    @property
+    def route_file(self) -> Path:
+        """The include that sends ``/v1/`` to the hosted API or the pool (with ``hosted``)."""
+        return self.dir / f"{self.service}-route.conf"
+
+    def route_variant(self, route: Route) -> Path:
+        return self.dir / f"{self.service}-route-{route}.conf"
+
+    def lb_config(self, service: str | None = None) -> dict[str, Any]:
+        config: dict[str, Any] = super().lb_config(service)
+        if self.hosted is not None:
+            config["route"] = {
+                "file": str(self.route_file),
+                "hosted": str(self.route_variant("hosted")),
+                "local": str(self.route_variant("local")),
+            }
+        return config
 
     @property
     def error_log(self) -> Path:
@@ -207,10 +314,23 @@ class NginxBalancer(RigBalancer):
             address=self.address,
             port=self.port,
             workers=self.workers,
+            hosted=self.hosted,
         )
 
     def _make_dirs(self) -> None:
         (self.dir / "temp").mkdir()
+        if self.hosted is None:
+            return
+        hosted = self.hosted
+        if hosted.ca_file is not None:  # where nginx's user can read it
+            ca = self.dir / "hosted-ca.pem"
+            shutil.copyfile(hosted.ca_file, ca)
+            hosted = replace(hosted, ca_file=ca)
+        for name, text in route_files(self.service, hosted, self.dir).items():
+            path = self.dir / name
+            path.touch(mode=0o600 if name.endswith("-auth.conf") else 0o644)  # the key: 600
+            path.write_text(text)
+        self.route_file.write_bytes(self.route_variant(self._route).read_bytes())
 
     def launch_args(self) -> list[str]:
         return ["-c", str(self.config_file)]

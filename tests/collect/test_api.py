@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from reliability import catalog
 from reliability.collect.api import ApiProbeCollector, EndpointSpec
 from reliability.collect.base import CollectError, HistogramValue, Sample
 from reliability.collect.snapshot import Snapshot
+from reliability.testing import tls
 from reliability.testing.inference import (
     DEFAULT_MODEL,
     Controls,
@@ -30,7 +32,7 @@ from reliability.testing.inference import (
     listen,
     uvicorn_config,
 )
-from reliability.testing.inference_group import InferenceHandle
+from reliability.testing.inference_group import InferenceHandle, ServerGroup
 
 SECRET = "sk-test-7f3a9c1e5b2d4680"
 
@@ -413,3 +415,26 @@ def test_spec_rejects_bad_config_without_echoing_the_key() -> None:
         EndpointSpec("x", "api.example")
     with pytest.raises(ValueError, match="twice"):
         ApiProbeCollector([EndpointSpec("x", "http://a"), EndpointSpec("x", "http://b")])
+
+
+def test_a_hosted_api_behind_a_private_ca_is_probed_with_its_ca_file_and_refused_without(
+    inference_group: ServerGroup, tmp_path: Path
+) -> None:
+    ca = tls.make_ca(tmp_path)
+    key = "sk-probe-key-0123456789"
+    api = inference_group.start(
+        InferenceSpec(pool="hosted", tls=tls.issue(ca, "localhost"), api_key=key)
+    )
+    trusted = ApiProbeCollector(
+        [spec(api.url, api_key=key, completion_every=1, ca_file=str(ca.cert_file))]
+    )
+    untrusted = ApiProbeCollector([spec(api.url, api_key=key, completion_every=1)])
+    try:
+        samples, outcome = collect(trusted)
+        assert outcome == "ok"
+        assert value(samples, catalog.API_PROBES, "completion", "ok") == 1
+        _, refused = collect(untrusted)
+        assert refused == "connection_error"  # verification stays on: never sent
+    finally:
+        trusted.close()
+        untrusted.close()

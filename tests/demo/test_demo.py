@@ -49,7 +49,7 @@ from reliability.demo.run import BAD_IMAGE, GOOD_IMAGE
 from reliability.detect import builtin
 from reliability.detect.builtin import BUILTIN, active_rules
 from reliability.runbooks.load import load_runbooks
-from reliability.testing import nginx
+from reliability.testing import nginx, tls
 from reliability.testing.demofleet import DemoFleet
 from reliability.testing.inference import DEFAULT_MODEL, InferenceSpec
 from reliability.testing.inference_group import ServerGroup
@@ -66,7 +66,7 @@ T = TypeVar("T")
 # --- the config, without running anything ---------------------------------------------------
 
 
-def _layout(slack: SlackStandIn, *, nginx_runs: bool) -> Layout:
+def _layout(slack: SlackStandIn, *, nginx_runs: bool, ca: Path) -> Layout:
     nodes = [
         {"name": n, "address": f"127.0.9.{i}", "ssh": {"port": 2222}, "pool": p, "gpus": g}
         for i, (n, p, g) in enumerate(
@@ -83,13 +83,20 @@ def _layout(slack: SlackStandIn, *, nginx_runs: bool) -> Layout:
     return Layout(
         ssh={"user": "demo", "key_file": "/k/client", "known_hosts": "/k/known_hosts"},
         nodes=nodes,
-        hosted_url="http://127.0.0.1:3",
+        hosted_url="https://localhost:3",
+        hosted_key="sk-demo-test-key",
+        hosted_ca=ca,
         load_balancer={
             "kind": "nginx",
             "node": "lb-1",
             "upstream_file": "/rig/nginx-lb-1/upstream-chat.conf",
             "config_file": "/rig/nginx-lb-1/nginx.conf",
             "url": "http://127.0.9.5:8080/",
+            "route": {
+                "file": "/rig/nginx-lb-1/chat-route.conf",
+                "hosted": "/rig/nginx-lb-1/chat-route-hosted.conf",
+                "local": "/rig/nginx-lb-1/chat-route-local.conf",
+            },
         },
         nginx_runs=nginx_runs,
         image="registry.demo.local/serving/vllm@sha256:" + "a" * 64,
@@ -106,7 +113,8 @@ def test_the_demo_config_passes_config_check_with_its_secrets(
     directory = tmp_path / "demo"
     directory.mkdir()
     write_runbooks(directory)
-    path = write_config(directory, _layout(slack, nginx_runs=nginx_runs), "127.0.0.1:9464")
+    ca = tls.make_ca(tmp_path / "tls").cert_file
+    path = write_config(directory, _layout(slack, nginx_runs=nginx_runs, ca=ca), "127.0.0.1:9464")
 
     checked = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
     assert checked.exit_code == 0, checked.output
@@ -116,9 +124,15 @@ def test_the_demo_config_passes_config_check_with_its_secrets(
     assert (directory / "slack-token").stat().st_mode & 0o077 == 0
     assert config.database_url() == f"sqlite:///{directory / 'reliability.db'}"
     (service,) = config.services
-    assert service.auto_runbooks == (["node-failover", "upstream-failover"] if nginx_runs else [])
-    endpoints = [e.name for e in config.endpoints]
-    assert endpoints == (["hosted", "chat"] if nginx_runs else ["hosted", "gpu-1", "gpu-2"])
+    assert service.auto_runbooks == (
+        ["node-failover", "upstream-failover", "upstream-switch-back"] if nginx_runs else []
+    )
+    assert service.load_balancer is not None and service.load_balancer.route is not None
+    assert [e.name for e in config.endpoints] == ["hosted", "gpu-1", "gpu-2"]
+    assert config.endpoint_key(0) is not None
+    assert config.endpoint_key(0).get_secret_value() == "sk-demo-test-key"
+    assert (directory / "hosted-api-key").stat().st_mode & 0o077 == 0
+    assert "sk-demo-test-key" not in path.read_text()
     # The shortened rules replace the built-ins of the same name; nothing else changes.
     active = {r.name for r in active_rules(config.rules)}
     assert active == {r.name for r in BUILTIN}
@@ -129,14 +143,16 @@ def test_the_demo_runbooks_are_the_shipped_ones_with_short_waits(
     tmp_path: Path, slack: SlackStandIn
 ) -> None:
     write_runbooks(tmp_path)
-    config = load_config(write_config(tmp_path, _layout(slack, nginx_runs=True), "127.0.0.1:9464"))
+    ca = tls.make_ca(tmp_path / "tls").cert_file
+    layout = _layout(slack, nginx_runs=True, ca=ca)
+    config = load_config(write_config(tmp_path, layout, "127.0.0.1:9464"))
 
     books = load_runbooks(config)
 
     assert set(books) == {p.stem for p in (REPO / "runbooks").glob("*.yaml")}
-    head, body = (tmp_path / "runbooks" / "upstream-failover.yaml").read_text().split("\n", 1)
-    assert "soak: 5s" in body and "soak: 10m" not in body
-    assert head.startswith("# Copied by `reliability demo`") and "soak: 10m -> soak: 5s" in head
+    head, body = (tmp_path / "runbooks" / "blue-green.yaml").read_text().split("\n", 1)
+    assert "soak: 10s" in body and "soak: 5m" not in body
+    assert head.startswith("# Copied by `reliability demo`") and "soak: 5m -> soak: 10s" in head
 
 
 def test_inject_without_a_running_demo_says_so_and_exits_2(tmp_path: Path) -> None:
@@ -404,6 +420,13 @@ def _listening() -> list[str]:
     return out
 
 
+def served_by(demo: RunningDemo) -> str | None:
+    """Who answers a completion through the demo's nginx (its x-pool header)."""
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    answer = httpx.post(demo.info["lb_url"] + "v1/chat/completions", json=body, timeout=10)
+    return answer.headers.get("x-pool") if answer.status_code == 200 else None
+
+
 @pytest.fixture
 def demo_dir() -> Iterator[Path]:
     # Not tmp_path: a demo run as another user must reach it.
@@ -454,15 +477,6 @@ def test_the_demo_pages_and_fails_over_on_its_own_and_clear_resolves_it_all(
             "the run's end in the incident's Slack thread",
         )
         shifted = demo.wait(
-            lambda: run_of(demo, "upstream-failover", service="chat"), 60, "upstream-failover"
-        )
-        assert shifted["started_by"] == "daemon" and shifted["incident_id"] == busy["id"]
-        assert shifted["status"] == "running"  # it waits for the hosted API to recover
-
-        cleared = demo.inject("clear")
-        assert "gpu-3 answers again" in cleared and "hosted API answers again" in cleared
-
-        shifted = demo.wait(
             lambda: (
                 (r := run_of(demo, "upstream-failover", service="chat"))
                 and r["status"] != "running"
@@ -471,14 +485,35 @@ def test_the_demo_pages_and_fails_over_on_its_own_and_clear_resolves_it_all(
             60,
             "upstream-failover to end",
         )
-        assert shifted["status"] == "succeeded", shifted
+        assert shifted["status"] == "succeeded", shifted  # it waits for nothing
+        assert shifted["started_by"] == "daemon" and shifted["incident_id"] == busy["id"]
         assert demo.wait(
             lambda: posted(demo, f"Runbook run {shifted['id']} succeeded", "reply"),
             30,
             "upstream-failover's end in Slack",
         )
+        assert served_by(demo) == "blue"  # /v1/ through nginx now reaches the pool
+
+        cleared = demo.inject("clear")
+        assert "gpu-3 answers again" in cleared and "hosted API answers again" in cleared
+
+        recovered = demo.wait(
+            lambda: incident(demo, "upstream-recovered", service="chat"), 90, "recovered"
+        )
+        back = demo.wait(
+            lambda: (
+                (r := run_of(demo, "upstream-switch-back", service="chat"))
+                and r["status"] != "running"
+                and r
+            ),
+            60,
+            "upstream-switch-back to end",
+        )
+        assert back["status"] == "succeeded", back
+        assert back["started_by"] == "daemon" and back["incident_id"] == recovered["id"]
+        assert served_by(demo) == "hosted"  # through nginx, TLS, its name and key
         # The hosted API's busy probes leave the rule's 1-minute window before it resolves.
-        for fault in (down, busy):
+        for fault in (down, busy, recovered):
             resolved = demo.wait(
                 lambda f=fault: next(
                     (

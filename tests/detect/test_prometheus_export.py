@@ -35,12 +35,14 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    RecoveredRule,
     TargetDownRule,
     ThresholdRule,
 )
 from reliability.detect.builtin import BUILTIN, active_rules
-from reliability.detect.evaluator import endpoint_labels
+from reliability.detect.evaluator import endpoint_labels, recoveries
 from reliability.detect.prometheus import alert_labels, alert_name, export, prom_duration
+from reliability.detect.readings import Recovery
 from reliability.detect.rules import TARGET_LABEL, AnyRule
 from reliability.durations import format_duration
 from reliability.testing.prometheus import PrometheusServer
@@ -160,6 +162,28 @@ def _error_ratio_case(rule: ErrorRatioRule, endpoints: Mapping[str, dict[str, st
     return series, [dict(endpoints[watched[0]])], at
 
 
+def _recovered_case(rule: RecoveredRule, routed: list[Recovery]) -> Case:
+    """The hosted API of the first routed service answers every completion probe over
+    the soak while its route reads local; a service whose route reads hosted does not
+    fire, though its API answers as well."""
+    (r, *_) = routed
+    at = r.soak + 4 * STEP
+    steps = int(at / STEP) + 1
+    series = []
+    for service, endpoint, local in ((r.service, r.endpoint, 1), ("other", "other-api", 0)):
+        probe = {"endpoint": endpoint, "probe": "completion"}
+        series += [
+            _series(catalog.API_PROBES.name, {**probe, "result": "ok"}, f"0+1x{steps}"),
+            _series(catalog.API_PROBES.name, {**probe, "result": "timeout"}, f"0x{steps}"),
+            _series(
+                catalog.SERVICE_ROUTE.name,
+                {"service": service, "route": "local"},
+                _steady(local, at),
+            ),
+        ]
+    return series, [dict(r.labels)], at
+
+
 def _target_down_case(rule: TargetDownRule) -> Case:
     """For nodes: one whose output failed to parse (`node_up` 1) is not down."""
     at = rule.for_ + 4 * STEP
@@ -189,7 +213,9 @@ def _gpu_lost_case(rule: GpuLostRule) -> Case:
     return series, [{"node": "bad"}], at
 
 
-def firing_case(rule: AnyRule, endpoints: Mapping[str, dict[str, str]]) -> Case:
+def firing_case(
+    rule: AnyRule, endpoints: Mapping[str, dict[str, str]], routed: list[Recovery]
+) -> Case:
     """Series on which the rule fires for some groups only, and those alerts' labels."""
     if isinstance(rule, ThresholdRule):
         series, alerts, at = _threshold_case(rule)
@@ -201,16 +227,20 @@ def firing_case(rule: AnyRule, endpoints: Mapping[str, dict[str, str]]) -> Case:
         series, alerts, at = _target_down_case(rule)
     elif isinstance(rule, GpuLostRule):
         series, alerts, at = _gpu_lost_case(rule)
+    elif isinstance(rule, RecoveredRule):
+        series, alerts, at = _recovered_case(rule, routed)
     else:
         raise AssertionError(f"no promtool case for rule type {type(rule).__name__}")
     fixed = {"severity": rule.severity, "rule": rule.name}
-    kept = alert_labels(rule, endpoints)
+    kept = alert_labels(rule, endpoints, routed)
     return series, [{k: a[k] for k in kept if k in a} | fixed for a in alerts], at
 
 
-def _unit_tests(rule: AnyRule, endpoints: Mapping[str, dict[str, str]]) -> list[dict[str, Any]]:
+def _unit_tests(
+    rule: AnyRule, endpoints: Mapping[str, dict[str, str]], routed: list[Recovery]
+) -> list[dict[str, Any]]:
     """Fires at the end of `for` (and not a step before, when it has one)."""
-    series, alerts, at = firing_case(rule, endpoints)
+    series, alerts, at = firing_case(rule, endpoints, routed)
     name = alert_name(rule.name)
     expected = [{"exp_labels": labels} for labels in alerts]
     checks: list[dict[str, Any]] = [
@@ -262,7 +292,8 @@ def test_every_exported_rule_fires_on_bad_series_only(
     result = export(example)
     rules = [r for r in active_rules(example.rules) if alert_name(r.name) in result.alerts]
     assert [alert_name(r.name) for r in rules] == list(result.alerts)
-    tests = [t for rule in rules for t in _unit_tests(rule, endpoints)]
+    routed = recoveries(example, endpoints)
+    tests = [t for rule in rules for t in _unit_tests(rule, endpoints, routed)]
     _run_unit_tests(promtool, tmp_path, _without_annotations(result.text), tests)
 
 
@@ -273,10 +304,14 @@ def test_example_config_exports_every_builtin_and_its_custom_rule(example: Confi
     assert result.skipped == {}
 
 
-def test_error_ratio_rules_without_a_matching_endpoint_are_left_out_with_the_reason() -> None:
+def test_rules_without_a_matching_endpoint_are_left_out_with_the_reason() -> None:
     result = export(Config())
-    assert set(result.skipped) == {"upstream-overloaded", "local-pool-errors"}
+    assert set(result.skipped) == {"upstream-overloaded", "upstream-recovered", "local-pool-errors"}
     assert "# Not exported: local-pool-errors: no configured endpoint matches it." in result.text
+    assert (
+        "# Not exported: upstream-recovered: no service has a route to a hosted endpoint."
+        in result.text
+    )
 
 
 def test_alerts_render_values_labels_and_the_runbook_command(

@@ -77,8 +77,10 @@ def test_an_unknown_runbook_is_bad_usage_exit_2_and_names_the_known_ones():
     result = run("runbook", "plan", "reboot-everything", "-c", EXAMPLE)
     assert result.exit_code == 2
     assert "no runbook is named 'reboot-everything'" in result.output
-    known = "known: blue-green, image-rollback, node-failover, node-return, upstream-failover"
-    assert known in result.output
+    assert (
+        "known: blue-green, image-rollback, node-failover, node-return, upstream-failover, "
+        "upstream-switch-back"
+    ) in result.output
     assert run("runbook", "show", "nope", "-c", EXAMPLE).exit_code == 2
 
 
@@ -103,6 +105,7 @@ def test_list_and_show():
         "node-failover",
         "node-return",
         "upstream-failover",
+        "upstream-switch-back",
     }
     assert books["blue-green"]["params"]["pool"] == {
         "type": "pool",

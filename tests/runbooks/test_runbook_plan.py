@@ -148,15 +148,50 @@ def test_image_rollback_goes_one_node_at_a_time(example):
     ]
 
 
-def test_upstream_failover_goes_local_then_restores_the_file_after_recovery(example):
+def test_upstream_failover_swaps_the_route_file_to_local_and_waits_for_nothing(example):
     plan = plan_of(example, "upstream-failover", service="chat")
+    route = "/etc/nginx/reliability/chat-route.conf"
+    assert [s.id for s in plan.steps] == ["check-local", "to-local", "note"]
     assert list(commands(plan, "check-local")) == ["gpu-1"]
-    assert commands(plan, "wait-recovery")[LOCAL][0] == (
-        "local http: GET https://api.example.com/health until 200, within 6h"
+    assert commands(plan, "to-local")["lb-1"] == [
+        f"lb-1 $ cat {route}",
+        "lb-1 $ cat /etc/nginx/reliability/chat-route-local.conf",
+        f"lb-1 $ cat > {route}.reliability-new && mv -f {route}.reliability-new {route}",
+        "lb-1 $ nginx -t",
+        "lb-1 $ nginx -s reload",
+        "local http: POST http://10.20.0.2/v1/chat/completions (model deepseek-chat, "
+        "max_tokens 1, streamed): first token within 5s, retried for 5s",
+    ]
+    (to_local,) = next(s for s in plan.steps if s.id == "to-local").units
+    assert str(to_local.ops[2].stdin) == (
+        "<the contents of /etc/nginx/reliability/chat-route-local.conf>"
     )
-    back = next(s for s in plan.steps if s.id == "back").units[0]
-    assert back.target == "lb-1"
-    assert str(back.ops[1].stdin) == "<upstream file saved before step to-local>"
+    assert commands(plan, "to-local", undo=True)["lb-1"] == [
+        f"lb-1 $ cat > {route}.reliability-new && mv -f {route}.reliability-new {route}",
+        "lb-1 $ nginx -t",
+        "lb-1 $ nginx -s reload",
+    ]
+    assert str(to_local.undo[0].stdin) == "<route file saved before step to-local>"
+    # The upstream file is not the route: the failover never rewrites it.
+    assert not any("chat-upstream.conf" in line for line in commands(plan, "to-local")["lb-1"])
+
+
+def test_switch_back_is_its_own_runbook_swapping_the_hosted_variant_back(example):
+    plan = plan_of(example, "upstream-switch-back", service="chat")
+    assert [s.id for s in plan.steps] == ["to-hosted", "note"]
+    assert commands(plan, "to-hosted")["lb-1"][1] == (
+        "lb-1 $ cat /etc/nginx/reliability/chat-route-hosted.conf"
+    )
+
+
+def test_a_route_swap_on_a_service_without_a_route_is_a_plan_error(example):
+    services = [
+        s.model_copy(update={"load_balancer": s.load_balancer.model_copy(update={"route": None})})
+        for s in example.services
+    ]
+    unrouted = example.model_copy(update={"services": services})
+    with pytest.raises(PlanError, match=r"service chat has no load_balancer\.route to swap"):
+        plan_of(unrouted, "upstream-failover", service="chat")
 
 
 def test_a_target_group_that_selects_nothing_is_a_plan_error(example):
@@ -181,6 +216,7 @@ def test_planning_touches_nothing(example, monkeypatch, tmp_path: Path):
         ("blue-green", {"service": "chat", "pool": "green"}),
         ("image-rollback", {"service": "chat", "pool": "green"}),
         ("upstream-failover", {"service": "chat"}),
+        ("upstream-switch-back", {"service": "chat"}),
     ]:
         assert plan_of(example, name, **given).steps
     assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,14 @@ from reliability.runbooks.spec import ACTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
-SHIPPED = {"blue-green", "node-failover", "node-return", "image-rollback", "upstream-failover"}
+SHIPPED = {
+    "blue-green",
+    "node-failover",
+    "node-return",
+    "image-rollback",
+    "upstream-failover",
+    "upstream-switch-back",
+}
 
 
 def errors_of(directory: Path) -> list[str]:
@@ -38,6 +45,7 @@ def test_the_actions_are_those_of_the_engine():
         "ready",
         "lb_set_pool",
         "drain",
+        "lb_route",
         "deploy_image",
         "record_deploy",
         "confirm",
@@ -93,8 +101,8 @@ def test_every_mistake_in_every_file_at_once_with_file_line_and_field(write_runb
         f"{b}:3: params.count: Input tag 'number' found using 'type' does not match any of "
         "the expected tags: 'string', 'choice', 'int', 'node', 'pool', 'service', 'image_digest'",
         f"{b}:5: steps[0]: Input tag 'reboot' found using 'action' does not match any of the "
-        "expected tags: 'ssh', 'http_check', 'ready', 'lb_set_pool', 'drain', 'deploy_image', "
-        "'record_deploy', 'confirm', 'notify', 'node_state'",
+        "expected tags: 'ssh', 'http_check', 'ready', 'lb_set_pool', 'drain', 'lb_route', "
+        "'deploy_image', 'record_deploy', 'confirm', 'notify', 'node_state'",
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from reliability.testing import tls
 from reliability.testing.inference import DEFAULT_MODEL, InferenceSpec
 from reliability.testing.inference_group import InferenceHandle, ServerGroup, serve_many
 
@@ -245,3 +247,53 @@ def test_cli_serves_and_exits_1_on_die() -> None:
     finally:
         process.kill()
         process.wait(10)
+
+
+# --- as a hosted API: TLS by the rig's CA, its name, its key --------------------------------
+
+KEY = "sk-rig-hosted-key-0123456789"
+
+
+@pytest.fixture
+def hosted(inference_group: ServerGroup, tmp_path) -> tuple[InferenceHandle, ssl.SSLContext]:
+    ca = tls.make_ca(tmp_path)
+    spec = InferenceSpec(pool="hosted", tls=tls.issue(ca, "localhost"), api_key=KEY)
+    return inference_group.start(spec), ssl.create_default_context(cafile=str(ca.cert_file))
+
+
+def test_a_hosted_stand_in_answers_its_name_with_its_key_over_tls(hosted) -> None:
+    api, trust = hosted
+    answer = httpx.get(
+        api.url + "/v1/models", headers={"authorization": f"Bearer {KEY}"}, verify=trust
+    )
+    assert api.url.startswith("https://localhost:")
+    assert (answer.status_code, answer.headers["x-pool"]) == (200, "hosted")
+
+
+def test_a_hosted_stand_in_refuses_what_a_hosted_api_refuses(hosted) -> None:
+    api, trust = hosted
+    url = api.url + "/v1/models"
+    without_key = httpx.get(url, verify=trust)
+    wrong_key = httpx.get(url, headers={"authorization": "Bearer sk-nope"}, verify=trust)
+    other_host = httpx.get(
+        url, headers={"authorization": f"Bearer {KEY}", "host": "x"}, verify=trust
+    )
+
+    assert without_key.status_code == 401
+    assert without_key.json()["error"]["message"].startswith("You didn't provide an API key")
+    assert (wrong_key.status_code, wrong_key.json()["error"]["code"]) == (401, "invalid_api_key")
+    assert other_host.status_code == 421
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(url, headers={"authorization": f"Bearer {KEY}"})  # the system's CAs only
+    assert api.stats()["requests"] == 0  # none of them reached the API
+
+
+@pytest.mark.parametrize("name", [None, "api.other.example"])
+def test_a_tls_client_without_the_stand_ins_name_fails_the_handshake(hosted, name) -> None:
+    api, trust = hosted
+    trust.check_hostname = False  # only the server's side of the handshake is under test
+    with (
+        socket.create_connection((api.host, api.port), timeout=5) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
+        trust.wrap_socket(raw, server_hostname=name).close()
