@@ -31,7 +31,7 @@ services:
 endpoints:
 ENDPOINTS
 """
-HOSTED = "  - {name: api, url: 'https://api.example.com', role: hosted, model: m}"
+HOSTED = "  - {name: api, url: 'https://api.example.com', role: hosted, service: chat, model: m}"
 
 
 def errors_of(tmp_path: Path, **parts: str) -> list[str]:
@@ -78,11 +78,13 @@ def test_a_route_cannot_be_the_upstream_file(tmp_path: Path) -> None:
     [
         ("  []", "0 hosted endpoints could be the one chat falls back from; give exactly one"),
         (
-            f"{HOSTED}\n  - {{name: api2, url: 'https://b.example.com', role: hosted, model: m}}",
+            f"{HOSTED}\n  - {{name: api2, url: 'https://b.example.com', role: hosted, "
+            "service: chat, model: m}",
             "2 hosted endpoints could be the one chat falls back from",
         ),
         (
-            "  - {name: api, url: 'https://a.example.com', role: hosted, completion_interval: 0}",
+            "  - {name: api, url: 'https://a.example.com', role: hosted, service: chat, "
+            "completion_interval: 0}",
             "hosted endpoint 'api' sends no completion probe; the switch back needs one",
         ),
     ],
@@ -101,6 +103,9 @@ def test_a_ca_file_must_exist_and_is_for_https(tmp_path: Path) -> None:
     assert line == f"18: endpoints[0].ca_file: no such file: {tmp_path}/private-ca.pem"
     (tmp_path / "private-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     assert errors_of(tmp_path, ENDPOINTS=missing) == []
-    plain = "  - {name: api, url: 'http://api.example.com', role: hosted, model: m, ca_file: x}"
+    plain = (
+        "  - {name: api, url: 'http://api.example.com', role: hosted, service: chat, model: m, "
+        "ca_file: x}"
+    )
     (line,) = errors_of(tmp_path, ENDPOINTS=plain)
     assert "ca_file is for an https:// url; remove it or use https" in line
