@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from reliability.config.container import image_problem
 from reliability.config.errors import (
     ConfigError,
     Loc,
@@ -47,6 +48,8 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
         for j, pool in enumerate(s.pools):
             if pool not in pools:
                 yield ("services", i, "pools", j), f"no node is in pool {pool!r}"
+        if problem := image_problem(s.image, s.container, ("services", i, "image")):
+            yield problem
         lb = s.load_balancer
         if lb and lb.node not in nodes:
             yield ("services", i, "load_balancer", "node"), f"no node is named {lb.node!r}"

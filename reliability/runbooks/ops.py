@@ -13,7 +13,7 @@ builds its own operations in its module (`actions/`); the load balancer's are he
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,6 +43,18 @@ Arg = str | AtRun
 
 
 @dataclass(frozen=True, slots=True)
+class SecretText:
+    """Standard input made of secrets, shown as `masked`: `read` gives it only when the
+    operation is sent, so no plan, record or log ever holds it."""
+
+    masked: str
+    read: Callable[[], str] = field(compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return self.masked
+
+
+@dataclass(frozen=True, slots=True)
 class Op:
     """One thing a run does. `where`: the node a command runs on, or LOCAL (the reliability
     host itself). `detail`: for `run`, the command line exactly as sent; `stdin`: what is
@@ -57,7 +69,7 @@ class Op:
     where: str
     kind: OpKind
     detail: str
-    stdin: str | AtRun | None = None
+    stdin: str | AtRun | SecretText | None = None
     note: str = ""
     argv: tuple[Arg, ...] | None = field(default=None, repr=False)
     saves: str | None = None
@@ -81,11 +93,13 @@ class Op:
 @dataclass(frozen=True, slots=True)
 class Unit:
     """What a step does on one target: a node, the load balancer, or the local host; `undo`
-    is what reverses it, recorded before its first change goes out."""
+    is what reverses it, recorded before its first change goes out; `cleanup`, what is
+    done once the whole run has succeeded (removing what the undo would have needed)."""
 
     target: str
     ops: list[Op]
     undo: list[Op]
+    cleanup: list[Op] = field(default_factory=list)
 
 
 def command(argv: Sequence[Arg]) -> str:

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, MutableMapping
 
 import httpx
 
+from reliability.config import ConfigError
 from reliability.runbooks.checks import OpOutcome
-from reliability.runbooks.ops import LOCAL, AtRun, Op
+from reliability.runbooks.ops import LOCAL, AtRun, Op, SecretText
 from reliability.ssh import CommandResult, SshError, SshPool, SshTarget
 
 __all__ = ["OpOutcome", "Performer", "Redactor", "fill", "resolved"]
@@ -48,8 +49,9 @@ def _hide(match: re.Match[str]) -> str:
     return f"{name}=<redacted>" if equals else "<redacted>"
 
 
-def fill(op: Op, values: MutableMapping[str, str]) -> tuple[str, str | None]:
-    """The command line and stdin of `op` with run-time values in place."""
+def fill(op: Op, values: MutableMapping[str, str]) -> tuple[str, str | SecretText | None]:
+    """The command line and stdin of `op` with run-time values in place (secrets still
+    unread: the performer reads them as it sends)."""
     line = op.detail
     if op.argv is not None:
         line = " ".join(
@@ -118,6 +120,11 @@ class Performer:
 
     def _command(self, op: Op, values: MutableMapping[str, str], deadline: float) -> OpOutcome:
         line, stdin = fill(op, values)
+        if isinstance(stdin, SecretText):
+            try:
+                stdin = stdin.read()
+            except (ConfigError, ValueError) as exc:
+                return OpOutcome(False, f"{op.where}: not sent: {exc}")
         try:
             result = self.ssh.run(
                 self.targets[op.where], line, timeout=deadline - time.monotonic(), stdin=stdin

@@ -59,6 +59,7 @@ class Plan:
                     "target": u.target,
                     "ops": [op.shown() for op in u.ops],
                     "undo": [op.shown() for op in u.undo],
+                    "cleanup": [op.shown() for op in u.cleanup],
                 }
                 for u in step.units
             ]
@@ -175,8 +176,11 @@ class Planner:
         if template == KNOWN_GOOD:
             return self.known_good(service)
         image = self.text(template, "image")
-        if not DIGEST.fullmatch(image):
-            raise ScopeError(f"image {image!r} is not pinned by digest (REF@sha256:…)")
+        if not DIGEST.fullmatch(image) and service.container.image_policy == "digest":
+            raise ScopeError(
+                f"image {image!r} is not pinned by digest (REF@sha256:…), which "
+                f"{service.name}'s container.image_policy asks for"
+            )
         return image
 
     def command(self, where: str, template: str, scope: Scope, changes: bool = True) -> Op:

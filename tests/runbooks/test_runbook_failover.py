@@ -15,6 +15,7 @@ import httpx
 import yaml
 
 from reliability.testing.fixtures import RIG_LB_IMAGE
+from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.nginx import NginxBalancer, parse_members
 from reliability.testing.slack import SlackStandIn
 
@@ -36,7 +37,7 @@ def _config(balancer: NginxBalancer, directory: Path, slack: SlackStandIn) -> Pa
                 "name": "chat",
                 "pools": ["blue", "green"],
                 "active_pool": "blue",
-                "container": "vllm",
+                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
                 "load_balancer": balancer.lb_config("chat"),
                 "auto_runbooks": ["node-failover"],
             }

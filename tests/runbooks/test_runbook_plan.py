@@ -65,17 +65,35 @@ def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
 
     image = "<known-good image of chat, from the images registry>"
     deploy = commands(plan, "start-standby")["gpu-spare"]
-    assert deploy[:4] == [
-        f"gpu-spare $ docker pull {image}",
-        "gpu-spare $ docker inspect --format '{{.Config.Image}}' vllm",
-        "gpu-spare $ docker rm -f vllm",
-        "gpu-spare $ docker run -d --name vllm --restart unless-stopped --gpus all "
-        f"-p 8000:8000 -l reliability.service=chat -l pool=blue {image}",
-    ]
-    assert deploy[4].startswith("local http: GET http://10.20.0.19:8000/health until 200")
-    assert commands(plan, "start-standby", undo=True)["gpu-spare"][1].endswith(
-        "<image vllm ran before, as saved>"
+    old, aside, new = (
+        "<id of the vllm container replaced>",
+        "<vllm-replaced-SHORT_ID, its name aside>",
+        "<id of the new vllm container>",
     )
+    wrapper = (
+        "sh -c 'f=$(mktemp) || exit 125; cat > \"$f\" && docker create --env-file \"$f\" "
+        "\"$@\"; s=$?; rm -f -- \"$f\"; exit $s' sh"
+    )
+    assert deploy[:7] == [
+        f"gpu-spare $ docker pull {image}",
+        "gpu-spare $ docker inspect --type container --format '{{.Id}}' vllm",
+        "gpu-spare $ docker inspect --type container --format "
+        "'vllm-replaced-{{slice .Id 0 12}}' vllm",
+        f"gpu-spare $ docker rename vllm {aside}",
+        f"gpu-spare $ docker stop {old}",
+        f"gpu-spare $ {wrapper} --name vllm --restart unless-stopped --gpus all --ipc host "
+        "--shm-size 16g --ulimit memlock=-1 --ulimit stack=67108864 -p 8000:8000 "
+        "-v /data/models:/models -e HF_HOME=/models -l team=inference "
+        f"-l reliability.service=chat -l pool=blue {image} --model deepseek-ai/DeepSeek-V3 "
+        "--served-model-name deepseek-chat --port 8000 --tensor-parallel-size 8",
+        f"gpu-spare $ docker start {new}",
+    ]
+    assert deploy[7].startswith("local http: GET http://10.20.0.19:8000/health until 200")
+    assert commands(plan, "start-standby", undo=True)["gpu-spare"][:3] == [
+        f"gpu-spare $ docker rm -f {new}",
+        f"gpu-spare $ docker rename {old} vllm",
+        f"gpu-spare $ docker start {old}",
+    ]
     # The standby joins the upstream beside the drained node, which stays listed as down.
     assert upstream_written(plan, "put-in").endswith(
         "upstream chat {\n    server 10.20.0.11:8000 down;\n    server 10.20.0.19:8000;\n}\n"
@@ -92,7 +110,7 @@ def test_a_failed_node_of_the_idle_pool_is_replaced_without_touching_the_balance
         "take-out": "`when` is false: 'green' == 'blue'",
         "put-in": "`when` is false: 'green' == 'blue'",
     }
-    assert "-l pool=green" in commands(plan, "start-standby")["gpu-spare"][3]
+    assert "-l pool=green" in commands(plan, "start-standby")["gpu-spare"][5]
 
 
 def test_blue_green_checks_the_new_pool_then_switches_and_soaks(example):

@@ -76,7 +76,7 @@ def write_config(balancer: RigBalancer, directory: Path, url: str, **service: An
                 "pools": ["blue", "green"],
                 "active_pool": "blue",
                 "port": 8000,
-                "container": "vllm",
+                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
                 "load_balancer": balancer.lb_config("chat"),
                 **service,
             }
@@ -164,7 +164,21 @@ def redeploy(balancer: RigBalancer, node: str, image: str) -> None:
     root = balancer.fleet.state_dir
     docker_cli.dispatch(root, node, ["rm", "-f", "vllm"])
     _, err, code = docker_cli.dispatch(
-        root, node, ["run", "-d", "--name", "vllm", "-p", "8000:8000", "-l", "pool=blue", image]
+        root,
+        node,
+        [
+            "run",
+            "-d",
+            "--name",
+            "vllm",
+            "-p",
+            "8000:8000",
+            "-l",
+            "pool=blue",
+            image,
+            "--model",
+            DEFAULT_MODEL,
+        ],
     )
     assert code == 0, err
 
