@@ -126,10 +126,7 @@ class Planner:
                 return replace(base, skipped=skipped)
             if not isinstance(step, NodeStep):
                 return replace(base, units=action.plan(step, self))
-            nodes = self.group(step.nodes)
-            size = step.batch or len(nodes)
-            batches = [[n.name for n in nodes[i : i + size]] for i in range(0, len(nodes), size)]
-            units = [action.unit(step, n, self.scope.bind("target", n), self) for n in nodes]
+            batches, units = action.units(step, self.group(step.nodes), self)
             return replace(
                 base,
                 batches=batches,

@@ -56,9 +56,13 @@ def test_the_plan_shows_the_whole_container_spec_and_masks_its_secrets(monkeypat
         "--ipc host --shm-size 16g --ulimit memlock=-1 --ulimit stack=67108864 -p 8000:8000 "
         "-v /data/models:/models -e HF_HOME=/models -l team=inference"
     ) in create
-    assert create.split(" # ")[0].rstrip().endswith(
-        "<known-good image of chat, from the images registry> --model deepseek-ai/DeepSeek-V3 "
-        "--served-model-name deepseek-chat --port 8000 --tensor-parallel-size 8"
+    assert (
+        create.split(" # ")[0]
+        .rstrip()
+        .endswith(
+            "<known-good image of chat, from the images registry> --model deepseek-ai/DeepSeek-V3 "
+            "--served-model-name deepseek-chat --port 8000 --tensor-parallel-size 8"
+        )
     )
     assert "    | HF_TOKEN=<secret from $HF_TOKEN>\n" in text
     assert "hf_plan-must-not-show-this" not in text + as_json

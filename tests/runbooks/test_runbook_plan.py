@@ -71,8 +71,8 @@ def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
         "<id of the new vllm container>",
     )
     wrapper = (
-        "sh -c 'f=$(mktemp) || exit 125; cat > \"$f\" && docker create --env-file \"$f\" "
-        "\"$@\"; s=$?; rm -f -- \"$f\"; exit $s' sh"
+        'sh -c \'f=$(mktemp) || exit 125; cat > "$f" && docker create --env-file "$f" '
+        '"$@"; s=$?; rm -f -- "$f"; exit $s\' sh'
     )
     assert deploy[:7] == [
         f"gpu-spare $ docker pull {image}",
@@ -134,20 +134,73 @@ def test_blue_green_to_the_pool_already_serving_skips_the_switch(example):
     assert switch.units == []
 
 
-def test_image_rollback_goes_one_node_at_a_time(example):
+def test_image_rollback_drains_replaces_and_puts_back_one_node_at_a_time(example):
     extra = NodeConfig(name="gpu-3", address="10.20.0.13", pool="blue", gpus=8)
     bigger = example.model_copy(update={"nodes": [*example.nodes, extra]})
     plan = plan_of(bigger, "image-rollback", service="chat", pool="blue")
     (redeploy,) = [s for s in plan.steps if s.id == "redeploy"]
     assert redeploy.batches == [["gpu-1"], ["gpu-3"]]
     assert redeploy.max_fail_percent == 0
-    assert [u.target for u in redeploy.units] == ["gpu-1", "gpu-3"]
-    # gpu-3 names no container: the service's.
-    assert "gpu-3 $ docker rm -f vllm" in commands(plan, "redeploy")["gpu-3"]
+    ops = commands(plan, "redeploy")["gpu-3"]
+    out = ops.index("local wait: until gpu-3 has no in-flight or streaming request, at most 1m")
+    created = next(i for i, op in enumerate(ops) if "docker create" in op)
+    first_token = next(i for i, op in enumerate(ops) if "/v1/chat/completions" in op)
+    reload_back = len(ops) - 1 - ops[::-1].index("lb-1 $ nginx -s reload")
+    assert out < created < first_token < reload_back
+    assert ops[-1] == "local http: GET http://10.20.0.2/ until 200"
+    # gpu-3 names no container: the service's; gpu-1 is back in when gpu-3 goes out.
+    assert "gpu-3 $ docker rename vllm <vllm-replaced-SHORT_ID, its name aside>" in ops
+    (gpu1_out, gpu1_back, gpu3_out, gpu3_back) = [
+        o.stdin for u in redeploy.units for o in u.ops if o.stdin and "upstream" in str(o.stdin)
+    ]
+    assert "10.20.0.11:8000 down;" in str(gpu1_out) and "10.20.0.13:8000;" in str(gpu1_out)
+    assert "down" not in str(gpu1_back)
+    assert "10.20.0.11:8000;" in str(gpu3_out) and "10.20.0.13:8000 down;" in str(gpu3_out)
+    assert "down" not in str(gpu3_back)
+    undo = commands(plan, "redeploy", undo=True)["gpu-3"]
+    assert undo.index("gpu-3 $ docker start <id of the vllm container replaced>") < undo.index(
+        f"lb-1 $ {WRITE}", 2
+    )
     assert commands(plan, "approve")[LOCAL] == [
         "local confirm: Redeploy the known-good image of chat on every node of pool blue, "
         "one at a time?"
     ]
+
+
+def test_rolling_deploy_takes_at_most_max_unavailable_nodes_of_each_pool_at_once(
+    example, write_runbook
+):
+    extra = [
+        NodeConfig(name=f"gpu-{i}", address=f"10.20.0.{20 + i}", pool=pool, gpus=8)
+        for i, pool in ((3, "blue"), (4, "blue"), (5, "green"))
+    ]
+    fleet = example.model_copy(update={"nodes": [*example.nodes, *extra]})
+    path = write_runbook(
+        "roll",
+        """
+        description: Roll every serving node.
+        targets:
+          serving: {role: serving}
+        steps:
+          - id: roll
+            action: rolling_deploy
+            nodes: serving
+            args: {service: chat, image: known-good, max_unavailable: 2}
+            undo: restore
+        """,
+    )
+    book = load_dir(path.parent)["roll"]
+
+    plan = make_plan(book, resolve(book, {}, fleet), fleet)
+
+    (roll,) = plan.steps
+    # Blue's gpu-1, gpu-3, gpu-4 and green's gpu-2, gpu-5, two of a pool at a time.
+    assert roll.batches == [["gpu-1+gpu-3"], ["gpu-4"], ["gpu-2+gpu-5"]]
+    outs = [str(o.stdin) for u in roll.units for o in u.ops if o.stdin and "down" in str(o.stdin)]
+    # Only the active pool (blue) is in the upstream: green is replaced without a drain.
+    assert len(outs) == 2
+    assert outs[0].count(" down;") == 2 and "10.20.0.24:8000;" in outs[0]
+    assert outs[1].count(" down;") == 1 and "10.20.0.24:8000 down;" in outs[1]
 
 
 def test_upstream_failover_goes_local_then_restores_the_file_after_recovery(example):

@@ -35,8 +35,10 @@ from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookLock, RunStatus
 from reliability.testing import docker_cli
 from reliability.testing.balancer import RigBalancer
+from reliability.testing.fixtures import RIG_LB_IMAGE
 from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.nginx import NginxBalancer, parse_members
+from reliability.testing.services import service_missing
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD_REF = "registry.rig.local/serving/vllm:good"
@@ -110,9 +112,19 @@ class Load:
     """A bounded client load through the balancer: plain and streamed completions."""
 
     url: str
+    # A 500 from this image is the bad build answering, not a request the run failed.
+    bad_image: str | None = None
     served: int = 0
+    bad_answers: int = 0
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+
+    def failed(self, response: httpx.Response, what: str) -> None:
+        bad = self.bad_image is not None and response.headers.get("x-image") == self.bad_image
+        if response.status_code == 500 and bad:
+            self.bad_answers += 1
+        else:
+            self.failures.append(what)
 
     def run(self) -> None:
         body = {
@@ -131,11 +143,11 @@ class Load:
                         ) as r:
                             lines = [line for line in r.iter_lines() if line]
                         if r.status_code != 200 or lines[-1:] != ["data: [DONE]"]:
-                            self.failures.append(f"stream {r.status_code} cut: {lines[-1:]}")
+                            self.failed(r, f"stream {r.status_code} cut: {lines[-1:]}")
                     else:
                         r = client.post(self.url + "v1/chat/completions", json=body)
                         if r.status_code != 200:
-                            self.failures.append(f"plain {r.status_code}")
+                            self.failed(r, f"plain {r.status_code}")
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{'stream' if stream else 'plain'}: {exc!r}")
                 self.served += 1
@@ -143,11 +155,11 @@ class Load:
 
 
 @pytest.fixture
-def load_through() -> Iterator[Callable[[str], Load]]:
+def load_through() -> Iterator[Callable[..., Load]]:
     loads: list[tuple[Load, threading.Thread]] = []
 
-    def start(url: str) -> Load:
-        load = Load(url)
+    def start(url: str, bad_image: str | None = None) -> Load:
+        load = Load(url, bad_image)
         thread = threading.Thread(target=load.run, daemon=True)
         thread.start()
         loads.append((load, thread))
@@ -157,6 +169,44 @@ def load_through() -> Iterator[Callable[[str], Load]]:
     for running, thread in loads:
         running.stop.set()
         thread.join(15)
+
+
+# A serving container as an operator would configure it: the model, a hub token (a
+# secret, from this host's environment), the model cache, IPC and shared memory.
+HF_TOKEN = "hf_rig-secret-0123456789abcdef"
+SPEC = {
+    "name": "vllm",
+    "args": ["--model", DEFAULT_MODEL, "--max-model-len", "4096"],
+    "env": {"HF_HOME": "/models", "HF_TOKEN": {"value_env": "RIG_HF_TOKEN"}},
+    "volumes": ["/srv/models:/models:ro"],
+    "ipc": "host",
+    "shm_size": "1g",
+}
+
+
+def inspected(balancer: RigBalancer, node: str) -> dict[str, Any]:
+    """`docker inspect vllm` on the node, over SSH."""
+    out, err, code = balancer.ssh("docker inspect vllm", node=node)
+    assert code == 0, err
+    (record,) = json.loads(out)
+    return record  # type: ignore[no-any-return]
+
+
+def assert_runs_the_spec(record: dict[str, Any], image: str) -> None:
+    assert record["State"]["Running"] and record["Config"]["Image"] == image
+    assert record["Config"]["Cmd"] == SPEC["args"]
+    assert {"HF_HOME=/models", f"HF_TOKEN={HF_TOKEN}"} <= set(record["Config"]["Env"])
+    mounts = [(m["Source"], m["Destination"], m["RW"]) for m in record["Mounts"]]
+    assert mounts == [("/srv/models", "/models", False)]
+    assert (record["HostConfig"]["IpcMode"], record["HostConfig"]["ShmSize"]) == ("host", 2**30)
+
+
+def recorded_text(url: str) -> str:
+    """Everything the database holds about runbook runs, as text."""
+    with db.make_engine(url).connect() as c:
+        rows = c.execute(sa.text("SELECT * FROM runbook_steps")).all()
+        rows += c.execute(sa.text("SELECT * FROM runbook_runs")).all()
+    return json.dumps([list(map(str, r)) for r in rows])
 
 
 def redeploy(balancer: RigBalancer, node: str, image: str) -> None:
@@ -251,36 +301,122 @@ steps:
     assert pool_of_answers(rig_lb.url) == {"blue"}
 
 
-def test_a_bad_image_is_rolled_back_to_the_known_good_digest_on_every_node(
-    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
+@pytest.fixture
+def blue_four(rig_fleet_factory: Callable[..., Any]) -> Iterator[NginxBalancer]:
+    """Four nodes in pool blue, each serving, behind a real nginx on lb-1."""
+    reason = NginxBalancer.missing_requirement()
+    if reason:
+        service_missing(reason)
+    pools = {f"gpu-{i}": "blue" for i in range(1, 5)}
+    fleet = rig_fleet_factory([*pools, "lb-1"], pools=pools)
+    for name in pools:
+        fleet.run_container(name, RIG_LB_IMAGE)
+    members = [f"{fleet.node(n).address}:8000" for n in pools]
+    with NginxBalancer(fleet, "lb-1", service="chat", members=members) as balancer:
+        yield balancer
+
+
+def test_a_bad_build_is_rolled_back_node_by_node_without_failing_a_request(
+    blue_four: NginxBalancer,
+    tmp_path: Path,
+    rig_db: str,
+    load_through: Callable[..., Load],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    rig_lb, nodes = blue_four, [f"gpu-{i}" for i in range(1, 5)]
     fleet = rig_lb.fleet
+    monkeypatch.setenv("RIG_HF_TOKEN", HF_TOKEN)
     good = f"registry.rig.local/serving/vllm@{fleet.state.publish_image(GOOD_REF)}"
     bad_digest = fleet.state.publish_image(BAD_REF)
     fleet.state.break_image(bad_digest)
     bad = f"registry.rig.local/serving/vllm@{bad_digest}"
-    config = write_config(rig_lb, tmp_path, rig_db)
+    config = write_config(rig_lb, tmp_path, rig_db, pools=["blue"], container=SPEC)
     with db.session_factory(db.make_engine(rig_db)).begin() as s:
         images.mark_good(s, service="chat", image=good, by="test", at=images_now())
-    for node in ("gpu-1", "gpu-2"):
+    for node in nodes:
         redeploy(rig_lb, node, bad)
-    body = {
-        "model": DEFAULT_MODEL,
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 4,
-    }
-    assert httpx.post(rig_lb.url + "v1/chat/completions", json=body).status_code == 500
+    load = load_through(rig_lb.url, bad_image=bad)
+    time.sleep(0.5)
+    assert load.bad_answers > 0  # the bad build answers 500 through nginx
 
+    started = time.monotonic()
     result = run_book(config, "image-rollback", service="chat", pool="blue")
+    took = time.monotonic() - started
+    load.stop.set()
 
     assert result.status == RunStatus.succeeded, result.reason
-    assert {container_image(rig_lb, n) for n in ("gpu-1", "gpu-2")} == {good}
-    for _ in range(6):
-        assert httpx.post(rig_lb.url + "v1/chat/completions", json=body).status_code == 200
+    for node in nodes:
+        assert_runs_the_spec(inspected(rig_lb, node), good)
+        names, _, _ = rig_lb.ssh("docker ps -a --format '{{.Names}}'", node=node)
+        assert names == "vllm\n"  # the replaced container was removed once the run succeeded
+    # Not one request failed because of the rollback; the bad build's own 500s stopped.
+    assert load.failures == []
+    assert load.served > 50
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(8):
+        r = httpx.post(rig_lb.url + "v1/chat/completions", json=body)
+        assert (r.status_code, r.headers["x-image"]) == (200, good)
     with db.session_factory(db.make_engine(rig_db))() as s:
         recorded = images.deploys(s, service="chat")
-    assert sorted(d.node for d in recorded) == ["gpu-1", "gpu-2"]
-    assert {d.image for d in recorded} == {good}
+    assert sorted(d.node for d in recorded) == nodes
+    assert HF_TOKEN not in recorded_text(rig_db)
+    print(
+        f"\nimage-rollback, {len(nodes)} nodes: bad build -> all on known-good in {took:.1f}s; "
+        f"{load.served} requests through nginx, {len(load.failures)} failed, "
+        f"{load.bad_answers} answered 500 by the bad build before their node was replaced"
+    )
+
+
+def test_a_failed_deploy_is_undone_to_the_very_container_it_replaced(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = rig_lb.fleet
+    monkeypatch.setenv("RIG_HF_TOKEN", HF_TOKEN)
+    bad_digest = fleet.state.publish_image(BAD_REF)
+    fleet.state.break_image(bad_digest)
+    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    (tmp_path / "runbooks" / "deploy-bad.yaml").write_text(
+        f"""
+description: Deploy a build whose completions fail on gpu-3.
+params:
+  service: {{type: service}}
+targets:
+  green-1: {{node: gpu-3}}
+steps:
+  - id: deploy
+    action: deploy_image
+    nodes: green-1
+    args:
+      service: "{{service}}"
+      image: "registry.rig.local/serving/vllm@{bad_digest}"
+      ttft: 2s
+      within: 10s
+    undo: restore
+"""
+    )
+    before = inspected(rig_lb, "gpu-3")
+
+    result = run_book(config, "deploy-bad", service="chat")
+
+    assert result.status == RunStatus.failed, result.reason
+    assert "put back" in (result.reason or "")
+    after = inspected(rig_lb, "gpu-3")
+    assert (after["Id"], after["Image"], after["Config"]["Image"]) == (
+        before["Id"],
+        before["Image"],
+        before["Config"]["Image"],
+    )
+    assert after["Name"] == "/vllm" and after["State"]["Running"]
+    names, _, _ = rig_lb.ssh("docker ps -a --format '{{.Names}}'", node="gpu-3")
+    assert names == "vllm\n"  # the new container is gone, nothing left aside
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    answer = httpx.post(fleet.inference_url("gpu-3") + "/v1/chat/completions", json=body)
+    assert answer.status_code == 200
+    with db.session_factory(db.make_engine(rig_db))() as s:
+        (unit,) = runs.units(s, run_id=result.run_id)
+    sent = [e["detail"] for e in unit.log if "docker create" in e["detail"]]
+    assert sent and "HF_HOME=/models" in sent[0]  # the spec went out...
+    assert HF_TOKEN not in recorded_text(rig_db)  # ...and the secret was never recorded
 
 
 def images_now() -> Any:

@@ -13,6 +13,7 @@ from reliability.runbooks.actions import (
     notify,
     ready,
     record_deploy,
+    rolling_deploy,
     ssh,
 )
 from reliability.runbooks.actions.base import Action, Registry
@@ -25,6 +26,7 @@ REGISTRY = Registry(
         lb_set_pool.LbSetPoolAction(),
         drain.DrainAction(),
         deploy_image.DeployImageAction(),
+        rolling_deploy.RollingDeployAction(),
         record_deploy.RecordDeployAction(),
         confirm.ConfirmAction(),
         notify.NotifyAction(),

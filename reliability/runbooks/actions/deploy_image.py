@@ -208,12 +208,13 @@ def replacement(
     within: float,
     verify: bool = True,
 ) -> tuple[list[Op], list[Op], list[Op]]:
-    """`replace_ops` with the readiness of the new container (when `verify`) and of the
-    old one again after an undo: what deploy_image and rolling_deploy run per node."""
+    """`replace_ops` with the readiness of the new container (when `verify`), and the old
+    one's health answering again after an undo (only its health: it is put back as it was,
+    perhaps the bad build being replaced): what deploy_image and rolling_deploy run."""
     run, undo, cleanup = replace_ops(config, node, service, pool, image, step_id=step_id)
     old = keys(step_id, node.name)[0]
     ready = ready_ops(node, service, ttft, within)
-    again = [replace(op, needs=old) for op in ready]
+    again = [replace(op, needs=old) for op in ready if isinstance(op.check, HttpWait)]
     return run + (ready if verify else []), undo + again, cleanup
 
 
