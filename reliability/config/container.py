@@ -130,6 +130,17 @@ class ContainerSpec(Strict):
             raise ValueError("each word must be non-empty, on one line")
         return words
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _numbers_are_text(cls, env: Any) -> Any:
+        # `VLLM_PORT: 8000` in YAML is a number; the environment only holds text.
+        if isinstance(env, dict):
+            return {
+                k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                for k, v in env.items()
+            }
+        return env
+
     @field_validator("env")
     @classmethod
     def _no_plain_secret(cls, env: dict[str, str | SecretValue]) -> dict[str, str | SecretValue]:
