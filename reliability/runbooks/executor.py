@@ -372,6 +372,9 @@ class Executor:
                     changed = True
                     self._save_undo(unit_id, step, unit, values)
                 outcome = self.performer.perform(op, values, deadline)
+                if changed and op.saves is not None and outcome.ok:
+                    # What the undo needs may have just been read (a new container's id).
+                    self._save_undo(unit_id, step, unit, values)
                 entries.append(self._entry(op, values, outcome, attempt))
                 self.progress.op(unit.target, op, outcome)
                 with self.sessions.begin() as s:

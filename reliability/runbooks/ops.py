@@ -61,10 +61,12 @@ class Op:
     written to its standard input; `note`: why, in a few words.
 
     For the run: `argv` is the command as words when one is an AtRun; `saves` keeps the
-    command's output under that key; `needs` skips the operation when that key holds
-    nothing (no container ran before, so none is put back); `changes`: sending it changes
-    the system, so from then on the unit must be undone if the run fails; `may_fail`: a
-    non-zero exit is an answer, not a failure; `check`: what a local operation does."""
+    command's output under that key (the first read of it, unless `latest`: a value each
+    attempt makes anew, such as a new container's id); `needs` skips the operation when
+    that key holds nothing (no container ran before, so none is put back); `changes`:
+    sending it changes the system, so from then on the unit must be undone if the run
+    fails; `may_fail`: a non-zero exit is an answer, not a failure; `check`: what a local
+    operation does."""
 
     where: str
     kind: OpKind
@@ -74,6 +76,7 @@ class Op:
     argv: tuple[Arg, ...] | None = field(default=None, repr=False)
     saves: str | None = None
     needs: str | None = None
+    latest: bool = False
     changes: bool = False
     may_fail: bool = False
     check: Check | None = None  # checks.py, or the module of the action it belongs to

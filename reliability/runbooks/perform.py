@@ -132,7 +132,10 @@ class Performer:
         except SshError as exc:
             return OpOutcome(False, f"{op.where}: {exc}")
         if op.saves is not None and result.ok:
-            values.setdefault(op.saves, result.stdout)
+            if op.latest:
+                values[op.saves] = result.stdout
+            else:
+                values.setdefault(op.saves, result.stdout)
         ok = result.ok or op.may_fail
         text = "ok" if result.ok else f"exit {result.exit_status}: {_last_line(result)}"
         return OpOutcome(ok, text, result.exit_status, self._excerpt(result, saved=op.saves))

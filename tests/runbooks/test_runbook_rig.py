@@ -391,6 +391,8 @@ steps:
       image: "registry.rig.local/serving/vllm@{bad_digest}"
       ttft: 2s
       within: 10s
+    retries: 1
+    backoff: 1s
     undo: restore
 """
     )
@@ -414,8 +416,13 @@ steps:
     assert answer.status_code == 200
     with db.session_factory(db.make_engine(rig_db))() as s:
         (unit,) = runs.units(s, run_id=result.run_id)
+    # The retry replaced again from where the first attempt left: both reached the
+    # completion check (no name conflict), and the undo found the original aside.
+    assert unit.attempts == 2
+    failed = [e for e in unit.log if not e["ok"]]
+    assert [(e["attempt"], "completion" in e["result"]) for e in failed] == [(1, True), (2, True)]
     sent = [e["detail"] for e in unit.log if "docker create" in e["detail"]]
-    assert sent and "HF_HOME=/models" in sent[0]  # the spec went out...
+    assert len(sent) == 2 and "HF_HOME=/models" in sent[0]  # the spec went out...
     assert HF_TOKEN not in recorded_text(rig_db)  # ...and the secret was never recorded
 
 

@@ -47,6 +47,19 @@ _WITH_ENV_FILE = (
 )
 
 
+# Retries and a resumed run perform a unit again, so the two steps that move the running
+# container are safe to repeat: put aside only what still has the name (then stop it),
+# and bring back under its name only what lost it (then start it). $1... are the words.
+_PUT_ASIDE = (
+    'if [ "$(docker inspect --type container --format "{{.Id}}" "$1" 2>/dev/null)" = "$2" ]; '
+    'then docker rename "$1" "$3" || exit; fi; docker stop "$2"'
+)
+_BRING_BACK = (
+    'if [ "$(docker inspect --type container --format "{{.Name}}" "$1")" != "/$2" ]; '
+    'then docker rename "$1" "$2" || exit; fi; docker start "$1"'
+)
+
+
 class DeployImageArgs(Strict):
     service: NameTemplate
     image: ImageTemplate = Field(..., description="REF@sha256:…, or known-good")
@@ -180,15 +193,30 @@ def replace_ops(
             saves=aside,
             needs=old,
         ),
-        run_op(node.name, ["docker", "rename", name, aside_name], needs=old, changes=True),
-        run_op(node.name, ["docker", "stop", old_id], needs=old, changes=True),
-        create_op(config, node, service, pool, image, saves=new),
+        run_op(
+            node.name,
+            ["sh", "-c", _PUT_ASIDE, "sh", name, old_id, aside_name],
+            note="renamed aside (unless an earlier attempt did) and stopped, not removed",
+            needs=old,
+            changes=True,
+        ),
+        run_op(
+            node.name,
+            ["docker", "rm", "-f", name],
+            note="what an earlier attempt created; the one replaced is aside by now",
+            changes=True,
+        ),
+        replace(create_op(config, node, service, pool, image, saves=new), latest=True),
         run_op(node.name, ["docker", "start", new_id], changes=True),
     ]
     undo = [
         run_op(node.name, ["docker", "rm", "-f", new_id], needs=new),
-        run_op(node.name, ["docker", "rename", old_id, name], needs=old),
-        run_op(node.name, ["docker", "start", old_id], needs=old),
+        run_op(
+            node.name,
+            ["sh", "-c", _BRING_BACK, "sh", old_id, name],
+            note="the very container replaced, under its name again",
+            needs=old,
+        ),
     ]
     cleanup = [
         run_op(node.name, ["docker", "rm", old_id], needs=old, note="the replaced container")
