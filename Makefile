@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/alert_latency.py
 	$(BIN)/python bench/runbook.py
+	$(BIN)/python bench/rollback.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from reliability.testing import docker_cli
 from reliability.testing.balancer import RigBalancer
 from reliability.testing.fixtures import RIG_LB_IMAGE
 from reliability.testing.inference import DEFAULT_MODEL
+from reliability.testing.load import Load
 from reliability.testing.nginx import NginxBalancer, parse_members
 from reliability.testing.services import service_missing
 
@@ -107,62 +107,13 @@ def pool_of_answers(url: str, count: int = 12) -> set[str]:
         return {client.get(url + "v1/models").headers["x-pool"] for _ in range(count)}
 
 
-@dataclass
-class Load:
-    """A bounded client load through the balancer: plain and streamed completions."""
-
-    url: str
-    # A 500 from this image is the bad build answering, not a request the run failed.
-    bad_image: str | None = None
-    served: int = 0
-    bad_answers: int = 0
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def failed(self, response: httpx.Response, what: str) -> None:
-        bad = self.bad_image is not None and response.headers.get("x-image") == self.bad_image
-        if response.status_code == 500 and bad:
-            self.bad_answers += 1
-        else:
-            self.failures.append(what)
-
-    def run(self) -> None:
-        body = {
-            "model": DEFAULT_MODEL,
-            "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 8,
-        }
-        deadline = time.monotonic() + LOAD_SECONDS_MAX
-        with httpx.Client(timeout=10.0) as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                stream = self.served % 2 == 1
-                try:
-                    if stream:
-                        with client.stream(
-                            "POST", self.url + "v1/chat/completions", json={**body, "stream": True}
-                        ) as r:
-                            lines = [line for line in r.iter_lines() if line]
-                        if r.status_code != 200 or lines[-1:] != ["data: [DONE]"]:
-                            self.failed(r, f"stream {r.status_code} cut: {lines[-1:]}")
-                    else:
-                        r = client.post(self.url + "v1/chat/completions", json=body)
-                        if r.status_code != 200:
-                            self.failed(r, f"plain {r.status_code}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{'stream' if stream else 'plain'}: {exc!r}")
-                self.served += 1
-                time.sleep(0.01)
-
-
 @pytest.fixture
 def load_through() -> Iterator[Callable[..., Load]]:
     loads: list[tuple[Load, threading.Thread]] = []
 
     def start(url: str, bad_image: str | None = None) -> Load:
-        load = Load(url, bad_image)
-        thread = threading.Thread(target=load.run, daemon=True)
-        thread.start()
-        loads.append((load, thread))
+        load = Load(url, bad_image, max_seconds=LOAD_SECONDS_MAX)
+        loads.append((load, load.start()))
         return load
 
     yield start
