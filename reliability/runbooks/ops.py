@@ -23,7 +23,7 @@ from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
 from reliability.runbooks.checks import Check, HttpWait
 
 LOCAL = "local"
-OpKind = Literal["run", "http", "wait", "confirm", "notify", "record"]
+OpKind = Literal["run", "http", "wait", "check", "confirm", "notify", "record"]
 
 
 @dataclass(frozen=True, slots=True)

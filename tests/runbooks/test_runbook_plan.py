@@ -74,7 +74,8 @@ def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
         'sh -c \'f=$(mktemp) || exit 125; cat > "$f" && docker create --env-file "$f" '
         '"$@"; s=$?; rm -f -- "$f"; exit $s\' sh'
     )
-    assert deploy[:7] == [
+    assert deploy[:8] == [
+        "local check: the secrets HF_TOKEN can be read here",
         f"gpu-spare $ docker pull {image}",
         "gpu-spare $ docker inspect --type container --format '{{.Id}}' vllm",
         "gpu-spare $ docker inspect --type container --format "
@@ -90,7 +91,7 @@ def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
         "--served-model-name deepseek-chat --port 8000 --tensor-parallel-size 8",
         f"gpu-spare $ docker start {new}",
     ]
-    assert deploy[7].startswith("local http: GET http://10.20.0.19:8000/health until 200")
+    assert deploy[8].startswith("local http: GET http://10.20.0.19:8000/health until 200")
     assert commands(plan, "start-standby", undo=True)["gpu-spare"][:2] == [
         f"gpu-spare $ docker rm -f {new}",
         'gpu-spare $ sh -c \'if [ "$(docker inspect --type container --format "{{.Name}}" '
@@ -113,7 +114,7 @@ def test_a_failed_node_of_the_idle_pool_is_replaced_without_touching_the_balance
         "take-out": "`when` is false: 'green' == 'blue'",
         "put-in": "`when` is false: 'green' == 'blue'",
     }
-    assert "-l pool=green" in commands(plan, "start-standby")["gpu-spare"][5]
+    assert "-l pool=green" in commands(plan, "start-standby")["gpu-spare"][6]
 
 
 def test_blue_green_checks_the_new_pool_then_switches_and_soaks(example):

@@ -318,17 +318,8 @@ def test_a_bad_build_is_rolled_back_node_by_node_without_failing_a_request(
     )
 
 
-def test_a_failed_deploy_is_undone_to_the_very_container_it_replaced(
-    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fleet = rig_lb.fleet
-    monkeypatch.setenv("RIG_HF_TOKEN", HF_TOKEN)
-    bad_digest = fleet.state.publish_image(BAD_REF)
-    fleet.state.break_image(bad_digest)
-    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
-    (tmp_path / "runbooks" / "deploy-bad.yaml").write_text(
-        f"""
-description: Deploy a build whose completions fail on gpu-3.
+DEPLOY_TO_GPU3 = """
+description: Deploy an image on gpu-3.
 params:
   service: {{type: service}}
 targets:
@@ -339,13 +330,50 @@ steps:
     nodes: green-1
     args:
       service: "{{service}}"
-      image: "registry.rig.local/serving/vllm@{bad_digest}"
+      image: "{image}"
       ttft: 2s
       within: 10s
     retries: 1
     backoff: 1s
     undo: restore
 """
+
+
+def test_a_secret_that_cannot_be_read_stops_the_deploy_before_the_node_changes(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RIG_HF_TOKEN", raising=False)
+    good = rig_lb.fleet.state.publish_image(GOOD_REF)
+    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    (tmp_path / "runbooks" / "deploy.yaml").write_text(
+        DEPLOY_TO_GPU3.format(image=f"registry.rig.local/serving/vllm@{good}")
+    )
+    before = inspected(rig_lb, "gpu-3")
+
+    result = run_book(config, "deploy", service="chat")
+
+    assert result.status == RunStatus.failed
+    assert "environment variable RIG_HF_TOKEN is not set" in (result.reason or "")
+    after = inspected(rig_lb, "gpu-3")
+    assert (after["Id"], after["State"]["StartedAt"]) == (
+        before["Id"],
+        before["State"]["StartedAt"],
+    )
+    with db.session_factory(db.make_engine(rig_db))() as s:
+        (unit,) = runs.units(s, run_id=result.run_id)
+    assert all(e["where"] == "local" for e in unit.log)  # nothing was sent to the node
+
+
+def test_a_failed_deploy_is_undone_to_the_very_container_it_replaced(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = rig_lb.fleet
+    monkeypatch.setenv("RIG_HF_TOKEN", HF_TOKEN)
+    bad_digest = fleet.state.publish_image(BAD_REF)
+    fleet.state.break_image(bad_digest)
+    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    (tmp_path / "runbooks" / "deploy-bad.yaml").write_text(
+        DEPLOY_TO_GPU3.format(image=f"registry.rig.local/serving/vllm@{bad_digest}")
     )
     before = inspected(rig_lb, "gpu-3")
 

@@ -16,13 +16,14 @@ where each value comes from.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from reliability.config import Config, NodeConfig, ServiceConfig, Strict
+from reliability.config import Config, ConfigError, NodeConfig, ServiceConfig, Strict
 from reliability.durations import Duration
 from reliability.runbooks.actions.base import (
     Action,
@@ -32,8 +33,8 @@ from reliability.runbooks.actions.base import (
     undo_commands,
 )
 from reliability.runbooks.actions.ready import ready_ops
-from reliability.runbooks.checks import FirstToken, HttpWait
-from reliability.runbooks.ops import Arg, AtRun, Op, SecretText, Unit, run_op
+from reliability.runbooks.checks import FirstToken, HttpWait, OpOutcome, RunContext
+from reliability.runbooks.ops import LOCAL, Arg, AtRun, Op, SecretText, Unit, run_op
 
 if TYPE_CHECKING:
     from reliability.runbooks.plan import Planner
@@ -120,6 +121,31 @@ def _env_file(config: Config, service: ServiceConfig) -> str:
     return "".join(f"{name}={value}\n" for name, value in values.items())
 
 
+@dataclass(frozen=True, slots=True)
+class SecretsReadable:
+    """The container's secrets can be read here, before anything on the node changes (a
+    secret that cannot be read would otherwise stop the run after the old container)."""
+
+    names: str
+    read: Callable[[], str] = field(compare=False, repr=False)
+
+    def perform(self, run: RunContext, deadline: float) -> OpOutcome:
+        try:
+            self.read()
+        except (ConfigError, ValueError) as exc:
+            return OpOutcome(False, f"secret not readable: {exc}")
+        return OpOutcome(True, f"{self.names}: readable")
+
+
+def secrets_op(config: Config, service: ServiceConfig) -> list[Op]:
+    """The check that the container's secrets can be read, when it has any."""
+    names = ", ".join(service.container.secrets())
+    if not names:
+        return []
+    read = SecretsReadable(names, partial(_env_file, config, service))
+    return [Op(LOCAL, "check", f"the secrets {names} can be read here", check=read)]
+
+
 def create_op(
     config: Config,
     node: NodeConfig,
@@ -179,6 +205,7 @@ def replace_ops(
     new_id = AtRun(f"id of the new {name} container", new)
     inspect = ["docker", "inspect", "--type", "container", "--format"]
     run = [
+        *secrets_op(config, service),
         run_op(node.name, ["docker", "pull", image]),
         run_op(
             node.name,
