@@ -33,7 +33,10 @@ def test_plan_prints_every_command_per_target():
     assert "1. take-out (drain): timeout 30s\n" in out
     assert "   on gpu-1:\n     lb-1 $ cat /etc/nginx/conf.d/chat-upstream.conf" in out
     assert "         |     server 10.20.0.11:8000 down;\n" in out
-    assert "   on gpu-spare:\n     gpu-spare $ docker pull <known-good image of chat" in out
+    assert (
+        "   on gpu-spare:\n     local check: the secrets HF_TOKEN can be read here\n"
+        "     gpu-spare $ docker pull <known-good image of chat"
+    ) in out
     assert (
         "   undo on gpu-spare:\n     gpu-spare $ docker rm -f <id of the new vllm container>\n"
     ) in out
