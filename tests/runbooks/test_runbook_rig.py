@@ -318,6 +318,33 @@ def test_a_bad_build_is_rolled_back_node_by_node_without_failing_a_request(
     )
 
 
+def test_a_rollback_that_fails_puts_the_containers_and_the_upstream_back(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = rig_lb.fleet
+    monkeypatch.setenv("RIG_HF_TOKEN", HF_TOKEN)
+    # The image marked known-good turns out broken too: gpu-1's new container fails its
+    # completion, and the run undoes itself.
+    broken = fleet.state.publish_image(BAD_REF)
+    fleet.state.break_image(broken)
+    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    with db.session_factory(db.make_engine(rig_db)).begin() as s:
+        marked = f"registry.rig.local/serving/vllm@{broken}"
+        images.mark_good(s, service="chat", image=marked, by="test", at=images_now())
+    before = {n: inspected(rig_lb, n) for n in ("gpu-1", "gpu-2")}
+    upstream = rig_lb.upstream_file.read_bytes()
+
+    result = run_book(config, "image-rollback", service="chat", pool="blue")
+
+    assert result.status == RunStatus.failed
+    assert "step redeploy failed" in (result.reason or "") and "put back" in (result.reason or "")
+    after = {n: inspected(rig_lb, n) for n in ("gpu-1", "gpu-2")}
+    assert after["gpu-1"]["Id"] == before["gpu-1"]["Id"] and after["gpu-1"]["State"]["Running"]
+    assert after["gpu-2"]["State"]["StartedAt"] == before["gpu-2"]["State"]["StartedAt"]
+    assert rig_lb.upstream_file.read_bytes() == upstream
+    assert pool_of_answers(rig_lb.url) == {"blue"}
+
+
 DEPLOY_TO_GPU3 = """
 description: Deploy an image on gpu-3.
 params:

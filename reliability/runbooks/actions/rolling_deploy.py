@@ -7,8 +7,8 @@ completion, and put back before the next ones go.
 Composed from the other actions' parts, not a copy of them: the upstream rewrites are
 `lb_unit` (actions/upstream.py), the wait is drain's `Drained` check, the replacement and
 its readiness are deploy_image's `replacement`. One unit per batch, so that the balancer's
-file is never rewritten by two units at once. Its undo takes the batch out again, puts the
-replaced containers back (same ids), and restores the upstream file as it was."""
+file is never rewritten by two units at once. Its undo puts the replaced containers back
+(same ids), then the upstream file as it was before the batch went out."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from reliability.config import NodeConfig, Strict
+from reliability.config import NodeConfig, ServiceConfig, Strict
 from reliability.durations import Duration
 from reliability.runbooks.actions.base import (
     Action,
@@ -97,12 +97,7 @@ class RollingDeployAction(Action[RollingDeployStep]):
         scope = planner.scope.bind("target", nodes[0])
         service = planner.service(args.service, scope)
         image = planner.image(args.image, service)
-        members = (
-            planner.state(Upstreams).members(step.id, service, planner)
-            if service.load_balancer
-            else {}
-        )
-        serving = [n for n in nodes if members.get(n.name)]
+        serving = self._serving(step, service, nodes, planner)
         run: list[Op] = []
         undo: list[Op] = []
         cleanup: list[Op] = []
@@ -126,33 +121,58 @@ class RollingDeployAction(Action[RollingDeployStep]):
             undo += node_undo
             cleanup += node_cleanup
         if serving:
-            restore = step.model_copy(update={"undo": "restore"})
-            for node in serving:
-                members[node.name] = False
             waits = [self._drained(n, service.port, args.drain_wait) for n in serving]
-            out = lb_unit(
-                restore.model_copy(update={"id": f"{step.id}.{label}.out"}),
-                service,
-                waits,
-                scope,
-                planner,
-                verify=None,
-            )
-            for node in serving:
-                members[node.name] = True
-            back = lb_unit(
-                restore.model_copy(update={"id": f"{step.id}.{label}.back"}),
-                service,
-                [],
-                scope,
-                planner,
-                verify=min(step.timeout, LB_VERIFY),
-            )
+            out, back = self._out_and_back(step, label, service, serving, waits, planner)
             run = out.ops + run + back.ops
-            # Out again before the old containers come back; the file as it was at the end.
-            undo = [op for op in out.ops if op.saves is None] + undo + out.undo
+            # The containers back first (the batch still out), then the file as it was.
+            undo = undo + out.undo
         undo = undo_commands(step, nodes[0].name, scope, planner) or undo
         return Unit(label, run, undo, cleanup)
+
+    @staticmethod
+    def _serving(
+        step: RollingDeployStep, service: ServiceConfig, nodes: list[NodeConfig], planner: Planner
+    ) -> list[NodeConfig]:
+        """Those of `nodes` the upstream sends requests to at this point of the plan (the
+        others are replaced without a drain: a pool not serving, a node already out)."""
+        if service.load_balancer is None:
+            return []
+        members = planner.state(Upstreams).members(step.id, service, planner)
+        return [n for n in nodes if members.get(n.name)]
+
+    @staticmethod
+    def _out_and_back(
+        step: RollingDeployStep,
+        label: str,
+        service: ServiceConfig,
+        serving: list[NodeConfig],
+        waits: list[Op],
+        planner: Planner,
+    ) -> tuple[Unit, Unit]:
+        """The balancer's units that take `serving` out (then `waits`) and put them back
+        (then check the service answers through it): the upstream's `lb_unit`, each under
+        a step id of its own so the run keeps each file it read apart."""
+        restore = step.model_copy(update={"undo": "restore"})
+        members = planner.state(Upstreams).members(step.id, service, planner)
+        members.update((n.name, False) for n in serving)
+        out = lb_unit(
+            restore.model_copy(update={"id": f"{step.id}.{label}.out"}),
+            service,
+            waits,
+            planner.scope,
+            planner,
+            verify=None,
+        )
+        members.update((n.name, True) for n in serving)
+        back = lb_unit(
+            restore.model_copy(update={"id": f"{step.id}.{label}.back"}),
+            service,
+            [],
+            planner.scope,
+            planner,
+            verify=min(step.timeout, LB_VERIFY),
+        )
+        return out, back
 
     @staticmethod
     def _drained(node: NodeConfig, port: int, wait: float) -> Op:
