@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/alert_latency.py
 	$(BIN)/python bench/runbook.py
 	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/rollback.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -6,6 +6,7 @@ rest of the code imports; entry points load through `cli_support.load_config`, w
 the domains' own checks.
 """
 
+from reliability.config.container import ContainerSpec, SecretValue
 from reliability.config.errors import ConfigError
 from reliability.config.load import ConfigCheck, default_path, load
 from reliability.config.models import (
@@ -27,6 +28,7 @@ __all__ = [
     "Config",
     "ConfigCheck",
     "ConfigError",
+    "ContainerSpec",
     "DashboardsConfig",
     "EndpointConfig",
     "LoadBalancerConfig",
@@ -34,6 +36,7 @@ __all__ = [
     "NodeConfig",
     "NodeState",
     "RouteConfig",
+    "SecretValue",
     "ServiceConfig",
     "SlackConfig",
     "SlackRoute",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from reliability.config.container import image_problem
 from reliability.config.errors import (
     ConfigError,
     Loc,
@@ -57,6 +58,8 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
                     "give each service pools of its own",
                 )
             listed.setdefault(pool, s.name)
+        if problem := image_problem(s.image, s.container, ("services", i, "image")):
+            yield problem
         lb = s.load_balancer
         if lb and lb.node not in nodes:
             yield ("services", i, "load_balancer", "node"), f"no node is named {lb.node!r}"

@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -26,23 +23,14 @@ from pydantic import (
 )
 
 from reliability import shipped
+from reliability.config.container import ContainerSpec, old_container_form
 from reliability.config.errors import ConfigError, Loc, format_loc, placed_message
+from reliability.config.fields import Strict
+from reliability.config.fields import matching as _matching
 from reliability.config.rules import Rules
 from reliability.durations import Duration, Interval, parse_duration
 
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
-
-
-def _matching(pattern: str, hint: str) -> AfterValidator:
-    """A string check whose error tells the user what to write, not the regular expression."""
-    compiled = re.compile(pattern)
-
-    def check(value: str) -> str:
-        if not compiled.fullmatch(value):
-            raise ValueError(f"{value!r}: {hint}")
-        return value
-
-    return AfterValidator(check)
 
 
 Name = Annotated[
@@ -76,10 +64,6 @@ def under(url: str, path: str) -> str:
 
 
 MAX_GPUS = 64  # per node; the largest boards today hold 8 or 16
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 def _no_inline_secret(value: Any) -> Any:
@@ -170,7 +154,9 @@ class NodeConfig(Strict):
     )
     gpu_source: Literal["smi", "nvml", "none"] | None = None
     watch_paths: list[AbsPath] = ["/"]
-    container: str | None = None
+    container: str | None = Field(
+        None, description="the service container's name on this node, where it differs"
+    )
 
     @property
     def first_state(self) -> NodeState | None:
@@ -269,9 +255,8 @@ class ServiceConfig(Strict):
     active_pool: Name
     port: int = Field(8000, ge=1, le=65535)
     model: str | None = None
-    container: str | None = None
+    container: Annotated[ContainerSpec, BeforeValidator(old_container_form)] = ContainerSpec()
     image: str | None = None
-    health_path: str = DEFAULT_HEALTH_PATH
     load_balancer: LoadBalancerConfig | None = None
     soak: Duration = Field(1800.0, description="healthy this long on a digest: known-good")
     auto_runbooks: list[str] = Field(
@@ -291,11 +276,29 @@ class ServiceConfig(Strict):
         0.05, ge=0, lt=1, description="share of failed completion probes the soak allows"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _health_path_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "health_path" in data:
+            raise ValueError(
+                "`health_path` belongs to the container now: write it as "
+                "`container: {health_path: ...}`"
+            )
+        return data
+
     @model_validator(mode="after")
     def _active_is_a_pool(self) -> ServiceConfig:
         if self.active_pool not in self.pools:
             raise ValueError(f"active_pool {self.active_pool!r} is not one of pools {self.pools}")
         return self
+
+    @property
+    def health_path(self) -> str:
+        return self.container.health_path
+
+    @property
+    def container_name(self) -> str:
+        return self.container.name or self.name
 
     @model_validator(mode="after")
     def _balancer_health_url(self) -> ServiceConfig:
@@ -537,8 +540,24 @@ class Config(Strict):
         env = self.dashboards.token_env
         return self._read_secret(("dashboards", "token_env"), env, None) if env else None
 
+    def container_secrets(self, service: ServiceConfig) -> dict[str, str]:
+        """The secret environment values of the service's container, read now (a deploy
+        reads them as it sends them; they are never stored)."""
+        index = self.services.index(service)
+        values = {}
+        for name, source in service.container.secrets().items():
+            field = ("services", index, "container", "env", name)
+            value = self._read_secret(field, source.value_env, source.value_file)
+            values[name] = value.get_secret_value()
+        return values
+
     def _secret_readers(self) -> list[Callable[[], Any]]:
         readers: list[Callable[[], Any]] = [self.webhook_token]
+        readers += [
+            lambda s=s: list(self.container_secrets(s).values())
+            for s in self.services
+            if s.container.secrets()
+        ]
         readers += [lambda i=i: self.endpoint_key(i) for i in range(len(self.endpoints))]
         if self.slack:
             readers.append(self.slack_token)
@@ -592,6 +611,8 @@ class Config(Strict):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            if value:
+            if isinstance(value, list):
+                values.extend(v for v in value if v)
+            elif value:
                 values.append(value)
         return values

@@ -27,6 +27,7 @@ from reliability.demo.control import FAULTS, NODE_FAULTS, FaultError
 from reliability.runbooks import service as runs
 from reliability.testing import docker_cli
 from reliability.testing.demofleet import DemoFleet
+from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.inference_group import InferenceHandle
 
 XID_GPU = 3  # the GPU slot the XID names
@@ -252,6 +253,7 @@ class Faults:
         docker_cli.dispatch(root, node, ["rm", "-f", CONTAINER])
         argv = ["run", "-d", "--name", CONTAINER, "--restart", "unless-stopped", "-p", "8000:8000"]
         argv += ["-l", f"reliability.service={SERVICE}", "-l", f"pool={pool}", image]
+        argv += ["--model", DEFAULT_MODEL]
         _, err, code = docker_cli.dispatch(root, node, argv)
         if code != 0:
             raise RuntimeError(f"docker run on {node} failed: {err.strip()}")

@@ -206,6 +206,10 @@ def _step_lines(i: int, s: PlannedStep) -> Iterator[str]:
         if unit.undo:
             yield f"   undo{'' if unit.target == LOCAL else ' on ' + unit.target}:"
             yield from (f"     {line}" for op in unit.undo for line in _op_lines(op))
+        if unit.cleanup:
+            where = "" if unit.target == LOCAL else " on " + unit.target
+            yield f"   once the run succeeded{where}:"
+            yield from (f"     {line}" for op in unit.cleanup for line in _op_lines(op))
 
 
 def _op_lines(op: Op) -> Iterator[str]:

@@ -344,7 +344,7 @@ class Executor:
             self.progress.started(run_id, plan)
             status, reason = self._steps(run_id, plan, start, values)
             if status == RunStatus.succeeded:
-                return self._succeed(run_id, plan)
+                return self._succeed(run_id, plan, values)
             self.progress.undoing(reason)
             errors = self._undo_all(run_id, reason)
             if errors:
@@ -437,6 +437,9 @@ class Executor:
                     changed = True
                     self._save_undo(unit_id, step, unit, values)
                 outcome = self.performer.perform(op, values, deadline)
+                if changed and op.saves is not None and outcome.ok:
+                    # What the undo needs may have just been read (a new container's id).
+                    self._save_undo(unit_id, step, unit, values)
                 entries.append(self._entry(op, values, outcome, attempt))
                 self.progress.op(unit.target, op, outcome)
                 with self.sessions.begin() as s:
@@ -541,11 +544,31 @@ class Executor:
         return errors
 
     # --- endings ----------------------------------------------------------------------------
-    def _succeed(self, run_id: int, plan: Plan) -> RunResult:
+    def _succeed(self, run_id: int, plan: Plan, values: dict[str, str]) -> RunResult:
         with self.sessions.begin() as s:
             for service, pool in plan.switches.items():
                 runs.set_pool(s, service=service, pool=pool, run_id=run_id, now=_now())
+        self._clean_up(plan, values)
         return self._finish(run_id, RunStatus.succeeded, None)
+
+    def _clean_up(self, plan: Plan, values: dict[str, str]) -> None:
+        """The units' cleanup now that nothing will be undone (e.g. a replaced container
+        removed). A failure leaves something behind, not a broken service: logged only."""
+        for step in plan.steps:
+            for unit in step.units:
+                for op in unit.cleanup:
+                    if op.needs is not None and op.needs not in values:
+                        continue
+                    deadline = time.monotonic() + step.timeout
+                    outcome = self.performer.perform(op, values, deadline)
+                    self.progress.op(unit.target, op, outcome)
+                    if not outcome.ok:
+                        log.warning(
+                            "run %d: cleanup on %s failed: %s",
+                            self._run_id,
+                            op.where,
+                            self.redact(outcome.text),
+                        )
 
     def _finish(self, run_id: int, status: RunStatus, reason: str | None) -> RunResult:
         with self.sessions.begin() as s:

@@ -15,7 +15,7 @@ builds its own operations in its module (`actions/`); the load balancer's are he
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,7 +26,7 @@ from reliability.config import LoadBalancerConfig, NodeConfig, ServiceConfig
 from reliability.runbooks.checks import Check, HttpWait
 
 LOCAL = "local"
-OpKind = Literal["run", "edit", "http", "wait", "confirm", "notify", "record"]
+OpKind = Literal["run", "edit", "http", "wait", "check", "confirm", "notify", "record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,27 +46,41 @@ Arg = str | AtRun
 
 
 @dataclass(frozen=True, slots=True)
+class SecretText:
+    """Standard input made of secrets, shown as `masked`: `read` gives it only when the
+    operation is sent, so no plan, record or log ever holds it."""
+
+    masked: str
+    read: Callable[[], str] = field(compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return self.masked
+
+
+@dataclass(frozen=True, slots=True)
 class Op:
     """One thing a run does. `where`: the node a command runs on, or LOCAL (the reliability
     host itself). `detail`: for `run`, the command line exactly as sent; `stdin`: what is
     written to its standard input; `note`: why, in a few words.
 
     For the run: `argv` is the command as words when one is an AtRun; `saves` keeps the
-    command's output under that key; `needs` skips the operation when that key holds
-    nothing (no container ran before, so none is put back); `changes`: sending it changes
-    the system, so from then on the unit must be undone if the run fails; `may_fail`: a
-    non-zero exit is an answer, not a failure; `check`: what a local operation does; `edit`:
-    what an `edit` operation does, here, to the text an earlier one saved under `needs`
-    (the result saved under `saves`)."""
+    command's output under that key (the first read of it, unless `latest`: a value each
+    attempt makes anew, such as a new container's id); `needs` skips the operation when
+    that key holds nothing (no container ran before, so none is put back); `changes`:
+    sending it changes the system, so from then on the unit must be undone if the run
+    fails; `may_fail`: a non-zero exit is an answer, not a failure; `check`: what a local
+    operation does; `edit`: what an `edit` operation does, here, to the text an earlier one
+    saved under `needs` (the result saved under `saves`)."""
 
     where: str
     kind: OpKind
     detail: str
-    stdin: str | AtRun | None = None
+    stdin: str | AtRun | SecretText | None = None
     note: str = ""
     argv: tuple[Arg, ...] | None = field(default=None, repr=False)
     saves: str | None = None
     needs: str | None = None
+    latest: bool = False
     changes: bool = False
     may_fail: bool = False
     check: Check | None = None  # checks.py, or the module of the action it belongs to
@@ -87,11 +101,13 @@ class Op:
 @dataclass(frozen=True, slots=True)
 class Unit:
     """What a step does on one target: a node, the load balancer, or the local host; `undo`
-    is what reverses it, recorded before its first change goes out."""
+    is what reverses it, recorded before its first change goes out; `cleanup`, what is
+    done once the whole run has succeeded (removing what the undo would have needed)."""
 
     target: str
     ops: list[Op]
     undo: list[Op]
+    cleanup: list[Op] = field(default_factory=list)
 
 
 def command(argv: Sequence[Arg]) -> str:

@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable, MutableMapping
 
 import httpx
 
+from reliability.config import ConfigError
 from reliability.runbooks.checks import OpOutcome
-from reliability.runbooks.ops import LOCAL, AtRun, Op
+from reliability.runbooks.ops import LOCAL, AtRun, Op, SecretText
 from reliability.ssh import CommandResult, SshError, SshPool, SshTarget
 
 __all__ = ["OpOutcome", "Performer", "Redactor", "fill", "resolved"]
@@ -49,8 +50,9 @@ def _hide(match: re.Match[str]) -> str:
     return f"{name}=<redacted>" if equals else "<redacted>"
 
 
-def fill(op: Op, values: MutableMapping[str, str]) -> tuple[str, str | None]:
-    """The command line and stdin of `op` with run-time values in place."""
+def fill(op: Op, values: MutableMapping[str, str]) -> tuple[str, str | SecretText | None]:
+    """The command line and stdin of `op` with run-time values in place (secrets still
+    unread: the performer reads them as it sends)."""
     line = op.detail
     if op.argv is not None:
         line = " ".join(
@@ -124,6 +126,11 @@ class Performer:
 
     def _command(self, op: Op, values: MutableMapping[str, str], deadline: float) -> OpOutcome:
         line, stdin = fill(op, values)
+        if isinstance(stdin, SecretText):
+            try:
+                stdin = stdin.read()
+            except (ConfigError, ValueError) as exc:
+                return OpOutcome(False, f"{op.where}: not sent: {exc}")
         try:
             result = self.ssh.run(
                 self.targets[op.where], line, timeout=deadline - time.monotonic(), stdin=stdin
@@ -131,7 +138,10 @@ class Performer:
         except SshError as exc:
             return OpOutcome(False, f"{op.where}: {exc}")
         if op.saves is not None and result.ok:
-            values.setdefault(op.saves, result.stdout)
+            if op.latest:
+                values[op.saves] = result.stdout
+            else:
+                values.setdefault(op.saves, result.stdout)
         ok = result.ok or op.may_fail
         text = "ok" if result.ok else f"exit {result.exit_status}: {_last_line(result)}"
         return OpOutcome(ok, text, result.exit_status, self._excerpt(result, saved=op.saves))

@@ -98,6 +98,7 @@ class Plan:
                     "target": u.target,
                     "ops": [op.shown() for op in u.ops],
                     "undo": [op.shown() for op in u.undo],
+                    "cleanup": [op.shown() for op in u.cleanup],
                 }
                 for u in step.units
             ]
@@ -177,10 +178,7 @@ class Planner:
                 return replace(base, skipped=skipped)
             if not isinstance(step, NodeStep):
                 return replace(base, units=action.plan(step, self))
-            nodes = self.group(step.nodes)
-            size = step.batch or len(nodes)
-            batches = [[n.name for n in nodes[i : i + size]] for i in range(0, len(nodes), size)]
-            units = [action.unit(step, n, self.scope.bind("target", n), self) for n in nodes]
+            batches, units = action.units(step, self.group(step.nodes), self)
             return replace(
                 base,
                 batches=batches,
@@ -279,8 +277,11 @@ class Planner:
         if template == KNOWN_GOOD:
             return self.known_good(service)
         image = self.text(template, "image")
-        if not DIGEST.fullmatch(image):
-            raise ScopeError(f"image {image!r} is not pinned by digest (REF@sha256:…)")
+        if not DIGEST.fullmatch(image) and service.container.image_policy == "digest":
+            raise ScopeError(
+                f"image {image!r} is not pinned by digest (REF@sha256:…), which "
+                f"{service.name}'s container.image_policy asks for"
+            )
         return image
 
     def command(self, where: str, template: str, scope: Scope, changes: bool = True) -> Op:

@@ -49,6 +49,8 @@ def new_container(
     network = (options.get("network") or options.get("net") or ["bridge"])[0]
     bindings = {f"{port}/tcp": [{"HostIp": address, "HostPort": str(port)}]} if port else {}
     restart = (options.get("restart") or ["no"])[0]
+    volumes = options.get("v", []) + options.get("volume", [])
+    entrypoint = options.get("entrypoint")
     return {
         "Id": hashlib.sha256(f"{name}/{time.time_ns()}".encode()).hexdigest(),
         "Name": f"/{name}",
@@ -56,15 +58,22 @@ def new_container(
         "Image": image["id"],
         "Config": {
             "Image": ref,
+            "Entrypoint": entrypoint[-1:] if entrypoint else None,
             "Cmd": cmd,
             "Env": [f"{k}={v}" for k, v in env.items()],
             "Labels": labels,
         },
         "HostConfig": {
+            "Binds": volumes or None,
             "NetworkMode": network,
             "PortBindings": bindings if network != "host" else {},
             "RestartPolicy": {"Name": restart.split(":")[0], "MaximumRetryCount": 0},
+            "IpcMode": (options.get("ipc") or ["private"])[-1],
+            "ShmSize": size_bytes((options.get("shm-size") or ["64m"])[-1]),
+            "Ulimits": [_ulimit(u) for u in options.get("ulimit", [])] or None,
+            "DeviceRequests": [_gpus(g) for g in options.get("gpus", [])] or None,
         },
+        "Mounts": [_mount(v) for v in volumes],
         "State": {
             "Status": "created",
             "Running": False,
@@ -87,6 +96,58 @@ def new_container(
             "image_digest": image["digest"],
             "model": model,
         },
+    }
+
+
+def size_bytes(text: str) -> int:
+    """Docker's RAMInBytes: a number with an optional b, k, m or g (powers of 1024)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)b?", text.strip().lower())
+    if match is None:
+        raise ValueError(f'invalid argument "{text}" for "--shm-size" flag: invalid size')
+    power = " kmgt".index(match.group(2) or " ") if match.group(2) != "b" else 0
+    return int(float(match.group(1)) * 1024**power)
+
+
+def _ulimit(text: str) -> Doc:
+    name, _, limits = text.partition("=")
+    soft, _, hard = limits.partition(":")
+    return {"Name": name, "Hard": int(hard or soft), "Soft": int(soft)}
+
+
+def _gpus(text: str) -> Doc:
+    ids = text.removeprefix("device=").split(",") if text.startswith("device=") else None
+    count = -1 if text == "all" else (0 if ids else int(text))
+    return {
+        "Driver": "",
+        "Count": count,
+        "DeviceIDs": ids,
+        "Capabilities": [["gpu"]],
+        "Options": {},
+    }
+
+
+def _mount(volume: str) -> Doc:
+    """A `-v SOURCE:DEST[:MODE]` as inspect's ``Mounts`` shows it."""
+    source, _, rest = volume.partition(":")
+    destination, _, mode = rest.partition(":")
+    if source.startswith("/"):
+        return {
+            "Type": "bind",
+            "Source": source,
+            "Destination": destination,
+            "Mode": mode,
+            "RW": mode != "ro",
+            "Propagation": "rprivate",
+        }
+    return {
+        "Type": "volume",
+        "Name": source,
+        "Source": f"/var/lib/docker/volumes/{source}/_data",
+        "Destination": destination,
+        "Driver": "local",
+        "Mode": mode or "z",
+        "RW": mode != "ro",
+        "Propagation": "",
     }
 
 
@@ -259,6 +320,15 @@ def _action(expression: str, record: Doc) -> str:
                     f"template: :1: executing at <index {words[1]} {key}>: error calling index"
                 ) from None
         return _go_str(value)
+    if words[0] == "slice" and len(words) in (3, 4):
+        value = _field(record, words[1])
+        bounds = [int(w) for w in words[2:]]
+        if not isinstance(value, str) or not 0 <= bounds[0] <= bounds[-1] <= len(value):
+            raise ValueError(
+                f"template: :1: executing at <slice {words[1]}>: error calling slice: "
+                "index out of range"
+            )
+        return value[bounds[0] : bounds[1]] if len(bounds) == 2 else value[bounds[0] :]
     if len(words) == 1 and words[0].startswith("."):
         return _go_str(_field(record, words[0]))
     raise ValueError(f'template: :1: function "{words[0]}" not defined')

@@ -23,7 +23,7 @@ from typing import Any
 
 from reliability.testing import docker_format, state
 from reliability.testing.engine_client import SOCKET_NAME, JsonSocketServer
-from reliability.testing.inference import DEFAULT_MODEL, InferenceSpec
+from reliability.testing.inference import InferenceSpec
 from reliability.testing.inference_group import EXIT_DIED, InferenceHandle, ServerGroup
 
 Key = tuple[str, str]
@@ -61,6 +61,13 @@ class ContainerEngine:
         key = (request["node"], request["container"])
         if request["op"] == "start":
             return self._start(key, request)
+        if request["op"] == "rename":
+            # A running container keeps serving under its new name (docker rename).
+            with self._lock:
+                for table in (self._servers, self._requests):
+                    if key in table:
+                        table[(key[0], request["to"])] = table.pop(key)  # type: ignore[index]
+            return {"ok": True}
         if request["op"] == "stop":
             handle = self.server(*key)
             with self._lock:
@@ -102,7 +109,7 @@ class ContainerEngine:
         spec = InferenceSpec(
             pool=request["pool"],
             image=request["image"],
-            model=request.get("model") or DEFAULT_MODEL,
+            model=request["model"],
             host=request["host"],
             port=int(request["port"]),
         )
@@ -126,6 +133,8 @@ class ContainerEngine:
 
     def _exited(self, key: Key, handle: InferenceHandle, code: int) -> None:
         with self._lock:
+            # Under the name it has now (it may have been renamed since it started).
+            key = next((k for k, h in self._servers.items() if h is handle), key)
             if self._servers.get(key) is handle:
                 del self._servers[key]
                 if code == EXIT_DIED:

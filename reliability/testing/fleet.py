@@ -31,6 +31,7 @@ import paramiko
 from reliability.ssh import SshTarget
 from reliability.testing import docker_cli, firewall, loopback, sshd
 from reliability.testing.engine import ContainerEngine
+from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.rigstate import RigState
 from reliability.testing.state import NODE_ENV, STATE_ENV
 
@@ -377,15 +378,14 @@ class Fleet:
         container: str = "vllm",
         port: int = 8000,
         pool: str | None = None,
-        model: str | None = None,
+        model: str = DEFAULT_MODEL,
     ) -> str:
-        """``docker run -d`` an inference stand-in on ``name`` (image pulled if needed); its id."""
+        """``docker run -d`` an inference stand-in on ``name`` serving ``model`` (image
+        pulled if needed); its id."""
         args = ["run", "-d", "--name", container, "-p", f"{port}:8000"]
         if pool or self.node(name).pool:
             args += ["--label", f"pool={pool or self.node(name).pool}"]
-        args.append(image)
-        if model:
-            args += ["--served-model-name", model]
+        args += [image, "--model", model]
         self.state.load_image(name, image)
         out, err, code = docker_cli.dispatch(self.state_dir, name, args)
         if code != 0:

@@ -36,10 +36,44 @@ def test_plan_prints_every_command_per_target():
         "     local edit: mark gpu-1 (10.20.0.11:8000) down in upstream chat    # on the file as "
         "read; only these server lines change\n"
     ) in out
-    assert "   on gpu-spare:\n     gpu-spare $ docker pull <known-good image of chat" in out
-    assert "   undo on gpu-spare:\n     gpu-spare $ docker rm -f vllm\n" in out
+    assert (
+        "   on gpu-spare:\n     local check: the secrets HF_TOKEN can be read here\n"
+        "     gpu-spare $ docker pull <known-good image of chat"
+    ) in out
+    assert (
+        "   undo on gpu-spare:\n     gpu-spare $ docker rm -f <id of the new vllm container>\n"
+    ) in out
+    assert (
+        "   once the run succeeded on gpu-spare:\n"
+        "     gpu-spare $ docker rm <id of the vllm container replaced>"
+    ) in out
     assert "8. note (notify)" in out
     assert "gpu-spare: standby -> serving blue in the fleet (took over from gpu-1)" in out
+
+
+def test_the_plan_shows_the_whole_container_spec_and_masks_its_secrets(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_plan-must-not-show-this")
+    args = ["runbook", "plan", "node-failover", "--param", "node=gpu-1", "-c", EXAMPLE]
+
+    text = run(*args).output
+    as_json = run(*args, "--json").output
+
+    (create,) = [line for line in text.splitlines() if "docker create" in line]
+    assert (
+        "--ipc host --shm-size 16g --ulimit memlock=-1 --ulimit stack=67108864 -p 8000:8000 "
+        "-v /data/models:/models -e HF_HOME=/models -l team=inference"
+    ) in create
+    assert (
+        create.split(" # ")[0]
+        .rstrip()
+        .endswith(
+            "<known-good image of chat, from the images registry> --model deepseek-ai/DeepSeek-V3 "
+            "--served-model-name deepseek-chat --port 8000 --tensor-parallel-size 8"
+        )
+    )
+    assert "    | HF_TOKEN=<secret from $HF_TOKEN>\n" in text
+    assert "hf_plan-must-not-show-this" not in text + as_json
+    assert "HF_TOKEN=<secret from $HF_TOKEN>" in as_json
 
 
 def test_plan_json_is_the_same_plan_for_scripts():

@@ -15,10 +15,19 @@ import httpx
 import yaml
 
 from reliability.testing.fixtures import RIG_LB_IMAGE
+from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.nginx import NginxBalancer, parse_members
 from reliability.testing.slack import SlackStandIn
 
 FAILOVER_WITHIN = 30.0  # seconds from the cut to the service answering from the standby
+HF_TOKEN = "hf_failover-secret-0123456789"
+CONTAINER = {
+    "name": "vllm",
+    "args": ["--model", DEFAULT_MODEL, "--max-model-len", "4096"],
+    "env": {"HF_HOME": "/models", "HF_TOKEN": {"value_env": "RIG_HF_TOKEN"}},
+    "volumes": ["/srv/models:/models:ro"],
+    "ipc": "host",
+}
 
 
 def _config(balancer: NginxBalancer, directory: Path, slack: SlackStandIn) -> Path:
@@ -36,7 +45,7 @@ def _config(balancer: NginxBalancer, directory: Path, slack: SlackStandIn) -> Pa
                 "name": "chat",
                 "pools": ["blue", "green"],
                 "active_pool": "blue",
-                "container": "vllm",
+                "container": CONTAINER,
                 "load_balancer": balancer.lb_config("chat"),
                 "auto_runbooks": ["node-failover"],
             }
@@ -67,7 +76,7 @@ def test_the_daemon_fails_a_cut_node_over_to_the_standby_on_its_own(
     good = f"vllm/vllm-openai@{fleet.state.publish_image(RIG_LB_IMAGE)}"
     marked = cli(config, "images", "mark-good", "chat", good)
     assert marked.returncode == 0, marked.stderr
-    env = os.environ | {"SLACK_BOT_TOKEN": slack.token}
+    env = os.environ | {"SLACK_BOT_TOKEN": slack.token, "RIG_HF_TOKEN": HF_TOKEN}
     daemon = subprocess.Popen(
         [sys.executable, "-m", "reliability", "daemon", "-c", str(config)],
         stdout=subprocess.PIPE,
@@ -123,3 +132,18 @@ def test_the_daemon_fails_a_cut_node_over_to_the_standby_on_its_own(
     # On-call heard it in the incident's thread: the start and the end of the run.
     assert "node-failover" in thread and f"run {run['id']} succeeded" in thread
     assert slack.token not in out
+    # The standby runs the service's whole container spec, as `docker inspect` on it says;
+    # its secret reached the container and nothing else.
+    inspect, err, code = rig_lb.ssh("docker inspect vllm", node="spare-1")
+    assert code == 0, err
+    (standby,) = json.loads(inspect)
+    assert standby["State"]["Running"] and standby["Config"]["Image"] == good
+    assert standby["Config"]["Cmd"] == CONTAINER["args"]
+    assert {"HF_HOME=/models", f"HF_TOKEN={HF_TOKEN}"} <= set(standby["Config"]["Env"])
+    assert [(m["Source"], m["Destination"]) for m in standby["Mounts"]] == [
+        ("/srv/models", "/models")
+    ]
+    assert standby["HostConfig"]["IpcMode"] == "host"
+    status = cli(config, "runbook", "status", str(run["id"]), "--json").stdout
+    assert "docker create" in status and "HF_HOME=/models" in status
+    assert HF_TOKEN not in out + thread + status

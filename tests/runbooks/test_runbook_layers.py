@@ -58,10 +58,13 @@ def test_every_action_is_registered_once_with_its_step_and_how_it_plans() -> Non
     assert len(set(ACTIONS)) == len(ACTIONS)
     for action in REGISTRY:
         assert issubclass(action.step, StepBase)
-        # A per-node step plans a unit per node; a step that runs once plans its units.
-        per_node = issubclass(action.step, NodeStep)
-        implemented = type(action).unit if per_node else type(action).plan
-        assert implemented is not (Action.unit if per_node else Action.plan), action.kind
+        # A per-node step plans a unit per node (or its units per batch); a step that runs
+        # once plans its units.
+        if issubclass(action.step, NodeStep):
+            planned = (type(action).unit, type(action).units) != (Action.unit, Action.units)
+        else:
+            planned = type(action).plan is not Action.plan
+        assert planned, action.kind
         for check in action.checks:
             assert REGISTRY.check(check.__name__) is check
             assert callable(check.perform)

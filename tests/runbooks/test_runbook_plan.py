@@ -74,17 +74,39 @@ def test_node_failover_takes_the_node_out_and_puts_a_standby_in(example):
 
     image = "<known-good image of chat, from the images registry>"
     deploy = commands(plan, "start-standby")["gpu-spare"]
-    assert deploy[:4] == [
-        f"gpu-spare $ docker pull {image}",
-        "gpu-spare $ docker inspect --format '{{.Config.Image}}' vllm",
-        "gpu-spare $ docker rm -f vllm",
-        "gpu-spare $ docker run -d --name vllm --restart unless-stopped --gpus all "
-        f"-p 8000:8000 -l reliability.service=chat -l pool=blue {image}",
-    ]
-    assert deploy[4].startswith("local http: GET http://10.20.0.19:8000/health until 200")
-    assert commands(plan, "start-standby", undo=True)["gpu-spare"][1].endswith(
-        "<image vllm ran before, as saved>"
+    old, aside, new = (
+        "<id of the vllm container replaced>",
+        "<vllm-replaced-SHORT_ID, its name aside>",
+        "<id of the new vllm container>",
     )
+    wrapper = (
+        'sh -c \'f=$(mktemp) || exit 125; cat > "$f" && docker create --env-file "$f" '
+        '"$@"; s=$?; rm -f -- "$f"; exit $s\' sh'
+    )
+    assert deploy[:8] == [
+        "local check: the secrets HF_TOKEN can be read here",
+        f"gpu-spare $ docker pull {image}",
+        "gpu-spare $ docker inspect --type container --format '{{.Id}}' vllm",
+        "gpu-spare $ docker inspect --type container --format "
+        "'vllm-replaced-{{slice .Id 0 12}}' vllm",
+        'gpu-spare $ sh -c \'if [ "$(docker inspect --type container --format "{{.Id}}" '
+        '"$1" 2>/dev/null)" = "$2" ]; then docker rename "$1" "$3" || exit; fi; '
+        f'docker stop "$2"\' sh vllm {old} {aside}',
+        "gpu-spare $ docker rm -f vllm",
+        f"gpu-spare $ {wrapper} --name vllm --restart unless-stopped --gpus all --ipc host "
+        "--shm-size 16g --ulimit memlock=-1 --ulimit stack=67108864 -p 8000:8000 "
+        "-v /data/models:/models -e HF_HOME=/models -l team=inference "
+        f"-l reliability.service=chat -l pool=blue {image} --model deepseek-ai/DeepSeek-V3 "
+        "--served-model-name deepseek-chat --port 8000 --tensor-parallel-size 8",
+        f"gpu-spare $ docker start {new}",
+    ]
+    assert deploy[8].startswith("local http: GET http://10.20.0.19:8000/health until 200")
+    assert commands(plan, "start-standby", undo=True)["gpu-spare"][:2] == [
+        f"gpu-spare $ docker rm -f {new}",
+        'gpu-spare $ sh -c \'if [ "$(docker inspect --type container --format "{{.Name}}" '
+        '"$1")" != "/$2" ]; then docker rename "$1" "$2" || exit; fi; '
+        f'docker start "$1"\' sh {old} vllm',
+    ]
     # The standby joins the upstream beside what is there (the drained node stays down).
     assert commands(plan, "put-in")["lb-1"][1] == (
         "local edit: add gpu-spare (10.20.0.19:8000) to upstream chat, after its last server line"
@@ -105,7 +127,7 @@ def test_a_failed_node_of_the_idle_pool_is_replaced_without_touching_the_balance
         "take-out": "`when` is false: 'green' == 'blue'",
         "put-in": "`when` is false: 'green' == 'blue'",
     }
-    assert "-l pool=green" in commands(plan, "start-standby")["gpu-spare"][3]
+    assert "-l pool=green" in commands(plan, "start-standby")["gpu-spare"][6]
 
 
 def test_blue_green_checks_the_new_pool_then_switches_and_soaks(example):
@@ -132,20 +154,75 @@ def test_blue_green_to_the_pool_already_serving_skips_the_switch(example):
     assert switch.units == []
 
 
-def test_image_rollback_goes_one_node_at_a_time(example):
+def test_image_rollback_drains_replaces_and_puts_back_one_node_at_a_time(example):
     extra = NodeConfig(name="gpu-3", address="10.20.0.13", pool="blue", gpus=8)
     bigger = example.model_copy(update={"nodes": [*example.nodes, extra]})
     plan = plan_of(bigger, "image-rollback", service="chat", pool="blue")
     (redeploy,) = [s for s in plan.steps if s.id == "redeploy"]
     assert redeploy.batches == [["gpu-1"], ["gpu-3"]]
     assert redeploy.max_fail_percent == 0
-    assert [u.target for u in redeploy.units] == ["gpu-1", "gpu-3"]
-    # gpu-3 names no container: the service's.
-    assert "gpu-3 $ docker rm -f vllm" in commands(plan, "redeploy")["gpu-3"]
+    ops = commands(plan, "redeploy")["gpu-3"]
+    out = ops.index("local wait: until gpu-3 has no in-flight or streaming request, at most 1m")
+    created = next(i for i, op in enumerate(ops) if "docker create" in op)
+    first_token = next(i for i, op in enumerate(ops) if "/v1/chat/completions" in op)
+    reload_back = len(ops) - 1 - ops[::-1].index("lb-1 $ nginx -s reload")
+    assert out < created < first_token < reload_back
+    assert ops[-1] == "local http: GET http://10.20.0.2/health until 200"
+    # gpu-3 names no container: the service's; gpu-1 is back in when gpu-3 goes out.
+    assert "gpu-3 $ docker rm -f vllm" in ops
+    edits = [o.detail for u in redeploy.units for o in u.ops if o.kind == "edit"]
+    assert edits == [
+        "mark gpu-1 (10.20.0.11:8000) down in upstream chat",
+        "mark gpu-1 (10.20.0.11:8000) up in upstream chat",
+        "mark gpu-3 (10.20.0.13:8000) down in upstream chat",
+        "mark gpu-3 (10.20.0.13:8000) up in upstream chat",
+    ]
+    undo = commands(plan, "redeploy", undo=True)["gpu-3"]
+    back = next(i for i, op in enumerate(undo) if "<id of the vllm container replaced> vllm" in op)
+    assert back < undo.index(f"lb-1 $ {WRITE}", 2)
     assert commands(plan, "approve")[LOCAL] == [
         "local confirm: Redeploy the known-good image of chat on every node of pool blue, "
         "one at a time?"
     ]
+
+
+def test_rolling_deploy_takes_at_most_max_unavailable_nodes_of_each_pool_at_once(
+    example, write_runbook
+):
+    extra = [
+        NodeConfig(name=f"gpu-{i}", address=f"10.20.0.{20 + i}", pool=pool, gpus=8)
+        for i, pool in ((3, "blue"), (4, "blue"), (5, "green"))
+    ]
+    fleet = example.model_copy(update={"nodes": [*example.nodes, *extra]})
+    path = write_runbook(
+        "roll",
+        """
+        description: Roll every serving node.
+        targets:
+          serving: {role: serving}
+        steps:
+          - id: roll
+            action: rolling_deploy
+            nodes: serving
+            args: {service: chat, image: known-good, max_unavailable: 2}
+            undo: restore
+        """,
+    )
+    book = load_dir(path.parent)["roll"]
+
+    plan = make_plan(book, resolve(book, {}, fleet), fleet)
+
+    (roll,) = plan.steps
+    # Blue's gpu-1, gpu-3, gpu-4 and green's gpu-2, gpu-5, two of a pool at a time.
+    assert roll.batches == [["gpu-1+gpu-3"], ["gpu-4"], ["gpu-2+gpu-5"]]
+    outs = [
+        o.detail for u in roll.units for o in u.ops if o.kind == "edit" and " down " in o.detail
+    ]
+    # Only the active pool (blue) is in the upstream: green is replaced without a drain.
+    assert len(outs) == 2
+    assert "gpu-1 (10.20.0.11:8000)" in outs[0] and "gpu-3 (10.20.0.23:8000)" in outs[0]
+    assert "gpu-4" not in outs[0]
+    assert "gpu-4 (10.20.0.24:8000)" in outs[1] and "gpu-1" not in outs[1]
 
 
 def test_upstream_failover_swaps_the_route_file_to_local_and_waits_for_nothing(example):

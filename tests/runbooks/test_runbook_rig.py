@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,11 @@ from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookLock, RunStatus
 from reliability.testing import docker_cli
 from reliability.testing.balancer import RigBalancer
+from reliability.testing.fixtures import RIG_LB_IMAGE
 from reliability.testing.inference import DEFAULT_MODEL
+from reliability.testing.load import Load
 from reliability.testing.nginx import NginxBalancer, parse_members
+from reliability.testing.services import service_missing
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD_REF = "registry.rig.local/serving/vllm:good"
@@ -76,7 +78,7 @@ def write_config(balancer: RigBalancer, directory: Path, url: str, **service: An
                 "pools": ["blue", "green"],
                 "active_pool": "blue",
                 "port": 8000,
-                "container": "vllm",
+                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
                 "load_balancer": balancer.lb_config("chat"),
                 **service,
             }
@@ -105,52 +107,13 @@ def pool_of_answers(url: str, count: int = 12) -> set[str]:
         return {client.get(url + "v1/models").headers["x-pool"] for _ in range(count)}
 
 
-@dataclass
-class Load:
-    """A bounded client load through the balancer: plain and streamed completions."""
-
-    url: str
-    served: int = 0
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        body = {
-            "model": DEFAULT_MODEL,
-            "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 8,
-        }
-        deadline = time.monotonic() + LOAD_SECONDS_MAX
-        with httpx.Client(timeout=10.0) as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                stream = self.served % 2 == 1
-                try:
-                    if stream:
-                        with client.stream(
-                            "POST", self.url + "v1/chat/completions", json={**body, "stream": True}
-                        ) as r:
-                            lines = [line for line in r.iter_lines() if line]
-                        if r.status_code != 200 or lines[-1:] != ["data: [DONE]"]:
-                            self.failures.append(f"stream {r.status_code} cut: {lines[-1:]}")
-                    else:
-                        r = client.post(self.url + "v1/chat/completions", json=body)
-                        if r.status_code != 200:
-                            self.failures.append(f"plain {r.status_code}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{'stream' if stream else 'plain'}: {exc!r}")
-                self.served += 1
-                time.sleep(0.01)
-
-
 @pytest.fixture
-def load_through() -> Iterator[Callable[[str], Load]]:
+def load_through() -> Iterator[Callable[..., Load]]:
     loads: list[tuple[Load, threading.Thread]] = []
 
-    def start(url: str) -> Load:
-        load = Load(url)
-        thread = threading.Thread(target=load.run, daemon=True)
-        thread.start()
-        loads.append((load, thread))
+    def start(url: str, bad_image: str | None = None) -> Load:
+        load = Load(url, bad_image, max_seconds=LOAD_SECONDS_MAX)
+        loads.append((load, load.start()))
         return load
 
     yield start
@@ -159,12 +122,64 @@ def load_through() -> Iterator[Callable[[str], Load]]:
         thread.join(15)
 
 
+# A serving container as an operator would configure it: the model, a hub token (a
+# secret, from this host's environment), the model cache, IPC and shared memory.
+HF_TOKEN = "hf_rig-secret-0123456789abcdef"
+SPEC = {
+    "name": "vllm",
+    "args": ["--model", DEFAULT_MODEL, "--max-model-len", "4096"],
+    "env": {"HF_HOME": "/models", "HF_TOKEN": {"value_env": "RIG_HF_TOKEN"}},
+    "volumes": ["/srv/models:/models:ro"],
+    "ipc": "host",
+    "shm_size": "1g",
+}
+
+
+def inspected(balancer: RigBalancer, node: str) -> dict[str, Any]:
+    """`docker inspect vllm` on the node, over SSH."""
+    out, err, code = balancer.ssh("docker inspect vllm", node=node)
+    assert code == 0, err
+    (record,) = json.loads(out)
+    return record  # type: ignore[no-any-return]
+
+
+def assert_runs_the_spec(record: dict[str, Any], image: str) -> None:
+    assert record["State"]["Running"] and record["Config"]["Image"] == image
+    assert record["Config"]["Cmd"] == SPEC["args"]
+    assert {"HF_HOME=/models", f"HF_TOKEN={HF_TOKEN}"} <= set(record["Config"]["Env"])
+    mounts = [(m["Source"], m["Destination"], m["RW"]) for m in record["Mounts"]]
+    assert mounts == [("/srv/models", "/models", False)]
+    assert (record["HostConfig"]["IpcMode"], record["HostConfig"]["ShmSize"]) == ("host", 2**30)
+
+
+def recorded_text(url: str) -> str:
+    """Everything the database holds about runbook runs, as text."""
+    with db.make_engine(url).connect() as c:
+        rows = c.execute(sa.text("SELECT * FROM runbook_steps")).all()
+        rows += c.execute(sa.text("SELECT * FROM runbook_runs")).all()
+    return json.dumps([list(map(str, r)) for r in rows])
+
+
 def redeploy(balancer: RigBalancer, node: str, image: str) -> None:
     """Replace a node's serving container, as an operator's bad deploy would."""
     root = balancer.fleet.state_dir
     docker_cli.dispatch(root, node, ["rm", "-f", "vllm"])
     _, err, code = docker_cli.dispatch(
-        root, node, ["run", "-d", "--name", "vllm", "-p", "8000:8000", "-l", "pool=blue", image]
+        root,
+        node,
+        [
+            "run",
+            "-d",
+            "--name",
+            "vllm",
+            "-p",
+            "8000:8000",
+            "-l",
+            "pool=blue",
+            image,
+            "--model",
+            DEFAULT_MODEL,
+        ],
     )
     assert code == 0, err
 
@@ -237,36 +252,184 @@ steps:
     assert pool_of_answers(rig_lb.url) == {"blue"}
 
 
-def test_a_bad_image_is_rolled_back_to_the_known_good_digest_on_every_node(
-    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
+@pytest.fixture
+def blue_four(rig_fleet_factory: Callable[..., Any]) -> Iterator[NginxBalancer]:
+    """Four nodes in pool blue, each serving, behind a real nginx on lb-1."""
+    reason = NginxBalancer.missing_requirement()
+    if reason:
+        service_missing(reason)
+    pools = {f"gpu-{i}": "blue" for i in range(1, 5)}
+    fleet = rig_fleet_factory([*pools, "lb-1"], pools=pools)
+    for name in pools:
+        fleet.run_container(name, RIG_LB_IMAGE)
+    members = [f"{fleet.node(n).address}:8000" for n in pools]
+    with NginxBalancer(fleet, "lb-1", service="chat", members=members) as balancer:
+        yield balancer
+
+
+def test_a_bad_build_is_rolled_back_node_by_node_without_failing_a_request(
+    blue_four: NginxBalancer,
+    tmp_path: Path,
+    rig_db: str,
+    load_through: Callable[..., Load],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    rig_lb, nodes = blue_four, [f"gpu-{i}" for i in range(1, 5)]
     fleet = rig_lb.fleet
+    monkeypatch.setenv("RIG_HF_TOKEN", HF_TOKEN)
     good = f"registry.rig.local/serving/vllm@{fleet.state.publish_image(GOOD_REF)}"
     bad_digest = fleet.state.publish_image(BAD_REF)
     fleet.state.break_image(bad_digest)
     bad = f"registry.rig.local/serving/vllm@{bad_digest}"
-    config = write_config(rig_lb, tmp_path, rig_db)
+    config = write_config(rig_lb, tmp_path, rig_db, pools=["blue"], container=SPEC)
     with db.session_factory(db.make_engine(rig_db)).begin() as s:
         images.mark_good(s, service="chat", image=good, by="test", at=images_now())
-    for node in ("gpu-1", "gpu-2"):
+    for node in nodes:
         redeploy(rig_lb, node, bad)
-    body = {
-        "model": DEFAULT_MODEL,
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 4,
-    }
-    assert httpx.post(rig_lb.url + "v1/chat/completions", json=body).status_code == 500
+    load = load_through(rig_lb.url, bad_image=bad)
+    time.sleep(0.5)
+    assert load.bad_answers > 0  # the bad build answers 500 through nginx
+
+    started = time.monotonic()
+    result = run_book(config, "image-rollback", service="chat", pool="blue")
+    took = time.monotonic() - started
+    load.stop.set()
+
+    assert result.status == RunStatus.succeeded, result.reason
+    for node in nodes:
+        assert_runs_the_spec(inspected(rig_lb, node), good)
+        names, _, _ = rig_lb.ssh("docker ps -a --format '{{.Names}}'", node=node)
+        assert names == "vllm\n"  # the replaced container was removed once the run succeeded
+    # Not one request failed because of the rollback; the bad build's own 500s stopped.
+    assert load.failures == []
+    assert load.served > 50
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(8):
+        r = httpx.post(rig_lb.url + "v1/chat/completions", json=body)
+        assert (r.status_code, r.headers["x-image"]) == (200, good)
+    with db.session_factory(db.make_engine(rig_db))() as s:
+        recorded = images.deploys(s, service="chat")
+    assert sorted(d.node for d in recorded) == nodes
+    assert HF_TOKEN not in recorded_text(rig_db)
+    print(
+        f"\nimage-rollback, {len(nodes)} nodes: bad build -> all on known-good in {took:.1f}s; "
+        f"{load.served} requests through nginx, {len(load.failures)} failed, "
+        f"{load.bad_answers} answered 500 by the bad build before their node was replaced"
+    )
+
+
+def test_a_rollback_that_fails_puts_the_containers_and_the_upstream_back(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = rig_lb.fleet
+    monkeypatch.setenv("RIG_HF_TOKEN", HF_TOKEN)
+    # The image marked known-good turns out broken too: gpu-1's new container fails its
+    # completion, and the run undoes itself.
+    broken = fleet.state.publish_image(BAD_REF)
+    fleet.state.break_image(broken)
+    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    with db.session_factory(db.make_engine(rig_db)).begin() as s:
+        marked = f"registry.rig.local/serving/vllm@{broken}"
+        images.mark_good(s, service="chat", image=marked, by="test", at=images_now())
+    before = {n: inspected(rig_lb, n) for n in ("gpu-1", "gpu-2")}
+    upstream = rig_lb.upstream_file.read_bytes()
 
     result = run_book(config, "image-rollback", service="chat", pool="blue")
 
-    assert result.status == RunStatus.succeeded, result.reason
-    assert {container_image(rig_lb, n) for n in ("gpu-1", "gpu-2")} == {good}
-    for _ in range(6):
-        assert httpx.post(rig_lb.url + "v1/chat/completions", json=body).status_code == 200
+    assert result.status == RunStatus.failed
+    assert "step redeploy failed" in (result.reason or "") and "put back" in (result.reason or "")
+    after = {n: inspected(rig_lb, n) for n in ("gpu-1", "gpu-2")}
+    assert after["gpu-1"]["Id"] == before["gpu-1"]["Id"] and after["gpu-1"]["State"]["Running"]
+    assert after["gpu-2"]["State"]["StartedAt"] == before["gpu-2"]["State"]["StartedAt"]
+    assert rig_lb.upstream_file.read_bytes() == upstream
+    assert pool_of_answers(rig_lb.url) == {"blue"}
+
+
+DEPLOY_TO_GPU3 = """
+description: Deploy an image on gpu-3.
+params:
+  service: {{type: service}}
+targets:
+  green-1: {{node: gpu-3}}
+steps:
+  - id: deploy
+    action: deploy_image
+    nodes: green-1
+    args:
+      service: "{{service}}"
+      image: "{image}"
+      ttft: 2s
+      within: 10s
+    retries: 1
+    backoff: 1s
+    undo: restore
+"""
+
+
+def test_a_secret_that_cannot_be_read_stops_the_deploy_before_the_node_changes(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RIG_HF_TOKEN", raising=False)
+    good = rig_lb.fleet.state.publish_image(GOOD_REF)
+    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    (tmp_path / "runbooks" / "deploy.yaml").write_text(
+        DEPLOY_TO_GPU3.format(image=f"registry.rig.local/serving/vllm@{good}")
+    )
+    before = inspected(rig_lb, "gpu-3")
+
+    result = run_book(config, "deploy", service="chat")
+
+    assert result.status == RunStatus.failed
+    assert "environment variable RIG_HF_TOKEN is not set" in (result.reason or "")
+    after = inspected(rig_lb, "gpu-3")
+    assert (after["Id"], after["State"]["StartedAt"]) == (
+        before["Id"],
+        before["State"]["StartedAt"],
+    )
     with db.session_factory(db.make_engine(rig_db))() as s:
-        recorded = images.deploys(s, service="chat")
-    assert sorted(d.node for d in recorded) == ["gpu-1", "gpu-2"]
-    assert {d.image for d in recorded} == {good}
+        (unit,) = runs.units(s, run_id=result.run_id)
+    assert all(e["where"] == "local" for e in unit.log)  # nothing was sent to the node
+
+
+def test_a_failed_deploy_is_undone_to_the_very_container_it_replaced(
+    rig_lb: NginxBalancer, tmp_path: Path, rig_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = rig_lb.fleet
+    monkeypatch.setenv("RIG_HF_TOKEN", HF_TOKEN)
+    bad_digest = fleet.state.publish_image(BAD_REF)
+    fleet.state.break_image(bad_digest)
+    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    (tmp_path / "runbooks" / "deploy-bad.yaml").write_text(
+        DEPLOY_TO_GPU3.format(image=f"registry.rig.local/serving/vllm@{bad_digest}")
+    )
+    before = inspected(rig_lb, "gpu-3")
+
+    result = run_book(config, "deploy-bad", service="chat")
+
+    assert result.status == RunStatus.failed, result.reason
+    assert "put back" in (result.reason or "")
+    after = inspected(rig_lb, "gpu-3")
+    assert (after["Id"], after["Image"], after["Config"]["Image"]) == (
+        before["Id"],
+        before["Image"],
+        before["Config"]["Image"],
+    )
+    assert after["Name"] == "/vllm" and after["State"]["Running"]
+    names, _, _ = rig_lb.ssh("docker ps -a --format '{{.Names}}'", node="gpu-3")
+    assert names == "vllm\n"  # the new container is gone, nothing left aside
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    answer = httpx.post(fleet.inference_url("gpu-3") + "/v1/chat/completions", json=body)
+    assert answer.status_code == 200
+    with db.session_factory(db.make_engine(rig_db))() as s:
+        (unit,) = runs.units(s, run_id=result.run_id)
+    # The retry replaced again from where the first attempt left: both reached the
+    # completion check (no name conflict), and the undo found the original aside.
+    assert unit.attempts == 2
+    failed = [e for e in unit.log if not e["ok"]]
+    assert [(e["attempt"], "completion" in e["result"]) for e in failed] == [(1, True), (2, True)]
+    sent = [e["detail"] for e in unit.log if "docker create" in e["detail"]]
+    assert len(sent) == 2 and "HF_HOME=/models" in sent[0]  # the spec went out...
+    assert HF_TOKEN not in recorded_text(rig_db)  # ...and the secret was never recorded
 
 
 def images_now() -> Any:

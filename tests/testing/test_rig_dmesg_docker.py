@@ -18,6 +18,7 @@ from reliability.testing.loopback import free_port
 from reliability.testing.rigstate import RigState
 
 IMAGE = "vllm/vllm-openai:v0.6.0"
+MODEL = "deepseek-ai/DeepSeek-V3"
 
 
 @pytest.fixture
@@ -156,7 +157,10 @@ def test_engine_serves_a_published_port_and_records_a_crash(
 ) -> None:
     port = free_port()
     rig.load_image("gpu-1", IMAGE)
-    docker(rig, "run", "-d", "--name", "vllm", "-p", f"{port}:8000", "--label", "pool=green", IMAGE)
+    docker(
+        rig, "run", "-d", "--name", "vllm", "-p", f"{port}:8000", "--label", "pool=green",
+        IMAGE, "--model", MODEL,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
     health = httpx.get(f"{url}/health", timeout=5).json()
@@ -185,8 +189,112 @@ def test_engine_reports_a_taken_port_like_docker(
         port = squatter.getsockname()[1]
         rig.load_image("gpu-1", IMAGE)
 
-        _, err, code = docker(rig, "run", "-d", "--name", "vllm", "-p", f"{port}:8000", IMAGE)
+        _, err, code = docker(
+            rig, "run", "-d", "--name", "vllm", "-p", f"{port}:8000", IMAGE, "--model", MODEL
+        )
 
     assert code == 125
     assert "port is already allocated" in err
     assert rig.container("gpu-1", "vllm")["State"]["Status"] == "created"  # type: ignore[index]
+
+
+def test_create_keeps_the_whole_run_spec_and_inspect_shows_it_as_docker_does(
+    rig: RigState, tmp_path: Path
+) -> None:
+    rig.load_image("gpu-1", IMAGE)
+    env_file = tmp_path / "env"
+    env_file.write_text("# secrets\nHF_TOKEN=hf_abc=def\n\n  OTHER=x y\n")
+
+    created, _, code = docker(
+        rig, "create", "--name", "vllm", "--gpus", "all", "--ipc", "host", "--shm-size", "16g",
+        "--ulimit", "memlock=-1", "--ulimit", "stack=67108864:134217728",
+        "-v", "/data/models:/models:ro", "-v", "cache:/root/.cache",
+        "--env-file", str(env_file), "-e", "HF_HOME=/models", "-l", "team=inference",
+        "--entrypoint", "python3", IMAGE, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", MODEL,
+    )  # fmt: skip
+    (record,) = json.loads(docker(rig, "inspect", created.strip()[:12])[0])
+
+    assert code == 0 and record["Id"] == created.strip()
+    assert record["State"]["Status"] == "created"
+    assert record["Config"]["Entrypoint"] == ["python3"]
+    assert record["Config"]["Cmd"] == ["-m", "vllm.entrypoints.openai.api_server", "--model", MODEL]
+    assert record["Config"]["Env"] == ["HF_TOKEN=hf_abc=def", "OTHER=x y", "HF_HOME=/models"]
+    assert record["Config"]["Labels"] == {"team": "inference"}
+    assert record["Mounts"][0] == {
+        "Type": "bind", "Source": "/data/models", "Destination": "/models", "Mode": "ro",
+        "RW": False, "Propagation": "rprivate",
+    }  # fmt: skip
+    assert (record["Mounts"][1]["Type"], record["Mounts"][1]["Name"]) == ("volume", "cache")
+    host = record["HostConfig"]
+    assert host["Binds"] == ["/data/models:/models:ro", "cache:/root/.cache"]
+    assert (host["IpcMode"], host["ShmSize"]) == ("host", 16 * 1024**3)
+    assert host["Ulimits"] == [
+        {"Name": "memlock", "Hard": -1, "Soft": -1},
+        {"Name": "stack", "Hard": 134217728, "Soft": 67108864},
+    ]
+    assert host["DeviceRequests"][0]["Count"] == -1
+    assert docker(rig, "create", "-d", IMAGE)[1:] == (
+        "unknown flag: -d\nSee 'docker create --help'.\n",
+        125,
+    )
+    _, missing, missing_code = docker(rig, "create", "--env-file", "/nonexistent/env", IMAGE)
+    assert missing_code == 125 and "open /nonexistent/env: no such file or directory" in missing
+
+
+def test_rename_start_stop_and_rm_take_a_name_an_id_or_its_prefix(rig: RigState) -> None:
+    rig.load_image("gpu-1", IMAGE)
+    full = docker(rig, "run", "-d", "--name", "vllm", IMAGE)[0].strip()
+    aside = docker(rig, "inspect", "--format", "vllm-old-{{slice .Id 0 12}}", "vllm")[0].strip()
+
+    renamed = docker(rig, "rename", "vllm", aside)
+    stopped = docker(rig, "stop", full[:12])
+    again = docker(rig, "rename", full, aside)
+    taken = docker(rig, "run", "-d", "--name", aside, IMAGE)
+    back = docker(rig, "rename", full, "vllm")
+    started = docker(rig, "start", full)
+
+    assert aside == f"vllm-old-{full[:12]}"
+    assert renamed == ("", "", 0)
+    assert stopped == (f"{full[:12]}\n", "", 0)
+    assert again == (
+        "",
+        "Error response from daemon: Renaming a container with the same name as its current name\n",
+        1,
+    )
+    assert taken[2] == 125 and f'The container name "/{aside}" is already in use' in taken[1]
+    assert back == ("", "", 0) and started == (f"{full}\n", "", 0)
+    record = rig.container("gpu-1", "vllm")
+    assert record is not None and record["Id"] == full and record["State"]["Running"]
+    # Docker 20.10 and later: `rm -f` of no such container warns and succeeds; `rm` fails.
+    assert docker(rig, "rm", "-f", "ghost") == (
+        "",
+        "Error response from daemon: No such container: ghost\n",
+        0,
+    )
+    assert docker(rig, "rm", "ghost")[2] == 1
+
+
+def test_an_engine_started_without_its_model_exits_and_serves_only_its_model(
+    rig: RigState, container_engine: ContainerEngine
+) -> None:
+    port = free_port()
+    rig.load_image("gpu-1", IMAGE)
+
+    bare = docker(rig, "run", "-d", "--name", "bare", "-p", f"{port}:8000", IMAGE)
+    state = rig.container("gpu-1", "bare")["State"]  # type: ignore[index]
+    docker(rig, "rm", "bare")
+    docker(
+        rig, "run", "-d", "--name", "vllm", "-p", f"{port}:8000", IMAGE,
+        "--model", "org/weights", "--served-model-name", "chat",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    messages = [{"role": "user", "content": "hi"}]
+    served = httpx.post(url, json={"model": "chat", "messages": messages}, timeout=5)
+    other = httpx.post(url, json={"model": MODEL, "messages": messages}, timeout=5)
+
+    assert bare[2] == 0  # docker run -d returns; the engine's parser then refuses
+    assert (state["Status"], state["ExitCode"]) == ("exited", 2)
+    assert served.status_code == 200 and served.json()["model"] == "chat"
+    assert other.status_code == 404
+    assert other.json()["error"]["message"] == f"The model `{MODEL}` does not exist."

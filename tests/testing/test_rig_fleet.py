@@ -107,7 +107,9 @@ def test_docker_round_trip_over_ssh_serves_inference_on_the_node_address(rig: Fl
     image = "vllm/vllm-openai:v0.6.0"
     digest = rig.state.publish_image(image)
 
-    created, notes, code = run(rig, "gpu-1", f"docker run -d --name vllm -p 8000:8000 {image}")
+    created, notes, code = run(
+        rig, "gpu-1", f"docker run -d --name vllm -p 8000:8000 {image} --model org/model"
+    )
     state = json.loads(run(rig, "gpu-1", "docker inspect --format '{{json .State}}' vllm")[0])
     health = httpx.get(f"{rig.inference_url('gpu-1')}/health", timeout=5).json()
     pinned = run(
@@ -118,7 +120,7 @@ def test_docker_round_trip_over_ssh_serves_inference_on_the_node_address(rig: Fl
 
     assert code == 0 and len(created.strip()) == 64 and "Pulling from vllm/vllm-openai" in notes
     assert (state["Status"], state["Running"]) == ("running", True)
-    assert (health["pool"], health["image"]) == ("blue", image)
+    assert (health["pool"], health["image"], health["model"]) == ("blue", image, "org/model")
     assert pinned.strip() == f"vllm/vllm-openai@{digest}"
     assert stopped == ("vllm\nvllm\n", "", 0)
     assert listed == ("", "", 0)

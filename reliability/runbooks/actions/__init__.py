@@ -15,6 +15,7 @@ from reliability.runbooks.actions import (
     notify,
     ready,
     record_deploy,
+    rolling_deploy,
     ssh,
 )
 from reliability.runbooks.actions.base import Action, Registry
@@ -28,6 +29,7 @@ REGISTRY = Registry(
         drain.DrainAction(),
         lb_route.LbRouteAction(),
         deploy_image.DeployImageAction(),
+        rolling_deploy.RollingDeployAction(),
         record_deploy.RecordDeployAction(),
         confirm.ConfirmAction(),
         notify.NotifyAction(),

@@ -140,6 +140,17 @@ class Action(Generic[S]):
         """The unit of a per-node step on `node`; `scope` has `target` bound to it."""
         raise NotImplementedError(f"{self.kind} runs once: it plans with `plan`")
 
+    def units(
+        self, step: S, nodes: list[NodeConfig], planner: Planner
+    ) -> tuple[list[list[str]], list[Unit]]:
+        """A per-node step's batches (the targets of each, in turn) and units on `nodes`:
+        one unit per node, `batch` nodes at a time (all at once without one)."""
+        assert isinstance(step, NodeStep)
+        size = step.batch or len(nodes)
+        batches = [[n.name for n in nodes[i : i + size]] for i in range(0, len(nodes), size)]
+        units = [self.unit(step, n, planner.scope.bind("target", n), planner) for n in nodes]
+        return batches, units
+
 
 def undo_commands(step: StepBase, where: str, scope: Scope, planner: Planner) -> list[Op]:
     """The step's `undo: {command: ...}` as the operation that reverses it, if it has one."""
