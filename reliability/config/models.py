@@ -211,7 +211,7 @@ class LoadBalancerConfig(Strict):
     health_url: HttpUrl | None = Field(
         None,
         description="what a verify through the balancer asks; it must answer 200 while a "
-        "member serves, so it is an engine path under url: the service's health_path "
+        "member serves, so it is an engine path under url: the container's health_path "
         "(default) or /v1/models (the engine's / answers 404)",
     )
 
@@ -319,7 +319,7 @@ class ServiceConfig(Strict):
             raise ValueError(
                 f"load_balancer.health_url {lb.health_url!r} is not a path the engine answers "
                 f"through the balancer at {lb.url}: a verify needs 200 while a member serves; "
-                f"write {under(lb.url, paths[0])} (the service's health_path) or "
+                f"write {under(lb.url, paths[0])} (the container's health_path) or "
                 f"{under(lb.url, paths[1])}, or leave it out for the first"
             )
         return self

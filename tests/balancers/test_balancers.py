@@ -501,7 +501,7 @@ def service(health_path: str = "/health", **lb_extra: str) -> ServiceConfig:
         name="chat",
         pools=["blue"],
         active_pool="blue",
-        health_path=health_path,
+        container={"health_path": health_path},
         load_balancer=lb("nginx", **lb_extra).model_dump(exclude={"health_url"}, exclude_none=True)
         | lb_extra,
     )
@@ -525,7 +525,7 @@ def test_health_url_may_name_an_engine_path(url):
 def test_health_url_elsewhere_is_refused_with_the_fix(url):
     with pytest.raises(ValueError, match=r"load_balancer\.health_url") as refused:
         service(health_url=url)
-    assert "write http://10.0.0.2/health (the service's health_path) or" in str(refused.value)
+    assert "write http://10.0.0.2/health (the container's health_path) or" in str(refused.value)
 
 
 def test_pid_file_belongs_to_haproxy_only():

@@ -348,6 +348,6 @@ def test_a_balancer_health_url_the_engine_does_not_answer_is_refused_with_the_fi
     [line] = errors_of(path)
     assert line.startswith(f"{path}:5: services[0]: load_balancer.health_url 'http://10.0.0.2/'")
     assert line.endswith(
-        "write http://10.0.0.2/health (the service's health_path) or "
+        "write http://10.0.0.2/health (the container's health_path) or "
         "http://10.0.0.2/v1/models, or leave it out for the first"
     )
