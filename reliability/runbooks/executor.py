@@ -349,7 +349,7 @@ class Executor:
             self.progress.undoing(reason)
             errors = self._undo_all(run_id, reason)
             if self._fenced is not None:
-                return self._stop_fenced(run_id, reason)
+                return self._stop_fenced(run_id, f"{reason}; its undo stopped")
             if errors:
                 reason += "; undo failed: " + "; ".join(errors)
                 status = RunStatus.undo_failed
@@ -397,6 +397,8 @@ class Executor:
                     )
                 continue
             failure = self._step(run_id, index, step, values)
+            if failure and self._fenced is not None:
+                return RunStatus.failed, f"stopped in step {step.id}"
             if failure and self.stop.is_set():
                 return RunStatus.aborted, f"stopped during step {step.id} ({failure})"
             if failure:
@@ -615,7 +617,7 @@ class Executor:
         owns the row, which is left to them."""
         assert self._fenced is not None
         why = (
-            f"fenced: {self._fenced.reason}; {reason}; nothing undone: what the run "
+            f"fenced: {self._fenced.reason}; {reason}; nothing more undone: what the run "
             "changed is no longer its to put back (`reliability runbook status "
             f"{run_id}` lists it)"
         )
