@@ -1,4 +1,5 @@
-"""Node health over SSH: load, CPUs, memory, free disk on watched paths, serving container.
+"""Node health over SSH: load, CPUs, memory, free disk on watched paths, serving container
+and the image it runs, pinned by digest (so a deploy by CI or by hand is seen too).
 
 Each cycle runs ONE POSIX `sh` script per node (the login shell may be dash or busybox)
 that prints marked sections, then a no-op `true` whose round trip is `node_ssh_rtt_seconds`:
@@ -47,10 +48,13 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class Container:
-    """`state` is docker's Status (running, exited, ...), or missing / unknown."""
+    """`state` is docker's Status (running, exited, ...), or missing / unknown; `image`
+    the image it runs as REF@sha256:..., None when docker knows no registry digest of it
+    (an image built on the node)."""
 
     state: str
     running: bool
+    image: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +88,17 @@ def node_script(paths: Sequence[str], container: str | None, step_timeout: int) 
     for i, path in enumerate(paths):
         lines.append(f"echo '{MARK} df {i}'; t df -P -k {shlex.quote(path)} 2>/dev/null")
     if container is not None:
+        # The state, the reference it was started by and the image id (last word); then
+        # the image's registry digests, by that id.
+        inspect = "{{json .State}} {{json .Config.Image}} {{.Image}}"
         lines.append(
             f"echo '{MARK} docker'; "
-            f"t docker inspect --format '{{{{json .State}}}}' {shlex.quote(container)} 2>&1; "
-            f'echo "{MARK} docker_rc $?"'
+            f"s=$(t docker inspect --format '{inspect}' {shlex.quote(container)} 2>&1); r=$?; "
+            f'echo "$s"; echo "{MARK} docker_rc $r"'
+        )
+        lines.append(
+            f"if [ $r -eq 0 ]; then echo '{MARK} image'; "
+            "t docker image inspect --format '{{json .RepoDigests}}' \"${s##* }\" 2>/dev/null; fi"
         )
     lines.append(f"echo '{MARK} end'")
     return "\n".join(lines) + "\n"
@@ -116,12 +127,30 @@ def _container(sections: dict[str, list[str]]) -> Container:
             return Container("missing", False)
         # docker absent, dockerd down or hung: we cannot tell whether it serves.
         return Container("unknown", False)
-    line = next((x for x in sections["docker"] if x.startswith("{")), None)
+    line = next((x for x in sections["docker"] if x.startswith("{")), "")
     try:
-        state = json.loads(line) if line else None
-        return Container(str(state["Status"]), bool(state["Running"]))
+        state, end = json.JSONDecoder().raw_decode(line)
+        container = Container(str(state["Status"]), bool(state["Running"]))
     except (ValueError, TypeError, KeyError) as e:
         raise BadOutput(f"docker inspect printed no container state: {text[:200]!r}") from e
+    words = line[end:].split()
+    if len(words) != 2:
+        return container
+    try:
+        ref, digests = json.loads(words[0]), json.loads("\n".join(sections.get("image", [])))
+    except ValueError:
+        return container  # the image removed meanwhile: its digest is unknown this cycle
+    return Container(container.state, container.running, pinned_image(ref, digests))
+
+
+def pinned_image(ref: str, repo_digests: list[str] | None) -> str | None:
+    """The image a container started by `ref` runs, pinned by digest: `ref` itself when
+    pinned, else the registry digest of its repository (of any, when none matches)."""
+    if "@sha256:" in ref:
+        return ref
+    name = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+    digests = [d for d in repo_digests or [] if "@sha256:" in d]
+    return next((d for d in digests if d.split("@", 1)[0] == name), digests[0] if digests else None)
 
 
 def parse_output(output: str, paths: Sequence[str], *, container: bool) -> NodeReading:
@@ -173,6 +202,8 @@ def reading_samples(node: NodeSpec, reading: NodeReading) -> list[Sample]:
         out.append(
             Sample(catalog.NODE_CONTAINER_RUNNING, (n, node.container, c.state), float(c.running))
         )
+        if c.running and c.image is not None:
+            out.append(Sample(catalog.NODE_CONTAINER_IMAGE, (n, node.container, c.image), 1.0))
     return out
 
 
