@@ -173,6 +173,7 @@ class Executor:
         self._epochs: dict[str, int] = {}
         self._released: list[str] = []
         self._fenced: runs.Fenced | None = None
+        self._fence_lock = threading.Lock()
         self.performer = Performer(
             self.ssh,
             {n.name: target_for(config, n) for n in config.nodes},
@@ -421,22 +422,24 @@ class Executor:
 
     def _retake(self, run_id: int, step: PlannedStep) -> None:
         """Take the locks back before `step` acts, waiting up to its timeout."""
-        services = self._released
-        self._acquire(run_id, services, within=step.timeout)
+        self._acquire(run_id, self._released, within=step.timeout)
         shown = ", ".join(f"{s} (epoch {e})" for s, e in sorted(self._epochs.items()))
         text = f"run {run_id} holds the lock of {shown} again for step {step.id}"
         log.info("%s", text)
         self.progress.locks(text)
 
     def _fence(self) -> str:
-        """'' while the run's epochs still hold its locks; else why not (said once)."""
-        if self._fenced is None and self._epochs:
-            with self.sessions.begin() as s:
-                self._fenced = runs.fenced(s, run_id=self._run_id, epochs=self._epochs)
-            if self._fenced is not None:
-                text = f"run {self._run_id} fenced: {self._fenced.reason}; it stops here"
-                log.warning("%s", text)
-                self.progress.locks(text)
+        """'' while the run's epochs still hold its locks; else why not (said once, however
+        many of a step's units ask at once)."""
+        with self._fence_lock:
+            if self._fenced is None and self._epochs:
+                with self.sessions.begin() as s:
+                    fenced = runs.fenced(s, run_id=self._run_id, epochs=self._epochs)
+                if fenced is not None:
+                    self._fenced = fenced
+                    text = f"run {self._run_id} fenced: {fenced.reason}; it stops here"
+                    log.warning("%s", text)
+                    self.progress.locks(text)
         return f"fenced: {self._fenced.reason}" if self._fenced is not None else ""
 
     def _step(self, run_id: int, index: int, step: PlannedStep, values: dict[str, str]) -> str:

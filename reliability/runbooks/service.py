@@ -144,14 +144,6 @@ def fenced(session: Session, *, run_id: int, epochs: Mapping[str, int]) -> Fence
     return None
 
 
-def locks_of(session: Session, *, run_id: int) -> dict[str, int]:
-    """The locks `run_id` holds now, with their epochs."""
-    rows = session.execute(
-        sa.select(RunbookLock.service, RunbookLock.epoch).where(RunbookLock.run_id == run_id)
-    )
-    return {service: epoch for service, epoch in rows}
-
-
 def heartbeat(session: Session, *, run_id: int, now: datetime, step: str | None = None) -> None:
     values: dict[str, Any] = {"heartbeat_at": now}
     if step is not None:
