@@ -169,9 +169,10 @@ class Executor:
         self._incident_id: int | None = None
         self._runbook = ""
         # The locks the run holds, by service, at the epoch it got; none while a
-        # `release_locks` step runs (`_released`); why it lost them (`_fenced`).
+        # `release_locks` step runs (`_released`: the epochs it let go at); why it lost
+        # them (`_fenced`).
         self._epochs: dict[str, int] = {}
-        self._released: list[str] = []
+        self._released: dict[str, int] = {}
         self._fenced: runs.Fenced | None = None
         self._fence_lock = threading.Lock()
         self.performer = Performer(
@@ -301,7 +302,7 @@ class Executor:
                         runs.take_over(s, run=run, now=_now())
                     self._epochs = runs.acquire_locks(s, run=run, services=services, now=_now())
                     runs.heartbeat(s, run_id=run_id, now=_now())  # waiting is not dead
-                self._released = []
+                self._released = {}
                 return
             except Locked as exc:
                 why = str(exc)
@@ -337,7 +338,7 @@ class Executor:
                 return self._succeed(run_id, plan)
             if self._fenced is None and self._released:
                 try:  # a run undoes only under its locks
-                    self._acquire(run_id, self._released, within=UNDO_LOCK_WAIT)
+                    self._acquire(run_id, sorted(self._released), within=UNDO_LOCK_WAIT)
                 except Locked as exc:
                     return self._finish(
                         run_id,
@@ -412,7 +413,7 @@ class Executor:
         """Let the locks go for a step that only waits or observes."""
         with self.sessions.begin() as s:
             runs.release_locks(s, run_id=run_id, epochs=self._epochs)
-        self._released, self._epochs = sorted(self._epochs), {}
+        self._released, self._epochs = self._epochs, {}
         text = (
             f"run {run_id} lets go of the lock of {', '.join(self._released)} while step "
             f"{step.id} waits; other runs may act meanwhile"
@@ -421,10 +422,14 @@ class Executor:
         self.progress.locks(text)
 
     def _retake(self, run_id: int, step: PlannedStep) -> None:
-        """Take the locks back before `step` acts, waiting up to its timeout."""
-        self._acquire(run_id, self._released, within=step.timeout)
+        """Take the locks back before `step` acts, waiting up to its timeout; say whether
+        other runs held them meanwhile (what they changed is theirs)."""
+        released = self._released
+        self._acquire(run_id, sorted(released), within=step.timeout)
         shown = ", ".join(f"{s} (epoch {e})" for s, e in sorted(self._epochs.items()))
-        text = f"run {run_id} holds the lock of {shown} again for step {step.id}"
+        others = sorted(s for s, e in self._epochs.items() if e > released[s] + 1)
+        meanwhile = f"; other runs held {', '.join(others)} meanwhile" if others else ""
+        text = f"run {run_id} holds the lock of {shown} again for step {step.id}{meanwhile}"
         log.info("%s", text)
         self.progress.locks(text)
 

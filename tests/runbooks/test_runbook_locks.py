@@ -225,9 +225,9 @@ def test_a_waiting_step_lets_another_run_take_the_lock_and_the_run_takes_it_back
         "other runs may act meanwhile"
     )
     assert f"locked by run {other_id} (blue-green, started by bob" in said.texts[1]
-    assert (
-        said.texts[2]
-        == f"run {result.run_id} holds the lock of chat (epoch 3) again for step second"
+    assert said.texts[2] == (
+        f"run {result.run_id} holds the lock of chat (epoch 3) again for step second; "
+        "other runs held chat meanwhile"
     )
 
 
