@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from reliability.detect import builtin
@@ -140,6 +141,7 @@ def history(config: Path) -> list[dict]:
     return json.loads(cli(config, "runbook", "history", "--json").stdout or "[]")
 
 
+@pytest.mark.timeout(240)  # its loops end by then, so a failure reads as one, not a timeout
 def test_a_node_cut_while_an_upstream_failover_waits_for_the_hosted_api_is_failed_over_in_time(
     rig_lb: NginxBalancer, tmp_path: Path, slack: SlackStandIn, inference_server: InferenceHandle
 ) -> None:
@@ -177,7 +179,7 @@ def test_a_node_cut_while_an_upstream_failover_waits_for_the_hosted_api_is_faile
     waiting, failover, upstream_then = None, None, None
     try:
         started = time.monotonic()
-        while waiting is None and time.monotonic() - started < 90:
+        while waiting is None and time.monotonic() - started < 60:
             waiting = next(
                 (r for r in history(config) if r["runbook"] == "upstream-failover"
                  and r["status"] == "running" and r["step"] == "wait-recovery"),
