@@ -16,7 +16,7 @@ import re
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reliability import catalog
 from reliability.collect.base import CollectError, Sample
@@ -49,12 +49,13 @@ class NodeSpec:
 @dataclass(frozen=True, slots=True)
 class Container:
     """`state` is docker's Status (running, exited, ...), or missing / unknown; `image`
-    the image it runs as REF@sha256:..., None when docker knows no registry digest of it
-    (an image built on the node)."""
+    the image it runs as REF@sha256:..., None when not read this cycle or docker knows no
+    registry digest of it (an image built on the node); `image_id` docker's id of it."""
 
     state: str
     running: bool
     image: str | None = None
+    image_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +75,13 @@ class BadOutput(ValueError):
     """The node script's output cannot be parsed."""
 
 
-def node_script(paths: Sequence[str], container: str | None, step_timeout: int) -> str:
+def node_script(
+    paths: Sequence[str], container: str | None, step_timeout: int, known_image: str = ""
+) -> str:
     """The POSIX sh script whose output `parse_output` reads. `df` and `docker` can hang
-    (a dead NFS mount, a wedged dockerd), so each runs under `timeout` where it exists."""
+    (a dead NFS mount, a wedged dockerd), so each runs under `timeout` where it exists.
+    The image's registry digests are asked for only when the container was not started
+    by digest and runs another image than `known_image` (an id whose digest is known)."""
     lines = [
         f't() {{ if command -v timeout >/dev/null 2>&1; then timeout {step_timeout} "$@"; '
         'else "$@"; fi; }',
@@ -97,8 +102,10 @@ def node_script(paths: Sequence[str], container: str | None, step_timeout: int) 
             f'echo "$s"; echo "{MARK} docker_rc $r"'
         )
         lines.append(
-            f"if [ $r -eq 0 ]; then echo '{MARK} image'; "
-            "t docker image inspect --format '{{json .RepoDigests}}' \"${s##* }\" 2>/dev/null; fi"
+            f'if [ $r -eq 0 ] && [ "${{s##* }}" != {shlex.quote(known_image)} ]; then '
+            f"case \"$s\" in *@sha256:*) ;; *) echo '{MARK} image'; "
+            "t docker image inspect --format '{{json .RepoDigests}}' \"${s##* }\" 2>/dev/null;; "
+            "esac; fi"
         )
     lines.append(f"echo '{MARK} end'")
     return "\n".join(lines) + "\n"
@@ -137,10 +144,11 @@ def _container(sections: dict[str, list[str]]) -> Container:
     if len(words) != 2:
         return container
     try:
-        ref, digests = json.loads(words[0]), json.loads("\n".join(sections.get("image", [])))
+        ref = json.loads(words[0])
+        digests = json.loads("\n".join(sections["image"])) if "image" in sections else None
     except ValueError:
         return container  # the image removed meanwhile: its digest is unknown this cycle
-    return Container(container.state, container.running, pinned_image(ref, digests))
+    return Container(container.state, container.running, pinned_image(ref, digests), words[1])
 
 
 def pinned_image(ref: str, repo_digests: list[str] | None) -> str | None:
@@ -213,7 +221,9 @@ class NodeCollector:
     `collect` raises `CollectError` (reason from the SSH error) carrying `node_up 0` when
     the node does not answer, so it shows down instead of stale. Output it cannot parse
     raises reason "bad_output" with `node_up 1`: SSH works, and calling the node down would
-    trigger a failover that the node's health does not justify.
+    trigger a failover that the node's health does not justify. The registry digest of the
+    image each container runs is kept by image id, so docker is asked for it again only
+    when the container runs another image.
     """
 
     name = "node"
@@ -224,6 +234,7 @@ class NodeCollector:
         if len(self._nodes) != len(nodes):
             raise ValueError("node names must be unique")
         self._timeout = timeout
+        self._digests: dict[str, tuple[str, str]] = {}  # node -> (image id, REF@sha256:...)
 
     def targets(self) -> Sequence[str]:
         return tuple(self._nodes)
@@ -233,7 +244,8 @@ class NodeCollector:
         deadline = time.monotonic() + self._timeout
         # Leave each hang-prone step a share of the budget so one stuck step cannot eat it.
         step = max(1, int(self._timeout / (len(node.paths) + 2)))
-        script = node_script(node.paths, node.container, step)
+        known_id, known_image = self._digests.get(node.name, ("", ""))
+        script = node_script(node.paths, node.container, step, known_id)
         up = Sample(catalog.NODE_UP, (node.name,), 1.0)
         try:
             result = self._pool.run(node.target, script, timeout=self._timeout)
@@ -245,6 +257,12 @@ class NodeCollector:
         except BadOutput as e:
             detail = f"{node.name}: {e} (exit {result.exit_status}, stderr {result.stderr[:200]!r})"
             raise CollectError("bad_output", detail, samples=[up]) from e
+        c = reading.container
+        if c is not None and c.image_id is not None:
+            if c.image is None and c.image_id == known_id:
+                reading = replace(reading, container=replace(c, image=known_image))
+            elif c.image is not None:
+                self._digests[node.name] = (c.image_id, c.image)
         samples = [up, *reading_samples(node, reading)]
         try:
             rtt = self._pool.run(node.target, "true", timeout=deadline - time.monotonic())

@@ -128,6 +128,26 @@ def test_the_image_a_container_runs_is_read_pinned_by_digest(
     assert values(samples, catalog.NODE_CONTAINER_IMAGE) == expected
 
 
+def test_the_registry_digest_is_asked_for_again_only_when_the_image_changes() -> None:
+    tagged = f'{RUNNING} "vllm/vllm-openai:v0.6.0" {IMAGE_ID}'
+    digests = json.dumps([f"vllm/vllm-openai@{DIGEST}"])
+    rtt = CommandResult(0, "", "", 0.02)
+    pool = FakePool(
+        CommandResult(0, output(docker=tagged, image=digests), "", 0.4),
+        rtt,
+        CommandResult(0, output(docker=tagged), "", 0.4),  # the script did not ask again
+        rtt,
+    )
+    nodes = collector(pool)
+
+    first, second = nodes.collect("gpu-1"), nodes.collect("gpu-1")
+
+    assert f"!= {IMAGE_ID}" not in pool.commands[0] and f"!= {IMAGE_ID}" in pool.commands[2]
+    expected = {("gpu-1", "vllm", f"vllm/vllm-openai@{DIGEST}"): 1.0}
+    assert values(first, catalog.NODE_CONTAINER_IMAGE) == expected
+    assert values(second, catalog.NODE_CONTAINER_IMAGE) == expected
+
+
 def test_a_watched_path_df_cannot_read_is_left_out() -> None:
     reading = parse_output(output(docker=RUNNING), PATHS, container=True)
     assert list(reading.paths) == ["/"]
