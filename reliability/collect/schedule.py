@@ -16,7 +16,7 @@ from reliability.collect.base import Collector
 from reliability.collect.gpu_nvml import NvmlGpuCollector
 from reliability.collect.gpu_smi import SmiGpuCollector
 from reliability.collect.node import NodeCollector, NodeSpec
-from reliability.config import Config, NodeConfig
+from reliability.config import Config
 from reliability.ssh import NodeShell, SshPool, target_for
 
 
@@ -54,20 +54,11 @@ def nodes(config: Config, pool: SshPool | None) -> list[Scheduled]:
             name=n.name,
             target=target_for(config, n),
             paths=tuple(n.watch_paths),
-            container=_container(config, n),
+            container=n.container,
         )
         for n in config.nodes
     ]
     return [Scheduled(NodeCollector(pool, specs, timeout=cc.timeout), cc.node_interval, cc.timeout)]
-
-
-def _container(config: Config, node: NodeConfig) -> str | None:
-    """The container the node collector inspects: the node's own, else that of the
-    service whose pool the node is in (its image is what the service runs there)."""
-    if node.container is not None or node.pool is None:
-        return node.container
-    service = next((s for s in config.services if node.pool in s.pools), None)
-    return service.container_name if service is not None else None
 
 
 def gpus_over_ssh(config: Config, pool: SshPool | None) -> list[Scheduled]:

@@ -202,11 +202,6 @@ class ServiceConfig(Strict):
             raise ValueError(f"active_pool {self.active_pool!r} is not one of pools {self.pools}")
         return self
 
-    @property
-    def container_name(self) -> str:
-        """The serving container's name on the service's nodes (a node may name its own)."""
-        return self.container or self.name
-
 
 class EndpointConfig(Strict):
     name: Name

@@ -29,8 +29,12 @@ def test_a_container_changed_by_hand_is_recorded_by_one_collection_and_promoted_
     db.upgrade(url)
     path = tmp_path / "reliability.yaml"
     service = {"name": "chat", "pools": ["blue", "green"], "active_pool": "blue", "soak": "2s"}
-    sections = {"database": {"url": url}, **fleet.config_sections()}
-    path.write_text(yaml.safe_dump({**sections, "services": [{**service, "container": "vllm"}]}))
+    sections = fleet.config_sections()
+    for node in sections["nodes"]:
+        if node["pool"]:
+            node["container"] = "vllm"  # the container the node collector watches
+    config_file = {"database": {"url": url}, **sections, "services": [service]}
+    path.write_text(yaml.safe_dump(config_file))
     config = load_config(path)
     daemon = daemon_mod.build(config)
     record = daemon_mod.RunningImages(config, daemon.snapshot, db.LazyEngine(url))
