@@ -228,6 +228,13 @@ NODE_CONTAINER_RUNNING = _m(
     "1 if the serving container runs; `state` is its container state.",
     ("node", "container", "state"),
 )
+NODE_CONTAINER_IMAGE = _m(
+    "node_container_image_info",
+    "gauge",
+    "The image the serving container runs, pinned by digest (REF@sha256:...); always 1. "
+    "What the daemon records as deployed, whoever deployed it.",
+    ("node", "container", "image"),
+)
 
 # --- API endpoints (hosted and self-hosted, OpenAI-compatible) ---------------------------
 API_PROBES = _m(

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from reliability import db
+from reliability import catalog, db
 from reliability.collect.runner import Outcome, TargetRunner
 from reliability.collect.snapshot import Snapshot
 from reliability.config import Config
@@ -270,6 +270,13 @@ def _start_incident_flow(
     )
     detection.start()
     _schedule_records(daemon, scheduler, database)
+    scheduler.add_job(
+        RunningImages(config, daemon.snapshot, database),
+        "interval",
+        seconds=config.collect.node_interval,
+        id="running-images",
+        next_run_time=datetime.now(UTC),
+    )
     # Detection first (no new runs), then the running runbook ends its step and undoes.
     daemon.closers[:0] = [detection.stop, runbooks.stop]
 
@@ -298,12 +305,37 @@ def _schedule_records(
     )
 
 
+class RunningImages:
+    """The image each node's serving container runs, as the node collector last saw it
+    (its `node_container_image_info` samples), recorded as deployed where it changed
+    (images/flows.py): a deploy by CI or by hand soaks and becomes known-good like a
+    runbook's. The daemon calls it once per node interval."""
+
+    def __init__(self, config: Config, snapshot: Snapshot, database: db.LazyEngine) -> None:
+        self._config, self._snapshot, self._database = config, snapshot, database
+
+    def __call__(self) -> None:
+        from reliability.images.flows import record_running
+
+        samples = self._snapshot.samples(catalog.NODE_CONTAINER_IMAGE)
+        running = {s.labels[0]: s.labels[2] for s in samples}
+        if not running:
+            return
+        try:
+            with self._database.session() as session, session.begin():
+                now = datetime.now(UTC)
+                for d in record_running(session, config=self._config, running=running, now=now):
+                    log.info("%s: %s runs %s, recorded as deployed", d.service, d.node, d.image)
+        except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            log.warning("images running on the nodes not recorded: %s", exc)
+
+
 def serve(daemon: Daemon) -> int:
     """Run the scheduler and the HTTP surface until SIGTERM/SIGINT; 0 on a clean stop."""
     scheduler = BackgroundScheduler(
-        # The collector jobs, the incident timers, the outbox metrics and the records: none
-        # waits.
-        executors={"default": {"type": "threadpool", "max_workers": len(daemon.jobs) + 3}},
+        # The collector jobs, the incident timers, the outbox metrics, the records and the
+        # running images: none waits.
+        executors={"default": {"type": "threadpool", "max_workers": len(daemon.jobs) + 4}},
         job_defaults={"max_instances": 1, "coalesce": True},
         timezone="UTC",
     )

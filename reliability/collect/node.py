@@ -1,4 +1,5 @@
-"""Node health over SSH: load, CPUs, memory, free disk on watched paths, serving container.
+"""Node health over SSH: load, CPUs, memory, free disk on watched paths, serving container
+and the image it runs, pinned by digest (so a deploy by CI or by hand is seen too).
 
 Each cycle runs ONE POSIX `sh` script per node (the login shell may be dash or busybox)
 that prints marked sections, then a no-op `true` whose round trip is `node_ssh_rtt_seconds`:
@@ -15,7 +16,7 @@ import re
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reliability import catalog
 from reliability.collect import base
@@ -48,10 +49,14 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class Container:
-    """`state` is docker's Status (running, exited, ...), or missing / unknown."""
+    """`state` is docker's Status (running, exited, ...), or missing / unknown; `image`
+    the image it runs as REF@sha256:..., None when not read this cycle or docker knows no
+    registry digest of it (an image built on the node); `image_id` docker's id of it."""
 
     state: str
     running: bool
+    image: str | None = None
+    image_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +76,13 @@ class BadOutput(ValueError):
     """The node script's output cannot be parsed."""
 
 
-def node_script(paths: Sequence[str], container: str | None, step_timeout: int) -> str:
+def node_script(
+    paths: Sequence[str], container: str | None, step_timeout: int, known_image: str = ""
+) -> str:
     """The POSIX sh script whose output `parse_output` reads. `df` and `docker` can hang
-    (a dead NFS mount, a wedged dockerd), so each runs under `timeout` where it exists."""
+    (a dead NFS mount, a wedged dockerd), so each runs under `timeout` where it exists.
+    The image's registry digests are asked for only when the container was not started
+    by digest and runs another image than `known_image` (an id whose digest is known)."""
     lines = [
         f't() {{ if command -v timeout >/dev/null 2>&1; then timeout {step_timeout} "$@"; '
         'else "$@"; fi; }',
@@ -85,10 +94,19 @@ def node_script(paths: Sequence[str], container: str | None, step_timeout: int) 
     for i, path in enumerate(paths):
         lines.append(f"echo '{MARK} df {i}'; t df -P -k {shlex.quote(path)} 2>/dev/null")
     if container is not None:
+        # The state, the reference it was started by and the image id (last word); then
+        # the image's registry digests, by that id.
+        inspect = "{{json .State}} {{json .Config.Image}} {{.Image}}"
         lines.append(
             f"echo '{MARK} docker'; "
-            f"t docker inspect --format '{{{{json .State}}}}' {shlex.quote(container)} 2>&1; "
-            f'echo "{MARK} docker_rc $?"'
+            f"s=$(t docker inspect --format '{inspect}' {shlex.quote(container)} 2>&1); r=$?; "
+            f'echo "$s"; echo "{MARK} docker_rc $r"'
+        )
+        lines.append(
+            f'if [ $r -eq 0 ] && [ "${{s##* }}" != {shlex.quote(known_image)} ]; then '
+            f"case \"$s\" in *@sha256:*) ;; *) echo '{MARK} image'; "
+            "t docker image inspect --format '{{json .RepoDigests}}' \"${s##* }\" 2>/dev/null;; "
+            "esac; fi"
         )
     lines.append(f"echo '{MARK} end'")
     return "\n".join(lines) + "\n"
@@ -117,12 +135,31 @@ def _container(sections: dict[str, list[str]]) -> Container:
             return Container("missing", False)
         # docker absent, dockerd down or hung: we cannot tell whether it serves.
         return Container("unknown", False)
-    line = next((x for x in sections["docker"] if x.startswith("{")), None)
+    line = next((x for x in sections["docker"] if x.startswith("{")), "")
     try:
-        state = json.loads(line) if line else None
-        return Container(str(state["Status"]), bool(state["Running"]))
+        state, end = json.JSONDecoder().raw_decode(line)
+        container = Container(str(state["Status"]), bool(state["Running"]))
     except (ValueError, TypeError, KeyError) as e:
         raise BadOutput(f"docker inspect printed no container state: {text[:200]!r}") from e
+    words = line[end:].split()
+    if len(words) != 2:
+        return container
+    try:
+        ref = json.loads(words[0])
+        digests = json.loads("\n".join(sections["image"])) if "image" in sections else None
+    except ValueError:
+        return container  # the image removed meanwhile: its digest is unknown this cycle
+    return Container(container.state, container.running, pinned_image(ref, digests), words[1])
+
+
+def pinned_image(ref: str, repo_digests: list[str] | None) -> str | None:
+    """The image a container started by `ref` runs, pinned by digest: `ref` itself when
+    pinned, else the registry digest of its repository (of any, when none matches)."""
+    if "@sha256:" in ref:
+        return ref
+    name = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+    digests = [d for d in repo_digests or [] if "@sha256:" in d]
+    return next((d for d in digests if d.split("@", 1)[0] == name), digests[0] if digests else None)
 
 
 def parse_output(output: str, paths: Sequence[str], *, container: bool) -> NodeReading:
@@ -174,6 +211,8 @@ def reading_samples(node: NodeSpec, reading: NodeReading) -> list[Sample]:
         out.append(
             Sample(catalog.NODE_CONTAINER_RUNNING, (n, node.container, c.state), float(c.running))
         )
+        if c.running and c.image is not None:
+            out.append(Sample(catalog.NODE_CONTAINER_IMAGE, (n, node.container, c.image), 1.0))
     return out
 
 
@@ -183,7 +222,9 @@ class NodeCollector:
     `collect` raises `CollectError` (reason from the SSH error) carrying `node_up 0` when
     the node does not answer, so it shows down instead of stale. Output it cannot parse
     raises reason "bad_output" with `node_up 1`: SSH works, and calling the node down would
-    trigger a failover that the node's health does not justify.
+    trigger a failover that the node's health does not justify. The registry digest of the
+    image each container runs is kept by image id, so docker is asked for it again only
+    when the container runs another image.
     """
 
     name = base.NODE
@@ -194,6 +235,7 @@ class NodeCollector:
         if len(self._nodes) != len(nodes):
             raise ValueError("node names must be unique")
         self._timeout = timeout
+        self._digests: dict[str, tuple[str, str]] = {}  # node -> (image id, REF@sha256:...)
 
     def targets(self) -> Sequence[str]:
         return tuple(self._nodes)
@@ -203,7 +245,8 @@ class NodeCollector:
         deadline = time.monotonic() + self._timeout
         # Leave each hang-prone step a share of the budget so one stuck step cannot eat it.
         step = max(1, int(self._timeout / (len(node.paths) + 2)))
-        script = node_script(node.paths, node.container, step)
+        known_id, known_image = self._digests.get(node.name, ("", ""))
+        script = node_script(node.paths, node.container, step, known_id)
         up = Sample(catalog.NODE_UP, (node.name,), 1.0)
         try:
             result = self._pool.run(node.target, script, timeout=self._timeout)
@@ -215,6 +258,12 @@ class NodeCollector:
         except BadOutput as e:
             detail = f"{node.name}: {e} (exit {result.exit_status}, stderr {result.stderr[:200]!r})"
             raise CollectError("bad_output", detail, samples=[up]) from e
+        c = reading.container
+        if c is not None and c.image_id is not None:
+            if c.image is None and c.image_id == known_id:
+                reading = replace(reading, container=replace(c, image=known_image))
+            elif c.image is not None:
+                self._digests[node.name] = (c.image_id, c.image)
         samples = [up, *reading_samples(node, reading)]
         try:
             rtt = self._pool.run(node.target, "true", timeout=deadline - time.monotonic())

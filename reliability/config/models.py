@@ -265,7 +265,9 @@ class ServiceConfig(Strict):
         description="runbooks the daemon may run on its own for this service's incidents",
     )
     auto_cooldown: Duration = Field(
-        900.0, description="at most one automatic runbook run on the service in this time"
+        900.0,
+        description="at most one automatic run of a runbook on one target (its parameters, "
+        "e.g. node=gpu-2) of the service in this time",
     )
     recovery_soak: Duration = Field(
         600.0,

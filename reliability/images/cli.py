@@ -121,3 +121,57 @@ def mark_good(
         return
     since = f"{row.since:%Y-%m-%d %H:%M}Z"
     console.print(f"{service_name}: {row.image} is known-good (since {since}, by {row.by})")
+
+
+@images.command("record")
+@click.argument("service_name", metavar="SERVICE")
+@click.argument("ref", metavar="REF")
+@click.option(
+    "--node",
+    "nodes",
+    metavar="NODE",
+    multiple=True,
+    help="A node it was deployed on (repeat for several); default: every node of the "
+    "service's pools.",
+)
+@config_option
+@json_option
+def record(
+    config: Config, service_name: str, ref: str, nodes: tuple[str, ...], as_json: bool
+) -> None:
+    """Record that REF (REF@sha256:…) was deployed for SERVICE, as a pipeline does after a
+    deploy of its own: it soaks and becomes known-good like a runbook's deploy."""
+    _service(config, service_name)
+    try:
+        service.digest_of(ref)
+    except ValueError as exc:
+        raise BadInput(
+            f"{exc}; record the digest the registry gave, e.g. `docker inspect --format "
+            "'{{index .RepoDigests 0}}' IMAGE` on the node"
+        ) from None
+    svc = next(s for s in config.services if s.name == service_name)
+    mine = [n.name for n in config.nodes if n.pool in svc.pools]
+    wrong = [n for n in nodes if n not in mine]
+    if wrong:
+        raise BadInput(
+            f"--node {', '.join(wrong)}: not a node of {service_name}'s pools "
+            f"({', '.join(svc.pools)}); its nodes: {', '.join(mine) or 'none'}"
+        )
+    targets = list(dict.fromkeys(nodes)) or mine
+    if not targets:
+        raise BadInput(f"service {service_name} has no node in its pools to record REF on")
+    at = datetime.now(UTC)
+    with database(config) as s:
+        rows = [
+            service.record_deploy(s, service=service_name, node=n, image=ref, at=at, run_id=None)
+            for n in targets
+        ]
+        shown = [{"service": r.service, "node": r.node, "image": r.image, "digest": r.digest,
+                  "deployed_at": r.deployed_at} for r in rows]  # fmt: skip
+    if as_json:
+        print_json(shown)
+        return
+    console.print(
+        f"{service_name}: {ref} recorded as deployed on {', '.join(targets)}; it becomes "
+        f"known-good after {svc.soak:g}s without an incident"
+    )

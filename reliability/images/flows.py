@@ -1,9 +1,12 @@
-"""Image work that spans domains: a digest becomes known-good after its service's soak
-time with no incident on the service, its pools or its nodes (the daemon's timers call
+"""Image work that spans domains: what the nodes really run is recorded as deployed
+(`record_running`, from the node collector's readings: a deploy by CI or by hand counts
+like a runbook's), and a digest becomes known-good after its service's soak time with no
+incident on the service, its pools or its nodes (the daemon's timers call
 `promote_soaked`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -12,7 +15,33 @@ from sqlalchemy.orm import Session
 
 from reliability.config import Config, ServiceConfig
 from reliability.images import service as images
+from reliability.images.models import ImageDeploy
 from reliability.incidents.models import Incident
+
+
+def record_running(
+    session: Session, *, config: Config, running: Mapping[str, str], now: datetime
+) -> list[ImageDeploy]:
+    """Record as deployed `now` each image in `running` (node -> REF@sha256:...) that is not
+    what the registry last recorded on that node for its service (the service whose pool
+    the node is in; other nodes are left out)."""
+    recorded = []
+    for name, image in sorted(running.items()):
+        node = next((n for n in config.nodes if n.name == name), None)
+        service = next(
+            (s for s in config.services if node is not None and node.pool in s.pools), None
+        )
+        if service is None:
+            continue
+        last = images.latest_deploy(session, service=service.name, node=name)
+        if last is not None and last.digest == images.digest_of(image):
+            continue
+        recorded.append(
+            images.record_deploy(
+                session, service=service.name, node=name, image=image, at=now, run_id=None
+            )
+        )
+    return recorded
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,13 +101,13 @@ def known_good_rows(session: Session, *, service: str | None = None) -> list[Kno
     return list(session.scalars(query))
 
 
-def latest_deploy(session: Session, *, service: str) -> ImageDeploy | None:
-    """The newest deploy recorded for `service`."""
+def latest_deploy(session: Session, *, service: str, node: str | None = None) -> ImageDeploy | None:
+    """The newest deploy recorded for `service` (on `node`, when given)."""
+    query = sa.select(ImageDeploy).where(ImageDeploy.service == service)
+    if node is not None:
+        query = query.where(ImageDeploy.node == node)
     return session.scalars(
-        sa.select(ImageDeploy)
-        .where(ImageDeploy.service == service)
-        .order_by(ImageDeploy.deployed_at.desc(), ImageDeploy.id.desc())
-        .limit(1)
+        query.order_by(ImageDeploy.deployed_at.desc(), ImageDeploy.id.desc()).limit(1)
     ).one_or_none()
 
 

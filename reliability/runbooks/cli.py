@@ -272,6 +272,9 @@ class _Printer(Progress):
     def undoing(self, reason: str) -> None:
         self._say(f"{reason}. Undoing what the run changed, newest first.")
 
+    def locks(self, text: str) -> None:
+        self._say(text)
+
     def finished(self, result: RunResult) -> None:
         tail = f": {result.reason}" if result.reason else ""
         self._say(f"run {result.run_id} {result.status}{tail}")

@@ -11,6 +11,13 @@ the run changed, newest first.
 Every unit's row is written before its first change goes out, with the operations that
 reverse it, so `undo RUN_ID` works from the rows alone after a crash.
 
+Locks are fenced: each acquisition gets the lock's next epoch, and before every operation
+that changes something the run checks that its epoch still holds the lock. A run whose
+lock was taken over (it was taken for dead) stops there and undoes nothing: what it changed
+is no longer its to put back. A step with `release_locks` (one that only waits or
+observes) runs without the locks; the run takes them back, with new epochs, before its
+next step, waiting for a run that holds one meanwhile up to that step's timeout.
+
 What a run asks of other domains (a note on its incident, a deploy into the images
 registry, the known-good image, the fleet's live state) goes through `Hooks`; flows.py
 passes the real ones.
@@ -47,6 +54,8 @@ from reliability.ssh import SshPool, target_for
 
 log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
+UNDO_LOCK_WAIT = 60.0  # seconds a failed run waits to take back a lock it let go, to undo
+LOCK_POLL = 1.0  # seconds between tries of a lock another run holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,10 @@ class Progress:
     def unit(self, step: PlannedStep, target: str, ok: bool, text: str) -> None: ...
 
     def undoing(self, reason: str) -> None: ...
+
+    def locks(self, text: str) -> None:
+        """What the run does with its locks: waits for one, lets them go while a step
+        waits, takes them back, or stops because another run took them over."""
 
     def finished(self, result: RunResult) -> None: ...
 
@@ -187,7 +200,9 @@ class Executor:
     """Runs runbooks against `config`'s nodes, recording into the database of `db`.
     `hooks` reach other domains (flows.executor passes the real ones); `confirm` asks a
     person (none: confirm steps are refused); `ssh` is shared when given (closed by its
-    owner); `stop` ends a run after its current step, undone."""
+    owner); `stop` ends a run after its current step, undone; `wait_for_locks`: a run that
+    finds a service locked waits for it up to its first step's timeout (the daemon's runs)
+    instead of refusing at once (a person's)."""
 
     def __init__(
         self,
@@ -199,8 +214,10 @@ class Executor:
         confirm: Callable[[str], bool] | None = None,
         ssh: SshPool | None = None,
         stop: threading.Event | None = None,
+        wait_for_locks: bool = False,
     ) -> None:
         self.config = config
+        self.wait_for_locks = wait_for_locks
         self.sessions = sessionmaker(db, expire_on_commit=False)
         self.progress = progress or Progress()
         self.hooks = hooks or Hooks()
@@ -213,6 +230,13 @@ class Executor:
         self._unit_at = threading.local()
         self._incident_id: int | None = None
         self._runbook = ""
+        # The locks the run holds, by service, at the epoch it got; none while a
+        # `release_locks` step runs (`_released`: the epochs it let go at); why it lost
+        # them (`_fenced`).
+        self._epochs: dict[str, int] = {}
+        self._released: dict[str, int] = {}
+        self._fenced: runs.Fenced | None = None
+        self._fence_lock = threading.Lock()
         self.performer = Performer(
             self.ssh,
             {n.name: target_for(config, n) for n in config.nodes},
@@ -268,7 +292,8 @@ class Executor:
                 now=_now(),
             )
             run_id = run.id
-        self._lock(run_id, plan.locks)
+        first = next((s.timeout for s in plan.steps if not s.skipped), 0.0)
+        self._lock(run_id, plan.locks, within=first if self.wait_for_locks else 0.0)
         return self._perform(run_id, runbook.name, incident_id, plan, 0, {})
 
     def resume(self, runbook: Runbook, run_id: int) -> RunResult:
@@ -307,25 +332,55 @@ class Executor:
         self._run_id = run_id
         self._lock(run_id, services, take_over=True)
         errors = self._undo_all(run_id, "asked to undo")
+        if self._fenced is not None:
+            return self._stop_fenced(run_id, "undo stopped")
         status = RunStatus.undo_failed if errors else RunStatus.undone
         return self._finish(run_id, status, "; ".join(errors) or "undone on request")
 
     # --- the run ----------------------------------------------------------------------------
-    def _lock(self, run_id: int, services: list[str], *, take_over: bool = False) -> None:
+    def _lock(
+        self, run_id: int, services: list[str], *, take_over: bool = False, within: float = 0.0
+    ) -> None:
+        self._fenced = None
         try:
-            with self.sessions.begin() as s:
-                run = runs.get_run(s, run_id=run_id)
-                if take_over:
-                    runs.take_over(s, run=run, now=_now())
-                runs.acquire_locks(s, run=run, services=services, now=_now())
-        except (Locked, sa.exc.IntegrityError) as exc:
-            reason = str(exc) if isinstance(exc, Locked) else "a lock was taken meanwhile"
+            self._acquire(run_id, services, take_over=take_over, within=within)
+        except Locked as exc:
             with self.sessions.begin() as s:
                 status = RunStatus.interrupted if take_over else RunStatus.failed
                 runs.finish_run(
-                    s, run_id=run_id, status=status, reason=f"not started: {reason}", now=_now()
+                    s, run_id=run_id, status=status, reason=f"not started: {exc}", now=_now()
                 )
-            raise Locked(reason) from None
+            raise
+
+    def _acquire(
+        self, run_id: int, services: list[str], *, take_over: bool = False, within: float = 0.0
+    ) -> None:
+        """Take the locks of `services` at new epochs; while a live run holds one, try
+        again for up to `within` seconds (saying so once), then raise Locked."""
+        deadline, said = time.monotonic() + within, False
+        while True:
+            try:
+                with self.sessions.begin() as s:
+                    run = runs.get_run(s, run_id=run_id)
+                    if take_over:
+                        runs.take_over(s, run=run, now=_now())
+                    self._epochs = runs.acquire_locks(s, run=run, services=services, now=_now())
+                    runs.heartbeat(s, run_id=run_id, now=_now())  # waiting is not dead
+                self._released = {}
+                return
+            except Locked as exc:
+                why = str(exc)
+            except sa.exc.IntegrityError:
+                why = "a lock was taken meanwhile"
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stop.is_set():
+                raise Locked(why)
+            if not said:
+                said = True
+                text = f"run {run_id} waits up to {seconds(left)} for its lock: {why}"
+                log.info("%s", text)
+                self.progress.locks(text)
+            self.stop.wait(min(LOCK_POLL, left))
 
     def _perform(
         self,
@@ -345,8 +400,22 @@ class Executor:
             status, reason = self._steps(run_id, plan, start, values)
             if status == RunStatus.succeeded:
                 return self._succeed(run_id, plan, values)
+            if self._fenced is None and self._released:
+                try:  # a run undoes only under its locks
+                    self._acquire(run_id, sorted(self._released), within=UNDO_LOCK_WAIT)
+                except Locked as exc:
+                    return self._finish(
+                        run_id,
+                        RunStatus.interrupted,
+                        f"{reason}; not undone, its lock is held: {exc}; "
+                        f"`reliability runbook undo {run_id}` reverses it once that run ended",
+                    )
+            if self._fenced is not None:
+                return self._stop_fenced(run_id, reason)
             self.progress.undoing(reason)
             errors = self._undo_all(run_id, reason)
+            if self._fenced is not None:
+                return self._stop_fenced(run_id, f"{reason}; its undo stopped")
             if errors:
                 reason += "; undo failed: " + "; ".join(errors)
                 status = RunStatus.undo_failed
@@ -372,9 +441,16 @@ class Executor:
             step = plan.steps[index]
             if self.stop.is_set():
                 return RunStatus.aborted, f"stopped before step {step.id}"
+            if self._released and not (step.release_locks or step.skipped):
+                try:
+                    self._retake(run_id, step)
+                except Locked as exc:
+                    return RunStatus.failed, f"step {step.id} not started: {exc}"
             with self.sessions.begin() as s:
                 runs.heartbeat(s, run_id=run_id, now=_now(), step=step.id)
             self.progress.step(index, step)
+            if step.release_locks and not step.skipped and self._epochs:
+                self._release(run_id, step)
             if step.skipped:
                 unit_id = self._start_unit(run_id, index, step, LOCAL)
                 with self.sessions.begin() as s:
@@ -387,6 +463,8 @@ class Executor:
                     )
                 continue
             failure = self._step(run_id, index, step, values)
+            if failure and self._fenced is not None:
+                return RunStatus.failed, f"stopped in step {step.id}"
             if failure and self.stop.is_set():
                 return RunStatus.aborted, f"stopped during step {step.id} ({failure})"
             if failure:
@@ -394,6 +472,44 @@ class Executor:
             if self.stop.is_set():
                 return RunStatus.aborted, f"stopped during step {step.id} (it completed)"
         return RunStatus.succeeded, ""
+
+    def _release(self, run_id: int, step: PlannedStep) -> None:
+        """Let the locks go for a step that only waits or observes."""
+        with self.sessions.begin() as s:
+            runs.release_locks(s, run_id=run_id, epochs=self._epochs)
+        self._released, self._epochs = self._epochs, {}
+        text = (
+            f"run {run_id} lets go of the lock of {', '.join(self._released)} while step "
+            f"{step.id} waits; other runs may act meanwhile"
+        )
+        log.info("%s", text)
+        self.progress.locks(text)
+
+    def _retake(self, run_id: int, step: PlannedStep) -> None:
+        """Take the locks back before `step` acts, waiting up to its timeout; say whether
+        other runs held them meanwhile (what they changed is theirs)."""
+        released = self._released
+        self._acquire(run_id, sorted(released), within=step.timeout)
+        shown = ", ".join(f"{s} (epoch {e})" for s, e in sorted(self._epochs.items()))
+        others = sorted(s for s, e in self._epochs.items() if e > released[s] + 1)
+        meanwhile = f"; other runs held {', '.join(others)} meanwhile" if others else ""
+        text = f"run {run_id} holds the lock of {shown} again for step {step.id}{meanwhile}"
+        log.info("%s", text)
+        self.progress.locks(text)
+
+    def _fence(self) -> str:
+        """'' while the run's epochs still hold its locks; else why not (said once, however
+        many of a step's units ask at once)."""
+        with self._fence_lock:
+            if self._fenced is None and self._epochs:
+                with self.sessions.begin() as s:
+                    fenced = runs.fenced(s, run_id=self._run_id, epochs=self._epochs)
+                if fenced is not None:
+                    self._fenced = fenced
+                    text = f"run {self._run_id} fenced: {fenced.reason}; it stops here"
+                    log.warning("%s", text)
+                    self.progress.locks(text)
+        return f"fenced: {self._fenced.reason}" if self._fenced is not None else ""
 
     def _step(self, run_id: int, index: int, step: PlannedStep, values: dict[str, str]) -> str:
         """'' when the step succeeded, else why it failed."""
@@ -433,6 +549,10 @@ class Executor:
             for op in unit.ops:
                 if op.needs is not None and op.needs not in values:
                     continue
+                fenced = self._fence() if op.changes else ""
+                if fenced:
+                    error = fenced
+                    break
                 if op.changes and not changed:
                     changed = True
                     self._save_undo(unit_id, step, unit, values)
@@ -450,7 +570,7 @@ class Executor:
                 if time.monotonic() > deadline:
                     error = f"timed out after {seconds(step.timeout)}"
                     break
-            if not error or attempt > step.retries or self.stop.is_set():
+            if not error or attempt > step.retries or self.stop.is_set() or self._fenced:
                 break
             if self.stop.wait(step.backoff * 2 ** (attempt - 1)):
                 break
@@ -526,6 +646,9 @@ class Executor:
             deadline = time.monotonic() + float(record.get("timeout", 60.0))
             error = ""
             for op in (_load(d) for d in record.get("ops", [])):
+                fenced = self._fence()
+                if fenced:
+                    return [*errors, fenced]
                 outcome = self.performer.perform(op, {}, deadline)
                 entry = self._entry(op, {}, outcome, 0)
                 entries.append({**entry, "undo": True})
@@ -573,9 +696,33 @@ class Executor:
     def _finish(self, run_id: int, status: RunStatus, reason: str | None) -> RunResult:
         with self.sessions.begin() as s:
             runs.finish_run(
-                s, run_id=run_id, status=status, reason=reason and self.redact(reason), now=_now()
+                s,
+                run_id=run_id,
+                status=status,
+                reason=reason and self.redact(reason),
+                now=_now(),
+                epochs=self._epochs,
             )
         result = RunResult(run_id, status, reason)
+        self.progress.finished(result)
+        return result
+
+    def _stop_fenced(self, run_id: int, reason: str) -> RunResult:
+        """End a run whose lock was taken over, touching nothing more: what it changed is
+        left as it is, for the lock's holder. The run's row is ended `failed` when another
+        run holds the lock; a resume of it elsewhere (or the recovery that found it dead)
+        owns the row, which is left to them."""
+        assert self._fenced is not None
+        why = (
+            f"fenced: {self._fenced.reason}; {reason}; nothing more undone: what the run "
+            "changed is no longer its to put back (`reliability runbook status "
+            f"{run_id}` lists it)"
+        )
+        if self._fenced.by not in (None, run_id):
+            return self._finish(run_id, RunStatus.failed, why)
+        with self.sessions.begin() as s:
+            runs.release_locks(s, run_id=run_id, epochs=self._epochs)
+        result = RunResult(run_id, RunStatus.failed, why)
         self.progress.finished(result)
         return result
 

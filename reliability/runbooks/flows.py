@@ -12,13 +12,16 @@ service, the plan and the actions know none of these domains; they reach them th
     AutoRunner                  the automatic runs (below)
 
 A firing rule's runbook runs on its own when the rule says `auto: true` or the service it
-would touch lists the runbook in `auto_runbooks`; at most one automatic run per service per
-`auto_cooldown`. Runs go on threads, so detection never waits on a runbook: one per
-service, taking that service's runs in the order their incidents opened, so a failover
-waiting hours for a hosted API to recover holds back only its own service. The incident's
-Slack thread hears the start, each failed step and the end (as timeline notes, through the
-outbox); a run that cannot start says why there too. Without `auto`, nothing runs: the
-Slack message shows the command to paste.
+would touch lists the runbook in `auto_runbooks`; at most one automatic run of a runbook
+on one target (its parameters: node=gpu-2) per `auto_cooldown`, so gpu-1 then gpu-2 failing
+are both failed over, the same node twice is not. Runs go on threads, so detection never
+waits on a runbook: one lane per service and runbook, taking its runs in the order their
+incidents opened, so a node failover is never queued behind an upstream failover waiting
+hours for the hosted API (that run lets go of the service's lock while it waits, see
+executor.py). A run that finds the lock held waits for it up to its first step's timeout.
+The incident's Slack thread hears the start, each failed step, what the run does with its
+locks and the end (as timeline notes, through the outbox); a run that cannot start says
+why there too. Without `auto`, nothing runs: the Slack message shows the command to paste.
 """
 
 from __future__ import annotations
@@ -153,6 +156,9 @@ class _SlackThread(Progress):
         if not ok:
             self.runner.note(self.incident_id, f"Step {step.id} failed on {target}: {text}")
 
+    def locks(self, text: str) -> None:
+        self.runner.note(self.incident_id, text[0].upper() + text[1:] + ".")
+
     def finished(self, result: RunResult) -> None:
         tail = f": {result.reason}" if result.reason else "."
         self.runner.note(self.incident_id, f"Runbook run {result.run_id} {result.status}{tail}")
@@ -160,20 +166,28 @@ class _SlackThread(Progress):
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """An allowed automatic run, ready to go when its service's lane gets to it."""
+    """An allowed automatic run, ready to go when its lane gets to it. `params`: the
+    resolved parameters as a run records them, its target for the cooldown."""
 
     request: RunbookRequest
     book: Runbook
     values: dict[str, Any]
+    params: dict[str, str]
     incident_id: int | None
     services: list[ServiceConfig]
+
+    @property
+    def lane(self) -> tuple[str, ...]:
+        """The services it locks, then the runbook: runs of one lane go one at a time."""
+        return (*sorted(s.name for s in self.services), self.book.name)
 
 
 class AutoRunner:
     """Takes firing transitions (`submit`). One thread decides, in the order incidents
-    opened, which runbooks may run; each service (set of services a run locks) has a lane
-    that runs its jobs one after another, so runs on one service go in that order and never
-    race for its lock, while other services' lanes go on."""
+    opened, which runbooks may run; each runbook on each service (set of services a run
+    locks) has a lane that runs its jobs one after another, in that order, while other
+    lanes go on: runs of two lanes on one service meet at its lock, which a run waits for
+    (bounded) and a waiting run lets go."""
 
     def __init__(self, config: Config, database: db.LazyEngine, ssh: SshPool) -> None:
         self.config, self.database, self.ssh = config, database, ssh
@@ -227,7 +241,7 @@ class AutoRunner:
                 log.exception("automatic runbook for %s failed", transition.fingerprint)
                 continue
             if job is not None:
-                self._lane(tuple(sorted(s.name for s in job.services))).put(job)
+                self._lane(job.lane).put(job)
 
     def _job(self, t: Transition) -> _Job | None:
         """The run this firing asks for, if it may run on its own; None otherwise (a run
@@ -249,19 +263,19 @@ class AutoRunner:
         services = [s for s in self.config.services if s.name in plan.locks]
         if not (request.auto or any(request.name in s.auto_runbooks for s in services)):
             return None  # the Slack message shows the command; a person decides
-        return _Job(request, book, values, incident_id, services)
+        return _Job(request, book, values, plan.params, incident_id, services)
 
     def _lane(self, key: tuple[str, ...]) -> queue.Queue[_Job | None]:
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = queue.Queue()
-            name = "runbooks-" + ("+".join(key) or "none")
+            name = "runbooks-" + "+".join(key)
             thread = threading.Thread(target=self._drive, args=(lane,), name=name, daemon=True)
             self._threads.append(thread)
             thread.start()
         return lane
 
-    # --- running, one service lane at a time ------------------------------------------------
+    # --- running, one job of a lane at a time -------------------------------------------------
     def _drive(self, lane: queue.Queue[_Job | None]) -> None:
         while not self._stop.is_set():
             job = lane.get()
@@ -274,19 +288,25 @@ class AutoRunner:
 
     def _run(self, job: _Job) -> None:
         request = job.request
-        recent = self._recent_auto_run(job.services)
+        recent = self._recent_auto_run(job)
         if recent is not None:
+            given = " ".join(f"{k}={v}" for k, v in job.params.items()) or "no parameters"
             self.note(
                 job.incident_id,
                 f"Runbook {request.name} not run on its own: run {recent.id} "
-                f"({recent.runbook}, {recent.status}) started at "
-                f"{recent.started_at:%H:%M:%SZ}, within the service's auto_cooldown. "
-                f"Run it by hand if it is still needed: `{request.command}`",
+                f"({recent.runbook} {given}, {recent.status}) started at "
+                f"{recent.started_at:%H:%M:%SZ}, within the service's auto_cooldown for "
+                f"the same target. Run it by hand if it is still needed: `{request.command}`",
             )
             return
         progress = _SlackThread(self, job.incident_id, request.name)
         runner = executor(
-            self.config, self.database.get(), ssh=self.ssh, stop=self._stop, progress=progress
+            self.config,
+            self.database.get(),
+            ssh=self.ssh,
+            stop=self._stop,
+            progress=progress,
+            wait_for_locks=True,
         )
         try:
             # Planned again now: a run before this one may have moved the pool.
@@ -296,12 +316,20 @@ class AutoRunner:
         finally:
             runner.close()
 
-    def _recent_auto_run(self, services: list[ServiceConfig]) -> RunbookRun | None:
+    def _recent_auto_run(self, job: _Job) -> RunbookRun | None:
+        """An automatic run of the same runbook on the same target (parameters) within
+        the `auto_cooldown` of a service it locks."""
         now = datetime.now(UTC)
         with self.database.session() as s:
-            for service in services:
+            for service in job.services:
                 since = now - timedelta(seconds=service.auto_cooldown)
                 for run in runs.history(s, service=service.name, limit=50):
-                    if run.started_by == ACTOR and run.started_at >= since:
+                    if run.started_at < since:
+                        break  # newest first: the rest are older still
+                    if (
+                        run.started_by == ACTOR
+                        and run.runbook == job.book.name
+                        and run.params == job.params
+                    ):
                         return run
         return None

@@ -103,12 +103,17 @@ class RunbookStep(Base):
 
 
 class RunbookLock(Base):
-    """At most one run per service at a time, across processes and hosts."""
+    """At most one run per service at a time, across processes and hosts. The row stays
+    when the lock is free (`run_id` NULL) so that `epoch` only grows: every acquisition,
+    take-over included, increments it, and a run acts only while the epoch it got still
+    holds the lock (fencing: a run taken for dead whose lock went to another run, or to a
+    resume of itself elsewhere, stops before its next change)."""
 
     __tablename__ = "runbook_locks"
 
     service: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runbook_runs.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runbook_runs.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

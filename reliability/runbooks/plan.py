@@ -77,6 +77,8 @@ class PlannedStep:
     batches: list[list[str]] = field(default_factory=list)
     max_fail_percent: int = 0
     units: list[Unit] = field(default_factory=list)
+    # The run lets go of its locks during the step (it only waits or observes).
+    release_locks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,7 @@ class Planner:
                 step.timeout,
                 step.retries,
                 step.backoff,
+                release_locks=step.release_locks,
             )
             if step.when is not None and not self._holds(step.when):
                 return replace(base, skipped=f"`when` is false: {self._show_when(step.when)}")

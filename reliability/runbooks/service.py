@@ -1,5 +1,6 @@
-"""Database work of runbook runs: create and end runs, per-service locks, the audit rows of
-each unit, heartbeats, and finding runs a dead process left `running`.
+"""Database work of runbook runs: create and end runs, per-service locks with their fencing
+epochs, the audit rows of each unit, heartbeats, and finding runs a dead process left
+`running`.
 
 Each function takes the caller's session, then keyword arguments only, and commits
 nothing; the executor writes in short transactions of its own so a crash loses at most the
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,12 +78,14 @@ def take_over(session: Session, *, run: RunbookRun, now: datetime) -> None:
 
 def acquire_locks(
     session: Session, *, run: RunbookRun, services: Sequence[str], now: datetime
-) -> None:
+) -> dict[str, int]:
     """Lock every service of the run, or raise Locked naming the run that holds one. A lock
-    whose run ended or died is taken over."""
+    whose run ended or died is taken over. Each acquisition (a take-over by a resume of the
+    same run too) gets the lock's next epoch; returns them by service, for `fenced`."""
+    epochs = {}
     for service in sorted(set(services)):
         held = session.get(RunbookLock, service, with_for_update=True)
-        if held is not None and held.run_id != run.id:
+        if held is not None and held.run_id not in (None, run.id):
             holder = session.get(RunbookRun, held.run_id)
             if holder is not None and holder.status == RunStatus.running and not _dead(holder, now):
                 raise Locked(
@@ -90,15 +93,55 @@ def acquire_locks(
                     f"started by {holder.started_by} at {holder.started_at:%H:%M:%SZ}, "
                     f"now at step {holder.step or 'start'})"
                 )
-            session.delete(held)
-            session.flush()
-        if held is None or held.run_id != run.id:
-            session.add(RunbookLock(service=service, run_id=run.id, acquired_at=now))
-            session.flush()
+        if held is None:
+            held = RunbookLock(service=service, epoch=0)
+            session.add(held)
+        held.run_id, held.epoch, held.acquired_at = run.id, held.epoch + 1, now
+        session.flush()
+        epochs[service] = held.epoch
+    return epochs
 
 
-def release_locks(session: Session, *, run_id: int) -> None:
-    session.execute(sa.delete(RunbookLock).where(RunbookLock.run_id == run_id))
+def release_locks(
+    session: Session, *, run_id: int, epochs: Mapping[str, int] | None = None
+) -> None:
+    """Free the locks `run_id` holds; with `epochs`, only those it holds at those epochs
+    (a run whose lock went to a resume of itself elsewhere frees nothing of it)."""
+    statement = sa.update(RunbookLock).where(RunbookLock.run_id == run_id)
+    if epochs is not None:
+        held = [
+            sa.and_(RunbookLock.service == service, RunbookLock.epoch == epoch)
+            for service, epoch in epochs.items()
+        ]
+        statement = statement.where(sa.or_(sa.false(), *held))
+    session.execute(statement.values(run_id=None))
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """Why a run no longer holds its locks; `by`: the run that holds one now (the same
+    run id when a resume elsewhere took it over), None when it is free."""
+
+    reason: str
+    by: int | None
+
+
+def fenced(session: Session, *, run_id: int, epochs: Mapping[str, int]) -> Fenced | None:
+    """None while `run_id` holds every lock in `epochs` at its epoch; else why not."""
+    for service, epoch in sorted(epochs.items()):
+        held = session.get(RunbookLock, service)
+        if held is not None and held.run_id == run_id and held.epoch == epoch:
+            continue
+        if held is None or held.run_id is None:
+            return Fenced(f"lock of {service} freed: the run was taken for dead", None)
+        if held.run_id == run_id:
+            return Fenced(
+                f"lock of {service} taken over by run {run_id} resumed elsewhere "
+                f"(epoch {held.epoch}, ours {epoch})",
+                run_id,
+            )
+        return Fenced(f"lock of {service} taken over by run {held.run_id}", held.run_id)
+    return None
 
 
 def heartbeat(session: Session, *, run_id: int, now: datetime, step: str | None = None) -> None:
@@ -109,14 +152,21 @@ def heartbeat(session: Session, *, run_id: int, now: datetime, step: str | None 
 
 
 def finish_run(
-    session: Session, *, run_id: int, status: RunStatus, reason: str | None, now: datetime
+    session: Session,
+    *,
+    run_id: int,
+    status: RunStatus,
+    reason: str | None,
+    now: datetime,
+    epochs: Mapping[str, int] | None = None,
 ) -> None:
+    """End the run and free its locks (with `epochs`: those it holds at those epochs)."""
     session.execute(
         sa.update(RunbookRun)
         .where(RunbookRun.id == run_id)
         .values(status=status, reason=reason, ended_at=now, heartbeat_at=now)
     )
-    release_locks(session, run_id=run_id)
+    release_locks(session, run_id=run_id, epochs=epochs)
 
 
 def start_unit(

@@ -226,6 +226,12 @@ def problems(rb: Runbook) -> Iterator[tuple[Loc, str]]:
         if isinstance(step.undo, UndoCommand):
             yield from _templates(step.undo, (*loc, "undo"), scope)
         yield from _undo_problems(step, loc)
+        if step.release_locks and step.mutates:
+            yield (
+                (*loc, "release_locks"),
+                f"this {step.action} step changes state, so it keeps the run's locks; "
+                "`release_locks` is for steps that only wait or observe",
+            )
         yield from action.problems(step, loc, rb, seen)
         seen[step.id] = step.action
 

@@ -6,6 +6,7 @@ POSIX `sh`; the collector runs against the rig's sshd fleet where it is availabl
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,9 @@ TARGET = SshTarget(name="gpu-1", host="127.0.1.1", user="ops")
 RIG_TIMEOUT = 1.5
 
 
-def output(*, df1: str = "", docker: str = "", docker_rc: int = 0, end: bool = True) -> str:
+def output(
+    *, df1: str = "", docker: str = "", docker_rc: int = 0, image: str = "", end: bool = True
+) -> str:
     text = f"""{M} node 1
 {M} loadavg
 0.52 1.25 2.00 3/456 7890
@@ -51,6 +54,7 @@ Filesystem     1024-blocks      Used Available Capacity Mounted on
 {docker}
 {M} docker_rc {docker_rc}
 """
+    text += f"{M} image\n{image}\n" if image else ""
     return text + (f"{M} end\n" if end else "")
 
 
@@ -88,6 +92,60 @@ def test_docker_that_cannot_answer_reads_as_unknown() -> None:
     assert parse_output(text, PATHS, container=True).container == Container("unknown", False)
     text = output(docker="", docker_rc=124)  # killed by `timeout`: dockerd hung
     assert parse_output(text, PATHS, container=True).container == Container("unknown", False)
+
+
+DIGEST = "sha256:" + "d" * 64
+OTHER = "sha256:" + "0" * 64
+IMAGE_ID = "sha256:" + "e" * 64
+
+
+@pytest.mark.parametrize(
+    ("started_by", "repo_digests", "image"),
+    [
+        # Started by tag: the registry digest of its own repository, not another's.
+        ("vllm/vllm-openai:v0.6.0", [f"mirror/vllm@{OTHER}", f"vllm/vllm-openai@{DIGEST}"],
+         f"vllm/vllm-openai@{DIGEST}"),
+        # Started by digest: that reference as it was given.
+        (f"registry.local:5000/vllm@{DIGEST}", [f"registry.local:5000/vllm@{DIGEST}"],
+         f"registry.local:5000/vllm@{DIGEST}"),
+        # Built on the node, never pushed: no digest to record.
+        ("vllm-dev", [], None),
+    ],
+    ids=["by-tag", "by-digest", "local-build"],
+)  # fmt: skip
+def test_the_image_a_container_runs_is_read_pinned_by_digest(
+    started_by: str, repo_digests: list[str], image: str | None
+) -> None:
+    docker = f'{RUNNING} "{started_by}" {IMAGE_ID}'
+    pool = FakePool(
+        CommandResult(0, output(docker=docker, image=json.dumps(repo_digests)), "", 0.4),
+        CommandResult(0, "", "", 0.02),
+    )
+    samples = collector(pool).collect("gpu-1")
+
+    assert values(samples, catalog.NODE_CONTAINER_RUNNING) == {("gpu-1", "vllm", "running"): 1.0}
+    expected = {} if image is None else {("gpu-1", "vllm", image): 1.0}
+    assert values(samples, catalog.NODE_CONTAINER_IMAGE) == expected
+
+
+def test_the_registry_digest_is_asked_for_again_only_when_the_image_changes() -> None:
+    tagged = f'{RUNNING} "vllm/vllm-openai:v0.6.0" {IMAGE_ID}'
+    digests = json.dumps([f"vllm/vllm-openai@{DIGEST}"])
+    rtt = CommandResult(0, "", "", 0.02)
+    pool = FakePool(
+        CommandResult(0, output(docker=tagged, image=digests), "", 0.4),
+        rtt,
+        CommandResult(0, output(docker=tagged), "", 0.4),  # the script did not ask again
+        rtt,
+    )
+    nodes = collector(pool)
+
+    first, second = nodes.collect("gpu-1"), nodes.collect("gpu-1")
+
+    assert f"!= {IMAGE_ID}" not in pool.commands[0] and f"!= {IMAGE_ID}" in pool.commands[2]
+    expected = {("gpu-1", "vllm", f"vllm/vllm-openai@{DIGEST}"): 1.0}
+    assert values(first, catalog.NODE_CONTAINER_IMAGE) == expected
+    assert values(second, catalog.NODE_CONTAINER_IMAGE) == expected
 
 
 def test_a_watched_path_df_cannot_read_is_left_out() -> None:
@@ -237,6 +295,10 @@ def test_rig_node_reports_load_memory_disk_and_its_serving_container(
     assert 0 < free[("gpu-1", "/")] <= values(gpu1, catalog.NODE_PATH_SIZE)[("gpu-1", "/")]
     assert values(gpu1, catalog.NODE_CONTAINER_RUNNING) == {("gpu-1", "vllm", "running"): 1.0}
     assert values(gpu2, catalog.NODE_CONTAINER_RUNNING) == {("gpu-2", "vllm", "missing"): 0.0}
+    digest = rig.state.publish_image("vllm/vllm-openai:v0.6.0")  # the digest it was pulled at
+    running = f"vllm/vllm-openai@{digest}"
+    assert values(gpu1, catalog.NODE_CONTAINER_IMAGE) == {("gpu-1", "vllm", running): 1.0}
+    assert values(gpu2, catalog.NODE_CONTAINER_IMAGE) == {}
 
 
 @pytest.mark.rig

@@ -128,3 +128,35 @@ def test_cli_mark_good_then_list_shows_it_as_the_known_good_image(config: Config
     assert json.loads(listed.output)["known_good"] == {"chat": NEW}
     assert refused.exit_code == 2 and "not pinned by digest" in refused.output
     assert unknown.exit_code == 2 and "no service is named 'search'" in unknown.output
+
+
+def test_cli_record_takes_a_pipelines_deploy_pinned_by_digest_and_refuses_a_tag(
+    config: Config,
+) -> None:
+    c = str(config.source)
+    runner = CliRunner()
+
+    one = runner.invoke(
+        main, ["images", "record", "chat", NEW, "--node", "gpu-1", "-c", c, "--json"]
+    )
+    every = runner.invoke(main, ["images", "record", "chat", OLD, "-c", c])
+    tag = runner.invoke(main, ["images", "record", "chat", "registry.example.com/vllm:v2", "-c", c])
+    stranger = runner.invoke(main, ["images", "record", "chat", NEW, "--node", "lb-9", "-c", c])
+    listed = runner.invoke(main, ["images", "list", "-c", c, "--json"])
+
+    assert one.exit_code == 0, one.output
+    assert [(d["node"], d["image"]) for d in json.loads(one.output)] == [("gpu-1", NEW)]
+    assert every.exit_code == 0, every.output
+    assert f"chat: {OLD} recorded as deployed on gpu-1, gpu-2" in every.output
+    assert tag.exit_code == 2
+    assert "'registry.example.com/vllm:v2' is not pinned by digest (REF@sha256:<64 hex>)" in (
+        tag.output
+    )
+    assert "docker inspect --format '{{index .RepoDigests 0}}' IMAGE" in tag.output
+    assert stranger.exit_code == 2 and "--node lb-9: not a node of chat's pools" in stranger.output
+    deploys = json.loads(listed.output)["deploys"]
+    assert sorted((d["node"], d["image"], d["run_id"]) for d in deploys) == [
+        ("gpu-1", OLD, None),
+        ("gpu-1", NEW, None),
+        ("gpu-2", OLD, None),
+    ]

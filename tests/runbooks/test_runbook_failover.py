@@ -1,10 +1,12 @@
 """Node failover with nobody at the keyboard: the daemon sees a node's network cut, opens
-the incident, runs node-failover on its own, and the service answers from the standby."""
+the incident, runs node-failover on its own, and the service answers from the standby,
+in the usual time even while an upstream failover waits hours for the hosted API."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,10 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
+from reliability.detect import builtin
 from reliability.testing.fixtures import RIG_LB_IMAGE
 from reliability.testing.inference import DEFAULT_MODEL
+from reliability.testing.inference_group import InferenceHandle
 from reliability.testing.nginx import NginxBalancer, parse_members
 from reliability.testing.slack import SlackStandIn
 
@@ -30,7 +35,14 @@ CONTAINER = {
 }
 
 
-def _config(balancer: NginxBalancer, directory: Path, slack: SlackStandIn) -> Path:
+def _config(
+    balancer: NginxBalancer,
+    directory: Path,
+    slack: SlackStandIn,
+    *,
+    auto: tuple[str, ...] = ("node-failover",),
+    **extra: object,
+) -> Path:
     sections = balancer.fleet.config_sections(connect_timeout=1.0)
     for node in sections["nodes"]:
         node["role"] = {"spare-1": "standby", "lb-1": "lb"}.get(node["name"], "serving")
@@ -47,11 +59,12 @@ def _config(balancer: NginxBalancer, directory: Path, slack: SlackStandIn) -> Pa
                 "active_pool": "blue",
                 "container": CONTAINER,
                 "load_balancer": balancer.lb_config("chat"),
-                "auto_runbooks": ["node-failover"],
+                "auto_runbooks": list(auto),
             }
         ],
         "collect": {"node_interval": 1, "gpu_interval": 1, "timeout": 0.9},
         "runbooks_dir": str(Path(__file__).resolve().parents[2] / "runbooks"),
+        **extra,
     }
     path = directory / "reliability.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -147,3 +160,115 @@ def test_the_daemon_fails_a_cut_node_over_to_the_standby_on_its_own(
     status = cli(config, "runbook", "status", str(run["id"]), "--json").stdout
     assert "docker create" in status and "HF_HOME=/models" in status
     assert HF_TOKEN not in out + thread + status
+
+
+# A run that holds the service for hours: it checks the pool, then waits for the hosted
+# API without the service's lock (`release_locks`), as an operator's own runbook may.
+HOLD = """\
+description: Watch the busy hosted API until it recovers.
+params:
+  service: {type: service}
+targets:
+  local-pool: {pool: "{service.active_pool}"}
+steps:
+  - id: check-local
+    action: ready
+    nodes: local-pool
+    args: {service: "{service}", ttft: 5s, within: 30s}
+    timeout: 40s
+  - id: wait-recovery
+    action: http_check
+    release_locks: true
+    args: {url: "{service.hosted_url}", within: 6h, soak: 10m, interval: 1s, max_error_ratio: 0}
+    timeout: 7h
+"""
+
+
+def history(config: Path) -> list[dict]:
+    return json.loads(cli(config, "runbook", "history", "--json").stdout or "[]")
+
+
+@pytest.mark.timeout(240)  # its loops end by then, so a failure reads as one, not a timeout
+def test_a_node_cut_while_a_run_waits_for_the_hosted_api_is_failed_over_in_time(
+    rig_lb: NginxBalancer, tmp_path: Path, slack: SlackStandIn, inference_server: InferenceHandle
+) -> None:
+    fleet = rig_lb.fleet
+    inference_server.set_mode("overloaded")  # the hosted API is busy, and stays so
+    books = tmp_path / "runbooks"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "runbooks", books)
+    (books / "hold-for-hosted.yaml").write_text(HOLD)
+    suggestion = builtin.UPSTREAM_OVERLOADED.runbook.model_copy(update={"name": "hold-for-hosted"})
+    busy = builtin.UPSTREAM_OVERLOADED.model_copy(update={"for_": 2.0, "runbook": suggestion})
+    hosted = {
+        "name": "hosted",
+        "url": inference_server.url,
+        "role": "hosted",
+        "service": "chat",
+        "interval": "1s",
+        "timeout": "500ms",
+        "completion_interval": 0,
+    }
+    config = _config(
+        rig_lb,
+        tmp_path,
+        slack,
+        auto=("node-failover", "hold-for-hosted"),
+        endpoints=[hosted],
+        runbooks_dir=str(books),
+        rules={"custom": [busy.model_dump(mode="json", by_alias=True, exclude_defaults=True)]},
+    )
+    assert cli(config, "db", "upgrade").returncode == 0
+    good = f"vllm/vllm-openai@{fleet.state.publish_image(RIG_LB_IMAGE)}"
+    assert cli(config, "images", "mark-good", "chat", good).returncode == 0
+    env = os.environ | {"SLACK_BOT_TOKEN": slack.token}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "reliability", "daemon", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    waiting, failover, upstream_then = None, None, None
+    try:
+        started = time.monotonic()
+        while waiting is None and time.monotonic() - started < 60:
+            waiting = next(
+                (r for r in history(config) if r["runbook"] == "hold-for-hosted"
+                 and r["status"] == "running" and r["step"] == "wait-recovery"),
+                None,
+            )  # fmt: skip
+            time.sleep(0.5)
+        assert waiting is not None, f"no run waits for the hosted API: {history(config)}"
+        fleet.cut("gpu-1")
+        cut_at, cut_wall = time.monotonic(), datetime.now(UTC)
+        while failover is None and time.monotonic() - cut_at < FAILOVER_WITHIN + 30:
+            runs = history(config)
+            failover = next(
+                (r for r in runs if r["runbook"] == "node-failover" and r["status"] != "running"),
+                None,
+            )
+            upstream_then = next(r for r in runs if r["id"] == waiting["id"])
+            time.sleep(0.5)
+        thread = ""
+        for _ in range(50):  # the Slack dispatcher posts the notes a moment later
+            roots = slack.messages("#alerts")
+            thread = " ".join(r.text for m in roots for r in slack.replies(m.ts))
+            if "lets go of the lock" in thread:
+                break
+            time.sleep(0.2)
+    finally:
+        fleet.restore("gpu-1")
+        daemon.terminate()
+        out, _ = daemon.communicate(timeout=60)
+
+    assert failover is not None, f"no node failover ended: {history(config)}\n{out[-3000:]}"
+    assert failover["status"] == "succeeded", failover["reason"]
+    assert failover["params"] == {"node": "gpu-1"} and failover["started_by"] == "daemon"
+    ended = datetime.fromisoformat(failover["ended_at"])
+    assert (ended - cut_wall).total_seconds() < FAILOVER_WITHIN, (ended, cut_wall)
+    # ... while the upstream failover was still waiting for the hosted API.
+    assert upstream_then is not None
+    assert (upstream_then["status"], upstream_then["step"]) == ("running", "wait-recovery")
+    assert (
+        f"Run {waiting['id']} lets go of the lock of chat while step wait-recovery waits" in thread
+    )

@@ -543,9 +543,8 @@ def test_sigkill_mid_run_then_restart_reports_interrupted_frees_the_lock_and_und
     assert found["status"] == "interrupted"
     assert found["step"] in ("switch", "verify", "soak") and "runbook undo" in found["reason"]
     with db.make_engine(rig_db).connect() as c:
-        assert (
-            c.execute(sa.select(sa.func.count()).select_from(RunbookLock.__table__)).scalar() == 0
-        )
+        held = sa.select(sa.func.count()).where(RunbookLock.run_id.is_not(None))
+        assert c.execute(held).scalar() == 0
 
     undone = cli(config, "runbook", "undo", str(found["id"]), "--yes", "--json")
 

@@ -126,6 +126,33 @@ def test_a_step_that_changes_state_without_undo_is_refused(write_runbook):
     assert "`undo: restore` (puts the previous upstream file back byte for byte)" in line
 
 
+def test_only_a_step_that_changes_nothing_may_let_go_of_the_locks(write_runbook):
+    path = write_runbook(
+        "switch",
+        """
+        description: test
+        params:
+          service: {type: service}
+          pool: {type: pool, of: service}
+        steps:
+          - id: switch
+            action: lb_set_pool
+            args: {service: "{service}", pool: "{pool}"}
+            undo: restore
+            release_locks: true
+          - id: wait
+            action: http_check
+            args: {url: "{service.lb_url}", within: 1h}
+            release_locks: true
+        """,
+    )
+    (line,) = errors_of(path.parent)
+    assert line == (
+        f"{path}:10: steps[0].release_locks: this lb_set_pool step changes state, so it keeps "
+        "the run's locks; `release_locks` is for steps that only wait or observe"
+    )
+
+
 def test_ssh_that_changes_state_needs_an_undo_command_not_restore(write_runbook):
     path = write_runbook(
         "restart",

@@ -79,6 +79,11 @@ class StepBase(Strict):
     backoff: Duration = Field(5.0, description="wait before the first retry; doubles each time")
     when: When | None = None
     undo: Undo | None = None
+    release_locks: bool = Field(
+        False,
+        description="the step only waits or observes: the run lets go of its service locks "
+        "during it (other runs may act meanwhile) and takes them back before its next step",
+    )
 
     # Facts of the action, read by the checks and the plan: where it runs, what it changes.
     per_node: ClassVar[bool] = False
