@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import click
@@ -23,6 +24,7 @@ from reliability.detect.cli import rules
 from reliability.images.cli import images
 from reliability.incidents.cli import incidents
 from reliability.runbooks.cli import runbook
+from reliability.runbooks.load import load_runbooks
 from reliability.status.cli import status
 
 
@@ -45,11 +47,14 @@ def config_group() -> None:
 @config_option
 @json_option
 def config_check(config: Config, skip_secrets: bool, as_json: bool) -> None:
-    """Validate the config file and every secret it names; print a one-line summary."""
-    if not skip_secrets:
-        issues = config.secret_issues()
-        if issues:
-            raise BadInput("\n".join(issues))
+    """Validate the config file, every secret it names and every runbook of `runbooks_dir`;
+    print a one-line summary."""
+    issues = [] if skip_secrets else config.secret_issues()
+    # No runbooks_dir here (a config written for another host): nothing to check.
+    with contextlib.suppress(ConfigError):
+        issues += load_runbooks(config).problems
+    if issues:
+        raise BadInput("\n".join(issues))
     summary = {
         "file": str(config.source) if config.source else None,
         "nodes": len(config.nodes),

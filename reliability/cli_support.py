@@ -50,8 +50,9 @@ def load_config(path: Path | str | None = None) -> Config:
     """The config at `path` (or the default), with every domain's checks of it: what
     `config check`, the daemon, the demo and every command load."""
     from reliability.detect.checks import check_rules
+    from reliability.runbooks.load import check_config as check_runbooks
 
-    return config_.load(path, checks=[check_rules])
+    return config_.load(path, checks=[check_rules, check_runbooks])
 
 
 def finish(code: int) -> NoReturn:

@@ -71,6 +71,37 @@ class Progress:
     def finished(self, result: RunResult) -> None: ...
 
 
+class _Redacted(Progress):
+    """`progress` with the run's redactor over every text it is told: a command line, its
+    output, an error, a reason. What a progress shows (a terminal, an incident's Slack
+    thread) is outside the engine, like the database."""
+
+    def __init__(self, progress: Progress, redact: Callable[[str], str]) -> None:
+        self.inner, self.redact = progress, redact
+
+    def started(self, run_id: int, plan: Plan) -> None:
+        self.inner.started(run_id, plan)
+
+    def step(self, index: int, step: PlannedStep) -> None:
+        self.inner.step(index, step)
+
+    def op(self, target: str, op: Op, outcome: OpOutcome) -> None:
+        shown = dataclasses.replace(
+            outcome, text=self.redact(outcome.text), output=self.redact(outcome.output)
+        )
+        self.inner.op(target, dataclasses.replace(op, detail=self.redact(op.detail)), shown)
+
+    def unit(self, step: PlannedStep, target: str, ok: bool, text: str) -> None:
+        self.inner.unit(step, target, ok, self.redact(text))
+
+    def undoing(self, reason: str) -> None:
+        self.inner.undoing(self.redact(reason))
+
+    def finished(self, result: RunResult) -> None:
+        reason = result.reason and self.redact(result.reason)
+        self.inner.finished(dataclasses.replace(result, reason=reason))
+
+
 class Hooks:
     """What a run asks of other domains, each in the executor's session; flows.py passes
     the real ones (the incident's timeline, the images registry). These defaults reach no
@@ -126,8 +157,10 @@ def plan_live(
 class Executor:
     """Runs runbooks against `config`'s nodes, recording into the database of `db`.
     `hooks` reach other domains (flows.executor passes the real ones); `confirm` asks a
-    person (none: confirm steps are refused); `ssh` is shared when given (closed by its
-    owner); `stop` ends a run after its current step, undone."""
+    person at a terminal (none: no one to ask); `approver` names who runs it when the run
+    may go on its own ("daemon", "--yes"): it approves confirm steps marked
+    `approval: auto`; `ssh` is shared when given (closed by its owner); `stop` ends a run
+    after its current step, undone."""
 
     def __init__(
         self,
@@ -137,17 +170,19 @@ class Executor:
         progress: Progress | None = None,
         hooks: Hooks | None = None,
         confirm: Callable[[str], bool] | None = None,
+        approver: str | None = None,
         ssh: SshPool | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessionmaker(db, expire_on_commit=False)
-        self.progress = progress or Progress()
         self.hooks = hooks or Hooks()
         self.stop = stop or threading.Event()
         self._own_ssh = ssh is None
         self.ssh = ssh or SshPool()
         self.redact = Redactor(config.secret_values())
+        self.progress = _Redacted(progress or Progress(), self.redact)
+        self._ask, self._approver = confirm, approver
         self._run_id = 0
         self._incident_id: int | None = None
         self._runbook = ""
@@ -155,7 +190,7 @@ class Executor:
             self.ssh,
             {n.name: target_for(config, n) for n in config.nodes},
             redact=self.redact,
-            confirm=confirm or _refuse,
+            confirm=self._confirm,
             note=self._note,
             record_deploy=self._record_deploy,
             stop=self.stop,
@@ -482,16 +517,32 @@ class Executor:
         return self._finish(run_id, RunStatus.succeeded, None)
 
     def _finish(self, run_id: int, status: RunStatus, reason: str | None) -> RunResult:
+        reason = reason and self.redact(reason)
         with self.sessions.begin() as s:
-            runs.finish_run(
-                s, run_id=run_id, status=status, reason=reason and self.redact(reason), now=_now()
-            )
+            runs.finish_run(s, run_id=run_id, status=status, reason=reason, now=_now())
         result = RunResult(run_id, status, reason)
         self.progress.finished(result)
         return result
 
     # --- what checks ask of the run (perform.RunContext) ---------------------------------
+    def _confirm(self, prompt: str, approval: str) -> OpOutcome:
+        if approval == "slack":
+            return OpOutcome(
+                False,
+                "not approved: approval in the incident's Slack thread is not available yet; "
+                "give the step `approval: terminal` or `approval: auto`",
+            )
+        if approval == "auto" and self._approver is not None:
+            return OpOutcome(True, f"approved automatically by {self._approver}")
+        if self._ask is None:
+            log.warning("confirm step refused, no person to ask: %s", self.redact(prompt))
+            return OpOutcome(False, f"not approved: no person to ask (approval: {approval})")
+        if self._ask(prompt):
+            return OpOutcome(True, "approved at the terminal")
+        return OpOutcome(False, "not approved")
+
     def _note(self, text: str) -> OpOutcome:
+        text = self.redact(text)
         if self._incident_id is None:
             return OpOutcome(True, f"no incident to post to: {text}")
         with self.sessions.begin() as s:
@@ -513,11 +564,6 @@ class Executor:
         if not recorded:
             return OpOutcome(False, f"no images registry to record {image} on {node} in")
         return OpOutcome(True, f"recorded {image} on {node}")
-
-
-def _refuse(prompt: str) -> bool:
-    log.warning("confirm step refused, no one to ask: %s", prompt)
-    return False
 
 
 def _dump(op: Op) -> dict[str, Any]:
