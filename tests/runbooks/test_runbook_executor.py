@@ -88,6 +88,23 @@ steps:
     args:
       command: test {target} != gpu-1
 """
+HANG = """
+description: A command that hangs, tried twice; each try notes whether another still runs.
+targets:
+  one:
+    node: gpu-1
+steps:
+  - id: hang
+    action: ssh
+    nodes: one
+    timeout: 2s
+    retries: 1
+    backoff: 0.1s
+    args:
+      command: >-
+        (pgrep -f '^sleep 6001$' >/dev/null && echo overlap || echo alone) >> {dir}/tries;
+        sleep 6001
+"""
 SECRET_ENV = "RELIABILITY_TEST_WEBHOOK_TOKEN"
 SECRET = "correct-horse-battery-staple"
 
@@ -113,6 +130,7 @@ def rig_config(rig: Fleet, tmp_path: Path, shared_dir: Path) -> Config:
     text = MARKS.replace("{dir}", str(shared_dir))
     (books / "marks.yaml").write_text(textwrap.dedent(text).lstrip())
     (books / "partial.yaml").write_text(textwrap.dedent(PARTIAL).lstrip())
+    (books / "hang.yaml").write_text(textwrap.dedent(HANG.replace("{dir}", str(shared_dir))))
     config = {
         **rig.config_sections(),
         "http": {"webhook_token_env": SECRET_ENV},
@@ -288,3 +306,22 @@ def test_max_fail_percent_decides_whether_some_failed_nodes_fail_the_step(
     assert per_node == {"gpu-1": UnitStatus.failed, "gpu-2": UnitStatus.ok}
     if status == RunStatus.failed:
         assert "1 of 2 targets failed: gpu-1: exit 1" in (result.reason or "")
+
+
+def test_a_hung_command_is_gone_from_the_node_after_its_timeout_and_a_retry_never_overlaps_it(
+    rig: Fleet, rig_config: Config, engine: sa.Engine, shared_dir: Path
+) -> None:
+    runner = Executor(rig_config, engine)
+    try:
+        result = runner.run(load_runbooks(rig_config)["hang"], {}, actor="test")
+        listed = runner.ssh.run(
+            rig.ssh_target("gpu-1"), "ps -e -o stat= -o args=", timeout=5
+        ).stdout.splitlines()
+    finally:
+        runner.close()
+
+    assert result.status == RunStatus.failed
+    assert "process group" in (result.reason or "") and "was ended on the node" in result.reason
+    assert (shared_dir / "tries").read_text().split() == ["alone", "alone"]
+    hung = [line for line in listed if line.split(None, 1)[1:] == ["sleep 6001"]]
+    assert all(line.startswith("Z") for line in hung), hung  # none alive
