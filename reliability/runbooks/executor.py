@@ -9,7 +9,10 @@ the run changed, newest first.
                                         newest first, values read during the run filled in
 
 Every unit's row is written before its first change goes out, with the operations that
-reverse it, so `undo RUN_ID` works from the rows alone after a crash.
+reverse it, so `undo RUN_ID` works from the rows alone after a crash. The run keeps the same
+undo in memory (its journal): when the database fails mid-run, the run stops, puts back
+what it changed from the journal, and records that (with a critical incident) once the
+database answers again; if it does not within `database_wait`, it says so in the log, loudly.
 
 What a run asks of other domains (a note on its incident, a deploy into the images
 registry, the known-good image) goes through `Hooks`; flows.py passes the real ones.
@@ -45,6 +48,8 @@ from reliability.ssh import SshPool, target_for
 
 log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
+DATABASE_WAIT = 60.0  # how long a run that lost its database waits for it to record its end
+DATABASE_RETRY = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,21 @@ class _Redacted(Progress):
         self.inner.finished(dataclasses.replace(result, reason=reason))
 
 
+@dataclass(slots=True)
+class _Undo:
+    """One unit's undo as its row holds it, kept in memory too (the run's journal): what
+    puts the unit back even when the database is gone. `status` is set once it was tried;
+    `recorded` says whether its row says so yet."""
+
+    unit_id: int
+    step: str
+    target: str
+    record: dict[str, Any]
+    log: list[dict[str, Any]]
+    status: UnitStatus | None = None
+    recorded: bool = False
+
+
 class Hooks:
     """What a run asks of other domains, each in the executor's session; flows.py passes
     the real ones (the incident's timeline, the images registry). These defaults reach no
@@ -121,6 +141,13 @@ class Hooks:
     def known_good(self, session: Session, *, service: ServiceConfig) -> str:
         """The image `known-good` means for `service`; ParamError when there is none."""
         raise ParamError([f"no images registry to read the known-good image of {service.name}"])
+
+    def database_failed(
+        self, session: Session, *, run_id: int, runbook: str, incident_id: int | None, text: str
+    ) -> bool:
+        """Tell on-call that run `run_id` stopped because its database failed (`text`: what
+        was put back), once the database answers again; False when there is no one to tell."""
+        return False
 
 
 def _now() -> datetime:
@@ -173,6 +200,7 @@ class Executor:
         approver: str | None = None,
         ssh: SshPool | None = None,
         stop: threading.Event | None = None,
+        database_wait: float = DATABASE_WAIT,
     ) -> None:
         self.config = config
         self.sessions = sessionmaker(db, expire_on_commit=False)
@@ -183,6 +211,8 @@ class Executor:
         self.redact = Redactor(config.secret_values())
         self.progress = _Redacted(progress or Progress(), self.redact)
         self._ask, self._approver = confirm, approver
+        self.database_wait = database_wait
+        self._journal: dict[int, _Undo] = {}
         self._run_id = 0
         self._incident_id: int | None = None
         self._runbook = ""
@@ -241,6 +271,7 @@ class Executor:
             )
             run_id = run.id
         self._lock(run_id, plan.locks)
+        self._journal = {}
         return self._perform(run_id, runbook.name, incident_id, plan, 0, {})
 
     def resume(self, runbook: Runbook, run_id: int) -> RunResult:
@@ -255,6 +286,7 @@ class Executor:
             values = params_mod.resolve(runbook, run.params, self.config)
             reached, incident_id, services = run.step, run.incident_id, list(run.services)
             saved = runs.saved_values(s, run_id=run_id)
+            self._journal = _journal(s, run_id)
         plan = self.plan(runbook, values)
         self._lock(run_id, services, take_over=True)
         start = next((i for i, st in enumerate(plan.steps) if st.id == reached), 0)
@@ -275,9 +307,10 @@ class Executor:
                 run.incident_id,
                 run.runbook,
             )
+            self._journal = _journal(s, run_id)
         self._run_id = run_id
         self._lock(run_id, services, take_over=True)
-        errors = self._undo_all(run_id, "asked to undo")
+        errors = self._undo_all()
         status = RunStatus.undo_failed if errors else RunStatus.undone
         return self._finish(run_id, status, "; ".join(errors) or "undone on request")
 
@@ -311,19 +344,26 @@ class Executor:
         beat = threading.Event()
         beater = threading.Thread(target=self._beat, args=(run_id, beat), daemon=True)
         beater.start()
+        lost = False
         try:
             self.progress.started(run_id, plan)
-            status, reason = self._steps(run_id, plan, start, values)
-            if status == RunStatus.succeeded:
-                return self._succeed(run_id, plan)
+            try:
+                status, reason = self._steps(run_id, plan, start, values)
+                if status == RunStatus.succeeded:
+                    return self._succeed(run_id, plan)
+            except sa.exc.SQLAlchemyError as exc:
+                # Its record cannot follow what it does: stop, and put back from memory.
+                lost, status = True, RunStatus.failed
+                reason = f"the database failed mid-run ({_first_line(exc)})"
+                log.error("run %d (%s): %s; undoing it from memory", run_id, name, reason)
             self.progress.undoing(reason)
-            errors = self._undo_all(run_id, reason)
+            errors = self._undo_all()
             if errors:
                 reason += "; undo failed: " + "; ".join(errors)
                 status = RunStatus.undo_failed
             else:
                 reason += "; everything it changed was put back"
-            return self._finish(run_id, status, reason)
+            return self._finish(run_id, status, reason, database_failed=lost)
         finally:
             beat.set()
             beater.join()
@@ -404,8 +444,8 @@ class Executor:
                 if op.needs is not None and op.needs not in values:
                     continue
                 if op.changes and not changed:
+                    self._save_undo(unit_id, step, unit, values, entries)
                     changed = True
-                    self._save_undo(unit_id, step, unit, values)
                 outcome = self.performer.perform(op, values, deadline)
                 entries.append(self._entry(op, values, outcome, attempt))
                 self.progress.op(unit.target, op, outcome)
@@ -422,7 +462,7 @@ class Executor:
             if self.stop.wait(step.backoff * 2 ** (attempt - 1)):
                 break
         if changed:
-            self._save_undo(unit_id, step, unit, values)
+            self._save_undo(unit_id, step, unit, values, entries)
         with self.sessions.begin() as s:
             runs.update_unit(
                 s,
@@ -466,9 +506,16 @@ class Executor:
         }
 
     def _save_undo(
-        self, unit_id: int, step: PlannedStep, unit: Unit, values: MutableMapping[str, str]
+        self,
+        unit_id: int,
+        step: PlannedStep,
+        unit: Unit,
+        values: MutableMapping[str, str],
+        entries: list[dict[str, Any]],
     ) -> None:
-        """Record what reverses the unit, with the values read so far filled in."""
+        """Record what reverses the unit, with the values read so far filled in, in its row
+        and the journal: the journal first once a change may be out, after the row before
+        (no change goes out unless the row holds its undo)."""
         undo_ops = [op for op in (resolved(o, values) for o in unit.undo) if op is not None]
         mine = {op.saves: values[op.saves] for op in unit.ops if op.saves and op.saves in values}
         record = {
@@ -476,53 +523,124 @@ class Executor:
             "values": mine,
             "timeout": step.timeout,
         }
+        known = self._journal.get(unit_id)
+        if known is not None:
+            known.record = record
         with self.sessions.begin() as s:
             runs.update_unit(s, unit_id=unit_id, undo=record)
+        if known is None:
+            self._journal[unit_id] = _Undo(unit_id, step.id, unit.target, record, entries)
 
     # --- undo --------------------------------------------------------------------------------
-    def _undo_all(self, run_id: int, reason: str) -> list[str]:
-        """Undo every unit that changed something, newest first; the errors, if any."""
-        with self.sessions.begin() as s:
-            todo = [
-                (u.id, u.step, u.target, u.undo or {}, list(u.log))
-                for u in runs.to_undo(s, run_id=run_id)
-            ]
-        errors = []
-        for unit_id, step, target, record, entries in todo:
-            deadline = time.monotonic() + float(record.get("timeout", 60.0))
+    def _undo_all(self) -> list[str]:
+        """Undo every unit of the journal that changed something, newest first; the
+        errors, if any. Each row is updated as its unit is put back, unless the database
+        failed: then the rows wait for `_finish`."""
+        errors, database_up = [], True
+        for undo in reversed(self._journal.values()):
+            deadline = time.monotonic() + float(undo.record.get("timeout", 60.0))
             error = ""
-            for op in (_load(d) for d in record.get("ops", [])):
+            for op in (_load(d) for d in undo.record.get("ops", [])):
                 outcome = self.performer.perform(op, {}, deadline)
-                entry = self._entry(op, {}, outcome, 0)
-                entries.append({**entry, "undo": True})
-                self.progress.op(target, op, outcome)
+                undo.log.append({**self._entry(op, {}, outcome, 0), "undo": True})
+                self.progress.op(undo.target, op, outcome)
                 if not outcome.ok:
                     error = outcome.text
                     break
-            status = UnitStatus.undo_failed if error else UnitStatus.undone
-            with self.sessions.begin() as s:
-                runs.update_unit(s, unit_id=unit_id, status=status, log=entries)
+            undo.status = UnitStatus.undo_failed if error else UnitStatus.undone
+            if database_up:
+                try:
+                    with self.sessions.begin() as s:
+                        _record_undo(s, undo)
+                    undo.recorded = True
+                except sa.exc.SQLAlchemyError as exc:
+                    database_up = False  # each try would wait its timeout: record at the end
+                    log.error("run %d: undo of %s not recorded: %s", self._run_id, undo.step, exc)
             self.progress.unit(
-                PlannedStep(step, "undo", "", 0, 0, 0), target, not error, error or "put back"
+                PlannedStep(undo.step, "undo", "", 0, 0, 0),
+                undo.target,
+                not error,
+                error or "put back",
             )
             if error:
-                errors.append(f"undo of {step} on {target}: {error}")
+                errors.append(f"undo of {undo.step} on {undo.target}: {error}")
         return errors
 
     # --- endings ----------------------------------------------------------------------------
     def _succeed(self, run_id: int, plan: Plan) -> RunResult:
+        # One transaction with the end: a database failing here leaves no switch recorded
+        # for a run that is then undone.
         with self.sessions.begin() as s:
             for service, pool in plan.switches.items():
                 runs.set_pool(s, service=service, pool=pool, run_id=run_id, now=_now())
-        return self._finish(run_id, RunStatus.succeeded, None)
+            runs.finish_run(s, run_id=run_id, status=RunStatus.succeeded, reason=None, now=_now())
+        result = RunResult(run_id, RunStatus.succeeded, None)
+        self.progress.finished(result)
+        return result
 
-    def _finish(self, run_id: int, status: RunStatus, reason: str | None) -> RunResult:
+    def _finish(
+        self,
+        run_id: int,
+        status: RunStatus,
+        reason: str | None,
+        *,
+        database_failed: bool = False,
+    ) -> RunResult:
+        """Record the end (and what undo did that is not recorded yet). A database that
+        fails (mid-run, or now) is waited for up to `database_wait`; once it answers, the
+        hooks tell on-call; if it does not, the log says what happened, loudly."""
         reason = reason and self.redact(reason)
-        with self.sessions.begin() as s:
-            runs.finish_run(s, run_id=run_id, status=status, reason=reason, now=_now())
+        give_up = time.monotonic() + self.database_wait
+        while True:
+            pending = [u for u in self._journal.values() if u.status and not u.recorded]
+            try:
+                with self.sessions.begin() as s:
+                    for undo in pending:
+                        _record_undo(s, undo)
+                    runs.finish_run(s, run_id=run_id, status=status, reason=reason, now=_now())
+                    if database_failed:
+                        self._tell_database_failed(s, reason or "")
+                for undo in pending:
+                    undo.recorded = True
+                break
+            except sa.exc.SQLAlchemyError as exc:
+                if time.monotonic() >= give_up:
+                    self._unrecorded(run_id, status, reason, exc)
+                    reason = f"{reason}; not recorded: the database is still failing"
+                    break
+                database_failed = True
+                threading.Event().wait(DATABASE_RETRY)  # not self.stop: it may be set
         result = RunResult(run_id, status, reason)
         self.progress.finished(result)
         return result
+
+    def _tell_database_failed(self, session: Session, reason: str) -> None:
+        told = self.hooks.database_failed(
+            session,
+            run_id=self._run_id,
+            runbook=self._runbook,
+            incident_id=self._incident_id,
+            text=f"Runbook run {self._run_id} ({self._runbook}) stopped: {reason}.",
+        )
+        if not told:
+            log.critical("run %d (%s) stopped: %s", self._run_id, self._runbook, reason)
+
+    def _unrecorded(
+        self, run_id: int, status: RunStatus, reason: str | None, exc: Exception
+    ) -> None:
+        """The end of a run that the database would not take: in the log, whole."""
+        log.critical(
+            "run %d (%s) ended %s but the database does not record it (%s): %s. Its record "
+            "still says `running`: the next start marks it interrupted. What it changed is "
+            "as this line says; check with `reliability runbook status %d` before any "
+            "`runbook undo`.",
+            run_id,
+            self._runbook,
+            status,
+            _first_line(exc),
+            reason,
+            run_id,
+        )
 
     # --- what checks ask of the run (perform.RunContext) ---------------------------------
     def _confirm(self, prompt: str, approval: str) -> OpOutcome:
@@ -564,6 +682,27 @@ class Executor:
         if not recorded:
             return OpOutcome(False, f"no images registry to record {image} on {node} in")
         return OpOutcome(True, f"recorded {image} on {node}")
+
+
+def _journal(session: Session, run_id: int) -> dict[int, _Undo]:
+    """The journal of a run from its rows (to resume or undo it), oldest first."""
+    return {
+        u.id: _Undo(u.id, u.step, u.target, u.undo or {}, list(u.log))
+        for u in reversed(runs.to_undo(session, run_id=run_id))
+    }
+
+
+def _record_undo(session: Session, undo: _Undo) -> None:
+    runs.update_unit(
+        session, unit_id=undo.unit_id, status=undo.status, log=list(undo.log), undo=undo.record
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception in a line: drivers' messages run on with SQL and links."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
 
 
 def _dump(op: Op) -> dict[str, Any]:

@@ -75,6 +75,24 @@ class DomainHooks(Hooks):
         except images.NoKnownGood as exc:
             raise ParamError([str(exc)]) from None
 
+    def database_failed(
+        self, session: Session, *, run_id: int, runbook: str, incident_id: int | None, text: str
+    ) -> bool:
+        incident_flows.open_or_update(
+            session,
+            fingerprint=f"runbook-run-{run_id}-database-failed",
+            title=f"Runbook run {run_id} ({runbook}) lost its database mid-run",
+            severity="critical",
+            source="runbook",
+            labels={"runbook": runbook},
+            summary=f"{text} Check `reliability runbook status {run_id}` and the database.",
+        )
+        if incident_id is not None:
+            incident_flows.add_note(
+                session, incident_id=incident_id, by=f"runbook {runbook} (run {run_id})", text=text
+            )
+        return True
+
 
 HOOKS = DomainHooks()
 
