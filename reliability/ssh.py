@@ -501,12 +501,13 @@ def _in_own_group(command: str) -> str:
 
 
 def _split_group(stderr: str) -> tuple[int | None, str]:
-    """The process group the leader named on stderr, and stderr without that line."""
-    if not stderr.startswith(_GROUP_MARK):
+    """The process group the leader named on stderr, and stderr without that line (a
+    login script may have written before it)."""
+    head, found, tail = stderr.partition(_GROUP_MARK)
+    if not found or (head and not head.endswith("\n")):
         return None, stderr
-    line, _, rest = stderr.partition("\n")
-    number = line.removeprefix(_GROUP_MARK)
-    return (int(number) if number.isdigit() else None), rest
+    number, _, rest = tail.partition("\n")
+    return (int(number) if number.isdigit() else None), head + rest
 
 
 def _open_socket(target: SshTarget, deadline: float) -> socket.socket:
