@@ -555,7 +555,12 @@ class Executor:
                     undo.recorded = True
                 except sa.exc.SQLAlchemyError as exc:
                     database_up = False  # each try would wait its timeout: record at the end
-                    log.error("run %d: undo of %s not recorded: %s", self._run_id, undo.step, exc)
+                    log.error(
+                        "run %d: undo of %s not recorded: %s",
+                        self._run_id,
+                        undo.step,
+                        _first_line(exc),  # not the statement: its parameters hold commands
+                    )
             self.progress.unit(
                 PlannedStep(undo.step, "undo", "", 0, 0, 0),
                 undo.target,
