@@ -162,6 +162,23 @@ def test_config_check_refuses_an_auto_runbook_that_waits_for_a_person_and_names_
         load_config(path)  # so the daemon does not start with it either
 
 
+def test_config_check_refuses_a_rule_that_runs_a_runbook_waiting_for_a_person(tmp_path: Path):
+    books = tmp_path / "runbooks"
+    books.mkdir()
+    (books / "asks.yaml").write_text(textwrap.dedent(ASKS).lstrip().format(approval="slack"))
+    path = write_auto_config(tmp_path, books, [])
+    rule = "      group_by: [node]\n"  # in the example's one custom rule
+    text = path.read_text()
+    assert text.count(rule) == 1
+    path.write_text(text.replace(rule, rule + "      runbook: {name: asks, auto: true}\n"))
+
+    result = cli("config", "check", "--skip-secrets", "-c", str(path))
+
+    assert result.exit_code == 2
+    assert "rules.custom[0].runbook.auto: runbook asks cannot run on its own" in result.output
+    assert "approval in Slack is not available yet" in result.output
+
+
 def test_the_shipped_image_rollback_may_run_on_its_own(tmp_path: Path):
     path = write_auto_config(tmp_path, REPO / "runbooks", ["node-failover", "image-rollback"])
 
