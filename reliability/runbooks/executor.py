@@ -592,8 +592,8 @@ class Executor:
         database_failed: bool = False,
     ) -> RunResult:
         """Record the end (and what undo did that is not recorded yet). A database that
-        fails (mid-run, or now) is waited for up to `database_wait`; once it answers, the
-        hooks tell on-call; if it does not, the log says what happened, loudly."""
+        fails is waited for up to `database_wait`; when it failed mid-run, the hooks tell
+        on-call once it answers. If it does not, the log says what happened, loudly."""
         reason = reason and self.redact(reason)
         give_up = time.monotonic() + self.database_wait
         while True:
@@ -613,8 +613,7 @@ class Executor:
                     self._unrecorded(run_id, status, reason, exc)
                     reason = f"{reason}; not recorded: the database is still failing"
                     break
-                database_failed = True
-                threading.Event().wait(DATABASE_RETRY)  # not self.stop: it may be set
+                time.sleep(DATABASE_RETRY)  # not self.stop.wait: a stopped run records too
         result = RunResult(run_id, status, reason)
         self.progress.finished(result)
         return result
