@@ -7,6 +7,7 @@ others (tests/test_cli_imports.py keeps the list true and the import graph small
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from typing import TYPE_CHECKING
@@ -135,11 +136,17 @@ def config_group() -> None:
 @config_option
 @json_option
 def config_check(config: Config, skip_secrets: bool, as_json: bool) -> None:
-    """Validate the config file and every secret it names; print a one-line summary."""
-    if not skip_secrets:
-        issues = config.secret_issues()
-        if issues:
-            raise BadInput("\n".join(issues))
+    """Validate the config file, every secret it names and every runbook of `runbooks_dir`;
+    print a one-line summary."""
+    from reliability.config import ConfigError
+    from reliability.runbooks.load import load_runbooks
+
+    issues = [] if skip_secrets else config.secret_issues()
+    # No runbooks_dir here (a config written for another host): nothing to check.
+    with contextlib.suppress(ConfigError):
+        issues += load_runbooks(config).problems
+    if issues:
+        raise BadInput("\n".join(issues))
     summary = {
         "file": str(config.source) if config.source else None,
         "nodes": len(config.nodes),

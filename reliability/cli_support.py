@@ -54,8 +54,9 @@ def load_config(path: Path | str | None = None) -> Config:
     `config check`, the daemon, the demo and every command load."""
     from reliability import config as config_
     from reliability.detect.checks import check_rules
+    from reliability.runbooks.load import check_config as check_runbooks
 
-    return config_.load(path, checks=[check_rules])
+    return config_.load(path, checks=[check_rules, check_runbooks])
 
 
 def finish(code: int) -> NoReturn:

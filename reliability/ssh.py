@@ -13,6 +13,10 @@ whether a retry can help (`retryable`). Its contract:
   calls fail at once with the last error, so a dead host does not eat every cycle's budget.
 - Host keys are checked strictly against the target's known_hosts file only; an unknown or
   changed key is refused (`HostKeyRejected`), never added.
+- Every command runs in a process group of its own on the node (util-linux `setsid`, with
+  the login shell as before). One that outlives its deadline is ended with everything it
+  started (TERM, then KILL) over a fresh channel before `CommandTimeout` is raised, so a
+  retry never overlaps it and nothing is left running on the node.
 """
 
 from __future__ import annotations
@@ -39,6 +43,26 @@ log = logging.getLogger(__name__)
 
 MAX_OUTPUT_BYTES = 1 << 20
 _CHUNK = 32768
+# A command's group is ended within this after its deadline (TERM, 1 s, KILL).
+END_GROUP_TIMEOUT = 5.0
+_GROUP_MARK = "reliability-pgid "
+# The group leader names its group on stderr (taken off again), runs the command in the
+# login shell, and exits as a shell reports a command killed by a signal (128 + N).
+_IN_GROUP = f'echo "{_GROUP_MARK}$$" >&2; "${{SHELL:-/bin/sh}}" -c "$1"; exit $?'
+# Dead members stay as zombies until their new parent reaps them: only live ones count.
+_END_GROUP = """g={group}
+alive() {{
+  ps -e -o pgid= -o stat= | awk -v g="$g" '$1 == g && $2 !~ /^Z/ {{n++}} END {{exit !n}}'
+}}
+kill -TERM -$g 2>/dev/null || exit 0
+i=0
+while alive; do
+  i=$((i+1))
+  [ $i -eq 10 ] && kill -KILL -$g 2>/dev/null
+  [ $i -gt 30 ] && exit 1
+  sleep 0.1
+done
+"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,7 +90,8 @@ class SshTarget:
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
-    """A finished command. `exit_status` is -1 when the command died without one (signal).
+    """A finished command. `exit_status` is 128 + N when a signal N killed it, as a shell
+    reports it (-1 when even the group leader died without one).
     `stdout`/`stderr` hold at most the pool's output limit each (UTF-8, bad bytes replaced);
     `duration` is wall-clock seconds including any connect the call needed."""
 
@@ -241,7 +266,7 @@ class SshPool:
         start = time.monotonic()
         deadline = start + timeout
         client = self._connection(target, deadline)
-        return self._exec(target, client, command, start, deadline, stdin)
+        return self._exec(target, client, _in_own_group(command), start, deadline, stdin)
 
     def runner(self, target: SshTarget) -> NodeShell:
         """A `run(command, *, timeout)` bound to `target`."""
@@ -405,7 +430,14 @@ class SshPool:
                     self._drop(target, client)
                     raise CommandTimeout(target.name, "no answer to the exec request") from e
                 raise SshError(target.name, f"exec refused: {e}") from e
-            stdout, stderr = self._read(target, channel, deadline)
+            stdout, err, finished = self._read(target, channel, deadline)
+            group, stderr = _split_group(err)
+            if not finished:
+                channel.close()
+                ended = "" if group is None else "; " + self._end_group(target, client, group)
+                raise CommandTimeout(
+                    target.name, "command did not finish before the deadline" + ended
+                )
             # -1: no exit status came. The transport thread records its death (saved_exception)
             # before it closes the channels, so this cannot race.
             dead = transport.saved_exception is not None or not transport.is_active()
@@ -417,10 +449,29 @@ class SshPool:
             channel.close()
         return CommandResult(status, stdout, stderr, time.monotonic() - start)
 
+    def _end_group(self, target: SshTarget, client: paramiko.SSHClient, group: int) -> str:
+        """End the process group of a command that timed out; what became of it, in words."""
+        start = time.monotonic()
+        try:
+            ended = self._exec(
+                target,
+                client,
+                _END_GROUP.format(group=group),
+                start,
+                start + END_GROUP_TIMEOUT,
+            )
+        except SshError as exc:
+            log.warning("ssh %s: process group %d not ended: %s", target.name, group, exc)
+            return f"its process group {group} could not be ended ({exc.detail})"
+        if not ended.ok:
+            log.warning("ssh %s: process group %d outlived KILL", target.name, group)
+            return f"its process group {group} outlived SIGKILL"
+        return f"its process group {group} was ended on the node"
+
     def _read(
         self, target: SshTarget, channel: paramiko.Channel, deadline: float
-    ) -> tuple[str, str]:
-        """Both output streams until the command ends, or CommandTimeout at `deadline`."""
+    ) -> tuple[str, str, bool]:
+        """Both output streams until the command ends (True) or `deadline` (False)."""
         out, err = _Capped(self._max_output), _Capped(self._max_output)
         while True:
             # Drain both streams each turn so neither fills the window and stalls the other.
@@ -433,7 +484,7 @@ class SshPool:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CommandTimeout(target.name, "command did not finish before the deadline")
+                return out.text(), err.text(), False
             if channel.eof_received:
                 # The pipe stays readable after EOF; wait on the exit status, not select.
                 channel.status_event.wait(remaining)
@@ -441,7 +492,22 @@ class SshPool:
                 select.select([channel], [], [], remaining)
         if out.dropped or err.dropped:
             log.warning("ssh %s: output cut at %d bytes a stream", target.name, self._max_output)
-        return out.text(), err.text()
+        return out.text(), err.text(), True
+
+
+def _in_own_group(command: str) -> str:
+    """`command` as sent: in a new session and process group, led by a shell that names it."""
+    return f"exec setsid -w /bin/sh -c {shlex.quote(_IN_GROUP)} reliability {shlex.quote(command)}"
+
+
+def _split_group(stderr: str) -> tuple[int | None, str]:
+    """The process group the leader named on stderr, and stderr without that line (a
+    login script may have written before it)."""
+    head, found, tail = stderr.partition(_GROUP_MARK)
+    if not found or (head and not head.endswith("\n")):
+        return None, stderr
+    number, _, rest = tail.partition("\n")
+    return (int(number) if number.isdigit() else None), head + rest
 
 
 def _open_socket(target: SshTarget, deadline: float) -> socket.socket:

@@ -165,6 +165,26 @@ def test_slow_command_times_out_and_the_connection_stays_usable(rig: Fleet, pool
     assert client_port(pool.run(gpu1, "echo $SSH_CONNECTION", timeout=5)) == client_port(before)
 
 
+def live_processes(pool: SshPool, node: SshTarget, args: str) -> list[str]:
+    """The processes on `node` (not zombies: dead, awaiting their parent) whose command
+    line is exactly `args`, as `ps` on the node lists them."""
+    listed = pool.run(node, "ps -e -o stat= -o args=", timeout=5).stdout.splitlines()
+    return [line for line in listed if line.split(None, 1)[1:] == [args] and line[0] != "Z"]
+
+
+def test_a_command_past_its_deadline_is_ended_on_the_node_with_what_it_started(
+    rig: Fleet, pool: SshPool
+) -> None:
+    gpu1 = target(rig, "gpu-1")
+    with pytest.raises(CommandTimeout, match=r"process group \d+ was ended on the node"):
+        pool.run(gpu1, "sleep 6011 & sleep 6012; echo never", timeout=1.0)
+
+    assert live_processes(pool, gpu1, "sleep 6011") == []
+    assert live_processes(pool, gpu1, "sleep 6012") == []
+    # What a command writes to stderr is its own: the group's name is taken off.
+    assert pool.run(gpu1, "echo out; echo err >&2", timeout=5).stderr == "err\n"
+
+
 def test_output_is_capped(rig: Fleet) -> None:
     pool = SshPool(max_output_bytes=1000)
     try:
@@ -177,10 +197,12 @@ def test_output_is_capped(rig: Fleet) -> None:
 def test_connection_dropped_by_the_server_is_replaced(rig: Fleet, pool: SshPool) -> None:
     gpu1 = target(rig, "gpu-1")
     first = pool.run(gpu1, "echo $SSH_CONNECTION", timeout=5)
-    # The shell's parent is sshd's process for this connection: killing it ends the connection,
-    # and a command cut off with its connection has no result, only an error.
+    # The shell runs under its process group's leader, under setsid, whose parent is sshd's
+    # process for this connection: killing that ends the connection, and a command cut off
+    # with its connection has no result, only an error.
+    sshd = "$(ps -o ppid= -p $(ps -o ppid= -p $PPID))"
     with pytest.raises(Unreachable, match="lost while the command ran"):
-        pool.run(gpu1, "kill $PPID; sleep 5", timeout=5)
+        pool.run(gpu1, f"kill {sshd}; sleep 5", timeout=5)
 
     again = pool.run(gpu1, "echo $SSH_CONNECTION", timeout=5)
     assert again.ok and client_port(again) != client_port(first)

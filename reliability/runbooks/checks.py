@@ -3,7 +3,7 @@
 A local operation (`Op.check`) carries its parameters as a frozen dataclass with one method,
 `perform(run, deadline)`, so the plan's line and the run's behaviour come from one object
 and the executor performs every kind the same way. `run` is what a check may use: the HTTP
-client, the stop event, and the run's ways to ask a person, post a note, record a deploy
+client, the stop event, and the run's ways to approve a step, post a note, record a deploy
 and change a node's state in the fleet (`RunContext`). A check never raises for a failure
 of the system it looks at: that is an `OpOutcome` with `ok` False.
 
@@ -43,8 +43,9 @@ class RunContext(Protocol):
     http: httpx.Client
     stop: threading.Event
 
-    def confirm(self, prompt: str) -> bool:
-        """Whether a person approved `prompt`."""
+    def confirm(self, prompt: str, approval: str) -> OpOutcome:
+        """Whether `prompt` is approved, as its `approval` (terminal, auto, slack) asks, and
+        by whom."""
         ...
 
     def note(self, text: str) -> OpOutcome:

@@ -41,9 +41,10 @@ from reliability.runbooks import service as runs
 from reliability.runbooks.checks import OpOutcome
 from reliability.runbooks.errors import RunbookError
 from reliability.runbooks.executor import Executor, Progress, RunResult
-from reliability.runbooks.load import load_runbooks, named
+from reliability.runbooks.load import Runbooks, load_runbooks, named
 from reliability.runbooks.models import RunStatus
 from reliability.runbooks.ops import LOCAL, Op
+from reliability.runbooks.perform import Redactor
 from reliability.runbooks.plan import Plan, PlannedStep, make_plan
 from reliability.runbooks.spec import Param, PoolParam, Runbook
 
@@ -61,7 +62,7 @@ def _failures(subject: str | None = None) -> Iterator[None]:
         raise CommandFailed(str(exc)) from None
 
 
-def _runbooks(config: Config) -> dict[str, Runbook]:
+def _runbooks(config: Config) -> Runbooks:
     try:
         return load_runbooks(config)
     except ConfigError as exc:
@@ -91,6 +92,11 @@ def runbook() -> None:
 def list_(config: Config, as_json: bool) -> None:
     """List the runbooks of `runbooks_dir` with their parameters."""
     books = _runbooks(config)
+    for name in books.broken:
+        err_console.print(
+            f"runbook {name} is left out, its file has problems (see `config check`)",
+            markup=False,
+        )
     if as_json:
         print_json(
             [
@@ -320,10 +326,12 @@ def _recover(config: Config, as_json: bool) -> None:
         out.print(f"run {run.run_id} ({run.runbook}) was interrupted: {run.reason}", markup=False)
 
 
-def _executor(config: Config, engine: Engine, as_json: bool) -> Executor:
+def _executor(
+    config: Config, engine: Engine, as_json: bool, approver: str | None = None
+) -> Executor:
     _recover(config, as_json)
     out = err_console if as_json else console
-    return flows.executor(config, engine, progress=_Printer(out), confirm=_ask)
+    return flows.executor(config, engine, progress=_Printer(out), confirm=_ask, approver=approver)
 
 
 def _report(result: RunResult, as_json: bool) -> None:
@@ -336,7 +344,12 @@ def _report(result: RunResult, as_json: bool) -> None:
 @runbook.command()
 @click.argument("name")
 @param_option
-@click.option("--yes", is_flag=True, help="Start without asking (confirm steps still ask).")
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Start without asking, and pass confirm steps marked `approval: auto` "
+    "(`approval: terminal` ones still ask).",
+)
 @click.option("--incident", type=int, default=None, help="The incident the run answers.")
 @config_option
 @json_option
@@ -353,7 +366,7 @@ def run(
     b = _runbook(config, name)
     values = _values(config, b, param_items)
     with database_engine(config) as engine, _failures(name):
-        runner = _executor(config, engine, as_json)
+        runner = _executor(config, engine, as_json, approver="--yes" if yes else None)
         try:
             planned = runner.plan(b, values)
             if not yes:
@@ -425,25 +438,30 @@ def status(config: Config, run_id: int, as_json: bool) -> None:
     with database(config) as s, _failures():
         run = runs.get_run(s, run_id=run_id)
         units = runs.units(s, run_id=run_id)
+    # The record was redacted when written; its parameters were not (resume needs them).
+    redact = Redactor(config.secret_values())
     if as_json:
         print_json(
-            {
-                **_run_json(run),
-                "steps": [
-                    {
-                        "step": u.step,
-                        "action": u.action,
-                        "target": u.target,
-                        "status": u.status,
-                        "attempts": u.attempts,
-                        "error": u.error,
-                        "started_at": u.started_at,
-                        "ended_at": u.ended_at,
-                        "log": u.log,
-                    }
-                    for u in units
-                ],
-            }
+            _redacted(
+                {
+                    **_run_json(run),
+                    "steps": [
+                        {
+                            "step": u.step,
+                            "action": u.action,
+                            "target": u.target,
+                            "status": u.status,
+                            "attempts": u.attempts,
+                            "error": u.error,
+                            "started_at": u.started_at,
+                            "ended_at": u.ended_at,
+                            "log": u.log,
+                        }
+                        for u in units
+                    ],
+                },
+                redact,
+            )
         )
         return
     params = " ".join(f"{k}={v}" for k, v in run.params.items())
@@ -459,7 +477,18 @@ def status(config: Config, run_id: int, as_json: bool) -> None:
             mark = "undo " if e.get("undo") else ""
             result = "ok" if e["ok"] else "FAILED"
             lines.append(f"      {mark}{e['where']} {e['detail'][:140]}  [{result}] {e['result']}")
-    console.print("\n".join(lines), markup=False, highlight=False)
+    console.print(redact("\n".join(lines)), markup=False, highlight=False)
+
+
+def _redacted(data: Any, redact: Redactor) -> Any:
+    """`data` (JSON-shaped) with every string redacted."""
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {k: _redacted(v, redact) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_redacted(v, redact) for v in data]
+    return data
 
 
 @runbook.command()

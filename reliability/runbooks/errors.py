@@ -57,3 +57,16 @@ class PlanError(RunbookError, ValueError):
     node, a placeholder names something the config lacks)."""
 
     bad_input = True
+
+
+class BrokenRunbook(RunbookError, ValueError):
+    """The runbook's file has problems (`lines`, each FILE:LINE: field: problem): it
+    cannot run until they are fixed; the other runbooks still can."""
+
+    bad_input = True
+
+    def __init__(self, name: str, lines: Iterable[str]) -> None:
+        self.lines = list(lines)
+        super().__init__(
+            f"runbook {name} cannot be used, its file has problems:\n" + "\n".join(self.lines)
+        )

@@ -9,7 +9,10 @@ the run changed, newest first.
                                         newest first, values read during the run filled in
 
 Every unit's row is written before its first change goes out, with the operations that
-reverse it, so `undo RUN_ID` works from the rows alone after a crash.
+reverse it, so `undo RUN_ID` works from the rows alone after a crash. The run keeps the same
+undo in memory (its journal): when the database fails mid-run, the run stops, puts back
+what it changed from the journal, and records that (with a critical incident) once the
+database answers again; if it does not within `database_wait`, it says so in the log, loudly.
 
 Locks are fenced: each acquisition gets the lock's next epoch, and before every operation
 that changes something the run checks that its epoch still holds the lock. A run whose
@@ -56,6 +59,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
 UNDO_LOCK_WAIT = 60.0  # seconds a failed run waits to take back a lock it let go, to undo
 LOCK_POLL = 1.0  # seconds between tries of a lock another run holds
+DATABASE_WAIT = 60.0  # how long a run that lost its database waits for it to record its end
+DATABASE_RETRY = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,55 @@ class Progress:
         waits, takes them back, or stops because another run took them over."""
 
     def finished(self, result: RunResult) -> None: ...
+
+
+class _Redacted(Progress):
+    """`progress` with the run's redactor over every text it is told: a command line, its
+    output, an error, a reason. What a progress shows (a terminal, an incident's Slack
+    thread) is outside the engine, like the database."""
+
+    def __init__(self, progress: Progress, redact: Callable[[str], str]) -> None:
+        self.inner, self.redact = progress, redact
+
+    def started(self, run_id: int, plan: Plan) -> None:
+        self.inner.started(run_id, plan)
+
+    def step(self, index: int, step: PlannedStep) -> None:
+        self.inner.step(index, step)
+
+    def op(self, target: str, op: Op, outcome: OpOutcome) -> None:
+        shown = dataclasses.replace(
+            outcome, text=self.redact(outcome.text), output=self.redact(outcome.output)
+        )
+        self.inner.op(target, dataclasses.replace(op, detail=self.redact(op.detail)), shown)
+
+    def unit(self, step: PlannedStep, target: str, ok: bool, text: str) -> None:
+        self.inner.unit(step, target, ok, self.redact(text))
+
+    def undoing(self, reason: str) -> None:
+        self.inner.undoing(self.redact(reason))
+
+    def locks(self, text: str) -> None:
+        self.inner.locks(self.redact(text))
+
+    def finished(self, result: RunResult) -> None:
+        reason = result.reason and self.redact(result.reason)
+        self.inner.finished(dataclasses.replace(result, reason=reason))
+
+
+@dataclass(slots=True)
+class _Undo:
+    """One unit's undo as its row holds it, kept in memory too (the run's journal): what
+    puts the unit back even when the database is gone. `status` is set once it was tried;
+    `recorded` says whether its row says so yet."""
+
+    unit_id: int
+    step: str
+    target: str
+    record: dict[str, Any]
+    log: list[dict[str, Any]]
+    status: UnitStatus | None = None
+    recorded: bool = False
 
 
 class Hooks:
@@ -119,6 +173,13 @@ class Hooks:
         asked, and what happened, in a line. Here no fleet: nothing changes, so
         an undo has nothing to put back."""
         return change.undo, "no fleet to change the state of a node in"
+
+    def database_failed(
+        self, session: Session, *, run_id: int, runbook: str, incident_id: int | None, text: str
+    ) -> bool:
+        """Tell on-call that run `run_id` stopped because its database failed (`text`: what
+        was put back), once the database answers again; False when there is no one to tell."""
+        return False
 
 
 def _now() -> datetime:
@@ -199,10 +260,12 @@ def _live_value(live: Config, value: Any) -> Any:
 class Executor:
     """Runs runbooks against `config`'s nodes, recording into the database of `db`.
     `hooks` reach other domains (flows.executor passes the real ones); `confirm` asks a
-    person (none: confirm steps are refused); `ssh` is shared when given (closed by its
-    owner); `stop` ends a run after its current step, undone; `wait_for_locks`: a run that
-    finds a service locked waits for it up to its first step's timeout (the daemon's runs)
-    instead of refusing at once (a person's)."""
+    person at a terminal (none: no one to ask); `approver` names who runs it when the run
+    may go on its own ("daemon", "--yes"): it approves confirm steps marked
+    `approval: auto`; `ssh` is shared when given (closed by its owner); `stop` ends a run
+    after its current step, undone; `wait_for_locks`: a run that finds a service locked
+    waits for it up to its first step's timeout (the daemon's runs) instead of refusing
+    at once (a person's)."""
 
     def __init__(
         self,
@@ -212,19 +275,24 @@ class Executor:
         progress: Progress | None = None,
         hooks: Hooks | None = None,
         confirm: Callable[[str], bool] | None = None,
+        approver: str | None = None,
         ssh: SshPool | None = None,
         stop: threading.Event | None = None,
         wait_for_locks: bool = False,
+        database_wait: float = DATABASE_WAIT,
     ) -> None:
         self.config = config
         self.wait_for_locks = wait_for_locks
         self.sessions = sessionmaker(db, expire_on_commit=False)
-        self.progress = progress or Progress()
         self.hooks = hooks or Hooks()
         self.stop = stop or threading.Event()
         self._own_ssh = ssh is None
         self.ssh = ssh or SshPool()
         self.redact = Redactor(config.secret_values())
+        self.progress = _Redacted(progress or Progress(), self.redact)
+        self._ask, self._approver = confirm, approver
+        self.database_wait = database_wait
+        self._journal: dict[int, _Undo] = {}
         self._run_id = 0
         # The unit each thread performs (units of a batch run on threads of their own).
         self._unit_at = threading.local()
@@ -241,7 +309,7 @@ class Executor:
             self.ssh,
             {n.name: target_for(config, n) for n in config.nodes},
             redact=self.redact,
-            confirm=confirm or _refuse,
+            confirm=self._confirm,
             note=self._note,
             record_deploy=self._record_deploy,
             set_node_state=self._set_node_state,
@@ -293,6 +361,7 @@ class Executor:
             )
             run_id = run.id
         first = next((s.timeout for s in plan.steps if not s.skipped), 0.0)
+        self._journal = {}
         self._lock(run_id, plan.locks, within=first if self.wait_for_locks else 0.0)
         return self._perform(run_id, runbook.name, incident_id, plan, 0, {})
 
@@ -308,6 +377,7 @@ class Executor:
             values = params_mod.resolve(runbook, run.params, self.config)
             reached, incident_id, services = run.step, run.incident_id, list(run.services)
             saved = runs.saved_values(s, run_id=run_id)
+            self._journal = _journal(s, run_id)
         with self.sessions.begin() as s:
             plan = plan_live(s, self.config, runbook, values, self.hooks, resumed=run_id)
         self._lock(run_id, services, take_over=True)
@@ -329,9 +399,10 @@ class Executor:
                 run.incident_id,
                 run.runbook,
             )
+            self._journal = _journal(s, run_id)
         self._run_id = run_id
         self._lock(run_id, services, take_over=True)
-        errors = self._undo_all(run_id, "asked to undo")
+        errors = self._undo_all()
         if self._fenced is not None:
             return self._stop_fenced(run_id, "undo stopped")
         status = RunStatus.undo_failed if errors else RunStatus.undone
@@ -395,12 +466,19 @@ class Executor:
         beat = threading.Event()
         beater = threading.Thread(target=self._beat, args=(run_id, beat), daemon=True)
         beater.start()
+        lost = False
         try:
             self.progress.started(run_id, plan)
-            status, reason = self._steps(run_id, plan, start, values)
-            if status == RunStatus.succeeded:
-                return self._succeed(run_id, plan, values)
-            if self._fenced is None and self._released:
+            try:
+                status, reason = self._steps(run_id, plan, start, values)
+                if status == RunStatus.succeeded:
+                    return self._succeed(run_id, plan, values)
+            except sa.exc.SQLAlchemyError as exc:
+                # Its record cannot follow what it does: stop, and put back from memory.
+                lost, status = True, RunStatus.failed
+                reason = f"the database failed mid-run ({_first_line(exc)})"
+                log.error("run %d (%s): %s; undoing it from memory", run_id, name, reason)
+            if not lost and self._fenced is None and self._released:
                 try:  # a run undoes only under its locks
                     self._acquire(run_id, sorted(self._released), within=UNDO_LOCK_WAIT)
                 except Locked as exc:
@@ -413,7 +491,7 @@ class Executor:
             if self._fenced is not None:
                 return self._stop_fenced(run_id, reason)
             self.progress.undoing(reason)
-            errors = self._undo_all(run_id, reason)
+            errors = self._undo_all()
             if self._fenced is not None:
                 return self._stop_fenced(run_id, f"{reason}; its undo stopped")
             if errors:
@@ -421,7 +499,7 @@ class Executor:
                 status = RunStatus.undo_failed
             else:
                 reason += "; everything it changed was put back"
-            return self._finish(run_id, status, reason)
+            return self._finish(run_id, status, reason, database_failed=lost)
         finally:
             beat.set()
             beater.join()
@@ -554,12 +632,12 @@ class Executor:
                     error = fenced
                     break
                 if op.changes and not changed:
+                    self._save_undo(unit_id, step, unit, values, entries)
                     changed = True
-                    self._save_undo(unit_id, step, unit, values)
                 outcome = self.performer.perform(op, values, deadline)
                 if changed and op.saves is not None and outcome.ok:
                     # What the undo needs may have just been read (a new container's id).
-                    self._save_undo(unit_id, step, unit, values)
+                    self._save_undo(unit_id, step, unit, values, entries)
                 entries.append(self._entry(op, values, outcome, attempt))
                 self.progress.op(unit.target, op, outcome)
                 with self.sessions.begin() as s:
@@ -575,7 +653,7 @@ class Executor:
             if self.stop.wait(step.backoff * 2 ** (attempt - 1)):
                 break
         if changed:
-            self._save_undo(unit_id, step, unit, values)
+            self._save_undo(unit_id, step, unit, values, entries)
         with self.sessions.begin() as s:
             runs.update_unit(
                 s,
@@ -619,9 +697,16 @@ class Executor:
         }
 
     def _save_undo(
-        self, unit_id: int, step: PlannedStep, unit: Unit, values: MutableMapping[str, str]
+        self,
+        unit_id: int,
+        step: PlannedStep,
+        unit: Unit,
+        values: MutableMapping[str, str],
+        entries: list[dict[str, Any]],
     ) -> None:
-        """Record what reverses the unit, with the values read so far filled in."""
+        """Record what reverses the unit, with the values read so far filled in, in its row
+        and the journal: the journal first once a change may be out, after the row before
+        (no change goes out unless the row holds its undo)."""
         undo_ops = [op for op in (resolved(o, values) for o in unit.undo) if op is not None]
         mine = {op.saves: values[op.saves] for op in unit.ops if op.saves and op.saves in values}
         record = {
@@ -629,50 +714,82 @@ class Executor:
             "values": mine,
             "timeout": step.timeout,
         }
+        known = self._journal.get(unit_id)
+        if known is not None:
+            known.record = record
         with self.sessions.begin() as s:
             runs.update_unit(s, unit_id=unit_id, undo=record)
+        if known is None:
+            self._journal[unit_id] = _Undo(unit_id, step.id, unit.target, record, entries)
 
     # --- undo --------------------------------------------------------------------------------
-    def _undo_all(self, run_id: int, reason: str) -> list[str]:
-        """Undo every unit that changed something, newest first; the errors, if any."""
-        with self.sessions.begin() as s:
-            todo = [
-                (u.id, u.step, u.target, u.undo or {}, list(u.log))
-                for u in runs.to_undo(s, run_id=run_id)
-            ]
-        errors = []
-        for unit_id, step, target, record, entries in todo:
-            self._unit_at.id = unit_id
-            deadline = time.monotonic() + float(record.get("timeout", 60.0))
+    def _undo_all(self) -> list[str]:
+        """Undo every unit of the journal that changed something, newest first; the
+        errors, if any. Each row is updated as its unit is put back, unless the database
+        failed: then the rows wait for `_finish`. A run fenced meanwhile stops there."""
+        errors, database_up = [], True
+        for undo in reversed(self._journal.values()):
+            self._unit_at.id = undo.unit_id
+            deadline = time.monotonic() + float(undo.record.get("timeout", 60.0))
             error = ""
-            for op in (_load(d) for d in record.get("ops", [])):
-                fenced = self._fence()
+            for op in (_load(d) for d in undo.record.get("ops", [])):
+                # Without the database the epoch cannot be read: the undo goes on from memory.
+                try:
+                    fenced = self._fence() if database_up else ""
+                except sa.exc.SQLAlchemyError:
+                    database_up, fenced = False, ""
                 if fenced:
                     return [*errors, fenced]
                 outcome = self.performer.perform(op, {}, deadline)
-                entry = self._entry(op, {}, outcome, 0)
-                entries.append({**entry, "undo": True})
-                self.progress.op(target, op, outcome)
+                undo.log.append({**self._entry(op, {}, outcome, 0), "undo": True})
+                self.progress.op(undo.target, op, outcome)
                 if not outcome.ok:
                     error = outcome.text
                     break
-            status = UnitStatus.undo_failed if error else UnitStatus.undone
-            with self.sessions.begin() as s:
-                runs.update_unit(s, unit_id=unit_id, status=status, log=entries)
+            undo.status = UnitStatus.undo_failed if error else UnitStatus.undone
+            if database_up:
+                try:
+                    with self.sessions.begin() as s:
+                        _record_undo(s, undo)
+                    undo.recorded = True
+                except sa.exc.SQLAlchemyError as exc:
+                    database_up = False  # each try would wait its timeout: record at the end
+                    log.error(
+                        "run %d: undo of %s not recorded: %s",
+                        self._run_id,
+                        undo.step,
+                        _first_line(exc),  # not the statement: its parameters hold commands
+                    )
             self.progress.unit(
-                PlannedStep(step, "undo", "", 0, 0, 0), target, not error, error or "put back"
+                PlannedStep(undo.step, "undo", "", 0, 0, 0),
+                undo.target,
+                not error,
+                error or "put back",
             )
             if error:
-                errors.append(f"undo of {step} on {target}: {error}")
+                errors.append(f"undo of {undo.step} on {undo.target}: {error}")
         return errors
 
     # --- endings ----------------------------------------------------------------------------
     def _succeed(self, run_id: int, plan: Plan, values: dict[str, str]) -> RunResult:
+        # One transaction with the end: a database failing here leaves no switch recorded
+        # for a run that is then undone. The cleanup (a replaced container removed) only
+        # after it: until then an undo may still need what it removes.
         with self.sessions.begin() as s:
             for service, pool in plan.switches.items():
                 runs.set_pool(s, service=service, pool=pool, run_id=run_id, now=_now())
+            runs.finish_run(
+                s,
+                run_id=run_id,
+                status=RunStatus.succeeded,
+                reason=None,
+                now=_now(),
+                epochs=self._epochs,
+            )
         self._clean_up(plan, values)
-        return self._finish(run_id, RunStatus.succeeded, None)
+        result = RunResult(run_id, RunStatus.succeeded, None)
+        self.progress.finished(result)
+        return result
 
     def _clean_up(self, plan: Plan, values: dict[str, str]) -> None:
         """The units' cleanup now that nothing will be undone (e.g. a replaced container
@@ -693,16 +810,44 @@ class Executor:
                             self.redact(outcome.text),
                         )
 
-    def _finish(self, run_id: int, status: RunStatus, reason: str | None) -> RunResult:
-        with self.sessions.begin() as s:
-            runs.finish_run(
-                s,
-                run_id=run_id,
-                status=status,
-                reason=reason and self.redact(reason),
-                now=_now(),
-                epochs=self._epochs,
-            )
+    def _finish(
+        self,
+        run_id: int,
+        status: RunStatus,
+        reason: str | None,
+        *,
+        database_failed: bool = False,
+    ) -> RunResult:
+        """Record the end (and what undo did that is not recorded yet). A database that
+        fails is waited for up to `database_wait`; when it failed mid-run, the hooks tell
+        on-call once it answers. If it does not, the log says what happened, loudly."""
+        reason = reason and self.redact(reason)
+        give_up = time.monotonic() + self.database_wait
+        while True:
+            pending = [u for u in self._journal.values() if u.status and not u.recorded]
+            try:
+                with self.sessions.begin() as s:
+                    for undo in pending:
+                        _record_undo(s, undo)
+                    runs.finish_run(
+                        s,
+                        run_id=run_id,
+                        status=status,
+                        reason=reason,
+                        now=_now(),
+                        epochs=self._epochs,
+                    )
+                    if database_failed:
+                        self._tell_database_failed(s, reason or "")
+                for undo in pending:
+                    undo.recorded = True
+                break
+            except sa.exc.SQLAlchemyError as exc:
+                if time.monotonic() >= give_up:
+                    self._unrecorded(run_id, status, reason, exc)
+                    reason = f"{reason}; not recorded: the database is still failing"
+                    break
+                time.sleep(DATABASE_RETRY)  # not self.stop.wait: a stopped run records too
         result = RunResult(run_id, status, reason)
         self.progress.finished(result)
         return result
@@ -726,8 +871,53 @@ class Executor:
         self.progress.finished(result)
         return result
 
+    def _tell_database_failed(self, session: Session, reason: str) -> None:
+        told = self.hooks.database_failed(
+            session,
+            run_id=self._run_id,
+            runbook=self._runbook,
+            incident_id=self._incident_id,
+            text=f"Runbook run {self._run_id} ({self._runbook}) stopped: {reason}.",
+        )
+        if not told:
+            log.critical("run %d (%s) stopped: %s", self._run_id, self._runbook, reason)
+
+    def _unrecorded(
+        self, run_id: int, status: RunStatus, reason: str | None, exc: Exception
+    ) -> None:
+        """The end of a run that the database would not take: in the log, whole."""
+        log.critical(
+            "run %d (%s) ended %s but the database does not record it (%s): %s. Its record "
+            "still says `running`: the next start marks it interrupted. What it changed is "
+            "as this line says; check with `reliability runbook status %d` before any "
+            "`runbook undo`.",
+            run_id,
+            self._runbook,
+            status,
+            _first_line(exc),
+            reason,
+            run_id,
+        )
+
     # --- what checks ask of the run (perform.RunContext) ---------------------------------
+    def _confirm(self, prompt: str, approval: str) -> OpOutcome:
+        if approval == "slack":
+            return OpOutcome(
+                False,
+                "not approved: approval in the incident's Slack thread is not available yet; "
+                "give the step `approval: terminal` or `approval: auto`",
+            )
+        if approval == "auto" and self._approver is not None:
+            return OpOutcome(True, f"approved automatically by {self._approver}")
+        if self._ask is None:
+            log.warning("confirm step refused, no person to ask: %s", self.redact(prompt))
+            return OpOutcome(False, f"not approved: no person to ask (approval: {approval})")
+        if self._ask(prompt):
+            return OpOutcome(True, "approved at the terminal")
+        return OpOutcome(False, "not approved")
+
     def _note(self, text: str) -> OpOutcome:
+        text = self.redact(text)
         if self._incident_id is None:
             return OpOutcome(True, f"no incident to post to: {text}")
         with self.sessions.begin() as s:
@@ -763,9 +953,25 @@ class Executor:
         return OpOutcome(ok, text)
 
 
-def _refuse(prompt: str) -> bool:
-    log.warning("confirm step refused, no one to ask: %s", prompt)
-    return False
+def _journal(session: Session, run_id: int) -> dict[int, _Undo]:
+    """The journal of a run from its rows (to resume or undo it), oldest first."""
+    return {
+        u.id: _Undo(u.id, u.step, u.target, u.undo or {}, list(u.log))
+        for u in reversed(runs.to_undo(session, run_id=run_id))
+    }
+
+
+def _record_undo(session: Session, undo: _Undo) -> None:
+    runs.update_unit(
+        session, unit_id=undo.unit_id, status=undo.status, log=list(undo.log), undo=undo.record
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception in a line: drivers' messages run on with SQL and links."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
 
 
 def _dump(op: Op) -> dict[str, Any]:

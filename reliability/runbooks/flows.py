@@ -53,6 +53,7 @@ from reliability.runbooks.errors import ParamError, RunbookError
 from reliability.runbooks.executor import Executor, Hooks, Progress, RunResult, plan_live
 from reliability.runbooks.load import load_runbooks, named
 from reliability.runbooks.models import RunbookRun
+from reliability.runbooks.perform import Redactor
 from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, first_picture
 from reliability.runbooks.spec import Runbook
 from reliability.ssh import SshPool
@@ -117,6 +118,24 @@ class DomainHooks(Hooks):
             return change.undo, f"left as it is: {exc}" if change.undo else str(exc)
         where = f" {row.pool}" if row.pool and row.state == "serving" else ""
         return True, f"{row.node} is {row.state.value}{where} in the fleet"
+
+    def database_failed(
+        self, session: Session, *, run_id: int, runbook: str, incident_id: int | None, text: str
+    ) -> bool:
+        incident_flows.open_or_update(
+            session,
+            fingerprint=f"runbook-run-{run_id}-database-failed",
+            title=f"Runbook run {run_id} ({runbook}) lost its database mid-run",
+            severity="critical",
+            source="runbook",
+            labels={"runbook": runbook},
+            summary=f"{text} Check `reliability runbook status {run_id}` and the database.",
+        )
+        if incident_id is not None:
+            incident_flows.add_note(
+                session, incident_id=incident_id, by=f"runbook {runbook} (run {run_id})", text=text
+            )
+        return True
 
 
 HOOKS = DomainHooks()
@@ -191,13 +210,27 @@ class AutoRunner:
 
     def __init__(self, config: Config, database: db.LazyEngine, ssh: SshPool) -> None:
         self.config, self.database, self.ssh = config, database, ssh
+        self.redact = Redactor(config.secret_values())
         self._queue: queue.Queue[Transition | None] = queue.Queue(QUEUE_LIMIT)
         self._stop = threading.Event()
         self._lanes: dict[tuple[str, ...], queue.Queue[_Job | None]] = {}
         self._threads = [threading.Thread(target=self._decide, name="runbooks", daemon=True)]
 
     def start(self) -> None:
+        self._report_runbooks()
         self._threads[0].start()
+
+    def _report_runbooks(self) -> None:
+        """Validate `runbooks_dir` at start: a bad file is logged and left out; the others
+        run (a firing that asks for the bad one says why on its incident)."""
+        try:
+            books = load_runbooks(self.config)
+        except ConfigError as exc:
+            log.warning("no automatic runbooks: %s", exc)
+            return
+        for name, lines in books.broken.items():
+            log.error("runbook %s is left out until its file is fixed:\n%s", name, "\n".join(lines))
+        log.info("runbooks: %s", ", ".join(books) or "none")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Running runs finish their step and undo themselves (they end `aborted`)."""
@@ -218,6 +251,8 @@ class AutoRunner:
             log.error("runbook queue full: %s not considered", transition.fingerprint)
 
     def note(self, incident_id: int | None, text: str) -> None:
+        """Post `text` (redacted) on the incident's timeline; Slack posts it in the thread."""
+        text = self.redact(text)
         if incident_id is None:
             log.info("runbook: %s", text)
             return
@@ -228,6 +263,12 @@ class AutoRunner:
                 )
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             log.warning("runbook note not recorded on incident %d: %s", incident_id, exc)
+
+    def _not_started(self, incident_id: int | None, text: str) -> None:
+        """An automatic run that does not start: why, in the log and on its incident."""
+        log.warning("%s", self.redact(text))
+        if incident_id is not None:
+            self.note(incident_id, text)
 
     # --- deciding, in the order incidents opened --------------------------------------------
     def _decide(self) -> None:
@@ -257,8 +298,11 @@ class AutoRunner:
             sessions = db.session_factory(self.database.get())
             plan = plan_now(self.config, sessions, book, values)
         except (ConfigError, RunbookError) as exc:
-            if request.auto:
-                self.note(incident_id, f"Runbook {request.name} cannot run on its own: {exc}")
+            # Which services it locks is unknown without a plan: any that lists it counts.
+            if request.auto or any(request.name in s.auto_runbooks for s in self.config.services):
+                self._not_started(
+                    incident_id, f"Runbook {request.name} cannot run on its own: {exc}"
+                )
             return None
         services = [s for s in self.config.services if s.name in plan.locks]
         if not (request.auto or any(request.name in s.auto_runbooks for s in services)):
@@ -291,7 +335,7 @@ class AutoRunner:
         recent = self._recent_auto_run(job)
         if recent is not None:
             given = " ".join(f"{k}={v}" for k, v in job.params.items()) or "no parameters"
-            self.note(
+            self._not_started(
                 job.incident_id,
                 f"Runbook {request.name} not run on its own: run {recent.id} "
                 f"({recent.runbook} {given}, {recent.status}) started at "
@@ -307,12 +351,13 @@ class AutoRunner:
             stop=self._stop,
             progress=progress,
             wait_for_locks=True,
+            approver=ACTOR,
         )
         try:
             # Planned again now: a run before this one may have moved the pool.
             runner.run(job.book, job.values, actor=ACTOR, incident_id=job.incident_id)
         except RunbookError as exc:
-            self.note(job.incident_id, f"Runbook {request.name} not run on its own: {exc}")
+            self._not_started(job.incident_id, f"Runbook {request.name} not run on its own: {exc}")
         finally:
             runner.close()
 

@@ -27,14 +27,34 @@ from reliability.ssh import CommandResult, SshError, SshPool, SshTarget
 __all__ = ["OpOutcome", "Performer", "Redactor", "fill", "resolved"]
 
 EXCERPT = 2000  # characters of a command's output kept in the record
-_SECRET_SHAPES = re.compile(
-    r"(xox[abposr]-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{16,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}"
-    r"|(?i:password|passwd|token|secret)=\S+)"
-)
+# Text shaped like a credential, whatever the config knows, and what replaces it.
+_SECRET_SHAPES = [
+    (re.compile(r"xox[abposr]-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{16,}"), "<redacted>"),
+    # An Authorization header (its scheme too), a bare `Bearer xyz`.
+    (
+        re.compile(
+            r"(?i)(authorization\s*[:=]\s*)(?:(?:bearer|basic|token|digest|negotiate)\s+)?"
+            r"[^\s\"',]+"
+        ),
+        r"\1<redacted>",
+    ),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 <redacted>"),
+    # NAME=value, in a URL's query (`?token=...&`) or on a command line.
+    (
+        re.compile(
+            r"(?i)((?:password|passwd|token|secret|api[_-]?key|access[_-]?key|signature)=)"
+            r"[^\s&\"']+"
+        ),
+        r"\1<redacted>",
+    ),
+    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1<redacted>@"),  # user:password@host
+]
 
 
 class Redactor:
-    """Removes the config's secrets and anything shaped like a token from recorded text."""
+    """Removes the config's secrets and anything shaped like a credential (a token, an
+    Authorization header, a URL's `?token=` or password) from text that leaves the engine:
+    its records, progress notes, log lines and reasons."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
@@ -42,12 +62,9 @@ class Redactor:
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "<redacted>")
-        return _SECRET_SHAPES.sub(_hide, text)
-
-
-def _hide(match: re.Match[str]) -> str:
-    name, equals, _ = match.group(0).partition("=")
-    return f"{name}=<redacted>" if equals else "<redacted>"
+        for shape, replacement in _SECRET_SHAPES:
+            text = shape.sub(replacement, text)
+        return text
 
 
 def fill(op: Op, values: MutableMapping[str, str]) -> tuple[str, str | SecretText | None]:
@@ -80,9 +97,9 @@ def resolved(op: Op, values: MutableMapping[str, str]) -> Op | None:
 
 class Performer:
     """Performs operations: commands over `ssh` on the config's nodes, checks from here.
-    It is the checks' `RunContext`: `confirm(prompt)` asks a person; `note(text)`,
-    `record_deploy(...)` and `set_node_state(...)` are the executor's (it knows the run
-    and its incident)."""
+    It is the checks' `RunContext`: `confirm(prompt, approval)`, `note(text)`,
+    `record_deploy(...)` and `set_node_state(...)` are the executor's (it knows who runs it,
+    the run and its incident)."""
 
     def __init__(
         self,
@@ -90,7 +107,7 @@ class Performer:
         targets: dict[str, SshTarget],
         *,
         redact: Callable[[str], str],
-        confirm: Callable[[str], bool],
+        confirm: Callable[[str, str], OpOutcome],
         note: Callable[[str], OpOutcome],
         record_deploy: Callable[..., OpOutcome],
         set_node_state: Callable[..., OpOutcome],

@@ -118,15 +118,31 @@ def test_an_unknown_runbook_is_bad_usage_exit_2_and_names_the_known_ones():
     assert run("runbook", "show", "nope", "-c", EXAMPLE).exit_code == 2
 
 
-def test_a_broken_runbook_file_exits_2_with_its_line(tmp_path: Path):
+def test_a_broken_runbook_file_exits_2_with_its_line_and_leaves_the_others_usable(
+    tmp_path: Path,
+):
     directory = tmp_path / "runbooks"
     directory.mkdir()
     (directory / "bad.yaml").write_text("description: x\nsteps:\n  - id: a\n    action: nap\n")
+    good = Path(EXAMPLE).parent / "runbooks" / "node-failover.yaml"
+    (directory / "node-failover.yaml").write_text(good.read_text())
     config = config_with_runbooks(tmp_path, directory)
-    for args in (("list",), ("plan", "bad"), ("show", "bad")):
-        result = run("runbook", *args, "-c", config)
+    where = f"{directory}/bad.yaml:3: steps[0]: Input tag 'nap'"
+    for args in (
+        ("runbook", "plan", "bad", "-c", config),
+        ("runbook", "show", "bad", "-c", config),
+        ("config", "check", "--skip-secrets", "-c", config),
+    ):
+        result = run(*args)
         assert result.exit_code == 2, args
-        assert f"{directory}/bad.yaml:3: steps[0]: Input tag 'nap'" in result.output
+        assert where in result.output
+
+    listed = CliRunner().invoke(main, ["runbook", "list", "--json", "-c", config])
+    assert listed.exit_code == 0
+    assert [b["name"] for b in json.loads(listed.stdout)] == ["node-failover"]
+    assert "runbook bad is left out, its file has problems" in listed.stderr
+    planned = run("runbook", "plan", "node-failover", "--param", "node=gpu-1", "-c", config)
+    assert planned.exit_code == 0, planned.output
 
 
 def test_list_and_show():

@@ -77,7 +77,8 @@ def test_every_runbook_error_has_the_one_base() -> None:
         if isinstance(value, type) and issubclass(value, Exception)
     ]
     assert all(issubclass(e, errors.RunbookError) for e in found)
-    assert {e.__name__ for e in found if e.bad_input} == {"ParamError", "ScopeError", "PlanError"}
+    bad_input = {e.__name__ for e in found if e.bad_input}
+    assert bad_input == {"ParamError", "ScopeError", "PlanError", "BrokenRunbook"}
     assert runs.Locked is errors.Locked and runs.NoSuchRun is errors.NoSuchRun
 
 

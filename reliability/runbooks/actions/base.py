@@ -133,6 +133,11 @@ class Action(Generic[S]):
         the earlier steps to their action."""
         return iter(())
 
+    def needs_person(self, step: S, loc: Loc) -> Iterator[tuple[Loc, str]]:
+        """Why the step cannot pass in a run that no person watches (the daemon's), with
+        the place to change; nothing when it can."""
+        return iter(())
+
     def skipped(self, step: S, planner: Planner) -> str | None:
         """Why the step does nothing in this plan (its `when` held), or None."""
         return None

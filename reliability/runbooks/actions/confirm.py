@@ -1,23 +1,39 @@
-"""`confirm`: stop the run unless a person approves the prompt (`--yes` does not answer it)."""
+"""`confirm`: stop the run unless the prompt is approved, by whom its `approval` says.
+
+- `terminal` (default): a person at the CLI answers; a run with no one to ask stops.
+- `auto`: a run that may go on its own passes it (the daemon, or the CLI with `--yes`),
+  recorded in the run's log as "approved automatically by daemon" (or "by --yes"); a
+  person at the CLI is asked otherwise.
+- `slack`: asked in the incident's thread. Not yet: accepted in the file so a runbook can
+  say what it wants, refused when the step runs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from reliability.config import Strict
-from reliability.runbooks.actions.base import Action, StepBase, TextTemplate
+from reliability.runbooks.actions.base import Action, Loc, StepBase, TextTemplate
 from reliability.runbooks.checks import OpOutcome, RunContext
 from reliability.runbooks.ops import LOCAL, Op, Unit
 
 if TYPE_CHECKING:
     from reliability.runbooks.plan import Planner
 
+Approval = Literal["terminal", "auto", "slack"]
+
 
 class ConfirmArgs(Strict):
     prompt: TextTemplate = Field(..., min_length=1)
+    approval: Approval = Field(
+        "terminal",
+        description="who approves: a person at the CLI (terminal), a run allowed to go on "
+        "its own (auto: the daemon or --yes), or the incident's Slack thread (slack: not yet)",
+    )
 
 
 class ConfirmStep(StepBase):
@@ -28,10 +44,10 @@ class ConfirmStep(StepBase):
 @dataclass(frozen=True, slots=True)
 class Confirm:
     prompt: str
+    approval: Approval = "terminal"
 
     def perform(self, run: RunContext, deadline: float) -> OpOutcome:
-        approved = run.confirm(self.prompt)
-        return OpOutcome(approved, "approved" if approved else "not approved")
+        return run.confirm(self.prompt, self.approval)
 
 
 class ConfirmAction(Action[ConfirmStep]):
@@ -40,5 +56,18 @@ class ConfirmAction(Action[ConfirmStep]):
 
     def plan(self, step: ConfirmStep, planner: Planner) -> list[Unit]:
         prompt = planner.text(step.args.prompt, "text")
-        confirm = Op(LOCAL, "confirm", prompt, note="stops unless approved", check=Confirm(prompt))
+        approval = step.args.approval
+        confirm = Op(
+            LOCAL,
+            "confirm",
+            prompt,
+            note=f"stops unless approved (approval: {approval})",
+            check=Confirm(prompt, approval),
+        )
         return [Unit(LOCAL, [confirm], [])]
+
+    def needs_person(self, step: ConfirmStep, loc: Loc) -> Iterator[tuple[Loc, str]]:
+        if step.args.approval == "terminal":
+            yield (*loc, "args", "approval"), "a person at a terminal approves it"
+        elif step.args.approval == "slack":
+            yield (*loc, "args", "approval"), "approval in Slack is not available yet"
