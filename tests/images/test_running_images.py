@@ -16,6 +16,7 @@ from reliability.images import flows
 from reliability.images import service as images
 from reliability.testing import docker_cli
 from reliability.testing.fixtures import RIG_LB_IMAGE, RIG_LB_POOLS
+from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.nginx import NginxBalancer
 
 HOTFIX = "registry.rig.local/serving/vllm:hotfix"
@@ -58,6 +59,7 @@ def test_a_container_changed_by_hand_is_recorded_by_one_collection_and_promoted_
         root = fleet.state_dir
         docker_cli.dispatch(root, "gpu-1", ["rm", "-f", "vllm"])
         run = ["run", "-d", "--name", "vllm", "-p", "8000:8000", "-l", "pool=blue", HOTFIX]
+        run += ["--model", DEFAULT_MODEL]  # as vLLM, the stand-in serves nothing without it
         assert docker_cli.dispatch(root, "gpu-1", run)[2] == 0
 
         seen = collect_and_record()

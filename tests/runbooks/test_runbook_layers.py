@@ -78,7 +78,7 @@ def test_every_runbook_error_has_the_one_base() -> None:
     ]
     assert all(issubclass(e, errors.RunbookError) for e in found)
     bad_input = {e.__name__ for e in found if e.bad_input}
-    assert bad_input == {"ParamError", "ScopeError", "PlanError", "BrokenRunbook"}
+    assert bad_input == {"ParamError", "ScopeError", "PlanError", "BrokenRunbook", "NoSuchRunbook"}
     assert runs.Locked is errors.Locked and runs.NoSuchRun is errors.NoSuchRun
 
 

@@ -284,7 +284,7 @@ def test_the_cooldown_is_per_runbook_and_target_not_per_service(
     config = {
         "database": {"url": url},
         **rig_lb.fleet.config_sections(),
-        "services": [{**service, "container": "vllm", "auto_cooldown": "15m"}],
+        "services": [{**service, "container": {"name": "vllm"}, "auto_cooldown": "15m"}],
         "runbooks_dir": str(books),
     }
     path.write_text(yaml.safe_dump(config))
