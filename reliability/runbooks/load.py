@@ -117,9 +117,10 @@ def load_file(file: Path) -> Runbook:
 
 # --- the config's view of the runbooks (a check of `config.load`) ---------------------------
 def check_config(config: Config) -> Iterable[tuple[Loc, str]]:
-    """The runbooks the config lets run on its own (a service's `auto_runbooks`, a custom
-    rule's `runbook` with `auto: true`) have no step that waits for a person. Bad runbook
-    files are not this check's: `config check` lists them, the daemon logs them."""
+    """The runbooks the config names (a service's `auto_runbooks`, a custom rule's
+    `runbook`) exist, and those it lets run on its own have no step that waits for a
+    person. Bad runbook files are not this check's: `config check` lists them, the daemon
+    logs them."""
     wanted: list[tuple[Loc, str]] = [
         (("services", i, "auto_runbooks", j), name)
         for i, service in enumerate(config.services)
@@ -130,17 +131,26 @@ def check_config(config: Config) -> Iterable[tuple[Loc, str]]:
         for i, rule in enumerate(config.rules.custom)
         if rule.runbook is not None and rule.runbook.auto
     ]
-    if not wanted:
+    suggested = [
+        (("rules", "custom", i, "runbook", "name"), rule.runbook.name)
+        for i, rule in enumerate(config.rules.custom)
+        if rule.runbook is not None and not rule.runbook.auto
+    ]
+    if not (wanted or suggested):
         return
     try:
         books = load_runbooks(config)
     except ConfigError:
         return  # no runbooks_dir: every command that reads it says so
+    known = ", ".join(sorted([*books, *books.broken])) or "none"
+    for loc, name in [*wanted, *suggested]:
+        if name not in books and name not in books.broken:
+            # Never run, and its incidents would offer a command that fails: say so now.
+            yield loc, f"no runbook is named {name!r} in {config.runbooks_path()}; known: {known}"
     for loc, name in wanted:
-        if name not in books:
-            continue  # a bad file is `config check`'s to list; a missing one never runs
-        for why in _needs_person(books[name]):
-            yield loc, f"runbook {name} cannot run on its own: {why}"
+        if name in books:  # a bad file is `config check`'s to list
+            for why in _needs_person(books[name]):
+                yield loc, f"runbook {name} cannot run on its own: {why}"
 
 
 def _needs_person(book: Runbook) -> Iterator[str]:

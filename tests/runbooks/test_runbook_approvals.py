@@ -185,3 +185,28 @@ def test_the_shipped_image_rollback_may_run_on_its_own(tmp_path: Path):
     result = cli("config", "check", "--skip-secrets", "-c", str(path))
 
     assert result.exit_code == 0, result.output
+
+
+def test_a_runbook_the_config_names_that_does_not_exist_is_refused_by_line(tmp_path):
+    path = tmp_path / "reliability.yaml"
+    path.write_text(
+        "nodes:\n"
+        "  - {name: gpu-1, address: 127.0.1.1, pool: blue}\n"
+        "services:\n"
+        "  - {name: chat, pools: [blue], active_pool: blue, auto_runbooks: [nope-failover]}\n"
+        "rules:\n"
+        "  custom:\n"
+        "    - type: target_down\n"
+        "      name: mine\n"
+        "      collector: node\n"
+        "      runbook: {name: also-missing}\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    lines = refused.value.lines
+    assert [line.split(": ", 2)[:2] for line in lines] == [
+        [f"{path}:4", "services[0].auto_runbooks[0]"],
+        [f"{path}:10", "rules.custom[0].runbook.name"],
+    ]
+    assert "no runbook is named 'nope-failover'" in lines[0]
+    assert "known: blue-green, image-rollback, node-failover" in lines[0]
