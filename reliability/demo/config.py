@@ -35,7 +35,7 @@ STANDBY = "spare-1"
 LB_NODE = "lb-1"
 NODES = (*NODE_POOLS, STANDBY, LB_NODE)
 AUTO_RUNBOOKS = ("node-failover", "upstream-failover", "upstream-switch-back")
-RECOVERY_SOAK = "20s"  # hosted completions good this long, then traffic goes back
+RECOVERY_SOAK = "30s"  # hosted completions good this long, then traffic goes back
 AUTO_COOLDOWN = "0s"
 SHIPPED_RUNBOOKS = shipped.folder("runbooks")
 
@@ -174,8 +174,12 @@ def _section(comment: str, data: dict[str, Any]) -> str:
 
 def _endpoint(name: str, url: str, role: str) -> dict[str, Any]:
     endpoint = {"name": name, "url": url, "role": role, "service": SERVICE, "model": DEFAULT_MODEL}
-    if role == "hosted":  # probed as in production, by the built-in upstream-overloaded
-        return endpoint
+    if role == "hosted":
+        # Probed at its default interval (3s) as in production, for the built-in
+        # upstream-overloaded; a completion every 9s (production: 60s), so the switch
+        # back sees its 3 good completions within the demo's recovery soak, and the API
+        # still gets under one probe per 2s.
+        return endpoint | {"completion_interval": "9s"}
     return endpoint | {"interval": "2s", "timeout": "1500ms", "completion_interval": "4s"}
 
 

@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -80,8 +81,12 @@ def _layout(slack: SlackStandIn, *, nginx_runs: bool, ca: Path) -> Layout:
             start=1,
         )
     ]
+    # The fleet's SSH files, beside the CA (the daemon refuses to start without them).
+    keys = {"key_file": ca.parent / "client", "known_hosts": ca.parent / "known_hosts"}
+    for key in keys.values():
+        key.touch()
     return Layout(
-        ssh={"user": "demo", "key_file": "/k/client", "known_hosts": "/k/known_hosts"},
+        ssh={"user": "demo", **{k: str(v) for k, v in keys.items()}},
         nodes=nodes,
         hosted_url="https://localhost:3",
         hosted_key="sk-demo-test-key",
@@ -569,10 +574,12 @@ def test_a_busy_hosted_api_is_failed_over_within_20s_by_the_default_rule_and_pro
         default = builtin.UPSTREAM_OVERLOADED
         assert (rule.window, rule.above, rule.for_) == (default.window, default.above, default.for_)
         stats, mode = (f"{hosted.url}".rstrip("/") + path for path in ("/_rig/stats", "/_rig/mode"))
+        # The stand-in serves TLS with the demo's own CA, which the config trusts.
+        trusted = ssl.create_default_context(cafile=str(config.path(hosted.ca_file)))
 
         def probes() -> int:
             """The daemon's probes the stand-in answered (the runbook's checks ask `/`)."""
-            by_path = httpx.get(stats).json()["by_path"]
+            by_path = httpx.get(stats, verify=trusted).json()["by_path"]
             return by_path.get("/v1/models", 0) + by_path.get("/v1/chat/completions", 0)
 
         # A daemon that has been up a while: the rule's window is full of good probes.
@@ -587,7 +594,7 @@ def test_a_busy_hosted_api_is_failed_over_within_20s_by_the_default_rule_and_pro
             env=demo.env,
         )
         deadline = time.monotonic() + 60
-        while not httpx.get(mode).json()["rules"]:  # seen within ~0.05 s of the change
+        while not httpx.get(mode, verify=trusted).json()["rules"]:  # within ~0.05 s
             assert time.monotonic() < deadline, "the hosted API did not turn busy"
             time.sleep(0.05)
         began = time.time()

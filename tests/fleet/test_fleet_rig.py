@@ -31,6 +31,7 @@ from reliability.runbooks.models import RunStatus
 from reliability.runbooks.plan import PlanError
 from reliability.testing.fixtures import RIG_LB_IMAGE
 from reliability.testing.fleet import Fleet, missing_requirement
+from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.nginx import NginxBalancer, parse_members
 from reliability.testing.services import service_missing
 
@@ -73,7 +74,7 @@ def write_config(balancer: NginxBalancer, directory: Path) -> Config:
                 "name": "chat",
                 "pools": ["blue", "green"],
                 "active_pool": "blue",
-                "container": "vllm",
+                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
                 "load_balancer": balancer.lb_config("chat"),
             }
         ],

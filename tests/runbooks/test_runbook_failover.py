@@ -220,7 +220,7 @@ def test_a_node_cut_while_a_run_waits_for_the_hosted_api_is_failed_over_in_time(
     assert cli(config, "db", "upgrade").returncode == 0
     good = f"vllm/vllm-openai@{fleet.state.publish_image(RIG_LB_IMAGE)}"
     assert cli(config, "images", "mark-good", "chat", good).returncode == 0
-    env = os.environ | {"SLACK_BOT_TOKEN": slack.token}
+    env = os.environ | {"SLACK_BOT_TOKEN": slack.token, "RIG_HF_TOKEN": HF_TOKEN}
     daemon = subprocess.Popen(
         [sys.executable, "-m", "reliability", "daemon", "-c", str(config)],
         stdout=subprocess.PIPE,

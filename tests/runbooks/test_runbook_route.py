@@ -55,7 +55,7 @@ def write_config(rig: HostedRig, directory: Path) -> Config:
                 "name": "chat",
                 "pools": ["blue", "green"],
                 "active_pool": "blue",
-                "container": "vllm",
+                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
                 "model": DEFAULT_MODEL,
                 "load_balancer": rig.lb.lb_config("chat"),
             }
