@@ -101,7 +101,8 @@ EditAction = Literal["down", "up", "add", "remove", "switch"]
 @dataclass(frozen=True, slots=True)
 class Edit:
     """What one step changes in block `backend`: mark `servers` down or up, add them (each
-    `name` is the node's, shown in the plan and written where the kind names servers),
+    `name` is the node's, shown in the plan and written where the kind names servers; one
+    listed but down is marked up on its own line),
     remove them, or switch the block to exactly them (lines of others removed, those kept
     put back up with their parameters, the missing ones added)."""
 
@@ -198,6 +199,11 @@ class Balancer(ABC):
             for server in edit.servers:
                 found = self._one(block, server.address, must=edit.action != "add")
                 if edit.action == "add":
+                    if found is not None and found.mark_up is not None:
+                        # Listed but taken out (a node that failed once and is back as a
+                        # standby): it serves again from its own line, parameters kept.
+                        splices.append(found.mark_up)
+                        continue
                     if found is not None:
                         raise MembershipError(
                             f"{server.address} is already in {self.block_kind} {block.name}",

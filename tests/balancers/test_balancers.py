@@ -332,6 +332,13 @@ def test_an_empty_upstream_gets_its_first_server_one_level_in():
     )
 
 
+def test_adding_a_server_listed_down_marks_it_up_on_its_own_line():
+    # A node that failed once (its line marked down) is back as a standby and takes over.
+    down = nginx().apply(NGINX_FILE, edit("down", GPU1))
+    again = nginx().apply(down, edit("add", GPU1))
+    assert again == NGINX_FILE  # its weight and failure limits kept, nothing added
+
+
 @pytest.mark.parametrize(
     ("balancer", "text", "change", "error"),
     [
