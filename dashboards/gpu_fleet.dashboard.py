@@ -91,6 +91,16 @@ errors = [
         description=f"Actions {NEEDS_RESET} open a critical incident (gpu-xid-critical).",
         bars=True,
     ),
+    stat(
+        "XID detection off (kernel log unreadable)",
+        Query(f"{c.NODE_KERNEL_LOG_READABLE.name}{NODE} == 0", "{{node}}"),
+        unit="none",
+        description=(
+            "Nodes whose kernel log the collector cannot read over SSH: their XIDs go "
+            "unseen (warning incident xid-detection-off, which names the fix)."
+        ),
+        thresholds=steps((0, "orange")),
+    ),
     timeseries(
         "ECC errors (aggregate)",
         Query(

@@ -184,6 +184,13 @@ GPU_XID_LAST = _m(
     ("node", "gpu", "xid"),
     unit="seconds",
 )
+NODE_KERNEL_LOG_READABLE = _m(
+    "node_kernel_log_readable",
+    "gauge",
+    "1 if the node's kernel log (where XIDs are read over SSH) could be read at the last "
+    "collection, 0 if not: XID detection is off on the node.",
+    ("node",),
+)
 
 # --- nodes (over SSH) ------------------------------------------------------------------
 NODE_UP = _m("node_up", "gauge", "1 if the node answered over SSH, else 0.", ("node",))

@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 
 from reliability import catalog
 from reliability.catalog import Metric
@@ -112,9 +111,6 @@ class XidLedger:
 
 
 # --- the kernel log ----------------------------------------------------------------------
-_DMESG_ISO = re.compile(
-    r"^(?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[,.]\d+)?(?:Z|[+-]\d\d:?\d\d)?) (?P<text>.*)$"
-)
 _XID = re.compile(r"NVRM: Xid \(PCI:(?P<bus>[0-9A-Fa-f:.]+)\): (?P<code>\d+),")
 
 PciKey = tuple[int, int, int]
@@ -140,40 +136,7 @@ class KernelXid:
     code: int
 
 
-@dataclass(slots=True)
-class KernelLogCursor:
-    """How far a node's kernel log has been read: the newest time and its lines."""
-
-    last: float | None = None
-    lines_at_last: set[str] = field(default_factory=set)
-
-    def new_xids(self, output: str) -> list[KernelXid]:
-        """The XID lines of `dmesg --time-format iso` output not seen before; advances."""
-        stamped: list[tuple[float, str]] = []
-        for line in output.splitlines():
-            match = _DMESG_ISO.match(line)
-            if not match:
-                continue  # a line without a timestamp carries no XID we could order
-            try:
-                at = datetime.fromisoformat(match["at"]).timestamp()
-            except ValueError:
-                continue
-            stamped.append((at, line))
-        last, seen = self.last, self.lines_at_last
-        fresh = [
-            (at, line)
-            for at, line in stamped
-            if last is None or at > last or (at == last and line not in seen)
-        ]
-        if stamped:
-            newest = max(at for at, _ in stamped)
-            if last is None or newest > last:
-                self.last, self.lines_at_last = newest, set()
-            if self.last == newest:
-                self.lines_at_last |= {line for at, line in stamped if at == newest}
-        xids = []
-        for at, line in fresh:
-            match = _XID.search(line)
-            if match:
-                xids.append(KernelXid(at, match["bus"], int(match["code"])))
-        return xids
+def xid_of(line: str, at: float) -> KernelXid | None:
+    """The XID a kernel log line reports (stamped `at`), or None."""
+    match = _XID.search(line)
+    return KernelXid(at, match["bus"], int(match["code"])) if match else None

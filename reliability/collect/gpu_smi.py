@@ -2,7 +2,8 @@
 
 `SmiGpuCollector(nodes={name: (runner, expected_gpus)}, timeout=...)` is a `Collector`
 named "gpu" whose targets are the node names. Each `collect(node)` runs `SMI_COMMAND`
-and then `dmesg --time-format iso` through the node's runner, all within `timeout`.
+and then reads what is new in the node's kernel log (kernel_log.py: journalctl, else
+dmesg, or the node's `kernel_log_command`) through the node's runner, all within `timeout`.
 
 It reports the catalogue's GPU series that nvidia-smi can query (see `FIELDS`); the
 slowdown temperature is the GPU's temperature plus its margin to slowdown
@@ -17,7 +18,10 @@ determine the device handle for GPU...: GPU is lost" reports `gpu_lost 1`.
 
 XIDs are the kernel's `NVRM: Xid (PCI:0000:3b:00): 79, ...` lines, mapped to the GPU
 index through nvidia-smi's `pci.bus_id`. Only lines newer than the last read count; the
-first read after start counts what the log still holds.
+first read after start counts the newest lines the log still holds.
+`node_kernel_log_readable` says whether the log could be read (0: permission denied,
+restricted, not installed: XID detection is off on that node), logged once when it turns
+off and once when it is back.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from reliability.catalog import Metric
 from reliability.collect import base
 from reliability.collect.base import CollectError, Sample
 from reliability.collect.gpu_common import (
-    KernelLogCursor,
+    KernelXid,
     PciKey,
     Unopened,
     XidLedger,
@@ -45,6 +49,7 @@ from reliability.collect.gpu_common import (
     pci_key,
     sample,
 )
+from reliability.collect.kernel_log import KernelLog, KernelRead, Source
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +106,6 @@ def query_command(fields: Sequence[str] = FIELDS) -> str:
 
 
 SMI_COMMAND = query_command(FIELDS)
-KERNEL_LOG_COMMAND = "dmesg --time-format iso"
 
 _MIB = 1024 * 1024
 _FLAGS = {"yes": 1, "enabled": 1, "active": 1, "no": 0, "disabled": 0, "not active": 0}
@@ -263,16 +267,20 @@ def _failure(match: re.Match[str]) -> HandleFailure:
 @dataclass(slots=True)
 class _NodeState:
     unopened: Unopened
+    kernel_log: KernelLog
     fields: tuple[str, ...] = FIELDS
     gpu_of_bus: dict[PciKey, str] = field(default_factory=dict)
-    cursor: KernelLogCursor = field(default_factory=KernelLogCursor)
     xids: XidLedger = field(default_factory=XidLedger)
-    warned: set[str] = field(default_factory=set)
+    unreadable: str | None = None  # why the kernel log cannot be read, as last logged
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class SmiGpuCollector:
-    """Remote nodes' GPUs through nvidia-smi and dmesg; see the module docstring."""
+    """Remote nodes' GPUs through nvidia-smi and the kernel log; see the module docstring.
+
+    `kernel_log_commands` maps a node to its `kernel_log_command` (a validated
+    `sudo -n dmesg`, ...); a node it does not name tries journalctl, then dmesg.
+    """
 
     name = base.GPU
 
@@ -281,13 +289,14 @@ class SmiGpuCollector:
         nodes: Mapping[str, tuple[CommandRunner, int]],
         *,
         timeout: float = 10.0,
-        kernel_log_command: str = KERNEL_LOG_COMMAND,
+        kernel_log_commands: Mapping[str, str | None] | None = None,
     ) -> None:
         self.nodes = dict(nodes)
         self.timeout = timeout
-        # Where `dmesg` is restricted (kernel.dmesg_restrict=1), e.g. "sudo -n dmesg ...".
-        self.kernel_log_command = kernel_log_command
-        self._states = {node: _NodeState(Unopened(node)) for node in self.nodes}
+        commands = kernel_log_commands or {}
+        self._states = {
+            node: _NodeState(Unopened(node), KernelLog(commands.get(node))) for node in self.nodes
+        }
 
     def targets(self) -> Sequence[str]:
         return list(self.nodes)
@@ -318,7 +327,9 @@ class SmiGpuCollector:
             samples.extend(
                 node_count_samples(target, expected=expected, visible=reading.visible, lost=lost)
             )
-            self._read_kernel_log(target, runner, state, deadline)
+            readable = self._read_kernel_log(target, runner, state, deadline)
+            if readable is not None:
+                samples.append(sample(catalog.NODE_KERNEL_LOG_READABLE, (target,), readable))
             samples.extend(state.xids.samples(target))
         return samples
 
@@ -352,21 +363,52 @@ class SmiGpuCollector:
 
     def _read_kernel_log(
         self, node: str, runner: CommandRunner, state: _NodeState, deadline: float
-    ) -> None:
-        """Add the log's new XIDs to the ledger. A log we cannot read costs the XIDs of
-        this cycle (they wait for the next), not the node's GPU samples."""
-        try:
-            result = _run(node, runner, self.kernel_log_command, deadline)
-        except CollectError as error:
-            log.warning("%s: kernel log not read: %s", node, error)
-            return
-        if result.exit_status != 0:
-            message = (result.stderr.strip() or result.stdout.strip())[:200]
-            if message not in state.warned:
-                state.warned.add(message)
-                log.warning("%s: %r failed: %s", node, self.kernel_log_command, message)
-            return
-        for xid in state.cursor.new_xids(result.stdout):
+    ) -> bool | None:
+        """Add the log's new XIDs to the ledger; whether the log could be read (None: the
+        read did not finish, as when SSH failed). A log we cannot read costs the XIDs, not
+        the node's GPU samples."""
+        kernel_log = state.kernel_log
+        problems: list[str] = []
+        for source in kernel_log.order():
+            try:
+                read = self._read_source(node, runner, kernel_log, source, deadline)
+            except CollectError as error:
+                log.warning("%s: kernel log not read: %s", node, error)
+                return None
+            if read.problem is None:
+                self._record_xids(state, read.xids)
+                if state.unreadable is not None:
+                    state.unreadable = None
+                    log.info("%s: kernel log readable again: XID detection on", node)
+                return True
+            problems.append(read.problem)
+        why = "; ".join(problems)
+        if why != state.unreadable:
+            state.unreadable = why
+            log.warning("%s: XID detection off, the kernel log cannot be read: %s", node, why)
+        return False
+
+    def _read_source(
+        self,
+        node: str,
+        runner: CommandRunner,
+        kernel_log: KernelLog,
+        source: Source,
+        deadline: float,
+    ) -> KernelRead:
+        dropped = kernel_log.dropped
+        result = _run(node, runner, kernel_log.script(source), deadline)
+        read = kernel_log.read(source, result.stdout)
+        if read.again:  # a cursor journalctl refused: the tail instead
+            result = _run(node, runner, kernel_log.script(source), deadline)
+            read = kernel_log.read(source, result.stdout)
+        if kernel_log.dropped > dropped:
+            missed = kernel_log.dropped - dropped
+            log.warning("%s: %d kernel log lines came between two reads, not read", node, missed)
+        return read
+
+    def _record_xids(self, state: _NodeState, xids: Sequence[KernelXid]) -> None:
+        for xid in xids:
             key = pci_key(xid.pci_bus_id)
             gpu = state.gpu_of_bus.get(key) if key is not None else None
             # A GPU we never saw on this bus keeps its PCI id, so the XID is not lost.

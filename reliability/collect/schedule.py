@@ -73,7 +73,9 @@ def gpus_over_ssh(config: Config, pool: SshPool | None) -> list[Scheduled]:
     if not smi:
         return []
     cc = config.collect
-    return [Scheduled(SmiGpuCollector(smi, timeout=cc.timeout), cc.gpu_interval, cc.timeout)]
+    commands = {n.name: config.kernel_log_command(n) for n in config.nodes if n.name in smi}
+    collector = SmiGpuCollector(smi, timeout=cc.timeout, kernel_log_commands=commands)
+    return [Scheduled(collector, cc.gpu_interval, cc.timeout)]
 
 
 def local_gpus(config: Config, pool: SshPool | None) -> list[Scheduled]:

@@ -22,6 +22,7 @@ from reliability.config.models import (
     SlackConfig,
     SlackRoute,
     Strict,
+    kernel_log_program,
 )
 
 __all__ = [
@@ -42,5 +43,6 @@ __all__ = [
     "SlackRoute",
     "Strict",
     "default_path",
+    "kernel_log_program",
     "load",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -62,6 +63,42 @@ DEFAULT_HEALTH_PATH = "/health"  # what vLLM, SGLang and TGI answer 200 on while
 def under(url: str, path: str) -> str:
     """`path` (from /) under `url`, which may end with a prefix of its own."""
     return url.rstrip("/") + path
+
+
+KERNEL_LOG_PROGRAMS = ("journalctl", "dmesg")
+_SAFE_WORD = re.compile(r"[A-Za-z0-9_./=:@%+,-]+")
+
+
+def kernel_log_program(words: tuple[str, ...] | list[str]) -> str:
+    """Which of `KERNEL_LOG_PROGRAMS` a `kernel_log_command` runs (the collector adds its
+    own options after it); ValueError saying what to write when it runs neither."""
+    unsafe = [w for w in words if not _SAFE_WORD.fullmatch(w)]
+    if unsafe:
+        raise ValueError(
+            f"{' '.join(words)!r}: write one plain command, no shell syntax ({unsafe[0]!r}); "
+            "e.g. `sudo -n dmesg` or `sudo -n journalctl`"
+        )
+    programs = [w for w in words if w.rsplit("/", 1)[-1] in KERNEL_LOG_PROGRAMS]
+    if not programs or words[-1] != programs[-1]:
+        raise ValueError(
+            f"{' '.join(words)!r}: end the command with dmesg or journalctl (the collector "
+            "adds their options), e.g. `sudo -n dmesg`"
+        )
+    return programs[-1].rsplit("/", 1)[-1]
+
+
+def _kernel_log_command(value: str) -> str:
+    try:
+        words = shlex.split(value)
+    except ValueError as error:
+        raise ValueError(f"{value!r}: {error}") from None
+    if not words:
+        raise ValueError("empty; leave the field out to try journalctl, then dmesg")
+    kernel_log_program(words)
+    return value
+
+
+KernelLogCommand = Annotated[str, AfterValidator(_kernel_log_command)]
 
 
 MAX_GPUS = 64  # per node; the largest boards today hold 8 or 16
@@ -157,6 +194,9 @@ class NodeConfig(Strict):
     watch_paths: list[AbsPath] = ["/"]
     container: str | None = Field(
         None, description="the service container's name on this node, where it differs"
+    )
+    kernel_log_command: KernelLogCommand | None = Field(
+        None, description="reads the kernel log (XIDs); default `collect.kernel_log_command`"
     )
 
     @property
@@ -388,6 +428,11 @@ class CollectConfig(Strict):
     node_interval: Interval = 15.0
     timeout: Interval = Field(10.0, description="deadline of one target's collection")
     workers: int = Field(16, ge=1, le=256, description="threads per collector job")
+    kernel_log_command: KernelLogCommand | None = Field(
+        None,
+        description="reads nodes' kernel logs (XIDs), e.g. `sudo -n dmesg`; "
+        "default: journalctl, else dmesg",
+    )
 
 
 class IncidentsConfig(Strict):
@@ -463,6 +508,10 @@ class Config(Strict):
         else those naming no service (one is expected)."""
         hosted = [e for e in self.endpoints if e.role == "hosted"]
         return [e for e in hosted if e.service == service] or [e for e in hosted if not e.service]
+
+    def kernel_log_command(self, node: NodeConfig) -> str | None:
+        """The node's `kernel_log_command`, else the fleet's; None: journalctl, else dmesg."""
+        return node.kernel_log_command or self.collect.kernel_log_command
 
     def node_ssh(self, node: NodeConfig) -> SshConfig:
         """The node's SSH settings with the top-level defaults filled in."""

@@ -108,6 +108,25 @@ GPU_SOURCE_DOWN = TargetDownRule(
         "or timing out). GPU incidents of the node are held, not resolved, until it answers."
     ),
 )
+XID_DETECTION_OFF = ThresholdRule(
+    type="threshold",
+    name="xid-detection-off",
+    metric=catalog.NODE_KERNEL_LOG_READABLE.name,
+    op="<",
+    value=1.0,
+    for_=60.0,
+    resolve_after=60.0,
+    group_by=["node"],
+    title="XID detection off on {node}: its kernel log cannot be read",
+    summary=(
+        "The GPU collector cannot read the kernel log of {node} over SSH since {since} "
+        "(permission denied, dmesg restricted, or journalctl/dmesg missing; the daemon's log "
+        "says which): GPU XIDs there go unseen. Fix one of: allow unprivileged dmesg with "
+        "`sysctl kernel.dmesg_restrict=0` (persist it in /etc/sysctl.d/); add the SSH user "
+        "to the `adm` or `systemd-journal` group (journalctl -k); or add a sudo rule for "
+        "the SSH user and set `kernel_log_command: sudo -n dmesg` for the node."
+    ),
+)
 NODE_DOWN = TargetDownRule(
     type="target_down",
     name="node-down",
@@ -228,6 +247,7 @@ BUILTIN: tuple[AnyRule, ...] = (
     GPU_XID_CRITICAL,
     GPU_LOST,
     GPU_SOURCE_DOWN,
+    XID_DETECTION_OFF,
     NODE_DOWN,
     DISK_ALMOST_FULL,
     UPSTREAM_OVERLOADED,

@@ -7,7 +7,8 @@ util-linux's own error text and exit 1.
 
 The kernel log lives in the node document as ``kernel.boot_time`` (epoch seconds) and
 ``kernel.lines`` (``[epoch, text]`` pairs); rigstate.py appends to it, for instance the
-NVRM Xid lines that ``xid_line`` formats.
+NVRM Xid lines that ``xid_line`` formats. With ``kernel.dmesg_restrict`` true it refuses
+as util-linux does for an unprivileged user (exit 1).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def render(document: dict[str, Any], argv: Sequence[str]) -> tuple[str, str, int
     if error:
         return "", error, 1
     kernel = document.get("kernel", {})
+    if kernel.get("dmesg_restrict"):
+        return "", RESTRICTED, 1
     boot = float(kernel.get("boot_time", 0.0))
     lines = sorted(kernel.get("lines", []), key=lambda line: line[0])
     out = [_stamp(style, float(epoch), boot) + text for epoch, text in lines]
@@ -119,6 +122,8 @@ def _parse(argv: Sequence[str]) -> tuple[str, str]:
 
 
 _TRY = "Try 'dmesg --help' for more information.\n"
+# What util-linux prints for an unprivileged user while kernel.dmesg_restrict=1.
+RESTRICTED = "dmesg: read kernel buffer failed: Operation not permitted\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

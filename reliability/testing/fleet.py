@@ -3,7 +3,8 @@
 ``Fleet(["gpu-1", "gpu-2"])`` gives every node an address in a free ``127.0.B.0/24`` block
 (``127.0.1.1``, ``127.0.1.2``, ... when nothing else runs), a fixed port (2222), per-fleet
 host keys, a client key pair, a ``known_hosts`` file for strict verification, and the
-stand-ins (``nvidia-smi``, ``dmesg``, ``docker``) first on the PATH of SSH sessions. Tests
+stand-ins (``nvidia-smi``, ``dmesg``, ``journalctl``, ``docker``) first on the PATH of SSH
+sessions. Tests
 steer what the nodes report through ``fleet.state`` (a RigState), cut a node's network for
 real (``cut``/``restore``, iptables), change its host key (``rotate_host_key``) and run
 inference containers on it (``run_container``). ``stop()`` (or leaving the ``with`` block)
@@ -45,12 +46,18 @@ STANDIN_MODULES = (
     "gpu_fields",
     "nvidia_smi",
     "dmesg",
+    "journalctl",
     "docker_images",
     "docker_format",
     "docker_cli",
     "engine_client",
 )
-SHIMS = {"nvidia-smi": "nvidia_smi", "dmesg": "dmesg", "docker": "docker_cli"}
+SHIMS = {
+    "nvidia-smi": "nvidia_smi",
+    "dmesg": "dmesg",
+    "journalctl": "journalctl",
+    "docker": "docker_cli",
+}
 
 
 class FleetError(RuntimeError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from reliability.testing.dmesg import xid_line
 
 GpuStatus = Literal["ok", "missing", "lost"]
 _DERIVED = {"index", "count", "timestamp"}
-BOOT_AGE_S = 86400.0  # nodes "booted" a day before the rig started
+BOOT_AGE_S = 86400.0  # nodes "booted" a day before the rig started, where /proc lacks btime
 
 
 H100_NAME = "NVIDIA H100 80GB HBM3"
@@ -111,8 +112,33 @@ def default_gpu_values(node: str, slot: int) -> dict[str, Any]:
     return values
 
 
+def host_boot_time() -> float:
+    """This machine's boot time (`btime` of /proc/stat): the rig's nodes booted with it, so
+    a reader that turns seconds since boot into Unix time with the node's /proc (as the
+    GPU collector does over SSH) gets the times the tests logged."""
+    try:
+        with open("/proc/stat") as stat:
+            for line in stat:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return time.time() - BOOT_AGE_S
+
+
+def boot_lines(boot: float) -> list[list[Any]]:
+    """The kernel lines of a node's boot, the NVIDIA module loaded 9.5 s in."""
+    return [
+        [boot, "Linux version 6.1.0-28-amd64 (debian-kernel@lists.debian.org) #1 SMP"],
+        [
+            boot + 9.5,
+            f"NVRM: loading NVIDIA UNIX x86_64 Kernel Module  {gpu_fields.DRIVER_VERSION}",
+        ],
+    ]
+
+
 def node_document(name: str, address: str | None, pool: str | None, gpus: int) -> dict[str, Any]:
-    boot = time.time() - BOOT_AGE_S
+    boot = host_boot_time()
     return {
         "name": name,
         "address": address,
@@ -125,16 +151,13 @@ def node_document(name: str, address: str | None, pool: str | None, gpus: int) -
         },
         "kernel": {
             "boot_time": boot,
-            "lines": [
-                [
-                    boot,
-                    "Linux version 6.1.0-28-amd64 (debian-kernel@lists.debian.org) #1 SMP",
-                ],
-                [
-                    boot + 9.5,
-                    f"NVRM: loading NVIDIA UNIX x86_64 Kernel Module  {gpu_fields.DRIVER_VERSION}",
-                ],
-            ],
+            "boot_id": str(uuid.uuid4()),
+            "lines": boot_lines(boot),
+            # What an unprivileged login may read: kernel.dmesg_restrict=1 refuses dmesg;
+            # a journal "denied" shows none of the system's messages (no adm or
+            # systemd-journal group).
+            "dmesg_restrict": False,
+            "journal": "readable",
         },
         "docker": {"images": [], "containers": {}},
     }
@@ -247,11 +270,43 @@ class RigState:
     def bus_id(self, node: str, gpu: int) -> str:
         return str(self.gpu(node, gpu)["pci.bus_id"])
 
-    # --- kernel log (dmesg) --------------------------------------------------------------
+    # --- kernel log (dmesg, journalctl) -------------------------------------------------
 
     def add_kernel_line(self, node: str, text: str, *, at: float | None = None) -> None:
         stamp = time.time() if at is None else at
         state.update_node(self.root, node, lambda doc: doc["kernel"]["lines"].append([stamp, text]))
+
+    def fill_kernel_log(self, node: str, size: int, *, at: float | None = None) -> None:
+        """Add about `size` bytes of ordinary kernel lines, each a millisecond apart,
+        ending just before `at` (default now): a busy node's ring buffer."""
+        end = time.time() if at is None else at
+        text = "usb 1-1.4: reset high-speed USB device number 3 using xhci_hcd and a long tail"
+        count = size // (len(text) + 16) + 1
+        lines = [[end - (count - i) * 1e-3, f"{text} {i}"] for i in range(count)]
+        state.update_node(self.root, node, lambda doc: doc["kernel"]["lines"].extend(lines))
+
+    def reboot(self, node: str, *, uptime: float = 30.0) -> None:
+        """The node booted `uptime` seconds ago: a new boot id, its log only the boot's."""
+
+        def change(doc: dict[str, Any]) -> None:
+            boot = time.time() - uptime
+            doc["kernel"].update(boot_time=boot, boot_id=str(uuid.uuid4()), lines=boot_lines(boot))
+
+        state.update_node(self.root, node, change)
+
+    def set_kernel_log_access(
+        self, node: str, *, dmesg_restrict: bool | None = None, journal: bool | None = None
+    ) -> None:
+        """What the login user may read: `dmesg_restrict` True refuses dmesg (as
+        kernel.dmesg_restrict=1 does), `journal` False hides the system journal."""
+
+        def change(doc: dict[str, Any]) -> None:
+            if dmesg_restrict is not None:
+                doc["kernel"]["dmesg_restrict"] = dmesg_restrict
+            if journal is not None:
+                doc["kernel"]["journal"] = "readable" if journal else "denied"
+
+        state.update_node(self.root, node, change)
 
     def add_xid(
         self,

@@ -12,7 +12,7 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -22,11 +22,11 @@ from reliability.collect.base import CollectError, Sample
 from reliability.collect.gpu_common import pci_key
 from reliability.collect.gpu_smi import (
     FIELDS,
-    KERNEL_LOG_COMMAND,
     LEGACY_FIELDS,
     SMI_COMMAND,
     SmiGpuCollector,
 )
+from reliability.collect.kernel_log import MARK
 
 NODE = "gpu-7"
 MIB = 1024 * 1024
@@ -56,15 +56,20 @@ DRIVER_FAILED = (
     "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
     "Make sure that the latest NVIDIA driver is installed and running.\n\n"
 )
-KERNEL_LOG = (
-    "2026-11-28T04:40:01,000000+00:00 Linux version 6.8.0-49-generic (buildd@lcy02-amd64-103)\n"
-    "2026-11-28T04:44:12,345678+00:00 nvidia-nvlink: Nvlink Core is being initialized\n"
-    "2026-11-28T04:46:09,123456+00:00 NVRM: Xid (PCI:0000:2a:00): 79, pid='<unknown>', "
+BOOTED = 1_790_000_000  # btime of /proc/stat
+BOOT = f"{MARK} boot 6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5 {BOOTED}\n"
+OK = f"{MARK} rc 0\n"
+# What the dmesg read prints (util-linux dmesg, seconds since boot), between its markers.
+KERNEL_LINES = (
+    "[    0.000000] Linux version 6.8.0-49-generic (buildd@lcy02-amd64-103)\n"
+    "[    9.512345] nvidia-nvlink: Nvlink Core is being initialized\n"
+    "[  380.123456] NVRM: Xid (PCI:0000:2a:00): 79, pid='<unknown>', "
     "name=<unknown>, GPU has fallen off the bus.\n"
-    "2026-11-28T04:46:09,200000+00:00 NVRM: GPU 0000:2a:00.0: GPU has fallen off the bus.\n"
-    "2026-11-28T04:47:30,000001+00:00 NVRM: Xid (PCI:0000:18:00): 13, pid=4121, name=python3, "
+    "[  380.200000] NVRM: GPU 0000:2a:00.0: GPU has fallen off the bus.\n"
+    "[  461.000001] NVRM: Xid (PCI:0000:18:00): 13, pid=4121, name=python3, "
     "Graphics SM Warp Exception on (GPC 0, TPC 0, SM 0): Out Of Range Address\n"
 )
+KERNEL_LOG = BOOT + KERNEL_LINES + OK
 
 
 @dataclass
@@ -84,18 +89,20 @@ class ScriptedRunner:
     def run(self, command: str, *, timeout: float) -> Result:
         assert timeout > 0
         self.commands.append(command)
-        answer = self.answers[command.split()[0]]
+        answer = self.answers["dmesg" if "{ dmesg " in command else command.split()[0]]
         if isinstance(answer, Exception):
             raise answer
         return answer
 
 
 def gpus(runner: ScriptedRunner, expected: int) -> SmiGpuCollector:
-    return SmiGpuCollector({NODE: (runner, expected)}, timeout=5.0)
+    return SmiGpuCollector(
+        {NODE: (runner, expected)}, timeout=5.0, kernel_log_commands={NODE: "dmesg"}
+    )
 
 
 def runner(smi: Result, dmesg: Result | Exception | None = None) -> ScriptedRunner:
-    return ScriptedRunner({"nvidia-smi": smi, "dmesg": dmesg or Result(0, "")})
+    return ScriptedRunner({"nvidia-smi": smi, "dmesg": dmesg or Result(0, BOOT + OK)})
 
 
 def values(samples, metric: Metric) -> dict[tuple, float]:
@@ -110,7 +117,6 @@ def test_the_command_asks_for_real_fields_without_units():
     assert (
         "nvidia-smi --query-gpu=" + ",".join(FIELDS) + " --format=csv,noheader,nounits"
     ) == SMI_COMMAND
-    assert KERNEL_LOG_COMMAND == "dmesg --time-format iso"
     # Every field is one the rig's nvidia-smi (from a driver 590 capture) accepts.
     gpu_fields = pytest.importorskip("reliability.testing.gpu_fields")
     assert [f for f in (*FIELDS, *LEGACY_FIELDS) if gpu_fields.canonical(f) is None] == []
@@ -324,26 +330,28 @@ def test_xids_from_the_kernel_log_are_counted_once_by_gpu_index():
     counts = {("1", "79", "reboot_node"): 1, ("0", "13", "restart_app"): 1}
     assert values(first, catalog.GPU_XID_ERRORS) == counts
     assert values(again, catalog.GPU_XID_ERRORS) == counts
-    fell_off = datetime.fromisoformat("2026-11-28T04:46:09.123456+00:00").timestamp()
-    assert values(again, catalog.GPU_XID_LAST)[("1", "79")] == fell_off
+    assert values(again, catalog.GPU_XID_LAST)[("1", "79")] == BOOTED + 380.123456
 
-    newer = "2026-11-28T05:00:00,000000+00:00 NVRM: Xid (PCI:0000:18:00): 13, pid=4300, "
-    scripted.answers["dmesg"] = Result(0, KERNEL_LOG + newer + "name=python3, ...\n")
+    newer = "[ 1300.000000] NVRM: Xid (PCI:0000:18:00): 13, pid=4300, name=python3, ...\n"
+    scripted.answers["dmesg"] = Result(0, BOOT + KERNEL_LINES + newer + OK)
     later = values(collector.collect(NODE), catalog.GPU_XID_ERRORS)
     assert later == {("1", "79", "reboot_node"): 1, ("0", "13", "restart_app"): 2}
 
 
 def test_an_xid_on_a_bus_no_gpu_answered_from_keeps_its_pci_id():
-    line = "2026-11-28T04:46:09,123456+00:00 NVRM: Xid (PCI:0000:9a:00): 48, pid=1, name=x, DBE\n"
-    samples = gpus(runner(Result(0, H100_ROWS), Result(0, line)), expected=2).collect(NODE)
+    line = "[  380.123456] NVRM: Xid (PCI:0000:9a:00): 48, pid=1, name=x, DBE\n"
+    log = Result(0, BOOT + line + OK)
+    samples = gpus(runner(Result(0, H100_ROWS), log), expected=2).collect(NODE)
     assert values(samples, catalog.GPU_XID_ERRORS) == {("0000:9a:00", "48", "reset_gpu"): 1}
 
 
 def test_an_unreadable_kernel_log_costs_the_xids_not_the_gpus():
-    denied = Result(1, "", "dmesg: read kernel buffer failed: Operation not permitted\n")
+    refused = "dmesg: read kernel buffer failed: Operation not permitted\n"
+    denied = Result(0, BOOT + refused + f"{MARK} rc 1\n")
     samples = gpus(runner(Result(0, H100_ROWS), denied), expected=2).collect(NODE)
     assert values(samples, catalog.NODE_GPUS_VISIBLE) == {(): 2}
     assert values(samples, catalog.GPU_XID_ERRORS) == {}
+    assert values(samples, catalog.NODE_KERNEL_LOG_READABLE) == {(): 0}
 
 
 @pytest.mark.parametrize(
@@ -379,16 +387,23 @@ def test_pci_ids_of_nvidia_smi_and_the_kernel_agree():
 
 
 class LocalRunner:
-    """Runs the rig's nvidia-smi and dmesg stand-ins as subprocesses for one node."""
+    """Runs commands in sh here, the rig's nvidia-smi, dmesg and journalctl stand-ins
+    first on the PATH, for one node."""
 
-    def __init__(self, environment: dict[str, str]) -> None:
-        self.environment = environment
+    def __init__(self, environment: dict[str, str], bin_dir: Path) -> None:
+        bin_dir.mkdir()
+        for program in ("nvidia-smi", "dmesg", "journalctl"):
+            module = program.replace("-", "_")
+            shim = bin_dir / program
+            python = shlex.quote(sys.executable)
+            shim.write_text(f'#!/bin/sh\nexec {python} -m reliability.testing.{module} "$@"\n')
+            shim.chmod(0o755)
+        path = f"{bin_dir}:{environment.get('PATH', '/usr/bin:/bin')}"
+        self.environment = {**environment, "PATH": path}
 
     def run(self, command: str, *, timeout: float) -> Result:
-        program, *args = shlex.split(command)
-        module = {"nvidia-smi": "nvidia_smi", "dmesg": "dmesg"}[program]
         done = subprocess.run(
-            [sys.executable, "-m", f"reliability.testing.{module}", *args],
+            ["/bin/sh", "-c", command],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -409,13 +424,15 @@ def test_the_rigs_nvidia_smi_and_dmesg_are_read_as_the_real_ones(tmp_path):
     )
     rig.set_gpu_status(NODE, 1, "lost")
     rig.set_gpu_status(NODE, 2, "missing")
-    rig.add_xid(NODE, 1, 79, at=1_790_000_100.5)
+    at = rig.read(NODE)["kernel"]["boot_time"] + 100.5
+    rig.add_xid(NODE, 1, 79, at=at)
     environment = {
         **os.environ,
         "RELIABILITY_RIG_STATE": str(tmp_path),
         "RELIABILITY_RIG_NODE": NODE,
     }
-    collector = SmiGpuCollector({NODE: (LocalRunner(environment), 3)}, timeout=30.0)
+    runner = LocalRunner(environment, tmp_path / "bin")
+    collector = SmiGpuCollector({NODE: (runner, 3)}, timeout=30.0)
 
     samples = collector.collect(NODE)
 
@@ -428,7 +445,8 @@ def test_the_rigs_nvidia_smi_and_dmesg_are_read_as_the_real_ones(tmp_path):
     assert values(samples, catalog.NODE_GPUS_VISIBLE) == {(): 1}
     assert values(samples, catalog.NODE_GPUS_LOST) == {(): 2}
     assert values(samples, catalog.GPU_XID_ERRORS) == {("1", "79", "reboot_node"): 1}
-    assert values(samples, catalog.GPU_XID_LAST) == {("1", "79"): pytest.approx(1_790_000_100.5)}
+    assert values(samples, catalog.GPU_XID_LAST) == {("1", "79"): pytest.approx(at)}
+    assert values(samples, catalog.NODE_KERNEL_LOG_READABLE) == {(): 1}
     assert values(collector.collect(NODE), catalog.GPU_XID_ERRORS) == {
         ("1", "79", "reboot_node"): 1
     }
