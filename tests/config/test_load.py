@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -213,6 +214,45 @@ def test_watched_paths_must_be_absolute(tmp_path):
     (line,) = errors_of(path)
     assert line.startswith(f"{path}:4: nodes[0].watch_paths[1]: ")
     assert "absolute path" in line
+
+
+def test_the_kernel_log_command_is_the_nodes_else_the_fleets(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        collect: {kernel_log_command: sudo -n journalctl}
+        nodes:
+          - {name: a, address: 127.0.1.1, gpus: 8, kernel_log_command: sudo -n /usr/bin/dmesg}
+          - {name: b, address: 127.0.1.2, gpus: 8}
+        """,
+    )
+    cfg = load_config(path)
+    assert [cfg.kernel_log_command(n) for n in cfg.nodes] == [
+        "sudo -n /usr/bin/dmesg",
+        "sudo -n journalctl",
+    ]
+    assert (
+        load_config(write(tmp_path, "nodes: []\n", "empty.yaml")).collect.kernel_log_command is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "fix"),
+    [
+        ("dmesg --time-format iso", "end the command with dmesg or journalctl"),
+        ("cat /var/log/kern.log", "end the command with dmesg or journalctl"),
+        ("sudo dmesg; rm -rf /", "no shell syntax"),
+        ("dmesg | tail", "no shell syntax"),
+        ("'sudo dmesg", "No closing quotation"),
+        ("  ", "leave the field out"),
+    ],
+)
+def test_a_kernel_log_command_that_is_not_one_plain_reader_is_refused(tmp_path, command, fix):
+    node = {"name": "a", "address": "127.0.1.1", "kernel_log_command": command}
+    path = write(tmp_path, f"nodes: [{json.dumps(node)}]\n")
+    (line,) = errors_of(path)
+    assert line.startswith(f"{path}:1: nodes[0].kernel_log_command: ")
+    assert fix in line
 
 
 def test_a_file_that_is_not_utf8_names_its_line_not_a_traceback(tmp_path):

@@ -407,7 +407,7 @@ def test_the_cli_writes_the_same_bytes_every_time(tmp_path: Path) -> None:
     for out in (first, second):
         result = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE), "--out", str(out)])
         assert result.exit_code == 0, result.output
-        assert f"{out}: 12 alerting rules" in result.output
+        assert f"{out}: 13 alerting rules" in result.output
     assert first.read_bytes() == second.read_bytes()
     stdout = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE)])
     assert stdout.exit_code == 0
