@@ -3,7 +3,7 @@
 * `NvmlGpuCollector` (gpu_nvml.py) reads the local GPUs through NVML (`pynvml`), every
   call under a watchdog, with XIDs from an NVML event set;
 * `SmiGpuCollector` (gpu_smi.py) runs `nvidia-smi --query-gpu` over SSH on each node and
-  reads XIDs from the kernel log (`dmesg`).
+  reads XIDs from what is new in the kernel log (kernel_log.py: journalctl or dmesg).
 
 Both are `Collector`s named "gpu"; labels are `node` and `gpu` (the driver's index, as a
 string) as in `catalog.GPU`. What they share is in gpu_common.py.

@@ -15,7 +15,7 @@ import pytest
 from reliability import catalog
 from reliability.collect.base import Sample
 from reliability.collect.gpu_smi import SmiGpuCollector
-from reliability.collect.kernel_log import MARK
+from reliability.collect.kernel_log import MARK, KernelLog
 from reliability.config import Config
 from reliability.detect.evaluator import Evaluator
 from reliability.ssh import NodeShell, SshPool
@@ -156,3 +156,18 @@ def test_an_unreadable_kernel_log_is_a_warning_naming_the_fix_until_it_reads(rig
     assert evaluate(evaluator, back, START + 70) == []
     [resolved] = evaluate(evaluator, back, START + 135)
     assert resolved.kind == "resolved"
+
+
+def test_a_cursor_journalctl_refuses_is_dropped_and_the_tail_read(rig: Fleet, pool):
+    shell = NodeShell(pool, rig.ssh_target(NODE))
+    kernel_log = KernelLog()
+    journal = kernel_log.order()[0]
+    rig.state.add_xid(NODE, 0, 79)
+    kernel_log.cursor = "s=from-another-machine"
+
+    refused = kernel_log.read(journal, shell.run(kernel_log.script(journal), timeout=10).stdout)
+    tail = kernel_log.read(journal, shell.run(kernel_log.script(journal), timeout=10).stdout)
+
+    assert refused.again and refused.problem is None
+    assert [(x.code, x.pci_bus_id) for x in tail.xids] == [(79, "0000:18:00")]
+    assert kernel_log.cursor is not None and kernel_log.cursor.startswith("s=")
