@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
+from typing import Literal, cast
 
 from reliability.collect.gpu_common import KernelXid, xid_of
 from reliability.config import kernel_log_program
@@ -73,7 +74,7 @@ END {{
 class Source:
     """One way to read the log: `kind` journalctl or dmesg, and the words that run it."""
 
-    kind: str
+    kind: Literal["journalctl", "dmesg"]
     words: tuple[str, ...]
 
     @property
@@ -89,19 +90,18 @@ def sources_of(command: str | None) -> tuple[Source, ...]:
     if command is None:
         return DEFAULT_SOURCES
     words = tuple(shlex.split(command))
-    return (Source(kernel_log_program(words), words),)
+    kind = cast(Literal["journalctl", "dmesg"], kernel_log_program(words))
+    return (Source(kind, words),)
 
 
 @dataclass(frozen=True, slots=True)
 class KernelRead:
     """What one read gave: the new XIDs, or `problem` (why the log cannot be read);
-    `again` when the read must be made again at once (a cursor journalctl refused);
-    `sent` the characters that crossed SSH."""
+    `again` when the read must be made again at once (a cursor journalctl refused)."""
 
     xids: list[KernelXid] = field(default_factory=list)
     problem: str | None = None
     again: bool = False
-    sent: int = 0
 
 
 @dataclass(slots=True)
@@ -187,15 +187,14 @@ class KernelLog:
     def read(self, source: Source, stdout: str) -> KernelRead:
         """Take the output of `script(source)`: the XIDs not read before, or a problem."""
         out = _parse(stdout)
-        sent = len(stdout)
         problem = self._problem(source, out)
         if problem == _BAD_CURSOR:
             self.cursor = None
-            return KernelRead(again=True, sent=sent)
+            return KernelRead(again=True)
         if problem is not None:
             if self.chosen == source:
                 self.chosen = None
-            return KernelRead(problem=problem, sent=sent)
+            return KernelRead(problem=problem)
         self.chosen = source
         rebooted = bool(self.boot is not None and out.boot and out.boot != self.boot) or out.back
         if self.since is not None and not rebooted:  # a first read takes only the tail
@@ -209,7 +208,7 @@ class KernelLog:
             xid = xid_of(line, at if booted_at is None else booted_at + at)
             if xid is not None:
                 xids.append(xid)
-        return KernelRead(xids=xids, sent=sent)
+        return KernelRead(xids=xids)
 
     def _problem(self, source: Source, out: _Output) -> str | None:
         said = "; ".join(out.other)[:300]
