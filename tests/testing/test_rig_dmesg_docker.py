@@ -1,4 +1,5 @@
-"""`dmesg` and `docker` stand-ins: real output shapes and exit codes, from node state."""
+"""`dmesg`, `journalctl` and `docker` stand-ins: real output shapes and exit codes, from node
+state."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reliability.testing import dmesg, docker_cli
+from reliability.testing import dmesg, docker_cli, journalctl
 from reliability.testing.engine import ContainerEngine
 from reliability.testing.loopback import free_port
 from reliability.testing.rigstate import RigState
@@ -298,3 +299,47 @@ def test_an_engine_started_without_its_model_exits_and_serves_only_its_model(
     assert served.status_code == 200 and served.json()["model"] == "chat"
     assert other.status_code == 404
     assert other.json()["error"]["message"] == f"The model `{MODEL}` does not exist."
+
+
+JOURNAL = ["-k", "-o", "short-monotonic", "--no-pager", "--show-cursor"]
+
+
+def test_journalctl_reads_after_its_cursor_and_a_reboot_from_the_new_boot(rig: RigState) -> None:
+    out, _, code = journalctl.render(rig.read("gpu-1"), [*JOURNAL, "-n", "1"])
+    *lines, cursor = out.splitlines()
+    assert code == 0 and len(lines) == 1
+    assert re.fullmatch(r"\[ *\d+\.\d{6}\] gpu-1 kernel: NVRM: loading NVIDIA .+", lines[0])
+    assert cursor.startswith("-- cursor: s=")
+    after = f"--after-cursor={cursor.removeprefix('-- cursor: ')}"
+
+    assert journalctl.render(rig.read("gpu-1"), [*JOURNAL, after]) == ("-- No entries --\n", "", 0)
+    text = rig.add_xid("gpu-1", 0, 48)
+    new, _, _ = journalctl.render(rig.read("gpu-1"), [*JOURNAL, after])
+    assert [line.endswith(text) for line in new.splitlines()] == [True, False]
+
+    rig.reboot("gpu-1")
+    rebooted, _, _ = journalctl.render(rig.read("gpu-1"), [*JOURNAL, after])
+    assert "Linux version" in rebooted.splitlines()[0] and text not in rebooted
+
+
+def test_journalctl_refuses_a_bad_cursor_and_hides_the_system_journal_when_denied(
+    rig: RigState,
+) -> None:
+    assert journalctl.render(rig.read("gpu-1"), [*JOURNAL, "--after-cursor=nope"]) == (
+        "",
+        "Failed to seek to cursor: Invalid argument\n",
+        1,
+    )
+    rig.set_kernel_log_access("gpu-1", journal=False)
+    out, err, code = journalctl.render(rig.read("gpu-1"), JOURNAL)
+    assert (out, code) == ("-- No entries --\n", 0)
+    assert "Users in groups 'adm', 'systemd-journal' can see all messages." in err
+
+
+def test_dmesg_restricted_refuses_as_util_linux_does(rig: RigState) -> None:
+    rig.set_kernel_log_access("gpu-1", dmesg_restrict=True)
+    assert dmesg.render(rig.read("gpu-1"), []) == (
+        "",
+        "dmesg: read kernel buffer failed: Operation not permitted\n",
+        1,
+    )
