@@ -23,6 +23,7 @@ from reliability.config.models import (
     SlackRoute,
     Strict,
 )
+from reliability.config.oncall import OnCallConfig, RotationConfig
 
 __all__ = [
     "Config",
@@ -35,6 +36,8 @@ __all__ = [
     "Name",
     "NodeConfig",
     "NodeState",
+    "OnCallConfig",
+    "RotationConfig",
     "RouteConfig",
     "SecretValue",
     "ServiceConfig",

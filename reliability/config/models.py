@@ -28,6 +28,7 @@ from reliability.config.container import ContainerSpec, old_container_form
 from reliability.config.errors import ConfigError, Loc, format_loc, placed_message
 from reliability.config.fields import Strict
 from reliability.config.fields import matching as _matching
+from reliability.config.oncall import OnCallConfig
 from reliability.config.rules import Rules
 from reliability.durations import Duration, Interval, parse_duration
 
@@ -419,6 +420,7 @@ class Config(Strict):
     collect: CollectConfig = CollectConfig()
     incidents: IncidentsConfig = IncidentsConfig()
     dashboards: DashboardsConfig = DashboardsConfig()
+    oncall: OnCallConfig | None = None
     runbooks_dir: Path = Path("runbooks")
 
     source: Path | None = Field(None, exclude=True)
