@@ -94,10 +94,10 @@ def _one_rotation(config: Config, name: str | None) -> RotationConfig:
     return rotations[0]
 
 
-def local(at: datetime, rotation: RotationConfig | None) -> str:
+def local(at: datetime, rotation: RotationConfig | None, *, short: bool = False) -> str:
     """`at` on the rotation's wall clock (UTC for a rotation no longer in the config)."""
     zone = rotation.zone if rotation else UTC
-    return f"{at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}"
+    return f"{at.astimezone(zone):{'' if short else '%a '}%Y-%m-%d %H:%M %Z}"
 
 
 def person(user_id: str, name: str | None) -> str:
@@ -172,27 +172,32 @@ def who(config: Config, at_text: str | None, rotation_name: str | None, as_json:
 @config_option
 @json_option
 def schedule(config: Config, days: int, rotation_name: str | None, as_json: bool) -> None:
-    """The coming shifts, overrides applied, from the one on now."""
+    """The coming shifts, overrides applied: from the one on now to the one on in DAYS."""
     rotations = _rotations(config, rotation_name)
     now = datetime.now(UTC)
-    pieces: list[tuple[RotationConfig, OnCall]] = []
+    shown: list[tuple[RotationConfig, list[OnCall]]] = []
     with database(config) as s:
         for rotation in rotations:
             start = service.on_call(s, rotation=rotation, at=now).since
-            end = now + timedelta(days=days)
+            end = service.on_call(s, rotation=rotation, at=now + timedelta(days=days)).until
             found = service.overlapping(s, rotation=rotation.name, start=start, end=end)
-            pieces += [(rotation, p) for p in timeline(rotation, found, start, end)]
+            shown.append((rotation, timeline(rotation, found, start, end)))
     if as_json:
-        print_json([_piece_json(p) for _, p in pieces])
+        print_json([_piece_json(p) for _, pieces in shown for p in pieces])
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("ROTATION", "FROM", "UNTIL", "ON CALL", "BY"):
-        table.add_column(col, overflow="fold")
-    for r, p in pieces:
-        table.add_row(
-            r.name, local(p.since, r), local(p.until, r), person(p.user_id, p.name), _why(p)
-        )
-    console.print(table)
+    for r, pieces in shown:
+        console.print(f"{r.name} ({r.time_zone})", markup=False)
+        table = Table(box=None, header_style="bold")
+        for col in ("FROM", "UNTIL", "ON CALL", "BY"):
+            table.add_column(col, overflow="fold")
+        for p in pieces:
+            table.add_row(
+                local(p.since, r, short=True),
+                local(p.until, r, short=True),
+                person(p.user_id, p.name),
+                _why(p),
+            )
+        console.print(table)
 
 
 def _override_json(o: Override, now: datetime) -> dict[str, object]:
@@ -231,7 +236,7 @@ def override(
 ) -> None:
     """Put USER (a Slack user id, U...) on call for a while instead of the rotation's
     person; the newest override wins where two overlap. `--cancel ID` ends one."""
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).replace(microsecond=0)
     if cancel_id is not None:
         if user_id or for_ or start_text:
             raise BadInput("--cancel takes only the override's id: no USER, --for or --start")
@@ -323,8 +328,8 @@ def overrides(
             str(item["state"]),
             o.rotation,
             person(o.user_id, r.name_of(o.user_id) if r else None),
-            local(o.starts_at, r),
-            local(o.until, r),
+            local(o.starts_at, r, short=True),
+            local(o.until, r, short=True),
             o.created_by,
             o.reason or "",
         )
