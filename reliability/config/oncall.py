@@ -63,7 +63,7 @@ def check_time_zone(name: str) -> str:
     """An IANA time zone name that this system's zone database knows."""
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, e.g. Europe
         near = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
         hint = f"did you mean {near[0]}? " if near else ""
         raise ValueError(
