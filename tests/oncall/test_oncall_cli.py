@@ -206,3 +206,16 @@ def test_on_call_sees_a_newer_override_past_the_shift_inside_an_older_one(engine
         answer = service.on_call(s, rotation=rotation, at=handoff - timedelta(hours=1))
     assert (answer.user_id, answer.source) == ("UDAVE0001", "override")
     assert answer.until == handoff + timedelta(hours=2)
+
+
+def test_status_shows_who_is_on_call(tmp_path, database_url, engine):
+    config = write_config(tmp_path, database_url, [ROTATION])
+    data = yaml.safe_load(Path(config).read_text()) | {"http": {"listen": "127.0.0.1:9"}}
+    Path(config).write_text(yaml.safe_dump(data))  # no daemon there: the database still shows
+    assert run("oncall", "override", "UDAVE0001", "--for", "2h", "-c", config).exit_code == 0
+    document = json.loads(run("status", "--json", "-c", config).output)
+    [now] = document["on_call"]
+    assert (now["rotation"], now["user_id"], now["source"]) == ("primary", "UDAVE0001", "override")
+    screen = run("status", "-c", config).output
+    assert "  on call (primary): UDAVE0001 until " in screen
+    assert screen.split("on call (primary): ")[1].splitlines()[0].endswith("Z, override #1")
