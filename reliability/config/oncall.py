@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from reliability.config.fields import Strict, matching
+from reliability.config.fields import Name, Strict, matching
 
 SLACK_USER_PATTERN = r"[UW][A-Z0-9]{2,31}"
 SLACK_USER_HINT = (
@@ -98,10 +98,7 @@ class RotationConfig(Strict):
     the zone's wall clock, so a DST change keeps the handoff's local time: a 1-day shift
     over the spring-forward night lasts 23 h."""
 
-    name: Annotated[
-        str,
-        matching(r"[a-z0-9][a-z0-9._-]{0,62}", "use lowercase letters, digits, '.', '_', '-'"),
-    ]
+    name: Name
     users: Annotated[
         list[Annotated[RotationUser, BeforeValidator(_user_form)]],
         AfterValidator(_some_users),

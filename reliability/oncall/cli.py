@@ -31,6 +31,7 @@ from reliability.oncall.models import Override
 from reliability.oncall.rotation import OnCall, timeline
 
 MAX_SCHEDULE_DAYS = 92
+MAX_FROM_NOW = timedelta(days=3653)  # and far from datetime's year 9999
 
 
 @click.group()
@@ -65,9 +66,12 @@ def _time_option(name: str, text: str | None, now: datetime) -> datetime:
     if text is None:
         return now
     try:
-        return parse_time(text, now)
+        at = parse_time(text, now)
     except ValueError as exc:
         raise BadInput(f"{name}: {exc}") from None
+    if abs(at - now) > MAX_FROM_NOW:
+        raise BadInput(f"{name}: {text!r} is over 10 years from now; give a nearer time")
+    return at
 
 
 def _rotations(config: Config, name: str | None) -> list[RotationConfig]:
@@ -138,20 +142,20 @@ def who(config: Config, at_text: str | None, rotation_name: str | None, as_json:
     with database(config) as s:
         answers = []
         for rotation in rotations:
-            now = service.on_call(s, rotation=rotation, at=at)
-            answers.append((rotation, now, service.on_call(s, rotation=rotation, at=now.until)))
+            held = service.on_call(s, rotation=rotation, at=at)
+            answers.append((rotation, held, service.on_call(s, rotation=rotation, at=held.until)))
     if as_json:
         print_json(
             [
-                _piece_json(now) | {"at": at, "time_zone": r.time_zone, "next": _piece_json(nxt)}
-                for r, now, nxt in answers
+                _piece_json(held) | {"at": at, "time_zone": r.time_zone, "next": _piece_json(nxt)}
+                for r, held, nxt in answers
             ]
         )
         return
-    for r, now, nxt in answers:
+    for r, held, nxt in answers:
         console.print(
-            f"{r.name}: {person(now.user_id, now.name)} is on call until {local(now.until, r)} "
-            f"({_why(now)}, since {local(now.since, r)})",
+            f"{r.name}: {person(held.user_id, held.name)} is on call until "
+            f"{local(held.until, r)} ({_why(held)}, since {local(held.since, r)})",
             markup=False,
         )
         console.print(

@@ -80,7 +80,7 @@ def shift_at(rotation: RotationConfig, at: datetime) -> int:
 
 def on_call(rotation: RotationConfig, overrides: list[OverrideWindow], at: datetime) -> OnCall:
     """Who is on call in `rotation` at `at`, until when, and whether by an override.
-    `overrides` are the rotation's (any others are ignored only if the caller filters)."""
+    Every one of `overrides` applies: the caller passes the rotation's own."""
     n = shift_at(rotation, at)
     start, end = handoff(rotation, n), handoff(rotation, n + 1)
     for o in overrides:

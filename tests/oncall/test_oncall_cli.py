@@ -148,6 +148,7 @@ def test_schedule_prints_the_coming_shifts(config: str):
         (["override", "--cancel", "1", "UDAVE0001"], "--cancel takes only the override's id"),
         (["who", "--at", "2026-12-07T09:00"], "has no UTC offset"),
         (["who", "--at", "tomorrow"], "write now, a time from now"),
+        (["who", "--at", "9999-12-31T23:00Z"], "over 10 years from now"),
         (
             ["who", "--rotation", "secondary"],
             "no rotation is named 'secondary'; rotations: primary",
