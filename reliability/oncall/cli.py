@@ -7,6 +7,7 @@ config with no rotations, 1 for an override that cannot be cancelled."""
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -112,18 +113,6 @@ def _why(p: OnCall) -> str:
     return f"override #{p.override_id}" if p.override_id else "rotation"
 
 
-def _piece_json(p: OnCall) -> dict[str, object]:
-    return {
-        "rotation": p.rotation,
-        "user_id": p.user_id,
-        "name": p.name,
-        "since": p.since,
-        "until": p.until,
-        "source": p.source,
-        "override_id": p.override_id,
-    }
-
-
 rotation_option = click.option(
     "--rotation", "rotation_name", default=None, help="One rotation (default: every one)."
 )
@@ -147,7 +136,7 @@ def who(config: Config, at_text: str | None, rotation_name: str | None, as_json:
     if as_json:
         print_json(
             [
-                _piece_json(held) | {"at": at, "time_zone": r.time_zone, "next": _piece_json(nxt)}
+                asdict(held) | {"at": at, "time_zone": r.time_zone, "next": asdict(nxt)}
                 for r, held, nxt in answers
             ]
         )
@@ -187,7 +176,7 @@ def schedule(config: Config, days: int, rotation_name: str | None, as_json: bool
             found = service.overlapping(s, rotation=rotation.name, start=start, end=end)
             shown.append((rotation, timeline(rotation, found, start, end)))
     if as_json:
-        print_json([_piece_json(p) for _, pieces in shown for p in pieces])
+        print_json([asdict(p) for _, pieces in shown for p in pieces])
         return
     for r, pieces in shown:
         console.print(f"{r.name} ({r.time_zone})", markup=False)
