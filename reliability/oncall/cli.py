@@ -11,6 +11,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from reliability.cli_support import (
@@ -323,7 +324,7 @@ def overrides(
             person(o.user_id, r.name_of(o.user_id) if r else None),
             local(o.starts_at, r, short=True),
             local(o.until, r, short=True),
-            o.created_by,
-            o.reason or "",
+            escape(o.created_by),
+            escape(o.reason or ""),  # a reason is text, never markup
         )
     console.print(table)

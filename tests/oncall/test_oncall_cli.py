@@ -75,7 +75,8 @@ def test_who_answers_at_a_time_with_the_next_handoff(config: str):
 
 def test_an_override_covers_for_its_time_and_the_rotation_takes_back_after(config: str):
     scheduled = who(config)
-    result = run("oncall", "override", "UDAVE0001", "--for", "4h", "--reason", "swap", "-c", config)
+    reason = ("--reason", "swap [b]")
+    result = run("oncall", "override", "UDAVE0001", "--for", "4h", *reason, "-c", config)
     assert result.exit_code == 0, result.output
     assert result.output.startswith("override #1: UDAVE0001 on call in primary from ")
     now = who(config)
@@ -86,9 +87,12 @@ def test_an_override_covers_for_its_time_and_the_rotation_takes_back_after(confi
     later = who(config, "--at", "+4h1m")
     assert later["source"] == "rotation"
 
+    table = run("oncall", "overrides", "-c", config).output
+    assert table.splitlines()[1].split()[:4] == ["1", "active", "primary", "UDAVE0001"]
+    assert table.splitlines()[1].rstrip().endswith("swap [b]")
     listed = json.loads(run("oncall", "overrides", "--json", "-c", config).output)
     assert [(o["id"], o["user_id"], o["state"], o["reason"]) for o in listed] == [
-        (1, "UDAVE0001", "active", "swap")
+        (1, "UDAVE0001", "active", "swap [b]")
     ]
 
     result = run("oncall", "override", "--cancel", "1", "-c", config)
