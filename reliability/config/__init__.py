@@ -24,6 +24,7 @@ from reliability.config.models import (
     Strict,
     kernel_log_program,
 )
+from reliability.config.oncall import OnCallConfig, RotationConfig
 
 __all__ = [
     "Config",
@@ -36,6 +37,8 @@ __all__ = [
     "Name",
     "NodeConfig",
     "NodeState",
+    "OnCallConfig",
+    "RotationConfig",
     "RouteConfig",
     "SecretValue",
     "ServiceConfig",

@@ -4,6 +4,7 @@ frozen) and string checks whose error says what to write."""
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
@@ -22,3 +23,8 @@ def matching(pattern: str, hint: str) -> AfterValidator:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+Name = Annotated[
+    str, matching(r"[a-z0-9][a-z0-9._-]{0,62}", "use lowercase letters, digits, '.', '_', '-'")
+]

@@ -41,6 +41,10 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
             if item.name in seen:
                 yield (section, i, "name"), f"name {item.name!r} is used twice"
             seen.add(item.name)
+    rotations = cfg.oncall.rotations if cfg.oncall else []
+    for i, r in enumerate(rotations):
+        if any(other.name == r.name for other in rotations[:i]):
+            yield ("oncall", "rotations", i, "name"), f"rotation {r.name!r} is named twice"
     nodes = {n.name: n for n in cfg.nodes}
     pools = {n.pool for n in cfg.nodes if n.pool}
     services = {s.name for s in cfg.services}

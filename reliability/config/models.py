@@ -27,17 +27,13 @@ from pydantic import (
 from reliability import shipped
 from reliability.config.container import ContainerSpec, old_container_form
 from reliability.config.errors import ConfigError, Loc, format_loc, placed_message
-from reliability.config.fields import Strict
+from reliability.config.fields import Name, Strict
 from reliability.config.fields import matching as _matching
+from reliability.config.oncall import OnCallConfig
 from reliability.config.rules import Rules
 from reliability.durations import Duration, Interval, parse_duration
 
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
-
-
-Name = Annotated[
-    str, _matching(r"[a-z0-9][a-z0-9._-]{0,62}", "use lowercase letters, digits, '.', '_', '-'")
-]
 
 
 def _no_credentials(value: str) -> str:
@@ -464,6 +460,7 @@ class Config(Strict):
     collect: CollectConfig = CollectConfig()
     incidents: IncidentsConfig = IncidentsConfig()
     dashboards: DashboardsConfig = DashboardsConfig()
+    oncall: OnCallConfig | None = None
     runbooks_dir: Path = Path("runbooks")
 
     source: Path | None = Field(None, exclude=True)

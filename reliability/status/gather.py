@@ -20,6 +20,8 @@ from reliability.config import Config
 from reliability.fleet import service as fleet_service
 from reliability.incidents import service as incident_service
 from reliability.incidents.models import Incident, IncidentStatus, Severity
+from reliability.oncall import service as oncall_service
+from reliability.oncall.rotation import OnCall
 from reliability.runbooks import service as run_service
 from reliability.runbooks.models import RunbookRun, RunStatus
 from reliability.status.scrape import (
@@ -137,6 +139,7 @@ class FleetStatus:
     latency_covers: float | None
     attention: list[str]
     notifiers: list[NotifierRow] = field(default_factory=list)
+    on_call: list[OnCall] = field(default_factory=list)  # one per rotation of the config
 
     @property
     def ok(self) -> bool:
@@ -178,9 +181,10 @@ class StatusReader:
         endpoints = endpoint_rows(self.config, exposition, histograms)
         incidents: list[IncidentRow] = []
         runs: list[RunRow] = []
+        on_call: list[OnCall] = []
         database_error = None
         try:
-            incidents, runs, live = self._read_database(now)
+            incidents, runs, live, on_call = self._read_database(now)
             nodes = [replace(n, **live[n.name]) if n.name in live else n for n in nodes]
         except db.DatabaseError as exc:
             database_error = str(exc)
@@ -199,6 +203,7 @@ class StatusReader:
             latency_covers=covers,
             attention=[],
             notifiers=notifier_rows(exposition),
+            on_call=on_call,
         )
         status.attention.extend(needs_attention(status))
         return status
@@ -210,7 +215,7 @@ class StatusReader:
 
     def _read_database(
         self, now: datetime
-    ) -> tuple[list[IncidentRow], list[RunRow], dict[str, dict[str, str | None]]]:
+    ) -> tuple[list[IncidentRow], list[RunRow], dict[str, dict[str, str | None]], list[OnCall]]:
         if self._engine is None:
             missing = _missing_sqlite_file(self._database_url)
             if missing is not None:
@@ -238,7 +243,9 @@ class StatusReader:
                 r.node: {"pool": r.pool, "role": r.state.value}
                 for r in fleet_service.nodes(session, config=self.config)
             }
-        return incidents, runs, live
+            rotations = self.config.oncall.rotations if self.config.oncall else []
+            on_call = [oncall_service.on_call(session, rotation=r, at=now) for r in rotations]
+        return incidents, runs, live, on_call
 
 
 def node_rows(config: Config, exposition: Exposition, now_unix: float) -> list[NodeRow]:

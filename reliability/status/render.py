@@ -65,6 +65,7 @@ def to_json(status: FleetStatus) -> dict[str, Any]:
         ],
         "runs": [asdict(r) for r in status.runs],
         "notifiers": [asdict(n) for n in status.notifiers],
+        "on_call": [asdict(p) for p in status.on_call],
     }
 
 
@@ -109,6 +110,17 @@ def _header(status: FleetStatus, refresh: float | None) -> RenderableType:
     lines.extend(Text(f"  - {a}", "red", no_wrap=True, overflow="ellipsis") for a in shown)
     if len(rest) > len(shown):
         lines.append(Text(f"  ... and {len(rest) - len(shown)} more (--json)", "red"))
+    # Who a page reaches, below what needs attention.
+    for p in status.on_call:
+        who = f"{p.user_id} ({p.name})" if p.name else p.user_id
+        by = f", override #{p.override_id}" if p.override_id else ""
+        lines.append(
+            Text(
+                f"  on call ({p.rotation}): {who} until {p.until:%a %H:%M}Z{by}",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
+        )
     return Group(*lines)
 
 
