@@ -28,6 +28,7 @@ from reliability.incidents.models import IncidentRead
 from reliability.intake import build_routes as intake_routes
 from reliability.notify.dispatcher import Dispatcher
 from reliability.web import Readiness, build_app
+from reliability.writer import BatchWriter
 
 log = logging.getLogger("reliability.daemon")
 
@@ -354,6 +355,8 @@ def serve(daemon: Daemon) -> int:
 
     # One engine (one connection pool) for everything the daemon does in the database.
     database = db.LazyEngine(daemon.config.database_url())
+    # Webhooks that arrive together are written in one transaction (writer.py).
+    writer = BatchWriter(database.session, name="intake writer")
     dispatcher = _dispatcher(daemon.config, database)
     app = build_app(
         daemon.snapshot,
@@ -364,7 +367,7 @@ def serve(daemon: Daemon) -> int:
         # Pages held back by a refused token or channel: critical, but the daemon still
         # records incidents and takes webhooks, so it stays ready.
         critical=[Readiness("notify", dispatcher.health.condition)] if dispatcher else [],
-        routes=intake_routes(daemon.config, database),
+        routes=intake_routes(daemon.config, writer),
     )
     http = daemon.config.http
     server = _Server(
@@ -379,7 +382,8 @@ def serve(daemon: Daemon) -> int:
     )
     scheduler.start()
     _start_incident_flow(daemon, scheduler, database, dispatcher)
-    daemon.closers.append(database.dispose)  # last: the closers before it may still write
+    # Last: the closers before them may still write; the writer writes what it accepted.
+    daemon.closers += [writer.close, database.dispose]
     log.info(
         "daemon up: %d job(s), serving http://%s:%d/metrics", len(daemon.jobs), http.host, http.port
     )
