@@ -230,9 +230,10 @@ def _start_incident_flow(
     scheduler: BackgroundScheduler,
     database: db.LazyEngine,
     dispatcher: Dispatcher | None,
+    writer: BatchWriter | None = None,
 ) -> None:
-    """Rules into incidents (detect/loop.py), incidents into Slack (notify/dispatcher.py);
-    both stop with the daemon."""
+    """Rules into incidents (detect/loop.py, through `writer`), incidents into Slack
+    (notify/dispatcher.py); both stop with the daemon."""
     from reliability.detect.evaluator import Evaluator
     from reliability.detect.loop import DetectionLoop
     from reliability.runbooks.flows import AutoRunner
@@ -268,6 +269,7 @@ def _start_incident_flow(
         reopen_window=config.incidents.reopen_window,
         on_recorded=dispatcher.wake if dispatcher is not None else None,
         on_firing=runbooks.submit,
+        writer=writer,
     )
     detection.start()
     _schedule_records(daemon, scheduler, database)
@@ -355,8 +357,8 @@ def serve(daemon: Daemon) -> int:
 
     # One engine (one connection pool) for everything the daemon does in the database.
     database = db.LazyEngine(daemon.config.database_url())
-    # Webhooks that arrive together are written in one transaction (writer.py).
-    writer = BatchWriter(database.session, name="intake writer")
+    # Webhooks and rule transitions that arrive together: one transaction (writer.py).
+    writer = BatchWriter(database.session, name="incident writer")
     dispatcher = _dispatcher(daemon.config, database)
     app = build_app(
         daemon.snapshot,
@@ -381,7 +383,7 @@ def serve(daemon: Daemon) -> int:
         )
     )
     scheduler.start()
-    _start_incident_flow(daemon, scheduler, database, dispatcher)
+    _start_incident_flow(daemon, scheduler, database, dispatcher, writer)
     # Last: the closers before them may still write; the writer writes what it accepted.
     daemon.closers += [writer.close, database.dispose]
     log.info(
