@@ -49,10 +49,19 @@ class BadInput(CommandFailed):
     exit_code = EXIT_USAGE
 
 
-def load_config(path: Path | str | None = None) -> Config:
+def load_config(path: Path | str | None = None, *, domain_checks: bool = True) -> Config:
     """The config at `path` (or the default), with every domain's checks of it: what
-    `config check`, the daemon, the demo and every command load."""
+    `config check`, the daemon, the demo and every command that acts on the fleet load.
+
+    `domain_checks=False` keeps the config's own validation and leaves out detection's
+    and the runbooks' (every custom rule, every automatic runbook file read and
+    validated): for a command that only reads or records incidents, which uses neither
+    and must start at once.
+    """
     from reliability import config as config_
+
+    if not domain_checks:
+        return config_.load(path)
     from reliability.detect.checks import check_rules
     from reliability.runbooks.load import check_config as check_runbooks
 
@@ -66,8 +75,11 @@ def finish(code: int) -> NoReturn:
     click.get_current_context().exit(code)
 
 
-def config_option(fn: F) -> F:
-    """Add `-c/--config FILE` and hand the loaded Config to the command as `config`."""
+def config_option(fn: F | None = None, *, domain_checks: bool = True) -> Any:
+    """Add `-c/--config FILE` and hand the loaded Config to the command as `config`
+    (`@config_option`, or `@config_option(domain_checks=False)`: see load_config)."""
+    if fn is None:
+        return functools.partial(config_option, domain_checks=domain_checks)
 
     @click.option(
         "-c",
@@ -82,7 +94,7 @@ def config_option(fn: F) -> F:
         from reliability.config import ConfigError
 
         try:
-            config = load_config(config_path)
+            config = load_config(config_path, domain_checks=domain_checks)
         except ConfigError as exc:
             raise BadInput(str(exc)) from None
         return fn(*args, config=config, **kwargs)

@@ -28,6 +28,7 @@ from reliability.incidents.models import IncidentRead
 from reliability.intake import build_routes as intake_routes
 from reliability.notify.dispatcher import Dispatcher
 from reliability.web import Readiness, build_app
+from reliability.writer import BatchWriter
 
 log = logging.getLogger("reliability.daemon")
 
@@ -229,9 +230,10 @@ def _start_incident_flow(
     scheduler: BackgroundScheduler,
     database: db.LazyEngine,
     dispatcher: Dispatcher | None,
+    writer: BatchWriter | None = None,
 ) -> None:
-    """Rules into incidents (detect/loop.py), incidents into Slack (notify/dispatcher.py);
-    both stop with the daemon."""
+    """Rules into incidents (detect/loop.py, through `writer`), incidents into Slack
+    (notify/dispatcher.py); both stop with the daemon."""
     from reliability.detect.evaluator import Evaluator
     from reliability.detect.loop import DetectionLoop
     from reliability.runbooks.flows import AutoRunner
@@ -267,6 +269,7 @@ def _start_incident_flow(
         reopen_window=config.incidents.reopen_window,
         on_recorded=dispatcher.wake if dispatcher is not None else None,
         on_firing=runbooks.submit,
+        writer=writer,
     )
     detection.start()
     _schedule_records(daemon, scheduler, database)
@@ -354,6 +357,8 @@ def serve(daemon: Daemon) -> int:
 
     # One engine (one connection pool) for everything the daemon does in the database.
     database = db.LazyEngine(daemon.config.database_url())
+    # Webhooks and rule transitions that arrive together: one transaction (writer.py).
+    writer = BatchWriter(database.session, name="incident writer")
     dispatcher = _dispatcher(daemon.config, database)
     app = build_app(
         daemon.snapshot,
@@ -364,7 +369,7 @@ def serve(daemon: Daemon) -> int:
         # Pages held back by a refused token or channel: critical, but the daemon still
         # records incidents and takes webhooks, so it stays ready.
         critical=[Readiness("notify", dispatcher.health.condition)] if dispatcher else [],
-        routes=intake_routes(daemon.config, database),
+        routes=intake_routes(daemon.config, writer),
     )
     http = daemon.config.http
     server = _Server(
@@ -378,8 +383,9 @@ def serve(daemon: Daemon) -> int:
         )
     )
     scheduler.start()
-    _start_incident_flow(daemon, scheduler, database, dispatcher)
-    daemon.closers.append(database.dispose)  # last: the closers before it may still write
+    _start_incident_flow(daemon, scheduler, database, dispatcher, writer)
+    # Last: the closers before them may still write; the writer writes what it accepted.
+    daemon.closers += [writer.close, database.dispose]
     log.info(
         "daemon up: %d job(s), serving http://%s:%d/metrics", len(daemon.jobs), http.host, http.port
     )

@@ -5,8 +5,11 @@ Every tick (half a second) the evaluator reads what the collectors last publishe
 firing and resolved transitions are recorded in one transaction by `detect/flows.py`
 (dedupe, reopen window, timeline, and the outbox rows of their notifications).
 
-Nothing is lost while the database is down: transitions that could not be recorded are
-kept, in order, and recorded first at the next tick that reaches the database. Rule
+Given the daemon's `BatchWriter` (`writer.py`), a tick's transitions are written by its
+thread, in a transaction shared with the webhooks that arrive meanwhile (on SQLite, one
+writer in the process instead of two waiting on each other's lock); the tick still waits
+for its commit. Nothing is lost while the database is down: transitions that could not be
+recorded are kept, in order, and recorded first at the next tick that reaches the database. Rule
 incidents open before a restart are handed to the evaluator (`restore`) before its first
 evaluation, so they resolve when their condition clears instead of staying open forever.
 """
@@ -19,12 +22,14 @@ import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from reliability import db
 from reliability.collect.snapshot import Snapshot
 from reliability.detect.evaluator import Evaluator, Transition
 from reliability.detect.flows import open_rule_fingerprints, record_transitions
 from reliability.incidents import service
+from reliability.writer import BatchWriter, WriterBusy, WriterClosed
 
 log = logging.getLogger("reliability.detect")
 
@@ -47,6 +52,7 @@ class DetectionLoop:
         on_recorded: Callable[[], object] | None = None,
         on_firing: Callable[[Transition], object] | None = None,
         clock: Callable[[], float] = time.time,
+        writer: BatchWriter | None = None,
     ) -> None:
         self._evaluator = evaluator
         self._snapshot = snapshot
@@ -55,6 +61,7 @@ class DetectionLoop:
         self._on_recorded = on_recorded
         self._on_firing = on_firing
         self._clock = clock
+        self._writer = writer
         self._restored = False
         self._unrecorded: list[Transition] = []
         self._db_problem: str | None = None  # logged once when it starts, not every tick
@@ -99,8 +106,10 @@ class DetectionLoop:
     def _flush(self) -> None:
         pending = list(self._unrecorded)
         try:
-            with self._database.session() as session, session.begin():
-                record_transitions(session, transitions=pending, reopen_window=self._reopen_window)
+            self._record(pending)
+        except (WriterBusy, WriterClosed) as exc:
+            self._database_down(f"rule transitions kept until the writer takes them ({exc})")
+            return
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             self._database_down(
                 f"rule transitions kept until the database is back: unavailable ({_short(exc)})"
@@ -121,6 +130,16 @@ class DetectionLoop:
             for t in pending:
                 if t.kind == "firing" and t.runbook_request is not None:
                     self._on_firing(t)
+
+    def _record(self, pending: list[Transition]) -> None:
+        def work(session: Session) -> None:
+            record_transitions(session, transitions=pending, reopen_window=self._reopen_window)
+
+        if self._writer is not None:
+            self._writer.submit(work).result()
+            return
+        with self._database.session() as session, session.begin():
+            work(session)
 
     def _database_down(self, problem: str) -> None:
         if problem != self._db_problem:

@@ -182,6 +182,9 @@ _REOPEN = (
     )
     .returning(*_c, sa.literal("reopened").label("action"))
 )
+_UNRESOLVED_AMONG = sa.select(_c.fingerprint).where(
+    _UNRESOLVED, _c.fingerprint.in_(sa.bindparam("fingerprints_", expanding=True))
+)
 # SQLite: the batch's events in one executemany; their ids, in order, for the Upserts.
 _EVENT = sa.insert(_events).returning(_events.c.id, sort_by_parameter_order=True)
 
@@ -290,7 +293,25 @@ def open_or_update_many(
     # Fingerprints apply in sorted order (a stable sort keeps each one's firings in order), so
     # concurrent batches wait for each other's rows in one order and cannot deadlock.
     order = sorted(range(len(checked)), key=lambda i: checked[i]["fingerprint_"])
-    upserts = {i: _open_or_update(session, connection, statements, checked[i]) for i in order}
+    first_tries = {i: statements.refire_or_open for i in order}
+    if len(checked) > 1 and len(statements.refire_or_open) > 1:
+        # SQLite tries the refire, then the open: two statements for each new fingerprint.
+        # One read of which of the batch's fingerprints are unresolved lets a new one try
+        # the open first. Only the order of the tries changes, never what they do.
+        unresolved = set(
+            connection.execute(
+                _UNRESOLVED_AMONG, {"fingerprints_": sorted({c["fingerprint_"] for c in checked})}
+            ).scalars()
+        )
+        for i in order:
+            fingerprint = checked[i]["fingerprint_"]
+            if fingerprint not in unresolved:
+                first_tries[i] = statements.refire_or_open[::-1]
+                unresolved.add(fingerprint)  # its later firings in the batch refire it
+    upserts = {
+        i: _open_or_update(session, connection, statements, checked[i], first_tries[i])
+        for i in order
+    }
     if order and not statements.records_events:
         # The batch's timeline events in one executemany, in the order they happened.
         ids = connection.execute(
@@ -334,9 +355,10 @@ def _open_or_update(
     connection: sa.Connection,
     statements: _Statements,
     params: dict[str, Any],
+    tries: tuple[sa.Executable, ...],
 ) -> Upsert:
     for _ in range(_MAX_ATTEMPTS):
-        row = _first_row(connection, statements.refire_or_open, params)
+        row = _first_row(connection, tries, params)
         if row is None:
             row = _reopen(session, statements.reopen, params)
         # None: another writer got there first; the next attempt refires what it wrote.

@@ -1,6 +1,6 @@
 """Webhook intake: alerts from other systems (Alertmanager) become incidents.
 
-`build_routes(config)` gives the daemon the endpoints to mount on its HTTP surface.
+`build_routes(config, writer)` gives the daemon the endpoints to mount on its HTTP surface.
 """
 
 from __future__ import annotations
@@ -14,18 +14,16 @@ from reliability import db
 from reliability.config import Config
 from reliability.intake.alertmanager import PATH as ALERTMANAGER_PATH
 from reliability.intake.alertmanager import alertmanager_route
+from reliability.writer import BatchWriter
 
 log = logging.getLogger("reliability.intake")
 
-# SQLAlchemy's default connection pool size: more transactions at once would only queue
-# for a connection.
-POOL_SIZE = 5
 
-
-def build_routes(config: Config, database: db.LazyEngine | None = None) -> list[Route]:
-    """The intake endpoints, from the config: database (the daemon's shared engine, or one
-    of their own), webhook token, reopen window."""
-    database = database or db.LazyEngine(config.database_url())
+def build_routes(config: Config, writer: BatchWriter | None = None) -> list[Route]:
+    """The intake endpoints, from the config: the daemon's batch writer (or one of their
+    own on the configured database), webhook token, reopen window."""
+    if writer is None:
+        writer = BatchWriter(db.LazyEngine(config.database_url()).session, name="intake")
     token = config.webhook_token()
     if token is None:
         log.warning(
@@ -35,11 +33,6 @@ def build_routes(config: Config, database: db.LazyEngine | None = None) -> list[
         )
     return [
         alertmanager_route(
-            database.session,
-            token=token,
-            reopen_window=timedelta(seconds=config.incidents.reopen_window),
-            transactions=(
-                1 if db.normalize_url(database.url).get_backend_name() == "sqlite" else POOL_SIZE
-            ),
+            writer, token=token, reopen_window=timedelta(seconds=config.incidents.reopen_window)
         )
     ]

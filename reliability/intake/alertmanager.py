@@ -1,28 +1,29 @@
 """`POST /api/v1/alertmanager`: Alertmanager's webhook (payload version 4) into incidents.
 
-The payload is `intake/models.py`, what each alert does to incidents `intake/flows.py`. One
-webhook is one database transaction, so a failure part-way leaves nothing behind and
-Alertmanager's retry starts clean.
+The payload is `intake/models.py`, what each alert does to incidents `intake/flows.py`. Each
+webhook is written through the daemon's `BatchWriter` (`writer.py`): webhooks that arrive
+together share one transaction, and each is still all or nothing (a failed batch is written
+again one webhook at a time), so a failure part-way leaves nothing of that webhook behind and
+Alertmanager's retry starts clean. The answer comes once its transaction committed.
 
 Answers, chosen for how Alertmanager retries (it retries 5xx, never 4xx):
 - 200 with the counts of what was done;
 - 400 malformed JSON, wrong version, missing or mistyped fields; 401 missing or wrong
   bearer token; 413 body over 1 MB; 415 not JSON: the sender must change, a retry cannot help;
-- 503 no token configured (the intake refuses everyone rather than run unauthenticated), or
-  the database unavailable: a retry helps once the operator fixes it.
+- 503 no token configured (the intake refuses everyone rather than run unauthenticated),
+  the database unavailable, or the writer's queue full or closing (the daemon stops): a
+  retry helps once the operator fixes it, or at once.
 Every refusal is a JSON `{"error", "details"}` and one log line; the token is never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import anyio
-import anyio.to_thread
 from pydantic import SecretStr, ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -43,6 +44,7 @@ from reliability.intake.http import (
     validation_details,
 )
 from reliability.intake.models import AlertmanagerWebhook
+from reliability.writer import BatchWriter, WriterBusy, WriterClosed
 
 log = logging.getLogger("reliability.intake.alertmanager")
 
@@ -59,34 +61,29 @@ def parse_webhook(data: Any) -> AlertmanagerWebhook:
         ) from None
 
 
-def _store(
-    sessions: Callable[[], Session], webhook: AlertmanagerWebhook, reopen_window: timedelta
+async def _store(
+    writer: BatchWriter, webhook: AlertmanagerWebhook, reopen_window: timedelta
 ) -> IntakeCounts:
+    def work(session: Session) -> IntakeCounts:
+        return flows.record_alertmanager_webhook(
+            session, webhook=webhook, now=datetime.now(UTC), reopen_window=reopen_window
+        )
+
     try:
-        with sessions() as session, session.begin():
-            return flows.record_alertmanager_webhook(
-                session, webhook=webhook, now=datetime.now(UTC), reopen_window=reopen_window
-            )
+        # The writer's thread does the database work: the event loop only waits for it.
+        return await asyncio.wrap_future(writer.submit(work))
+    except (WriterBusy, WriterClosed) as exc:
+        raise Rejection(503, "intake busy, retry later", [str(exc)]) from None
     except (db.DatabaseError, OperationalError, InterfaceError, service.IncidentError) as exc:
         cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise Rejection(503, "database unavailable, retry later", [cause]) from exc
 
 
 def alertmanager_route(
-    sessions: Callable[[], Session],
-    *,
-    token: SecretStr | None,
-    reopen_window: timedelta,
-    transactions: int = 1,
+    writer: BatchWriter, *, token: SecretStr | None, reopen_window: timedelta
 ) -> Route:
-    """The webhook endpoint. `sessions()` gives a new session per webhook; `token` None
-    turns the endpoint into a 503 for everyone, never an open door.
-
-    At most `transactions` webhooks are stored at once; the others wait here, in order. On
-    SQLite keep it 1: it has one writer, and transactions beyond it wait in its busy handler,
-    which sleeps in steps of up to 100 ms (p99 in seconds under load instead of milliseconds).
-    """
-    limiter = anyio.CapacityLimiter(transactions)
+    """The webhook endpoint, storing through `writer`; `token` None turns the endpoint
+    into a 503 for everyone, never an open door."""
 
     async def receive(request: Request) -> Response:
         try:
@@ -99,10 +96,7 @@ def alertmanager_route(
             check_bearer(request, token)
             check_json_content_type(request)
             webhook = parse_webhook(parse_json(await read_body(request)))
-            # Database work blocks: keep it off the event loop.
-            counts = await anyio.to_thread.run_sync(
-                _store, sessions, webhook, reopen_window, limiter=limiter
-            )
+            counts = await _store(writer, webhook, reopen_window)
         except Rejection as rejection:
             _log_rejection(request, rejection)
             return rejection.response()

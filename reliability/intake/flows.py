@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from reliability.incidents import flows
 from reliability.incidents.models import Severity
+from reliability.incidents.service import Firing
 from reliability.intake.models import AlertmanagerAlert, AlertmanagerWebhook
 
 SOURCE = "alertmanager"
@@ -65,31 +66,46 @@ def record_alertmanager_webhook(
     receipt of the firing would resolve an incident before it started.
     """
     counts = IntakeCounts()
-    # In fingerprint order (stable: one alert's repeats keep theirs), so two webhooks that
-    # carry the same alerts in other orders lock their incidents in one order: no deadlock.
-    for alert in sorted(webhook.alerts, key=incident_fingerprint):
-        if alert.status == "firing":
-            upsert = flows.open_or_update(
-                session,
-                fingerprint=incident_fingerprint(alert),
-                title=incident_title(alert),
-                severity=incident_severity(alert),
-                source=SOURCE,
-                labels=alert.labels,
-                summary=alert.annotations.get("description"),
-                at=now,
-                reopen_window=reopen_window,
-            )
+    firing: list[Firing] = []
+
+    def upsert_firing() -> None:
+        # A run of firing alerts in one call: their incidents, events and outbox rows are
+        # written a statement per kind, not per alert.
+        if not firing:
+            return
+        for upsert in flows.open_or_update_many(
+            session, firings=firing, reopen_window=reopen_window
+        ):
             if upsert.action == "opened":
                 counts.opened += 1
             elif upsert.action == "reopened":
                 counts.reopened += 1
             else:
                 counts.updated += 1
-        elif flows.resolve_fingerprint(
+        firing.clear()
+
+    # In fingerprint order (stable: one alert's repeats keep theirs), so two webhooks that
+    # carry the same alerts in other orders lock their incidents in one order: no deadlock.
+    for alert in sorted(webhook.alerts, key=incident_fingerprint):
+        if alert.status == "firing":
+            firing.append(
+                Firing(
+                    incident_fingerprint(alert),
+                    title=incident_title(alert),
+                    severity=incident_severity(alert),
+                    source=SOURCE,
+                    labels=alert.labels,
+                    summary=alert.annotations.get("description"),
+                    at=now,
+                )
+            )
+            continue
+        upsert_firing()
+        if flows.resolve_fingerprint(
             session, fingerprint=incident_fingerprint(alert), by=SOURCE, at=now
         ):
             counts.resolved += 1
         else:
             counts.unknown_resolved += 1
+    upsert_firing()
     return counts

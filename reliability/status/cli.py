@@ -42,7 +42,7 @@ MIN_REFRESH, MAX_REFRESH = 1.0, 300.0
     metavar="URL",
     help="The daemon's /metrics (default: from the config's http.listen).",
 )
-@config_option
+@config_option(domain_checks=False)
 @json_option
 def status(config: Config, watch: float | None, metrics_url: str | None, as_json: bool) -> None:
     """One screen for on-call: nodes (up or down, GPUs seen/expected, pool, role) and

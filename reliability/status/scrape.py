@@ -3,14 +3,16 @@ latency quantiles from its histograms (over the daemon's life, or over a `--watc
 
 from __future__ import annotations
 
+import http.client
 import math
 import re
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from reliability.catalog import Metric
@@ -107,22 +109,30 @@ class Exposition:
 
 
 def fetch(url: str, *, timeout: float = SCRAPE_TIMEOUT_S) -> Exposition:
-    """Scrape `url`; DaemonUnreachable when nothing (or not an exposition) answers in time."""
+    """Scrape `url`; DaemonUnreachable when nothing (or not an exposition) answers in time.
+
+    One GET through the standard library: httpx's import alone would add a tenth of a
+    second to every `reliability status`."""
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "identity"})
     try:
-        response = httpx.get(url, timeout=timeout, headers={"accept-encoding": "identity"})
-    except httpx.TimeoutException:
-        raise DaemonUnreachable(f"no answer within {timeout:g}s") from None
-    except httpx.HTTPError as exc:
-        raise DaemonUnreachable(_one_line(exc)) from None
-    if response.status_code != 200:
-        raise DaemonUnreachable(f"HTTP {response.status_code} {response.reason_phrase}")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, reason, body = response.status, response.reason, response.read()
+    except urllib.error.HTTPError as exc:
+        raise DaemonUnreachable(f"HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(cause, TimeoutError):
+            raise DaemonUnreachable(f"no answer within {timeout:g}s") from None
+        raise DaemonUnreachable(_one_line(cause)) from None
+    if status != 200:
+        raise DaemonUnreachable(f"HTTP {status} {reason}")
     try:
-        return Exposition.parse(response.text)
+        return Exposition.parse(body.decode("utf-8", errors="replace"))
     except ValueError as exc:
         raise DaemonUnreachable(f"not a Prometheus exposition ({_one_line(exc)})") from None
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: object) -> str:
     text = str(exc).strip()
     # "[Errno 111] Connection refused" -> "connection refused"
     text = re.sub(r"^\[Errno -?\d+\] ", "", text.splitlines()[0] if text else "")

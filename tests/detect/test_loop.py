@@ -11,6 +11,7 @@ from reliability import db
 from reliability.detect.loop import DetectionLoop
 from reliability.incidents import service
 from reliability.incidents.models import IncidentStatus
+from reliability.writer import BatchWriter
 
 RUNBOOK = "reliability runbook run node-failover --param node=gpu-2"
 
@@ -32,19 +33,33 @@ class Cycles:
         return self.now
 
 
-@pytest.fixture
-def new_loop(clock_for):
-    """new_loop(url) -> a DetectionLoop over the `fleet` fixture, and its hand-moved clock."""
+@pytest.fixture(params=["own transaction", "batch writer"])
+def new_loop(clock_for, request):
+    """new_loop(url) -> a DetectionLoop over the `fleet` fixture, and its hand-moved clock;
+    recording in a transaction of its own, or through a BatchWriter as in the daemon."""
+    writers: list[BatchWriter] = []
 
     def make(url: str) -> tuple[DetectionLoop, Cycles]:
         fresh = clock_for()
         cycles = Cycles(fresh.fleet, fresh.now)
+        database = db.LazyEngine(url)
+        writer = None
+        if request.param == "batch writer":
+            writer = BatchWriter(database.session)
+            writers.append(writer)
         loop = DetectionLoop(
-            fresh.evaluator, cycles, db.LazyEngine(url), reopen_window=600.0, clock=cycles.clock
+            fresh.evaluator,
+            cycles,
+            database,
+            reopen_window=600.0,
+            clock=cycles.clock,
+            writer=writer,
         )
         return loop, cycles
 
-    return make
+    yield make
+    for writer in writers:
+        assert writer.close()
 
 
 def incidents(engine: sa.Engine):

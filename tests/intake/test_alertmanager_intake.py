@@ -40,6 +40,7 @@ from reliability.intake.http import MAX_BODY_BYTES
 from reliability.intake.models import AlertmanagerAlert
 from reliability.testing.alertmanager import alert_payload, fingerprint_of, webhook_payload
 from reliability.web import build_app
+from reliability.writer import BatchWriter
 
 TOKEN = "intake-test-token-5f0c2a9e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -52,7 +53,9 @@ NOTHING = {"opened": 0, "updated": 0, "reopened": 0, "resolved": 0, "unknown_res
 def client(engine: sa.Engine) -> Iterator[TestClient]:
     """The daemon's app with the intake mounted on the test database."""
     route = alertmanager_route(
-        db.session_factory(engine), token=SecretStr(TOKEN), reopen_window=timedelta(minutes=10)
+        BatchWriter(db.session_factory(engine)),
+        token=SecretStr(TOKEN),
+        reopen_window=timedelta(minutes=10),
     )
     with TestClient(build_app(Snapshot(), readiness=[], routes=[route])) as client:
         yield client
@@ -333,7 +336,9 @@ def test_a_webhook_failing_part_way_writes_nothing_and_asks_for_a_retry(
 
 
 def test_without_a_configured_token_the_intake_refuses_everyone(caplog):
-    route = alertmanager_route(_no_database, token=None, reopen_window=timedelta(minutes=10))
+    route = alertmanager_route(
+        BatchWriter(_no_database), token=None, reopen_window=timedelta(minutes=10)
+    )
     with TestClient(Starlette(routes=[route])) as client:
         response = client.post(PATH, json=webhook_payload([alert_payload(FP_A)]), headers=AUTH)
 
@@ -346,7 +351,9 @@ def test_an_unreachable_database_answers_503_so_alertmanager_retries(caplog):
     # Port 1 on loopback: connection refused at once. The engine is made on first use, so
     # building the route does not need the database.
     sessions = db.LazyEngine("postgresql+psycopg://postgres@127.0.0.1:1/reliability").session
-    route = alertmanager_route(sessions, token=SecretStr(TOKEN), reopen_window=timedelta(0))
+    route = alertmanager_route(
+        BatchWriter(sessions), token=SecretStr(TOKEN), reopen_window=timedelta(0)
+    )
     with TestClient(Starlette(routes=[route])) as client:
         response = client.post(PATH, json=webhook_payload([alert_payload(FP_A)]), headers=AUTH)
 
@@ -370,7 +377,9 @@ def test_an_endless_body_is_cut_off_at_the_limit_not_read_to_its_end():
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    route = alertmanager_route(_no_database, token=SecretStr(TOKEN), reopen_window=timedelta(0))
+    route = alertmanager_route(
+        BatchWriter(_no_database), token=SecretStr(TOKEN), reopen_window=timedelta(0)
+    )
     asyncio.run(Starlette(routes=[route])(_scope(), receive, send))
 
     assert sent[0]["status"] == 413

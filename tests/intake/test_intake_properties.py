@@ -23,6 +23,7 @@ from reliability.collect.snapshot import Snapshot
 from reliability.intake.alertmanager import PATH, alertmanager_route
 from reliability.testing.alertmanager import alert_payload, fingerprint_of, webhook_payload
 from reliability.web import build_app
+from reliability.writer import BatchWriter
 
 TOKEN = "intake-property-token-0b7e"
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -58,7 +59,9 @@ ANSWERS = {200, 400, 413, 415}
 @pytest.fixture
 def client(engine: sa.Engine) -> Iterator[TestClient]:
     route = alertmanager_route(
-        db.session_factory(engine), token=SecretStr(TOKEN), reopen_window=timedelta(minutes=10)
+        BatchWriter(db.session_factory(engine)),
+        token=SecretStr(TOKEN),
+        reopen_window=timedelta(minutes=10),
     )
     with TestClient(build_app(Snapshot(), readiness=[], routes=[route])) as client:
         yield client
