@@ -353,7 +353,7 @@ def serve(daemon: Daemon) -> int:
         return None if scheduler.running else "scheduler is stopped"
 
     # One engine (one connection pool) for everything the daemon does in the database.
-    database = db.LazyEngine(daemon.config.database_url())
+    database = db.LazyEngine(daemon.config.database_url(), daemon.config.database.limits())
     dispatcher = _dispatcher(daemon.config, database)
     app = build_app(
         daemon.snapshot,

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +30,9 @@ from reliability.config.fields import Strict
 from reliability.config.fields import matching as _matching
 from reliability.config.rules import Rules
 from reliability.durations import Duration, Interval, parse_duration
+
+if TYPE_CHECKING:
+    from reliability.db import PostgresLimits
 
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
 
@@ -76,10 +79,29 @@ def _no_inline_secret(value: Any) -> Any:
     return value
 
 
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+Limit = Annotated[Duration, Field(ge=0)]
+
+
 class DatabaseConfig(Strict):
     url: Annotated[str, BeforeValidator(_no_inline_secret)] | None = None
     url_env: str | None = Field(None, description="variable holding the URL (with password)")
     url_file: Path | None = None
+    # PostgreSQL's limits on every connection; unset: db.PostgresLimits' defaults.
+    connect_timeout: PositiveDuration | None = None
+    statement_timeout: Limit | None = Field(None, description="0: no limit")
+    lock_timeout: Limit | None = Field(None, description="0: no limit")
+    idle_in_transaction_timeout: Limit | None = Field(None, description="0: no limit")
+    keepalives_idle: PositiveDuration | None = None
+    keepalives_interval: PositiveDuration | None = None
+    keepalives_count: int | None = Field(None, ge=1, le=100)
+
+    def limits(self) -> PostgresLimits:
+        """The limits set here, the others at their defaults."""
+        from reliability.db import PostgresLimits
+
+        names = set(PostgresLimits.__dataclass_fields__)
+        return PostgresLimits(**self.model_dump(include=names, exclude_none=True))
 
     @model_validator(mode="after")
     def _one_source(self) -> DatabaseConfig:

@@ -25,7 +25,7 @@ POOL_SIZE = 5
 def build_routes(config: Config, database: db.LazyEngine | None = None) -> list[Route]:
     """The intake endpoints, from the config: database (the daemon's shared engine, or one
     of their own), webhook token, reopen window."""
-    database = database or db.LazyEngine(config.database_url())
+    database = database or db.LazyEngine(config.database_url(), config.database.limits())
     token = config.webhook_token()
     if token is None:
         log.warning(
