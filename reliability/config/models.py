@@ -427,6 +427,19 @@ class DashboardsConfig(Strict):
     energy_price_per_kwh: float = Field(0.15, ge=0)
 
 
+class ClusterConfig(Strict):
+    expected_members: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="daemons that should run on this database: fewer pages ReliabilityDaemonDown",
+    )
+    scrape_job: Annotated[
+        str,
+        _matching(r"[a-zA-Z_][a-zA-Z0-9_.-]*", "write the job_name of your prometheus.yml"),
+    ] = Field("reliability", description="Prometheus' job scraping the daemons (their `up`)")
+
+
 class Config(Strict):
     """The whole configuration file. `source` is the file it came from (None: defaults)."""
 
@@ -441,6 +454,7 @@ class Config(Strict):
     collect: CollectConfig = CollectConfig()
     incidents: IncidentsConfig = IncidentsConfig()
     dashboards: DashboardsConfig = DashboardsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     runbooks_dir: Path = Path("runbooks")
 
     source: Path | None = Field(None, exclude=True)
