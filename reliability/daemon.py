@@ -364,17 +364,19 @@ def _notify_systemd(
         if heartbeat.ready and not was_ready:
             scheduler.reschedule_job("systemd-status", trigger="interval", seconds=TIMERS_INTERVAL)
 
-    now = datetime.now(UTC)
-    # misfire_grace_time None: a late ping still runs, since it was the scheduler that ran it.
-    scheduler.add_job(
-        heartbeat.ping,
-        "interval",
-        seconds=heartbeat.interval,
-        id="systemd-watchdog",
-        next_run_time=now,
-        misfire_grace_time=None,
-    )
-    scheduler.add_job(check, "interval", seconds=1, id="systemd-status", next_run_time=now)
+    # misfire_grace_time None: a late run still runs (a loaded host delays, it is not stuck).
+    for job, seconds, name in (
+        (heartbeat.ping, heartbeat.interval, "systemd-watchdog"),
+        (check, 1.0, "systemd-status"),
+    ):
+        scheduler.add_job(
+            job,
+            "interval",
+            seconds=seconds,
+            id=name,
+            next_run_time=datetime.now(UTC),
+            misfire_grace_time=None,
+        )
     return heartbeat
 
 

@@ -132,7 +132,7 @@ def test_ready_after_readyz_watchdog_pings_and_stopping_on_sigterm(
     port = free_port()
     daemon = _daemon(tmp_path, notify_socket, port)
     try:
-        notify_socket.wait_for("READY=1")
+        notify_socket.wait_for("READY=1", timeout=60)  # a loaded host starts slowly
         # systemd now starts the units that wait for this one: they find it ready.
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
         assert ready.status_code == 200, ready.text
@@ -169,10 +169,12 @@ def test_a_daemon_waiting_for_its_database_extends_the_start_and_says_why(
 
         _write_migration_config(tmp_path)
         _migrate(tmp_path)
-        ready = notify_socket.wait_for("READY=1")
+        ready = notify_socket.wait_for("READY=1", timeout=60)
         assert ready > waiting
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-        # Ready: the pings no longer extend the start.
+        # Ready: the pings no longer extend the start (one in flight may still).
+        notify_socket.wait_for("WATCHDOG=1")
+        notify_socket.wait_for("WATCHDOG=1")
         count = len(notify_socket.fields())
         notify_socket.wait_for("WATCHDOG=1")
         notify_socket.wait_for("WATCHDOG=1")
