@@ -387,6 +387,23 @@ ENDPOINT_INFO = _m(
     ("endpoint", "role", "service"),
 )
 
+# --- the daemons themselves: membership in the database (reliability/cluster/) ------------
+CLUSTER_MEMBERS = _m(
+    "cluster_members",
+    "gauge",
+    "Live daemons (members with a current heartbeat) as this daemon sees them in the database.",
+)
+CLUSTER_LEADER = _m(
+    "cluster_leader",
+    "gauge",
+    "1 on the daemon holding the leader lease (it runs the singletons), 0 on the others.",
+)
+DATABASE_UP = _m(
+    "database_up",
+    "gauge",
+    "1 if this daemon's last database heartbeat succeeded, else 0.",
+)
+
 ALL: tuple[Metric, ...] = tuple(v for v in globals().copy().values() if isinstance(v, Metric))
 BY_NAME: dict[str, Metric] = {m.name: m for m in ALL}
 

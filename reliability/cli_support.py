@@ -136,7 +136,7 @@ def database_engine(config: Config, *, check: bool = True) -> Iterator[Engine]:
     from reliability.config import ConfigError
 
     try:
-        engine = db.make_engine(config.database_url())
+        engine = db.make_engine(config.database_url(), config.database.limits())
         if check:
             db.check_schema(engine)
     except (ConfigError, db.DatabaseError) as exc:

@@ -27,7 +27,8 @@ from reliability.config import Config
 from reliability.incidents.models import IncidentRead
 from reliability.intake import build_routes as intake_routes
 from reliability.notify.dispatcher import Dispatcher
-from reliability.web import Readiness, build_app
+from reliability.sdnotify import Heartbeat, SystemdNotify
+from reliability.web import Readiness, build_app, problems_of
 from reliability.writer import BatchWriter
 
 log = logging.getLogger("reliability.daemon")
@@ -41,6 +42,8 @@ TIMERS_INTERVAL = 15.0
 # Incidents and runbook runs are read back from the database this often (collect/records.py).
 RECORDS_INTERVAL = 15.0
 RECORDS_TIMEOUT = 10.0
+# systemd's watchdog pings without WatchdogSec: they extend the start timeout until ready.
+SYSTEMD_PING_INTERVAL = 5.0
 
 
 @dataclass
@@ -333,12 +336,59 @@ class RunningImages:
             log.warning("images running on the nodes not recorded: %s", exc)
 
 
+def _notify_systemd(
+    scheduler: BackgroundScheduler,
+    server: uvicorn.Server,
+    readiness: list[Readiness],
+    *,
+    ready_status: str,
+) -> Heartbeat | None:
+    """systemd's notify protocol when it started the daemon (sdnotify.py): pings as a job
+    of the scheduler (a stuck scheduler stops them), readiness as /readyz sees it, checked
+    every second until ready, then every 15 s for `systemctl status`."""
+    systemd = SystemdNotify.from_environ()
+    if systemd is None:
+        return None
+
+    def problems() -> dict[str, str]:
+        found = problems_of(readiness)
+        return found if server.started else {"http": "not serving yet", **found}
+
+    heartbeat = Heartbeat(
+        systemd,
+        problems,
+        interval=systemd.watchdog_interval or SYSTEMD_PING_INTERVAL,
+        ready_status=ready_status,
+    )
+
+    def check() -> None:
+        was_ready = heartbeat.ready
+        heartbeat.check()
+        if heartbeat.ready and not was_ready:
+            scheduler.reschedule_job("systemd-status", trigger="interval", seconds=TIMERS_INTERVAL)
+
+    # misfire_grace_time None: a late run still runs (a loaded host delays, it is not stuck).
+    for job, seconds, name in (
+        (heartbeat.ping, heartbeat.interval, "systemd-watchdog"),
+        (check, 1.0, "systemd-status"),
+    ):
+        scheduler.add_job(
+            job,
+            "interval",
+            seconds=seconds,
+            id=name,
+            next_run_time=datetime.now(UTC),
+            misfire_grace_time=None,
+        )
+    return heartbeat
+
+
 def serve(daemon: Daemon) -> int:
     """Run the scheduler and the HTTP surface until SIGTERM/SIGINT; 0 on a clean stop."""
     scheduler = BackgroundScheduler(
-        # The collector jobs, the incident timers, the outbox metrics, the records and the
-        # running images: none waits.
-        executors={"default": {"type": "threadpool", "max_workers": len(daemon.jobs) + 4}},
+        # The collector jobs, the incident timers, the outbox metrics, the records, the
+        # running images and systemd's two: none waits.
+        executors={"default": {"type": "threadpool", "max_workers": len(daemon.jobs) + 6}},
         job_defaults={"max_instances": 1, "coalesce": True},
         timezone="UTC",
     )
@@ -356,16 +406,17 @@ def serve(daemon: Daemon) -> int:
         return None if scheduler.running else "scheduler is stopped"
 
     # One engine (one connection pool) for everything the daemon does in the database.
-    database = db.LazyEngine(daemon.config.database_url())
+    database = db.LazyEngine(daemon.config.database_url(), daemon.config.database.limits())
     # Webhooks and rule transitions that arrive together: one transaction (writer.py).
     writer = BatchWriter(database.session, name="incident writer")
     dispatcher = _dispatcher(daemon.config, database)
+    readiness = [
+        Readiness("database", _database_check(database)),
+        Readiness("scheduler", scheduler_check),
+    ]
     app = build_app(
         daemon.snapshot,
-        readiness=[
-            Readiness("database", _database_check(database)),
-            Readiness("scheduler", scheduler_check),
-        ],
+        readiness=readiness,
         # Pages held back by a refused token or channel: critical, but the daemon still
         # records incidents and takes webhooks, so it stays ready.
         critical=[Readiness("notify", dispatcher.health.condition)] if dispatcher else [],
@@ -386,13 +437,15 @@ def serve(daemon: Daemon) -> int:
     _start_incident_flow(daemon, scheduler, database, dispatcher, writer)
     # Last: the closers before them may still write; the writer writes what it accepted.
     daemon.closers += [writer.close, database.dispose]
-    log.info(
-        "daemon up: %d job(s), serving http://%s:%d/metrics", len(daemon.jobs), http.host, http.port
-    )
+    up = f"{len(daemon.jobs)} job(s), serving http://{http.host}:{http.port}/metrics"
+    heartbeat = _notify_systemd(scheduler, server, readiness, ready_status=f"ready: {up}")
+    log.info("daemon up: %s", up)
     try:
         server.run()  # returns on SIGTERM/SIGINT (uvicorn's handlers)
     finally:
         log.info("stopping")
+        if heartbeat is not None:
+            heartbeat.stopping()
         scheduler.shutdown(wait=False)
         clean = daemon.close()
     code = 0 if server.started else 1

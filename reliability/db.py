@@ -14,6 +14,7 @@ import importlib
 import re
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -36,6 +37,7 @@ MIGRATIONS_DIR = shipped.folder("alembic")
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
 CONNECT_TIMEOUT_S = 5
 SQLITE_BUSY_TIMEOUT_MS = 5000
+MIGRATION_LOCK = 0x72656C69  # pg_advisory_lock key of `upgrade` ("reli")
 
 # Every domain's models module; load_models() imports them so Base.metadata is complete.
 MODEL_MODULES = (
@@ -155,13 +157,55 @@ def mask_url(url: str | URL) -> str:
         return "<invalid database URL>"
 
 
-def make_engine(url: str | URL) -> Engine:
+@dataclass(frozen=True, slots=True)
+class PostgresLimits:
+    """What bounds every PostgreSQL connection, so that no thread hangs on the database.
+
+    The server cancels a statement running longer than `statement_timeout` or waiting
+    longer than `lock_timeout` for a lock, and ends a session left idle inside a
+    transaction for `idle_in_transaction_timeout` (freeing its locks); TCP keepalives
+    (first probe after `keepalives_idle` of silence, then every `keepalives_interval`,
+    `keepalives_count` unanswered ones end it) break a half-open connection to a server
+    that vanished. Seconds; 0 turns a server-side limit off. The config's `database`
+    section sets them (config/models.py `DatabaseConfig`).
+    """
+
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    statement_timeout: float = 30.0
+    lock_timeout: float = 10.0
+    idle_in_transaction_timeout: float = 60.0
+    keepalives_idle: float = 30.0
+    keepalives_interval: float = 10.0
+    keepalives_count: int = 3
+
+    def connect_args(self) -> dict[str, Any]:
+        """libpq's connection parameters: keepalives, and the limits as `options=-c ...`
+        (server settings of the session, as `SET` would make them)."""
+        settings = {
+            "statement_timeout": self.statement_timeout,
+            "lock_timeout": self.lock_timeout,
+            "idle_in_transaction_session_timeout": self.idle_in_transaction_timeout,
+        }
+        options = " ".join(f"-c {name}={round(s * 1000)}" for name, s in settings.items())
+        return {
+            # libpq takes whole seconds; at least 1, since 0 would mean wait forever.
+            "connect_timeout": max(1, round(self.connect_timeout)),
+            "application_name": "reliability",
+            "options": options,
+            "keepalives": 1,
+            "keepalives_idle": max(1, round(self.keepalives_idle)),
+            "keepalives_interval": max(1, round(self.keepalives_interval)),
+            "keepalives_count": self.keepalives_count,
+        }
+
+
+def make_engine(url: str | URL, limits: PostgresLimits | None = None) -> Engine:
     """An engine for `url`, configured for this suite; it does not connect yet.
 
     SQLite: the file's directory is created; every connection gets WAL, busy_timeout,
     foreign_keys=ON and synchronous=NORMAL, and transactions start with BEGIN IMMEDIATE.
-    PostgreSQL: psycopg 3, a connect timeout, and pre-ping so dead pooled connections are
-    replaced instead of failing the next statement.
+    PostgreSQL: psycopg 3, `limits` (default `PostgresLimits()`) on every connection, and
+    pre-ping so dead pooled connections are replaced instead of failing the next statement.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -172,7 +216,7 @@ def make_engine(url: str | URL) -> Engine:
         return engine
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "reliability"}
+        connect_args = (limits or PostgresLimits()).connect_args()
     return create_engine(
         parsed, pool_pre_ping=True, pool_timeout=CONNECT_TIMEOUT_S, connect_args=connect_args
     )
@@ -187,8 +231,9 @@ class LazyEngine:
     rule recording, timers and Slack dispatcher.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, limits: PostgresLimits | None = None) -> None:
         self.url = url
+        self.limits = limits
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._lock = threading.Lock()
@@ -196,7 +241,7 @@ class LazyEngine:
     def get(self) -> Engine:
         with self._lock:
             if self._engine is None:
-                self._engine = make_engine(self.url)
+                self._engine = make_engine(self.url, self.limits)
                 self._sessions = session_factory(self._engine)
             return self._engine
 
@@ -339,11 +384,16 @@ def check_schema(engine: Engine) -> str:
 def upgrade(url: str | URL) -> tuple[str | None, str]:
     """Migrate the database at `url` to the head revision; return (from, to) revisions.
 
-    Idempotent: a database already at head is left as it is (from == to).
+    Idempotent: a database already at head is left as it is (from == to). On PostgreSQL
+    a migration may rewrite a large table, so it runs without the statement and lock
+    limits, and under an advisory lock: hosts starting together migrate one at a time.
     """
-    engine = make_engine(url)
+    engine = make_engine(url, PostgresLimits(statement_timeout=0, lock_timeout=0))
     try:
         with connect(engine) as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+                connection.commit()  # the lock is the session's; released when it closes
             before = _revision(connection)
             # End the read's transaction so Alembic owns, and commits, the migration's own.
             connection.rollback()

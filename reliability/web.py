@@ -29,6 +29,11 @@ class Readiness:
     check: Callable[[], str | None]
 
 
+def problems_of(checks: Sequence[Readiness]) -> dict[str, str]:
+    """Each check's problem by its name; empty when all pass. Blocks on what they ask."""
+    return {r.name: problem for r in checks if (problem := r.check())}
+
+
 def build_app(
     snapshot: Snapshot,
     *,
@@ -55,12 +60,8 @@ def build_app(
 
     async def readyz(_: Request) -> Response:
         # Checks may touch the database: run them off the event loop.
-        problems, conditions = {}, {}
-        for found, checks in ((problems, readiness), (conditions, critical)):
-            for r in checks:
-                problem = await run_in_threadpool(r.check)
-                if problem:
-                    found[r.name] = problem
+        problems = await run_in_threadpool(problems_of, readiness)
+        conditions = await run_in_threadpool(problems_of, critical)
         status = 503 if problems else 200
         body = {"ready": not problems, "problems": problems, "critical": conditions}
         return JSONResponse(body, status_code=status)

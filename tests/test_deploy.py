@@ -63,7 +63,14 @@ def test_compose_publishes_ports_on_loopback_only(docker_compose: str):
     result = _run(docker_compose, "--env-file", ENV_EXAMPLE, "-f", COMPOSE, "config")
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    assert set(services) == {"daemon", "postgres", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {
+        "daemon-1",
+        "daemon-2",
+        "postgres",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    }
     published = {
         (name, port["host_ip"] if isinstance(port, dict) else port.split(":")[0])
         for name, service in services.items()
@@ -104,6 +111,46 @@ def test_alertmanager_config_is_valid():
     amtool = _tool("amtool", "prometheus-alertmanager")
     result = _run(amtool, "check-config", DEPLOY / "alertmanager" / "alertmanager.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_runs_two_daemons_on_one_config_and_prometheus_scrapes_both(
+    docker_compose: str,
+):
+    result = _run(docker_compose, "--env-file", ENV_EXAMPLE, "-f", COMPOSE, "config")
+    services = yaml.safe_load(result.stdout)["services"]
+    one, two = services["daemon-1"], services["daemon-2"]
+    assert {k: v for k, v in one.items() if k != "ports"} == {
+        k: v for k, v in two.items() if k != "ports"
+    }
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "reliability"]
+    assert job["static_configs"][0]["targets"] == ["daemon-1:9464", "daemon-2:9464"]
+    config = yaml.safe_load((DEPLOY / "reliability.compose.yaml").read_text())
+    assert config["cluster"] == {"expected_members": 2, "scrape_job": "reliability"}
+    # The Slack webhook URL is a secret file, as the webhook token is; never inline.
+    assert "slack_webhook_url" in services["alertmanager"]["secrets"][1].values()
+    assert "hooks.slack.com" not in (DEPLOY / "alertmanager" / "alertmanager.yml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["alertname=ReliabilityDaemonDown", "component=reliability"], "slack-direct"),
+        (["alertname=ReliabilityNoLeader", "component=reliability"], "slack-direct"),
+        (["alertname=ReliabilityDatabaseDown", "component=reliability"], "slack-direct"),
+        (["alertname=Watchdog", "severity=none"], "deadmansswitch"),
+        (["alertname=GpuLost", "rule=gpu-lost"], "daemon-rules"),
+        (["alertname=SomethingElse", "severity=critical"], "reliability"),
+    ],
+)
+def test_alertmanager_routes_the_daemons_own_alerts_to_slack_and_the_watchdog_out(
+    labels: list[str], receiver: str
+):
+    amtool = _tool("amtool", "prometheus-alertmanager")
+    config = DEPLOY / "alertmanager" / "alertmanager.yml"
+    result = _run(amtool, "config", "routes", "test", f"--config.file={config}", *labels)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receiver
 
 
 def test_systemd_unit_verifies(tmp_path: Path):

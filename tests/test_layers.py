@@ -1,7 +1,7 @@
 """The package's layers, kept: every import (lazy ones inside functions included) points
 down or sideways, never up, and closes no cycle.
 
-    core      config, db, writer, catalog, ssh, durations, balancers, shipped
+    core      config, db, writer, catalog, ssh, durations, balancers, shipped, sdnotify
     domains   collect, detect, intake, incidents, notify, runbooks, images, fleet, dashboards
               (their models, services, renderers, collectors)
     flows     each domain's flows.py (work that spans domains), status (the read-only view
@@ -25,7 +25,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "reliability"
 
 CORE, DOMAIN, FLOWS, ENTRY = 0, 1, 2, 3
 LAYER_NAMES = {CORE: "core", DOMAIN: "domain", FLOWS: "flows", ENTRY: "entry point"}
-CORE_MODULES = {"config", "db", "writer", "catalog", "ssh", "durations", "balancers", "shipped"}
+CORE_MODULES = {
+    "config", "db", "writer", "catalog", "ssh", "durations", "balancers", "shipped", "sdnotify"
+}
 ENTRY_MODULES = {"cli", "cli_support", "cli_reference", "daemon", "daemon_report", "web", "demo"}
 FLOWS_PACKAGES = {"status"}
 # The threads and handlers that run flows: the detection loop and the webhook's route.

@@ -13,7 +13,7 @@ import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -32,6 +32,9 @@ from reliability.config.fields import matching as _matching
 from reliability.config.oncall import OnCallConfig
 from reliability.config.rules import Rules
 from reliability.durations import Duration, Interval, parse_duration
+
+if TYPE_CHECKING:
+    from reliability.db import PostgresLimits
 
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
 
@@ -109,10 +112,29 @@ def _no_inline_secret(value: Any) -> Any:
     return value
 
 
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+Limit = Annotated[Duration, Field(ge=0)]
+
+
 class DatabaseConfig(Strict):
     url: Annotated[str, BeforeValidator(_no_inline_secret)] | None = None
     url_env: str | None = Field(None, description="variable holding the URL (with password)")
     url_file: Path | None = None
+    # PostgreSQL's limits on every connection; unset: db.PostgresLimits' defaults.
+    connect_timeout: PositiveDuration | None = None
+    statement_timeout: Limit | None = Field(None, description="0: no limit")
+    lock_timeout: Limit | None = Field(None, description="0: no limit")
+    idle_in_transaction_timeout: Limit | None = Field(None, description="0: no limit")
+    keepalives_idle: PositiveDuration | None = None
+    keepalives_interval: PositiveDuration | None = None
+    keepalives_count: int | None = Field(None, ge=1, le=100)
+
+    def limits(self) -> PostgresLimits:
+        """The limits set here, the others at their defaults."""
+        from reliability.db import PostgresLimits
+
+        names = set(PostgresLimits.__dataclass_fields__)
+        return PostgresLimits(**self.model_dump(include=names, exclude_none=True))
 
     @model_validator(mode="after")
     def _one_source(self) -> DatabaseConfig:
@@ -446,6 +468,19 @@ class DashboardsConfig(Strict):
     energy_price_per_kwh: float = Field(0.15, ge=0)
 
 
+class ClusterConfig(Strict):
+    expected_members: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="daemons that should run on this database: fewer pages ReliabilityDaemonDown",
+    )
+    scrape_job: Annotated[
+        str,
+        _matching(r"[a-zA-Z_][a-zA-Z0-9_.-]*", "write the job_name of your prometheus.yml"),
+    ] = Field("reliability", description="Prometheus' job scraping the daemons (their `up`)")
+
+
 class Config(Strict):
     """The whole configuration file. `source` is the file it came from (None: defaults)."""
 
@@ -461,6 +496,7 @@ class Config(Strict):
     incidents: IncidentsConfig = IncidentsConfig()
     dashboards: DashboardsConfig = DashboardsConfig()
     oncall: OnCallConfig | None = None
+    cluster: ClusterConfig = ClusterConfig()
     runbooks_dir: Path = Path("runbooks")
 
     source: Path | None = Field(None, exclude=True)

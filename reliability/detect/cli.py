@@ -25,7 +25,9 @@ def rules() -> None:
 )
 @config_option
 def rules_export(config: Config, out: Path | None) -> None:
-    """Write the active rules (built-in and custom) as Prometheus alerting rules."""
+    """Write the active rules (built-in and custom) as Prometheus alerting rules, and the
+    alerts that watch the daemons (down, no leader, database down, an always-firing
+    Watchdog for a dead man's switch)."""
     result = export(config)
     for name, reason in result.skipped.items():
         err_console.print(f"not exported: {name}: {reason}")
@@ -33,4 +35,7 @@ def rules_export(config: Config, out: Path | None) -> None:
         click.echo(result.text, nl=False)
         return
     out.write_text(result.text, encoding="utf-8")
-    console.print(f"{out}: {len(result.alerts)} alerting rules")
+    console.print(
+        f"{out}: {len(result.alerts)} alerting rules, "
+        f"{len(result.watching)} watching the daemons themselves"
+    )

@@ -1,4 +1,5 @@
-"""Translate the active detection rules into a Prometheus alerting rules file.
+"""Translate the active detection rules into a Prometheus alerting rules file, followed by
+the group of alerts that watch the daemons themselves (selfwatch.py).
 
 Each rule becomes one alert whose expression holds for the same series and thresholds the
 evaluator uses, aggregated by the rule's `group_by` (worst value first: `min` for `<`
@@ -55,6 +56,7 @@ from reliability.config.rules import (
     TargetDownRule,
     ThresholdRule,
 )
+from reliability.detect import selfwatch
 from reliability.detect.builtin import active_rules
 from reliability.detect.evaluator import endpoint_labels, recoveries
 from reliability.detect.readings import Recovery
@@ -80,6 +82,7 @@ class Export:
     text: str
     alerts: tuple[str, ...]
     skipped: dict[str, str]
+    watching: tuple[str, ...] = ()  # the daemons' own alerts (selfwatch.py)
 
 
 def alert_name(rule_name: str) -> str:
@@ -558,8 +561,19 @@ def export(config: Config) -> Export:
     if inhibit:
         header += "\nFor alertmanager.yml: the rules' inhibitions.\n"
         header += yaml.safe_dump({"inhibit_rules": inhibit}, sort_keys=False, width=1 << 16)
-    body = {"groups": [{"name": GROUP_NAME, "rules": exported}]}
+    watching = selfwatch.rules(config)
+    body = {
+        "groups": [
+            {"name": GROUP_NAME, "rules": exported},
+            {"name": selfwatch.GROUP_NAME, "rules": watching},
+        ]
+    }
     text = _comment(header) + yaml.safe_dump(
         body, sort_keys=False, allow_unicode=True, width=1 << 16
     )
-    return Export(text, tuple(str(r["alert"]) for r in exported), skipped)
+    return Export(
+        text,
+        tuple(str(r["alert"]) for r in exported),
+        skipped,
+        tuple(str(r["alert"]) for r in watching),
+    )

@@ -223,7 +223,7 @@ class StatusReader:
                 raise db.DatabaseError(
                     f"no database at {missing}: run `reliability db upgrade` (or start the daemon)"
                 )
-            self._engine = db.make_engine(self._database_url)
+            self._engine = db.make_engine(self._database_url, self.config.database.limits())
         db.check_schema(self._engine)
         with db.session_factory(self._engine)() as session, session.begin():
             unresolved = [

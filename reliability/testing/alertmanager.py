@@ -7,6 +7,9 @@ Debian binary on loopback, routing every alert to one webhook URL::
 
     with Alertmanager(tmp_path, daemon_url + PATH, token="t") as am:
         am.post_alerts([{"labels": {"alertname": "GpuHot"}}])
+
+or loading a whole config of the caller's (``Alertmanager(tmp_path, config=..., ...)``,
+e.g. deploy/alertmanager/alertmanager.yml with its URLs and files pointed at the rig).
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ def binary() -> str | None:
 
 class Alertmanager:
     """The real Alertmanager on free loopback ports, clustering off, state in `directory`,
-    sending every alert (and its resolution) to `webhook_url` with `token` as bearer.
+    sending every alert (and its resolution) to `webhook_url` with `token` as bearer, or
+    as `config` (a whole alertmanager.yml, as a mapping) says.
 
     Grouping delays are short (`group_wait`, `group_interval`) so a test sees a firing
     within a second and a resolution within about `group_interval`.
@@ -106,18 +110,19 @@ class Alertmanager:
     def __init__(
         self,
         directory: Path,
-        webhook_url: str,
+        webhook_url: str = "",
         *,
-        token: str,
+        token: str = "",
         executable: str,
         group_wait: str = "100ms",
         group_interval: str = "1s",
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         self.directory = directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._executable = executable
-        self._config = {
+        self._config = config or {
             "route": {
                 "receiver": "reliability",
                 "group_by": ["alertname"],

@@ -4,8 +4,8 @@
 starts ``/usr/bin/prometheus`` on a free 127.0.0.1 port with a 1 s scrape interval of
 each target's ``/metrics`` (job ``reliability``) and the rules file loaded, waits until it
 answers, and stops it on exit. ``scrape_configs`` adds jobs of its own (other servers,
-target labels such as the ``pool`` of a serving engine). A missing binary skips the test
-locally and fails it in CI.
+target labels such as the ``pool`` of a serving engine); ``alertmanagers`` (host:port)
+are sent the firing alerts. A missing binary skips the test locally and fails it in CI.
 """
 
 from __future__ import annotations
@@ -52,11 +52,13 @@ class PrometheusServer:
         targets: Sequence[str],
         rules: Path | None = None,
         scrape_configs: Sequence[dict[str, Any]] = (),
+        alertmanagers: Sequence[str] = (),
     ):
         self.directory = directory
         self.targets = list(targets)
         self.rules = rules
         self.scrape_configs = list(scrape_configs)
+        self.alertmanagers = list(alertmanagers)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory / "prometheus.log"
@@ -72,6 +74,9 @@ class PrometheusServer:
         }
         if self.rules is not None:
             config["rule_files"] = [str(self.rules)]
+        if self.alertmanagers:
+            targets = [{"targets": self.alertmanagers}]
+            config["alerting"] = {"alertmanagers": [{"static_configs": targets}]}
         return config
 
     def start(self) -> PrometheusServer:

@@ -30,6 +30,14 @@ is never seen); ``orphans()`` lists them so a test can catch it.
 
 Every call that reaches the server is recorded (``calls()``), including refused ones; calls
 made while ``outage()`` refuses connections never arrive, as with the real outage.
+
+Incoming webhooks too (what Alertmanager's ``slack_configs`` post to, its ``api_url``):
+``slack.webhook_url("alerts")`` is a secret URL posting to that channel; a JSON (or form
+``payload=``) body with ``text``, ``blocks`` or ``attachments`` is answered ``ok`` as
+``text/plain``, 200; errors as Slack's, in plain text: 400 ``invalid_payload`` or
+``no_text``, 404 ``no_service`` (an unknown webhook), 410 ``channel_is_archived``. The
+message is in ``messages()`` with its ``attachments``; the call is recorded as method
+``incoming-webhook``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -109,6 +118,7 @@ class PostedMessage:
     thread_ts: str | None = None
     edits: int = 0
     history: tuple[str, ...] = field(default=())  # earlier texts, oldest first
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # incoming webhooks'
 
     @property
     def is_reply(self) -> bool:
@@ -146,6 +156,7 @@ class SlackState:
         self._failing_method: str | None = None
         self._archived: set[str] = set()
         self._inactive = False
+        self._webhooks: dict[str, str] = {}  # secret path -> channel ID
         self.outage_status: int | None = None
 
     # -- controls -------------------------------------------------------------------------
@@ -196,6 +207,56 @@ class SlackState:
             self._rate_limited, self._failures, self.outage_status = 0, [], None
             self._archived.clear()
             self._inactive = False
+
+    def webhook_path(self, channel: str) -> str:
+        """The path of the incoming webhook that posts to `channel` (made if new)."""
+        with self._lock:
+            found = self._lookup(channel, names=True)
+            if found is None:
+                raise KeyError(channel)
+            for path, target in self._webhooks.items():
+                if target == found:
+                    return path
+            bot = f"B{len(self._webhooks) + 1:09d}"
+            path = f"/services/{TEAM['team_id']}/{bot}/{secrets.token_hex(12)}"
+            self._webhooks[path] = found
+            return path
+
+    def answer_webhook(self, path: str, payload: Any) -> Answer:
+        """Answer one POST to an incoming webhook (`payload` None: unparsable), and record it."""
+        received_at = time.time()
+        with self._lock:
+            answer, message = self._webhook_locked(path, payload)
+            params = payload if isinstance(payload, dict) else {}
+            channel = message.channel if message else self._webhooks.get(path)
+            ts = message.ts if message else None
+            self._record("incoming-webhook", params | {"channel": channel}, answer, ts, received_at)
+        return answer
+
+    def _webhook_locked(self, path: str, payload: Any) -> tuple[Answer, PostedMessage | None]:
+        if self.outage_status is not None:
+            return Answer(self.outage_status, "Service Unavailable"), None
+        channel = self._webhooks.get(path)
+        if channel is None:
+            return Answer(404, "no_service"), None
+        if not isinstance(payload, dict):
+            return Answer(400, "invalid_payload"), None
+        if channel in self._archived:
+            return Answer(410, "channel_is_archived"), None
+        attachments = payload.get("attachments") or []
+        try:
+            text, blocks = message_content(payload)
+        except ApiError as exc:
+            return Answer(400, exc.code), None
+        if not isinstance(attachments, list):
+            return Answer(400, "invalid_attachments"), None
+        if text is None and blocks is None and not attachments:
+            return Answer(400, "no_text"), None
+        message = PostedMessage(
+            channel, self._next_ts(), text or "", blocks or [], attachments=attachments
+        )
+        self._messages[message.ts] = message
+        return Answer(200, "ok"), message
 
     # -- what tests read ------------------------------------------------------------------
 
@@ -440,7 +501,25 @@ def create_app(state: SlackState) -> Starlette:
             return PlainTextResponse(answer.body, answer.status, dict(answer.headers))
         return JSONResponse(answer.body, answer.status, dict(answer.headers))
 
-    return Starlette(routes=[Route("/api/{method}", api, methods=["GET", "POST"])])
+    async def webhook(request: Request) -> Response:
+        # Slack takes a JSON body, or a form whose `payload` field holds the JSON.
+        body = await request.body()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/x-www-form-urlencoded":
+            body = dict(parse_qsl(body.decode("utf-8", "replace"))).get("payload", "").encode()
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        answer = state.answer_webhook(request.url.path, payload)
+        return PlainTextResponse(str(answer.body), answer.status, dict(answer.headers))
+
+    return Starlette(
+        routes=[
+            Route("/api/{method}", api, methods=["GET", "POST"]),
+            Route("/services/{path:path}", webhook, methods=["POST"]),
+        ]
+    )
 
 
 class SlackStandIn:
@@ -478,6 +557,10 @@ class SlackStandIn:
     def api_url(self) -> str:
         """What ``WebClient(base_url=...)`` takes: the URL with ``/api/``."""
         return f"{self.url}/api/"
+
+    def webhook_url(self, channel: str = DEFAULT_CHANNELS[0]) -> str:
+        """An incoming webhook's URL, posting to `channel` (Alertmanager's ``api_url``)."""
+        return self.url + self.state.webhook_path(channel)
 
     def __enter__(self) -> SlackStandIn:
         return self.start()

@@ -393,10 +393,12 @@ def test_alerts_render_values_labels_and_the_runbook_command(
 def test_every_metric_in_the_rules_file_is_in_the_catalogue(example: Config) -> None:
     text = export(example).text
     data = yaml.safe_load(text)
-    for rule in data["groups"][0]["rules"]:
-        names = re.findall(r"\breliability_[a-z0-9_]+", rule["expr"])
-        assert names, rule["alert"]
-        assert set(names) <= set(catalog.BY_NAME), rule["alert"]
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            names = re.findall(r"\breliability_[a-z0-9_]+", rule["expr"])
+            # Only the daemons' own group reads Prometheus' `up` or nothing (Watchdog).
+            assert names or group["name"] == "reliability-daemons", rule["alert"]
+            assert set(names) <= set(catalog.BY_NAME), rule["alert"]
     in_annotations = re.findall(r"\breliability_[a-z0-9_]+", text)
     assert set(in_annotations) <= set(catalog.BY_NAME)
 
@@ -407,7 +409,7 @@ def test_the_cli_writes_the_same_bytes_every_time(tmp_path: Path) -> None:
     for out in (first, second):
         result = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE), "--out", str(out)])
         assert result.exit_code == 0, result.output
-        assert f"{out}: 13 alerting rules" in result.output
+        assert f"{out}: 13 alerting rules, 4 watching the daemons themselves" in result.output
     assert first.read_bytes() == second.read_bytes()
     stdout = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE)])
     assert stdout.exit_code == 0
@@ -560,3 +562,145 @@ def test_a_real_prometheus_renders_the_numbers_of_the_series_never_a_placeholder
         "80% of probes to hosted over the last 15s were answered busy (503, 529 or 429), "
         f"above 50%, since {since}."
     )
+
+
+# --- the daemons' own alerts (selfwatch.py) ---------------------------------------------------
+
+DAEMON = {"job": "reliability", "severity": "critical", "component": "reliability"}
+
+
+def _watched(**cluster: object) -> str:
+    """The export of a config with `cluster`, annotations and all."""
+    return export(Config.model_validate({"cluster": cluster})).text
+
+
+def test_a_dead_daemon_pages_per_instance_and_too_few_members_page_once(
+    promtool: str, tmp_path: Path
+) -> None:
+    a, b = (
+        {"job": "reliability", "instance": "a:9464"},
+        {"job": "reliability", "instance": "b:9464"},
+    )
+    # b dies at 75 s ("1x4": five ones); another job's target down is not a daemon.
+    series = [
+        _series("up", a, "1x20"),
+        _series("up", b, "1x4 0x16"),
+        _series("up", {"job": "node", "instance": "n:9100"}, "0x20"),
+        _series("reliability_cluster_members", a, "2x4 1x16"),
+    ]
+    alerts = [
+        {"exp_labels": DAEMON | {"instance": "b:9464"}},
+        {"exp_labels": {k: v for k, v in DAEMON.items() if k != "job"}},
+    ]
+    tests = [
+        {
+            "interval": "15s",
+            "input_series": series,
+            "alert_rule_test": [
+                {"eval_time": "60s", "alertname": "ReliabilityDaemonDown", "exp_alerts": []},
+                # Down since 75 s, firing after its `for` of 1m.
+                {"eval_time": "120s", "alertname": "ReliabilityDaemonDown", "exp_alerts": []},
+                {"eval_time": "135s", "alertname": "ReliabilityDaemonDown", "exp_alerts": alerts},
+            ],
+        }
+    ]
+    text = _without_annotations(_watched(expected_members=2))
+    _run_unit_tests(promtool, tmp_path, text, tests)
+
+
+def test_no_daemon_scraped_at_all_pages_and_a_full_cluster_does_not(
+    promtool: str, tmp_path: Path
+) -> None:
+    """A Prometheus that scrapes no daemon (all gone from discovery) is not silent."""
+    up = {"job": "reliability", "instance": "a:9464"}
+    quiet = {"interval": "15s", "input_series": [_series("up", up, "1x10")]}
+    tests = [
+        quiet
+        | {
+            "alert_rule_test": [
+                {"eval_time": "120s", "alertname": "ReliabilityDaemonDown", "exp_alerts": []}
+            ]
+        },
+        {
+            "interval": "15s",
+            "input_series": [_series("up", {"job": "other", "instance": "x"}, "1x10")],
+            "alert_rule_test": [
+                {
+                    "eval_time": "90s",
+                    "alertname": "ReliabilityDaemonDown",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"severity": "critical", "component": "reliability"},
+                            "exp_annotations": {
+                                "summary": "0 of 1 reliability daemons running",
+                                "description": (
+                                    "Fewer daemons than cluster.expected_members (1) are up, "
+                                    "as Prometheus scrapes job reliability or as they count "
+                                    "each other in the database. The others take its nodes "
+                                    "and endpoints; with none left nothing watches the fleet "
+                                    "and no incident is paged. On that host: `systemctl "
+                                    "status reliability` or `docker compose ps`, and its log "
+                                    "(`journalctl -u reliability`); `reliability cluster "
+                                    "status` lists the members. Start it again, or lower "
+                                    "cluster.expected_members if it was retired."
+                                ),
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+    ]
+    _run_unit_tests(promtool, tmp_path, _watched(), tests)
+
+
+def test_no_leader_database_down_and_the_watchdog(promtool: str, tmp_path: Path) -> None:
+    a, b = (
+        {"job": "reliability", "instance": "a:9464"},
+        {"job": "reliability", "instance": "b:9464"},
+    )
+    series = [
+        # a leads until 30 s, nobody from 45 s (b never does).
+        _series("reliability_cluster_leader", a, "1x2 0x10"),
+        _series("reliability_cluster_leader", b, "0x12"),
+        # b's database heartbeat fails from 45 s on.
+        _series("reliability_database_up", a, "1x12"),
+        _series("reliability_database_up", b, "1x2 0x10"),
+    ]
+    labels = {"severity": "critical", "component": "reliability"}
+    tests = [
+        {
+            "interval": "15s",
+            "input_series": series,
+            "alert_rule_test": [
+                {"eval_time": "90s", "alertname": "ReliabilityNoLeader", "exp_alerts": []},
+                {
+                    "eval_time": "105s",
+                    "alertname": "ReliabilityNoLeader",
+                    "exp_alerts": [{"exp_labels": labels}],
+                },
+                {"eval_time": "90s", "alertname": "ReliabilityDatabaseDown", "exp_alerts": []},
+                {
+                    "eval_time": "105s",
+                    "alertname": "ReliabilityDatabaseDown",
+                    "exp_alerts": [{"exp_labels": labels | b}],
+                },
+                {
+                    "eval_time": "0s",
+                    "alertname": "Watchdog",
+                    "exp_alerts": [{"exp_labels": {"severity": "none"}}],
+                },
+            ],
+        }
+    ]
+    _run_unit_tests(promtool, tmp_path, _without_annotations(_watched()), tests)
+
+
+def test_the_scrape_job_and_expected_members_are_validated() -> None:
+    from pydantic import ValidationError
+
+    for cluster in ({"expected_members": 0}, {"scrape_job": "my job"}):
+        with pytest.raises(ValidationError) as raised:
+            Config.model_validate({"cluster": cluster})
+        assert next(iter(cluster)) in str(raised.value)
+    assert 'up{job="daemons"}' in _watched(scrape_job="daemons")

@@ -6,9 +6,11 @@ import json
 import re
 from urllib.error import URLError
 
+import httpx
 import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.webhook import WebhookClient
 
 from reliability.testing.slack import SlackStandIn
 
@@ -210,3 +212,44 @@ def test_reset_forgets_messages_and_lifts_failures(slack: SlackStandIn, client: 
 
     assert [m.text for m in slack.messages()] == ["new"]
     assert [c.text for c in slack.calls()] == ["new"]
+
+
+# --- incoming webhooks (what Alertmanager's slack_configs post to) ----------------------------
+
+
+def test_an_incoming_webhook_posts_to_its_channel_and_answers_ok_in_plain_text(
+    slack: SlackStandIn,
+) -> None:
+    attachment = {"title": "1 firing: ReliabilityDaemonDown", "text": "daemon a:9464 is down"}
+    sent = WebhookClient(slack.webhook_url("oncall")).send(attachments=[attachment])
+
+    assert (sent.status_code, sent.body) == (200, "ok")
+    assert sent.headers["content-type"].startswith("text/plain")
+    (message,) = slack.messages("oncall")
+    assert message.attachments == [attachment]
+    assert slack.messages("alerts") == []
+    assert [c.method for c in slack.calls()] == ["incoming-webhook"]
+
+
+def test_an_incoming_webhook_refuses_what_slack_refuses(slack: SlackStandIn) -> None:
+    url = slack.webhook_url("alerts")
+    post = lambda target, **kw: httpx.post(target, timeout=5, **kw)  # noqa: E731
+    answers = [
+        post(url, content=b"{not json", headers={"content-type": "application/json"}),
+        post(url, json={"username": "alertmanager"}),
+        post(url.rsplit("/", 1)[0] + "/0000", json={"text": "hi"}),
+    ]
+    slack.archive("alerts")
+    answers.append(post(url, json={"text": "hi"}))
+
+    assert [(a.status_code, a.text) for a in answers] == [
+        (400, "invalid_payload"),
+        (400, "no_text"),
+        (404, "no_service"),
+        (410, "channel_is_archived"),
+    ]
+    assert slack.messages() == []
+    slack.archive("alerts", archived=False)
+    form = post(url, data={"payload": json.dumps({"text": "from a form"})})
+    assert (form.status_code, form.text) == (200, "ok")
+    assert [m.text for m in slack.messages("alerts")] == ["from a form"]
