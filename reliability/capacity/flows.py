@@ -1,0 +1,156 @@
+"""A capacity test of one pool, across domains: its nodes from the fleet's live state, the
+refusal of a pool carrying production traffic, the load (measure.py), the GPU power the
+daemon saw meanwhile, and the row that records it (service.py, by the caller)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy.orm import Session
+
+from reliability import catalog
+from reliability.capacity import measure
+from reliability.capacity.models import CapacityTest, Purpose
+from reliability.capacity.plan import Plan
+from reliability.config import Config, ServiceConfig
+from reliability.fleet import service as fleet_service
+from reliability.fleet.models import State
+from reliability.runbooks.ops import host_port
+from reliability.status import scrape
+
+MODELS_TIMEOUT_S = 5.0
+
+
+class UnknownTarget(LookupError):
+    """No such service, or no such pool of it; the message names the known ones."""
+
+
+def find_service(config: Config, name: str) -> ServiceConfig:
+    for service in config.services:
+        if service.name == name:
+            return service
+    known = ", ".join(s.name for s in config.services) or "none"
+    raise UnknownTarget(f"no service is named {name!r} in the config; services: {known}")
+
+
+def check_pool(service: ServiceConfig, pool: str) -> None:
+    if pool not in service.pools:
+        raise UnknownTarget(
+            f"{service.name} has no pool {pool!r}; its pools: {', '.join(service.pools)}"
+        )
+
+
+def production_share(service: ServiceConfig, pool: str) -> float:
+    """The share of the service's production traffic `pool` carries: the active pool all."""
+    return 1.0 if pool == service.active_pool else 0.0
+
+
+def check_allowed(service: ServiceConfig, pool: str) -> None:
+    """LoadRefused when the pool carries more production traffic than the config allows."""
+    share = production_share(service, pool)
+    allowed = service.capacity.max_production_share
+    if share > allowed:
+        raise measure.LoadRefused(
+            f"{pool} is {service.name}'s active pool and carries {share:.0%} of its production "
+            f"traffic; a load test would compete with it (allowed: {allowed:.0%}, "
+            f"services.{service.name}.capacity.max_production_share). Test the idle pool, "
+            f"or raise the share where the pool serves only tests"
+        )
+
+
+def pool_targets(
+    session: Session, *, config: Config, service: ServiceConfig, pool: str, now: datetime
+) -> dict[str, str]:
+    """The base URL of each node serving `pool` now (the fleet's live state), by node."""
+    fleet_service.seed(session, config=config, now=now)
+    serving = {
+        row.node
+        for row in fleet_service.nodes(session, config=config)
+        if row.state == State.serving and row.pool == pool
+    }
+    return {
+        node.name: f"http://{host_port(node.address, service.port)}"
+        for node in config.nodes
+        if node.name in serving
+    }
+
+
+def served_model(service: ServiceConfig, url: str) -> str:
+    """The service's model, else the one the engine lists first (as `ready` asks it)."""
+    if service.model:
+        return service.model
+    try:
+        listed = httpx.get(f"{url}/v1/models", timeout=MODELS_TIMEOUT_S).json()["data"]
+        return str(listed[0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise measure.LoadFailed(
+            f"{url}/v1/models did not name a model ({exc or type(exc).__name__}); set "
+            f"services.{service.name}.model"
+        ) from None
+
+
+def pool_power(config: Config, nodes: list[str]) -> float | None:
+    """The GPU power the daemon's last collection saw on `nodes` (W), None when the daemon
+    does not answer or has no GPU readings of them."""
+    try:
+        exposition = scrape.fetch(scrape.metrics_url(config.http.listen))
+    except scrape.DaemonUnreachable:
+        return None
+    watts = [
+        v for labels, v in exposition.values(catalog.GPU_POWER_DRAW) if labels.get("node") in nodes
+    ]
+    return round(sum(watts), 1) if watts else None
+
+
+def run_test(
+    config: Config,
+    service: ServiceConfig,
+    pool: str,
+    targets: dict[str, str],
+    plan: Plan,
+    *,
+    purpose: Purpose,
+    by: str,
+    on_event: measure.Event = lambda kind, data: None,
+    power: Callable[[list[str]], float | None] | None = None,
+) -> CapacityTest:
+    """Run `plan` against the pool's `targets` and return its record (not yet stored): the
+    best step within the objectives, every step, and the GPU power at each step's end."""
+    read_power = power or (lambda nodes: pool_power(config, nodes))
+    nodes = sorted(targets)
+    watts: list[float | None] = []
+
+    def observed(kind: str, data: dict[str, Any]) -> None:
+        if kind == "step":
+            watts.append(read_power(nodes))
+        on_event(kind, data)
+
+    started = datetime.now(UTC)
+    steps = measure.run(plan, observed)
+    chosen = measure.best(steps)
+    figures = chosen or (steps[-1] if steps else None)
+    return CapacityTest(
+        service=service.name,
+        pool=pool,
+        purpose=purpose,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        by=by,
+        nodes=len(nodes),
+        held=chosen is not None,
+        users=chosen.users if chosen else 0,
+        qps=chosen.qps if chosen else 0.0,
+        tokens_per_s=chosen.tokens_per_s if chosen else 0.0,
+        ttft_p50_s=chosen.ttft_p50_s if chosen else None,
+        ttft_p95_s=chosen.ttft_p95_s if chosen else None,
+        e2e_p95_s=chosen.e2e_p95_s if chosen else None,
+        error_ratio=figures.error_ratio if figures else 1.0,
+        prompt_tokens=figures.prompt_tokens if figures else 0.0,
+        completion_tokens=figures.completion_tokens if figures else 0.0,
+        gpu_power_watts=watts[steps.index(chosen)] if chosen else None,
+        steps=[asdict(s) | {"gpu_power_watts": w} for s, w in zip(steps, watts, strict=False)],
+    )
