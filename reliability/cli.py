@@ -36,6 +36,11 @@ DOMAIN_COMMANDS: dict[str, tuple[str, str, dict[str, str]]] = {
         "capacity",
         {"help": "Measured capacity: load-test a pool within its objectives, keep its baseline."},
     ),
+    "cost": (
+        "reliability.capacity.cli",
+        "cost",
+        {"help": "The cost of serving: self-hosted pools against the hosted API."},
+    ),
     "dashboards": (
         "reliability.dashboards.cli",
         "dashboards",

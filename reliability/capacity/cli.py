@@ -8,6 +8,7 @@ load generator failed or no step held the objectives (the test is recorded all t
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -252,3 +253,140 @@ def list_(config: Config, service_name: str | None, as_json: bool) -> None:
             f"{r['finished_at']:%Y-%m-%d %H:%M}",
         )
     console.print(table if rows else "No baseline yet: run `reliability capacity test`.")
+
+
+@click.group()
+def cost() -> None:
+    """The cost of serving: self-hosted pools against the hosted API."""
+
+
+@cost.command("report")
+@click.option(
+    "--qps", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True
+)
+@click.option(
+    "--years", type=click.FloatRange(min=0, min_open=True, max=30), default=3.0, show_default=True
+)
+@click.option("--service", "service_name", help="Whose capacity baseline (default: the newest).")
+@click.option("--pool", help="Whose baseline within the service (default: its newest).")
+@click.option(
+    "--chart",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("cost-report.png"),
+    show_default=True,
+    help="Where to write the PNG chart.",
+)
+@click.option("--no-chart", is_flag=True, help="Write no chart.")
+@config_option
+@json_option
+def report(
+    config: Config,
+    qps: float,
+    years: float,
+    service_name: str | None,
+    pool: str | None,
+    chart: Path,
+    no_chart: bool,
+    as_json: bool,
+) -> None:
+    """Total cost of serving QPS requests/s for YEARS: self-hosted (hardware, staff,
+    electricity, nodes from the capacity baseline) against the hosted API, with the
+    break-even point; prices from the config's `cost` section."""
+    from reliability.capacity import cost as cost_model
+
+    try:
+        if service_name is not None:
+            svc = flows.find_service(config, service_name)
+            if pool is not None:
+                flows.check_pool(svc, pool)
+    except flows.UnknownTarget as exc:
+        raise BadInput(str(exc)) from None
+    with database(config) as s:
+        found = [
+            b for b in service.baselines(s, service=service_name) if pool is None or b.pool == pool
+        ]
+        baseline = max(found, key=lambda b: b.id) if found else None
+        if baseline is not None:
+            s.expunge(baseline)
+    r = cost_model.report(cost_model.inputs(config, baseline, qps=qps, years=years))
+    written = None
+    if not no_chart:
+        if problem := measure.missing_extra("matplotlib"):
+            r.missing.append(f"the chart: {problem}")
+        else:
+            from reliability.capacity import chart as chart_module
+
+            chart_module.write(r, chart)
+            written = str(chart)
+    if as_json:
+        print_json(_report_dict(r, baseline, written))
+        return
+    _print_report(r, baseline, written)
+
+
+def _report_dict(r: Any, baseline: CapacityTest | None, chart: str | None) -> dict[str, Any]:
+    keys = (
+        "nodes", "hardware", "energy", "staff", "self_hosted", "hosted_per_request", "hosted",
+        "break_even_qps", "break_even_month", "missing",
+    )  # fmt: skip
+    return {
+        "inputs": r.inputs.__dict__,
+        "baseline": None
+        if baseline is None
+        else {"id": baseline.id, "service": baseline.service, "pool": baseline.pool},
+        **{k: getattr(r, k) for k in keys},
+        "chart": chart,
+    }
+
+
+def _print_report(r: Any, baseline: CapacityTest | None, chart: str | None) -> None:
+    i = r.inputs
+    cur = i.currency
+
+    def money(v: float | None) -> str:
+        return "?" if v is None else f"{cur} {v:,.0f}"
+
+    source = (
+        f"capacity baseline: {baseline.service} pool {baseline.pool}, test {baseline.id}: "
+        f"{i.qps_per_node:.2f} requests/s per node"
+        if baseline is not None and i.qps_per_node
+        else "capacity baseline: none"
+    )
+    console.print(f"Cost of {i.qps:g} requests/s over {i.years:g} years ({source})")
+    table = Table(box=None, header_style="bold")
+    table.add_column("SELF-HOSTED")
+    table.add_column("", justify="right")
+    table.add_column("HOW")
+    table.add_row("hardware", money(r.hardware), f"{r.nodes or '?'} nodes x {money(i.node_price)}")
+    power = "?" if i.node_power_watts is None else f"{i.node_power_watts:,.0f} W"
+    price = "?" if i.energy_price_per_kwh is None else f"{i.energy_price_per_kwh:g}"
+    table.add_row(
+        "electricity",
+        money(r.energy),
+        f"{power} per node x {price} per kWh x {i.years * 8760:,.0f} h",
+    )
+    table.add_row("staff", money(r.staff), f"{money(i.staff_per_month)} a month")
+    table.add_row("total", money(r.self_hosted), "")
+    console.print(table)
+    per_request = "?" if r.hosted_per_request is None else f"{cur} {r.hosted_per_request:.6f}"
+    tokens = (
+        "?"
+        if i.prompt_tokens is None
+        else f"{i.prompt_tokens:g} prompt + {i.completion_tokens:g} completion tokens"
+    )
+    console.print(f"Hosted API: {money(r.hosted)} ({per_request} a request: {tokens})")
+    if r.break_even_qps is not None:
+        console.print(
+            f"Break-even: self-hosting costs less above {r.break_even_qps:,.1f} requests/s"
+        )
+    if r.break_even_month is not None:
+        console.print(
+            f"At {i.qps:g} requests/s the hosted bill passes self-hosting in month "
+            f"{r.break_even_month:.1f}"
+        )
+    elif r.self_hosted is not None and r.hosted is not None:
+        console.print(f"At {i.qps:g} requests/s the hosted API stays cheaper")
+    for name in r.missing:
+        console.print(f"[yellow]missing:[/yellow] {name}")
+    if chart:
+        console.print(f"Chart: {chart}")
