@@ -5,7 +5,6 @@ daemon saw meanwhile, and the row that records it (service.py, by the caller).""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,26 +130,4 @@ def run_test(
 
     started = datetime.now(UTC)
     steps = measure.run(plan, observed)
-    chosen = measure.best(steps)
-    figures = chosen or (steps[-1] if steps else None)
-    return CapacityTest(
-        service=service.name,
-        pool=pool,
-        purpose=purpose,
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        by=by,
-        nodes=len(nodes),
-        held=chosen is not None,
-        users=chosen.users if chosen else 0,
-        qps=chosen.qps if chosen else 0.0,
-        tokens_per_s=chosen.tokens_per_s if chosen else 0.0,
-        ttft_p50_s=chosen.ttft_p50_s if chosen else None,
-        ttft_p95_s=chosen.ttft_p95_s if chosen else None,
-        e2e_p95_s=chosen.e2e_p95_s if chosen else None,
-        error_ratio=figures.error_ratio if figures else 1.0,
-        prompt_tokens=figures.prompt_tokens if figures else 0.0,
-        completion_tokens=figures.completion_tokens if figures else 0.0,
-        gpu_power_watts=watts[steps.index(chosen)] if chosen else None,
-        steps=[asdict(s) | {"gpu_power_watts": w} for s, w in zip(steps, watts, strict=False)],
-    )
+    return measure.record(service.name, pool, purpose, by, started, nodes, steps, watts)

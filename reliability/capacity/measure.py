@@ -13,8 +13,10 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
+from reliability.capacity.models import CapacityTest, Purpose
 from reliability.capacity.plan import Plan, StepResult
 from reliability.config import ServiceConfig
 
@@ -148,3 +150,41 @@ def best(steps: list[StepResult]) -> StepResult | None:
     """The step that served the most requests/s within every objective, or None."""
     held = [s for s in steps if not s.missed]
     return max(held, key=lambda s: s.qps) if held else None
+
+
+def record(
+    service: str,
+    pool: str,
+    purpose: Purpose,
+    by: str,
+    started: datetime,
+    nodes: list[str],
+    steps: list[StepResult],
+    watts: list[float | None],
+) -> CapacityTest:
+    """The row of a test (not yet stored): its best step's figures (none held: qps 0, the
+    last step's errors and tokens), every step with the GPU power at its end."""
+    chosen = best(steps)
+    figures = chosen or (steps[-1] if steps else None)
+    power = [*watts, *[None] * (len(steps) - len(watts))]
+    return CapacityTest(
+        service=service,
+        pool=pool,
+        purpose=purpose,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        by=by,
+        nodes=len(nodes),
+        held=chosen is not None,
+        users=chosen.users if chosen else 0,
+        qps=chosen.qps if chosen else 0.0,
+        tokens_per_s=chosen.tokens_per_s if chosen else 0.0,
+        ttft_p50_s=chosen.ttft_p50_s if chosen else None,
+        ttft_p95_s=chosen.ttft_p95_s if chosen else None,
+        e2e_p95_s=chosen.e2e_p95_s if chosen else None,
+        error_ratio=figures.error_ratio if figures else 1.0,
+        prompt_tokens=figures.prompt_tokens if figures else 0.0,
+        completion_tokens=figures.completion_tokens if figures else 0.0,
+        gpu_power_watts=power[steps.index(chosen)] if chosen else None,
+        steps=[asdict(s) | {"gpu_power_watts": w} for s, w in zip(steps, power, strict=True)],
+    )

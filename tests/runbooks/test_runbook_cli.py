@@ -83,7 +83,7 @@ def test_plan_json_is_the_same_plan_for_scripts():
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
-    assert plan["params"] == {"service": "chat", "pool": "green"}
+    assert plan["params"] == {"service": "chat", "pool": "green", "gate": "off"}
     switch = next(s for s in plan["steps"] if s["id"] == "switch")
     assert switch["units"][0]["target"] == "lb-1"
     assert switch["units"][0]["undo"][0]["stdin"] == "<upstream file saved before step switch>"

@@ -5,6 +5,7 @@ the order is the order the runbook file's errors name them in."""
 from __future__ import annotations
 
 from reliability.runbooks.actions import (
+    capacity_gate,
     confirm,
     deploy_image,
     drain,
@@ -34,6 +35,7 @@ REGISTRY = Registry(
         confirm.ConfirmAction(),
         notify.NotifyAction(),
         node_state.NodeStateAction(),
+        capacity_gate.CapacityGateAction(),
     ]
 )
 
