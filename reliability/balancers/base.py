@@ -110,7 +110,7 @@ class Edit:
     listed but down is marked up on its own line),
     remove them, or switch the block to exactly them (lines of others removed, those kept
     put back up with their parameters, the missing ones added), or set each one's
-    `weight` (a canary's share of the traffic)."""
+    `weight` (a canary's share of the traffic; one not listed yet is added with it)."""
 
     backend: str
     action: EditAction
@@ -126,7 +126,7 @@ class Edit:
             "add": f"add {names} to {where}, after its last server line",
             "remove": f"remove {names} from {where}",
             "switch": f"switch {where} to {names or 'no server'}; other server lines removed",
-            "weight": "set weights in "
+            "weight": "set (adding where missing) weights in "
             + where
             + ": "
             + ", ".join(f"{s.name or s.address} {s.weight}" for s in self.servers),
@@ -213,7 +213,11 @@ class Balancer(ABC):
                     splices.append(found.mark_up)
         else:
             for server in edit.servers:
-                found = self._one(block, server.address, must=edit.action != "add")
+                found = self._one(block, server.address, must=edit.action not in ("add", "weight"))
+                if edit.action == "weight" and found is None:
+                    self._name_free(block, server)
+                    added.append(server)  # a canary's new server joins with its weight
+                    continue
                 if edit.action == "add":
                     if found is not None and found.mark_up is not None:
                         # Listed but taken out (a node that failed once and is back as a

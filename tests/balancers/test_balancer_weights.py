@@ -46,9 +46,9 @@ def test_nginx_weights_are_set_or_replaced_and_nothing_else_moves():
     )
     servers = balancer("nginx").read_membership(out).servers
     assert [s.weight for s in servers] == [19, 19]
-    added = balancer("nginx").apply(
-        out, Edit("chat", "add", (Server("10.0.0.13:8000", name="gpu-3", weight=1),))
-    )
+    # A canary's first step: the old servers weighed, the new one added with its weight.
+    canary = (Server("10.0.0.11:8000", weight=19), Server("10.0.0.13:8000", weight=1))
+    added = balancer("nginx").apply(out, Edit("chat", "weight", canary))
     assert "    server 10.0.0.13:8000 weight=1;\n    keepalive 16;" in added
 
 
@@ -79,4 +79,4 @@ def test_a_weight_the_balancer_refuses_is_refused_before_writing(kind: str, weig
 
 def test_the_plan_shows_each_weight():
     edit = Edit("chat", "weight", (Server("10.0.0.11:8000", name="gpu-1", weight=19),))
-    assert edit.shown("upstream") == "set weights in upstream chat: gpu-1 19"
+    assert edit.shown("upstream") == "set (adding where missing) weights in upstream chat: gpu-1 19"

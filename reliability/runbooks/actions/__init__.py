@@ -12,8 +12,10 @@ from reliability.runbooks.actions import (
     http_check,
     lb_route,
     lb_set_pool,
+    lb_weights,
     node_state,
     notify,
+    pool_compare,
     ready,
     record_deploy,
     rolling_deploy,
@@ -36,6 +38,8 @@ REGISTRY = Registry(
         notify.NotifyAction(),
         node_state.NodeStateAction(),
         capacity_gate.CapacityGateAction(),
+        lb_weights.LbWeightsAction(),
+        pool_compare.PoolCompareAction(),
     ]
 )
 
