@@ -5,19 +5,24 @@ aimed at the pool carrying production traffic, recorded beside the previous base
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import uvicorn
 import yaml
 from click.testing import CliRunner, Result
 
-from reliability import db
+from reliability import catalog, db, web
 from reliability.capacity import service
 from reliability.capacity.models import CapacityTest, Purpose
 from reliability.cli import main
-from reliability.testing.inference import REPLY_TOKENS, InferenceSpec
+from reliability.collect.base import Sample
+from reliability.collect.snapshot import Snapshot
+from reliability.testing.inference import REPLY_TOKENS, InferenceSpec, listen, uvicorn_config
 from reliability.testing.inference_group import ServerGroup
 
 SEATS = 2  # max-num-seqs of each stand-in
@@ -53,7 +58,27 @@ def pool() -> Iterator[int]:
 
 
 @pytest.fixture
-def config(tmp_path: Path, pool: int) -> str:
+def daemon_listen() -> Iterator[str]:
+    """The daemon's HTTP surface (its real app) with the GPU power its collectors saw:
+    the green nodes' two GPUs draw 350 W each, blue's node 999 W."""
+    snapshot = Snapshot()
+    for node, watts in (("gpu-1", 999.0), ("gpu-2", 350.0), ("gpu-3", 350.0)):
+        samples = [Sample(catalog.GPU_POWER_DRAW, (node, str(gpu)), watts) for gpu in (0, 1)]
+        snapshot.publish("gpu", node, ok=True, duration=0.1, samples=samples)
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn_config(web.build_app(snapshot, readiness=[])))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield f"127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def config(tmp_path: Path, pool: int, daemon_listen: str) -> str:
     url = f"sqlite:///{tmp_path / 'reliability.db'}"
     db.upgrade(url)
     path = tmp_path / "reliability.yaml"
@@ -61,7 +86,7 @@ def config(tmp_path: Path, pool: int) -> str:
         yaml.safe_dump(
             {
                 "database": {"url": url},
-                "http": {"listen": "127.0.0.1:9"},  # no daemon: GPU power not measured
+                "http": {"listen": daemon_listen},
                 "nodes": [
                     {"name": "gpu-1", "address": "127.0.0.1", "pool": "blue"},
                     *(
@@ -128,7 +153,7 @@ def test_finds_the_pools_known_capacity_within_20_percent_beside_its_baseline(co
     assert baseline["completion_tokens"] == REPLY_TOKENS
     assert baseline["tokens_per_s"] == pytest.approx(baseline["qps"] * REPLY_TOKENS, rel=0.1)
     assert baseline["prompt_tokens"] == 32
-    assert baseline["gpu_power_watts"] is None
+    assert baseline["gpu_power_watts"] == 4 * 350.0  # the green nodes' GPUs, not blue's
 
 
 @pytest.mark.parametrize(
