@@ -7,6 +7,7 @@ load generator failed or no step held the objectives (the test is recorded all t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,26 +87,28 @@ def test(
     try:
         svc = flows.find_service(config, service_name)
         flows.check_pool(svc, pool)
-        flows.check_allowed(svc, pool)
-    except (flows.UnknownTarget, measure.LoadRefused) as exc:
+    except flows.UnknownTarget as exc:
         raise BadInput(str(exc)) from None
     if problem := measure.missing_extra("locust"):
         raise BadInput(problem)
     with database(config) as s:
+        active = flows.active_pool(s, service=svc)
         targets = flows.pool_targets(
             s, config=config, service=svc, pool=pool, now=datetime.now(UTC)
         )
     try:
-        model = flows.served_model(svc, next(iter(targets.values()))) if targets else ""
+        flows.check_allowed(svc, pool, active)
         plan = measure.plan_for(
             svc,
             list(targets.values()),
-            model=model,
+            model=svc.model or "",
             users=users,
             spawn_rate=spawn_rate,
             duration=duration,
             steps=steps,
         )
+        if not plan.model:  # bounds checked first: nothing is sent to a refused pool
+            plan = replace(plan, model=flows.served_model(svc, plan.urls[0]))
     except measure.LoadRefused as exc:
         raise BadInput(str(exc)) from None
     except measure.LoadFailed as exc:

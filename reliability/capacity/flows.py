@@ -18,6 +18,7 @@ from reliability.capacity.plan import Plan
 from reliability.config import Config, ServiceConfig
 from reliability.fleet import service as fleet_service
 from reliability.fleet.models import State
+from reliability.runbooks import service as runs
 from reliability.runbooks.ops import host_port
 from reliability.status import scrape
 
@@ -43,14 +44,21 @@ def check_pool(service: ServiceConfig, pool: str) -> None:
         )
 
 
-def production_share(service: ServiceConfig, pool: str) -> float:
+def active_pool(session: Session, *, service: ServiceConfig) -> str:
+    """The pool the service serves from now: as the last run that switched it left it
+    (blue-green, canary), else the config's `active_pool`."""
+    live = runs.active_pools(session).get(service.name)
+    return live if live in service.pools else service.active_pool
+
+
+def production_share(pool: str, active: str) -> float:
     """The share of the service's production traffic `pool` carries: the active pool all."""
-    return 1.0 if pool == service.active_pool else 0.0
+    return 1.0 if pool == active else 0.0
 
 
-def check_allowed(service: ServiceConfig, pool: str) -> None:
+def check_allowed(service: ServiceConfig, pool: str, active: str) -> None:
     """LoadRefused when the pool carries more production traffic than the config allows."""
-    share = production_share(service, pool)
+    share = production_share(pool, active)
     allowed = service.capacity.max_production_share
     if share > allowed:
         raise measure.LoadRefused(

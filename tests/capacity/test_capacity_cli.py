@@ -22,6 +22,7 @@ from reliability.capacity.models import CapacityTest, Purpose
 from reliability.cli import main
 from reliability.collect.base import Sample
 from reliability.collect.snapshot import Snapshot
+from reliability.runbooks.models import ServicePool
 from reliability.testing.inference import REPLY_TOKENS, InferenceSpec, listen, uvicorn_config
 from reliability.testing.inference_group import ServerGroup
 
@@ -179,3 +180,16 @@ def test_refuses_what_is_unknown_unbounded_or_serving_production(
     assert result.exit_code == 2
     assert says in result.output
     assert "no baseline yet" in run("capacity", "list", "-c", config).output.lower()
+
+
+def test_the_pool_a_run_switched_traffic_to_is_the_one_refused(config: str):
+    url = yaml.safe_load(Path(config).read_text())["database"]["url"]
+    engine = db.make_engine(url)
+    with db.session_factory(engine)() as s, s.begin():
+        s.add(ServicePool(service="chat", pool="green", run_id=None, changed_at=datetime.now(UTC)))
+    engine.dispose()
+
+    refused = run("capacity", "test", "chat", "--pool", "green", "--duration", "9s", "-c", config)
+
+    assert refused.exit_code == 2
+    assert "green is chat's active pool and carries 100%" in refused.output
