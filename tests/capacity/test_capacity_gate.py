@@ -4,6 +4,7 @@ is refused with the margin it missed by; nothing is switched."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from reliability.cli import main
 from reliability.cli_support import load_config
 from reliability.runbooks import flows
 from reliability.runbooks import params as params_mod
+from reliability.runbooks.executor import RunResult
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookStep, RunStatus
 from reliability.testing.inference import InferenceSpec
@@ -92,6 +94,30 @@ def config_path(tmp_path: Path, stand_ins: dict[str, list[InferenceHandle]]) -> 
     return path
 
 
+NEW_BUILD_GATE = """
+description: Gate a new build of a pool on its own baseline.
+params:
+  service: {type: service}
+  pool: {type: pool, of: service}
+steps:
+  - id: gate
+    action: capacity_gate
+    args: {service: "{service}", pool: "{pool}", gate: {capacity: 0.5}, duration: 3s}
+"""
+
+
+def run_book(config_path: Path, name: str, **given: str) -> tuple[RunResult, sa.Engine]:
+    config = load_config(config_path)
+    book = load_runbooks(config)[name]
+    values = params_mod.resolve(book, given, config)
+    engine = db.make_engine(config.database_url())
+    executor = flows.executor(config, engine, confirm=lambda prompt: True)
+    try:
+        return executor.run(book, values, actor="test"), engine
+    finally:
+        executor.close()
+
+
 def test_a_gated_blue_green_refuses_a_slower_pool_and_switches_nothing(
     config_path: Path, stand_ins: dict[str, list[InferenceHandle]]
 ):
@@ -105,15 +131,7 @@ def test_a_gated_blue_green_refuses_a_slower_pool_and_switches_nothing(
     for handle in stand_ins["green"]:  # a build that answers 0.4 s later
         handle.set_mode("slow", path="/v1/chat/completions", delay_s=0.4)
 
-    config = load_config(config_path)
-    book = load_runbooks(config)["blue-green"]
-    values = params_mod.resolve(book, {"service": "chat", "pool": "green", "gate": "on"}, config)
-    engine = db.make_engine(config.database_url())
-    executor = flows.executor(config, engine, confirm=lambda prompt: True)
-    try:
-        result = executor.run(book, values, actor="test")
-    finally:
-        executor.close()
+    result, engine = run_book(config_path, "blue-green", service="chat", pool="green", gate="on")
 
     assert result.status == RunStatus.failed
     assert "gate failed by" in (result.reason or "")
@@ -127,3 +145,26 @@ def test_a_gated_blue_green_refuses_a_slower_pool_and_switches_nothing(
     assert (gate.pool, gate.purpose, gate.users) == ("green", Purpose.gate, baseline.users)
     assert gate.qps < 0.9 * baseline.qps
     engine.dispose()
+
+
+def test_a_build_that_holds_its_pools_baseline_passes_and_says_by_how_much(config_path: Path):
+    (config_path.parent / "runbooks" / "new-build.yaml").write_text(NEW_BUILD_GATE)
+    unmeasured, engine = run_book(config_path, "new-build", service="chat", pool="green")
+    engine.dispose()
+    assert unmeasured.status == RunStatus.failed
+    assert "no capacity baseline of chat pool green" in unmeasured.reason
+    assert "reliability capacity test chat --pool green" in unmeasured.reason
+
+    measured = CliRunner().invoke(
+        main,
+        ["capacity", "test", "chat", "--pool", "green", "--users", "4", "--steps", "1",
+         "--duration", "3s", "--spawn-rate", "50", "-c", str(config_path)],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert measured.exit_code == 0, measured.output
+    passed, engine = run_book(config_path, "new-build", service="chat", pool="green")
+    assert passed.status == RunStatus.succeeded, passed.reason
+    with db.session_factory(engine)() as s:
+        (step,) = s.scalars(sa.select(RunbookStep).where(RunbookStep.run_id == passed.run_id))
+    engine.dispose()
+    assert "gate passed by" in json.dumps(step.log)
