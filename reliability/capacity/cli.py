@@ -378,6 +378,11 @@ def _print_report(r: Any, baseline: CapacityTest | None, chart: str | None) -> N
         else f"{i.prompt_tokens:g} prompt + {i.completion_tokens:g} completion tokens"
     )
     console.print(f"Hosted API: {money(r.hosted)} ({per_request} a request: {tokens})")
+    if r.break_even_qps is None and r.self_hosted is not None and r.hosted is not None:
+        console.print(
+            "Break-even: none; a node costs more than the hosted API charges for the "
+            "requests it serves, at any load"
+        )
     if r.break_even_qps is not None:
         console.print(
             f"Break-even: self-hosting costs less above {r.break_even_qps:,.1f} requests/s"

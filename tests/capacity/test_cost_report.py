@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from reliability import db
 from reliability.capacity import service
+from reliability.capacity.cost import break_even_qps
 from reliability.capacity.models import CapacityTest, Purpose
 from reliability.cli import main
 
@@ -116,3 +117,12 @@ def test_without_a_baseline_the_report_asks_for_a_capacity_test(
     r = json.loads(result.output)
     assert r["nodes"] is None and r["self_hosted"] is None and r["hosted"] is None
     assert "a capacity baseline (reliability capacity test)" in r["missing"]
+
+
+def test_no_break_even_when_a_node_costs_more_than_the_requests_it_serves_would_hosted():
+    # A node (100,000 over the period) serves 5 req/s; hosted, 5 req/s cost 5 x 18,000.
+    assert break_even_qps(staff=0, per_node=100_000, qps_per_node=5, hosted_per_qps=18_000) is None
+    # Dearer hosting: self-hosting wins from 100,000 / 25,000 = 4 req/s, on one node.
+    assert break_even_qps(
+        staff=0, per_node=100_000, qps_per_node=5, hosted_per_qps=25_000
+    ) == pytest.approx(4.0)
