@@ -63,11 +63,12 @@ def write_config(balancer: RigBalancer, directory: Path) -> Config:
 
 
 class BreakGreenAt(Progress):
-    """Makes the green pool's engines fail every completion when step `at` starts, and
-    keeps the balancer's file as it was then."""
+    """Puts the green pool's engines in `mode` (every completion fails, by default) when
+    step `at` starts, and keeps the balancer's file as it was then."""
 
-    def __init__(self, balancer: RigBalancer, at: str) -> None:
+    def __init__(self, balancer: RigBalancer, at: str, **mode: object) -> None:
         self.balancer, self.at = balancer, at
+        self.mode = mode or {"mode": "broken"}
         self.file_then: str | None = None
 
     def step(self, index: int, step: PlannedStep) -> None:
@@ -77,7 +78,7 @@ class BreakGreenAt(Progress):
         for node in GREEN:
             httpx.post(
                 f"{self.balancer.fleet.inference_url(node)}/_rig/mode",
-                json={"mode": "broken", "path": "/v1/chat/completions"},
+                json={**self.mode, "path": "/v1/chat/completions"},
             ).raise_for_status()
 
 
@@ -117,6 +118,21 @@ def test_a_canary_whose_new_pool_fails_at_25_percent_rolls_back_on_its_own(
     assert progress.file_then.count(f"{kind_weight}3") == 2
     assert rig_balancer.upstream_file.read_text() == before
     assert pools_answering(rig_balancer.url) == {"blue"}
+
+
+def test_a_canary_whose_new_pool_turns_slow_at_25_percent_rolls_back_on_its_own(
+    rig_lb: RigBalancer, tmp_path: Path
+) -> None:
+    config = write_config(rig_lb, tmp_path)
+    before = rig_lb.upstream_file.read_text()
+
+    result = run_canary(config, BreakGreenAt(rig_lb, "compare-25", mode="slow", delay_s=0.8))
+
+    assert result.status == RunStatus.failed
+    assert "compare-25" in (result.reason or "")
+    assert "pool green does worse (p95 latency above 1.5x pool blue's)" in (result.reason or "")
+    assert rig_lb.upstream_file.read_text() == before
+    assert pools_answering(rig_lb.url) == {"blue"}
 
 
 def test_a_canary_whose_pools_compare_well_moves_all_the_traffic(

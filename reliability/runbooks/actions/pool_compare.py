@@ -1,7 +1,8 @@
 """`pool_compare`: while a canary holds, probe both pools' nodes with real chat completions
 for `for` seconds and compare them: the new pool fails the step (and so the run undoes
 itself, the traffic going back) when its error ratio is above both the old pool's and
-`max_error_ratio`, or its p95 latency above `max_latency_ratio` times the old pool's."""
+`max_error_ratio`, or its p95 latency above `max_latency_ratio` times the old pool's (and
+more than `latency_slack` above it: probe noise on fast answers is not a regression)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ class PoolCompareArgs(Strict):
     interval: Duration = Field(0.5, gt=0)
     max_error_ratio: float = Field(0.05, ge=0, lt=1)
     max_latency_ratio: float = Field(1.5, gt=1)
+    latency_slack: Duration = Field(
+        0.2, description="a p95 this much slower or less is never worse: probe noise"
+    )
 
 
 class PoolCompareStep(StepBase):
@@ -79,6 +83,7 @@ class PoolCompare:
     interval: float
     max_error_ratio: float
     max_latency_ratio: float
+    latency_slack: float
 
     def _probe(self, run: RunContext, url: str, model: str, tally: _Tally) -> None:
         body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 4}
@@ -101,7 +106,11 @@ class PoolCompare:
         # Fails early once the new pool can no longer end under the ratio allowed.
         if new.failed > allowed * (new.sent if final else expected):
             return f"errors: {new.last_error}"
-        slower = new.p95 is not None and old.p95 and new.p95 > self.max_latency_ratio * old.p95
+        slower = (
+            new.p95 is not None
+            and old.p95 is not None
+            and new.p95 > max(self.max_latency_ratio * old.p95, old.p95 + self.latency_slack)
+        )
         if final and slower:
             return f"p95 latency above {self.max_latency_ratio:g}x pool {self.old_pool}'s"
         return None
@@ -152,12 +161,12 @@ class PoolCompareAction(Action[PoolCompareStep]):
             urls.append(tuple(f"http://{host_port(n.address, service.port)}" for n in nodes))
         check = PoolCompare(
             pools[0], pools[1], urls[0], urls[1], service.model or "", args.for_,
-            args.interval, args.max_error_ratio, args.max_latency_ratio,
+            args.interval, args.max_error_ratio, args.max_latency_ratio, args.latency_slack,
         )  # fmt: skip
         line = (
             f"probe pools {pools[0]} and {pools[1]} with chat completions every "
             f"{seconds(args.interval)} for {seconds(args.for_)}: {pools[0]} may fail at most "
             f"{args.max_error_ratio:.0%} (or {pools[1]}'s ratio) and be at most "
-            f"{args.max_latency_ratio:g}x slower at p95"
+            f"{args.max_latency_ratio:g}x (and {seconds(args.latency_slack)}) slower at p95"
         )
         return [Unit(LOCAL, [Op(LOCAL, "check", line, check=check)], [])]
