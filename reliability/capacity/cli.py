@@ -7,7 +7,7 @@ load generator failed or no step held the objectives (the test is recorded all t
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,9 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from reliability.capacity import cost as cost_model
 from reliability.capacity import flows, measure, service
+from reliability.capacity.cost import Report
 from reliability.capacity.models import CapacityTest, Purpose
 from reliability.capacity.plan import Plan
 from reliability.cli_support import (
@@ -295,8 +297,6 @@ def report(
     """Total cost of serving QPS requests/s for YEARS: self-hosted (hardware, staff,
     electricity, nodes from the capacity baseline) against the hosted API, with the
     break-even point; prices from the config's `cost` section."""
-    from reliability.capacity import cost as cost_model
-
     try:
         if service_name is not None:
             svc = flows.find_service(config, service_name)
@@ -327,13 +327,13 @@ def report(
     _print_report(r, baseline, written)
 
 
-def _report_dict(r: Any, baseline: CapacityTest | None, chart: str | None) -> dict[str, Any]:
+def _report_dict(r: Report, baseline: CapacityTest | None, chart: str | None) -> dict[str, Any]:
     keys = (
         "nodes", "hardware", "energy", "staff", "self_hosted", "hosted_per_request", "hosted",
         "break_even_qps", "break_even_month", "missing",
     )  # fmt: skip
     return {
-        "inputs": r.inputs.__dict__,
+        "inputs": asdict(r.inputs),
         "baseline": None
         if baseline is None
         else {"id": baseline.id, "service": baseline.service, "pool": baseline.pool},
@@ -342,7 +342,7 @@ def _report_dict(r: Any, baseline: CapacityTest | None, chart: str | None) -> di
     }
 
 
-def _print_report(r: Any, baseline: CapacityTest | None, chart: str | None) -> None:
+def _print_report(r: Report, baseline: CapacityTest | None, chart: str | None) -> None:
     i = r.inputs
     cur = i.currency
 
