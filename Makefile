@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/rollback.py
 	$(BIN)/python bench/gpu_check.py
+	$(BIN)/python bench/loadgen.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

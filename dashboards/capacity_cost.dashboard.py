@@ -72,6 +72,31 @@ def energy(settings: DashboardsConfig) -> list:
     ]
 
 
+# Requests/s each pool's engines finished, whichever engine serves it.
+SERVED = " or ".join(
+    f"sum by (pool) (rate({m.name}{{{POOL}}}{RATE}))"
+    for m in (c.VLLM_REQUEST_SUCCESS, c.SGLANG_REQUESTS, c.TGI_REQUEST_SUCCESS, c.TRITON_SUCCESS)
+)
+
+
+def cost_per_request(settings: DashboardsConfig) -> list:
+    return [
+        timeseries(
+            "Electricity cost per 1,000 requests by pool",
+            Query(
+                f"sum by (pool) ({POWER}) / 1000 * {PRICE} / 3600 / ({SERVED}) * 1000",
+                "{{pool}}",
+            ),
+            unit="none",
+            description="What the pool's GPUs draw per second (kW x price per kWh / 3600) "
+            "over the requests it finishes per second, times 1,000: the electricity in each "
+            "thousand answers, in the price's currency. Compare it with the hosted API's "
+            "price per 1,000 requests (`reliability cost report` prints both, with hardware "
+            "and staff).",
+        )
+    ]
+
+
 use = [
     timeseries(
         "GPU utilisation by pool",
@@ -137,5 +162,10 @@ def make_dashboard(settings: DashboardsConfig):
                 "price_per_kwh", title="Price per kWh", value=str(settings.energy_price_per_kwh)
             ),
         ],
-        sections=[("Energy", energy(settings)), ("Use", use), ("Hosted APIs", hosted)],
+        sections=[
+            ("Energy", energy(settings)),
+            ("Cost of serving", cost_per_request(settings)),
+            ("Use", use),
+            ("Hosted APIs", hosted),
+        ],
     )

@@ -31,6 +31,16 @@ if TYPE_CHECKING:
 # name -> (module, attribute, what `--help` lists of it: its `help`, which click shortens,
 # or its own `short_help`)
 DOMAIN_COMMANDS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "capacity": (
+        "reliability.capacity.cli",
+        "capacity",
+        {"help": "Measured capacity: load-test a pool within its objectives, keep its baseline."},
+    ),
+    "cost": (
+        "reliability.capacity.cli",
+        "cost",
+        {"help": "The cost of serving: self-hosted pools against the hosted API."},
+    ),
     "dashboards": (
         "reliability.dashboards.cli",
         "dashboards",

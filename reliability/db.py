@@ -47,6 +47,7 @@ MODEL_MODULES = (
     "reliability.images.models",
     "reliability.fleet.models",
     "reliability.oncall.models",
+    "reliability.capacity.models",
 )
 
 # Deterministic constraint names, so migrations can refer to them on every backend.

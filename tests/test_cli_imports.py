@@ -26,7 +26,11 @@ except SystemExit:
     pass
 print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 """
-HEAVY = ("alembic", "grafanalib", "paramiko", "apscheduler", "uvicorn", "slack_sdk")
+# locust (gevent's monkey-patching) runs only in the load generator's own process.
+HEAVY = (
+    "alembic", "grafanalib", "paramiko", "apscheduler", "uvicorn", "slack_sdk", "locust",
+    "gevent", "matplotlib",
+)  # fmt: skip
 # What a reading command has no use for: the config's domain checks (every custom rule,
 # every automatic runbook file), the outbox, the runbook actions, an HTTP client library.
 NOT_FOR_READING = (
@@ -76,7 +80,7 @@ def test_help_loads_no_database_layer_config_or_domain(config: Path) -> None:
     }
 
 
-@pytest.mark.parametrize("command", [["incidents", "list"], ["status"]])
+@pytest.mark.parametrize("command", [["incidents", "list"], ["status"], ["capacity", "list"]])
 def test_reading_commands_load_no_rig_migrations_ssh_or_daemon(
     config: Path, command: list[str]
 ) -> None:

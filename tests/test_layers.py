@@ -25,7 +25,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "reliability"
 
 CORE, DOMAIN, FLOWS, ENTRY = 0, 1, 2, 3
 LAYER_NAMES = {CORE: "core", DOMAIN: "domain", FLOWS: "flows", ENTRY: "entry point"}
-CORE_MODULES = set("config db writer catalog ssh durations balancers shipped sdnotify".split())
+CORE_MODULES = {
+    "config", "db", "writer", "catalog", "ssh", "durations", "balancers", "shipped", "sdnotify",
+}  # fmt: skip
 ENTRY_MODULES = {"cli", "cli_support", "cli_reference", "daemon", "daemon_report", "web", "demo"}
 FLOWS_PACKAGES = {"status"}
 # The threads and handlers that run flows: the detection loop and the webhook's route.

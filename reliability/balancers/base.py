@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from reliability.config import LoadBalancerConfig
@@ -30,11 +30,14 @@ from reliability.config import LoadBalancerConfig
 class Server:
     """One member: `address` as the file writes it ("10.0.0.1:8000", "[::1]:8000");
     `down`: listed but taken out (nginx `down`, HAProxy `disabled`); `name`: the server's
-    name where the kind has one (HAProxy: the node's name; nginx servers have none)."""
+    name where the kind has one (HAProxy: the node's name; nginx servers have none);
+    `weight`: as the file gives it (nginx `weight=N`, HAProxy `weight N`), or to write."""
 
     address: str
     down: bool = False
     name: str | None = None
+    # Its share against the others' (None: the kind's default, 1); not part of its identity.
+    weight: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +75,15 @@ class ServerLine:
     """One server statement of a block as the file holds it. `line`: where it starts;
     `remove`: the span that removing it deletes (its whole line(s) with their comment when
     nothing else is on them); `mark_down` / `mark_up`: the splices that take it out or put
-    it back, parameters and comments kept (None: it already is)."""
+    it back, parameters and comments kept (None: it already is); `weight_at`: the span a
+    new weight replaces (its weight setting, or an empty span after the last parameter)."""
 
     server: Server
     line: int
     remove: tuple[int, int]
     mark_down: Splice | None
     mark_up: Splice | None
+    weight_at: tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +100,7 @@ class Block:
     add_before: str = ""  # what goes before the new lines (a newline at an unended file)
 
 
-EditAction = Literal["down", "up", "add", "remove", "switch"]
+EditAction = Literal["down", "up", "add", "remove", "switch", "weight"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +109,8 @@ class Edit:
     `name` is the node's, shown in the plan and written where the kind names servers; one
     listed but down is marked up on its own line),
     remove them, or switch the block to exactly them (lines of others removed, those kept
-    put back up with their parameters, the missing ones added)."""
+    put back up with their parameters, the missing ones added), or set each one's
+    `weight` (a canary's share of the traffic; one not listed yet is added with it)."""
 
     backend: str
     action: EditAction
@@ -120,6 +126,10 @@ class Edit:
             "add": f"add {names} to {where}, after its last server line",
             "remove": f"remove {names} from {where}",
             "switch": f"switch {where} to {names or 'no server'}; other server lines removed",
+            "weight": "set (adding where missing) weights in "
+            + where
+            + ": "
+            + ", ".join(f"{s.name or s.address} {s.weight}" for s in self.servers),
         }[self.action]
 
 
@@ -154,7 +164,13 @@ class Balancer(ABC):
 
     @abstractmethod
     def server_text(self, server: Server) -> str:
-        """A new server statement (no indentation, no newline), serving."""
+        """A new server statement (no indentation, no newline), serving (with its weight
+        when it has one)."""
+
+    @abstractmethod
+    def weight_text(self, weight: int) -> str:
+        """A weight setting as it follows a server's other parameters (" weight=3");
+        MembershipError for a weight the kind refuses."""
 
     def block(self, text: str, backend: str) -> Block:
         """Block `backend` of `text`; MembershipError naming the blocks there if absent."""
@@ -197,7 +213,11 @@ class Balancer(ABC):
                     splices.append(found.mark_up)
         else:
             for server in edit.servers:
-                found = self._one(block, server.address, must=edit.action != "add")
+                found = self._one(block, server.address, must=edit.action not in ("add", "weight"))
+                if edit.action == "weight" and found is None:
+                    self._name_free(block, server)
+                    added.append(server)  # a canary's new server joins with its weight
+                    continue
                 if edit.action == "add":
                     if found is not None and found.mark_up is not None:
                         # Listed but taken out (a node that failed once and is back as a
@@ -213,7 +233,11 @@ class Balancer(ABC):
                     added.append(server)
                     continue
                 assert found is not None
-                if edit.action == "remove":
+                if edit.action == "weight":
+                    if server.weight is None:
+                        raise MembershipError(f"no weight given for {server.address}")
+                    splices.append((*found.weight_at, self.weight_text(server.weight)))
+                elif edit.action == "remove":
                     splices.append((*found.remove, ""))
                 elif change := found.mark_down if edit.action == "down" else found.mark_up:
                     splices.append(change)  # None: it already is

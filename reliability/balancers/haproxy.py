@@ -48,6 +48,7 @@ SECTIONS = frozenset(
 _NAME = re.compile(r"[A-Za-z0-9._:-]+")  # what HAProxy accepts as a server or proxy name
 _WORD = re.compile(r"\S+")
 _INDENT = "    "
+MAX_WEIGHT = 256
 
 
 class HAProxy(Balancer):
@@ -71,7 +72,13 @@ class HAProxy(Balancer):
             raise MembershipError(
                 f"HAProxy server {server.address}: a name is needed, not {server.name!r}"
             )
-        return f"server {server.name} {server.address} check"
+        weight = "" if server.weight is None else self.weight_text(server.weight)
+        return f"server {server.name} {server.address} check{weight}"
+
+    def weight_text(self, weight: int) -> str:
+        if not 0 <= weight <= MAX_WEIGHT:
+            raise MembershipError(f"HAProxy weights are 0 to {MAX_WEIGHT}, not {weight}")
+        return f" weight {weight}"
 
     def validate_command(self) -> str:
         return shlex.join(["haproxy", "-c", "-f", self.config_file, "-f", self.upstream_file])
@@ -146,8 +153,14 @@ def _server_line(
 ) -> ServerLine:
     params = [w for w, _ in words[3:]]
     down = "disabled" in params or (default_down and "enabled" not in params)
-    server = Server(words[2][0], down=down, name=words[1][0])
     after_last = words[-1][1][1]
+    weight, weight_at = None, (after_last, after_last)
+    if "weight" in params:
+        i = 3 + params.index("weight")
+        if i + 1 >= len(words) or not words[i + 1][0].isdigit():
+            raise MembershipError("`weight` takes a whole number", number)
+        weight, weight_at = int(words[i + 1][0]), (words[i - 1][1][1], words[i + 1][1][1])
+    server = Server(words[2][0], down=down, name=words[1][0], weight=weight)
 
     def word(name: str) -> tuple[int, int]:
         i = 3 + params.index(name)
@@ -163,4 +176,4 @@ def _server_line(
         mark_up = (*word("disabled"), " enabled" if default_down else "")
     else:
         mark_up = (after_last, after_last, " enabled")
-    return ServerLine(server, number, (start, start + len(raw)), mark_down, mark_up)
+    return ServerLine(server, number, (start, start + len(raw)), mark_down, mark_up, weight_at)

@@ -42,7 +42,13 @@ class Nginx(Balancer):
         return read_upstreams(text)
 
     def server_text(self, server: Server) -> str:
-        return f"server {server.address};"
+        weight = "" if server.weight is None else self.weight_text(server.weight)
+        return f"server {server.address}{weight};"
+
+    def weight_text(self, weight: int) -> str:
+        if weight < 1:
+            raise MembershipError(f"nginx weights are 1 or more, not {weight}")
+        return f" weight={weight}"
 
     def validate_command(self) -> str:
         return shlex.join(["nginx", "-t", *self._conf()])
@@ -118,16 +124,24 @@ def _block(text: str, name: str, line: int, upstream: _Statement) -> Block:
 def _server_line(text: str, statement: _Statement, line: int) -> ServerLine:
     words, spans = statement.words, statement.spans
     params = words[2:]
-    server = Server(words[1], down="down" in params)
+    at = next((i for i, p in enumerate(params, start=2) if p.startswith("weight=")), None)
+    weight = None
+    if at is not None:
+        try:
+            weight = int(words[at][len("weight=") :])
+        except ValueError:
+            raise MembershipError(f"`{words[at]}` is not a whole weight", line) from None
+    server = Server(words[1], down="down" in params, weight=weight)
     whole = whole_lines(text, statement.start, statement.end)
     remove = whole if whole is not None else (statement.start, statement.end)
     after_last = spans[-1][1]
+    weight_at = (after_last, after_last) if at is None else (spans[at - 1][1], spans[at][1])
     mark_down = None if server.down else (after_last, after_last, " down")
     mark_up = None
     if server.down:
         i = 2 + params.index("down")
         mark_up = (spans[i - 1][1], spans[i][1], "")  # the word and the blanks before it
-    return ServerLine(server, line, remove, mark_down, mark_up)
+    return ServerLine(server, line, remove, mark_down, mark_up, weight_at)
 
 
 def _statements(text: str) -> list[_Statement]:

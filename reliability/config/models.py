@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from reliability import shipped
+from reliability.config.capacity import CapacityTestConfig, CostConfig, Objectives
 from reliability.config.container import ContainerSpec, old_container_form
 from reliability.config.errors import ConfigError, Loc, format_loc, placed_message
 from reliability.config.fields import Name, Strict
@@ -336,6 +337,10 @@ class ServiceConfig(Strict):
     recovery_error_ratio: float = Field(
         0.05, ge=0, lt=1, description="share of failed completion probes the soak allows"
     )
+    objectives: Objectives = Field(
+        Objectives(), description="latency and errors a pool keeps to count as holding a load"
+    )
+    capacity: CapacityTestConfig = CapacityTestConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -497,6 +502,7 @@ class Config(Strict):
     dashboards: DashboardsConfig = DashboardsConfig()
     oncall: OnCallConfig | None = None
     cluster: ClusterConfig = ClusterConfig()
+    cost: CostConfig = CostConfig()
     runbooks_dir: Path = Path("runbooks")
 
     source: Path | None = Field(None, exclude=True)

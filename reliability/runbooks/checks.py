@@ -24,6 +24,7 @@ import httpx
 from reliability.durations import format_duration
 
 if TYPE_CHECKING:
+    from reliability.capacity.models import CapacityTest
     from reliability.runbooks.actions.node_state import SetNodeState
 
 
@@ -58,6 +59,14 @@ class RunContext(Protocol):
 
     def set_node_state(self, change: SetNodeState) -> OpOutcome:
         """Change a node's live state in the fleet (actions/node_state.SetNodeState)."""
+        ...
+
+    def capacity_baseline(self, *, service: str, pool: str) -> CapacityTest | None:
+        """The pool's capacity baseline (its newest held test), None when it has none."""
+        ...
+
+    def record_capacity(self, test: CapacityTest) -> None:
+        """Keep a capacity test's record."""
         ...
 
 

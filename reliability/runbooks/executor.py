@@ -36,7 +36,7 @@ from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,6 +54,9 @@ from reliability.runbooks.perform import Performer, Redactor, resolved
 from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, Unit, first_picture, make_plan
 from reliability.runbooks.spec import Runbook
 from reliability.ssh import SshPool, target_for
+
+if TYPE_CHECKING:
+    from reliability.capacity.models import CapacityTest
 
 log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
@@ -173,6 +176,15 @@ class Hooks:
         asked, and what happened, in a line. Here no fleet: nothing changes, so
         an undo has nothing to put back."""
         return change.undo, "no fleet to change the state of a node in"
+
+    def capacity_baseline(
+        self, session: Session, *, service: str, pool: str
+    ) -> CapacityTest | None:
+        """The pool's capacity baseline; None here: no capacity records to read."""
+        return None
+
+    def record_capacity(self, session: Session, *, test: CapacityTest) -> None:
+        """Keep a capacity test's record; here nowhere."""
 
     def database_failed(
         self, session: Session, *, run_id: int, runbook: str, incident_id: int | None, text: str
@@ -313,6 +325,8 @@ class Executor:
             note=self._note,
             record_deploy=self._record_deploy,
             set_node_state=self._set_node_state,
+            capacity_baseline=self._capacity_baseline,
+            record_capacity=self._record_capacity,
             stop=self.stop,
         )
 
@@ -939,6 +953,17 @@ class Executor:
         if not recorded:
             return OpOutcome(False, f"no images registry to record {image} on {node} in")
         return OpOutcome(True, f"recorded {image} on {node}")
+
+    def _capacity_baseline(self, *, service: str, pool: str) -> CapacityTest | None:
+        with self.sessions.begin() as s:
+            found = self.hooks.capacity_baseline(s, service=service, pool=pool)
+            if found is not None:
+                s.expunge(found)
+        return found
+
+    def _record_capacity(self, test: CapacityTest) -> None:
+        with self.sessions.begin() as s:
+            self.hooks.record_capacity(s, test=test)
 
     def _set_node_state(self, change: SetNodeState) -> OpOutcome:
         """The node's new state and its unit's status go in one transaction: after a crash

@@ -39,6 +39,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from reliability import db
+from reliability.capacity import service as capacity
+from reliability.capacity.models import CapacityTest
 from reliability.config import Config, ConfigError, ServiceConfig
 from reliability.detect.evaluator import Transition
 from reliability.detect.render import RunbookRequest
@@ -118,6 +120,14 @@ class DomainHooks(Hooks):
             return change.undo, f"left as it is: {exc}" if change.undo else str(exc)
         where = f" {row.pool}" if row.pool and row.state == "serving" else ""
         return True, f"{row.node} is {row.state.value}{where} in the fleet"
+
+    def capacity_baseline(
+        self, session: Session, *, service: str, pool: str
+    ) -> CapacityTest | None:
+        return capacity.baseline(session, service=service, pool=pool)
+
+    def record_capacity(self, session: Session, *, test: CapacityTest) -> None:
+        capacity.record(session, test=test)
 
     def database_failed(
         self, session: Session, *, run_id: int, runbook: str, incident_id: int | None, text: str

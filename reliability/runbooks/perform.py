@@ -16,6 +16,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any
 
 import httpx
 
@@ -98,8 +99,8 @@ def resolved(op: Op, values: MutableMapping[str, str]) -> Op | None:
 class Performer:
     """Performs operations: commands over `ssh` on the config's nodes, checks from here.
     It is the checks' `RunContext`: `confirm(prompt, approval)`, `note(text)`,
-    `record_deploy(...)` and `set_node_state(...)` are the executor's (it knows who runs it,
-    the run and its incident)."""
+    `record_deploy(...)`, `set_node_state(...)` and the capacity records are the
+    executor's (it knows who runs it, the run and its incident)."""
 
     def __init__(
         self,
@@ -111,11 +112,14 @@ class Performer:
         note: Callable[[str], OpOutcome],
         record_deploy: Callable[..., OpOutcome],
         set_node_state: Callable[..., OpOutcome],
+        capacity_baseline: Callable[..., Any],
+        record_capacity: Callable[[Any], None],
         stop: threading.Event,
     ) -> None:
         self.ssh, self.targets, self.redact = ssh, targets, redact
         self.confirm, self.note, self.record_deploy = confirm, note, record_deploy
         self.set_node_state = set_node_state
+        self.capacity_baseline, self.record_capacity = capacity_baseline, record_capacity
         self.stop = stop
         # A fresh connection per check: a balancer's reload closes idle kept-alive ones,
         # which would count as the service failing.

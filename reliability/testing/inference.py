@@ -78,7 +78,8 @@ CHAT_PATH = "/v1/chat/completions"
 class InferenceSpec:
     """What one stand-in reports about itself, and where it listens (port 0: any free).
     `engine` is the serving engine whose metrics ``/metrics`` speaks; `kv_cache_tokens` the
-    size of the KV cache its running requests fill. `tls`: serve HTTPS as that name only;
+    size of the KV cache its running requests fill; `max_num_seqs` and `token_s` its
+    capacity. `tls`: serve HTTPS as that name only;
     `api_key`: the bearer token every API request must carry."""
 
     pool: str = "blue"
@@ -90,6 +91,11 @@ class InferenceSpec:
     kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS
     tls: ServerIdentity | None = None
     api_key: str | None = field(default=None, repr=False)
+    # vLLM's --max-num-seqs: at most this many completions run at once, the others wait
+    # their turn (None: no limit); `token_s`: the time each generated token takes. Together
+    # they make a known capacity: max_num_seqs / (REPLY_TOKENS * token_s) requests/s.
+    max_num_seqs: int | None = None
+    token_s: float = 0.0
 
     @property
     def scheme(self) -> str:
@@ -253,6 +259,22 @@ async def _sse(
     yield b"data: [DONE]\n\n"
 
 
+async def _seated(
+    body: AsyncIterator[bytes], seats: asyncio.Semaphore | None, on_seated: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """A stream that waits for a seat (max-num-seqs) before its first chunk and holds it
+    until it ends or its client goes away; one never started never takes a seat."""
+    if seats is not None:
+        await seats.acquire()
+    try:
+        on_seated()
+        async for chunk in body:
+            yield chunk
+    finally:
+        if seats is not None:
+            seats.release()
+
+
 async def _counted(
     body: AsyncIterator[Any],
     controls: Controls,
@@ -330,6 +352,7 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
     serving = controls.serving = ServingStats(
         spec.engine, model=spec.model, kv_cache_tokens=spec.kv_cache_tokens
     )
+    seats = asyncio.Semaphore(spec.max_num_seqs) if spec.max_num_seqs else None
 
     async def wants_stream(request: Request) -> bool:
         if request.url.path != "/v1/chat/completions":
@@ -442,15 +465,25 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
             return _error(400, "'max_tokens' must be an integer.", "BadRequestError", 400)
         ticket: Ticket = request.state.ticket
         reason = answer["choices"][0]["finish_reason"]
-        serving.start(ticket, tokens=answer["usage"]["total_tokens"])
+        tokens_held = answer["usage"]["total_tokens"]
         if not body.get("stream"):
+            if seats is not None:
+                await seats.acquire()  # waiting, as a request beyond max-num-seqs does
+            try:
+                serving.start(ticket, tokens=tokens_held)
+                await asyncio.sleep(spec.token_s * len(tokens))
+            finally:
+                if seats is not None:
+                    seats.release()
             serving.first_token(ticket)
             serving.complete(ticket, reason)
             return JSONResponse(answer)
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
         request.state.on_done = lambda: serving.complete(ticket, reason)
+        pace_s = max(rule.interval_s, spec.token_s)
+        stream = _sse(answer, tokens, usage, pace_s, lambda: serving.first_token(ticket))
         return StreamingResponse(
-            _sse(answer, tokens, usage, rule.interval_s, lambda: serving.first_token(ticket)),
+            _seated(stream, seats, lambda: serving.start(ticket, tokens=tokens_held)),
             media_type="text/event-stream",
         )
 
@@ -523,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", required=True)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--engine", choices=ENGINES, default="vllm", help="metrics to speak")
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="completions at once")
+    parser.add_argument("--token-s", type=float, default=0.0, help="seconds per token")
     args = parser.parse_args(argv)
     spec = InferenceSpec(
         pool=args.pool,
@@ -531,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         engine=args.engine,
+        max_num_seqs=args.max_num_seqs,
+        token_s=args.token_s,
     )
     controls = Controls()  # on_die: os._exit(1), the crash this mode stands for
     sock = listen(spec.host, spec.port)

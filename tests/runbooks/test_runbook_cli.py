@@ -83,7 +83,7 @@ def test_plan_json_is_the_same_plan_for_scripts():
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
-    assert plan["params"] == {"service": "chat", "pool": "green"}
+    assert plan["params"] == {"service": "chat", "pool": "green", "gate": "off"}
     switch = next(s for s in plan["steps"] if s["id"] == "switch")
     assert switch["units"][0]["target"] == "lb-1"
     assert switch["units"][0]["undo"][0]["stdin"] == "<upstream file saved before step switch>"
@@ -112,7 +112,7 @@ def test_an_unknown_runbook_is_bad_usage_exit_2_and_names_the_known_ones():
     assert result.exit_code == 2
     assert "no runbook is named 'reboot-everything'" in result.output
     assert (
-        "known: blue-green, image-rollback, node-failover, node-return, upstream-failover, "
+        "known: blue-green, canary, image-rollback, node-failover, node-return, upstream-failover, "
         "upstream-switch-back"
     ) in result.output
     assert run("runbook", "show", "nope", "-c", EXAMPLE).exit_code == 2
@@ -151,6 +151,7 @@ def test_list_and_show():
     books = {b["name"]: b for b in json.loads(listed.output)}
     assert set(books) == {
         "blue-green",
+        "canary",
         "image-rollback",
         "node-failover",
         "node-return",

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 SHIPPED = {
     "blue-green",
+    "canary",
     "node-failover",
     "node-return",
     "image-rollback",
@@ -52,6 +53,9 @@ def test_the_actions_are_those_of_the_engine():
         "confirm",
         "notify",
         "node_state",
+        "capacity_gate",
+        "lb_weights",
+        "pool_compare",
     }
 
 
@@ -103,7 +107,8 @@ def test_every_mistake_in_every_file_at_once_with_file_line_and_field(write_runb
         "the expected tags: 'string', 'choice', 'int', 'node', 'pool', 'service', 'image_digest'",
         f"{b}:5: steps[0]: Input tag 'reboot' found using 'action' does not match any of the "
         "expected tags: 'ssh', 'http_check', 'ready', 'lb_set_pool', 'drain', 'lb_route', "
-        "'deploy_image', 'rolling_deploy', 'record_deploy', 'confirm', 'notify', 'node_state'",
+        "'deploy_image', 'rolling_deploy', 'record_deploy', 'confirm', 'notify', 'node_state', "
+        "'capacity_gate', 'lb_weights', 'pool_compare'",
     ]
 
 

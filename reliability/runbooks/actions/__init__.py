@@ -5,14 +5,17 @@ the order is the order the runbook file's errors name them in."""
 from __future__ import annotations
 
 from reliability.runbooks.actions import (
+    capacity_gate,
     confirm,
     deploy_image,
     drain,
     http_check,
     lb_route,
     lb_set_pool,
+    lb_weights,
     node_state,
     notify,
+    pool_compare,
     ready,
     record_deploy,
     rolling_deploy,
@@ -34,6 +37,9 @@ REGISTRY = Registry(
         confirm.ConfirmAction(),
         notify.NotifyAction(),
         node_state.NodeStateAction(),
+        capacity_gate.CapacityGateAction(),
+        lb_weights.LbWeightsAction(),
+        pool_compare.PoolCompareAction(),
     ]
 )
 

@@ -1,0 +1,157 @@
+"""The shipped canary runbook against the rig: real sshd nodes, inference stand-ins in the
+docker stand-in's containers, and a real nginx or HAProxy whose upstream weights move the
+traffic. A new pool whose errors rise at 25% sends everything back to the old pool, the
+balancer's file byte for byte as it was; one that compares well takes all of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from reliability import db
+from reliability.cli_support import load_config
+from reliability.config import Config
+from reliability.runbooks import flows
+from reliability.runbooks import params as params_mod
+from reliability.runbooks.actions.lb_weights import weights
+from reliability.runbooks.executor import Progress, RunResult
+from reliability.runbooks.load import load_runbooks
+from reliability.runbooks.models import RunStatus
+from reliability.runbooks.plan import PlannedStep
+from reliability.testing.balancer import RigBalancer
+from reliability.testing.inference import DEFAULT_MODEL
+
+REPO = Path(__file__).resolve().parents[2]
+GREEN = ("gpu-3", "gpu-4")
+
+
+def write_config(balancer: RigBalancer, directory: Path) -> Config:
+    url = f"sqlite:///{directory / 'reliability.db'}"
+    db.upgrade(url)
+    books = directory / "runbooks"
+    books.mkdir()
+    # The shipped canary with each comparison shortened from a minute to 2 seconds.
+    text = (REPO / "runbooks" / "canary.yaml").read_text().replace("for: 1m", "for: 2s")
+    (books / "canary.yaml").write_text(text)
+    sections = balancer.fleet.config_sections()
+    for node in sections["nodes"]:
+        node["role"] = {"spare-1": "standby", "lb-1": "lb"}.get(node["name"], "serving")
+        if node["role"] == "lb":
+            node["gpus"] = 0
+    config = {
+        "database": {"url": url},
+        **sections,
+        "services": [
+            {
+                "name": "chat",
+                "pools": ["blue", "green"],
+                "active_pool": "blue",
+                "port": 8000,
+                "model": DEFAULT_MODEL,
+                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
+                "load_balancer": balancer.lb_config("chat"),
+            }
+        ],
+        "runbooks_dir": str(books),
+    }
+    path = directory / "reliability.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return load_config(path)
+
+
+class BreakGreenAt(Progress):
+    """Puts the green pool's engines in `mode` (every completion fails, by default) when
+    step `at` starts, and keeps the balancer's file as it was then."""
+
+    def __init__(self, balancer: RigBalancer, at: str, **mode: object) -> None:
+        self.balancer, self.at = balancer, at
+        self.mode = mode or {"mode": "broken"}
+        self.file_then: str | None = None
+
+    def step(self, index: int, step: PlannedStep) -> None:
+        if step.id != self.at:
+            return
+        self.file_then = self.balancer.upstream_file.read_text()
+        for node in GREEN:
+            httpx.post(
+                f"{self.balancer.fleet.inference_url(node)}/_rig/mode",
+                json={**self.mode, "path": "/v1/chat/completions"},
+            ).raise_for_status()
+
+
+def run_canary(config: Config, progress: Progress | None = None) -> RunResult:
+    book = load_runbooks(config)["canary"]
+    values = params_mod.resolve(book, {"service": "chat", "pool": "green"}, config)
+    engine = flows.executor(
+        config, db.make_engine(config.database_url()), confirm=lambda p: True, progress=progress
+    )
+    try:
+        return engine.run(book, values, actor="test")
+    finally:
+        engine.close()
+
+
+def pools_answering(url: str, count: int = 12) -> set[str]:
+    with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        return {client.get(url + "v1/models").headers["x-pool"] for _ in range(count)}
+
+
+def test_a_canary_whose_new_pool_fails_at_25_percent_rolls_back_on_its_own(
+    rig_balancer: RigBalancer, tmp_path: Path
+) -> None:
+    config = write_config(rig_balancer, tmp_path)
+    before = rig_balancer.upstream_file.read_text()
+    progress = BreakGreenAt(rig_balancer, "compare-25")
+
+    result = run_canary(config, progress)
+
+    assert result.status == RunStatus.failed
+    assert "compare-25" in (result.reason or "")
+    assert "pool green does worse (errors" in (result.reason or "")
+    # At 25% both pools were members, green weighed 1 against blue's 3.
+    kind_weight = "weight=" if rig_balancer.kind == "nginx" else "weight "
+    assert progress.file_then is not None
+    assert progress.file_then.count(f"{kind_weight}1") == 2
+    assert progress.file_then.count(f"{kind_weight}3") == 2
+    assert rig_balancer.upstream_file.read_text() == before
+    assert pools_answering(rig_balancer.url) == {"blue"}
+
+
+def test_a_canary_whose_new_pool_turns_slow_at_25_percent_rolls_back_on_its_own(
+    rig_lb: RigBalancer, tmp_path: Path
+) -> None:
+    config = write_config(rig_lb, tmp_path)
+    before = rig_lb.upstream_file.read_text()
+
+    result = run_canary(config, BreakGreenAt(rig_lb, "compare-25", mode="slow", delay_s=0.8))
+
+    assert result.status == RunStatus.failed
+    assert "compare-25" in (result.reason or "")
+    assert "pool green does worse (p95 latency above 1.5x pool blue's)" in (result.reason or "")
+    assert rig_lb.upstream_file.read_text() == before
+    assert pools_answering(rig_lb.url) == {"blue"}
+
+
+def test_a_canary_whose_pools_compare_well_moves_all_the_traffic(
+    rig_lb: RigBalancer, tmp_path: Path
+) -> None:
+    config = write_config(rig_lb, tmp_path)
+
+    result = run_canary(config)
+
+    assert result.status == RunStatus.succeeded, result.reason
+    assert pools_answering(rig_lb.url) == {"green"}
+
+
+@pytest.mark.parametrize(
+    ("share", "new", "old", "expected"), [(5, 2, 2, (1, 19)), (25, 1, 3, (1, 1))]
+)
+def test_weights_give_the_new_pool_its_share(
+    share: int, new: int, old: int, expected: tuple[int, int]
+):
+    w_new, w_old = weights(share, new, old)
+    assert (w_new, w_old) == expected
+    assert new * w_new / (new * w_new + old * w_old) == pytest.approx(share / 100)
