@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from reliability.capacity import cost as cost_model
-from reliability.capacity import flows, measure, service
+from reliability.capacity import service
 from reliability.capacity.cost import Report
 from reliability.capacity.models import CapacityTest, Purpose
 from reliability.capacity.plan import Plan
@@ -86,6 +86,8 @@ def test(
 ) -> None:
     """Step a pool's load up to find the most requests/s it serves within the service's
     objectives (TTFT and end-to-end p95, error ratio); record it as the pool's baseline."""
+    from reliability.capacity import flows, measure  # the load test's own imports (httpx)
+
     try:
         svc = flows.find_service(config, service_name)
         flows.check_pool(svc, pool)
@@ -174,6 +176,8 @@ def _with_progress(
                     f"errors {data['error_ratio']:.1%}  {verdict}"
                 )
 
+        from reliability.capacity import flows
+
         return flows.run_test(
             config, svc, pool, targets, plan, purpose=Purpose.baseline, by=who(), on_event=on_event
         )
@@ -234,7 +238,7 @@ def _print(result: CapacityTest, previous: CapacityTest | None) -> None:
 
 @capacity.command("list")
 @click.argument("service_name", metavar="SERVICE", required=False)
-@config_option
+@config_option(domain_checks=False)
 @json_option
 def list_(config: Config, service_name: str | None, as_json: bool) -> None:
     """Each pool's baseline: the newest test that held the objectives."""
@@ -297,6 +301,8 @@ def report(
     """Total cost of serving QPS requests/s for YEARS: self-hosted (hardware, staff,
     electricity, nodes from the capacity baseline) against the hosted API, with the
     break-even point; prices from the config's `cost` section."""
+    from reliability.capacity import flows, measure
+
     try:
         if service_name is not None:
             svc = flows.find_service(config, service_name)
