@@ -388,6 +388,21 @@ class CollectConfig(Strict):
     node_interval: Interval = 15.0
     timeout: Interval = Field(10.0, description="deadline of one target's collection")
     workers: int = Field(16, ge=1, le=256, description="threads per collector job")
+    liveness_interval: Duration = Field(
+        1.0,
+        description="TCP connect to each node's sshd and serving port this often (a port "
+        "that fails is tried again at once, every liveness_timeout); 0 turns it off",
+    )
+    liveness_timeout: Interval = Field(0.4, description="deadline of one TCP connect")
+
+    @model_validator(mode="after")
+    def _liveness_timeout_below_interval(self) -> CollectConfig:
+        if self.liveness_interval and self.liveness_timeout >= self.liveness_interval:
+            raise ValueError(
+                f"liveness_timeout ({self.liveness_timeout:g}s) must be below "
+                f"liveness_interval ({self.liveness_interval:g}s)"
+            )
+        return self
 
 
 class IncidentsConfig(Strict):
