@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 SHIPPED = {
     "blue-green",
+    "container-restart",
     "node-failover",
     "node-return",
     "image-rollback",
