@@ -7,9 +7,10 @@ the time of its last successful collection. `judge` combines them:
 - `node` (unreachable): every probed port fails and no SSH collection has succeeded since
   the last of them stopped answering. Only this one means the node is gone (failover).
 - `ssh`: sshd's port fails, or the SSH collection does (a hung sshd, refused logins),
-  while the serving port answers: the node serves, only its management is lost.
-- `serving`: the serving port fails while sshd answers (its port, or a collection since):
-  the engine or its container is down on a live node.
+  and the node is not unreachable: it serves, or an SSH session opened before sshd died
+  still answers. Only its management is lost.
+- `serving`: the serving port fails and the node is not unreachable: the engine or its
+  container is down on a live node.
 
 Without probe data (the probe off, or not answered yet) `node_up` alone decides, as the
 SSH collector always did: 0 is `node`.
@@ -51,7 +52,8 @@ def judge(s: NodeSignals) -> frozenset[str]:
         return frozenset({NODE})
     problems = set()
     ssh = s.ports.get(SSH)
-    if (ssh is not None and not ssh.up and not collected_since) or s.collected_up is False:
+    # Not vetoed by a collection since: it may run on a session opened before sshd died.
+    if (ssh is not None and not ssh.up) or s.collected_up is False:
         problems.add(SSH_LOST)
     serving = s.ports.get(SERVING)
     if serving is not None and not serving.up:

@@ -28,8 +28,10 @@ BEFORE, AFTER = START - 5, START + 2  # an SSH collection before / after the por
         ({"ssh": UP, "serving": UP}, False, BEFORE, {"ssh"}),  # sshd hung, logins fail
         # The engine down on a live node.
         ({"ssh": UP, "serving": DOWN}, True, AFTER, {"serving"}),
-        # Both ports silent, but SSH answered a collection since: the probe is what fails.
-        ({"ssh": DOWN, "serving": DOWN}, True, AFTER, {"serving"}),
+        # Both ports silent, but a collection answered since (on a session opened before
+        # sshd died): the node lives, sshd and the engine are down.
+        ({"ssh": DOWN, "serving": DOWN}, True, AFTER, {"ssh", "serving"}),
+        ({"ssh": DOWN, "serving": UP}, True, AFTER, {"ssh"}),
         ({"ssh": UP, "serving": UP}, True, AFTER, set()),
         # No probe data: the SSH collector alone decides, as before.
         ({}, False, BEFORE, {"node"}),
