@@ -17,10 +17,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import sqlalchemy as sa
 import yaml
 
-from reliability import db
+from reliability import catalog, db
 from reliability.incidents.models import Incident
 from reliability.runbooks.models import RunbookRun
 from reliability.testing.balancer import RigBalancer
@@ -37,9 +38,11 @@ def node_config(
     *,
     auto: tuple[str, ...] = ("node-failover",),
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    port: int = 0,
 ) -> Path:
     """The daemon's config for the balancer's fleet (GPU rules quiet: no GPUs), its
-    database migrated; ``overrides``: `rules.overrides` (rule -> fields)."""
+    database migrated; ``overrides``: `rules.overrides` (rule -> fields); ``port``: where
+    it serves /metrics (0: anywhere)."""
     sections = balancer.fleet.config_sections(connect_timeout=1.0)
     for node in sections["nodes"]:
         node["role"] = {"spare-1": "standby", "lb-1": "lb"}.get(node["name"], "serving")
@@ -47,7 +50,7 @@ def node_config(
     url = f"sqlite:///{directory / 'reliability.db'}"
     config = {
         "database": {"url": url},
-        "http": {"listen": "127.0.0.1:0"},
+        "http": {"listen": f"127.0.0.1:{port}"},
         **sections,
         "services": [
             {
@@ -92,6 +95,19 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def wait_probing(self, port: int, nodes: list[str], timeout: float = 60.0) -> None:
+        """Until /metrics on ``port`` shows every node's sshd port answering the probe."""
+
+        def probing() -> bool:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0).text
+            except httpx.HTTPError:
+                return False
+            up = catalog.NODE_LIVENESS_UP.name
+            return all(f'{up}{{node="{n}",signal="ssh"}} 1.0' in text for n in nodes)
+
+        wait_for("the daemon probing every node", probing, timeout, every=0.2)
 
     def stop(self) -> str:
         if self.proc is not None and self.proc.returncode is None:

@@ -20,10 +20,11 @@ from reliability.runbooks import params as params_mod
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunStatus
 from reliability.testing.daemon import DaemonProcess, Watch, node_config, wait_for
-from reliability.testing.fixtures import RIG_LB_IMAGE
+from reliability.testing.fixtures import RIG_LB_IMAGE, RIG_LB_NODES
+from reliability.testing.loopback import free_port
 from reliability.testing.nginx import NginxBalancer
 
-SETTLE = 3.0  # the daemon's first probes and collections before the fault
+SETTLE = 1.0  # a few SSH collections once the probe sees every node
 HOLD = 6.0  # how long a fault that must not fail a node over is watched
 
 
@@ -45,12 +46,14 @@ def test_a_cut_node_is_down_on_every_signal_and_failed_over_on_its_own(
     rig_lb: NginxBalancer, tmp_path: Path
 ) -> None:
     fleet = rig_lb.fleet
-    config = node_config(rig_lb, tmp_path)
+    port = free_port()
+    config = node_config(rig_lb, tmp_path, port=port)
     _mark_good(rig_lb, config)
     watch = Watch(config)
     daemon = DaemonProcess(config)
     try:
         with daemon:
+            daemon.wait_probing(port, RIG_LB_NODES)
             time.sleep(SETTLE)
             fleet.cut("gpu-1")
             down = wait_for(
@@ -81,12 +84,15 @@ def test_sshd_killed_on_a_serving_node_warns_and_never_fails_it_over(
     rig_lb: NginxBalancer, tmp_path: Path
 ) -> None:
     fleet = rig_lb.fleet
-    config = node_config(rig_lb, tmp_path, overrides={"node-ssh-unreachable": {"for": "2s"}})
+    port = free_port()
+    overrides = {"node-ssh-unreachable": {"for": "2s"}}
+    config = node_config(rig_lb, tmp_path, overrides=overrides, port=port)
     _mark_good(rig_lb, config)
     watch = Watch(config)
     daemon = DaemonProcess(config)
     try:
         with daemon:
+            daemon.wait_probing(port, RIG_LB_NODES)
             time.sleep(SETTLE)
             fleet.kill_sshd("gpu-2")
             ssh = wait_for(
@@ -110,11 +116,13 @@ def test_serving_port_down_with_sshd_up_suggests_the_container_restart_that_fixe
     rig_lb: NginxBalancer, tmp_path: Path
 ) -> None:
     fleet = rig_lb.fleet
-    config = node_config(rig_lb, tmp_path, overrides={"serving-down": {"for": "2s"}})
+    port = free_port()
+    config = node_config(rig_lb, tmp_path, overrides={"serving-down": {"for": "2s"}}, port=port)
     watch = Watch(config)
     daemon = DaemonProcess(config)
     try:
         with daemon:
+            daemon.wait_probing(port, RIG_LB_NODES)
             time.sleep(SETTLE)
             engine = fleet.engine.server("gpu-2", "vllm") if fleet.engine else None
             assert engine is not None
