@@ -194,7 +194,10 @@ def run_rounds(balancer: NginxBalancer, directory: Path, args: argparse.Namespac
                 out.incident.append(incident)
                 out.serving.append(serving)
                 out.statuses.append(status)
-                print(f"cut {i + 1} {node}: incident {incident:.2f}s, standby {serving:.2f}s")
+                print(
+                    f"cut {i + 1} {node}: incident {incident:.2f}s, standby {serving:.2f}s",
+                    flush=True,
+                )
             for _ in range(args.kills):
                 if time.monotonic() > deadline:
                     break

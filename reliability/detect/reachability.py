@@ -32,7 +32,8 @@ NODE, SSH_LOST, SERVING_LOST = "node", "ssh", "serving"
 class NodeSignals:
     """What the daemon last knew of one node. `ports`: signal -> probe state (only the
     probed ones); `collected_up`: the SSH collector's last `node_up` (None: not yet);
-    `collected_at`: its last successful collection (Unix time)."""
+    `collected_at`: when its latest collection started, if that one succeeded (Unix time;
+    its start, not its end: one whose answer came before a cut may end after it)."""
 
     ports: dict[str, PortState]
     collected_up: bool | None = None
@@ -94,11 +95,19 @@ def node_signals(samples: dict[str, list[Sample]]) -> dict[str, NodeSignals]:
         for s in samples.get(catalog.NODE_UP.name, [])
         if not isinstance(s.value, HistogramValue)
     }
-    collected_at = {
-        s.labels[1]: s.value
-        for s in samples.get(catalog.TARGET_LAST_SUCCESS.name, [])
-        if s.labels[0] == "node" and not isinstance(s.value, HistogramValue)
+    collected_at = {}
+    meta = {
+        m.name: {
+            s.labels[1]: s.value
+            for s in samples.get(m.name, [])
+            if s.labels[0] == "node" and not isinstance(s.value, HistogramValue)
+        }
+        for m in (catalog.TARGET_UP, catalog.TARGET_LAST_SUCCESS, catalog.TARGET_DURATION)
     }
+    for node, ended in meta[catalog.TARGET_LAST_SUCCESS.name].items():
+        took = meta[catalog.TARGET_DURATION.name].get(node)
+        if meta[catalog.TARGET_UP.name].get(node) == 1.0 and took is not None:
+            collected_at[node] = ended - took
     return {
         node: NodeSignals(ports.get(node, {}), collected.get(node), collected_at.get(node))
         for node in sorted(set(ports) | set(collected))

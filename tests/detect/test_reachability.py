@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from reliability import catalog
+from reliability.collect.base import Sample
 from reliability.collect.liveness import PortState
-from reliability.detect.reachability import NodeSignals, judge
+from reliability.detect.reachability import NodeSignals, judge, node_signals
 
 START = 1_750_000_000.0  # the fleet's clock starts here (conftest.py)
 
@@ -103,3 +105,27 @@ def test_the_loop_is_told_when_a_pending_node_down_runs_out(fleet, clock_for):
     first = clock.now
     clock.cycle()
     assert clock.evaluator.next_due() == pytest.approx(first + 0.8)
+
+
+@pytest.mark.parametrize(
+    ("ended", "took", "problems"), [(0.3, 0.5, {"node"}), (0.3, 0.1, {"ssh", "serving"})]
+)
+def test_only_an_ssh_collection_started_after_the_ports_went_silent_counts_against_down(
+    ended, took, problems
+):
+    """A collection whose answer came before the cut may be published after the first
+    failed connect (a busy daemon): its end is later, its start is not."""
+    samples = [
+        Sample(catalog.NODE_LIVENESS_UP, ("gpu-1", "ssh"), 0.0),
+        Sample(catalog.NODE_LIVENESS_SINCE, ("gpu-1", "ssh"), START),
+        Sample(catalog.NODE_LIVENESS_UP, ("gpu-1", "serving"), 0.0),
+        Sample(catalog.NODE_LIVENESS_SINCE, ("gpu-1", "serving"), START),
+        Sample(catalog.NODE_UP, ("gpu-1",), 1.0),
+        Sample(catalog.TARGET_UP, ("node", "gpu-1"), 1.0),
+        Sample(catalog.TARGET_LAST_SUCCESS, ("node", "gpu-1"), START + ended),
+        Sample(catalog.TARGET_DURATION, ("node", "gpu-1"), took),
+    ]
+    by_metric: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_metric.setdefault(s.metric.name, []).append(s)
+    assert judge(node_signals(by_metric)["gpu-1"]) == problems
