@@ -45,7 +45,7 @@ def judge(s: NodeSignals) -> frozenset[str]:
     if not s.ports:
         return frozenset({NODE}) if s.collected_up is False else frozenset()
     down = [p for p in s.ports.values() if not p.up]
-    # A collection that succeeded after the ports went silent is SSH answering.
+    # A collection that started after the ports went silent, and succeeded: SSH answers.
     collected_since = (
         s.collected_at is not None and bool(down) and s.collected_at > max(p.since for p in down)
     )
@@ -63,7 +63,7 @@ def judge(s: NodeSignals) -> frozenset[str]:
 
 
 def describe(s: NodeSignals) -> str:
-    """The signals as a summary says them: `ssh port: refused since 12:00:01 UTC; ...`."""
+    """The signals as a summary says them: `ssh port no answer since 12:00:01; ...`."""
     parts = []
     for signal in (SSH, SERVING):
         p = s.ports.get(signal)
