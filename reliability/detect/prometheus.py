@@ -275,7 +275,7 @@ def _reachability(rule: ReachabilityRule) -> tuple[str, str]:
         series = f"(({lost} * 0 + 1) or on(node) (0 * {collected}))"
     else:
         lost = f"(({_port('serving')} == 0) and on(node) ({_port('ssh')} == 1))"
-        series = f"(({lost} * 0 + 1) or on(node) (0 * {_port('serving')}))"
+        series = f"(({lost} * 0 + 1) or on(node) (0 * {_port()}))"  # every probed node
     return series, f"{series} == 1"
 
 
