@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/collect.py
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/alert_latency.py
+	$(BIN)/python bench/detect.py
 	$(BIN)/python bench/runbook.py
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/rollback.py

@@ -1,4 +1,5 @@
-"""GPU fleet: is every GPU there, healthy, cool enough and busy, per node and GPU."""
+"""GPU fleet: is every GPU there, healthy, cool enough and busy, per node and GPU; does
+each node answer."""
 
 from reliability import catalog as c
 from reliability.dashboards import links
@@ -138,6 +139,19 @@ errors = [
     ),
 ]
 
+reachability = [
+    timeseries(
+        "Ports answering the liveness probe",
+        Query(f"{c.NODE_LIVENESS_UP.name}{NODE}", "{{node}} {{signal}}"),
+        Query(f"{c.NODE_UP.name}{NODE}", "{{node}} SSH collection"),
+        unit="none",
+        bounds=(0, 1),
+        description="1 while the node's sshd or serving port accepts a TCP connect (every "
+        "second). node-down fires when every port of a node fails; sshd alone down is "
+        "node-ssh-unreachable, the serving port alone serving-down.",
+    ),
+]
+
 dashboard = new_dashboard(
     uid=links.GPU_FLEET,
     title="GPU fleet",
@@ -152,5 +166,6 @@ dashboard = new_dashboard(
         ("Load", load),
         ("Heat and throttling", heat),
         ("Errors", errors),
+        ("Reachability", reachability),
     ],
 )

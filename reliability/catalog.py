@@ -243,6 +243,22 @@ NODE_CONTAINER_IMAGE = _m(
     ("node", "container", "image"),
 )
 
+# --- nodes (liveness probe: a TCP connect to each port, every second) ---------------------
+# `signal` is the port probed: `ssh` (sshd) or `serving` (the engine port of the node's service).
+NODE_LIVENESS_UP = _m(
+    "node_liveness_up",
+    "gauge",
+    "1 if the last TCP connect to the node's `signal` port (ssh, serving) succeeded, else 0.",
+    ("node", "signal"),
+)
+NODE_LIVENESS_SINCE = _m(
+    "node_liveness_since_timestamp_seconds",
+    "gauge",
+    "Unix time at which the first connect of the port's current state (up or down) was sent.",
+    ("node", "signal"),
+    unit="seconds",
+)
+
 # --- API endpoints (hosted and self-hosted, OpenAI-compatible) ---------------------------
 API_PROBES = _m(
     "api_probes_total",

@@ -21,6 +21,7 @@ import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reliability import catalog, db
+from reliability.collect.liveness import LivenessProbe
 from reliability.collect.runner import Outcome, TargetRunner
 from reliability.collect.snapshot import Snapshot
 from reliability.config import Config
@@ -58,6 +59,7 @@ class Daemon:
     snapshot: Snapshot
     jobs: list[Job]  # each with a worker pool of its own (job.runner.executor)
     closers: list[Callable[[], object]] = field(default_factory=list)
+    liveness: LivenessProbe | None = None  # started with detection, which it wakes
 
     def close(self) -> bool:
         """Release connections and workers; True if every collection finished in time."""
@@ -98,6 +100,13 @@ def build(config: Config, snapshot: Snapshot | None = None) -> Daemon:
     pool = schedule.ssh_pool(config)
     if pool is not None:
         daemon.closers.append(pool.close)
+    specs = schedule.liveness(config)
+    if specs:
+        cc = config.collect
+        daemon.liveness = LivenessProbe(
+            specs, snapshot, interval=cc.liveness_interval, timeout=cc.liveness_timeout
+        )
+        daemon.closers.append(daemon.liveness.stop)
     closed: set[int] = set()
     windows = ratio_windows(config.rules)
     for job in schedule.scheduled(config, pool, ratio_windows=windows):
@@ -275,6 +284,9 @@ def _start_incident_flow(
         writer=writer,
     )
     detection.start()
+    if daemon.liveness is not None:
+        # A port changing state is evaluated at once, not at the next tick.
+        daemon.liveness.start(on_change=detection.wake)
     _schedule_records(daemon, scheduler, database)
     scheduler.add_job(
         RunningImages(config, daemon.snapshot, database),

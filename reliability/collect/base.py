@@ -17,6 +17,7 @@ from reliability.catalog import Metric
 # Each collector's `name`: the `collector` label of its target series (target_up, ...),
 # here so a reader of those series (`status`) need not import the collectors themselves.
 NODE, GPU, API = "node", "gpu", "api"
+LIVENESS = "liveness"  # the liveness probe (collect/liveness.py): one target per node
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from reliability.collect.api import ApiProbeCollector, EndpointSpec
 from reliability.collect.base import Collector
 from reliability.collect.gpu_nvml import NvmlGpuCollector
 from reliability.collect.gpu_smi import SmiGpuCollector
+from reliability.collect.liveness import SERVING, SSH, LivenessSpec
 from reliability.collect.node import NodeCollector, NodeSpec
 from reliability.collect.route import RouteCollector, RouteSpec
 from reliability.config import Config
@@ -142,6 +143,22 @@ def routes(config: Config, pool: SshPool | None) -> list[Scheduled]:
     return [
         Scheduled(RouteCollector(pool, specs, timeout=cc.timeout), cc.node_interval, cc.timeout)
     ]
+
+
+def liveness(config: Config) -> list[LivenessSpec]:
+    """What the liveness probe connects to: every node's sshd port, and the serving port of
+    the service whose pool the node is in (a standby serves nothing until it takes over);
+    empty when `collect.liveness_interval` is 0."""
+    if not config.collect.liveness_interval:
+        return []
+    specs = []
+    for n in config.nodes:
+        ports = {SSH: config.node_ssh(n).port or 22}
+        service = config.pool_service(n.pool) if n.pool else None
+        if service is not None:
+            ports[SERVING] = service.port
+        specs.append(LivenessSpec(n.name, n.address, ports))
+    return specs
 
 
 def _every(slow: float, interval: float) -> int:

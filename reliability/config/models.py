@@ -456,6 +456,21 @@ class CollectConfig(Strict):
         description="reads nodes' kernel logs (XIDs), e.g. `sudo -n dmesg`; "
         "default: journalctl, else dmesg",
     )
+    liveness_interval: Duration = Field(
+        1.0,
+        description="TCP connect to each node's sshd and serving port this often (a port "
+        "that fails is tried again at once, every liveness_timeout); 0 turns it off",
+    )
+    liveness_timeout: Interval = Field(0.4, description="deadline of one TCP connect")
+
+    @model_validator(mode="after")
+    def _liveness_timeout_below_interval(self) -> CollectConfig:
+        if self.liveness_interval and self.liveness_timeout >= self.liveness_interval:
+            raise ValueError(
+                f"liveness_timeout ({self.liveness_timeout:g}s) must be below "
+                f"liveness_interval ({self.liveness_interval:g}s)"
+            )
+        return self
 
 
 class IncidentsConfig(Strict):

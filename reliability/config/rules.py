@@ -114,6 +114,20 @@ class TargetDownRule(_RuleBase):
     collector: Literal["node", "api", "gpu"]
 
 
+class ReachabilityRule(_RuleBase):
+    """A node judged from several signals: the liveness probe's TCP connects to its sshd
+    and serving ports (collect/liveness.py) and the SSH collector's `node_up`.
+
+    `lost: node`: nothing answers: every probed port fails, and no SSH collection has
+    succeeded since they stopped answering (with no probe: `node_up` 0). `lost: ssh`:
+    sshd's port fails, or the SSH collection does, while the node still answers on its
+    serving port. `lost: serving`: the serving port fails while sshd answers.
+    """
+
+    type: Literal["reachability"]
+    lost: Literal["node", "ssh", "serving"]
+
+
 class CounterIncreaseRule(_RuleBase):
     """A counter (e.g. XIDs with a given `action` label) rose by `min_increase` in `window`."""
 
@@ -135,6 +149,7 @@ Rule = Annotated[
     | ErrorRatioRule
     | RecoveredRule
     | TargetDownRule
+    | ReachabilityRule
     | CounterIncreaseRule
     | GpuLostRule,
     Field(discriminator="type"),

@@ -17,7 +17,12 @@ from typing import Any
 import yaml
 
 from reliability import shipped
-from reliability.config.rules import CounterIncreaseRule, ErrorRatioRule, TargetDownRule
+from reliability.config.rules import (
+    CounterIncreaseRule,
+    ErrorRatioRule,
+    ReachabilityRule,
+    TargetDownRule,
+)
 from reliability.detect import builtin
 from reliability.detect.rules import AnyRule
 from reliability.durations import format_duration
@@ -83,13 +88,14 @@ def demo_rules() -> list[tuple[AnyRule, str]]:
     nd, uo, lp = builtin.NODE_DOWN, builtin.UPSTREAM_OVERLOADED, builtin.LOCAL_POOL_ERRORS
     ur = builtin.UPSTREAM_RECOVERED
     xid, gsd = builtin.GPU_XID_CRITICAL, builtin.GPU_SOURCE_DOWN
-    assert isinstance(nd, TargetDownRule) and isinstance(xid, CounterIncreaseRule)
+    assert isinstance(nd, ReachabilityRule) and isinstance(xid, CounterIncreaseRule)
     assert isinstance(gsd, TargetDownRule)
     assert isinstance(uo, ErrorRatioRule) and isinstance(lp, ErrorRatioRule)
     return [
         (
-            nd.model_copy(update={"for_": 5.0, "resolve_after": 5.0}),
-            "fires after 5s without SSH (built-in: 10s); resolves 5s after it answers (60s)",
+            nd.model_copy(update={"resolve_after": 5.0}),
+            "fires as the built-in does (about 2s after the node stops answering); resolves "
+            "5s after it answers (built-in: 60s)",
         ),
         (
             gsd.model_copy(update={"resolve_after": 2.0}),

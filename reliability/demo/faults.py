@@ -137,7 +137,7 @@ class Faults:
         )
         return (
             f"{node} ({address}) stops answering: SSH refused, its containers' ports closed. "
-            f"In about 10s: incident node-down and its Slack message; {auto}, moving its work "
+            f"In about 2s: incident node-down and its Slack message; {auto}, moving its work "
             f"to {STANDBY}."
         )
 

@@ -17,6 +17,7 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    ReachabilityRule,
     RecoveredRule,
     Rules,
     RunbookSuggestion,
@@ -30,6 +31,7 @@ UPSTREAM_FAILOVER = RunbookSuggestion(name="upstream-failover", params={"service
 UPSTREAM_SWITCH_BACK = RunbookSuggestion(
     name="upstream-switch-back", params={"service": "{service}"}
 )
+CONTAINER_RESTART = RunbookSuggestion(name="container-restart", params={"node": "{node}"})
 BLUE_GREEN = RunbookSuggestion(
     name="blue-green", params={"service": "{service}", "pool": "{standby_pool}"}
 )
@@ -127,17 +129,25 @@ XID_DETECTION_OFF = ThresholdRule(
         "the SSH user and set `kernel_log_command: sudo -n dmesg` for the node."
     ),
 )
-NODE_DOWN = TargetDownRule(
-    type="target_down",
+
+# Why `for: 800ms`: the liveness probe connects to every node's sshd and serving port each
+# second with a 400ms timeout, and a node whose ports fail is probed again at once, every
+# 400ms. A cut at t is seen by the first probe after it (t + up to 1s), which fails at
+# +400ms; the group is pending from there, and 800ms later the third failed round in a row
+# (6 failed connects, 1.2s without an answer) makes it fire: t + 1.2s to t + 2.2s, then
+# the transaction that opens the incident. A blip under 800ms cannot fail three rounds.
+NODE_DOWN = ReachabilityRule(
+    type="reachability",
     name="node-down",
     severity="critical",
-    collector="node",
-    for_=10.0,
+    lost="node",
+    for_=0.8,
     group_by=["node"],
-    title="{node}: node down, not answering over SSH",
+    title="{node}: node down, unreachable",
     summary=(
-        "{node} has not answered over SSH since {since}. Its GPU, disk and probe incidents are "
-        "suppressed while it is down. Fail it over to a standby node."
+        "{node} has answered on none of its signals since {since} ({signals}). Its GPU, "
+        "disk and probe incidents are suppressed while it is down. Fail it over to a "
+        "standby node."
     ),
     runbook=NODE_FAILOVER,
     inhibits=[
@@ -149,6 +159,34 @@ NODE_DOWN = TargetDownRule(
         "disk-almost-full",
         "local-pool-errors",
     ],
+)
+NODE_SSH_UNREACHABLE = ReachabilityRule(
+    type="reachability",
+    name="node-ssh-unreachable",
+    lost="ssh",
+    for_=10.0,
+    group_by=["node"],
+    title="{node}: SSH unreachable, still serving",
+    summary=(
+        "sshd on {node} has not answered since {since} ({signals}), but the node still "
+        "serves, so it is not failed over. Runbooks and the SSH collectors cannot reach it "
+        "(its GPU readings are held): restart sshd from the console or the BMC."
+    ),
+    inhibits=["gpu-source-down"],
+)
+SERVING_DOWN = ReachabilityRule(
+    type="reachability",
+    name="serving-down",
+    lost="serving",
+    for_=60.0,
+    group_by=["node"],
+    title="{node}: serving port down, node up",
+    summary=(
+        "{node} has not accepted connections on its serving port since {since} ({signals}) "
+        "while sshd answers: the engine or its container is down. Restart the container."
+    ),
+    runbook=CONTAINER_RESTART,
+    inhibits=["local-pool-errors"],
 )
 DISK_ALMOST_FULL = ThresholdRule(
     type="threshold",
@@ -249,6 +287,8 @@ BUILTIN: tuple[AnyRule, ...] = (
     GPU_SOURCE_DOWN,
     XID_DETECTION_OFF,
     NODE_DOWN,
+    NODE_SSH_UNREACHABLE,
+    SERVING_DOWN,
     DISK_ALMOST_FULL,
     UPSTREAM_OVERLOADED,
     UPSTREAM_RECOVERED,

@@ -32,6 +32,7 @@ from reliability.config import Config
 from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
+    ReachabilityRule,
     RecoveredRule,
     Severity,
     TargetDownRule,
@@ -176,7 +177,7 @@ def _unit(rule: AnyRule) -> str:
 def _worst(rule: AnyRule, candidates: list[Reading]) -> Reading:
     if isinstance(rule, ThresholdRule) and rule.op in ("<", "<="):
         return min(candidates, key=lambda r: r.value)
-    if isinstance(rule, TargetDownRule):
+    if isinstance(rule, TargetDownRule | ReachabilityRule):
         return candidates[0]
     return max(candidates, key=lambda r: r.value)
 
@@ -222,6 +223,8 @@ class Evaluator:
             read = partial(readings.recovered, rule, recoveries=self._recoveries, windows=windows)
         elif isinstance(rule, TargetDownRule):
             read = partial(readings.target_down, rule)
+        elif isinstance(rule, ReachabilityRule):
+            read = partial(readings.reachable, rule)
         else:
             read = partial(readings.gpu_lost, rule)
         return _Rule(rule, read, _unit(rule), {})
@@ -245,6 +248,17 @@ class Evaluator:
         """Nothing pending, firing or restored: the same samples again cannot change anything
         (the daemon then skips evaluating an unchanged snapshot)."""
         return not self._restored and not any(c.groups for c in self._rules)
+
+    def next_due(self) -> float | None:
+        """When the first pending group's `for` runs out (Unix time), None with none
+        pending: the loop evaluates then instead of at its next tick."""
+        due = [
+            g.since + c.rule.for_
+            for c in self._rules
+            for g in c.groups.values()
+            if not g.firing and g.clear_since is None
+        ]
+        return min(due, default=None)
 
     def evaluate(self, samples: Iterable[Sample], now: float) -> list[Transition]:
         """Read every rule over this cycle's samples (all of them: what the snapshot holds)

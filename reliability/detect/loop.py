@@ -1,7 +1,9 @@
 """The daemon's detection thread: evaluate the rules over the snapshot, record the
 transitions as incidents.
 
-Every tick (half a second) the evaluator reads what the collectors last published; its
+Every tick (half a second), at once when woken (`wake()`: the liveness probe saw a port
+change state), and at the moment a pending group's `for` runs out, the evaluator reads
+what the collectors last published: the tick is not the floor of the latency. Its
 firing and resolved transitions are recorded in one transaction by `detect/flows.py`
 (dedupe, reopen window, timeline, and the outbox rows of their notifications).
 
@@ -34,6 +36,7 @@ from reliability.writer import BatchWriter, WriterBusy, WriterClosed
 log = logging.getLogger("reliability.detect")
 
 TICK = 0.5
+DUE_SLACK = 0.002  # past a pending group's due time, so its step sees it run out
 # Transitions kept while the database is down. A flapping fleet during a long outage must
 # not grow memory without bound: beyond this the oldest are dropped, and the log says so.
 MAX_UNRECORDED = 10_000
@@ -67,6 +70,7 @@ class DetectionLoop:
         self._db_problem: str | None = None  # logged once when it starts, not every tick
         self._generation: int | None = None  # of the snapshot last evaluated
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
@@ -155,8 +159,19 @@ class DetectionLoop:
         self._thread = threading.Thread(target=self._run, name="detect", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Evaluate now rather than at the next tick (any thread may call it)."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(TICK):
+        while True:
+            # A group held past its `for` (stale data) has a due time behind us: tick then.
+            due, now = self._evaluator.next_due(), self._clock()
+            wait = TICK if due is None or due <= now else min(TICK, due - now + DUE_SLACK)
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.step()
             except Exception:
@@ -164,6 +179,7 @@ class DetectionLoop:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 

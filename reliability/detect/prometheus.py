@@ -52,6 +52,7 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    ReachabilityRule,
     RecoveredRule,
     TargetDownRule,
     ThresholdRule,
@@ -257,6 +258,30 @@ def _target_up(rule: TargetDownRule) -> str:
     return f"({up})"
 
 
+def _port(signal: str | None = None) -> str:
+    """Per node: 1 while the probed port (any port: the best of them) answers, else 0."""
+    equal = {"signal": signal} if signal else None
+    return f"max by (node) ({_selector(catalog.NODE_LIVENESS_UP.name, equal=equal)})"
+
+
+def _reachability(rule: ReachabilityRule) -> tuple[str, str]:
+    """(series, holding) of a `reachability` rule, 1 where the node has the problem. As the
+    evaluator judges, except that an SSH collection succeeding after the ports went
+    silent does not count against `node` (Prometheus keeps no such order of events)."""
+    collected = f"max by (node) ({catalog.NODE_UP.name})"
+    unreachable = f"(({_port()} or on(node) {collected}) == bool 0)"
+    if rule.lost == "node":
+        series = unreachable
+    elif rule.lost == "ssh":
+        lost = f"(({_port('ssh')} == 0) or on(node) ({collected} == 0))"
+        lost = f"({lost} unless on(node) ({unreachable} == 1))"
+        series = f"(({lost} * 0 + 1) or on(node) (0 * {collected}))"
+    else:
+        lost = f"(({_port('serving')} == 0) and on(node) ({_port('ssh')} == 1))"
+        series = f"(({lost} * 0 + 1) or on(node) (0 * {_port()}))"  # every probed node
+    return series, f"{series} == 1"
+
+
 def _series(
     rule: AnyRule, endpoints: EndpointLabels, routed: Sequence[Recovery] = ()
 ) -> tuple[str, str] | None:
@@ -277,6 +302,8 @@ def _series(
     if isinstance(rule, TargetDownRule):
         up = _target_up(rule)
         return up, f"{up} == 0"
+    if isinstance(rule, ReachabilityRule):
+        return _reachability(rule)
     lost = catalog.NODE_GPUS_LOST.name
     return lost, f"{lost} > 0"
 
@@ -328,7 +355,7 @@ def _threshold_text(rule: AnyRule) -> str:
         return format_value(rule.above, unit)
     if isinstance(rule, CounterIncreaseRule):
         return format_value(rule.min_increase, unit)
-    return format_value(1.0 if isinstance(rule, TargetDownRule) else 0.0, unit)
+    return format_value(1.0 if isinstance(rule, TargetDownRule | ReachabilityRule) else 0.0, unit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +440,13 @@ def _queried_values(
     active = f"{group.narrowed(active)} or on() vector(time())"
     out["since"] = group.query(active, "{{ . | first | value | humanizeTimestamp }}")
     out["age"] = group.query(f"time() - ({active})", "{{ . | first | value | humanizeDuration }}")
+    if isinstance(rule, ReachabilityRule):
+        ports = f"{catalog.NODE_LIVENESS_UP.name}{{node=%q}}"
+        out["signals"] = (
+            f"{{{{ range $i, $s := printf {_string(ports)} $labels.node | query }}}}"
+            "{{ if $i }}; {{ end }}{{ $s.Labels.signal }} port "
+            "{{ if eq $s.Value 1.0 }}answers{{ else }}down{{ end }}{{ end }}"
+        )
     if isinstance(rule, GpuLostRule):
         out["expected"] = _queried(catalog.NODE_GPUS_EXPECTED)
         out["visible"] = _queried(catalog.NODE_GPUS_VISIBLE)

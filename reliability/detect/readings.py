@@ -15,10 +15,12 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    ReachabilityRule,
     RecoveredRule,
     TargetDownRule,
     ThresholdRule,
 )
+from reliability.detect import reachability
 from reliability.detect.counters import CounterWindow, SoakWindows
 from reliability.detect.render import format_value
 from reliability.detect.rules import TARGET_LABEL, rule_collector
@@ -230,6 +232,18 @@ def target_down(rule: TargetDownRule, samples: Samples) -> list[Reading]:
         up = node_up.get((target,), s.value)
         labels = {"collector": collector, label: target}
         out.append(Reading((target,), labels, up, 1.0, up == 0.0, None))
+    return out
+
+
+def reachable(rule: ReachabilityRule, samples: Samples) -> list[Reading]:
+    """Per node, whether `rule.lost` is among its problems (detect/reachability.py). The
+    data comes from the liveness probe where it probes the node, else the SSH collector."""
+    out = []
+    for node, signals in reachability.node_signals(samples.by_metric).items():
+        bad = rule.lost in reachability.judge(signals)
+        source = ("liveness" if signals.ports else "node", node)
+        extra = {"signals": reachability.describe(signals)}
+        out.append(Reading((node,), {"node": node}, float(bad), 1.0, bad, source, extra))
     return out
 
 

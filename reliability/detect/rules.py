@@ -16,6 +16,7 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    ReachabilityRule,
     RecoveredRule,
     TargetDownRule,
     ThresholdRule,
@@ -26,13 +27,14 @@ AnyRule = (
     | ErrorRatioRule
     | RecoveredRule
     | TargetDownRule
+    | ReachabilityRule
     | CounterIncreaseRule
     | GpuLostRule
 )
 Loc = tuple[str | int, ...]
 
 # The label that names a collector's target in the series it publishes.
-TARGET_LABEL = {"gpu": "node", "node": "node", "api": "endpoint"}
+TARGET_LABEL = {"gpu": "node", "node": "node", "liveness": "node", "api": "endpoint"}
 # An error-ratio series is an endpoint plus where the config places it; `node` only when
 # the endpoint's host is a configured node, so a down node can inhibit its probe incidents.
 ENDPOINT_LABELS = ("endpoint", "role", "service", "pool", "standby_pool", "node")
@@ -45,6 +47,8 @@ def collector_of(metric: Metric) -> str | None:
     """The collector publishing `metric`, from its name's family. None for the meta series
     (`target_*`), which the snapshot keeps for every configured target."""
     short = metric.name.removeprefix(catalog.PREFIX)
+    if short.startswith("node_liveness_"):
+        return "liveness"
     if short.startswith(("gpu_", "node_gpus_")):
         return "gpu"
     if short.startswith("node_"):
@@ -62,6 +66,8 @@ def rule_collector(rule: AnyRule) -> str | None:
         return "api"
     if isinstance(rule, TargetDownRule):
         return rule.collector
+    if isinstance(rule, ReachabilityRule):
+        return "liveness"
     return "gpu"
 
 
@@ -73,7 +79,7 @@ def series_labels(rule: AnyRule) -> tuple[str, ...]:
         return ENDPOINT_LABELS
     if isinstance(rule, TargetDownRule):
         return ("collector", TARGET_LABEL[rule.collector])
-    return ("node",)
+    return ("node",)  # gpu_lost, reachability
 
 
 def template_names(rule: AnyRule) -> frozenset[str]:
@@ -88,6 +94,8 @@ def template_names(rule: AnyRule) -> frozenset[str]:
         names |= {"part", "whole"}
     if isinstance(rule, GpuLostRule):
         names |= {"expected", "visible"}
+    if isinstance(rule, ReachabilityRule):
+        names.add("signals")
     if isinstance(rule, CounterIncreaseRule | ErrorRatioRule | RecoveredRule):
         names.add("window")
     return frozenset(names)

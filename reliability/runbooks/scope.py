@@ -40,6 +40,11 @@ def node_service(cfg: Config, node: NodeConfig) -> ServiceConfig:
     return pool_service(cfg, node_pool(cfg, node))
 
 
+def node_container(cfg: Config, node: NodeConfig) -> str:
+    """The serving container's name on the node: its own `container`, else its service's."""
+    return node.container or node_service(cfg, node).container_name
+
+
 def standby_pool(cfg: Config, s: ServiceConfig) -> Pool:
     other = [p for p in s.pools if p != s.active_pool]
     if len(other) != 1:
@@ -79,7 +84,7 @@ ATTRS: dict[ValueKind, dict[str, tuple[ValueKind, Getter]]] = {
         "role": ("value", lambda c, n: n.role),
         "pool": ("pool", node_pool),
         "service": ("service", node_service),
-        "container": ("value", lambda c, n: _need(n.container, f"container of node {n.name}")),
+        "container": ("value", node_container),
     },
     "service": {
         "active_pool": ("pool", lambda c, s: Pool(s.active_pool)),

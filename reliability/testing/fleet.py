@@ -362,18 +362,41 @@ class Fleet:
         The node moves to an sshd of its own (one sshd has one host key); the others
         that shared its sshd are back before this returns.
         """
+        keys = self.dir / "keys"
+        key = keys / f"host_{name}_{len(list(keys.glob(f'host_{name}_*.pub')))}"
+        sshd.keygen(key, f"relrig-host-{name}")
+        self._own_sshd(name, key)
+
+    def kill_sshd(self, name: str) -> None:
+        """sshd of ``name`` dies (SIGKILL): new connections to its port are refused, the
+        sessions already open live on (their own sshd processes), the node's containers
+        keep serving. The other nodes keep theirs. ``start_sshd`` brings it back."""
+        process = self._own_sshd(name)
+        if process.proc is not None and process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait(sshd.STOP_TIMEOUT_S)
+
+    def start_sshd(self, name: str) -> None:
+        """Start the sshd of ``name`` again after ``kill_sshd``."""
+        process = self._own_sshd(name)
+        if process.proc is None or process.proc.poll() is not None:
+            process.start()
+
+    def _own_sshd(self, name: str, host_key: Path | None = None) -> sshd.SshdProcess:
+        """The sshd serving ``name`` alone (with ``host_key``: a new one), moved there from
+        the one it shared; the others that shared it are back before this returns."""
         address = self.node(name).address
         old = next(p for p in self._sshd if address in p.addresses)
+        if old.addresses == [address] and host_key is None:
+            return old
         old.stop()
         self._sshd.remove(old)
         rest = [a for a in old.addresses if a != address]
         index = max((p.index for p in self._sshd), default=old.index) + 1
-        env = old.session_env
         if rest:
-            self._launch(index, rest, old.host_key, env)
-        key = self.dir / "keys" / f"host_{name}_{index}"
-        sshd.keygen(key, f"relrig-host-{name}")
-        self._launch(index + 1, [address], key, env)
+            self._launch(index, rest, old.host_key, old.session_env)
+        self._launch(index + 1, [address], host_key or old.host_key, old.session_env)
+        return self._sshd[-1]
 
     # --- containers ------------------------------------------------------------------------
 

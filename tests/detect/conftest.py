@@ -34,6 +34,9 @@ class Node:
     missing: int = 0  # GPUs the driver does not list at all
     xids: dict[tuple[str, int], int] = field(default_factory=dict)  # (gpu, code) -> count
     disk: dict[str, tuple[float, float]] = field(default_factory=lambda: {"/": (200e9, 400e9)})
+    # The liveness probe: signal (ssh, serving) -> (answers, since); empty: not probed.
+    ports: dict[str, tuple[bool, float]] = field(default_factory=dict)
+    collected_at: float = START  # the last successful SSH collection
 
 
 class Fleet:
@@ -62,7 +65,13 @@ class Fleet:
         out = [
             Sample(catalog.TARGET_UP, ("node", node.name), 1.0 if node.up else 0.0),
             Sample(catalog.NODE_UP, (node.name,), 1.0 if node.up else 0.0),
+            Sample(catalog.TARGET_LAST_SUCCESS, ("node", node.name), node.collected_at),
         ]
+        if node.ports:
+            out.append(Sample(catalog.TARGET_UP, ("liveness", node.name), 1.0))
+        for signal, (up, since) in node.ports.items():
+            out.append(Sample(catalog.NODE_LIVENESS_UP, (node.name, signal), float(up)))
+            out.append(Sample(catalog.NODE_LIVENESS_SINCE, (node.name, signal), since))
         if node.up:
             for path, (free, size) in node.disk.items():
                 out.append(Sample(catalog.NODE_PATH_FREE, (node.name, path), free))

@@ -72,12 +72,13 @@ def test_fewer_gpus_visible_than_expected_is_a_gpu_lost(fleet, clock_for):
     assert "lost: not enumerated by the driver" in t.summary
 
 
-def test_node_down_after_two_failed_collections(fleet, clock_for):
+def test_node_down_after_two_failed_collections_where_no_port_is_probed(fleet, clock_for):
     clock = clock_for()
     fleet.nodes["gpu-3"].up = False
     assert clock.cycle() == []
     t = only(clock.run(10))
-    assert t.title == "gpu-3: node down, not answering over SSH"
+    assert t.title == "gpu-3: node down, unreachable"
+    assert "SSH collection fails" in t.summary
     assert t.severity == "critical"
     assert t.runbook == "reliability runbook run node-failover --param node=gpu-3"
     assert t.since == clock.now - 15  # the first failed collection

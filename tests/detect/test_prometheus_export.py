@@ -35,6 +35,7 @@ from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
     GpuLostRule,
+    ReachabilityRule,
     RecoveredRule,
     TargetDownRule,
     ThresholdRule,
@@ -203,6 +204,29 @@ def _target_down_case(rule: TargetDownRule) -> Case:
     return series, [{"collector": rule.collector, TARGET_LABEL[rule.collector]: "bad"}], at
 
 
+# node -> (ssh port answers, serving port answers, node_up); None: not probed
+_NODES = {
+    "cut": (0, 0, 1),  # the last SSH collection, before the cut, still reads up
+    "sshd": (0, 1, 0),
+    "engine": (1, 0, 1),
+    "ok": (1, 1, 1),
+    "dark": (None, None, 0),
+}
+_LOST = {"node": ["cut", "dark"], "ssh": ["sshd"], "serving": ["engine"]}
+
+
+def _reachability_case(rule: ReachabilityRule) -> Case:
+    at = rule.for_ + 4 * STEP
+    series = []
+    for node, (ssh, serving, collected) in _NODES.items():
+        series.append(_series(catalog.NODE_UP.name, {"node": node}, _steady(collected, at)))
+        for signal, up in (("ssh", ssh), ("serving", serving)):
+            if up is not None:
+                labels = {"node": node, "signal": signal}
+                series.append(_series(catalog.NODE_LIVENESS_UP.name, labels, _steady(up, at)))
+    return series, [{"node": node} for node in _LOST[rule.lost]], at
+
+
 def _gpu_lost_case(rule: GpuLostRule) -> Case:
     at = rule.for_ + 4 * STEP
     lost = catalog.NODE_GPUS_LOST.name
@@ -227,6 +251,8 @@ def firing_case(
         series, alerts, at = _target_down_case(rule)
     elif isinstance(rule, GpuLostRule):
         series, alerts, at = _gpu_lost_case(rule)
+    elif isinstance(rule, ReachabilityRule):
+        series, alerts, at = _reachability_case(rule)
     elif isinstance(rule, RecoveredRule):
         series, alerts, at = _recovered_case(rule, routed)
     else:
@@ -409,7 +435,7 @@ def test_the_cli_writes_the_same_bytes_every_time(tmp_path: Path) -> None:
     for out in (first, second):
         result = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE), "--out", str(out)])
         assert result.exit_code == 0, result.output
-        assert f"{out}: 13 alerting rules, 4 watching the daemons themselves" in result.output
+        assert f"{out}: 15 alerting rules, 4 watching the daemons themselves" in result.output
     assert first.read_bytes() == second.read_bytes()
     stdout = runner.invoke(main, ["rules", "export", "-c", str(EXAMPLE)])
     assert stdout.exit_code == 0

@@ -188,7 +188,8 @@ def test_override_mistakes_name_the_rule_or_field_and_the_fix(tmp_path):
         f"{path}:3: rules.overrides.upstream-overloded: no rule is named 'upstream-overloded'; "
         "rules that can be overridden: disk-almost-full, gpu-lost, gpu-source-down, "
         "gpu-temperature-slowdown, gpu-utilization-high, gpu-xid-critical, local-pool-errors, "
-        "node-down, notifier-failing, upstream-overloaded, upstream-recovered, xid-detection-off",
+        "node-down, node-ssh-unreachable, notifier-failing, serving-down, "
+        "upstream-overloaded, upstream-recovered, xid-detection-off",
         f"{path}:5: rules.overrides.upstream-overloaded.value: upstream-overloaded (error_ratio "
         f"rule) has no field 'value' (its threshold is `above`); its fields: {fields}",
         f"{path}:7: rules.overrides.local-pool-errors.window: window must be a whole number of "

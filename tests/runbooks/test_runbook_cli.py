@@ -112,8 +112,8 @@ def test_an_unknown_runbook_is_bad_usage_exit_2_and_names_the_known_ones():
     assert result.exit_code == 2
     assert "no runbook is named 'reboot-everything'" in result.output
     assert (
-        "known: blue-green, canary, image-rollback, node-failover, node-return, upstream-failover, "
-        "upstream-switch-back"
+        "known: blue-green, canary, container-restart, image-rollback, node-failover, "
+        "node-return, upstream-failover, upstream-switch-back"
     ) in result.output
     assert run("runbook", "show", "nope", "-c", EXAMPLE).exit_code == 2
 
@@ -152,6 +152,7 @@ def test_list_and_show():
     assert set(books) == {
         "blue-green",
         "canary",
+        "container-restart",
         "image-rollback",
         "node-failover",
         "node-return",
@@ -181,3 +182,16 @@ def test_plan_without_a_database_makes_none(tmp_path: Path):
 
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "var").exists()  # the example's SQLite file was not created
+
+
+def test_container_restart_plan_drains_restarts_checks_and_puts_the_node_back():
+    """serving-down's suggestion: what `runbook run container-restart` would send."""
+    planned = run("runbook", "plan", "container-restart", "--param", "node=gpu-1", "-c", EXAMPLE)
+    assert planned.exit_code == 0, planned.output
+    out = planned.output
+    steps = ["take-out (drain)", "restart (ssh)", "check (ready)", "put-back (lb_set_pool)"]
+    assert [out.index(s) for s in steps] == sorted(out.index(s) for s in steps)
+    assert "mark gpu-1 (10.20.0.11:8000) down in upstream chat" in out
+    assert "gpu-1 $ docker restart vllm\n   undo on gpu-1:\n     gpu-1 $ docker start vllm" in out
+    assert "GET http://10.20.0.11:8000/health until 200, within 5m" in out
+    assert "Locks: service chat" in out

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = {
     "blue-green",
     "canary",
+    "container-restart",
     "node-failover",
     "node-return",
     "image-rollback",

@@ -161,6 +161,26 @@ def test_rotated_host_key_is_refused_by_strict_clients(
     assert run(fleet, "key-1", "echo trusted")[0] == "trusted\n"
 
 
+def test_a_killed_sshd_refuses_new_logins_on_its_node_only_and_comes_back(
+    rig_fleet_factory: Callable[..., Fleet],
+) -> None:
+    fleet = rig_fleet_factory(["sshd-1", "sshd-2"], gpus=1)
+    session = fleet.ssh_client("sshd-1")  # opened before sshd dies
+    try:
+        fleet.kill_sshd("sshd-1")
+
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((fleet.node("sshd-1").address, fleet.port), timeout=2)
+        _, out, _ = session.exec_command("echo alive")
+        assert out.read() == b"alive\n"  # like a real sshd: open sessions live on
+        assert run(fleet, "sshd-2", "echo still")[0] == "still\n"
+
+        fleet.start_sshd("sshd-1")
+        assert run(fleet, "sshd-1", "echo back")[0] == "back\n"
+    finally:
+        session.close()
+
+
 def test_more_nodes_than_one_sshd_can_serve(rig_fleet_factory: Callable[..., Fleet]) -> None:
     fleet = rig_fleet_factory([f"n{i:02d}" for i in range(20)], gpus=1)
 
