@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import uvicorn
@@ -28,6 +29,11 @@ from reliability.incidents.models import IncidentRead
 from reliability.intake import build_routes as intake_routes
 from reliability.notify.dispatcher import Dispatcher
 from reliability.web import Readiness, build_app
+
+if TYPE_CHECKING:
+    from starlette.routing import Route
+
+    from reliability.runbooks.flows import AutoRunner
 
 log = logging.getLogger("reliability.daemon")
 
@@ -224,18 +230,55 @@ class _IncidentTimers:
             self._dispatcher.wake()
 
 
+def _slack_routes(
+    config: Config,
+    database: db.LazyEngine,
+    dispatcher: Dispatcher | None,
+    runbooks: AutoRunner,
+    closers: list[Callable[[], object]],
+) -> list[Route]:
+    """Clicks on the incident buttons, where the config asks for them: over Socket Mode
+    (oncall/socket.py) with an app token, at the HTTP route (oncall/route.py) with a
+    signing secret; the routes to mount."""
+    if config.slack is None or not config.slack.interactive:
+        return []
+    from reliability.notify.slack import SlackClient
+    from reliability.oncall.flows import SlackActions
+    from reliability.oncall.route import interactions_route
+    from reliability.oncall.socket import SocketTransport
+
+    client = SlackClient(config.slack_token(), base_url=str(config.slack.base_url))
+    actions = SlackActions(
+        config.slack,
+        database.session,
+        client,
+        wake=dispatcher.wake if dispatcher is not None else lambda: None,
+        runbooks=runbooks,
+    )
+    closers.append(actions.close)
+    app_token = config.slack_app_token()
+    if app_token is not None:
+        socket = SocketTransport(actions, app_token=app_token, base_url=str(config.slack.base_url))
+        try:
+            socket.start()
+        except Exception as exc:  # slack_sdk raises its own and urllib's errors here
+            log.error("slack: Socket Mode not connected (%s); buttons answer nothing", exc)
+        closers.insert(0, socket.stop)
+    secret = config.slack_signing_secret()
+    return [interactions_route(actions, secret=secret)] if secret is not None else []
+
+
 def _start_incident_flow(
     daemon: Daemon,
     scheduler: BackgroundScheduler,
     database: db.LazyEngine,
     dispatcher: Dispatcher | None,
+    runbooks: AutoRunner,
 ) -> None:
     """Rules into incidents (detect/loop.py), incidents into Slack (notify/dispatcher.py);
     both stop with the daemon."""
     from reliability.detect.evaluator import Evaluator
     from reliability.detect.loop import DetectionLoop
-    from reliability.runbooks.flows import AutoRunner
-    from reliability.ssh import SshPool
 
     config = daemon.config
     if dispatcher is not None:
@@ -258,7 +301,6 @@ def _start_incident_flow(
         id="incident-timers",
         next_run_time=datetime.now(UTC),
     )
-    runbooks = AutoRunner(config, database, SshPool())
     runbooks.start()
     detection = DetectionLoop(
         Evaluator(config),
@@ -354,7 +396,12 @@ def serve(daemon: Daemon) -> int:
 
     # One engine (one connection pool) for everything the daemon does in the database.
     database = db.LazyEngine(daemon.config.database_url())
+    from reliability.runbooks.flows import AutoRunner
+    from reliability.ssh import SshPool
+
     dispatcher = _dispatcher(daemon.config, database)
+    runbooks = AutoRunner(daemon.config, database, SshPool())
+    slack_closers: list[Callable[[], object]] = []
     app = build_app(
         daemon.snapshot,
         readiness=[
@@ -364,7 +411,10 @@ def serve(daemon: Daemon) -> int:
         # Pages held back by a refused token or channel: critical, but the daemon still
         # records incidents and takes webhooks, so it stays ready.
         critical=[Readiness("notify", dispatcher.health.condition)] if dispatcher else [],
-        routes=intake_routes(daemon.config, database),
+        routes=[
+            *intake_routes(daemon.config, database),
+            *_slack_routes(daemon.config, database, dispatcher, runbooks, slack_closers),
+        ],
     )
     http = daemon.config.http
     server = _Server(
@@ -378,7 +428,8 @@ def serve(daemon: Daemon) -> int:
         )
     )
     scheduler.start()
-    _start_incident_flow(daemon, scheduler, database, dispatcher)
+    _start_incident_flow(daemon, scheduler, database, dispatcher, runbooks)
+    daemon.closers[:0] = slack_closers  # first: no click acts while the rest stops
     daemon.closers.append(database.dispose)  # last: the closers before it may still write
     log.info(
         "daemon up: %d job(s), serving http://%s:%d/metrics", len(daemon.jobs), http.host, http.port

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    StringConstraints,
     model_validator,
 )
 
@@ -113,6 +114,13 @@ class SlackRoute(Strict):
     services: list[str] = []
 
 
+SlackId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[UWS][A-Z0-9]{2,}$"),
+    Field(description="a Slack user id (U..., W...) or user group id (S...)"),
+]
+
+
 class SlackConfig(Strict):
     token_env: str | None = None
     token_file: Path | None = None
@@ -120,6 +128,27 @@ class SlackConfig(Strict):
     routes: list[SlackRoute] = []
     base_url: HttpUrl = "https://slack.com/api/"
     max_per_second: float = Field(1.0, gt=0)
+    signing_secret_env: str | None = Field(
+        None,
+        description="the Slack app's signing secret: turns on the incident buttons, answered "
+        "at POST /api/v1/slack/interactions",
+    )
+    app_token_env: str | None = Field(
+        None,
+        description="an app-level token (xapp-, scope connections:write): the incident "
+        "buttons' clicks arrive over Socket Mode, no public URL needed",
+    )
+    responders: list[SlackId] = Field(
+        [], description="Slack user or user group ids that may resolve from Slack"
+    )
+    runbook_users: list[SlackId] = Field(
+        [], description="Slack user or user group ids that may run a runbook from Slack"
+    )
+
+    @property
+    def interactive(self) -> bool:
+        """Whether messages carry buttons: only where a transport can receive their clicks."""
+        return self.signing_secret_env is not None or self.app_token_env is not None
 
     @model_validator(mode="after")
     def _token_source(self) -> SlackConfig:
@@ -524,6 +553,16 @@ class Config(Strict):
         field = ("slack", "token_env" if s.token_env else "token_file")
         return self._read_secret(field, s.token_env, s.token_file)
 
+    def slack_signing_secret(self) -> SecretStr | None:
+        """The secret Slack signs interaction requests with; None when none is configured."""
+        env = self.slack.signing_secret_env if self.slack else None
+        return self._read_secret(("slack", "signing_secret_env"), env, None) if env else None
+
+    def slack_app_token(self) -> SecretStr | None:
+        """The app-level token Socket Mode connects with; None when none is configured."""
+        env = self.slack.app_token_env if self.slack else None
+        return self._read_secret(("slack", "app_token_env"), env, None) if env else None
+
     def webhook_token(self) -> SecretStr | None:
         h = self.http
         if not (h.webhook_token_env or h.webhook_token_file):
@@ -563,7 +602,7 @@ class Config(Strict):
         ]
         readers += [lambda i=i: self.endpoint_key(i) for i in range(len(self.endpoints))]
         if self.slack:
-            readers.append(self.slack_token)
+            readers += [self.slack_token, self.slack_signing_secret, self.slack_app_token]
         if self.database.url_env or self.database.url_file:
             readers.append(self.database_url)
         return readers

@@ -64,10 +64,15 @@ def notify_upserts(session: Session, upserts: Sequence[Upsert]) -> None:
 
 
 def acknowledge(
-    session: Session, *, incident_id: int, by: str, at: datetime | None = None
+    session: Session,
+    *,
+    incident_id: int,
+    by: str,
+    at: datetime | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Change:
     """`service.acknowledge`, notified."""
-    change = service.acknowledge(session, incident_id=incident_id, by=by, at=at)
+    change = service.acknowledge(session, incident_id=incident_id, by=by, at=at, data=data)
     outbox.enqueue(session, events=[change.event])
     return change
 
@@ -79,9 +84,10 @@ def resolve(
     by: str,
     note: str | None = None,
     at: datetime | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Change:
     """`service.resolve`, notified."""
-    change = service.resolve(session, incident_id=incident_id, by=by, note=note, at=at)
+    change = service.resolve(session, incident_id=incident_id, by=by, note=note, at=at, data=data)
     outbox.enqueue(session, events=[change.event])
     return change
 

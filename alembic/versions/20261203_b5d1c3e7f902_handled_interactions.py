@@ -1,0 +1,33 @@
+"""clicks on Slack buttons that were acted on, so a retried delivery acts once
+
+Revision ID: b5d1c3e7f902
+Revises: 8c2d4e6f7a81
+Create Date: 2026-12-03 16:00:00.000000
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision: str = "b5d1c3e7f902"
+down_revision: str | Sequence[str] | None = "8c2d4e6f7a81"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "handled_interactions",
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("action", sa.String(length=32), nullable=False),
+        sa.Column("incident_id", sa.Integer(), nullable=True),
+        sa.Column("user", sa.String(length=32), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_handled_interactions")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("handled_interactions")
