@@ -10,7 +10,7 @@ the arguments and results are the service's. None commits.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -105,6 +105,25 @@ def resolve_fingerprint(
 def add_note(session: Session, *, incident_id: int, by: str, text: str) -> IncidentEvent:
     """`service.add_note`, notified (a reply in the incident's thread)."""
     event = service.add_note(session, incident_id=incident_id, by=by, text=text)
+    outbox.enqueue(session, events=[event])
+    return event
+
+
+def ask_approval(
+    session: Session, *, incident_id: int, by: str, prompt: str, approval_id: int
+) -> IncidentEvent:
+    """A runbook's question for the incident's thread, notified (Slack shows it with
+    Approve / Reject buttons that carry `approval_id`)."""
+    incident = service.get(session, incident_id=incident_id)
+    event = service.record_event(
+        session,
+        incident=incident,
+        kind=EventKind.approval_asked,
+        at=datetime.now(UTC),
+        actor=by,
+        message=prompt,
+        data={"approval_id": approval_id},
+    )
     outbox.enqueue(session, events=[event])
     return event
 

@@ -49,6 +49,8 @@ class EventKind(StrEnum):
     silenced = "silenced"
     # Someone asked for what they may not do (resolve, run a runbook from Slack); never notified.
     refused = "refused"
+    # A runbook's confirm step asks in the thread (`approval: slack`), with Approve / Reject.
+    approval_asked = "approval_asked"
 
 
 # The partial unique index's predicate, also named by upserts (ON CONFLICT ... WHERE) so the

@@ -38,6 +38,7 @@ BUTTON_LIMIT = 75
 # The buttons' action ids: what notify/interactions.py dispatches on.
 ACTIONS_BLOCK = "incident"
 ACKNOWLEDGE, RESOLVE, SILENCE, RUN = "acknowledge", "resolve", "silence", "run"
+APPROVE, REJECT = "approve", "reject"
 # What the Silence button mutes, the first label the incident has.
 SILENCE_LABELS = ("node", "endpoint")
 
@@ -164,9 +165,26 @@ def thread_reply(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
             f":bell: Silence #{silence} ended {_date(event.at)}; "
             f"this incident is still {incident.status.value}"
         )
+    elif event.kind == "approval_asked":
+        return _approval_question(incident, event)
     else:
         line = _event_line(incident, event)
     return Rendered(_clip(line, SECTION_LIMIT), [_section(line)])
+
+
+def _approval_question(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
+    """A runbook's confirm step asking in the thread, with Approve / Reject (their value:
+    the incident and the question)."""
+    line = (
+        f":raising_hand: {_escape(event.actor or 'A runbook')} asks: {_escape(event.message or '')}"
+    )
+    value = f"{incident.id}:{(event.data or {}).get('approval_id', '')}"
+    elements = [
+        _button(APPROVE, "Approve", value) | {"style": "primary"},
+        _button(REJECT, "Reject", value) | {"style": "danger"},
+    ]
+    question = [_section(line), {"type": "actions", "block_id": "approval", "elements": elements}]
+    return Rendered(_clip(line, SECTION_LIMIT), question)
 
 
 def _event_line(incident: IncidentRead, event: IncidentEventRead) -> str:

@@ -26,6 +26,7 @@ MAX_AGE_S = 5 * 60
 RUN_VIEW = "run"
 CONFIRM_RUN = "confirm_run"
 ACTIONS = frozenset({blocks.ACKNOWLEDGE, blocks.RESOLVE, blocks.SILENCE, blocks.RUN})
+DECISIONS = frozenset({blocks.APPROVE, blocks.REJECT})
 
 
 class BadSignature(Exception):
@@ -52,6 +53,7 @@ class Click:
     key: str
     channel: str | None
     trigger_id: str | None
+    approval_id: int | None = None  # Approve / Reject: the runbook's question
 
 
 def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: float) -> None:
@@ -99,8 +101,12 @@ def _block_action(payload: dict[str, Any], user: str, username: str) -> Click:
     if not isinstance(actions, list) or len(actions) != 1 or not isinstance(actions[0], dict):
         raise BadInteraction("block_actions payload must carry exactly one action")
     action = actions[0]
-    if action.get("action_id") not in ACTIONS:
+    if action.get("action_id") not in ACTIONS | DECISIONS:
         raise BadInteraction(f"unknown action {action.get('action_id')!r}")
+    value, approval_id = action.get("value"), None
+    if action["action_id"] in DECISIONS:
+        value, _, question = str(value).partition(":")
+        approval_id = _incident_id(question)
     trigger_id = payload.get("trigger_id")
     if not isinstance(trigger_id, str) or not trigger_id:
         raise BadInteraction("block_actions payload has no trigger_id")
@@ -108,12 +114,13 @@ def _block_action(payload: dict[str, Any], user: str, username: str) -> Click:
     channel_id = channel.get("id") if isinstance(channel, dict) else None
     return Click(
         action=action["action_id"],
-        incident_id=_incident_id(action.get("value")),
+        incident_id=_incident_id(value),
         user=user,
         username=username,
         key=f"{trigger_id}:{action['action_id']}",
         channel=channel_id if isinstance(channel_id, str) else None,
         trigger_id=trigger_id,
+        approval_id=approval_id,
     )
 
 
@@ -142,7 +149,7 @@ def _view_submission(payload: dict[str, Any], user: str, username: str) -> Click
 def _incident_id(value: Any) -> int:
     text = str(value) if isinstance(value, int | str) else ""
     if not text.isdigit():
-        raise BadInteraction(f"no incident id in {value!r}")
+        raise BadInteraction(f"no id in {value!r}")
     return int(text)
 
 

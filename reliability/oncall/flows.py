@@ -38,6 +38,7 @@ from reliability.notify import service as notify_service
 from reliability.notify.base import NotifyError
 from reliability.notify.interactions import CONFIRM_RUN, BadInteraction, Click, run_view
 from reliability.notify.slack import SlackClient
+from reliability.runbooks import service as runs
 from reliability.runbooks.errors import RunbookError
 from reliability.runbooks.flows import AutoRunner
 
@@ -47,6 +48,7 @@ SILENCE_FOR = timedelta(hours=1)
 GROUP_TTL_S = 300.0
 AFTER_WORKERS = 4
 RUN_WHAT = "run a runbook"
+RUNNERS = "slack.runbook_users"
 NO_SCOPE = "This incident has no node or endpoint to silence; use `reliability incidents silence`."
 
 
@@ -84,6 +86,8 @@ class SlackActions:
             blocks.SILENCE: self._silence,
             blocks.RUN: self._open_run,
             CONFIRM_RUN: self._run,
+            blocks.APPROVE: self._decide,
+            blocks.REJECT: self._decide,
         }[click.action]
         by = f"@{self.name_of(click.user, click.username)}"
         with self._sessions() as session, session.begin():
@@ -176,6 +180,24 @@ class SlackActions:
             return _already(incident)
         self._later(self._runbooks.run_for, by, incident.id, request)
         return ""
+
+    def _decide(self, session: Session, click: Click, incident: IncidentRead, by: str) -> str:
+        """Approve or Reject a runbook's question; the first allowed answer decides."""
+        if not self.allowed(click.user, self._slack.runbook_users):
+            return self._refuse(session, click, incident, by, "approve a runbook step", RUNNERS)
+        assert click.approval_id is not None
+        asked = runs.get_approval(session, approval_id=click.approval_id)
+        if asked is None or asked.incident_id != incident.id:
+            raise BadInteraction(f"no question {click.approval_id} on incident {incident.id}")
+        approved = click.action == blocks.APPROVE
+        if runs.decide_approval(
+            session, approval_id=asked.id, approved=approved, by=by, now=self._now()
+        ):
+            return ""  # the run says what it does next in the thread
+        if asked.decided_by is None:
+            return "Too late: nobody answered in time, so the run did not go ahead."
+        verdict = "approved" if asked.approved else "rejected"
+        return f"Already {verdict} by {asked.decided_by}."
 
     def _refuse(
         self,

@@ -119,6 +119,26 @@ class DomainHooks(Hooks):
         where = f" {row.pool}" if row.pool and row.state == "serving" else ""
         return True, f"{row.node} is {row.state.value}{where} in the fleet"
 
+    def ask_approval(
+        self, session: Session, *, run_id: int, step: str, incident_id: int, prompt: str
+    ) -> int | None:
+        asked = runs.ask_approval(
+            session,
+            run_id=run_id,
+            step=step,
+            incident_id=incident_id,
+            prompt=prompt,
+            now=datetime.now(UTC),
+        )
+        incident_flows.ask_approval(
+            session,
+            incident_id=incident_id,
+            by=f"run {run_id}",
+            prompt=prompt,
+            approval_id=asked.id,
+        )
+        return asked.id
+
     def database_failed(
         self, session: Session, *, run_id: int, runbook: str, incident_id: int | None, text: str
     ) -> bool:

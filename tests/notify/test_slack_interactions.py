@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 
 from reliability import db
 from reliability.cli_support import load_config
+from reliability.detect.render import RunbookRequest
 from reliability.incidents import flows as incident_flows
 from reliability.incidents.models import Incident, IncidentEvent, IncidentStatus, Silence
 from reliability.notify import blocks
@@ -30,6 +31,7 @@ from reliability.notify.slack import SlackClient
 from reliability.oncall.flows import SlackActions
 from reliability.oncall.route import PATH, interactions_route
 from reliability.oncall.socket import SocketTransport
+from reliability.runbooks import service as runs
 from reliability.runbooks.flows import AutoRunner
 from reliability.runbooks.models import RunbookRun
 from reliability.ssh import SshPool
@@ -52,6 +54,20 @@ steps:
       text: "the word is {word}"
 """
 SUGGESTED = "reliability runbook run say --param word=hello"
+ASKS = """
+description: Ask in the thread, then say so.
+steps:
+  - id: approve
+    action: confirm
+    timeout: {timeout}
+    args:
+      prompt: Drain gpu-1?
+      approval: slack
+  - id: said
+    action: notify
+    args:
+      text: went ahead
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -336,6 +352,10 @@ def runner(tmp_path: Path, database_url: str, monkeypatch) -> Iterator[AutoRunne
     directory = tmp_path / "runbooks"
     directory.mkdir()
     (directory / "say.yaml").write_text(textwrap.dedent(SAY).lstrip())
+    (directory / "asks.yaml").write_text(textwrap.dedent(ASKS).lstrip().format(timeout="20s"))
+    (directory / "asks-briefly.yaml").write_text(
+        textwrap.dedent(ASKS).lstrip().format(timeout="2s")
+    )
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-unused")
     monkeypatch.setenv("SLACK_SIGNING_SECRET", "unused")
     path = tmp_path / "reliability.yaml"
@@ -475,3 +495,79 @@ def test_socket_mode_refuses_the_bot_token(slack: SlackStandIn) -> None:
     with pytest.raises(SlackApiError) as refused:
         WebClient(base_url=slack.api_url).apps_connections_open(app_token=slack.token)
     assert refused.value.response["error"] == "not_allowed_token_type"
+
+
+def ask(slack: SlackStandIn, dispatcher: Dispatcher, ts: str) -> str:
+    """The ts of the runbook's question in the incident's thread, once posted."""
+
+    def question() -> str | None:
+        dispatcher.run_once()
+        return next((m.ts for m in slack.replies(ts) if "Drain gpu-1?" in m.text), None)
+
+    return str(wait_for("the question in the thread", question))
+
+
+def finished_run(engine: sa.Engine) -> RunbookRun:
+    def ended() -> list[RunbookRun]:
+        with db.session_factory(engine)() as s:
+            return [r for r in s.scalars(sa.select(RunbookRun)) if r.ended_at is not None]
+
+    [run] = wait_for("the run's end", ended)
+    return run
+
+
+def step_results(engine: sa.Engine, run_id: int) -> list[str]:
+    with db.session_factory(engine)() as s:
+        return [entry["result"] for unit in runs.units(s, run_id=run_id) for entry in unit.log]
+
+
+def test_an_approval_step_waits_in_the_thread_until_an_allowed_user_approves(
+    engine: sa.Engine, slack: SlackStandIn, make_endpoint, posted, runner: AutoRunner
+) -> None:
+    endpoint, _ = make_endpoint(runbooks=runner)
+    incident_id, ts, dispatcher = posted()
+    runner.run_for("@bob", incident_id, RunbookRequest("asks", {}, auto=False))
+    question = ask(slack, dispatcher, ts)
+
+    slack.click(endpoint, question, "approve", CAROL)  # a responder, not a runbook user
+    [refusal] = wait_for("the refusal", slack.ephemerals)
+    assert refusal.user == CAROL and "slack.runbook_users" in refusal.text
+    slack.click(endpoint, question, "approve", BOB)
+
+    run = finished_run(engine)
+    assert run.status == "succeeded"
+    assert step_results(engine, run.id)[0] == "approved in Slack by @bob"
+    slack.click(endpoint, question, "reject", BOB)  # a late second answer changes nothing
+    answers = wait_for("the answer", lambda: slack.ephemerals()[1:])
+    assert "Already approved by @bob" in answers[0].text
+
+
+def test_a_rejected_approval_fails_the_run_and_says_who(
+    engine: sa.Engine, slack: SlackStandIn, make_endpoint, posted, runner: AutoRunner
+) -> None:
+    endpoint, _ = make_endpoint(runbooks=runner)
+    incident_id, ts, dispatcher = posted()
+    runner.run_for("@bob", incident_id, RunbookRequest("asks", {}, auto=False))
+
+    slack.click(endpoint, ask(slack, dispatcher, ts), "reject", BOB)
+
+    run = finished_run(engine)
+    assert run.status == "failed" and "rejected in Slack by @bob" in (run.reason or "")
+    notes = [e.message or "" for e in timeline(engine, incident_id) if e.kind == "note"]
+    assert not any("went ahead" in note for note in notes)
+
+
+def test_an_approval_nobody_answers_fails_closed_at_the_step_timeout(
+    engine: sa.Engine, slack: SlackStandIn, make_endpoint, posted, runner: AutoRunner
+) -> None:
+    endpoint, _ = make_endpoint(runbooks=runner)
+    incident_id, ts, dispatcher = posted()
+    runner.run_for("@bob", incident_id, RunbookRequest("asks-briefly", {}, auto=False))
+    question = ask(slack, dispatcher, ts)
+
+    run = finished_run(engine)
+    assert run.status == "failed"
+    assert "nobody answered in Slack in time" in (run.reason or "")
+    slack.click(endpoint, question, "approve", BOB)
+    [late] = wait_for("the answer", slack.ephemerals)
+    assert "Too late" in late.text
