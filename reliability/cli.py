@@ -64,6 +64,11 @@ DOMAIN_COMMANDS: dict[str, tuple[str, str, dict[str, str]]] = {
         "notify",
         {"help": "Notifications: check that pages reach on-call."},
     ),
+    "oncall": (
+        "reliability.oncall.cli",
+        "oncall",
+        {"help": "Who is on call: the rotation in slack.rotation, and overrides."},
+    ),
     "rules": (
         "reliability.detect.cli",
         "rules",

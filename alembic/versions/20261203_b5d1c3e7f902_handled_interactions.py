@@ -1,5 +1,5 @@
 """clicks on Slack buttons that were acted on, so a retried delivery acts once; runbook
-approvals asked in Slack
+approvals asked in Slack; on-call overrides
 
 Revision ID: b5d1c3e7f902
 Revises: 8c2d4e6f7a81
@@ -48,7 +48,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_runbook_approvals")),
     )
 
+    op.create_table(
+        "oncall_overrides",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user", sa.String(length=32), nullable=False),
+        sa.Column("starts_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ends_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=255), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_oncall_overrides")),
+    )
+    op.create_index("ix_oncall_overrides_ends_at", "oncall_overrides", ["ends_at"])
+
 
 def downgrade() -> None:
+    op.drop_table("oncall_overrides")
     op.drop_table("runbook_approvals")
     op.drop_table("handled_interactions")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +23,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -121,6 +124,27 @@ SlackId = Annotated[
 ]
 
 
+class RotationConfig(Strict):
+    """Who is on call: `users` take turns of `length` days, handing off at `handoff` local
+    time in `time_zone` (so a handoff stays at 09:00 across a DST change); `users[0]` has
+    the turn that starts on `start`."""
+
+    users: list[SlackId] = Field(..., min_length=1)
+    start: date = Field(..., description="the date of a handoff to users[0]")
+    handoff: time = Field(time(9, 0), description="local time of each handoff, e.g. 09:00")
+    time_zone: str = Field("UTC", description="an IANA time zone, e.g. Europe/Berlin")
+    length: int = Field(7, ge=1, description="days each turn lasts")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; write one like Europe/Berlin") from None
+        return value
+
+
 class SlackConfig(Strict):
     token_env: str | None = None
     token_file: Path | None = None
@@ -143,6 +167,10 @@ class SlackConfig(Strict):
     )
     runbook_users: list[SlackId] = Field(
         [], description="Slack user or user group ids that may run a runbook from Slack"
+    )
+
+    rotation: RotationConfig | None = Field(
+        None, description="who is on call (`reliability oncall who`), mentioned by escalations"
     )
 
     @property
