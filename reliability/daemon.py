@@ -191,7 +191,8 @@ def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
 
 class _IncidentTimers:
     """What happens with time alone: an acknowledgement that ran out
-    (`incidents.ack_timeout`) and a silence that ended re-notify on-call; a runbook run
+    (`incidents.ack_timeout`) and a silence that ended re-notify on-call, an incident
+    nobody acknowledges escalates (`slack.escalation`); a runbook run
     whose process died is marked interrupted (its locks freed); a digest that served its
     service's soak time without an incident becomes known-good; the fleet table knows every
     fleet node of the config (seeded on the first tick, nodes added later on the next)."""
@@ -208,12 +209,15 @@ class _IncidentTimers:
         from reliability.fleet.service import seed
         from reliability.images.flows import promote_soaked
         from reliability.incidents import flows
+        from reliability.oncall.flows import escalate
         from reliability.runbooks.service import recover_interrupted
 
         now = datetime.now(UTC)
         try:
             with self._database.session() as session, session.begin():
                 changed = flows.tick(session, now=now, ack_timeout=self._timeout)
+                if self._config.slack is not None:
+                    changed += escalate(session, slack=self._config.slack, now=now)
                 for run in recover_interrupted(session, now=now):
                     log.warning(
                         "runbook run %d (%s) interrupted: %s", run.run_id, run.runbook, run.reason

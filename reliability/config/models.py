@@ -145,6 +145,31 @@ class RotationConfig(Strict):
         return value
 
 
+class EscalationStep(Strict):
+    """`after` an incident opened unacknowledged: a reply in its thread that mentions
+    `oncall` (the rotation's person), a user or a user group id; none: no mention."""
+
+    after: Duration = Field(..., description="e.g. 0, 5m, 15m")
+    mention: Literal["oncall"] | SlackId | None = None
+
+
+class EscalationPolicy(Strict):
+    """The steps for one severity, in order of `after`; with `repeat`, the whole chain
+    starts again that long after the previous start, until acknowledged."""
+
+    steps: list[EscalationStep] = Field(..., min_length=1)
+    repeat: Duration | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EscalationPolicy:
+        afters = [step.after for step in self.steps]
+        if afters != sorted(afters):
+            raise ValueError("steps must be in the order of their `after`")
+        if self.repeat is not None and self.repeat <= afters[-1]:
+            raise ValueError("repeat must be longer than the last step's `after`")
+        return self
+
+
 class SlackConfig(Strict):
     token_env: str | None = None
     token_file: Path | None = None
@@ -171,6 +196,10 @@ class SlackConfig(Strict):
 
     rotation: RotationConfig | None = Field(
         None, description="who is on call (`reliability oncall who`), mentioned by escalations"
+    )
+
+    escalation: dict[Literal["critical", "warning", "info"], EscalationPolicy] = Field(
+        {}, description="per severity: who is mentioned while an incident stays unacknowledged"
     )
 
     @property

@@ -51,6 +51,8 @@ class EventKind(StrEnum):
     refused = "refused"
     # A runbook's confirm step asks in the thread (`approval: slack`), with Approve / Reject.
     approval_asked = "approval_asked"
+    # Still unacknowledged: a step of the severity's escalation policy mentions someone.
+    escalated = "escalated"
 
 
 # The partial unique index's predicate, also named by upserts (ON CONFLICT ... WHERE) so the

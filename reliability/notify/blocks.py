@@ -12,6 +12,7 @@ ping anyone.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +40,7 @@ BUTTON_LIMIT = 75
 ACTIONS_BLOCK = "incident"
 ACKNOWLEDGE, RESOLVE, SILENCE, RUN = "acknowledge", "resolve", "silence", "run"
 APPROVE, REJECT = "approve", "reject"
+SLACK_ID = re.compile(r"[UWS][A-Z0-9]{2,}")
 # What the Silence button mutes, the first label the incident has.
 SILENCE_LABELS = ("node", "endpoint")
 
@@ -165,11 +167,27 @@ def thread_reply(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
             f":bell: Silence #{silence} ended {_date(event.at)}; "
             f"this incident is still {incident.status.value}"
         )
+    elif event.kind == "escalated":
+        line = _escalation_line(event)
     elif event.kind == "approval_asked":
         return _approval_question(incident, event)
     else:
         line = _event_line(incident, event)
     return Rendered(_clip(line, SECTION_LIMIT), [_section(line)])
+
+
+def _escalation_line(event: IncidentEventRead) -> str:
+    """Who an escalation step calls: the only mentions besides `ack_expired`'s, built from
+    ids the config or `oncall override` validated (and checked again here)."""
+    data = event.data or {}
+    mention = data.get("mention")
+    line = f":rotating_light: {_escape((event.message or 'not acknowledged').capitalize())}"
+    if isinstance(mention, str) and SLACK_ID.fullmatch(mention):
+        tag = f"<!subteam^{mention}>" if mention.startswith("S") else f"<@{mention}>"
+        line += f": {tag}" + (" (on call)" if data.get("oncall") else "")
+    elif data.get("oncall"):
+        line += ": nobody is on call (no slack.rotation, no override)"
+    return line
 
 
 def _approval_question(incident: IncidentRead, event: IncidentEventRead) -> Rendered:

@@ -1,4 +1,5 @@
-"""What a click on an incident's Slack message does, whichever transport brought it.
+"""What a click on an incident's Slack message does, whichever transport brought it; and
+the escalation of incidents nobody acknowledges (`escalate`, run by the daemon's timers).
 
     SlackActions.handle(click)   acts in one transaction and returns within Slack's 3 s;
                                  what can wait (the dispatcher's edit of the message, private
@@ -29,15 +30,18 @@ from sqlalchemy.orm import Session
 
 from reliability.config import ConfigError, SlackConfig
 from reliability.detect.render import RunbookRequest
+from reliability.durations import format_duration
 from reliability.incidents import flows as incident_flows
 from reliability.incidents import service as incidents
 from reliability.incidents import silences
-from reliability.incidents.models import EventKind, IncidentRead, IncidentStatus
-from reliability.notify import blocks
+from reliability.incidents.models import EventKind, IncidentEvent, IncidentRead, IncidentStatus
+from reliability.notify import blocks, outbox
 from reliability.notify import service as notify_service
 from reliability.notify.base import NotifyError
 from reliability.notify.interactions import CONFIRM_RUN, BadInteraction, Click, run_view
 from reliability.notify.slack import SlackClient
+from reliability.oncall import escalation
+from reliability.oncall import service as oncall_service
 from reliability.runbooks import service as runs
 from reliability.runbooks.errors import RunbookError
 from reliability.runbooks.flows import AutoRunner
@@ -319,3 +323,60 @@ def _already(incident: IncidentRead) -> str:
     if incident.status == IncidentStatus.resolved:
         return f"Incident #{incident.id} is already resolved by {incident.resolved_by}."
     return f"Incident #{incident.id} is already acknowledged by {incident.acknowledged_by}."
+
+
+# Events after which an incident is open and unacknowledged anew: its chain starts over.
+CHAIN_STARTS = frozenset({EventKind.opened, EventKind.reopened, EventKind.ack_expired})
+
+
+def escalate(session: Session, *, slack: SlackConfig, now: datetime) -> list[IncidentEvent]:
+    """Record, notified, the escalation step now due for each open (unacknowledged)
+    incident whose severity has a policy: at most one per incident and call, the latest
+    due (a silence held the others back; they are not posted late). Acknowledging stops
+    the chain, resolving ends it, a silence covering the incident holds it; the
+    `oncall` mention is whoever `oncall.service.who` names at `now`."""
+    if not slack.escalation:
+        return []
+    in_force = silences.active(session, now=now)
+    recorded = []
+    for incident in incidents.list_incidents(session, status=IncidentStatus.open, limit=1000):
+        policy = slack.escalation.get(incident.severity.value)
+        if policy is None or silences.covering(in_force, incident.labels) is not None:
+            continue
+        timeline = incidents.events(session, incident_id=incident.id)
+        since = max(e.at for e in timeline if e.kind in CHAIN_STARTS)
+        step_due = escalation.due(policy, since=since, now=now)
+        done = [
+            (e.data["round"], e.data["step"])
+            for e in timeline
+            if e.kind == EventKind.escalated and e.at >= since and e.data
+        ]
+        if step_due is None or (done and max(done) >= step_due):
+            continue
+        round_, index = step_due
+        step = policy.steps[index]
+        mention, user = step.mention, None
+        if mention == "oncall":
+            on = oncall_service.who(session, rotation=slack.rotation, at=now)
+            user = on.user if on is not None else None
+        elif mention is not None:
+            user = mention
+        after = round_ * (policy.repeat or 0) + step.after
+        recorded.append(
+            incidents.record_event(
+                session,
+                incident=incident,
+                kind=EventKind.escalated,
+                at=now,
+                actor="escalation",
+                message=f"not acknowledged after {format_duration(after)}",
+                data={
+                    "round": round_,
+                    "step": index,
+                    "mention": user,
+                    "oncall": mention == "oncall",
+                },
+            )
+        )
+    outbox.enqueue(session, events=recorded)
+    return recorded
