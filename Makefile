@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/rollback.py
 	$(BIN)/python bench/gpu_check.py
 	$(BIN)/python bench/loadgen.py
+	$(BIN)/python bench/slack_clicks.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

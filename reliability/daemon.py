@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import uvicorn
@@ -31,6 +32,11 @@ from reliability.notify.dispatcher import Dispatcher
 from reliability.sdnotify import Heartbeat, SystemdNotify
 from reliability.web import Readiness, build_app, problems_of
 from reliability.writer import BatchWriter
+
+if TYPE_CHECKING:
+    from starlette.routing import Route
+
+    from reliability.runbooks.flows import AutoRunner
 
 log = logging.getLogger("reliability.daemon")
 
@@ -198,7 +204,8 @@ def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
 
 class _IncidentTimers:
     """What happens with time alone: an acknowledgement that ran out
-    (`incidents.ack_timeout`) and a silence that ended re-notify on-call; a runbook run
+    (`incidents.ack_timeout`) and a silence that ended re-notify on-call, an incident
+    nobody acknowledges escalates (`slack.escalation`); a runbook run
     whose process died is marked interrupted (its locks freed); a digest that served its
     service's soak time without an incident becomes known-good; the fleet table knows every
     fleet node of the config (seeded on the first tick, nodes added later on the next)."""
@@ -215,12 +222,17 @@ class _IncidentTimers:
         from reliability.fleet.service import seed
         from reliability.images.flows import promote_soaked
         from reliability.incidents import flows
+        from reliability.oncall.flows import escalate
         from reliability.runbooks.service import recover_interrupted
 
         now = datetime.now(UTC)
         try:
             with self._database.session() as session, session.begin():
                 changed = flows.tick(session, now=now, ack_timeout=self._timeout)
+                if self._config.slack is not None:
+                    changed += escalate(
+                        session, slack=self._config.slack, oncall=self._config.oncall, now=now
+                    )
                 for run in recover_interrupted(session, now=now):
                     log.warning(
                         "runbook run %d (%s) interrupted: %s", run.run_id, run.runbook, run.reason
@@ -237,19 +249,56 @@ class _IncidentTimers:
             self._dispatcher.wake()
 
 
+def _slack_routes(
+    config: Config,
+    database: db.LazyEngine,
+    dispatcher: Dispatcher | None,
+    runbooks: AutoRunner,
+    closers: list[Callable[[], object]],
+) -> list[Route]:
+    """Clicks on the incident buttons, where the config asks for them: over Socket Mode
+    (oncall/socket.py) with an app token, at the HTTP route (oncall/route.py) with a
+    signing secret; the routes to mount."""
+    if config.slack is None or not config.slack.interactive:
+        return []
+    from reliability.notify.slack import SlackClient
+    from reliability.oncall.flows import SlackActions
+    from reliability.oncall.route import interactions_route
+    from reliability.oncall.socket import SocketTransport
+
+    client = SlackClient(config.slack_token(), base_url=str(config.slack.base_url))
+    actions = SlackActions(
+        config.slack,
+        database.session,
+        client,
+        wake=dispatcher.wake if dispatcher is not None else lambda: None,
+        runbooks=runbooks,
+    )
+    closers.append(actions.close)
+    app_token = config.slack_app_token()
+    if app_token is not None:
+        socket = SocketTransport(actions, app_token=app_token, base_url=str(config.slack.base_url))
+        try:
+            socket.start()
+        except Exception as exc:  # slack_sdk raises its own and urllib's errors here
+            log.error("slack: Socket Mode not connected (%s); buttons answer nothing", exc)
+        closers.insert(0, socket.stop)
+    secret = config.slack_signing_secret()
+    return [interactions_route(actions, secret=secret)] if secret is not None else []
+
+
 def _start_incident_flow(
     daemon: Daemon,
     scheduler: BackgroundScheduler,
     database: db.LazyEngine,
     dispatcher: Dispatcher | None,
+    runbooks: AutoRunner,
     writer: BatchWriter | None = None,
 ) -> None:
     """Rules into incidents (detect/loop.py, through `writer`), incidents into Slack
     (notify/dispatcher.py); both stop with the daemon."""
     from reliability.detect.evaluator import Evaluator
     from reliability.detect.loop import DetectionLoop
-    from reliability.runbooks.flows import AutoRunner
-    from reliability.ssh import SshPool
 
     config = daemon.config
     if dispatcher is not None:
@@ -272,7 +321,6 @@ def _start_incident_flow(
         id="incident-timers",
         next_run_time=datetime.now(UTC),
     )
-    runbooks = AutoRunner(config, database, SshPool())
     runbooks.start()
     detection = DetectionLoop(
         Evaluator(config),
@@ -421,7 +469,12 @@ def serve(daemon: Daemon) -> int:
     database = db.LazyEngine(daemon.config.database_url(), daemon.config.database.limits())
     # Webhooks and rule transitions that arrive together: one transaction (writer.py).
     writer = BatchWriter(database.session, name="incident writer")
+    from reliability.runbooks.flows import AutoRunner
+    from reliability.ssh import SshPool
+
     dispatcher = _dispatcher(daemon.config, database)
+    runbooks = AutoRunner(daemon.config, database, SshPool())
+    slack_closers: list[Callable[[], object]] = []
     readiness = [
         Readiness("database", _database_check(database)),
         Readiness("scheduler", scheduler_check),
@@ -432,7 +485,10 @@ def serve(daemon: Daemon) -> int:
         # Pages held back by a refused token or channel: critical, but the daemon still
         # records incidents and takes webhooks, so it stays ready.
         critical=[Readiness("notify", dispatcher.health.condition)] if dispatcher else [],
-        routes=intake_routes(daemon.config, writer),
+        routes=[
+            *intake_routes(daemon.config, writer),
+            *_slack_routes(daemon.config, database, dispatcher, runbooks, slack_closers),
+        ],
     )
     http = daemon.config.http
     server = _Server(
@@ -446,7 +502,8 @@ def serve(daemon: Daemon) -> int:
         )
     )
     scheduler.start()
-    _start_incident_flow(daemon, scheduler, database, dispatcher, writer)
+    _start_incident_flow(daemon, scheduler, database, dispatcher, runbooks, writer)
+    daemon.closers[:0] = slack_closers  # first: no click acts while the rest stops
     # Last: the closers before them may still write; the writer writes what it accepted.
     daemon.closers += [writer.close, database.dispose]
     up = f"{len(daemon.jobs)} job(s), serving http://{http.host}:{http.port}/metrics"

@@ -30,8 +30,15 @@ CORE_MODULES = {
 }  # fmt: skip
 ENTRY_MODULES = {"cli", "cli_support", "cli_reference", "daemon", "daemon_report", "web", "demo"}
 FLOWS_PACKAGES = {"status"}
-# The threads and handlers that run flows: the detection loop and the webhook's route.
-RUNNERS = {"reliability.detect.loop", "reliability.intake", "reliability.intake.alertmanager"}
+# The threads and handlers that run flows: the detection loop, the webhook's route and
+# Slack's interactions transports.
+RUNNERS = {
+    "reliability.detect.loop",
+    "reliability.intake",
+    "reliability.intake.alertmanager",
+    "reliability.oncall.route",
+    "reliability.oncall.socket",
+}
 
 
 def modules() -> dict[str, Path]:

@@ -45,6 +45,24 @@ def _cross_check(cfg: Config) -> Iterable[tuple[Loc, str]]:
     for i, r in enumerate(rotations):
         if any(other.name == r.name for other in rotations[:i]):
             yield ("oncall", "rotations", i, "name"), f"rotation {r.name!r} is named twice"
+    escalation = cfg.slack.escalation if cfg.slack else {}
+    for severity, policy in escalation.items():
+        for j, step in enumerate(policy.steps):
+            loc = ("slack", "escalation", severity, "steps", j)
+            if step.mention == "oncall" and not rotations:
+                yield (
+                    (*loc, "mention"),
+                    (
+                        "`mention: oncall` needs a rotation: add `oncall.rotations` "
+                        "(see `reliability oncall who`), or mention a user or group id"
+                    ),
+                )
+            elif step.rotation and not any(r.name == step.rotation for r in rotations):
+                known = ", ".join(r.name for r in rotations) or "none"
+                yield (
+                    (*loc, "rotation"),
+                    (f"no oncall rotation is named {step.rotation!r} (known: {known})"),
+                )
     nodes = {n.name: n for n in cfg.nodes}
     pools = {n.pool for n in cfg.nodes if n.pool}
     services = {s.name for s in cfg.services}

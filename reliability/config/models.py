@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    StringConstraints,
     model_validator,
 )
 
@@ -169,6 +170,42 @@ class SlackRoute(Strict):
     services: list[str] = []
 
 
+SlackId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[UWS][A-Z0-9]{2,}$"),
+    Field(description="a Slack user id (U..., W...) or user group id (S...)"),
+]
+
+
+class EscalationStep(Strict):
+    """`after` an incident opened unacknowledged: a reply in its thread that mentions
+    `oncall` (whoever `rotation` of `oncall.rotations` puts on call then, overrides
+    included), a user or a user group id; none: no mention."""
+
+    after: Duration = Field(..., description="e.g. 0, 5m, 15m")
+    mention: Literal["oncall"] | SlackId | None = None
+    rotation: Name | None = Field(
+        None, description="the oncall.rotations entry `mention: oncall` asks (default: the first)"
+    )
+
+
+class EscalationPolicy(Strict):
+    """The steps for one severity, in order of `after`; with `repeat`, the whole chain
+    starts again that long after the previous start, until acknowledged."""
+
+    steps: list[EscalationStep] = Field(..., min_length=1)
+    repeat: Duration | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EscalationPolicy:
+        afters = [step.after for step in self.steps]
+        if afters != sorted(afters):
+            raise ValueError("steps must be in the order of their `after`")
+        if self.repeat is not None and self.repeat <= afters[-1]:
+            raise ValueError("repeat must be longer than the last step's `after`")
+        return self
+
+
 class SlackConfig(Strict):
     token_env: str | None = None
     token_file: Path | None = None
@@ -176,6 +213,31 @@ class SlackConfig(Strict):
     routes: list[SlackRoute] = []
     base_url: HttpUrl = "https://slack.com/api/"
     max_per_second: float = Field(1.0, gt=0)
+    signing_secret_env: str | None = Field(
+        None,
+        description="the Slack app's signing secret: turns on the incident buttons, answered "
+        "at POST /api/v1/slack/interactions",
+    )
+    app_token_env: str | None = Field(
+        None,
+        description="an app-level token (xapp-, scope connections:write): the incident "
+        "buttons' clicks arrive over Socket Mode, no public URL needed",
+    )
+    responders: list[SlackId] = Field(
+        [], description="Slack user or user group ids that may resolve from Slack"
+    )
+    runbook_users: list[SlackId] = Field(
+        [], description="Slack user or user group ids that may run a runbook from Slack"
+    )
+
+    escalation: dict[Literal["critical", "warning", "info"], EscalationPolicy] = Field(
+        {}, description="per severity: who is mentioned while an incident stays unacknowledged"
+    )
+
+    @property
+    def interactive(self) -> bool:
+        """Whether messages carry buttons: only where a transport can receive their clicks."""
+        return self.signing_secret_env is not None or self.app_token_env is not None
 
     @model_validator(mode="after")
     def _token_source(self) -> SlackConfig:
@@ -627,6 +689,16 @@ class Config(Strict):
         field = ("slack", "token_env" if s.token_env else "token_file")
         return self._read_secret(field, s.token_env, s.token_file)
 
+    def slack_signing_secret(self) -> SecretStr | None:
+        """The secret Slack signs interaction requests with; None when none is configured."""
+        env = self.slack.signing_secret_env if self.slack else None
+        return self._read_secret(("slack", "signing_secret_env"), env, None) if env else None
+
+    def slack_app_token(self) -> SecretStr | None:
+        """The app-level token Socket Mode connects with; None when none is configured."""
+        env = self.slack.app_token_env if self.slack else None
+        return self._read_secret(("slack", "app_token_env"), env, None) if env else None
+
     def webhook_token(self) -> SecretStr | None:
         h = self.http
         if not (h.webhook_token_env or h.webhook_token_file):
@@ -666,7 +738,7 @@ class Config(Strict):
         ]
         readers += [lambda i=i: self.endpoint_key(i) for i in range(len(self.endpoints))]
         if self.slack:
-            readers.append(self.slack_token)
+            readers += [self.slack_token, self.slack_signing_secret, self.slack_app_token]
         if self.database.url_env or self.database.url_file:
             readers.append(self.database_url)
         return readers

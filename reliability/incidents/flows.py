@@ -10,7 +10,7 @@ the arguments and results are the service's. None commits.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -64,10 +64,15 @@ def notify_upserts(session: Session, upserts: Sequence[Upsert]) -> None:
 
 
 def acknowledge(
-    session: Session, *, incident_id: int, by: str, at: datetime | None = None
+    session: Session,
+    *,
+    incident_id: int,
+    by: str,
+    at: datetime | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Change:
     """`service.acknowledge`, notified."""
-    change = service.acknowledge(session, incident_id=incident_id, by=by, at=at)
+    change = service.acknowledge(session, incident_id=incident_id, by=by, at=at, data=data)
     outbox.enqueue(session, events=[change.event])
     return change
 
@@ -79,9 +84,10 @@ def resolve(
     by: str,
     note: str | None = None,
     at: datetime | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Change:
     """`service.resolve`, notified."""
-    change = service.resolve(session, incident_id=incident_id, by=by, note=note, at=at)
+    change = service.resolve(session, incident_id=incident_id, by=by, note=note, at=at, data=data)
     outbox.enqueue(session, events=[change.event])
     return change
 
@@ -99,6 +105,25 @@ def resolve_fingerprint(
 def add_note(session: Session, *, incident_id: int, by: str, text: str) -> IncidentEvent:
     """`service.add_note`, notified (a reply in the incident's thread)."""
     event = service.add_note(session, incident_id=incident_id, by=by, text=text)
+    outbox.enqueue(session, events=[event])
+    return event
+
+
+def ask_approval(
+    session: Session, *, incident_id: int, by: str, prompt: str, approval_id: int
+) -> IncidentEvent:
+    """A runbook's question for the incident's thread, notified (Slack shows it with
+    Approve / Reject buttons that carry `approval_id`)."""
+    incident = service.get(session, incident_id=incident_id)
+    event = service.record_event(
+        session,
+        incident=incident,
+        kind=EventKind.approval_asked,
+        at=datetime.now(UTC),
+        actor=by,
+        message=prompt,
+        data={"approval_id": approval_id},
+    )
     outbox.enqueue(session, events=[event])
     return event
 

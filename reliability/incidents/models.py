@@ -45,6 +45,14 @@ class EventKind(StrEnum):
     ack_expired = "ack_expired"
     # A silence that held back its notifications ended while it was still unresolved.
     silence_ended = "silence_ended"
+    # Silenced from its message (Slack's button); never notified: the silence mutes it anyway.
+    silenced = "silenced"
+    # Someone asked for what they may not do (resolve, run a runbook from Slack); never notified.
+    refused = "refused"
+    # A runbook's confirm step asks in the thread (`approval: slack`), with Approve / Reject.
+    approval_asked = "approval_asked"
+    # Still unacknowledged: a step of the severity's escalation policy mentions someone.
+    escalated = "escalated"
 
 
 # The partial unique index's predicate, also named by upserts (ON CONFLICT ... WHERE) so the

@@ -441,9 +441,15 @@ def events(session: Session, *, incident_id: int) -> list[IncidentEvent]:
 
 
 def acknowledge(
-    session: Session, *, incident_id: int, by: str, at: datetime | None = None
+    session: Session,
+    *,
+    incident_id: int,
+    by: str,
+    at: datetime | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Change:
-    """Mark an open incident as being handled by `by`.
+    """Mark an open incident as being handled by `by`; `data` goes on the timeline entry
+    (who `by` is elsewhere, e.g. a Slack user id).
 
     InvalidTransition if it is already acknowledged or resolved.
     """
@@ -465,7 +471,9 @@ def acknowledge(
     incident.acknowledged_by = by
     return Change(
         incident,
-        record_event(session, incident=incident, kind=EventKind.acknowledged, at=at, actor=by),
+        record_event(
+            session, incident=incident, kind=EventKind.acknowledged, at=at, actor=by, data=data
+        ),
     )
 
 
@@ -476,13 +484,15 @@ def resolve(
     by: str,
     note: str | None = None,
     at: datetime | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Change:
-    """Resolve an open or acknowledged incident; `note` goes on the timeline entry.
+    """Resolve an open or acknowledged incident; `note` and `data` go on the timeline entry.
 
     InvalidTransition if it is already resolved.
     """
     _require_text(by=by)
-    return _resolve(session, _locked(session, incident_id), by=by, note=note, at=_utc(at))
+    incident = _locked(session, incident_id)
+    return _resolve(session, incident, by=by, note=note, at=_utc(at), data=data)
 
 
 def resolve_fingerprint(
@@ -554,7 +564,13 @@ def _expire_acknowledgement(session: Session, incident: Incident, now: datetime)
 
 
 def _resolve(
-    session: Session, incident: Incident, *, by: str, note: str | None, at: datetime
+    session: Session,
+    incident: Incident,
+    *,
+    by: str,
+    note: str | None,
+    at: datetime,
+    data: dict[str, Any] | None = None,
 ) -> Change:
     if incident.status == IncidentStatus.resolved:
         raise InvalidTransition(
@@ -565,7 +581,13 @@ def _resolve(
     incident.resolved_at = at
     incident.resolved_by = by
     event = record_event(
-        session, incident=incident, kind=EventKind.resolved, at=at, actor=by, message=note
+        session,
+        incident=incident,
+        kind=EventKind.resolved,
+        at=at,
+        actor=by,
+        message=note,
+        data=data,
     )
     return Change(incident, event)
 

@@ -12,6 +12,8 @@ ping anyone.
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +35,14 @@ HEADER_LIMIT = 150
 SECTION_LIMIT = 3000
 FIELD_LIMIT = 2000
 CONTEXT_LIMIT = 2000
+BUTTON_LIMIT = 75
+# The buttons' action ids: what notify/interactions.py dispatches on.
+ACTIONS_BLOCK = "incident"
+ACKNOWLEDGE, RESOLVE, SILENCE, RUN = "acknowledge", "resolve", "silence", "run"
+APPROVE, REJECT = "approve", "reject"
+SLACK_ID = re.compile(r"[UWS][A-Z0-9]{2,}")
+# What the Silence button mutes, the first label the incident has.
+SILENCE_LABELS = ("node", "endpoint")
 
 
 @dataclass(frozen=True)
@@ -56,15 +66,41 @@ def runbook_command(opening_data: dict[str, Any] | None, labels: dict[str, str])
     return None
 
 
+def parse_runbook_command(command: str) -> tuple[str, dict[str, str]]:
+    """The runbook's name and parameters in a suggested command (`runbook_command`'s form,
+    `reliability runbook run NAME --param k=v ...`); ValueError for anything else."""
+    words = shlex.split(command)
+    if len(words) < 4 or " ".join(words[:3]) + " " != RUNBOOK_PREFIX:
+        raise ValueError(f"not a runbook command: {command!r}")
+    name, rest, params = words[3], words[4:], {}
+    while rest:
+        if rest[0] != "--param" or len(rest) < 2 or "=" not in rest[1]:
+            raise ValueError(f"not a runbook command: {command!r}")
+        key, _, value = rest[1].partition("=")
+        params[key] = value
+        rest = rest[2:]
+    return name, params
+
+
+def silence_scope(incident: IncidentRead) -> tuple[str, str] | None:
+    """The label and value the Silence button mutes: the incident's node, else endpoint."""
+    for label in SILENCE_LABELS:
+        if incident.labels.get(label):
+            return label, incident.labels[label]
+    return None
+
+
 def root_message(
     incident: IncidentRead,
     *,
     runbook: str | None = None,
     dashboard_url: str | None = None,
     lost: str | None = None,
+    buttons: bool = False,
 ) -> Rendered:
     """The root message for the incident's current state; `lost`: why the incident's earlier
-    root message is gone (it is posted again, and says so under its header)."""
+    root message is gone (it is posted again, and says so under its header); `buttons`: an
+    unresolved incident's message carries its actions (oncall/flows.py answers them)."""
     blocks: list[Block] = [_header(f"{_headline(incident)}: {incident.title}")]
     if lost:
         blocks.append(
@@ -81,11 +117,42 @@ def root_message(
         blocks.append(_section(f"*Suggested fix*\n```{_escape(runbook)}```"))
     if dashboard_url:
         blocks.append(_section(f"<{dashboard_url}|Open the Grafana dashboard>"))
+    if buttons and incident.status != IncidentStatus.resolved:
+        blocks.append(_actions(incident, runbook))
     blocks.append(_context(_footer(incident)))
     text = f"[{_headline(incident)}] {incident.title}"
     if incident.summary:
         text += f": {incident.summary}"
     return Rendered(_escape(text), blocks)
+
+
+def _actions(incident: IncidentRead, runbook: str | None) -> Block:
+    """The incident's buttons; each carries the incident's id, the handler the rest."""
+    value = str(incident.id)
+    shown: list[tuple[str, str, str | None]] = []
+    if incident.status == IncidentStatus.open:
+        shown.append((ACKNOWLEDGE, "Acknowledge", "primary"))
+    shown.append((RESOLVE, "Resolve", None))
+    scope = silence_scope(incident)
+    if scope is not None:
+        shown.append((SILENCE, f"Silence {scope[1]} 1 h", None))
+    if runbook:
+        shown.append((RUN, f"Run {parse_runbook_command(runbook)[0]}", None))
+    elements = []
+    for action_id, label, style in shown:
+        button = _button(action_id, label, value)
+        elements.append(button | ({"style": style} if style else {}))
+    return {"type": "actions", "block_id": ACTIONS_BLOCK, "elements": elements}
+
+
+def code_block(text: str) -> str:
+    """Preformatted mrkdwn for a section, escaped and clipped to fit one."""
+    return "```" + _clip(_escape(text), SECTION_LIMIT - 6) + "```"
+
+
+def _button(action_id: str, label: str, value: str) -> Block:
+    text = {"type": "plain_text", "text": _clip(label, BUTTON_LIMIT)}
+    return {"type": "button", "action_id": action_id, "text": text, "value": value}
 
 
 def thread_reply(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
@@ -100,9 +167,42 @@ def thread_reply(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
             f":bell: Silence #{silence} ended {_date(event.at)}; "
             f"this incident is still {incident.status.value}"
         )
+    elif event.kind == "escalated":
+        line = _escalation_line(event)
+    elif event.kind == "approval_asked":
+        return _approval_question(incident, event)
     else:
         line = _event_line(incident, event)
     return Rendered(_clip(line, SECTION_LIMIT), [_section(line)])
+
+
+def _escalation_line(event: IncidentEventRead) -> str:
+    """Who an escalation step calls: the only mentions besides `ack_expired`'s, built from
+    ids the config or `oncall override` validated (and checked again here)."""
+    data = event.data or {}
+    mention = data.get("mention")
+    line = f":rotating_light: {_escape((event.message or 'not acknowledged').capitalize())}"
+    if isinstance(mention, str) and SLACK_ID.fullmatch(mention):
+        tag = f"<!subteam^{mention}>" if mention.startswith("S") else f"<@{mention}>"
+        line += f": {tag}" + (" (on call)" if data.get("oncall") else "")
+    elif data.get("oncall"):
+        line += ": nobody is on call (no oncall.rotations)"
+    return line
+
+
+def _approval_question(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
+    """A runbook's confirm step asking in the thread, with Approve / Reject (their value:
+    the incident and the question)."""
+    line = (
+        f":raising_hand: {_escape(event.actor or 'A runbook')} asks: {_escape(event.message or '')}"
+    )
+    value = f"{incident.id}:{(event.data or {}).get('approval_id', '')}"
+    elements = [
+        _button(APPROVE, "Approve", value) | {"style": "primary"},
+        _button(REJECT, "Reject", value) | {"style": "danger"},
+    ]
+    question = [_section(line), {"type": "actions", "block_id": "approval", "elements": elements}]
+    return Rendered(_clip(line, SECTION_LIMIT), question)
 
 
 def _event_line(incident: IncidentRead, event: IncidentEventRead) -> str:

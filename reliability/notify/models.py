@@ -97,3 +97,17 @@ class NotificationRoot(Base):
             f"<NotificationRoot incident={self.incident_id} {self.notifier} "
             f"{self.destination} {self.ref}>"
         )
+
+
+class HandledInteraction(Base):
+    """A click on a message's button that was acted on, keyed by what Slack sends again when
+    it delivers the same click twice (its ``trigger_id``): inserted in the transaction of the
+    action, so a retried delivery finds its row and changes nothing."""
+
+    __tablename__ = "handled_interactions"
+
+    key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    action: Mapped[str] = mapped_column(sa.String(32))
+    incident_id: Mapped[int | None] = mapped_column()
+    user: Mapped[str] = mapped_column(sa.String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -27,12 +28,13 @@ from reliability.incidents.models import (
     IncidentStatus,
 )
 from reliability.notify.base import Root
-from reliability.notify.models import NotificationRoot, OutboxStatus
+from reliability.notify.models import HandledInteraction, NotificationRoot, OutboxStatus
 from reliability.notify.outbox import OUTBOX
 
 _incidents = cast(sa.Table, Incident.__table__)
 _events = cast(sa.Table, IncidentEvent.__table__)
 _roots = cast(sa.Table, NotificationRoot.__table__)
+_handled = cast(sa.Table, HandledInteraction.__table__)
 _NOW = sa.bindparam("now", type_=UTCDateTime())
 _NOTIFIERS = sa.bindparam("notifiers", expanding=True)
 
@@ -156,12 +158,7 @@ def claim(connection: Connection, *, row_id: int, now: datetime, until: datetime
         sa.select(_incidents).where(_incidents.c.id == claimed.incident_id)
     ).one()
     event = connection.execute(sa.select(_events).where(_events.c.id == claimed.event_id)).one()
-    opening_data = connection.scalar(
-        sa.select(_events.c.data)
-        .where(_events.c.incident_id == claimed.incident_id, _events.c.kind == EventKind.opened)
-        .order_by(_events.c.id)
-        .limit(1)
-    )
+    opening_data = opening_event_data(connection, incident_id=claimed.incident_id)
     root = connection.execute(
         sa.select(_roots.c.destination, _roots.c.ref).where(
             _roots.c.incident_id == claimed.incident_id, _roots.c.notifier == claimed.notifier
@@ -313,3 +310,31 @@ def release(connection: Connection, *, notifier: str, now: datetime) -> int:
         {"now": now},
     )
     return result.rowcount
+
+
+def opening_event_data(
+    connection: Connection | Session, *, incident_id: int
+) -> dict[str, Any] | None:
+    """The data of the incident's first `opened` event (where its suggested runbook is)."""
+    return connection.scalar(
+        sa.select(_events.c.data)
+        .where(_events.c.incident_id == incident_id, _events.c.kind == EventKind.opened)
+        .order_by(_events.c.id)
+        .limit(1)
+    )
+
+
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def claim_interaction(
+    session: Session, *, key: str, action: str, incident_id: int | None, user: str, now: datetime
+) -> bool:
+    """Record that the click `key` is acted on now; False when it already was (a retried
+    delivery). Call it in the transaction of the action: a rollback frees the key again.
+    A concurrent duplicate waits for the first to commit, then finds the row."""
+    insert = _INSERTS[session.get_bind().dialect.name](_handled)
+    values = {"key": key, "action": action, "incident_id": incident_id, "user": user, "at": now}
+    # RETURNING, not rowcount: psycopg reports no rowcount for a single INSERT here.
+    statement = insert.values(values).on_conflict_do_nothing().returning(_handled.c.key)
+    return session.execute(statement).scalar() is not None

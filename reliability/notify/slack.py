@@ -191,6 +191,26 @@ class SlackClient:
         """Replace the text (and blocks, when given) of message ``ts``; ``channel`` is an ID."""
         self._call("chat_update", channel=channel, ts=ts, text=text, blocks=blocks)
 
+    def post_ephemeral(self, channel: str, user: str, text: str) -> None:
+        """A message in ``channel`` that only ``user`` sees (a refusal, a confirmation)."""
+        self._call("chat_postEphemeral", channel=channel, user=user, text=text)
+
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        """Open a modal for the click that gave ``trigger_id`` (valid for 3 s at Slack)."""
+        self._call("views_open", trigger_id=trigger_id, view=view)
+
+    def user_name(self, user: str) -> str:
+        """A user's display name (else real name, else handle) from ``users.info``."""
+        found = self._call("users_info", user=user)["user"]
+        profile = found.get("profile") or {}
+        return str(
+            profile.get("display_name") or profile.get("real_name") or found.get("name") or user
+        )
+
+    def group_members(self, group: str) -> list[str]:
+        """The user ids of a user group (``usergroups.users.list``)."""
+        return [str(u) for u in self._call("usergroups_users_list", usergroup=group)["users"]]
+
     def _call(self, method: str, **arguments: Any) -> SlackResponse:
         """Call one WebClient method; every failure becomes a NotifyError without the token."""
         try:
@@ -282,7 +302,11 @@ class SlackNotifier:
         incident = notification.incident
         runbook = blocks.runbook_command(notification.opening_data, incident.labels)
         message = blocks.root_message(
-            incident, runbook=runbook, dashboard_url=notification.dashboard_url, lost=lost
+            incident,
+            runbook=runbook,
+            dashboard_url=notification.dashboard_url,
+            lost=lost,
+            buttons=self._slack.interactive,
         )
         posted = self._client.post(destination, message.text, message.blocks)
         return Root(posted.channel, posted.ts)
@@ -293,7 +317,10 @@ class SlackNotifier:
         if updates_root(kind):
             runbook = blocks.runbook_command(notification.opening_data, incident.labels)
             message = blocks.root_message(
-                incident, runbook=runbook, dashboard_url=notification.dashboard_url
+                incident,
+                runbook=runbook,
+                dashboard_url=notification.dashboard_url,
+                buttons=self._slack.interactive,
             )
             # A retry after the reply failed edits again: the same content, so harmless.
             self._client.update(root.destination, root.ref, message.text, message.blocks)

@@ -44,9 +44,9 @@ class RunContext(Protocol):
     http: httpx.Client
     stop: threading.Event
 
-    def confirm(self, prompt: str, approval: str) -> OpOutcome:
+    def confirm(self, prompt: str, approval: str, deadline: float) -> OpOutcome:
         """Whether `prompt` is approved, as its `approval` (terminal, auto, slack) asks, and
-        by whom."""
+        by whom; an answer not in by `deadline` (monotonic) is a no."""
         ...
 
     def note(self, text: str) -> OpOutcome:

@@ -48,7 +48,7 @@ from reliability.runbooks.actions import REGISTRY
 from reliability.runbooks.actions.node_state import SetNodeState
 from reliability.runbooks.checks import OpOutcome, seconds
 from reliability.runbooks.errors import Locked, ParamError, WrongRunState
-from reliability.runbooks.models import RunbookStep, RunStatus, UnitStatus
+from reliability.runbooks.models import RunbookApproval, RunbookStep, RunStatus, UnitStatus
 from reliability.runbooks.ops import LOCAL, Op
 from reliability.runbooks.perform import Performer, Redactor, resolved
 from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, Unit, first_picture, make_plan
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
 UNDO_LOCK_WAIT = 60.0  # seconds a failed run waits to take back a lock it let go, to undo
 LOCK_POLL = 1.0  # seconds between tries of a lock another run holds
+APPROVAL_POLL = 0.5  # seconds between reads of a question asked in Slack
 DATABASE_WAIT = 60.0  # how long a run that lost its database waits for it to record its end
 DATABASE_RETRY = 2.0
 
@@ -185,6 +186,13 @@ class Hooks:
 
     def record_capacity(self, session: Session, *, test: CapacityTest) -> None:
         """Keep a capacity test's record; here nowhere."""
+
+    def ask_approval(
+        self, session: Session, *, run_id: int, step: str, incident_id: int, prompt: str
+    ) -> int | None:
+        """Ask `prompt` in the incident's thread for a confirm step (`approval: slack`); the
+        question's id, or None when there is no thread to ask in."""
+        return None
 
     def database_failed(
         self, session: Session, *, run_id: int, runbook: str, incident_id: int | None, text: str
@@ -632,7 +640,7 @@ class Executor:
     ) -> str:
         """Perform one unit with retries; '' on success, else the last error."""
         unit_id = self._start_unit(run_id, index, step, unit.target)
-        self._unit_at.id = unit_id
+        self._unit_at.id, self._unit_at.step = unit_id, step.id
         entries: list[dict[str, Any]] = []
         changed, error, attempt = False, "", 0
         for attempt in range(1, step.retries + 2):
@@ -914,13 +922,9 @@ class Executor:
         )
 
     # --- what checks ask of the run (perform.RunContext) ---------------------------------
-    def _confirm(self, prompt: str, approval: str) -> OpOutcome:
+    def _confirm(self, prompt: str, approval: str, deadline: float) -> OpOutcome:
         if approval == "slack":
-            return OpOutcome(
-                False,
-                "not approved: approval in the incident's Slack thread is not available yet; "
-                "give the step `approval: terminal` or `approval: auto`",
-            )
+            return self._confirm_in_slack(prompt, deadline)
         if approval == "auto" and self._approver is not None:
             return OpOutcome(True, f"approved automatically by {self._approver}")
         if self._ask is None:
@@ -929,6 +933,36 @@ class Executor:
         if self._ask(prompt):
             return OpOutcome(True, "approved at the terminal")
         return OpOutcome(False, "not approved")
+
+    def _confirm_in_slack(self, prompt: str, deadline: float) -> OpOutcome:
+        """Ask in the incident's thread and wait, polling, for Approve or Reject up to the
+        step's deadline; no answer by then fails closed. Only this run's thread waits."""
+        if self._incident_id is None:
+            return OpOutcome(False, "not approved: no incident thread to ask in (approval: slack)")
+        step = getattr(self._unit_at, "step", "confirm")
+        with self.sessions.begin() as s:
+            approval_id = self.hooks.ask_approval(
+                s,
+                run_id=self._run_id,
+                step=step,
+                incident_id=self._incident_id,
+                prompt=self.redact(prompt),
+            )
+        if approval_id is None:
+            return OpOutcome(False, "not approved: nowhere to ask (approval: slack)")
+        while time.monotonic() < deadline and not self.stop.is_set():
+            with self.sessions() as s:
+                decided = _decision(runs.get_approval(s, approval_id=approval_id))
+            if decided is not None:
+                return decided
+            self.stop.wait(min(APPROVAL_POLL, max(0.0, deadline - time.monotonic())))
+        with self.sessions.begin() as s:
+            now = datetime.now(UTC)
+            runs.decide_approval(s, approval_id=approval_id, approved=False, by=None, now=now)
+            decided = _decision(runs.get_approval(s, approval_id=approval_id))
+        if decided is not None and decided.ok:  # decided just before the timeout
+            return decided
+        return OpOutcome(False, "not approved: nobody answered in Slack in time")
 
     def _note(self, text: str) -> OpOutcome:
         text = self.redact(text)
@@ -990,6 +1024,15 @@ def _record_undo(session: Session, undo: _Undo) -> None:
     runs.update_unit(
         session, unit_id=undo.unit_id, status=undo.status, log=list(undo.log), undo=undo.record
     )
+
+
+def _decision(asked: RunbookApproval | None) -> OpOutcome | None:
+    """What a decided question means for its confirm step; None while undecided."""
+    if asked is None or asked.decided_at is None or asked.decided_by is None:
+        return None
+    if asked.approved:
+        return OpOutcome(True, f"approved in Slack by {asked.decided_by}")
+    return OpOutcome(False, f"not approved: rejected in Slack by {asked.decided_by}")
 
 
 def _first_line(exc: Exception) -> str:

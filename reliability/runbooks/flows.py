@@ -129,6 +129,26 @@ class DomainHooks(Hooks):
     def record_capacity(self, session: Session, *, test: CapacityTest) -> None:
         capacity.record(session, test=test)
 
+    def ask_approval(
+        self, session: Session, *, run_id: int, step: str, incident_id: int, prompt: str
+    ) -> int | None:
+        asked = runs.ask_approval(
+            session,
+            run_id=run_id,
+            step=step,
+            incident_id=incident_id,
+            prompt=prompt,
+            now=datetime.now(UTC),
+        )
+        incident_flows.ask_approval(
+            session,
+            incident_id=incident_id,
+            by=f"run {run_id}",
+            prompt=prompt,
+            approval_id=asked.id,
+        )
+        return asked.id
+
     def database_failed(
         self, session: Session, *, run_id: int, runbook: str, incident_id: int | None, text: str
     ) -> bool:
@@ -170,14 +190,17 @@ def plan_now(
 class _SlackThread(Progress):
     """Progress as notes on the incident's timeline: Slack posts them in its thread."""
 
-    def __init__(self, runner: AutoRunner, incident_id: int | None, name: str) -> None:
-        self.runner, self.incident_id, self.name = runner, incident_id, name
+    def __init__(
+        self, runner: AutoRunner, incident_id: int | None, name: str, actor: str = ACTOR
+    ) -> None:
+        self.runner, self.incident_id, self.name, self.actor = runner, incident_id, name, actor
 
     def started(self, run_id: int, plan: Plan) -> None:
         given = " ".join(f"{k}={v}" for k, v in plan.params.items())
+        how = "on its own" if self.actor == ACTOR else f"for {self.actor}"
         self.runner.note(
             self.incident_id,
-            f"Running runbook {self.name} {given} on its own (run {run_id}); "
+            f"Running runbook {self.name} {given} {how} (run {run_id}); "
             f"`reliability runbook status {run_id}` shows every command.",
         )
 
@@ -204,6 +227,7 @@ class _Job:
     params: dict[str, str]
     incident_id: int | None
     services: list[ServiceConfig]
+    actor: str = ACTOR  # a person who asked for it (from Slack), else the daemon
 
     @property
     def lane(self) -> tuple[str, ...]:
@@ -274,6 +298,27 @@ class AutoRunner:
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             log.warning("runbook note not recorded on incident %d: %s", incident_id, exc)
 
+    def plan(self, request: RunbookRequest) -> tuple[Runbook, dict[str, Any], Plan]:
+        """The runbook, its resolved parameters and the plan a run of `request` would perform
+        now; ConfigError or RunbookError when it cannot run."""
+        book = named(load_runbooks(self.config), request.name, self.config)
+        values = params_mod.resolve(book, request.params, self.config)
+        sessions = db.session_factory(self.database.get())
+        return book, values, plan_now(self.config, sessions, book, values)
+
+    def run_for(self, actor: str, incident_id: int, request: RunbookRequest) -> None:
+        """A person's run of the incident's suggested runbook (confirmed in Slack): planned
+        now and queued on its lane like an automatic run, with no cooldown; its progress
+        goes to the incident's thread, and one that cannot start says why there."""
+        try:
+            book, values, plan = self.plan(request)
+        except (ConfigError, RunbookError) as exc:
+            self._not_started(incident_id, f"Runbook {request.name} not run: {exc}")
+            return
+        services = [s for s in self.config.services if s.name in plan.locks]
+        job = _Job(request, book, values, plan.params, incident_id, services, actor)
+        self._lane(job.lane).put(job)
+
     def _not_started(self, incident_id: int | None, text: str) -> None:
         """An automatic run that does not start: why, in the log and on its incident."""
         log.warning("%s", self.redact(text))
@@ -303,10 +348,7 @@ class AutoRunner:
             found = incidents.get_open_by_fingerprint(s, fingerprint=t.fingerprint)
             incident_id = found.id if found is not None else None
         try:
-            book = named(load_runbooks(self.config), request.name, self.config)
-            values = params_mod.resolve(book, request.params, self.config)
-            sessions = db.session_factory(self.database.get())
-            plan = plan_now(self.config, sessions, book, values)
+            book, values, plan = self.plan(request)
         except (ConfigError, RunbookError) as exc:
             # Which services it locks is unknown without a plan: any that lists it counts.
             if request.auto or any(request.name in s.auto_runbooks for s in self.config.services):
@@ -342,7 +384,7 @@ class AutoRunner:
 
     def _run(self, job: _Job) -> None:
         request = job.request
-        recent = self._recent_auto_run(job)
+        recent = self._recent_auto_run(job) if job.actor == ACTOR else None
         if recent is not None:
             given = " ".join(f"{k}={v}" for k, v in job.params.items()) or "no parameters"
             self._not_started(
@@ -353,7 +395,7 @@ class AutoRunner:
                 f"the same target. Run it by hand if it is still needed: `{request.command}`",
             )
             return
-        progress = _SlackThread(self, job.incident_id, request.name)
+        progress = _SlackThread(self, job.incident_id, request.name, job.actor)
         runner = executor(
             self.config,
             self.database.get(),
@@ -361,13 +403,14 @@ class AutoRunner:
             stop=self._stop,
             progress=progress,
             wait_for_locks=True,
-            approver=ACTOR,
+            approver=job.actor,
         )
         try:
             # Planned again now: a run before this one may have moved the pool.
-            runner.run(job.book, job.values, actor=ACTOR, incident_id=job.incident_id)
+            runner.run(job.book, job.values, actor=job.actor, incident_id=job.incident_id)
         except RunbookError as exc:
-            self._not_started(job.incident_id, f"Runbook {request.name} not run on its own: {exc}")
+            how = "on its own" if job.actor == ACTOR else f"for {job.actor}"
+            self._not_started(job.incident_id, f"Runbook {request.name} not run {how}: {exc}")
         finally:
             runner.close()
 

@@ -129,3 +129,21 @@ class ServicePool(Base):
         sa.ForeignKey("runbook_runs.id", ondelete="SET NULL")
     )
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RunbookApproval(Base):
+    """A confirm step's question asked in the incident's Slack thread (`approval: slack`):
+    decided once, by the first allowed Approve or Reject, or by the step's timeout (then
+    `decided_by` is NULL and `approved` false: it fails closed)."""
+
+    __tablename__ = "runbook_approvals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runbook_runs.id", ondelete="CASCADE"))
+    step: Mapped[str] = mapped_column(sa.String(64))
+    incident_id: Mapped[int] = mapped_column()
+    prompt: Mapped[str] = mapped_column(sa.Text)
+    asked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_by: Mapped[str | None] = mapped_column(sa.String(255))
+    approved: Mapped[bool | None] = mapped_column()

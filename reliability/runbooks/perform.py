@@ -98,7 +98,7 @@ def resolved(op: Op, values: MutableMapping[str, str]) -> Op | None:
 
 class Performer:
     """Performs operations: commands over `ssh` on the config's nodes, checks from here.
-    It is the checks' `RunContext`: `confirm(prompt, approval)`, `note(text)`,
+    It is the checks' `RunContext`: `confirm(prompt, approval, deadline)`, `note(text)`,
     `record_deploy(...)`, `set_node_state(...)` and the capacity records are the
     executor's (it knows who runs it, the run and its incident)."""
 
@@ -108,7 +108,7 @@ class Performer:
         targets: dict[str, SshTarget],
         *,
         redact: Callable[[str], str],
-        confirm: Callable[[str, str], OpOutcome],
+        confirm: Callable[[str, str, float], OpOutcome],
         note: Callable[[str], OpOutcome],
         record_deploy: Callable[..., OpOutcome],
         set_node_state: Callable[..., OpOutcome],

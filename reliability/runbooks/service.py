@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from reliability.runbooks.errors import Locked, NoSuchRun
 from reliability.runbooks.models import (
     FINISHED,
+    RunbookApproval,
     RunbookLock,
     RunbookRun,
     RunbookStep,
@@ -312,3 +313,33 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "?"
+
+
+def ask_approval(
+    session: Session, *, run_id: int, step: str, incident_id: int, prompt: str, now: datetime
+) -> RunbookApproval:
+    """Record a confirm step's question, undecided."""
+    approval = RunbookApproval(
+        run_id=run_id, step=step, incident_id=incident_id, prompt=prompt, asked_at=now
+    )
+    session.add(approval)
+    session.flush()
+    return approval
+
+
+def decide_approval(
+    session: Session, *, approval_id: int, approved: bool, by: str | None, now: datetime
+) -> bool:
+    """Decide the question once: False when it was decided already (by someone, or by its
+    timeout with `by` None). A compare-and-set, so two clicks at once decide it once."""
+    decided = session.execute(
+        sa.update(RunbookApproval)
+        .where(RunbookApproval.id == approval_id, RunbookApproval.decided_at.is_(None))
+        .values(decided_at=now, decided_by=by, approved=approved)
+        .returning(RunbookApproval.id)
+    ).scalar()
+    return decided is not None
+
+
+def get_approval(session: Session, *, approval_id: int) -> RunbookApproval | None:
+    return session.get(RunbookApproval, approval_id, populate_existing=True)

@@ -1,4 +1,4 @@
-"""Slack Web API stand-in: ``auth.test``, ``chat.postMessage`` and ``chat.update`` at the wire.
+"""Slack Web API stand-in: ``auth.test``, ``chat.*``, ``users.info``, ``views.open`` at the wire.
 
 Driven by the real client, the way production drives Slack::
 
@@ -38,27 +38,40 @@ Incoming webhooks too (what Alertmanager's ``slack_configs`` post to, its ``api_
 ``no_text``, 404 ``no_service`` (an unknown webhook), 410 ``channel_is_archived``. The
 message is in ``messages()`` with its ``attachments``; the call is recorded as method
 ``incoming-webhook``.
+
+Interactivity: ``add_user(id, name, groups)`` makes workspace members (``users.info``,
+``usergroups.users.list``); ``click(url, ts, action_id, user)`` presses a button the message
+shows, posting the ``block_actions`` payload to the app's interactivity URL signed with v0
+as Slack does (``timestamp=`` an old one replays, ``secret=`` a wrong one forges);
+``redeliver(delivery)`` sends the same request again; ``views.open`` takes a click's trigger
+id once, within 3 s, and ``submit(url, view_id, user)`` submits the modal;
+``chat.postEphemeral`` answers land in ``ephemerals()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import re
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from reliability.testing.inference import listen, uvicorn_config
 
@@ -70,6 +83,7 @@ TEAM = {
     "url": "https://standin.slack.com/",
 }
 BOT = {"user": "reliability", "user_id": "U0000STAND", "bot_id": "B0000STAND"}
+APP_ID = "A0000STAND"
 MAX_TEXT_CHARS = 40_000
 MAX_BLOCKS = 50
 BLOCK_TEXT_LIMITS = {"section": 3000, "header": 150}
@@ -79,6 +93,12 @@ BLOCK_TYPES = frozenset(
 )
 TS_PATTERN = re.compile(r"\d{10}\.\d{6}")
 START_TIMEOUT_S = 10.0
+# Slack's trigger ids open a view within 3 s of the click, once.
+TRIGGER_TTL_S = 3.0
+DEFAULT_SIGNING_SECRET = "standin-signing-secret-0000000000"
+DEFAULT_APP_TOKEN = "xapp-1-A0000STAND-0000000000000-standinstandinstandin00"
+SOCKET_PATH = "/socket"
+CLICK_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
 
@@ -125,6 +145,45 @@ class PostedMessage:
         return self.thread_ts is not None and self.thread_ts != self.ts
 
 
+@dataclass(frozen=True)
+class Ephemeral:
+    """A message only ``user`` saw (``chat.postEphemeral``)."""
+
+    channel: str
+    user: str
+    text: str
+
+
+@dataclass(frozen=True)
+class OpenView:
+    """A modal opened with ``views.open`` for ``user``'s click."""
+
+    id: str
+    user: str
+    view: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One interaction request as sent (so it can be sent again) and the app's answer."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    status: int
+    answer: str = ""
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """Slack's v0 request signature."""
+    base = f"v0:{timestamp}:".encode() + body
+    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+def _now_ts() -> str:
+    return f"{time.time():.6f}"
+
+
 class ApiError(Exception):
     """An answer of HTTP 200 with ``{"ok": false, "error": code}``, as Slack sends."""
 
@@ -158,6 +217,15 @@ class SlackState:
         self._inactive = False
         self._webhooks: dict[str, str] = {}  # secret path -> channel ID
         self.outage_status: int | None = None
+        self.app_token = DEFAULT_APP_TOKEN
+        self.socket_url: str | None = None
+        self.sockets = SocketHub()
+        self._users: dict[str, str] = {}
+        self._groups: dict[str, set[str]] = {}
+        self._ephemerals: list[Ephemeral] = []
+        self._views: list[OpenView] = []
+        # Each click's trigger id: when it was issued, and by whom (views.open takes it once).
+        self._triggers: dict[str, tuple[float, str]] = {}
 
     # -- controls -------------------------------------------------------------------------
 
@@ -199,6 +267,31 @@ class SlackState:
         with self._lock:
             self._inactive = inactive
 
+    def add_user(self, user: str, name: str, groups: Iterable[str] = ()) -> None:
+        with self._lock:
+            self._users[user] = name
+            for group in groups:
+                self._groups.setdefault(group, set()).add(user)
+
+    def user_name(self, user: str) -> str:
+        with self._lock:
+            return self._users[user]
+
+    def trigger(self, user: str) -> str:
+        """A new trigger id, as Slack issues one with each click."""
+        with self._lock:
+            trigger_id = f"{len(self._triggers) + 1}.{time.time_ns()}.standin"
+            self._triggers[trigger_id] = (time.monotonic(), user)
+            return trigger_id
+
+    def ephemerals(self) -> list[Ephemeral]:
+        with self._lock:
+            return list(self._ephemerals)
+
+    def views(self) -> list[OpenView]:
+        with self._lock:
+            return list(self._views)
+
     def reset(self) -> None:
         """Forget messages and calls, lift every failure; channels and token stay."""
         with self._lock:
@@ -207,6 +300,9 @@ class SlackState:
             self._rate_limited, self._failures, self.outage_status = 0, [], None
             self._archived.clear()
             self._inactive = False
+            self._ephemerals.clear()
+            self._views.clear()
+            self._triggers.clear()
 
     def webhook_path(self, channel: str) -> str:
         """The path of the incoming webhook that posts to `channel` (made if new)."""
@@ -288,6 +384,8 @@ class SlackState:
             headers = {"Retry-After": str(self._retry_after)}
             return Answer(429, {"ok": False, "error": "ratelimited"}, headers), None
         try:
+            if method == "apps.connections.open":
+                return self._connections_open(token), None
             self._check_token(token)
             if self._failures and self._failing_method in (None, method):
                 raise ApiError(self._failures.pop(0))
@@ -311,7 +409,74 @@ class SlackState:
             return self._post(params)
         if method == "chat.update":
             return self._update(params)
+        if method == "chat.postEphemeral":
+            return self._post_ephemeral(params)
+        if method == "users.info":
+            return self._user_info(params)
+        if method == "usergroups.users.list":
+            return self._group_users(params)
+        if method == "views.open":
+            return self._open_view(params)
         raise ApiError("unknown_method")
+
+    def _connections_open(self, token: str | None) -> Answer:
+        """Socket Mode's WebSocket URL, for the app-level token only (a bot token is refused
+        with ``not_allowed_token_type``, as at Slack)."""
+        if not token:
+            raise ApiError("not_authed")
+        if token != self.app_token:
+            raise ApiError("not_allowed_token_type" if token == self.token else "invalid_auth")
+        if self.socket_url is None:
+            raise ApiError("internal_error")
+        ticket = self.sockets.ticket()
+        return Answer(200, {"ok": True, "url": f"{self.socket_url}?ticket={ticket}"})
+
+    def _post_ephemeral(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        channel = self._lookup(params.get("channel"), names=True)
+        if channel is None:
+            raise ApiError("channel_not_found")
+        user = params.get("user")
+        if user not in self._users:
+            raise ApiError("user_not_found")
+        text, blocks = message_content(params)
+        if text is None and blocks is None:
+            raise ApiError("no_text")
+        self._ephemerals.append(Ephemeral(channel, str(user), text or ""))
+        return {"ok": True, "message_ts": self._next_ts()}
+
+    def _user_info(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        user = params.get("user")
+        if user not in self._users:
+            raise ApiError("user_not_found")
+        name = self._users[user]
+        profile = {"display_name": name, "real_name": name.capitalize()}
+        return {"ok": True, "user": {"id": user, "name": name, "profile": profile}}
+
+    def _group_users(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        group = params.get("usergroup")
+        if group not in self._groups:
+            raise ApiError("no_such_subteam")
+        return {"ok": True, "users": sorted(self._groups[group])}
+
+    def _open_view(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        trigger = self._triggers.pop(str(params.get("trigger_id")), None)
+        if trigger is None:
+            raise ApiError("invalid_trigger_id")
+        if time.monotonic() - trigger[0] > TRIGGER_TTL_S:
+            raise ApiError("expired_trigger_id")
+        view = params.get("view")
+        if isinstance(view, str):
+            try:
+                view = json.loads(view)
+            except ValueError:
+                raise ApiError("invalid_arguments") from None
+        if not isinstance(view, dict) or view.get("type") != "modal":
+            raise ApiError("invalid_arguments")
+        if not all(_valid_block(block) for block in view.get("blocks", [])):
+            raise ApiError("invalid_blocks")
+        opened = OpenView(f"V{len(self._views) + 1:09d}", trigger[1], view)
+        self._views.append(opened)
+        return {"ok": True, "view": {"id": opened.id, **view}}
 
     def _post(self, params: Mapping[str, Any]) -> dict[str, Any]:
         channel = self._lookup(params.get("channel"), names=True)
@@ -482,8 +647,97 @@ def parse_call(
     return query_token, params
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """An interaction sent over Socket Mode, and when (if) the app acknowledged it."""
+
+    id: str
+    payload: dict[str, Any]
+    sent_at: float
+    acked_at: float | None
+
+
+class SocketHub:
+    """Socket Mode's server side: an app opens a WebSocket with a ticket from
+    ``apps.connections.open`` (each taken once) and is greeted with ``hello``; ``push``
+    sends it an envelope, whose ack (``{"envelope_id": ...}``) is recorded."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._tickets: set[str] = set()
+        self._open: list[tuple[WebSocket, asyncio.AbstractEventLoop]] = []
+        self._sent: dict[str, float] = {}
+        self._acked: dict[str, float] = {}
+
+    def ticket(self) -> str:
+        with self._changed:
+            ticket = uuid.uuid4().hex
+            self._tickets.add(ticket)
+            return ticket
+
+    async def serve(self, websocket: WebSocket) -> None:
+        with self._changed:
+            valid = websocket.query_params.get("ticket") in self._tickets
+            self._tickets.discard(websocket.query_params.get("ticket", ""))
+        if not valid:
+            await websocket.close(code=1008)  # before accept: the handshake is refused
+            return
+        await websocket.accept()
+        hello = {"type": "hello", "num_connections": 1, "connection_info": {"app_id": APP_ID}}
+        await websocket.send_text(json.dumps(hello))
+        entry = (websocket, asyncio.get_running_loop())
+        with self._changed:
+            self._open.append(entry)
+            self._changed.notify_all()
+        try:
+            while True:
+                message = json.loads(await websocket.receive_text())
+                envelope_id = message.get("envelope_id") if isinstance(message, dict) else None
+                with self._changed:
+                    if envelope_id in self._sent and envelope_id not in self._acked:
+                        self._acked[envelope_id] = time.monotonic()
+                        self._changed.notify_all()
+        except (WebSocketDisconnect, ValueError):
+            pass
+        finally:
+            with self._changed:
+                self._open.remove(entry)
+                self._changed.notify_all()
+
+    def wait_connected(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: bool(self._open), timeout)
+
+    def push(self, payload: dict[str, Any], *, timeout: float, envelope_id: str = "") -> Envelope:
+        """Send ``payload`` as an ``interactive`` envelope (``envelope_id`` again for a
+        redelivery) and wait up to ``timeout`` for its ack."""
+        if not self.wait_connected(timeout):
+            raise RuntimeError("no Socket Mode connection is open")
+        with self._changed:
+            websocket, loop = self._open[-1]
+            envelope_id = envelope_id or str(uuid.uuid4())
+            retry = envelope_id in self._sent
+            self._acked.pop(envelope_id, None)
+            self._sent[envelope_id] = time.monotonic()
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": "interactive",
+            "accepts_response_payload": True,
+            "retry_attempt": int(retry),
+            "retry_reason": "timeout" if retry else "",
+            "payload": payload,
+        }
+        asyncio.run_coroutine_threadsafe(websocket.send_text(json.dumps(envelope)), loop).result(
+            timeout
+        )
+        with self._changed:
+            self._changed.wait_for(lambda: envelope_id in self._acked, timeout)
+            sent_at, acked_at = self._sent[envelope_id], self._acked.get(envelope_id)
+            return Envelope(envelope_id, payload, sent_at, acked_at)
+
+
 def create_app(state: SlackState) -> Starlette:
-    """The ASGI app: ``/api/{method}`` answered from ``state``."""
+    """The ASGI app: ``/api/{method}`` answered from ``state``, Socket Mode at ``/socket``."""
 
     async def api(request: Request) -> Response:
         method = request.path_params["method"]
@@ -518,6 +772,7 @@ def create_app(state: SlackState) -> Starlette:
         routes=[
             Route("/api/{method}", api, methods=["GET", "POST"]),
             Route("/services/{path:path}", webhook, methods=["POST"]),
+            WebSocketRoute(SOCKET_PATH, state.sockets.serve),
         ]
     )
 
@@ -536,8 +791,12 @@ class SlackStandIn:
         channels: Iterable[str] = DEFAULT_CHANNELS,
         host: str = "127.0.0.1",
         port: int = 0,
+        signing_secret: str = DEFAULT_SIGNING_SECRET,
     ) -> None:
         self.state = SlackState(token, channels)
+        self.signing_secret = signing_secret
+        # One client for every click while started: a new one each costs ~0.2 s here.
+        self._sender: httpx.Client | None = None
         self.host, self.port = host, port
         self._app = create_app(self.state)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -576,10 +835,14 @@ class SlackStandIn:
         )
         self._thread.start()
         self._listen()
+        self._sender = httpx.Client()
         return self
 
     def stop(self) -> None:
         """Stop serving, then the loop and its thread."""
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
         self._unlisten()
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -645,6 +908,112 @@ class SlackStandIn:
         """Deactivate the bot's account (every call: ``account_inactive``), or reactivate it."""
         self.state.deactivate(inactive)
 
+    def add_user(self, user: str, name: str, groups: Iterable[str] = ()) -> None:
+        """A workspace member (``users.info``), in the user groups ``groups`` (S... ids)."""
+        self.state.add_user(user, name, groups)
+
+    # -- what people do: clicks, sent signed to the app's interactivity URL ------------------
+
+    def click(self, url: str, ts: str, action_id: str, user: str, **signing: Any) -> Delivery:
+        """``user`` clicks the button ``action_id`` of message ``ts``: a ``block_actions``
+        payload posted, signed, to ``url``. Only a button the message shows can be clicked
+        (KeyError otherwise). ``signing``: ``timestamp`` (an old one is a replay) and
+        ``secret`` (a wrong one), as ``deliver`` takes them."""
+        return self.deliver(url, self._click_payload(ts, action_id, user), **signing)
+
+    def socket_click(self, ts: str, action_id: str, user: str, timeout: float = 3.0) -> Envelope:
+        """The same click sent over Socket Mode to the connected app; the envelope says
+        whether (and when) the app acknowledged it within ``timeout``."""
+        return self.state.sockets.push(self._click_payload(ts, action_id, user), timeout=timeout)
+
+    def socket_redeliver(self, envelope: Envelope) -> Envelope:
+        """Send an envelope again (as Slack does when an ack is late), same id and payload."""
+        return self.state.sockets.push(envelope.payload, timeout=3.0, envelope_id=envelope.id)
+
+    def wait_socket(self, timeout: float = 10.0) -> bool:
+        """Whether an app holds a Socket Mode connection (waiting up to ``timeout``)."""
+        return self.state.sockets.wait_connected(timeout)
+
+    @property
+    def app_token(self) -> str:
+        """The app-level token (``xapp-``) that ``apps.connections.open`` takes."""
+        return self.state.app_token
+
+    def _click_payload(self, ts: str, action_id: str, user: str) -> dict[str, Any]:
+        message = self.message(ts)
+        for block in message.blocks:
+            for element in block.get("elements", []) if block.get("type") == "actions" else ():
+                if element.get("action_id") == action_id:
+                    action = element | {"block_id": block.get("block_id"), "action_ts": _now_ts()}
+                    break
+            else:
+                continue
+            break
+        else:
+            raise KeyError(f"message {ts} has no button {action_id!r}")
+        name = self.state.user_name(user)
+        payload = {
+            "type": "block_actions",
+            "user": {"id": user, "username": name, "name": name, "team_id": TEAM["team_id"]},
+            "api_app_id": APP_ID,
+            "team": {"id": TEAM["team_id"], "domain": "standin"},
+            "container": {"type": "message", "message_ts": ts, "channel_id": message.channel},
+            "trigger_id": self.state.trigger(user),
+            "channel": {"id": message.channel},
+            "message": _wire(message),
+            "actions": [action],
+        }
+        return payload
+
+    def submit(self, url: str, view_id: str, user: str, **signing: Any) -> Delivery:
+        """``user`` presses the submit button of the modal ``view_id`` (``views()``)."""
+        [opened] = [v for v in self.state.views() if v.id == view_id]
+        name = self.state.user_name(user)
+        payload = {
+            "type": "view_submission",
+            "user": {"id": user, "username": name, "name": name, "team_id": TEAM["team_id"]},
+            "api_app_id": APP_ID,
+            "team": {"id": TEAM["team_id"], "domain": "standin"},
+            "trigger_id": self.state.trigger(user),
+            "view": opened.view | {"id": opened.id, "hash": f"{opened.id}.hash", "state": {}},
+        }
+        return self.deliver(url, payload, **signing)
+
+    def deliver(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        timestamp: int | None = None,
+        secret: str | None = None,
+    ) -> Delivery:
+        """Post ``payload`` as Slack posts interactions: a form field ``payload``, signed
+        with v0 (HMAC-SHA256 of ``v0:{timestamp}:{body}``) under ``signing_secret``."""
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        timestamp = int(time.time()) if timestamp is None else timestamp
+        headers = {
+            "content-type": "application/x-www-form-urlencoded",
+            "x-slack-request-timestamp": str(timestamp),
+            "x-slack-signature": sign(secret or self.signing_secret, timestamp, body),
+        }
+        return self.redeliver(Delivery(url, body, headers, 0))
+
+    def redeliver(self, delivery: Delivery) -> Delivery:
+        """Send the same request again, byte for byte (Slack's retry, or a replay)."""
+        assert self._sender is not None, "start() first"
+        answer = self._sender.post(
+            delivery.url, content=delivery.body, headers=delivery.headers, timeout=CLICK_TIMEOUT_S
+        )
+        return replace(delivery, status=answer.status_code, answer=answer.text)
+
+    def ephemerals(self) -> list[Ephemeral]:
+        """The private answers users saw, oldest first."""
+        return self.state.ephemerals()
+
+    def views(self) -> list[OpenView]:
+        """The modals opened, oldest first."""
+        return self.state.views()
+
     def calls(self, method: str | None = None) -> list[SlackCall]:
         """Every call received, oldest first, optionally only those to ``method``."""
         return self.state.calls(method)
@@ -682,7 +1051,10 @@ class SlackStandIn:
         sock = listen(self.host, self.port)
         # Kept after the first bind so that outages end on the same URL.
         self.port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn_config(self._app))
+        config = uvicorn_config(self._app)
+        config.ws = "websockets-sansio"  # Socket Mode's endpoint
+        self.state.socket_url = f"ws://{self.host}:{self.port}{SOCKET_PATH}"
+        server = uvicorn.Server(config)
         served = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), self._loop)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not server.started:

@@ -1,6 +1,7 @@
 """Confirm steps approved as their `approval` says: by a person at the terminal, by a run
-allowed to go on its own (the daemon, `--yes`), or (not yet) in Slack; and `config check`
-refusing an automatic runbook that would wait for a person."""
+allowed to go on its own (the daemon, `--yes`), or in Slack (clicked in
+tests/notify/test_slack_interactions.py); and `config check` refusing an automatic runbook
+that would wait for a person."""
 
 from __future__ import annotations
 
@@ -104,13 +105,13 @@ def test_a_person_at_the_terminal_approves_an_auto_step_when_nothing_else_does(a
     assert asked == ["Go ahead?"] and recorded == ["approved at the terminal"]
 
 
-def test_a_slack_step_is_refused_when_it_runs_as_not_available_yet(asks, engine):
+def test_a_slack_step_stops_a_run_with_no_incident_thread_to_ask_in(asks, engine):
     config = asks("slack")
 
     status, reason, _ = run_as(config, engine, approver="daemon", confirm=lambda prompt: True)
 
     assert status == RunStatus.failed
-    assert "approval in the incident's Slack thread is not available yet" in reason
+    assert "not approved: no incident thread to ask in (approval: slack)" in reason
 
 
 def test_yes_on_the_command_line_passes_auto_steps_and_not_terminal_ones(asks, engine):
@@ -165,7 +166,7 @@ def test_config_check_refuses_an_auto_runbook_that_waits_for_a_person_and_names_
 def test_config_check_refuses_a_rule_that_runs_a_runbook_waiting_for_a_person(tmp_path: Path):
     books = tmp_path / "runbooks"
     books.mkdir()
-    (books / "asks.yaml").write_text(textwrap.dedent(ASKS).lstrip().format(approval="slack"))
+    (books / "asks.yaml").write_text(textwrap.dedent(ASKS).lstrip().format(approval="terminal"))
     path = write_auto_config(tmp_path, books, [])
     rule = "      group_by: [node]\n"  # in the example's one custom rule
     text = path.read_text()
@@ -176,7 +177,7 @@ def test_config_check_refuses_a_rule_that_runs_a_runbook_waiting_for_a_person(tm
 
     assert result.exit_code == 2
     assert "rules.custom[0].runbook.auto: runbook asks cannot run on its own" in result.output
-    assert "approval in Slack is not available yet" in result.output
+    assert "a person at a terminal approves it" in result.output
 
 
 def test_the_shipped_image_rollback_may_run_on_its_own(tmp_path: Path):

@@ -4,8 +4,10 @@
 - `auto`: a run that may go on its own passes it (the daemon, or the CLI with `--yes`),
   recorded in the run's log as "approved automatically by daemon" (or "by --yes"); a
   person at the CLI is asked otherwise.
-- `slack`: asked in the incident's thread. Not yet: accepted in the file so a runbook can
-  say what it wants, refused when the step runs.
+- `slack`: asked in the incident's Slack thread with Approve / Reject; the first allowed
+  answer (`slack.runbook_users`) decides, none within the step's timeout fails closed. Who
+  approved is in the run's record ("approved in Slack by @ana"). A run with no incident
+  has no thread to ask in and stops.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class ConfirmArgs(Strict):
     approval: Approval = Field(
         "terminal",
         description="who approves: a person at the CLI (terminal), a run allowed to go on "
-        "its own (auto: the daemon or --yes), or the incident's Slack thread (slack: not yet)",
+        "its own (auto: the daemon or --yes), or the incident's Slack thread (slack)",
     )
 
 
@@ -47,7 +49,7 @@ class Confirm:
     approval: Approval = "terminal"
 
     def perform(self, run: RunContext, deadline: float) -> OpOutcome:
-        return run.confirm(self.prompt, self.approval)
+        return run.confirm(self.prompt, self.approval, deadline)
 
 
 class ConfirmAction(Action[ConfirmStep]):
@@ -69,5 +71,3 @@ class ConfirmAction(Action[ConfirmStep]):
     def needs_person(self, step: ConfirmStep, loc: Loc) -> Iterator[tuple[Loc, str]]:
         if step.args.approval == "terminal":
             yield (*loc, "args", "approval"), "a person at a terminal approves it"
-        elif step.args.approval == "slack":
-            yield (*loc, "args", "approval"), "approval in Slack is not available yet"
