@@ -321,6 +321,23 @@ NOTIFIER_PERMANENT_FAILURE = _m(
     unit="seconds",
 )
 
+# --- the daemons of one database (cluster/) -----------------------------------------------
+CLUSTER_MEMBERS = _m(
+    "cluster_members",
+    "gauge",
+    "Live members as this daemon sees them in the database.",
+)
+CLUSTER_LEADER = _m(
+    "cluster_leader",
+    "gauge",
+    "1 on the leader, 0 otherwise.",
+)
+DATABASE_UP = _m(
+    "database_up",
+    "gauge",
+    "1 when this daemon's last database heartbeat succeeded.",
+)
+
 # --- incidents and runbook runs, as the database records them (collect/records.py) --------
 # From an acknowledgement within the first minute to an incident left for a day, in minutes.
 INCIDENT_DURATION_BUCKETS = tuple(

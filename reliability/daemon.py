@@ -15,12 +15,17 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import uvicorn
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reliability import catalog, db
+from reliability.cluster.membership import Membership, default_member_id
+from reliability.cluster.service import DuplicateMember
+from reliability.cluster.shards import Shards
 from reliability.collect.runner import Outcome, TargetRunner
 from reliability.collect.snapshot import Snapshot
 from reliability.config import Config
@@ -28,6 +33,9 @@ from reliability.incidents.models import IncidentRead
 from reliability.intake import build_routes as intake_routes
 from reliability.notify.dispatcher import Dispatcher
 from reliability.web import Readiness, build_app
+
+if TYPE_CHECKING:
+    from reliability.detect.loop import DetectionLoop
 
 log = logging.getLogger("reliability.daemon")
 
@@ -153,7 +161,23 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
+def _membership(config: Config) -> Membership:
+    """This daemon among those of its database; its own connection, so a busy pool never
+    delays a heartbeat past the lease."""
+    cluster = config.cluster
+    return Membership(
+        db.LazyEngine(config.database_url()),
+        member_id=cluster.member_id or default_member_id(),
+        http=config.http.listen,
+        heartbeat=cluster.heartbeat,
+        lease=cluster.lease,
+        keys=Shards(config).keys,
+    )
+
+
+def _dispatcher(
+    config: Config, database: db.LazyEngine, membership: Membership
+) -> Dispatcher | None:
     """The outbox dispatcher of the notifiers the config sets up (notify/registry.py), each
     root message linking to the Grafana dashboard of its incident when Grafana is known."""
     from reliability.dashboards import links
@@ -180,7 +204,7 @@ def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
                 resolved_at=incident.resolved_at,
             )
 
-    return Dispatcher(engine, notifiers, link_for=link_for)
+    return Dispatcher(engine, notifiers, link_for=link_for, gate=membership.problem)
 
 
 class _IncidentTimers:
@@ -188,15 +212,21 @@ class _IncidentTimers:
     (`incidents.ack_timeout`) and a silence that ended re-notify on-call; a runbook run
     whose process died is marked interrupted (its locks freed); a digest that served its
     service's soak time without an incident becomes known-good; the fleet table knows every
-    fleet node of the config (seeded on the first tick, nodes added later on the next)."""
+    fleet node of the config (seeded on the first tick, nodes added later on the next).
+    Only the cluster's leader runs them, after checking its lease in the same transaction."""
 
     def __init__(
-        self, config: Config, database: db.LazyEngine, dispatcher: Dispatcher | None
+        self,
+        config: Config,
+        database: db.LazyEngine,
+        dispatcher: Dispatcher | None,
+        membership: Membership,
     ) -> None:
         self._config = config
         self._database = database
         self._timeout = timedelta(seconds=config.incidents.ack_timeout)
         self._dispatcher = dispatcher
+        self._membership = membership
 
     def __call__(self) -> None:
         from reliability.fleet.service import seed
@@ -204,9 +234,14 @@ class _IncidentTimers:
         from reliability.incidents import flows
         from reliability.runbooks.service import recover_interrupted
 
+        if not self._membership.is_leader():
+            return  # the leader of the cluster runs them
         now = datetime.now(UTC)
         try:
             with self._database.session() as session, session.begin():
+                # Checked in this transaction: a leader paused past its lease acts on nothing.
+                if not self._membership.holds_lease(session):
+                    return
                 changed = flows.tick(session, now=now, ack_timeout=self._timeout)
                 for run in recover_interrupted(session, now=now):
                     log.warning(
@@ -229,6 +264,7 @@ def _start_incident_flow(
     scheduler: BackgroundScheduler,
     database: db.LazyEngine,
     dispatcher: Dispatcher | None,
+    membership: Membership,
 ) -> None:
     """Rules into incidents (detect/loop.py), incidents into Slack (notify/dispatcher.py);
     both stop with the daemon."""
@@ -250,7 +286,7 @@ def _start_incident_flow(
         scheduler.add_job(
             publish_outbox, "interval", seconds=5, id="notify", next_run_time=datetime.now(UTC)
         )
-    timers = _IncidentTimers(config, database, dispatcher)
+    timers = _IncidentTimers(config, database, dispatcher, membership)
     scheduler.add_job(
         timers,
         "interval",
@@ -258,7 +294,7 @@ def _start_incident_flow(
         id="incident-timers",
         next_run_time=datetime.now(UTC),
     )
-    runbooks = AutoRunner(config, database, SshPool())
+    runbooks = AutoRunner(config, database, SshPool(), gate=membership.problem)
     runbooks.start()
     detection = DetectionLoop(
         Evaluator(config),
@@ -267,9 +303,11 @@ def _start_incident_flow(
         reopen_window=config.incidents.reopen_window,
         on_recorded=dispatcher.wake if dispatcher is not None else None,
         on_firing=runbooks.submit,
+        gate=membership.problem,
     )
+    _share_out(daemon, scheduler, membership, detection)
     detection.start()
-    _schedule_records(daemon, scheduler, database)
+    _schedule_records(daemon, scheduler, database, membership)
     scheduler.add_job(
         RunningImages(config, daemon.snapshot, database),
         "interval",
@@ -281,11 +319,43 @@ def _start_incident_flow(
     daemon.closers[:0] = [detection.stop, runbooks.stop]
 
 
+def _share_out(
+    daemon: Daemon,
+    scheduler: BackgroundScheduler,
+    membership: Membership,
+    detection: DetectionLoop,
+) -> None:
+    """Each collector job collects this member's share of its targets; when the share
+    changes, what moved away is forgotten (its samples and rule groups: the new owner
+    reports and resolves it) and every job runs at once, so a share taken over from a
+    member that died is collected within seconds, not at the next interval."""
+    shards = Shards(daemon.config)
+    for job in daemon.jobs:
+        name = job.runner.collector.name
+        job.runner.owns = lambda target, name=name: membership.owns(shards.of_target(name, target))
+
+    def rebalanced(owned: frozenset[str]) -> None:
+        for i, job in enumerate(daemon.jobs):
+            name = job.runner.collector.name
+            for target in job.runner.targets:
+                if not job.runner.owns(target):
+                    daemon.snapshot.forget(name, target)
+            with contextlib.suppress(JobLookupError):
+                scheduler.modify_job(f"{name}-{i}", next_run_time=datetime.now(UTC))
+        detection.rebalance(lambda labels: membership.owns(shards.of_labels(labels)))
+
+    membership.on_rebalance(rebalanced)
+
+
 def _schedule_records(
-    daemon: Daemon, scheduler: BackgroundScheduler, database: db.LazyEngine
+    daemon: Daemon,
+    scheduler: BackgroundScheduler,
+    database: db.LazyEngine,
+    membership: Membership,
 ) -> None:
     """Incidents and runbook runs as metrics, read from the database every 15 s: they are
-    written by other processes too (CLI, webhooks), so only the database knows them all."""
+    written by other processes too (CLI, webhooks), so only the database knows them all.
+    Only the cluster's leader publishes them (one series for dashboards to read)."""
     from reliability.collect.records import RecordsCollector
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-records")
@@ -294,10 +364,19 @@ def _schedule_records(
         daemon.snapshot,
         executor=executor,
         deadline=RECORDS_TIMEOUT + DEADLINE_MARGIN,
+        owns=lambda _target: membership.is_leader(),
     )
+
+    def records() -> None:
+        if not membership.is_leader():
+            for target in runner.targets:
+                daemon.snapshot.forget(runner.collector.name, target)
+            return
+        runner.run_cycle()
+
     daemon.closers.append(lambda: executor.shutdown(wait=False, cancel_futures=True))
     scheduler.add_job(
-        runner.run_cycle,
+        records,
         "interval",
         seconds=RECORDS_INTERVAL,
         id="records",
@@ -354,12 +433,21 @@ def serve(daemon: Daemon) -> int:
 
     # One engine (one connection pool) for everything the daemon does in the database.
     database = db.LazyEngine(daemon.config.database_url())
-    dispatcher = _dispatcher(daemon.config, database)
+    membership = _membership(daemon.config)
+    try:
+        membership.register()
+    except DuplicateMember as exc:
+        log.error("not starting: %s", exc)
+        daemon.close()
+        return 2
+    membership.step()  # the first share before the first collection
+    dispatcher = _dispatcher(daemon.config, database, membership)
     app = build_app(
         daemon.snapshot,
         readiness=[
             Readiness("database", _database_check(database)),
             Readiness("scheduler", scheduler_check),
+            Readiness("cluster", membership.problem),
         ],
         # Pages held back by a refused token or channel: critical, but the daemon still
         # records incidents and takes webhooks, so it stays ready.
@@ -378,7 +466,19 @@ def serve(daemon: Daemon) -> int:
         )
     )
     scheduler.start()
-    _start_incident_flow(daemon, scheduler, database, dispatcher)
+    _start_incident_flow(daemon, scheduler, database, dispatcher, membership)
+    membership.start()
+    scheduler.add_job(
+        lambda: daemon.snapshot.publish(
+            "cluster", membership.member_id, ok=True, duration=0.0, samples=membership.samples()
+        ),
+        "interval",
+        seconds=min(5.0, daemon.config.cluster.heartbeat),
+        id="cluster",
+        next_run_time=datetime.now(UTC),
+    )
+    # Leaving (the others take the share at once) after the work that may still write.
+    daemon.closers.append(membership.stop)
     daemon.closers.append(database.dispose)  # last: the closers before it may still write
     log.info(
         "daemon up: %d job(s), serving http://%s:%d/metrics", len(daemon.jobs), http.host, http.port

@@ -44,6 +44,7 @@ MODEL_MODULES = (
     "reliability.runbooks.models",
     "reliability.images.models",
     "reliability.fleet.models",
+    "reliability.cluster.models",
 )
 
 # Deterministic constraint names, so migrations can refer to them on every backend.

@@ -390,6 +390,28 @@ class CollectConfig(Strict):
     workers: int = Field(16, ge=1, le=256, description="threads per collector job")
 
 
+class ClusterConfig(Strict):
+    """Several daemons on one PostgreSQL database (cluster/): who this one is, and how fast
+    a member that stopped is taken for gone. SQLite is always one daemon."""
+
+    member_id: Name | None = Field(
+        None, description="this daemon's name among the members (default: HOST-PID)"
+    )
+    heartbeat: Interval = Field(2.0, description="how often a member writes its heartbeat")
+    lease: Interval = Field(
+        10.0, description="a member (and the leader) silent this long is gone; >= 3 heartbeats"
+    )
+
+    @model_validator(mode="after")
+    def _lease_spans_heartbeats(self) -> ClusterConfig:
+        if self.lease < 3 * self.heartbeat:
+            raise ValueError(
+                f"lease ({self.lease:g}s) must be at least 3 heartbeats "
+                f"({3 * self.heartbeat:g}s), or one slow heartbeat loses it"
+            )
+        return self
+
+
 class IncidentsConfig(Strict):
     reopen_window: Duration = 600.0
     ack_timeout: Duration = 1800.0
@@ -418,6 +440,7 @@ class Config(Strict):
     rules: Rules = Rules()
     collect: CollectConfig = CollectConfig()
     incidents: IncidentsConfig = IncidentsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     dashboards: DashboardsConfig = DashboardsConfig()
     runbooks_dir: Path = Path("runbooks")
 
