@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 # name -> (module, attribute, what `--help` lists of it: its `help`, which click shortens,
 # or its own `short_help`)
 DOMAIN_COMMANDS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "cluster": (
+        "reliability.cluster.cli",
+        "cluster",
+        {"help": "Several daemons on one PostgreSQL database: members, leader, shares."},
+    ),
     "dashboards": (
         "reliability.dashboards.cli",
         "dashboards",

@@ -137,6 +137,8 @@ class FleetStatus:
     latency_covers: float | None
     attention: list[str]
     notifiers: list[NotifierRow] = field(default_factory=list)
+    # Live daemons on the database as the scraped one counts them (cluster/); None: unknown.
+    members: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -199,6 +201,7 @@ class StatusReader:
             latency_covers=covers,
             attention=[],
             notifiers=notifier_rows(exposition),
+            members=_int(exposition.value(catalog.CLUSTER_MEMBERS)),
         )
         status.attention.extend(needs_attention(status))
         return status
