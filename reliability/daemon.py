@@ -325,14 +325,11 @@ def _share_out(
     membership: Membership,
     detection: DetectionLoop,
 ) -> None:
-    """Each collector job collects this member's share of its targets; when the share
-    changes, what moved away is forgotten (its samples and rule groups: the new owner
+    """Each collector job collects this member's share of its targets (`runner.owns`, set
+    before the first cycle); when the share changes, what moved away is forgotten (its samples and rule groups: the new owner
     reports and resolves it) and every job runs at once, so a share taken over from a
     member that died is collected within seconds, not at the next interval."""
     shards = Shards(daemon.config)
-    for job in daemon.jobs:
-        name = job.runner.collector.name
-        job.runner.owns = lambda target, name=name: membership.owns(shards.of_target(name, target))
 
     def rebalanced(owned: frozenset[str]) -> None:
         for i, job in enumerate(daemon.jobs):
@@ -345,6 +342,7 @@ def _share_out(
         detection.rebalance(lambda labels: membership.owns(shards.of_labels(labels)))
 
     membership.on_rebalance(rebalanced)
+    rebalanced(membership.owned)  # a change before the listener was there
 
 
 def _schedule_records(
@@ -418,16 +416,6 @@ def serve(daemon: Daemon) -> int:
         job_defaults={"max_instances": 1, "coalesce": True},
         timezone="UTC",
     )
-    for i, job in enumerate(daemon.jobs):
-        scheduler.add_job(
-            job.runner.run_cycle,
-            "interval",
-            seconds=job.interval,
-            id=f"{job.runner.collector.name}-{i}",
-            misfire_grace_time=max(1, int(job.interval)),
-            next_run_time=datetime.now(UTC),
-        )
-
     def scheduler_check() -> str | None:
         return None if scheduler.running else "scheduler is stopped"
 
@@ -441,6 +429,20 @@ def serve(daemon: Daemon) -> int:
         daemon.close()
         return 2
     membership.step()  # the first share before the first collection
+    shards = Shards(daemon.config)
+    for job in daemon.jobs:
+        name = job.runner.collector.name
+        job.runner.owns = lambda target, name=name: membership.owns(shards.of_target(name, target))
+    membership.start()
+    for i, job in enumerate(daemon.jobs):
+        scheduler.add_job(
+            job.runner.run_cycle,
+            "interval",
+            seconds=job.interval,
+            id=f"{job.runner.collector.name}-{i}",
+            misfire_grace_time=max(1, int(job.interval)),
+            next_run_time=datetime.now(UTC),
+        )
     dispatcher = _dispatcher(daemon.config, database, membership)
     app = build_app(
         daemon.snapshot,
@@ -467,7 +469,6 @@ def serve(daemon: Daemon) -> int:
     )
     scheduler.start()
     _start_incident_flow(daemon, scheduler, database, dispatcher, membership)
-    membership.start()
     scheduler.add_job(
         lambda: daemon.snapshot.publish(
             "cluster", membership.member_id, ok=True, duration=0.0, samples=membership.samples()

@@ -153,7 +153,7 @@ class TargetRunner:
                 outcomes.append(future.result())
             else:
                 stuck.append(target)
-        for target in stuck:
+        for target in filter(self._wanted, stuck):
             message = f"no answer within {self.deadline:g}s"
             self._log_failure(target, "timeout", message)
             self.snapshot.publish(

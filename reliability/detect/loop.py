@@ -56,7 +56,7 @@ class DetectionLoop:
     ) -> None:
         self._evaluator = evaluator
         self._gate = gate
-        self._keep: Callable[[Mapping[str, str]], bool] | None = None
+        self._rebalanced: Callable[[Mapping[str, str]], bool] | None = None
         self._keep_lock = threading.Lock()
         self._snapshot = snapshot
         self._database = database
@@ -80,11 +80,11 @@ class DetectionLoop:
         """The member's share changed: at the next tick, forget the groups `keep` refuses
         and restore the open incidents again (any thread may call this)."""
         with self._keep_lock:
-            self._keep = keep
+            self._rebalanced = keep
 
     def _apply_rebalance(self) -> None:
         with self._keep_lock:
-            keep, self._keep = self._keep, None
+            keep, self._rebalanced = self._rebalanced, None
         if keep is None:
             return
         dropped = self._evaluator.release(keep)
