@@ -326,9 +326,10 @@ def _share_out(
     detection: DetectionLoop,
 ) -> None:
     """Each collector job collects this member's share of its targets (`runner.owns`, set
-    before the first cycle); when the share changes, what moved away is forgotten (its samples and rule groups: the new owner
-    reports and resolves it) and every job runs at once, so a share taken over from a
-    member that died is collected within seconds, not at the next interval."""
+    before the first cycle); when the share changes, what moved away is forgotten (its
+    samples and rule groups: the new owner reports and resolves it) and every job runs at
+    once, so a share taken over from a member that died is collected within seconds, not
+    at the next interval."""
     shards = Shards(daemon.config)
 
     def rebalanced(owned: frozenset[str]) -> None:
@@ -416,6 +417,7 @@ def serve(daemon: Daemon) -> int:
         job_defaults={"max_instances": 1, "coalesce": True},
         timezone="UTC",
     )
+
     def scheduler_check() -> str | None:
         return None if scheduler.running else "scheduler is stopped"
 
