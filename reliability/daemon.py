@@ -425,12 +425,13 @@ def serve(daemon: Daemon) -> int:
     database = db.LazyEngine(daemon.config.database_url())
     membership = _membership(daemon.config)
     try:
-        membership.register()
+        joined = membership.register()
     except DuplicateMember as exc:
         log.error("not starting: %s", exc)
         daemon.close()
         return 2
-    membership.step()  # the first share before the first collection
+    if joined:
+        membership.step()  # the first share before the first collection
     shards = Shards(daemon.config)
     for job in daemon.jobs:
         name = job.runner.collector.name

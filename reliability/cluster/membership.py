@@ -151,15 +151,17 @@ class Membership:
         self._listeners.append(listener)
 
     # --- the heartbeat ------------------------------------------------------------------
-    def register(self) -> None:
-        """Join at start. DuplicateMember when a live daemon has this id; a database that
-        does not answer is logged, and the heartbeat thread keeps trying."""
+    def register(self) -> bool:
+        """Join at start; False when the database does not answer (logged; the heartbeat
+        thread keeps trying). DuplicateMember when a live daemon has this id."""
         if self.solo:
-            return
+            return True
         try:
             self._register()
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             self._failed(exc)
+            return False
+        return True
 
     def _register(self) -> None:
         with self._database.session() as session, session.begin():

@@ -1,13 +1,16 @@
 """Several `reliability daemon` processes on one PostgreSQL database, for the cluster's
 tests and `bench/cluster.py`: HTTP endpoints that answer (or, on a port nobody listens
-on, refuse), a config per daemon, the daemons as real processes that can be killed,
-paused and resumed, and what each one collects read back from its `/metrics`.
+on, refuse), a TCP relay that cuts one daemon off the database, a config per daemon, the
+daemons as real processes that can be killed, paused and resumed, and what each one
+collects read back from its `/metrics`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,12 +41,18 @@ class _Healthy(BaseHTTPRequestHandler):
         pass
 
 
+class _Quiet(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a probe that gave up (its deadline passed) closed its end: not news
+
+
 class HealthyServer:
     """One HTTP server answering 200 on every path: many endpoints, one per path prefix."""
 
     def __init__(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
-        self._server.daemon_threads = True
+        self._server = _Quiet(("127.0.0.1", 0), _Healthy)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -212,3 +221,66 @@ def wait_for(what: str, ok: Callable[[], bool], timeout: float, members: Iterabl
         f"\n--- {m.member_id}:\n" + "\n".join(m.output().splitlines()[-15:]) for m in members
     )
     raise TimeoutError(f"{what}: not within {timeout:g}s{tails}")
+
+
+class TcpProxy:
+    """A TCP relay on 127.0.0.1 to `port`, for cutting one daemon off its database:
+    `cut()` closes every relayed connection and refuses new ones, `restore()` listens
+    again on the same port."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def __enter__(self) -> TcpProxy:
+        self.restore()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+
+    def restore(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, []
+        for s in [listener, *sockets]:
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)

@@ -1,7 +1,8 @@
 """Real daemons on one PostgreSQL: they split the endpoints with no overlap and no gap; a
 member killed (the leader) has its share collected again within 15 s with its open
 incidents neither resolved nor paged again; a member paused past its lease steps down when
-it wakes; a second daemon with a live member's id does not start."""
+it wakes; a member cut off the database is fenced and says so; a second daemon with a live
+member's id does not start."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from reliability import db
 from reliability.cluster.shards import assign
 from reliability.testing.cluster import (
     HealthyServer,
     Member,
+    TcpProxy,
     endpoints,
     start_member,
     wait_for,
@@ -46,11 +49,11 @@ class Cluster:
         self.names = {e["name"] for e in eps}
         self.down = {e["name"] for e in eps if e["name"].startswith("down-")}
 
-    def start(self, member_id: str) -> Member:
+    def start(self, member_id: str, database_url: str | None = None) -> Member:
         port = free_port()
         config = write_config(
             self.directory / f"{member_id}-{port}.yaml",
-            database_url=self.url,
+            database_url=database_url or self.url,
             member_id=member_id,
             port=port,
             endpoints=self.eps,
@@ -211,4 +214,33 @@ def test_a_leader_paused_past_its_lease_is_replaced_and_steps_down_when_it_wakes
     assert other.gauge("reliability_cluster_leader") == 1
     assert "no longer leads" in leader.output()
     assert leader.get("/readyz").status_code == 200
+    assert len(slack.messages()) == 2 and c.open_incidents() == 2
+
+
+def test_a_member_cut_off_the_database_is_fenced_says_why_and_rejoins(cluster, slack: SlackStandIn):
+    c = cluster(8, 2)
+    url = make_url(c.url)
+    with TcpProxy(url.port or 5432) as proxy:
+        relayed = url.set(port=proxy.port).render_as_string(hide_password=False)
+        kept, cut = c.start("q0"), c.start("q1", database_url=relayed)
+        members = [kept, cut]
+        wait_for("the endpoints split", lambda: c.split(members), 60, members)
+        wait_for("a page per refusing endpoint", lambda: len(slack.messages()) == 2, 30, members)
+
+        proxy.cut()
+
+        def fenced() -> bool:
+            ready = cut.get("/readyz")
+            return ready.status_code == 503 and "fenced" in ready.json()["problems"]["cluster"]
+
+        wait_for("the cut member fenced", fenced, LEASE * 4, members)
+        problem = cut.get("/readyz").json()["problems"]["cluster"]
+        assert "no heartbeat within the lease (2s; database: " in problem
+        assert cut.gauge("reliability_database_up") == 0
+        wait_for("the other takes everything", lambda: kept.collected() == c.names, TAKEOVER_WITHIN)
+        assert kept.gauge("reliability_cluster_members") == 1
+
+        proxy.restore()
+        wait_for("ready again", lambda: cut.get("/readyz").status_code == 200, 30, members)
+        wait_for("the shares split again", lambda: c.split(members), TAKEOVER_WITHIN, members)
     assert len(slack.messages()) == 2 and c.open_incidents() == 2
