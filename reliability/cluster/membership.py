@@ -155,6 +155,7 @@ class Membership:
         """Join at start; False when the database does not answer (logged; the heartbeat
         thread keeps trying). DuplicateMember when a live daemon has this id."""
         if self.solo:
+            log.info("cluster: SQLite: single daemon (start several only on PostgreSQL)")
             return True
         try:
             self._register()
