@@ -399,7 +399,7 @@ class ClusterConfig(Strict):
     )
     heartbeat: Interval = Field(2.0, description="how often a member writes its heartbeat")
     lease: Interval = Field(
-        10.0, description="a member (and the leader) silent this long is gone; >= 3 heartbeats"
+        6.0, description="a member (and the leader) silent this long is gone; >= 3 heartbeats"
     )
 
     @model_validator(mode="after")
