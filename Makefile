@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/runbook.py
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/rollback.py
+	$(BIN)/python bench/cluster.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
