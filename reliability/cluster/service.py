@@ -42,8 +42,8 @@ class MemberRead:
 
 @dataclass(frozen=True, slots=True)
 class Beat:
-    """What one heartbeat learned: the live members, the lease as it stands, the skew
-    between the server's clock and the one passed in."""
+    """What one heartbeat learned: the live members, and the server's time (the member
+    compares it with its own clock to find a host clock far off)."""
 
     members: tuple[MemberRead, ...]
     server_now: datetime
