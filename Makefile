@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gpu_check.py
 	$(BIN)/python bench/loadgen.py
 	$(BIN)/python bench/slack_clicks.py
+	$(BIN)/python bench/cluster.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

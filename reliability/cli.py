@@ -36,6 +36,11 @@ DOMAIN_COMMANDS: dict[str, tuple[str, str, dict[str, str]]] = {
         "capacity",
         {"help": "Measured capacity: load-test a pool within its objectives, keep its baseline."},
     ),
+    "cluster": (
+        "reliability.cluster.cli",
+        "cluster",
+        {"help": "Several daemons on one PostgreSQL database: members, leader, shares."},
+    ),
     "cost": (
         "reliability.capacity.cli",
         "cost",

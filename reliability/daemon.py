@@ -19,9 +19,14 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import uvicorn
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reliability import catalog, db
+from reliability.cluster.membership import Membership, default_member_id
+from reliability.cluster.service import DuplicateMember
+from reliability.cluster.shards import Shards
+from reliability.collect.base import LIVENESS
 from reliability.collect.liveness import LivenessProbe
 from reliability.collect.runner import Outcome, TargetRunner
 from reliability.collect.snapshot import Snapshot
@@ -37,6 +42,9 @@ if TYPE_CHECKING:
     from starlette.routing import Route
 
     from reliability.runbooks.flows import AutoRunner
+
+if TYPE_CHECKING:
+    from reliability.detect.loop import DetectionLoop
 
 log = logging.getLogger("reliability.daemon")
 
@@ -172,7 +180,23 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
+def _membership(config: Config) -> Membership:
+    """This daemon among those of its database; its own connection, so a busy pool never
+    delays a heartbeat past the lease."""
+    cluster = config.cluster
+    return Membership(
+        db.LazyEngine(config.database_url()),
+        member_id=cluster.member_id or default_member_id(),
+        http=config.http.listen,
+        heartbeat=cluster.heartbeat,
+        lease=cluster.lease,
+        keys=Shards(config).keys,
+    )
+
+
+def _dispatcher(
+    config: Config, database: db.LazyEngine, membership: Membership
+) -> Dispatcher | None:
     """The outbox dispatcher of the notifiers the config sets up (notify/registry.py), each
     root message linking to the Grafana dashboard of its incident when Grafana is known."""
     from reliability.dashboards import links
@@ -199,7 +223,7 @@ def _dispatcher(config: Config, database: db.LazyEngine) -> Dispatcher | None:
                 resolved_at=incident.resolved_at,
             )
 
-    return Dispatcher(engine, notifiers, link_for=link_for)
+    return Dispatcher(engine, notifiers, link_for=link_for, gate=membership.problem)
 
 
 class _IncidentTimers:
@@ -208,15 +232,21 @@ class _IncidentTimers:
     nobody acknowledges escalates (`slack.escalation`); a runbook run
     whose process died is marked interrupted (its locks freed); a digest that served its
     service's soak time without an incident becomes known-good; the fleet table knows every
-    fleet node of the config (seeded on the first tick, nodes added later on the next)."""
+    fleet node of the config (seeded on the first tick, nodes added later on the next).
+    Only the cluster's leader runs them, after checking its lease in the same transaction."""
 
     def __init__(
-        self, config: Config, database: db.LazyEngine, dispatcher: Dispatcher | None
+        self,
+        config: Config,
+        database: db.LazyEngine,
+        dispatcher: Dispatcher | None,
+        membership: Membership,
     ) -> None:
         self._config = config
         self._database = database
         self._timeout = timedelta(seconds=config.incidents.ack_timeout)
         self._dispatcher = dispatcher
+        self._membership = membership
 
     def __call__(self) -> None:
         from reliability.fleet.service import seed
@@ -225,9 +255,14 @@ class _IncidentTimers:
         from reliability.oncall.flows import escalate
         from reliability.runbooks.service import recover_interrupted
 
+        if not self._membership.is_leader():
+            return  # the leader of the cluster runs them
         now = datetime.now(UTC)
         try:
             with self._database.session() as session, session.begin():
+                # Checked in this transaction: a leader paused past its lease acts on nothing.
+                if not self._membership.holds_lease(session):
+                    return
                 changed = flows.tick(session, now=now, ack_timeout=self._timeout)
                 if self._config.slack is not None:
                     changed += escalate(
@@ -293,6 +328,7 @@ def _start_incident_flow(
     database: db.LazyEngine,
     dispatcher: Dispatcher | None,
     runbooks: AutoRunner,
+    membership: Membership,
     writer: BatchWriter | None = None,
 ) -> None:
     """Rules into incidents (detect/loop.py, through `writer`), incidents into Slack
@@ -313,7 +349,7 @@ def _start_incident_flow(
         scheduler.add_job(
             publish_outbox, "interval", seconds=5, id="notify", next_run_time=datetime.now(UTC)
         )
-    timers = _IncidentTimers(config, database, dispatcher)
+    timers = _IncidentTimers(config, database, dispatcher, membership)
     scheduler.add_job(
         timers,
         "interval",
@@ -330,12 +366,14 @@ def _start_incident_flow(
         on_recorded=dispatcher.wake if dispatcher is not None else None,
         on_firing=runbooks.submit,
         writer=writer,
+        gate=membership.problem,
     )
+    _share_out(daemon, scheduler, membership, detection)
     detection.start()
     if daemon.liveness is not None:
         # A port changing state is evaluated at once, not at the next tick.
         daemon.liveness.start(on_change=detection.wake)
-    _schedule_records(daemon, scheduler, database)
+    _schedule_records(daemon, scheduler, database, membership)
     scheduler.add_job(
         RunningImages(config, daemon.snapshot, database),
         "interval",
@@ -347,11 +385,42 @@ def _start_incident_flow(
     daemon.closers[:0] = [detection.stop, runbooks.stop]
 
 
+def _share_out(
+    daemon: Daemon,
+    scheduler: BackgroundScheduler,
+    membership: Membership,
+    detection: DetectionLoop,
+) -> None:
+    """Each collector job collects this member's share of its targets (`runner.owns`, set
+    before the first cycle); when the share changes, what moved away is forgotten (its
+    samples and rule groups: the new owner reports and resolves it) and every job runs at
+    once, so a share taken over from a member that died is collected within seconds, not
+    at the next interval."""
+    shards = Shards(daemon.config)
+
+    def rebalanced(owned: frozenset[str]) -> None:
+        for i, job in enumerate(daemon.jobs):
+            name = job.runner.collector.name
+            for target in job.runner.targets:
+                if not job.runner.owns(target):
+                    daemon.snapshot.forget(name, target)
+            with contextlib.suppress(JobLookupError):
+                scheduler.modify_job(f"{name}-{i}", next_run_time=datetime.now(UTC))
+        detection.rebalance(lambda labels: membership.owns(shards.of_labels(labels)))
+
+    membership.on_rebalance(rebalanced)
+    rebalanced(membership.owned)  # a change before the listener was there
+
+
 def _schedule_records(
-    daemon: Daemon, scheduler: BackgroundScheduler, database: db.LazyEngine
+    daemon: Daemon,
+    scheduler: BackgroundScheduler,
+    database: db.LazyEngine,
+    membership: Membership,
 ) -> None:
     """Incidents and runbook runs as metrics, read from the database every 15 s: they are
-    written by other processes too (CLI, webhooks), so only the database knows them all."""
+    written by other processes too (CLI, webhooks), so only the database knows them all.
+    Only the cluster's leader publishes them (one series for dashboards to read)."""
     from reliability.collect.records import RecordsCollector
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-records")
@@ -360,10 +429,19 @@ def _schedule_records(
         daemon.snapshot,
         executor=executor,
         deadline=RECORDS_TIMEOUT + DEADLINE_MARGIN,
+        owns=lambda _target: membership.is_leader(),
     )
+
+    def records() -> None:
+        if not membership.is_leader():
+            for target in runner.targets:
+                daemon.snapshot.forget(runner.collector.name, target)
+            return
+        runner.run_cycle()
+
     daemon.closers.append(lambda: executor.shutdown(wait=False, cancel_futures=True))
     scheduler.add_job(
-        runner.run_cycle,
+        records,
         "interval",
         seconds=RECORDS_INTERVAL,
         id="records",
@@ -452,6 +530,31 @@ def serve(daemon: Daemon) -> int:
         job_defaults={"max_instances": 1, "coalesce": True},
         timezone="UTC",
     )
+
+    from reliability.runbooks.flows import AutoRunner
+    from reliability.ssh import SshPool
+
+    def scheduler_check() -> str | None:
+        return None if scheduler.running else "scheduler is stopped"
+
+    # One engine (one connection pool) for everything the daemon does in the database.
+    database = db.LazyEngine(daemon.config.database_url(), daemon.config.database.limits())
+    membership = _membership(daemon.config)
+    try:
+        joined = membership.register()
+    except DuplicateMember as exc:
+        log.error("not starting: %s", exc)
+        daemon.close()
+        return 2
+    if joined:
+        membership.step()  # the first share before the first collection
+    shards = Shards(daemon.config)
+    for job in daemon.jobs:
+        name = job.runner.collector.name
+        job.runner.owns = lambda target, name=name: membership.owns(shards.of_target(name, target))
+    if daemon.liveness is not None:
+        daemon.liveness.owns = lambda node: membership.owns(shards.of_target(LIVENESS, node))
+    membership.start()
     for i, job in enumerate(daemon.jobs):
         scheduler.add_job(
             job.runner.run_cycle,
@@ -461,23 +564,15 @@ def serve(daemon: Daemon) -> int:
             misfire_grace_time=max(1, int(job.interval)),
             next_run_time=datetime.now(UTC),
         )
-
-    def scheduler_check() -> str | None:
-        return None if scheduler.running else "scheduler is stopped"
-
-    # One engine (one connection pool) for everything the daemon does in the database.
-    database = db.LazyEngine(daemon.config.database_url(), daemon.config.database.limits())
     # Webhooks and rule transitions that arrive together: one transaction (writer.py).
     writer = BatchWriter(database.session, name="incident writer")
-    from reliability.runbooks.flows import AutoRunner
-    from reliability.ssh import SshPool
-
-    dispatcher = _dispatcher(daemon.config, database)
-    runbooks = AutoRunner(daemon.config, database, SshPool())
+    dispatcher = _dispatcher(daemon.config, database, membership)
+    runbooks = AutoRunner(daemon.config, database, SshPool(), gate=membership.problem)
     slack_closers: list[Callable[[], object]] = []
     readiness = [
         Readiness("database", _database_check(database)),
         Readiness("scheduler", scheduler_check),
+        Readiness("cluster", membership.problem),
     ]
     app = build_app(
         daemon.snapshot,
@@ -502,10 +597,20 @@ def serve(daemon: Daemon) -> int:
         )
     )
     scheduler.start()
-    _start_incident_flow(daemon, scheduler, database, dispatcher, runbooks, writer)
+    _start_incident_flow(daemon, scheduler, database, dispatcher, runbooks, membership, writer)
+    scheduler.add_job(
+        lambda: daemon.snapshot.publish(
+            "cluster", membership.member_id, ok=True, duration=0.0, samples=membership.samples()
+        ),
+        "interval",
+        seconds=min(5.0, daemon.config.cluster.heartbeat),
+        id="cluster",
+        next_run_time=datetime.now(UTC),
+    )
     daemon.closers[:0] = slack_closers  # first: no click acts while the rest stops
-    # Last: the closers before them may still write; the writer writes what it accepted.
-    daemon.closers += [writer.close, database.dispose]
+    # Leaving (the others take the share at once) after the work that may still write;
+    # last the writer (it writes what it accepted) and the engine.
+    daemon.closers += [membership.stop, writer.close, database.dispose]
     up = f"{len(daemon.jobs)} job(s), serving http://{http.host}:{http.port}/metrics"
     heartbeat = _notify_systemd(scheduler, server, readiness, ready_status=f"ready: {up}")
     log.info("daemon up: %s", up)

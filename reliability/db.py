@@ -48,6 +48,7 @@ MODEL_MODULES = (
     "reliability.fleet.models",
     "reliability.oncall.models",
     "reliability.capacity.models",
+    "reliability.cluster.models",
 )
 
 # Deterministic constraint names, so migrations can refer to them on every backend.

@@ -85,6 +85,9 @@ class LivenessProbe:
             raise ValueError("the connect timeout must be below the interval")
         self._specs = specs
         self._snapshot = snapshot
+        # Whether this daemon probes a node: with several daemons, only its share
+        # (cluster/); the others' nodes are theirs to judge.
+        self.owns: Callable[[str], bool] = lambda _node: True
         self._interval = interval
         self._timeout = timeout
         self._clock = clock
@@ -131,6 +134,12 @@ class LivenessProbe:
         loop = asyncio.get_running_loop()
         while True:
             began = loop.time()
+            if not self.owns(spec.node):
+                for signal in spec.ports:
+                    self.states.pop((spec.node, signal), None)
+                self._snapshot.forget(LIVENESS, spec.node)
+                await asyncio.sleep(self._interval)
+                continue
             try:
                 changed = await self.probe(spec)
             except Exception:  # a bug must cost one round of one node, not the probe

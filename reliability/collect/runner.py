@@ -4,6 +4,10 @@ A cycle never waits on a slow target past its deadline: a target still running t
 is published as a timeout, and is not started again until its stuck call returns, so a
 hung host costs one worker, not the whole pool, and never delays the other targets.
 
+With `owns`, a cycle collects only the targets it accepts (the member's share when several
+daemons split the fleet, cluster/); a target it stopped accepting mid-collection is not
+published.
+
 Once `stop()` is called (the daemon is stopping and closes the collectors' clients), no
 cycle starts and what a collection in flight raises is not logged: a clean stop writes
 no traceback.
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -45,8 +49,10 @@ class TargetRunner:
         executor: ThreadPoolExecutor,
         deadline: float,
         targets: Sequence[str] | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.collector = collector
+        self.owns = owns
         self.snapshot = snapshot
         self.executor = executor
         self.deadline = deadline
@@ -61,6 +67,9 @@ class TargetRunner:
         Taken under the lock, so no cycle is between its check and its submissions."""
         with self._lock:
             self._stopped.set()
+
+    def _wanted(self, target: str) -> bool:
+        return self.owns is None or self.owns(target)
 
     def _log_failure(
         self, target: str, reason: str, message: object, *, exc_info: bool = False
@@ -93,6 +102,8 @@ class TargetRunner:
             samples: Sequence[Sample] = self.collector.collect(target)
         except CollectError as exc:
             duration = time.monotonic() - start
+            if not self._wanted(target):
+                return Outcome(name, target, False, duration, exc.reason, str(exc))
             self._log_failure(target, exc.reason, exc)
             self.snapshot.publish(
                 name,
@@ -112,6 +123,8 @@ class TargetRunner:
             )
             return Outcome(name, target, False, duration, "internal", repr(exc))
         duration = time.monotonic() - start
+        if not self._wanted(target):
+            return Outcome(name, target, True, duration)
         self.snapshot.publish(name, target, ok=True, duration=duration, samples=samples)
         self._log_success(target)
         return Outcome(name, target, True, duration)
@@ -125,7 +138,7 @@ class TargetRunner:
         with self._lock:
             if self._stopped.is_set():
                 return []
-            for target in self.targets:
+            for target in filter(self._wanted, self.targets):
                 previous = self._in_flight.get(target)
                 if previous is not None and not previous.done():
                     stuck.append(target)
@@ -140,7 +153,7 @@ class TargetRunner:
                 outcomes.append(future.result())
             else:
                 stuck.append(target)
-        for target in stuck:
+        for target in filter(self._wanted, stuck):
             message = f"no answer within {self.deadline:g}s"
             self._log_failure(target, "timeout", message)
             self.snapshot.publish(

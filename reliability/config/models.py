@@ -535,6 +535,38 @@ class CollectConfig(Strict):
         return self
 
 
+class ClusterConfig(Strict):
+    """Several daemons on one PostgreSQL database (cluster/): who this one is, and how fast
+    a member that stopped is taken for gone. SQLite is always one daemon."""
+
+    member_id: Name | None = Field(
+        None, description="this daemon's name among the members (default: HOST-PID)"
+    )
+    heartbeat: Interval = Field(2.0, description="how often a member writes its heartbeat")
+    lease: Interval = Field(
+        6.0, description="a member (and the leader) silent this long is gone; >= 3 heartbeats"
+    )
+    expected_members: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="daemons that should run on this database: fewer pages ReliabilityDaemonDown",
+    )
+    scrape_job: Annotated[
+        str,
+        _matching(r"[a-zA-Z_][a-zA-Z0-9_.-]*", "write the job_name of your prometheus.yml"),
+    ] = Field("reliability", description="Prometheus' job scraping the daemons (their `up`)")
+
+    @model_validator(mode="after")
+    def _lease_spans_heartbeats(self) -> ClusterConfig:
+        if self.lease < 3 * self.heartbeat:
+            raise ValueError(
+                f"lease ({self.lease:g}s) must be at least 3 heartbeats "
+                f"({3 * self.heartbeat:g}s), or one slow heartbeat loses it"
+            )
+        return self
+
+
 class IncidentsConfig(Strict):
     reopen_window: Duration = 600.0
     ack_timeout: Duration = 1800.0
@@ -550,19 +582,6 @@ class DashboardsConfig(Strict):
     energy_price_per_kwh: float = Field(0.15, ge=0)
 
 
-class ClusterConfig(Strict):
-    expected_members: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="daemons that should run on this database: fewer pages ReliabilityDaemonDown",
-    )
-    scrape_job: Annotated[
-        str,
-        _matching(r"[a-zA-Z_][a-zA-Z0-9_.-]*", "write the job_name of your prometheus.yml"),
-    ] = Field("reliability", description="Prometheus' job scraping the daemons (their `up`)")
-
-
 class Config(Strict):
     """The whole configuration file. `source` is the file it came from (None: defaults)."""
 
@@ -576,9 +595,9 @@ class Config(Strict):
     rules: Rules = Rules()
     collect: CollectConfig = CollectConfig()
     incidents: IncidentsConfig = IncidentsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     dashboards: DashboardsConfig = DashboardsConfig()
     oncall: OnCallConfig | None = None
-    cluster: ClusterConfig = ClusterConfig()
     cost: CostConfig = CostConfig()
     runbooks_dir: Path = Path("runbooks")
 

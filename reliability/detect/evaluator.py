@@ -230,8 +230,10 @@ class Evaluator:
         return _Rule(rule, read, _unit(rule), {})
 
     def restore(self, fingerprints: Iterable[str]) -> None:
-        """Treat these rule incidents, open before a restart, as firing and announced: they
+        """Treat these rule incidents, open before a restart (or opened by another daemon of
+        the cluster before this one took their targets over), as firing and announced: they
         resolve when their condition is read clear, and do not fire a second time.
+        `fingerprints` is every open one: earlier restored ones not among them are dropped.
 
         A group is taken over when its series are first read again; until then (no data
         yet) it stays open. Fingerprints of other sources (Alertmanager, manual) are ignored.
@@ -242,7 +244,20 @@ class Evaluator:
                 if group.fingerprint in wanted:
                     group.firing = group.announced = True
                     wanted.discard(group.fingerprint)
-        self._restored |= wanted
+        # What is not open now is not restored (resolved meanwhile by another daemon).
+        self._restored = wanted
+
+    def release(self, keep: Callable[[Mapping[str, str]], bool]) -> int:
+        """Forget the groups whose labels `keep` refuses (targets now watched by another
+        daemon of the cluster): they neither resolve nor fire here; their open incidents
+        stay open for the new owner, which takes them over with `restore`. How many went."""
+        dropped = 0
+        for c in self._rules:
+            for key, group in list(c.groups.items()):
+                if not keep({**group.view.labels, **group.labels}):
+                    del c.groups[key]
+                    dropped += 1
+        return dropped
 
     def idle(self) -> bool:
         """Nothing pending, firing or restored: the same samples again cannot change anything

@@ -14,6 +14,11 @@ for its commit. Nothing is lost while the database is down: transitions that cou
 recorded are kept, in order, and recorded first at the next tick that reaches the database. Rule
 incidents open before a restart are handed to the evaluator (`restore`) before its first
 evaluation, so they resolve when their condition clears instead of staying open forever.
+
+With several daemons (cluster/), `rebalance(keep)` hands the groups of targets that moved
+away to their new owner (forgotten here, never resolved) and restores what is open again,
+so a target that moved here keeps its open incident; while `gate` names a problem (the
+member is fenced) nothing is evaluated or recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -56,8 +61,12 @@ class DetectionLoop:
         on_firing: Callable[[Transition], object] | None = None,
         clock: Callable[[], float] = time.time,
         writer: BatchWriter | None = None,
+        gate: Callable[[], str | None] | None = None,
     ) -> None:
         self._evaluator = evaluator
+        self._gate = gate
+        self._rebalanced: Callable[[Mapping[str, str]], bool] | None = None
+        self._keep_lock = threading.Lock()
         self._snapshot = snapshot
         self._database = database
         self._reopen_window = reopen_window
@@ -78,8 +87,29 @@ class DetectionLoop:
         """Transitions waiting for the database."""
         return len(self._unrecorded)
 
+    def rebalance(self, keep: Callable[[Mapping[str, str]], bool]) -> None:
+        """The member's share changed: at the next tick, forget the groups `keep` refuses
+        and restore the open incidents again (any thread may call this)."""
+        with self._keep_lock:
+            self._rebalanced = keep
+
+    def _apply_rebalance(self) -> None:
+        with self._keep_lock:
+            keep, self._rebalanced = self._rebalanced, None
+        if keep is None:
+            return
+        dropped = self._evaluator.release(keep)
+        if dropped:
+            log.info("%d rule group(s) left to the daemons that now watch their targets", dropped)
+        self._unrecorded = [t for t in self._unrecorded if keep(t.labels)]
+        self._restored = False
+
     def step(self) -> list[Transition]:
-        """One tick: restore (once), evaluate, record. Returns this tick's transitions."""
+        """One tick: restore (once, and after a rebalance), evaluate, record. Returns this
+        tick's transitions."""
+        if self._gate is not None and self._gate() is not None:
+            return []
+        self._apply_rebalance()
         try:
             if not self._restored:
                 with self._database.session() as session:

@@ -34,7 +34,9 @@ guarantees:
 
 `run_once()` is one pass, for tests; `start()`/`stop()` run passes on a thread, polling every
 `poll_interval_s`, or sooner after `wake()`. With `link_for`, each root message links to
-what shows its incident (the daemon passes the Grafana dashboard's link).
+what shows its incident (the daemon passes the Grafana dashboard's link). While `gate`
+names a problem (a cluster member fenced: its lease ran out, cluster/), nothing is claimed
+or sent; the rows wait for a member in good standing.
 """
 
 from __future__ import annotations
@@ -131,7 +133,10 @@ class Dispatcher:
         link_for: Callable[[IncidentRead], str | None] | None = None,
         settings: DispatchSettings | None = None,
         rng: random.Random | None = None,
+        gate: Callable[[], str | None] | None = None,
     ) -> None:
+        self._gate = gate
+        self._gated: str | None = None  # the gate's problem, logged once
         listed = [notifiers] if not isinstance(notifiers, Sequence) else list(notifiers)
         self._notifiers = {notifier.name: notifier for notifier in listed}
         if not self._notifiers or len(self._notifiers) != len(listed):
@@ -255,6 +260,8 @@ class Dispatcher:
         """Send (or fail, or skip) every row that is due and whose channel is ready; return
         how many rows were handled. Rows of a paced or paused channel wait for a later pass."""
         self._deferred_until = None
+        if self._closed_gate():
+            return 0
         now = datetime.now(UTC)
         with self._engine.begin() as connection:
             candidates = outbox_service.due(
@@ -268,6 +275,16 @@ class Dispatcher:
                 break
             handled += self._handle(candidate, in_force)
         return handled
+
+    def _closed_gate(self) -> bool:
+        problem = self._gate() if self._gate is not None else None
+        if problem != self._gated:
+            if problem:
+                log.warning("outbox: not sending: %s", problem)
+            else:
+                log.warning("outbox: sending again")
+            self._gated = problem
+        return problem is not None
 
     def _handle(self, candidate: Candidate, in_force: list[ActiveSilence]) -> int:
         now = datetime.now(UTC)

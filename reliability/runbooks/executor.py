@@ -300,8 +300,11 @@ class Executor:
         stop: threading.Event | None = None,
         wait_for_locks: bool = False,
         database_wait: float = DATABASE_WAIT,
+        member_fence: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
+        # The daemon's own standing in its cluster: fenced, it changes nothing more.
+        self.member_fence = member_fence
         self.wait_for_locks = wait_for_locks
         self.sessions = sessionmaker(db, expire_on_commit=False)
         self.hooks = hooks or Hooks()
@@ -599,7 +602,10 @@ class Executor:
 
     def _fence(self) -> str:
         """'' while the run's epochs still hold its locks; else why not (said once, however
-        many of a step's units ask at once)."""
+        many of a step's units ask at once). A daemon fenced in its cluster changes nothing
+        either: another daemon may hold its work by now."""
+        if self.member_fence is not None and (problem := self.member_fence()):
+            return f"fenced: {problem}"
         with self._fence_lock:
             if self._fenced is None and self._epochs:
                 with self.sessions.begin() as s:

@@ -31,6 +31,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -242,8 +243,17 @@ class AutoRunner:
     lanes go on: runs of two lanes on one service meet at its lock, which a run waits for
     (bounded) and a waiting run lets go."""
 
-    def __init__(self, config: Config, database: db.LazyEngine, ssh: SshPool) -> None:
+    def __init__(
+        self,
+        config: Config,
+        database: db.LazyEngine,
+        ssh: SshPool,
+        *,
+        gate: Callable[[], str | None] | None = None,
+    ) -> None:
         self.config, self.database, self.ssh = config, database, ssh
+        # A daemon fenced in its cluster starts no run, and its runs change nothing more.
+        self.gate = gate
         self.redact = Redactor(config.secret_values())
         self._queue: queue.Queue[Transition | None] = queue.Queue(QUEUE_LIMIT)
         self._stop = threading.Event()
@@ -384,6 +394,9 @@ class AutoRunner:
 
     def _run(self, job: _Job) -> None:
         request = job.request
+        if self.gate is not None and (problem := self.gate()):
+            self._not_started(job.incident_id, f"Runbook {request.name} not started: {problem}")
+            return
         recent = self._recent_auto_run(job) if job.actor == ACTOR else None
         if recent is not None:
             given = " ".join(f"{k}={v}" for k, v in job.params.items()) or "no parameters"
@@ -404,6 +417,7 @@ class AutoRunner:
             progress=progress,
             wait_for_locks=True,
             approver=job.actor,
+            member_fence=self.gate,
         )
         try:
             # Planned again now: a run before this one may have moved the pool.

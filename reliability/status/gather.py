@@ -140,6 +140,8 @@ class FleetStatus:
     attention: list[str]
     notifiers: list[NotifierRow] = field(default_factory=list)
     on_call: list[OnCall] = field(default_factory=list)  # one per rotation of the config
+    # Live daemons on the database as the scraped one counts them (cluster/); None: unknown.
+    members: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -204,6 +206,7 @@ class StatusReader:
             attention=[],
             notifiers=notifier_rows(exposition),
             on_call=on_call,
+            members=_int(exposition.value(catalog.CLUSTER_MEMBERS)),
         )
         status.attention.extend(needs_attention(status))
         return status

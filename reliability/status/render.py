@@ -50,6 +50,7 @@ def to_json(status: FleetStatus) -> dict[str, Any]:
             "up": status.daemon_error is None,
             "error": status.daemon_error,
         },
+        "cluster": {"members": status.members},
         "database": {
             "url": status.database,
             "up": status.database_error is None,
@@ -100,6 +101,8 @@ def _header(status: FleetStatus, refresh: float | None) -> RenderableType:
         line.append("all fine", "bold green")
     else:
         line.append(f"NEEDS ATTENTION ({len(status.attention)})", "bold red")
+    if status.members is not None:
+        line.append(f"  {status.members} daemon{'s' if status.members != 1 else ''}")
     if refresh is not None:
         line.append(f"  (every {refresh:g}s, Ctrl-C stops)", "dim")
     lines = [line]

@@ -229,3 +229,30 @@ def test_an_xid_incident_resolves_once_the_window_passes_without_another(fleet, 
     assert kinds(clock.cycle()) == [("firing", "gpu-xid-critical", "gpu-1")]
     assert clock.run(1795) == []  # within the 30m window: still firing
     assert kinds(clock.run(70)) == [("resolved", "gpu-xid-critical", "gpu-1")]
+
+
+def test_a_node_handed_to_another_daemon_is_neither_resolved_nor_paged_again(make_fleet, clock_for):
+    fleet = make_fleet({"gpu-1": 8, "gpu-2": 8}, [])
+    old, new = clock_for(on=fleet), clock_for(on=fleet)
+    fleet.nodes["gpu-1"].up = False
+    [fired] = old.run(65)
+    assert (fired.kind, fired.rule, fired.labels["node"]) == ("firing", "node-down", "gpu-1")
+
+    # gpu-1 moves to the other daemon of the cluster: this one forgets it and its samples
+    # (its node-down group, and its GPUs' source-down one that node-down holds back).
+    assert old.evaluator.release(lambda labels: labels.get("node") != "gpu-1") == 2
+    old.fleet = make_fleet({"gpu-2": 8}, [])
+    new.now = old.now
+    new.evaluator.restore([fired.fingerprint])  # open in the database
+    assert new.run(120) == []  # still down: held open, not paged again
+    fleet.nodes["gpu-1"].up = True
+    assert kinds(new.run(120)) == [("resolved", "node-down", "gpu-1")]  # by the owner only
+    assert old.run(240) == []
+
+
+def test_restoring_again_forgets_what_another_daemon_resolved_meanwhile(fleet, clock_for):
+    clock = clock_for()
+    clock.evaluator.restore(['rule:node-down{node="gpu-1"}'])
+    clock.evaluator.restore([])  # resolved by the daemon that held gpu-1
+    fleet.nodes["gpu-1"].up = False
+    assert kinds(clock.run(65)) == [("firing", "node-down", "gpu-1")]  # a new page

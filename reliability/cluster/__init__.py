@@ -1,0 +1,1 @@
+"""Several daemons on one PostgreSQL database: membership, the leader lease, the shares."""

@@ -1,0 +1,300 @@
+"""This daemon as a member: its heartbeat thread, the leader lease, its share, its fence.
+
+Every `heartbeat` seconds, on a database connection of its own, the member renews its row
+and reads the live members (cluster/service.py, all by the server's clock), then renews or
+takes the leader lease. Its share is what rendezvous hashing gives it among the live
+members (cluster/shards.py); listeners hear of every change (`on_rebalance`).
+
+The fence is local and monotonic: a member is in good standing until `lease` seconds after
+the start of its last successful heartbeat (the database cannot have judged it gone
+before), and leads until `lease` after the start of the last renewal of the lease. Past
+that (the database away, the process paused by SIGSTOP) `problem()` says why: the daemon
+then sends no page, starts no runbook step, runs no leader timer, and /readyz is false.
+On waking from a pause the monotonic clock has moved on, so the member acts on nothing
+before a heartbeat has checked it against the database; it is no longer leader then if
+another member took the lease (a new epoch).
+
+A host clock far from the database's (more than a lease) also fences the member: its
+timestamps (acknowledgement timeouts, outbox leases) would be wrong, so it only collects.
+
+SQLite has no members: `solo` is always the leader of one, owns every share, and only
+checks that the database answers, for `reliability_database_up`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from reliability import catalog, db
+from reliability.cluster import service
+from reliability.cluster.service import DuplicateMember, MemberRead
+from reliability.cluster.shards import owner
+from reliability.collect.base import Sample
+
+log = logging.getLogger("reliability.cluster")
+
+Listener = Callable[[frozenset[str]], object]
+
+
+def default_member_id() -> str:
+    """HOST-PID, cut to the 64 characters a member id may have."""
+    host = socket.gethostname().split(".")[0].lower() or "daemon"
+    return f"{host[:50]}-{os.getpid()}"
+
+
+class Membership:
+    def __init__(
+        self,
+        database: db.LazyEngine,
+        *,
+        member_id: str,
+        http: str,
+        heartbeat: float,
+        lease: float,
+        keys: Iterable[str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.member_id = member_id
+        self.solo = db.normalize_url(database.url).get_backend_name() != "postgresql"
+        self._database = database
+        self._http = http
+        self._heartbeat, self._lease = heartbeat, lease
+        self._keys = frozenset(keys)
+        self._clock = clock
+        self._incarnation = secrets.token_hex(8)
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._registered = False
+        self._members: tuple[MemberRead, ...] = ()
+        self._owned: frozenset[str] = self._keys  # all, until the database says otherwise
+        self._valid_until: float | None = None  # monotonic; None: never had a heartbeat
+        self._leader_until: float | None = None
+        self._epoch: int | None = None
+        self._skew: float = 0.0
+        self._db_error: str | None = None
+        self._duplicate: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- what the daemon asks -------------------------------------------------------------
+    def owns(self, key: str | None) -> bool:
+        """Whether this member collects and evaluates `key` (None: what is not shared)."""
+        return key is None or key in self._owned
+
+    @property
+    def owned(self) -> frozenset[str]:
+        return self._owned
+
+    @property
+    def epoch(self) -> int | None:
+        return self._epoch if self.is_leader() else None
+
+    def is_leader(self) -> bool:
+        if self.solo:
+            return True
+        until = self._leader_until
+        return until is not None and self._clock() < until and self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why this member must not act now (notify, run a runbook step, lead); None if
+        it may."""
+        if self.solo:
+            return None
+        if self._duplicate is not None:
+            return self._duplicate
+        until = self._valid_until
+        if until is None:
+            return f"not a cluster member yet: {self._db_error or 'no heartbeat yet'}"
+        if self._clock() >= until:
+            why = f"database: {self._db_error}" if self._db_error else "paused or too slow"
+            return f"fenced: no heartbeat within the lease ({self._lease:g}s; {why})"
+        if abs(self._skew) > self._lease:
+            return (
+                f"this host's clock is {self._skew:+.0f}s off the database's: fix its time "
+                "sync; until then this daemon only collects"
+            )
+        return None
+
+    def holds_lease(self, session: Session) -> bool:
+        """Checked in the caller's transaction before leader work: this member still leads
+        at its epoch (the lease row then stays so until the transaction ends)."""
+        if self.solo:
+            return True
+        epoch = self.epoch
+        return epoch is not None and service.holds_lease(
+            session, member_id=self.member_id, epoch=epoch
+        )
+
+    def members(self) -> tuple[MemberRead, ...]:
+        return self._members
+
+    def samples(self) -> list[Sample]:
+        count = 1 if self.solo else len(self._members)
+        return [
+            Sample(catalog.CLUSTER_MEMBERS, (), float(count)),
+            Sample(catalog.CLUSTER_LEADER, (), 1.0 if self.is_leader() else 0.0),
+            Sample(catalog.DATABASE_UP, (), 0.0 if self._db_error else 1.0),
+        ]
+
+    def on_rebalance(self, listener: Listener) -> None:
+        """`listener(owned)` after every change of this member's share (heartbeat thread)."""
+        self._listeners.append(listener)
+
+    # --- the heartbeat ------------------------------------------------------------------
+    def register(self) -> bool:
+        """Join at start; False when the database does not answer (logged; the heartbeat
+        thread keeps trying). DuplicateMember when a live daemon has this id."""
+        if self.solo:
+            log.info("cluster: SQLite: single daemon (start several only on PostgreSQL)")
+            return True
+        try:
+            self._register()
+        except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    def _register(self) -> None:
+        with self._database.session() as session, session.begin():
+            service.register(
+                session,
+                member_id=self.member_id,
+                incarnation=self._incarnation,
+                host=socket.gethostname(),
+                http=self._http,
+                pid=os.getpid(),
+                lease=self._lease,
+            )
+        self._registered = True
+        log.info("cluster: joined as %s", self.member_id)
+
+    def step(self) -> None:
+        """One heartbeat: renew the row, read the members, renew or take the lease."""
+        if self.solo:
+            self._ping()
+            return
+        started = self._clock()
+        try:
+            if not self._registered:
+                self._register()
+            with self._database.session() as session, session.begin():
+                beat = service.heartbeat(
+                    session,
+                    member_id=self.member_id,
+                    incarnation=self._incarnation,
+                    targets=sorted(self._owned),
+                    lease=self._lease,
+                )
+            if beat is None:
+                self._registered = False
+                log.warning("cluster: %s was taken for gone; joining again", self.member_id)
+                self._register()
+                return
+            self._skew = (datetime.now(UTC) - beat.server_now).total_seconds()
+            epoch = self._lease_step(beat.members)
+        except DuplicateMember as exc:
+            self._duplicate = str(exc)
+            log.error("cluster: %s", exc)
+            return
+        except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            self._failed(exc)
+            return
+        if self._db_error is not None:
+            log.warning("cluster: database answers again")
+        self._db_error = self._duplicate = None
+        self._rebalance(beat.members)
+        with self._lock:
+            self._valid_until = started + self._lease
+            was = self._epoch
+            self._epoch = epoch
+            self._leader_until = started + self._lease if epoch is not None else None
+        if epoch != was:
+            if epoch is not None:
+                log.warning("cluster: %s leads (epoch %d)", self.member_id, epoch)
+            elif was is not None:
+                log.warning("cluster: %s no longer leads (epoch %d ended)", self.member_id, was)
+
+    def _lease_step(self, members: tuple[MemberRead, ...]) -> int | None:
+        if abs(self._skew) > self._lease:
+            return None  # a leader's timers read this host's clock
+        with self._database.session() as session, session.begin():
+            epoch = service.acquire_lease(
+                session, member_id=self.member_id, epoch=self._epoch, lease=self._lease
+            )
+            if epoch is not None and service.record_rebalance(
+                session, members=[m.member_id for m in members]
+            ):
+                log.info("cluster: members now %s", ", ".join(m.member_id for m in members))
+        return epoch
+
+    def _rebalance(self, members: tuple[MemberRead, ...]) -> None:
+        ids = [m.member_id for m in members]
+        owned = frozenset(k for k in self._keys if owner(k, ids) == self.member_id)
+        self._members = members
+        if owned == self._owned:
+            return
+        gained, lost = len(owned - self._owned), len(self._owned - owned)
+        self._owned = owned
+        log.info(
+            "cluster: %d member(s); %s holds %d target(s) (+%d, -%d)",
+            len(ids),
+            self.member_id,
+            len(owned),
+            gained,
+            lost,
+        )
+        for listener in self._listeners:
+            try:
+                listener(owned)
+            except Exception:
+                log.exception("cluster: a rebalance listener failed")
+
+    def _ping(self) -> None:
+        try:
+            with db.connect(self._database.get()) as connection:
+                connection.execute(sa.text("SELECT 1"))
+        except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            self._failed(exc)
+            return
+        self._db_error = None
+
+    def _failed(self, exc: BaseException) -> None:
+        problem = str(exc).splitlines()[0][:200]
+        if self._db_error is None:
+            log.warning("cluster: heartbeat failed: %s", problem)
+        self._db_error = problem
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cluster", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:
+                log.exception("cluster: heartbeat failed; trying again")
+            self._stop.wait(self._heartbeat)
+
+    def stop(self) -> None:
+        """Stop the heartbeat and leave: the others take this member's share at once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self._heartbeat + 5)
+        if not self.solo and self._registered:
+            try:
+                with self._database.session() as session, session.begin():
+                    service.leave(session, member_id=self.member_id, incarnation=self._incarnation)
+            except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
+                log.warning("cluster: could not leave (the lease ends by itself): %s", exc)
+        self._database.dispose()
