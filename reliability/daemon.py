@@ -185,7 +185,7 @@ def _membership(config: Config) -> Membership:
     delays a heartbeat past the lease."""
     cluster = config.cluster
     return Membership(
-        db.LazyEngine(config.database_url()),
+        db.LazyEngine(config.database_url(), config.database.limits()),
         member_id=cluster.member_id or default_member_id(),
         http=config.http.listen,
         heartbeat=cluster.heartbeat,

@@ -134,7 +134,7 @@ def test_finds_the_pools_known_capacity_within_20_percent_beside_its_baseline(co
 
     result = run(
         "capacity", "test", "chat", "--pool", "green", "--users", "8", "--steps", "4",
-        "--duration", "10s", "--spawn-rate", "50", "-c", config,
+        "--duration", "16s", "--spawn-rate", "50", "-c", config,
     )  # fmt: skip
 
     assert result.exit_code == 0, result.output

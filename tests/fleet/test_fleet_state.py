@@ -405,8 +405,14 @@ def test_a_plan_writes_nothing_to_the_fleet(session: Session, config: Config, en
 def test_the_daemons_timer_seeds_the_fleet_on_its_first_tick(
     session: Session, config: Config, database_url: str
 ):
-    from reliability.daemon import _IncidentTimers
+    from reliability.daemon import _IncidentTimers, _membership
 
     assert states(session, config) == {}
-    _IncidentTimers(config, db.LazyEngine(database_url), None)()
+    membership = _membership(config)
+    membership.register()
+    membership.step()  # alone on the database: the leader, who runs the timers
+    try:
+        _IncidentTimers(config, db.LazyEngine(database_url), None, membership)()
+    finally:
+        membership.stop()
     assert states(session, config)["spare-2"] == ("standby", None)
