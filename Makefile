@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/reliability demo
 
 test: $(STAMP)
-	$(BIN)/pytest -n 3 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -165,7 +165,7 @@ def test_a_stream_started_before_a_reload_completes_intact(rig_lb: NginxBalancer
     blue = [rig_lb.fleet.engine.server(n, "vllm") for n in ("gpu-1", "gpu-2")]
     for server in blue:
         assert server is not None
-        server.set_mode("ok", path="/v1/chat/completions", interval_s=0.1)  # 16 tokens: 1.6 s
+        server.set_mode("ok", path="/v1/chat/completions", interval_s=0.4)  # 16 tokens: 6.4 s
     body = CHAT | {"stream": True}
 
     with httpx.stream("POST", rig_lb.url + "v1/chat/completions", json=body, timeout=10) as r:
