@@ -8,6 +8,7 @@ demo's config, the Slack stand-in's log file, /proc for processes and listening 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
@@ -54,7 +55,7 @@ from reliability.testing import nginx, tls
 from reliability.testing.demofleet import DemoFleet
 from reliability.testing.inference import DEFAULT_MODEL, InferenceSpec
 from reliability.testing.inference_group import ServerGroup
-from reliability.testing.loopback import free_port
+from reliability.testing.loopback import LOCK_DIR, free_port
 from reliability.testing.services import service_missing
 from reliability.testing.slack import SlackStandIn
 
@@ -409,8 +410,25 @@ def left_behind(demo: RunningDemo) -> tuple[list[str], list[str]]:
         if directory in cmdline or cwd.startswith(directory):
             processes.append(f"{pid}: {cmdline}")
     wanted = set(demo.info["ports"])
-    sockets = [s for s in _listening() if s in wanted]
+    sockets = [s for s in _listening() if s in wanted and not _reclaimed(s)]
     return processes, sockets
+
+
+def _reclaimed(address: str) -> bool:
+    """Whether another fleet (a parallel test) holds the loopback block of `address` now:
+    it could claim the block only once the demo's sockets there were gone, so what listens
+    there is that fleet's."""
+    octets = address.split(":")[0].split(".")
+    if octets[:2] != ["127", "0"] or octets[2] == "0":
+        return False
+    fd = os.open(LOCK_DIR / f"block-{octets[2]}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing it lets a lock taken here go
+    return False
 
 
 def _listening() -> list[str]:
