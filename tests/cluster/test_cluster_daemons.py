@@ -240,7 +240,13 @@ def test_a_member_cut_off_the_database_is_fenced_says_why_and_rejoins(cluster, s
         assert "no heartbeat within the lease (2s; database: " in problem
         assert cut.gauge("reliability_database_up") == 0
         wait_for("the other takes everything", lambda: kept.collected() == c.names, TAKEOVER_WITHIN)
-        assert kept.gauge("reliability_cluster_members") == 1
+        # The gauge is published every heartbeat (2 s here): it follows the takeover.
+        wait_for(
+            "one member counted",
+            lambda: kept.gauge("reliability_cluster_members") == 1,
+            LEASE * 2,
+            members,
+        )
 
         proxy.restore()
         wait_for("ready again", lambda: cut.get("/readyz").status_code == 200, 30, members)

@@ -626,17 +626,21 @@ def test_a_real_daemon_shows_a_cut_node_down(
         pytest.fail(f"{what}: not within {timeout}s; last: {document}")
 
     try:
+        # A probe that timed out while a busy machine started everything leaves the 1m
+        # window for up to a minute: wait for it to be clean, not for its first reading.
         fine = wait_for(
-            "every node up, every GPU seen, the endpoint probed",
+            "every node up, every GPU seen, the endpoint probed without an error",
             lambda d, code: (
                 code == 0
                 and [n["state"] for n in d["nodes"]] == ["up"] * len(names)
                 and all(n["gpus_visible"] == rig.gpus for n in d["nodes"])
                 and d["endpoints"][0]["p95_seconds"].get("completion") is not None
+                and d["endpoints"][0]["error_ratio"]["1m"] == 0.0
             ),
+            timeout=80.0,
         )
         blue = fine["endpoints"][0]
-        assert blue["error_ratio"]["1m"] == 0.0 and blue["last_probe_ok"] is True
+        assert blue["last_probe_ok"] is True
         assert 0 < blue["p95_seconds"]["models"] < 0.5
 
         rig.cut("gpu-2")
