@@ -127,15 +127,7 @@ RESTRICTED = "dmesg: read kernel buffer failed: Operation not permitted\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        document = state.read_current_node()
-    except state.RigStateError as error:
-        print(error, file=sys.stderr)
-        return 1
-    out, err, code = render(document, sys.argv[1:] if argv is None else argv)
-    sys.stdout.write(out)
-    sys.stderr.write(err)
-    return code
+    return state.run_command(render, argv)
 
 
 if __name__ == "__main__":

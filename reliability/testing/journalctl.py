@@ -106,15 +106,7 @@ def _parse(argv: Sequence[str]) -> tuple[dict[str, str], str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        document = state.read_current_node()
-    except state.RigStateError as error:
-        print(error, file=sys.stderr)
-        return 1
-    out, err, code = render(document, sys.argv[1:] if argv is None else argv)
-    sys.stdout.write(out)
-    sys.stderr.write(err)
-    return code
+    return state.run_command(render, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,24 @@ def read_current_node(environ: dict[str, str] | None = None) -> Document:
     """The document of the node a stand-in runs as (from its environment)."""
     root = state_dir_from_env(environ)
     return read_node(root, node_from_env(root, environ))
+
+
+def run_command(
+    render: Callable[[Document, Sequence[str]], tuple[str, str, int]],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The main of a stand-in command that answers from this node's state (dmesg,
+    journalctl): render it for `argv` (default: the command line), write its stdout and
+    stderr, return its exit code."""
+    try:
+        document = read_current_node()
+    except RigStateError as error:
+        print(error, file=sys.stderr)
+        return 1
+    out, err, code = render(document, sys.argv[1:] if argv is None else argv)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return code
 
 
 def update_node(root: Path, node: str, change: Callable[[Document], Any]) -> Any:
