@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -28,13 +29,7 @@ def write(r: Report, path: Path) -> None:
         if None not in values:
             by_month.plot(months, values, label=label)
     if r.break_even_month is not None and r.break_even_month <= r.months:
-        by_month.axvline(r.break_even_month, linestyle="--", color="grey")
-        by_month.annotate(
-            f"break-even: month {r.break_even_month:.1f}",
-            (r.break_even_month, 0),
-            textcoords="offset points",
-            xytext=(4, 8),
-        )
+        _break_even(by_month, r.break_even_month, f"month {r.break_even_month:.1f}")
     by_month.set_title(f"Cumulative cost at {i.qps:g} requests/s")
     by_month.set_xlabel("months")
     by_month.set_ylabel(i.currency)
@@ -51,13 +46,7 @@ def write(r: Report, path: Path) -> None:
         if None not in values:
             by_load.plot(loads, values, label=label, drawstyle=style)
     if r.break_even_qps is not None:
-        by_load.axvline(r.break_even_qps, linestyle="--", color="grey")
-        by_load.annotate(
-            f"break-even: {r.break_even_qps:.1f} req/s",
-            (r.break_even_qps, 0),
-            textcoords="offset points",
-            xytext=(4, 8),
-        )
+        _break_even(by_load, r.break_even_qps, f"{r.break_even_qps:.1f} req/s")
     by_load.set_title(f"Cost over {i.years:g} years by load")
     by_load.set_xlabel("requests/s")
     by_load.set_ylabel(i.currency)
@@ -69,3 +58,9 @@ def write(r: Report, path: Path) -> None:
             axes.text(0.5, 0.5, "prices missing", ha="center", transform=axes.transAxes)
     figure.tight_layout()
     figure.savefig(path, format="png")
+
+
+def _break_even(axes: Axes, x: float, where: str) -> None:
+    """A dashed line where the two costs cross, labelled at its foot."""
+    axes.axvline(x, linestyle="--", color="grey")
+    axes.annotate(f"break-even: {where}", (x, 0), textcoords="offset points", xytext=(4, 8))
