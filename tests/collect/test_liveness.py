@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,13 +23,6 @@ def _listener(port: int = 0) -> socket.socket:
     sock.bind(("127.0.0.1", port))
     sock.listen(16)
     return sock
-
-
-def _wait(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not check():
-        assert time.monotonic() < deadline, f"not within {WAIT}s: {what}"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -52,8 +44,9 @@ def test_open_port_is_up_closed_port_down_until_it_listens(ports) -> None:
     changes = threading.Event()
     probe.start(on_change=changes.set)
     try:
-        _wait("first round", lambda: len(probe.states) == 2)
-        assert changes.is_set()
+        # The change is reported after the round's states are recorded and published.
+        assert changes.wait(WAIT), "the first round reported no change"
+        assert len(probe.states) == 2
         assert probe.states[("gpu-1", "ssh")].up
         serving = probe.states[("gpu-1", "serving")]
         assert not serving.up and serving.reason == "refused"
@@ -69,8 +62,8 @@ def test_open_port_is_up_closed_port_down_until_it_listens(ports) -> None:
         changes.clear()
         engine = _listener(dead)  # the engine is back: seen within a retry, not an interval
         try:
-            _wait("serving up", lambda: probe.states[("gpu-1", "serving")].up)
-            assert changes.is_set()
+            assert changes.wait(WAIT), "the engine coming back reported no change"
+            assert probe.states[("gpu-1", "serving")].up
             assert probe.states[("gpu-1", "serving")].since > since
         finally:
             engine.close()
