@@ -287,7 +287,9 @@ def test_a_bad_build_is_rolled_back_node_by_node_without_failing_a_request(
     for node in nodes:
         redeploy(rig_lb, node, bad)
     load = load_through(rig_lb.url, bad_image=bad)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while load.bad_answers == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert load.bad_answers > 0  # the bad build answers 500 through nginx
 
     started = time.monotonic()
