@@ -19,8 +19,6 @@ from reliability.cli import main
 from reliability.testing.balancer import RigBalancer
 from reliability.testing.inference import DEFAULT_MODEL
 
-pytest_plugins = ["reliability.testing.fixtures"]
-
 GREEN = ("gpu-3", "gpu-4")  # the rig's pool green: running, not in the upstream at first
 BLUE = ("gpu-1", "gpu-2")
 
