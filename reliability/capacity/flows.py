@@ -82,7 +82,8 @@ def production_share(
     """The share of the service's production requests its balancer sends to `nodes` (the
     pool's) now: the live upstream (nginx) or backend (HAProxy) read over SSH on the
     balancer's node, as a runbook's balancer edit reads it, and weighed by
-    `Membership.share`. ShareUnknown when the file cannot be read or parsed."""
+    `Membership.share`. ShareUnknown when the file cannot be read or parsed, or a server
+    taking requests there is no node of the config (so it might be one of the pool's)."""
     lb = service.load_balancer
     if lb is None:
         raise ShareUnknown(
@@ -107,6 +108,17 @@ def production_share(
     except balancers.MembershipError as exc:
         raise ShareUnknown(f"{where}: {exc}") from None
     ours = {host_port(n.address, service.port) for n in nodes}
+    known = {host_port(n.address, service.port) for n in config.nodes}
+    strays = [
+        s.address
+        for s in membership.servers
+        if not (s.down or s.backup or s.weight == 0) and s.address not in known
+    ]
+    if strays:  # which pool they serve is unknown: they might be this one's
+        raise ShareUnknown(
+            f"{', '.join(strays)} in {balancer.block_kind} {service.name} of {where} take "
+            f"requests but are no node of the config (at port {service.port})"
+        )
     weights = ", ".join(
         f"{s.address}{' (' + pool + ')' if s.address in ours else ''} "
         + ("down" if s.down else "backup" if s.backup else f"weight {s.weight or 1}")

@@ -143,3 +143,17 @@ def test_a_balancer_file_that_cannot_be_read_refuses_unless_allowed(
     allowed = capacity_test(config, "--allow-unknown-share")
     assert allowed.exit_code == 0, allowed.output
     assert "production share unknown" in allowed.output  # said on stderr, mixed in here
+
+
+def test_a_server_taking_requests_that_is_no_known_node_makes_the_share_unknown(
+    rig_lb: RigBalancer, tmp_path: Path
+) -> None:
+    config = write_config(rig_lb, tmp_path)
+    edit_live_file(rig_lb, Edit("chat", "add", (Server("127.0.0.1:9999"),)))
+
+    refused = capacity_test(config)
+
+    assert refused.exit_code == 2, refused.output
+    output = " ".join(refused.output.split())
+    assert "share of chat's production traffic is unknown" in output
+    assert "127.0.0.1:9999 in upstream chat" in output and "no node of the config" in output
