@@ -42,6 +42,11 @@ class Server:
     weight: int | None = field(default=None, compare=False)
     backup: bool = field(default=False, compare=False)
 
+    @property
+    def weighs(self) -> int:
+        """Its weight as the balancer weighs it: the kind's default, 1, when none is given."""
+        return 1 if self.weight is None else self.weight
+
 
 @dataclass(frozen=True, slots=True)
 class Membership:
@@ -65,13 +70,9 @@ class Membership:
         over the weights of every server that takes requests (not down, not a backup; the
         kind's default weight is 1). 0 when none takes any."""
         taking = [s for s in self.servers if not s.down and not s.backup]
-        total = sum(_weight(s) for s in taking)
-        ours = sum(_weight(s) for s in taking if s.address in addresses)
+        total = sum(s.weighs for s in taking)
+        ours = sum(s.weighs for s in taking if s.address in addresses)
         return ours / total if total else 0.0
-
-
-def _weight(server: Server) -> int:
-    return 1 if server.weight is None else server.weight
 
 
 class MembershipError(ValueError):

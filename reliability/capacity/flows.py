@@ -112,7 +112,7 @@ def production_share(
     strays = [
         s.address
         for s in membership.servers
-        if not (s.down or s.backup or s.weight == 0) and s.address not in known
+        if not (s.down or s.backup or s.weighs == 0) and s.address not in known
     ]
     if strays:  # which pool they serve is unknown: they might be this one's
         raise ShareUnknown(
@@ -121,7 +121,7 @@ def production_share(
         )
     weights = ", ".join(
         f"{s.address}{' (' + pool + ')' if s.address in ours else ''} "
-        + ("down" if s.down else "backup" if s.backup else f"weight {s.weight or 1}")
+        + ("down" if s.down else "backup" if s.backup else f"weight {s.weighs}")
         for s in membership.servers
     )
     shown = f"{balancer.block_kind} {service.name} in {where}: {weights or 'no server'}"
