@@ -18,8 +18,9 @@ here connects to anything: the runbooks send the commands (runbooks/ops.py).
 
 from __future__ import annotations
 
+import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -31,13 +32,20 @@ class Server:
     """One member: `address` as the file writes it ("10.0.0.1:8000", "[::1]:8000");
     `down`: listed but taken out (nginx `down`, HAProxy `disabled`); `name`: the server's
     name where the kind has one (HAProxy: the node's name; nginx servers have none);
-    `weight`: as the file gives it (nginx `weight=N`, HAProxy `weight N`), or to write."""
+    `weight`: as the file gives it (nginx `weight=N`, HAProxy `weight N`), or to write;
+    `backup`: sent requests only when no other server is up (read, never written)."""
 
     address: str
     down: bool = False
     name: str | None = None
     # Its share against the others' (None: the kind's default, 1); not part of its identity.
     weight: int | None = field(default=None, compare=False)
+    backup: bool = field(default=False, compare=False)
+
+    @property
+    def weighs(self) -> int:
+        """Its weight as the balancer weighs it: the kind's default, 1, when none is given."""
+        return 1 if self.weight is None else self.weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,15 @@ class Membership:
 
     def taken_out(self) -> list[Server]:
         return [s for s in self.servers if s.down]
+
+    def share(self, addresses: Collection[str]) -> float:
+        """The share of the block's requests the servers at `addresses` get: their weights
+        over the weights of every server that takes requests (not down, not a backup; the
+        kind's default weight is 1). 0 when none takes any."""
+        taking = [s for s in self.servers if not s.down and not s.backup]
+        total = sum(s.weighs for s in taking)
+        ours = sum(s.weighs for s in taking if s.address in addresses)
+        return ours / total if total else 0.0
 
 
 class MembershipError(ValueError):
@@ -274,6 +291,10 @@ class Balancer(ABC):
                     f"{self.block_kind} {block.name}",
                     s.line,
                 )
+
+    def read_command(self) -> str:
+        """The shell line that prints the live membership file (what every edit reads)."""
+        return shlex.join(["cat", self.upstream_file])
 
     @abstractmethod
     def validate_command(self) -> str:

@@ -94,6 +94,7 @@ class _Section:
         self.name, self.line = name, line
         self.servers: list[ServerLine] = []
         self.default_down = False
+        self.default_weight: int | None = None  # the section's `default-server weight`
         self.last_end = end  # after the section's last statement line (its header at first)
         # After the last server line, and its indentation, once one is seen.
         self.server_end: int | None = None
@@ -138,29 +139,44 @@ def read_backends(text: str) -> dict[str, Block]:
         section.last_end = offset
         if keyword == "default-server":
             section.default_down = "disabled" in [w for w, _ in words[1:]]
+            section.default_weight = _weight(words, 1, number)[0]
         elif keyword == "server":
             if len(words) < 3:
                 raise MembershipError("`server` takes a name and an address", number)
-            section.servers.append(_server_line(words, section.default_down, number, start, raw))
+            section.servers.append(_server_line(words, section, number, start, raw))
             section.server_end, section.server_indent = offset, raw[: len(raw) - len(raw.lstrip())]
     if section is not None:
         found[section.name] = section.block(text)
     return found
 
 
-def _server_line(
-    words: list[tuple[str, tuple[int, int]]], default_down: bool, number: int, start: int, raw: str
-) -> ServerLine:
+Words = list[tuple[str, tuple[int, int]]]
+
+
+def _weight(words: Words, first: int, number: int) -> tuple[int | None, tuple[int, int] | None]:
+    """The `weight N` among words[first:] and the span a new weight replaces (the blanks
+    before `weight` to the end of N); (None, None) without one."""
+    params = [w for w, _ in words[first:]]
+    if "weight" not in params:
+        return None, None
+    i = first + params.index("weight")
+    if i + 1 >= len(words) or not words[i + 1][0].isdigit():
+        raise MembershipError("`weight` takes a whole number", number)
+    return int(words[i + 1][0]), (words[i - 1][1][1], words[i + 1][1][1])
+
+
+def _server_line(words: Words, section: _Section, number: int, start: int, raw: str) -> ServerLine:
     params = [w for w, _ in words[3:]]
+    default_down = section.default_down
     down = "disabled" in params or (default_down and "enabled" not in params)
     after_last = words[-1][1][1]
-    weight, weight_at = None, (after_last, after_last)
-    if "weight" in params:
-        i = 3 + params.index("weight")
-        if i + 1 >= len(words) or not words[i + 1][0].isdigit():
-            raise MembershipError("`weight` takes a whole number", number)
-        weight, weight_at = int(words[i + 1][0]), (words[i - 1][1][1], words[i + 1][1][1])
-    server = Server(words[2][0], down=down, name=words[1][0], weight=weight)
+    weight, at = _weight(words, 3, number)
+    weight_at = at or (after_last, after_last)
+    if weight is None:
+        weight = section.default_weight  # what HAProxy gives it; a new weight is its own
+    server = Server(
+        words[2][0], down=down, name=words[1][0], weight=weight, backup="backup" in params
+    )
 
     def word(name: str) -> tuple[int, int]:
         i = 3 + params.index(name)

@@ -131,7 +131,7 @@ def _server_line(text: str, statement: _Statement, line: int) -> ServerLine:
             weight = int(words[at][len("weight=") :])
         except ValueError:
             raise MembershipError(f"`{words[at]}` is not a whole weight", line) from None
-    server = Server(words[1], down="down" in params, weight=weight)
+    server = Server(words[1], down="down" in params, weight=weight, backup="backup" in params)
     whole = whole_lines(text, statement.start, statement.end)
     remove = whole if whole is not None else (statement.start, statement.end)
     after_last = spans[-1][1]

@@ -1,7 +1,8 @@
 """`reliability capacity test|list` and `reliability cost report`.
 
 Exit 2 for an unknown service or pool, an unbounded test, a pool carrying more production
-traffic than the config allows, or a missing extra (locust, matplotlib); exit 1 when the
+traffic than the config allows (or whose share the balancer's file cannot tell), or a
+missing extra (locust, matplotlib); exit 1 when the
 load generator failed or no step held the objectives (the test is recorded all the same).
 """
 
@@ -31,7 +32,7 @@ from reliability.cli_support import (
     print_json,
     who,
 )
-from reliability.config import Config, ServiceConfig
+from reliability.config import Config, NodeConfig, ServiceConfig
 from reliability.durations import parse_duration
 
 
@@ -72,6 +73,12 @@ def capacity() -> None:
 @click.option(
     "--steps", type=int, default=8, show_default=True, help="Steps of users up to --users."
 )
+@click.option(
+    "--allow-unknown-share",
+    is_flag=True,
+    help="Test even when the balancer's file cannot be read to tell the pool's share of "
+    "production traffic (a known share above the allowed one is still refused).",
+)
 @config_option
 @json_option
 def test(
@@ -82,10 +89,13 @@ def test(
     spawn_rate: float,
     duration: float,
     steps: int,
+    allow_unknown_share: bool,
     as_json: bool,
 ) -> None:
     """Step a pool's load up to find the most requests/s it serves within the service's
-    objectives (TTFT and end-to-end p95, error ratio); record it as the pool's baseline."""
+    objectives (TTFT and end-to-end p95, error ratio); record it as the pool's baseline.
+    Refused when the service's balancer (its live weights, read over SSH) sends the pool
+    more production traffic than `capacity.max_production_share`, or cannot be read."""
     from reliability.capacity import flows, measure  # the load test's own imports (httpx)
 
     try:
@@ -96,12 +106,9 @@ def test(
     if problem := measure.missing_extra("locust"):
         raise BadInput(problem)
     with database(config) as s:
-        active = flows.active_pool(s, service=svc)
-        targets = flows.pool_targets(
-            s, config=config, service=svc, pool=pool, now=datetime.now(UTC)
-        )
+        nodes = flows.pool_nodes(s, config=config, pool=pool, now=datetime.now(UTC))
+    targets = flows.pool_targets(svc, nodes)
     try:
-        flows.check_allowed(svc, pool, active)
         plan = measure.plan_for(
             svc,
             list(targets.values()),
@@ -110,8 +117,9 @@ def test(
             spawn_rate=spawn_rate,
             duration=duration,
             steps=steps,
-        )
-        if not plan.model:  # bounds checked first: nothing is sent to a refused pool
+        )  # the bounds first: the balancer is asked only about a test that may run
+        _check_share(config, svc, pool, nodes, allow_unknown_share)
+        if not plan.model:  # checked first: nothing is sent to a refused pool
             plan = replace(plan, model=flows.served_model(svc, plan.urls[0]))
     except measure.LoadRefused as exc:
         raise BadInput(str(exc)) from None
@@ -139,6 +147,34 @@ def test(
             f"no step held {svc.name}'s objectives (services.{svc.name}.objectives); the "
             f"test is recorded, the baseline unchanged"
         )
+
+
+def _check_share(
+    config: Config, svc: ServiceConfig, pool: str, nodes: list[NodeConfig], allow_unknown: bool
+) -> None:
+    """LoadRefused unless the pool's share of production traffic is within the allowed
+    one; a share that cannot be read refuses too, unless `allow_unknown` (said on stderr)."""
+    from reliability.capacity import flows, measure
+    from reliability.ssh import SshPool
+
+    if svc.capacity.max_production_share >= 1.0:
+        return  # any share is allowed: the balancer need not be asked
+    ssh = SshPool()
+    try:
+        share = flows.production_share(config, svc, pool, nodes, ssh=ssh)
+    except flows.ShareUnknown as exc:
+        if not allow_unknown:
+            raise measure.LoadRefused(
+                f"pool {pool}'s share of {svc.name}'s production traffic is unknown: {exc}. "
+                f"Refused, as a pool serving production may not be load-tested beyond "
+                f"services.{svc.name}.capacity.max_production_share; pass "
+                f"--allow-unknown-share if you know it serves none"
+            ) from None
+        click.echo(f"warning: production share unknown ({exc}); tested anyway", err=True)
+        return
+    finally:
+        ssh.close()
+    flows.check_allowed(svc, pool, share)
 
 
 def _with_progress(

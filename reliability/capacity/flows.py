@@ -1,28 +1,31 @@
 """A capacity test of one pool, across domains: its nodes from the fleet's live state, the
-refusal of a pool carrying production traffic, the load (measure.py), the GPU power the
-daemon saw meanwhile, and the row that records it (service.py, by the caller)."""
+refusal of a pool carrying production traffic (the share its balancer's live weights give
+it, read over SSH), the load (measure.py), the GPU power the daemon saw meanwhile, and the
+row that records it (service.py, by the caller)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from sqlalchemy.orm import Session
 
-from reliability import catalog
+from reliability import balancers, catalog
 from reliability.capacity import measure
 from reliability.capacity.models import CapacityTest, Purpose
 from reliability.capacity.plan import Plan
-from reliability.config import Config, ServiceConfig
+from reliability.config import Config, NodeConfig, ServiceConfig
 from reliability.fleet import service as fleet_service
 from reliability.fleet.models import State
-from reliability.runbooks import service as runs
 from reliability.runbooks.ops import host_port
+from reliability.ssh import SshError, SshPool, target_for
 from reliability.status import scrape
 
 MODELS_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 10.0  # reading the balancer's file, connect included
 
 
 class UnknownTarget(LookupError):
@@ -44,46 +47,97 @@ def check_pool(service: ServiceConfig, pool: str) -> None:
         )
 
 
-def active_pool(session: Session, *, service: ServiceConfig) -> str:
-    """The pool the service serves from now: as the last run that switched it left it
-    (blue-green, canary), else the config's `active_pool`."""
-    live = runs.active_pools(session).get(service.name)
-    return live if live in service.pools else service.active_pool
+@dataclass(frozen=True, slots=True)
+class Share:
+    """The share of a service's requests its balancer sends to a pool's nodes now, and
+    where that was read: `shown` names the block, the file, the host and the weights."""
+
+    share: float
+    shown: str
 
 
-def production_share(pool: str, active: str) -> float:
-    """The share of the service's production traffic `pool` carries: the active pool all."""
-    return 1.0 if pool == active else 0.0
+class ShareUnknown(Exception):
+    """The balancer's file could not be read or understood; says why."""
 
 
-def check_allowed(service: ServiceConfig, pool: str, active: str) -> None:
-    """LoadRefused when the pool carries more production traffic than the config allows."""
-    share = production_share(pool, active)
-    allowed = service.capacity.max_production_share
-    if share > allowed:
-        raise measure.LoadRefused(
-            f"{pool} is {service.name}'s active pool and carries {share:.0%} of its production "
-            f"traffic; a load test would compete with it (allowed: {allowed:.0%}, "
-            f"services.{service.name}.capacity.max_production_share). Test the idle pool, "
-            f"or raise the share where the pool serves only tests"
-        )
-
-
-def pool_targets(
-    session: Session, *, config: Config, service: ServiceConfig, pool: str, now: datetime
-) -> dict[str, str]:
-    """The base URL of each node serving `pool` now (the fleet's live state), by node."""
+def pool_nodes(session: Session, *, config: Config, pool: str, now: datetime) -> list[NodeConfig]:
+    """The nodes serving `pool` now (the fleet's live state), in config order."""
     fleet_service.seed(session, config=config, now=now)
     serving = {
         row.node
         for row in fleet_service.nodes(session, config=config)
         if row.state == State.serving and row.pool == pool
     }
-    return {
-        node.name: f"http://{host_port(node.address, service.port)}"
-        for node in config.nodes
-        if node.name in serving
-    }
+    return [node for node in config.nodes if node.name in serving]
+
+
+def pool_targets(service: ServiceConfig, nodes: list[NodeConfig]) -> dict[str, str]:
+    """The base URL of each of `nodes` for the service, by node."""
+    return {n.name: f"http://{host_port(n.address, service.port)}" for n in nodes}
+
+
+def production_share(
+    config: Config, service: ServiceConfig, pool: str, nodes: list[NodeConfig], *, ssh: SshPool
+) -> Share:
+    """The share of the service's production requests its balancer sends to `nodes` (the
+    pool's) now: the live upstream (nginx) or backend (HAProxy) read over SSH on the
+    balancer's node, as a runbook's balancer edit reads it, and weighed by
+    `Membership.share`. ShareUnknown when the file cannot be read or parsed, or a server
+    taking requests there is no node of the config (so it might be one of the pool's)."""
+    lb = service.load_balancer
+    if lb is None:
+        raise ShareUnknown(
+            f"services.{service.name} has no load_balancer, so no balancer says which pool "
+            "serves its production traffic"
+        )
+    balancer = balancers.for_config(lb)
+    where = f"{lb.upstream_file} on {lb.node}"
+    try:
+        read = ssh.run(
+            target_for(config, config.node(lb.node)),
+            balancer.read_command(),
+            timeout=READ_TIMEOUT_S,
+        )
+    except SshError as exc:
+        raise ShareUnknown(f"{where} could not be read: {exc}") from None
+    if not read.ok:
+        detail = read.stderr.strip() or f"exit status {read.exit_status}"
+        raise ShareUnknown(f"{where} could not be read: {detail}")
+    try:
+        membership = balancer.read_membership(read.stdout, service.name)
+    except balancers.MembershipError as exc:
+        raise ShareUnknown(f"{where}: {exc}") from None
+    ours = {host_port(n.address, service.port) for n in nodes}
+    known = {host_port(n.address, service.port) for n in config.nodes}
+    strays = [
+        s.address
+        for s in membership.servers
+        if not (s.down or s.backup or s.weighs == 0) and s.address not in known
+    ]
+    if strays:  # which pool they serve is unknown: they might be this one's
+        raise ShareUnknown(
+            f"{', '.join(strays)} in {balancer.block_kind} {service.name} of {where} take "
+            f"requests but are no node of the config (at port {service.port})"
+        )
+    weights = ", ".join(
+        f"{s.address}{' (' + pool + ')' if s.address in ours else ''} "
+        + ("down" if s.down else "backup" if s.backup else f"weight {s.weighs}")
+        for s in membership.servers
+    )
+    shown = f"{balancer.block_kind} {service.name} in {where}: {weights or 'no server'}"
+    return Share(membership.share(ours), shown)
+
+
+def check_allowed(service: ServiceConfig, pool: str, share: Share) -> None:
+    """LoadRefused when the pool carries more production traffic than the config allows."""
+    allowed = service.capacity.max_production_share
+    if share.share > allowed:
+        raise measure.LoadRefused(
+            f"pool {pool} gets {share.share:.0%} of {service.name}'s production traffic "
+            f"({share.shown}); a load test would compete with it (allowed: {allowed:.0%}, "
+            f"services.{service.name}.capacity.max_production_share). Test a pool the "
+            f"balancer sends less to, or raise the share where the pool serves only tests"
+        )
 
 
 def served_model(service: ServiceConfig, url: str) -> str:

@@ -29,7 +29,8 @@ class CapacityTestConfig(Strict):
         ge=0,
         le=1,
         description="refuse a test of a pool carrying more than this share of the service's "
-        "production traffic (the active pool carries all of it)",
+        "production traffic: its servers' weights over those of every server taking requests "
+        "(not down, not backup) in the balancer's live file",
     )
     prompt_words: int = Field(256, ge=1, le=100_000, description="length of each prompt")
     max_tokens: int = Field(128, ge=1, le=100_000, description="tokens asked for per answer")

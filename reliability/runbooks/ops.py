@@ -211,7 +211,7 @@ def lb_edit_ops(
     balancer = balancers.for_config(lb)
     edited = f"{saves}+edit"
     ops = [
-        run_op(lb_node, ["cat", lb.upstream_file], note="saved for undo", saves=saves),
+        Op(lb_node, "run", balancer.read_command(), note="saved for undo", saves=saves),
         Op(
             LOCAL,
             "edit",

@@ -230,6 +230,10 @@ class Planner:
         else:
             nodes = [n for n in self.config.nodes if group.selects(n, self.fleet.get(n.name))]
             what = str(group.role)
+        if group.exclude is not None:
+            left_out = {n.name for n in self.group(group.exclude)}
+            nodes = [n for n in nodes if n.name not in left_out]
+            what += f" less group {group.exclude!r}"
         nodes = nodes[: group.limit]
         if not nodes and group.role == "standby":
             raise ScopeError(self._no_standby(group.for_pool))

@@ -153,12 +153,15 @@ class TargetGroup(Strict):
     """Nodes a step runs on, chosen from the fleet's live state (plan.Planner.group), in
     config order, at most `limit`: one node; a pool (the nodes serving it now); or a role:
     `standby` the free standbys (warm first), `serving` the nodes serving any pool, `lb` and
-    `other` as the config has them."""
+    `other` as the config has them; less the nodes of group `exclude`."""
 
     node: NameTemplate | None = None
     pool: NameTemplate | None = None
     role: Literal["serving", "standby", "lb", "other"] | None = None
     limit: int | None = Field(None, ge=1)
+    exclude: Name | None = Field(
+        None, description="another target group (without an `exclude`) whose nodes are left out"
+    )
     for_pool: NameTemplate | None = Field(
         None, description="role standby: the pool it is taken for, named when none is free"
     )
@@ -211,6 +214,14 @@ def problems(rb: Runbook) -> Iterator[tuple[Loc, str]]:
             yield ("params", name, "of"), f"{p.of!r} is not a service parameter"
     for name, group in rb.targets.items():
         yield from _templates(group, ("targets", name), kinds)
+        other = rb.targets.get(group.exclude) if group.exclude is not None else None
+        if group.exclude is not None and (other is None or other.exclude is not None):
+            yield (
+                ("targets", name, "exclude"),
+                rb.no_target(group.exclude)
+                if other is None
+                else f"group {group.exclude!r} excludes a group itself; exclude one that does not",
+            )
     seen: dict[str, str] = {}
     for i, step in enumerate(rb.steps):
         loc: Loc = ("steps", i)

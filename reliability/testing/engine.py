@@ -120,16 +120,16 @@ class ContainerEngine:
             return {"ok": False, "error": reason}
         with self._lock:
             self._servers[key] = handle
-        broken = self._broken_path(request["image"])
-        if broken is not None:
-            handle.set_mode("broken", path=broken)
-        return {"ok": True}
-
-    def _broken_path(self, image: str) -> str | None:
-        """Where a container of `image` answers 500, if its digest was broken in the rig."""
         registry = state.read_json(self.root / "registry.json")
+        image = request["image"]
         digest = image.rsplit("@", 1)[1] if "@" in image else registry.get("images", {}).get(image)
-        return registry.get("broken", {}).get(digest)
+        broken = registry.get("broken", {}).get(digest)
+        if broken is not None:  # rigstate.break_image
+            handle.set_mode("broken", path=broken)
+        slow = registry.get("slow", {}).get(digest)
+        if slow is not None:  # rigstate.slow_image
+            handle.set_mode("slow", path=slow[0], delay_s=slow[1])
+        return {"ok": True}
 
     def _exited(self, key: Key, handle: InferenceHandle, code: int) -> None:
         with self._lock:

@@ -344,6 +344,14 @@ class RigState:
             lambda doc: doc.setdefault("broken", {}).update({digest: path}),
         )
 
+    def slow_image(self, digest: str, delay_s: float, path: str = "/v1/chat/completions") -> None:
+        """Containers of this digest answer `path` `delay_s` late (a slower build: it serves
+        every request, just fewer of them a second)."""
+        state.update_file(
+            self.root / "registry.json",
+            lambda doc: doc.setdefault("slow", {}).update({digest: [path, delay_s]}),
+        )
+
     def set_registry_reachable(self, reachable: bool) -> None:
         """An unreachable registry makes pulls (and runs of absent images) time out."""
         state.update_file(self.root / "registry.json", lambda doc: doc.update(reachable=reachable))

@@ -80,3 +80,38 @@ def test_a_weight_the_balancer_refuses_is_refused_before_writing(kind: str, weig
 def test_the_plan_shows_each_weight():
     edit = Edit("chat", "weight", (Server("10.0.0.11:8000", name="gpu-1", weight=19),))
     assert edit.shown("upstream") == "set (adding where missing) weights in upstream chat: gpu-1 19"
+
+
+SHARED_NGINX = """\
+upstream chat {
+    server 10.0.0.11:8000 weight=3;
+    server 10.0.0.12:8000;              # weight 1, nginx's default
+    server 10.0.0.13:8000 weight=4 down;
+    server 10.0.0.14:8000 weight=9 backup;
+}
+"""
+SHARED_HAPROXY = """\
+backend chat
+    default-server weight 2
+    server gpu-1 10.0.0.11:8000 check weight 6
+    server gpu-2 10.0.0.12:8000 check
+    server gpu-3 10.0.0.13:8000 check weight 4 disabled
+    server gpu-4 10.0.0.14:8000 check backup
+    server gpu-5 10.0.0.15:8000 check weight 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "first", "second"),
+    [("nginx", SHARED_NGINX, 3 / 4, 1 / 4), ("haproxy", SHARED_HAPROXY, 6 / 8, 2 / 8)],
+)
+def test_a_pools_share_is_its_weight_among_the_servers_taking_requests(
+    kind: str, text: str, first: float, second: float
+):
+    membership = balancer(kind).read_membership(text, "chat")
+    assert membership.share({"10.0.0.11:8000"}) == first
+    assert membership.share({"10.0.0.12:8000"}) == second  # the default weight
+    # Down, a backup, weight 0: listed, and sent nothing while the others serve.
+    assert membership.share({"10.0.0.13:8000", "10.0.0.14:8000", "10.0.0.15:8000"}) == 0
+    assert membership.share({"10.0.0.11:8000", "10.0.0.12:8000"}) == 1
+    assert [s.backup for s in membership.servers][3] is True

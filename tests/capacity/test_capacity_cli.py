@@ -1,6 +1,7 @@
 """`reliability capacity test` as an operator runs it: against inference stand-ins of a
 known capacity (max-num-seqs seats, a fixed time per token), refused when unbounded or
-aimed at the pool carrying production traffic, recorded beside the previous baseline."""
+when no balancer tells the pool's share of production traffic (tests/capacity/
+test_production_share.py reads real ones), recorded beside the previous baseline."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from reliability.capacity.models import CapacityTest, Purpose
 from reliability.cli import main
 from reliability.collect.base import Sample
 from reliability.collect.snapshot import Snapshot
-from reliability.runbooks.models import ServicePool
 from reliability.testing.inference import REPLY_TOKENS, InferenceSpec, listen, uvicorn_config
 from reliability.testing.inference_group import ServerGroup
 
@@ -134,7 +134,7 @@ def test_finds_the_pools_known_capacity_within_20_percent_beside_its_baseline(co
 
     result = run(
         "capacity", "test", "chat", "--pool", "green", "--users", "8", "--steps", "4",
-        "--duration", "16s", "--spawn-rate", "50", "-c", config,
+        "--duration", "16s", "--spawn-rate", "50", "--allow-unknown-share", "-c", config,
     )  # fmt: skip
 
     assert result.exit_code == 0, result.output
@@ -162,7 +162,10 @@ def test_finds_the_pools_known_capacity_within_20_percent_beside_its_baseline(co
     [
         (["nope", "--pool", "green"], "no service is named 'nope'"),
         (["chat", "--pool", "red"], "chat has no pool 'red'; its pools: blue, green"),
-        (["chat", "--pool", "blue"], "carries 100% of its production traffic"),
+        (
+            ["chat", "--pool", "blue", "--duration", "9s"],
+            "share of chat's production traffic is unknown: services.chat has no load_balancer",
+        ),
         (["chat", "--pool", "green", "--users", "0"], "--users 0 is not bounded"),
         (["chat", "--pool", "green", "--users", "65"], "capacity.max_users"),
         (["chat", "--pool", "green", "--duration", "0"], "--duration 0s is not bounded"),
@@ -180,16 +183,3 @@ def test_refuses_what_is_unknown_unbounded_or_serving_production(
     assert result.exit_code == 2
     assert says in result.output
     assert "no baseline yet" in run("capacity", "list", "-c", config).output.lower()
-
-
-def test_the_pool_a_run_switched_traffic_to_is_the_one_refused(config: str):
-    url = yaml.safe_load(Path(config).read_text())["database"]["url"]
-    engine = db.make_engine(url)
-    with db.session_factory(engine)() as s, s.begin():
-        s.add(ServicePool(service="chat", pool="green", run_id=None, changed_at=datetime.now(UTC)))
-    engine.dispose()
-
-    refused = run("capacity", "test", "chat", "--pool", "green", "--duration", "9s", "-c", config)
-
-    assert refused.exit_code == 2
-    assert "green is chat's active pool and carries 100%" in refused.output

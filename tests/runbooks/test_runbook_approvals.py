@@ -210,4 +210,7 @@ def test_a_runbook_the_config_names_that_does_not_exist_is_refused_by_line(tmp_p
         [f"{path}:10", "rules.custom[0].runbook.name"],
     ]
     assert "no runbook is named 'nope-failover'" in lines[0]
-    assert "known: blue-green, canary, container-restart, image-rollback, node-failover" in lines[0]
+    assert (
+        "known: blue-green, canary, container-restart, image-rollback, image-rollout, "
+        "node-failover" in lines[0]
+    )

@@ -112,8 +112,8 @@ def test_an_unknown_runbook_is_bad_usage_exit_2_and_names_the_known_ones():
     assert result.exit_code == 2
     assert "no runbook is named 'reboot-everything'" in result.output
     assert (
-        "known: blue-green, canary, container-restart, image-rollback, node-failover, "
-        "node-return, upstream-failover, upstream-switch-back"
+        "known: blue-green, canary, container-restart, image-rollback, image-rollout, "
+        "node-failover, node-return, upstream-failover, upstream-switch-back"
     ) in result.output
     assert run("runbook", "show", "nope", "-c", EXAMPLE).exit_code == 2
 
@@ -154,6 +154,7 @@ def test_list_and_show():
         "canary",
         "container-restart",
         "image-rollback",
+        "image-rollout",
         "node-failover",
         "node-return",
         "upstream-failover",

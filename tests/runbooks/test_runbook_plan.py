@@ -186,6 +186,41 @@ def test_image_rollback_drains_replaces_and_puts_back_one_node_at_a_time(example
     ]
 
 
+NEW_IMAGE = "registry.example/serving/vllm@sha256:" + "b" * 64
+
+
+def test_image_rollout_gates_one_node_out_of_rotation_before_rolling_the_rest(example):
+    extra = NodeConfig(name="gpu-3", address="10.20.0.13", pool="blue", gpus=8)
+    bigger = example.model_copy(update={"nodes": [*example.nodes, extra]})
+    plan = plan_of(bigger, "image-rollout", service="chat", pool="blue", image=NEW_IMAGE)
+    steps = {s.id: s for s in plan.steps}
+    assert list(steps) == [
+        "take-out", "deploy-first", "capacity-gate", "put-back", "roll", "record", "verify",
+        "note",
+    ]  # fmt: skip
+    assert str(upstream_edit(plan, "take-out").shown("upstream")) == (
+        "mark gpu-1 (10.20.0.11:8000) down in upstream chat"
+    )
+    created = next(op for op in commands(plan, "deploy-first")["gpu-1"] if "docker create" in op)
+    # The service's whole container spec, its model arguments after the new image.
+    assert f"{NEW_IMAGE} --model deepseek-ai/DeepSeek-V3 --served-model-name" in created
+    (gate,) = commands(plan, "capacity-gate")[LOCAL]
+    assert gate.startswith("local check: load gpu-1 of pool blue alone for 20s at their share")
+    assert "hold 90% of that share's requests/s" in gate
+    assert upstream_edit(plan, "put-back").servers == (Server("10.20.0.11:8000", name="gpu-1"),)
+    assert steps["roll"].batches == [["gpu-3"]]  # the first node is not replaced twice
+    assert [u.target for u in steps["record"].units] == ["gpu-1", "gpu-3"]
+    # Undone newest first: the roll, the first node back in the state it was taken out in,
+    # then its previous container, then the upstream file as it was.
+    assert all(u.undo for s in ("take-out", "deploy-first", "put-back", "roll")
+               for u in steps[s].units)  # fmt: skip
+
+
+def test_image_rollout_of_a_one_node_pool_is_a_plan_error(example):
+    with pytest.raises(PlanError, match="target group 'rest' selects no node"):
+        plan_of(example, "image-rollout", service="chat", pool="blue", image=NEW_IMAGE)
+
+
 def test_rolling_deploy_takes_at_most_max_unavailable_nodes_of_each_pool_at_once(
     example, write_runbook
 ):

@@ -22,6 +22,7 @@ SHIPPED = {
     "node-failover",
     "node-return",
     "image-rollback",
+    "image-rollout",
     "upstream-failover",
     "upstream-switch-back",
 }
@@ -248,6 +249,35 @@ def test_names_that_refer_to_nothing(write_runbook):
         f"{path}:13: steps[1].args.add: no target group is named 'three'; define it under "
         "`targets` (one)",
         f"{path}:17: steps[2].args.text: unknown placeholder {{target}}; use a parameter (node)",
+    ]
+
+
+def test_a_group_may_leave_out_another_that_leaves_out_none(write_runbook):
+    path = write_runbook(
+        "exclude",
+        """
+        description: Groups that leave out others.
+        params:
+          service: {type: service}
+        targets:
+          first: {role: serving, limit: 1}
+          rest: {role: serving, exclude: first}
+          loop: {role: serving, exclude: rest}
+          lost: {role: serving, exclude: nowhere}
+        steps:
+          - id: gate
+            action: capacity_gate
+            nodes: elsewhere
+            args: {service: "{service}", pool: blue, gate: {capacity: 0.9}}
+        """,
+    )
+    assert errors_of(path.parent) == [
+        f"{path}:7: targets.loop.exclude: group 'rest' excludes a group itself; exclude one "
+        "that does not",
+        f"{path}:8: targets.lost.exclude: no target group is named 'nowhere'; define it under "
+        "`targets` (first, rest, loop, lost)",
+        f"{path}:12: steps[0].nodes: no target group is named 'elsewhere'; define it under "
+        "`targets` (first, rest, loop, lost)",
     ]
 
 

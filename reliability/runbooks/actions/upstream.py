@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from reliability import balancers
 from reliability.balancers import Edit
 from reliability.config import ServiceConfig
 from reliability.runbooks import ops
@@ -71,7 +72,8 @@ def lb_restore(step: StepBase, service: ServiceConfig, earlier: str, planner: Pl
         raise ScopeError(f"step {earlier} edited the upstream of {name}, not {service.name}")
     planner.switches.pop(service.name, None)
     key = upstreams.save_key(step.id, node, service)
-    save = ops.run_op(node, ["cat", lb.upstream_file], note="saved for undo", saves=key)
+    read = balancers.for_config(lb).read_command()
+    save = ops.Op(node, "run", read, note="saved for undo", saves=key)
     run = ops.lb_restore_ops(node, lb, saved_upstream(earlier, earlier_key))
     undo = ops.lb_restore_ops(node, lb, saved_upstream(step.id, key))
     return Unit(node, [save, *run], undo)
