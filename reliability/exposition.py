@@ -87,21 +87,30 @@ class Histogram:
 class Exposition:
     """One scrape's samples, looked up by catalogue metric (never by a spelled name)."""
 
-    def __init__(self, samples: dict[str, list[tuple[Labels, float]]]) -> None:
+    def __init__(
+        self, samples: dict[str, list[tuple[Labels, float]]], families: frozenset[str] = frozenset()
+    ) -> None:
         self._samples = samples
+        self._families = families | set(samples)
 
     @classmethod
     def parse(cls, text: str) -> Exposition:
         """Raises ValueError when `text` is not the Prometheus text format."""
         samples: dict[str, list[tuple[Labels, float]]] = {}
+        families = set()
         for family in text_string_to_metric_families(text):
+            families.add(family.name)
             for s in family.samples:
                 samples.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
-        return cls(samples)
+        return cls(samples, frozenset(families))
 
     def has(self, metric: Family) -> bool:
-        """Whether the scrape has any series of `metric` (a histogram: any bucket)."""
-        return metric.name in self._samples or f"{metric.name}_bucket" in self._samples
+        """Whether the scrape declares `metric`, with series or (none observed yet) without."""
+        return bool({metric.name, metric.name.removesuffix("_total")} & self._families)
+
+    def has_prefix(self, prefix: str) -> bool:
+        """Whether any metric of the scrape is named `prefix...` (an engine's own, `vllm:`)."""
+        return any(name.startswith(prefix) for name in self._families)
 
     def values(self, metric: Family) -> list[tuple[Labels, float]]:
         """Every series of a gauge or counter: (labels, value)."""
