@@ -134,3 +134,21 @@ def test_a_step_must_outlast_its_window_and_one_read():
     with pytest.raises(ValueError, match=r"timeout \(2m\) must be longer than `for` \(2m\)"):
         PoolCompareStep.model_validate(step)
     assert PoolCompareStep.model_validate(step | {"timeout": "3m"}).args.for_ == 120.0
+
+
+def test_a_pool_of_mixed_engines_cannot_add_their_latencies_and_fails_closed(
+    inference_group: ServerGroup,
+):
+    vllm = inference_group.start(InferenceSpec(pool="green"))
+    sglang = inference_group.start(InferenceSpec(pool="green", engine="sglang"))
+    blue = inference_group.start(InferenceSpec(pool="blue"))
+
+    outcome = compare(
+        [engine(vllm, "gpu-3"), engine(sglang, "gpu-4")], [engine(blue, "gpu-1")]
+    ).perform(Run(), time.monotonic() + 10)
+
+    assert not outcome.ok
+    assert outcome.text == (
+        "cannot compare the pools: pool green's engines keep latency in different buckets "
+        "(engines or versions mixed): gpu-4's cannot be added to the others'"
+    )

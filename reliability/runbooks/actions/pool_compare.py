@@ -163,21 +163,13 @@ def served(engine: Engine, start: Exposition, now: Exposition) -> Traffic:
     if kind is None:
         raise Unreadable(f"{engine.node}'s {engine.url} serves neither vLLM's nor SGLang's metrics")
     before = {_key(labels): v for labels, v in start.values(kind.answers)}
-    traffic = Traffic()
+    traffic = Traffic(ttft=_gained(kind.ttft, start, now), e2e=_gained(kind.e2e, start, now))
     for labels, value in now.values(kind.answers):
         if labels.get(kind.route) in COMPLETION_ROUTES and labels.get("method") == "POST":
             gained = increase(value, before.get(_key(labels), 0.0))
             traffic.requests += gained
             if labels.get(kind.status, "").startswith("5"):
                 traffic.errors += gained
-    for metric in (kind.ttft, kind.e2e):
-        earlier = start.histograms(metric)
-        for key, histogram in now.histograms(metric).items():
-            since = histogram.since(earlier[key]) if key in earlier else histogram
-            if metric is kind.ttft:
-                traffic.ttft = traffic.ttft.plus(since)
-            else:
-                traffic.e2e = traffic.e2e.plus(since)
     if traffic.e2e.count > 0 and not now.has(kind.answers):
         # SGLang before its HTTP middleware: the errors cannot be counted, so nothing can.
         raise Unreadable(
@@ -185,6 +177,15 @@ def served(engine: Engine, start: Exposition, now: Exposition) -> Traffic:
             "not count its answers by status (a newer one does)"
         )
     return traffic
+
+
+def _gained(metric: EngineMetric, start: Exposition, now: Exposition) -> Histogram:
+    """A histogram's observations from `start` to `now`, its series (models, engines) added;
+    a series that appeared since (created by its first observation) counts whole."""
+    earlier, total = start.histograms(metric), Histogram(())
+    for key, histogram in now.histograms(metric).items():
+        total = total.plus(histogram.since(earlier[key]) if key in earlier else histogram)
+    return total
 
 
 def _key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -231,14 +232,16 @@ class PoolCompare:
             return OpOutcome(False, f"cannot compare the pools: {exc}")
         end = began + self.duration
         while True:
-            wake = min(end, time.monotonic() + self.interval)
+            at = time.monotonic()
+            # Read at the window's end too; past it (waiting for traffic), every interval.
+            wake = min(end, at + self.interval) if at < end else at + self.interval
             if run.stop.wait(max(0.0, wake - time.monotonic())):
                 return OpOutcome(False, "stopped while comparing the pools")
             try:
                 now = {e: scrape(run, e, deadline) for e in engines}
-                new = self._pool(self.new_engines, start, now)
-                old = self._pool(self.old_engines, start, now)
-            except (Unreadable, ValueError) as exc:
+                new = self._pool(self.new_pool, self.new_engines, start, now)
+                old = self._pool(self.old_pool, self.old_engines, start, now)
+            except Unreadable as exc:
                 return OpOutcome(False, f"cannot compare the pools: {exc}")
             figures = f"{new.shown(self.new_pool)}; {old.shown(self.old_pool)}"
             short = [
@@ -268,13 +271,20 @@ class PoolCompare:
 
     def _pool(
         self,
+        pool: str,
         engines: tuple[Engine, ...],
         start: dict[Engine, Exposition],
         now: dict[Engine, Exposition],
     ) -> Traffic:
         total = Traffic()
         for engine in engines:
-            total.add(served(engine, start[engine], now[engine]))
+            try:
+                total.add(served(engine, start[engine], now[engine]))
+            except ValueError:
+                raise Unreadable(
+                    f"pool {pool}'s engines keep latency in different buckets (engines or "
+                    f"versions mixed): {engine.node}'s cannot be added to the others'"
+                ) from None
         return total
 
     def _errors(self, new: Traffic, old: Traffic) -> str | None:
