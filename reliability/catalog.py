@@ -477,7 +477,8 @@ def xid_info(code: int) -> Xid:
 # Not exported by the daemon, ever: these are what vLLM, SGLang, TGI and Triton serve on
 # their own /metrics, spelled as the engines spell them (their names break our conventions,
 # e.g. `vllm:` prefixes and `_total`-less counters). They are here so that a dashboard's query
-# of them is checked like any other (dashboards/build.py). `EngineMetric` is not a `Metric`:
+# of them is checked like any other (dashboards/build.py), and so that `pool_compare` reads
+# a canary's real traffic from them by name. `EngineMetric` is not a `Metric`:
 # it is not in `ALL`, no `Sample` can carry it and the snapshot never renders it.
 # Teams scrape their engines with the labels in `ENGINE_TARGET_LABELS` added by Prometheus.
 # The rig's inference stand-in serves them from the traffic it answers (testing/inference.py).
@@ -555,6 +556,28 @@ VLLM_REQUEST_SUCCESS = EngineMetric(
     "Requests finished, by `finished_reason` (stop, length, abort).",
     (*_VLLM, "finished_reason"),
 )
+# The OpenAI server's HTTP metrics, unprefixed: prometheus_fastapi_instrumentator's defaults
+# (vllm/entrypoints/openai/api_server.py; /metrics, /health, /load, /ping, /version and
+# /server_info are left out). Each answer by route template, method and status class
+# (`2xx`, `5xx`: the codes grouped), counted when the response, a stream too, has ended.
+# The only count of failed requests vLLM serves: its engine counts what it finished.
+VLLM_HTTP_REQUESTS = EngineMetric(
+    "vllm",
+    "http_requests_total",
+    "counter",
+    "Total number of requests by method, status and handler.",
+    ("method", "status", "handler"),
+)
+VLLM_HTTP_DURATION = EngineMetric(
+    "vllm",
+    "http_request_duration_seconds",
+    "histogram",
+    "Latency with only few buckets by handler. Made to be only used if aggregation by "
+    "handler is important.",
+    ("method", "handler"),
+    "seconds",
+    (0.1, 0.5, 1.0),
+)
 
 _SGLANG = ("model_name",)
 # python/sglang/srt/metrics/collector.py (Scheduler- and TokenizerMetricsCollector)
@@ -592,6 +615,16 @@ SGLANG_E2E = EngineMetric(
 )
 SGLANG_REQUESTS = EngineMetric(
     "sglang", "sglang:num_requests_total", "counter", "Requests processed.", _SGLANG
+)
+# python/sglang/srt/utils (add_prometheus_track_response_middleware, on with
+# --enable-metrics like /metrics itself): each response by route, exact status code and
+# method, counted when its headers go out.
+SGLANG_HTTP_RESPONSES = EngineMetric(
+    "sglang",
+    "sglang:http_responses_total",
+    "counter",
+    "Total number of HTTP responses by endpoint and status code",
+    ("endpoint", "status_code", "method"),
 )
 
 # router/src (text-generation-router, metrics crate): no labels; no time-to-first-token

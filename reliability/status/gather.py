@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from reliability import catalog, db
 from reliability.collect import base as collectors
 from reliability.config import Config
+from reliability.exposition import Exposition, Histogram
 from reliability.fleet import service as fleet_service
 from reliability.incidents import service as incident_service
 from reliability.incidents.models import Incident, IncidentStatus, Severity
@@ -24,14 +25,7 @@ from reliability.oncall import service as oncall_service
 from reliability.oncall.rotation import OnCall
 from reliability.runbooks import service as run_service
 from reliability.runbooks.models import RunbookRun, RunStatus
-from reliability.status.scrape import (
-    SCRAPE_TIMEOUT_S,
-    DaemonUnreachable,
-    Exposition,
-    Histogram,
-    LatencyWindow,
-    fetch,
-)
+from reliability.status.scrape import SCRAPE_TIMEOUT_S, DaemonUnreachable, LatencyWindow, fetch
 
 # A run that failed (and was undone) this recently still asks for a look: what it was
 # meant to fix is probably still broken.

@@ -4,21 +4,16 @@ latency quantiles from its histograms (over the daemon's life, or over a `--watc
 from __future__ import annotations
 
 import http.client
-import math
 import re
 import time
 import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from reliability.catalog import Metric
+from reliability.exposition import Exposition, Histogram
 
 SCRAPE_TIMEOUT_S = 3.0
-Labels = dict[str, str]
 
 
 class DaemonUnreachable(Exception):
@@ -33,79 +28,6 @@ def metrics_url(listen: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}/metrics"
-
-
-@dataclass(frozen=True, slots=True)
-class Histogram:
-    """Cumulative counts per upper bound, ascending, the last bound +Inf."""
-
-    buckets: tuple[tuple[float, float], ...]
-
-    @property
-    def count(self) -> float:
-        return self.buckets[-1][1] if self.buckets else 0.0
-
-    def since(self, earlier: Histogram) -> Histogram:
-        """What was observed after `earlier`; all of self when the daemon restarted since."""
-        bounds = [b for b, _ in self.buckets]
-        if bounds != [b for b, _ in earlier.buckets] or self.count < earlier.count:
-            return self
-        return Histogram(
-            tuple((b, n - m) for (b, n), (_, m) in zip(self.buckets, earlier.buckets, strict=True))
-        )
-
-    def quantile(self, q: float) -> float | None:
-        """`histogram_quantile` as Prometheus computes it: linear within the bucket the rank
-        falls in; the largest finite bound when it falls in +Inf; None with no observations."""
-        total = self.count
-        if total <= 0 or not self.buckets:
-            return None
-        rank = q * total
-        lower, below = 0.0, 0.0
-        for bound, cumulative in self.buckets:
-            if cumulative >= rank:
-                if math.isinf(bound):
-                    return lower
-                if cumulative == below:
-                    return bound
-                return lower + (bound - lower) * (rank - below) / (cumulative - below)
-            lower, below = bound, cumulative
-        return lower
-
-
-class Exposition:
-    """One scrape's samples, looked up by catalogue metric (never by a spelled name)."""
-
-    def __init__(self, samples: dict[str, list[tuple[Labels, float]]]) -> None:
-        self._samples = samples
-
-    @classmethod
-    def parse(cls, text: str) -> Exposition:
-        """Raises ValueError when `text` is not the Prometheus text format."""
-        samples: dict[str, list[tuple[Labels, float]]] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                samples.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
-        return cls(samples)
-
-    def values(self, metric: Metric) -> list[tuple[Labels, float]]:
-        """Every series of a gauge or counter: (labels, value)."""
-        return list(self._samples.get(metric.name, ()))
-
-    def value(self, metric: Metric, **labels: str) -> float | None:
-        """The one series whose labels include `labels`, or None when it is not exported."""
-        for have, v in self._samples.get(metric.name, ()):
-            if all(have.get(k) == want for k, want in labels.items()):
-                return v
-        return None
-
-    def histograms(self, metric: Metric) -> dict[tuple[str, ...], Histogram]:
-        """A histogram metric's series, keyed by the values of `metric.labels` in order."""
-        per: dict[tuple[str, ...], list[tuple[float, float]]] = {}
-        for labels, v in self._samples.get(metric.name + "_bucket", ()):
-            key = tuple(labels.get(name, "") for name in metric.labels)
-            per.setdefault(key, []).append((float(labels["le"]), v))
-        return {k: Histogram(tuple(sorted(b))) for k, b in per.items()}
 
 
 def fetch(url: str, *, timeout: float = SCRAPE_TIMEOUT_S) -> Exposition:

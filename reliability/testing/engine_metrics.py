@@ -14,7 +14,12 @@ real traffic. The numbers mean what the engine's mean:
   answer otherwise), end-to-end latency when the answer is complete; an answer that never
   completed (an error mode, a client gone mid-stream) counts as failed, not as latency.
 
-Only chat completions count: ``/health`` and ``/v1/models`` are not inference requests.
+Only chat completions count as inference requests. The HTTP metrics the engine's server
+keeps count every answer of its routes as it does: vLLM's OpenAI server by route template,
+method and status class (``5xx``), ``/health`` left out, once the response (a stream too)
+has ended; SGLang's by route, exact status code and method, ``/health`` included (SGLang
+counts when the headers go out; the stand-in, like vLLM, when the answer is over). A
+request the stand-in never answered (``die``) is in neither, as with a crashed server.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from reliability.catalog import EngineMetric
 
 # vLLM creates its request counter for every finish reason at start.
 VLLM_FINISH_REASONS = ("stop", "length", "abort")
+# Routes vLLM's instrumentator leaves out of its HTTP metrics (of those the stand-in serves).
+VLLM_UNINSTRUMENTED = frozenset({"/health"})
 # TensorRT-LLM's KV cache is handed out in blocks of this many tokens.
 TRTLLM_TOKENS_PER_BLOCK = 64
 TRITON_VERSION = "1"
@@ -103,6 +110,8 @@ class ServingStats:
         self._finished: Counter[str] = Counter()  # finish reason -> requests
         self._failed = 0
         self._e2e_total = 0.0
+        self._http: Counter[tuple[str, ...]] = Counter()  # label values -> answers
+        self._http_seconds: dict[tuple[str, ...], _Histogram] = {}  # vLLM's, by method, route
         ttft, e2e = _HISTOGRAMS[engine]
         self._ttft = (ttft, _Histogram(ttft.buckets)) if ttft else None
         self._e2e = (e2e, _Histogram(e2e.buckets)) if e2e else None
@@ -151,6 +160,16 @@ class ServingStats:
             self._e2e_total += seconds
             _observe(self._e2e, seconds)
 
+    def answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """An HTTP answer of `route` is over: its server's HTTP metrics count it."""
+        with self._lock:
+            if self.engine == "vllm" and route not in VLLM_UNINSTRUMENTED:
+                self._http[(method, f"{str(status)[0]}xx", route)] += 1
+                bounds = catalog.VLLM_HTTP_DURATION.buckets
+                self._http_seconds.setdefault((method, route), _Histogram(bounds)).observe(seconds)
+            elif self.engine == "sglang":
+                self._http[(route, str(status), method)] += 1
+
     # -- reading -------------------------------------------------------------------------
     def render(self) -> str:
         """The Prometheus text exposition (0.0.4) the engine would serve now."""
@@ -165,6 +184,10 @@ class ServingStats:
                 e2e_total=self._e2e_total,
                 histograms={
                     m: h.cumulative_state() for m, h in filter(None, (self._ttft, self._e2e))
+                },
+                http=dict(sorted(self._http.items())),
+                http_seconds={
+                    k: h.cumulative_state() for k, h in sorted(self._http_seconds.items())
                 },
             )
         out = _Exposition()
@@ -189,6 +212,8 @@ class _State:
     failed: int
     e2e_total: float
     histograms: dict[EngineMetric, tuple[list[tuple[float, int]], float]]
+    http: dict[tuple[str, ...], int]
+    http_seconds: dict[tuple[str, ...], tuple[list[tuple[float, int]], float]]
 
     @property
     def usage(self) -> float:
@@ -209,15 +234,20 @@ class _Exposition:
         for values, value in samples:
             self._lines.append(f"{metric.name}{_labels(metric.labels, values)} {_num(value)}")
 
-    def histogram(self, metric: EngineMetric, values: Sequence[str], state: _State) -> None:
+    def histogram(
+        self,
+        metric: EngineMetric,
+        series: Iterable[tuple[Sequence[str], tuple[list[tuple[float, int]], float]]],
+    ) -> None:
+        """(label values, (cumulative buckets, sum)) per series."""
         self._header(metric)
-        base = _labels(metric.labels, values)
-        buckets, total = state.histograms[metric]
-        for le, count in buckets:
-            labels = _labels((*metric.labels, "le"), (*values, _num(le)))
-            self._lines.append(f"{metric.name}_bucket{labels} {count}")
-        self._lines.append(f"{metric.name}_sum{base} {_num(total)}")
-        self._lines.append(f"{metric.name}_count{base} {buckets[-1][1]}")
+        for values, (buckets, total) in series:
+            base = _labels(metric.labels, values)
+            for le, count in buckets:
+                labels = _labels((*metric.labels, "le"), (*values, _num(le)))
+                self._lines.append(f"{metric.name}_bucket{labels} {count}")
+            self._lines.append(f"{metric.name}_sum{base} {_num(total)}")
+            self._lines.append(f"{metric.name}_count{base} {buckets[-1][1]}")
 
     def _header(self, metric: EngineMetric) -> None:
         self._lines.append(f"# HELP {metric.name} {metric.help}")
@@ -242,10 +272,12 @@ def _vllm(out: _Exposition, s: _State, model: str) -> None:
     out.family(catalog.VLLM_RUNNING, [(ids, s.running)])
     out.family(catalog.VLLM_WAITING, [(ids, s.waiting)])
     out.family(catalog.VLLM_KV_CACHE_USAGE, [(ids, s.usage)])
-    out.histogram(catalog.VLLM_TTFT, ids, s)
-    out.histogram(catalog.VLLM_E2E, ids, s)
+    out.histogram(catalog.VLLM_TTFT, [(ids, s.histograms[catalog.VLLM_TTFT])])
+    out.histogram(catalog.VLLM_E2E, [(ids, s.histograms[catalog.VLLM_E2E])])
     reasons = sorted({*VLLM_FINISH_REASONS, *s.finished})
     out.family(catalog.VLLM_REQUEST_SUCCESS, [((*ids, r), s.finished.get(r, 0)) for r in reasons])
+    out.family(catalog.VLLM_HTTP_REQUESTS, s.http.items())
+    out.histogram(catalog.VLLM_HTTP_DURATION, s.http_seconds.items())
 
 
 def _sglang(out: _Exposition, s: _State, model: str) -> None:
@@ -253,15 +285,16 @@ def _sglang(out: _Exposition, s: _State, model: str) -> None:
     out.family(catalog.SGLANG_RUNNING, [(ids, s.running)])
     out.family(catalog.SGLANG_QUEUE, [(ids, s.waiting)])
     out.family(catalog.SGLANG_TOKEN_USAGE, [(ids, s.usage)])
-    out.histogram(catalog.SGLANG_TTFT, ids, s)
-    out.histogram(catalog.SGLANG_E2E, ids, s)
+    out.histogram(catalog.SGLANG_TTFT, [(ids, s.histograms[catalog.SGLANG_TTFT])])
+    out.histogram(catalog.SGLANG_E2E, [(ids, s.histograms[catalog.SGLANG_E2E])])
     out.family(catalog.SGLANG_REQUESTS, [(ids, s.succeeded)])
+    out.family(catalog.SGLANG_HTTP_RESPONSES, s.http.items())
 
 
 def _tgi(out: _Exposition, s: _State, model: str) -> None:
     out.family(catalog.TGI_QUEUE, [((), s.waiting)])
     out.family(catalog.TGI_BATCH, [((), s.running)])
-    out.histogram(catalog.TGI_REQUEST_DURATION, (), s)
+    out.histogram(catalog.TGI_REQUEST_DURATION, [((), s.histograms[catalog.TGI_REQUEST_DURATION])])
     out.family(catalog.TGI_REQUEST_SUCCESS, [((), s.succeeded)])
 
 
@@ -271,7 +304,9 @@ def _triton(out: _Exposition, s: _State, model: str) -> None:
     out.family(catalog.TRITON_SUCCESS, [(ids, s.succeeded)])
     out.family(catalog.TRITON_FAILURE, [(ids, s.failed)])
     out.family(catalog.TRITON_REQUEST_DURATION, [(ids, round(s.e2e_total * 1e6))])
-    out.histogram(catalog.TRITON_FIRST_RESPONSE, ids, s)
+    out.histogram(
+        catalog.TRITON_FIRST_RESPONSE, [(ids, s.histograms[catalog.TRITON_FIRST_RESPONSE])]
+    )
     blocks = s.kv_cache_tokens // TRTLLM_TOKENS_PER_BLOCK
     used = min(blocks, math.ceil(s.held_tokens / TRTLLM_TOKENS_PER_BLOCK))
     out.family(

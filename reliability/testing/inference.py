@@ -276,18 +276,15 @@ async def _seated(
 
 
 async def _counted(
-    body: AsyncIterator[Any],
-    controls: Controls,
-    status: int | None,
-    ticket: Ticket | None,
-    on_done: Callable[[], None] = lambda: None,
+    body: AsyncIterator[Any], on_end: Callable[[], None], on_done: Callable[[], None]
 ) -> AsyncIterator[Any]:
+    """`body`, then `on_done` once its last chunk went out; `on_end` however it ends."""
     try:
         async for chunk in body:
             yield chunk
         on_done()
     finally:
-        controls.finished(status, ticket)
+        on_end()
 
 
 async def _keepalive(controls: Controls, beat: bytes, interval_s: float) -> AsyncIterator[bytes]:
@@ -405,11 +402,10 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
             refused = _refusal(spec, request)
             if refused is not None:
                 return refused
-            rule = controls.take(request.url.path)
+            route, began = request.url.path, time.monotonic()
+            rule = controls.take(route)
             # A chat completion waits from here until its answer starts (after a delay).
-            ticket = request.state.ticket = (
-                serving.arrive() if request.url.path == CHAT_PATH else None
-            )
+            ticket = request.state.ticket = serving.arrive() if route == CHAT_PATH else None
             try:
                 response = await apply(request, rule, handler)
             except BaseException:
@@ -417,15 +413,19 @@ def create_app(spec: InferenceSpec, controls: Controls) -> Starlette:
                 raise
             response.headers.update(headers)
             status = None if rule.mode == "die" else response.status_code
+
+            def ended() -> None:
+                controls.finished(status, ticket)
+                if status is not None:
+                    serving.answered(route, request.method, status, time.monotonic() - began)
+
             if isinstance(response, StreamingResponse):
                 # In flight until the stream ends, or the client goes away mid-stream; the
                 # answer counts as complete only once its last chunk went out.
                 done = getattr(request.state, "on_done", lambda: None)
-                response.body_iterator = _counted(
-                    response.body_iterator, controls, status, ticket, done
-                )
+                response.body_iterator = _counted(response.body_iterator, ended, done)
             else:
-                controls.finished(status, ticket)
+                ended()
             return response
 
         return endpoint

@@ -1,10 +1,14 @@
 """The shipped canary runbook against the rig: real sshd nodes, inference stand-ins in the
 docker stand-in's containers, and a real nginx or HAProxy whose upstream weights move the
-traffic. A new pool whose errors rise at 25% sends everything back to the old pool, the
-balancer's file byte for byte as it was; one that compares well takes all of it."""
+traffic of clients sending completions all along. Each step compares the pools on what the
+engines' /metrics say they served. A new pool whose errors or latency rise at 25% sends
+everything back to the old pool, the balancer's file byte for byte as it was; one that
+compares well takes all of it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,9 +24,11 @@ from reliability.runbooks.actions.lb_weights import weights
 from reliability.runbooks.executor import Progress, RunResult
 from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunStatus
+from reliability.runbooks.ops import Op
 from reliability.runbooks.plan import PlannedStep
 from reliability.testing.balancer import RigBalancer
 from reliability.testing.inference import DEFAULT_MODEL
+from reliability.testing.load import Load
 
 REPO = Path(__file__).resolve().parents[2]
 GREEN = ("gpu-3", "gpu-4")
@@ -33,8 +39,13 @@ def write_config(balancer: RigBalancer, directory: Path) -> Config:
     db.upgrade(url)
     books = directory / "runbooks"
     books.mkdir()
-    # The shipped canary with each comparison shortened from a minute to 2 seconds.
-    text = (REPO / "runbooks" / "canary.yaml").read_text().replace("for: 1m", "for: 2s")
+    # The shipped canary with each comparison shortened from a minute to 2 seconds, read
+    # twice a second, on the 10 completions a pool serves of the rig's clients in that time.
+    text = (
+        (REPO / "runbooks" / "canary.yaml")
+        .read_text()
+        .replace("for: 1m", "for: 2s, interval: 0.5s, min_requests: 10")
+    )
     (books / "canary.yaml").write_text(text)
     sections = balancer.fleet.config_sections()
     for node in sections["nodes"]:
@@ -62,11 +73,23 @@ def write_config(balancer: RigBalancer, directory: Path) -> Config:
     return load_config(path)
 
 
-class BreakGreenAt(Progress):
+class Comparisons(Progress):
+    """Keeps what each pool comparison found."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def op(self, target: str, op: Op, outcome) -> None:
+        if op.check is not None and type(op.check).__name__ == "PoolCompare":
+            self.found.append(outcome.text)
+
+
+class BreakGreenAt(Comparisons):
     """Puts the green pool's engines in `mode` (every completion fails, by default) when
     step `at` starts, and keeps the balancer's file as it was then."""
 
     def __init__(self, balancer: RigBalancer, at: str, **mode: object) -> None:
+        super().__init__()
         self.balancer, self.at = balancer, at
         self.mode = mode or {"mode": "broken"}
         self.file_then: str | None = None
@@ -80,6 +103,21 @@ class BreakGreenAt(Progress):
                 f"{self.balancer.fleet.inference_url(node)}/_rig/mode",
                 json={**self.mode, "path": "/v1/chat/completions"},
             ).raise_for_status()
+
+
+@contextmanager
+def clients(balancer: RigBalancer, count: int = 4) -> Iterator[list[Load]]:
+    """`count` clients sending completions through the balancer one after another (bounded
+    to 2 minutes each), as users would; stopped on the way out."""
+    loads = [Load(balancer.url, max_seconds=120.0) for _ in range(count)]
+    threads = [load.start() for load in loads]
+    try:
+        yield loads
+    finally:
+        for load in loads:
+            load.stop.set()
+        for thread in threads:
+            thread.join(15)
 
 
 def run_canary(config: Config, progress: Progress | None = None) -> RunResult:
@@ -106,11 +144,14 @@ def test_a_canary_whose_new_pool_fails_at_25_percent_rolls_back_on_its_own(
     before = rig_balancer.upstream_file.read_text()
     progress = BreakGreenAt(rig_balancer, "compare-25")
 
-    result = run_canary(config, progress)
+    with clients(rig_balancer):
+        result = run_canary(config, progress)
 
     assert result.status == RunStatus.failed
     assert "compare-25" in (result.reason or "")
-    assert "pool green does worse (errors" in (result.reason or "")
+    assert "pool green does worse (errors: 100.0% of its completions 5xx" in (result.reason or "")
+    assert "blue's 0.0%" in (result.reason or "")
+    assert progress.found[0].startswith("pool green compares well")  # at 5%, still healthy
     # At 25% both pools were members, green weighed 1 against blue's 3.
     kind_weight = "weight=" if rig_balancer.kind == "nginx" else "weight "
     assert progress.file_then is not None
@@ -126,11 +167,16 @@ def test_a_canary_whose_new_pool_turns_slow_at_25_percent_rolls_back_on_its_own(
     config = write_config(rig_lb, tmp_path)
     before = rig_lb.upstream_file.read_text()
 
-    result = run_canary(config, BreakGreenAt(rig_lb, "compare-25", mode="slow", delay_s=0.8))
+    progress = BreakGreenAt(rig_lb, "compare-25", mode="slow", delay_s=0.8)
+
+    with clients(rig_lb):
+        result = run_canary(config, progress)
 
     assert result.status == RunStatus.failed
-    assert "compare-25" in (result.reason or "")
-    assert "pool green does worse (p95 latency above 1.5x pool blue's)" in (result.reason or "")
+    reason = result.reason or ""
+    assert "compare-25" in reason
+    assert "pool green does worse (TTFT p95 latency above 1.5x pool blue's)" in reason
+    assert " 0 5xx (0.0%)" in reason.split("; ")[0]  # slower, not failing
     assert rig_lb.upstream_file.read_text() == before
     assert pools_answering(rig_lb.url) == {"blue"}
 
@@ -139,11 +185,16 @@ def test_a_canary_whose_pools_compare_well_moves_all_the_traffic(
     rig_lb: RigBalancer, tmp_path: Path
 ) -> None:
     config = write_config(rig_lb, tmp_path)
+    progress = Comparisons()
 
-    result = run_canary(config)
+    with clients(rig_lb):
+        result = run_canary(config, progress)
 
     assert result.status == RunStatus.succeeded, result.reason
     assert pools_answering(rig_lb.url) == {"green"}
+    assert len(progress.found) == 3  # at 5%, 25% and 50%
+    assert all(text.startswith("pool green compares well") for text in progress.found)
+    assert all(" 0 5xx (0.0%)" in text for text in progress.found), progress.found
 
 
 @pytest.mark.parametrize(

@@ -40,12 +40,13 @@ from reliability.collect.inventory import COLLECTOR, TARGET, inventory_samples
 from reliability.collect.node import NodeCollector, NodeSpec
 from reliability.collect.runner import TargetRunner
 from reliability.collect.snapshot import Snapshot
+from reliability.exposition import Histogram
 from reliability.fleet import service as fleet_service
 from reliability.incidents import service as incidents
 from reliability.runbooks import service as runs
 from reliability.runbooks.models import RunbookRun, RunStatus
 from reliability.ssh import SshPool, SshTarget
-from reliability.status.scrape import Histogram, LatencyWindow
+from reliability.status.scrape import LatencyWindow
 from reliability.testing import firewall
 from reliability.testing.fleet import Fleet
 from reliability.testing.inference import DEFAULT_MODEL, InferenceSpec, listen, uvicorn_config

@@ -133,6 +133,48 @@ def test_vllm_counts_waiting_running_kv_cache_and_latencies_from_what_it_served(
     assert value(done, "vllm:time_to_first_token_seconds_count") == 4
 
 
+def test_vllm_and_sglang_count_every_answer_by_route_and_status_as_their_servers_do(
+    inference_group: ServerGroup,
+):
+    """vLLM's OpenAI server (prometheus_fastapi_instrumentator): status classes, /health
+    left out, a latency histogram per route; SGLang's middleware: exact codes, /health in."""
+    for engine in ("vllm", "sglang"):
+        handle = inference_group.start(InferenceSpec(engine=engine))
+        chat(handle)
+        stream(handle)
+        httpx.get(f"{handle.url}/health").raise_for_status()
+        httpx.get(f"{handle.url}/v1/models").raise_for_status()
+        handle.set_mode("overloaded", path="/v1/chat/completions", times=1)
+        assert chat(handle).status_code == 503
+        assert chat(handle, model="another/model").status_code == 404
+
+        samples = scrape(handle)
+        if engine == "vllm":
+            requests = {
+                dict(ls)["status"]: v
+                for (n, ls), v in samples.items()
+                if n == "http_requests_total" and ("handler", "/v1/chat/completions") in ls
+            }
+            assert requests == {"2xx": 2, "4xx": 1, "5xx": 1}
+            assert value(samples, "http_requests_total", handler="/v1/models") == 1
+            assert not [ls for (n, ls), _ in samples.items() if ("handler", "/health") in ls]
+            post = {"handler": "/v1/chat/completions", "method": "POST"}
+            assert value(samples, "http_request_duration_seconds_count", **post) == 4
+            assert value(samples, "http_request_duration_seconds_bucket", le="+Inf", **post) == 4
+            bounds = {
+                dict(ls)["le"]
+                for (n, ls), _ in samples.items()
+                if n == "http_request_duration_seconds_bucket"
+            }
+            assert bounds == {"0.1", "0.5", "1.0", "+Inf"}  # the instrumentator's defaults
+        else:
+            chats = {"endpoint": "/v1/chat/completions", "method": "POST"}
+            assert value(samples, "sglang:http_responses_total", status_code="200", **chats) == 2
+            assert value(samples, "sglang:http_responses_total", status_code="503", **chats) == 1
+            assert value(samples, "sglang:http_responses_total", status_code="404", **chats) == 1
+            assert value(samples, "sglang:http_responses_total", endpoint="/health") == 1
+
+
 def test_triton_counts_failures_and_first_responses_in_milliseconds(inference_group):
     handle = inference_group.start(InferenceSpec(engine="triton"))
     stream(handle)
