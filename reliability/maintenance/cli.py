@@ -150,7 +150,7 @@ def list_(config: Config, include_ended: bool, limit: int, as_json: bool) -> Non
             escape(w.shown),
             escape(covers),
             _at(w.starts_at),
-            _at(w.until),
+            "-" if item["state"] == "cancelled" else _at(w.until),
             escape(w.created_by),
             escape(w.reason),  # text, never markup
         )
