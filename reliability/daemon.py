@@ -331,10 +331,7 @@ def _slack_routes(
     app_token = config.slack_app_token()
     if app_token is not None:
         socket = SocketTransport(actions, app_token=app_token, base_url=str(config.slack.base_url))
-        try:
-            socket.start()
-        except Exception as exc:  # slack_sdk raises its own and urllib's errors here
-            log.error("slack: Socket Mode not connected (%s); buttons answer nothing", exc)
+        socket.start()  # connects on its own thread, retrying until Slack answers
         closers.insert(0, socket.stop)
     secret = config.slack_signing_secret()
     return [interactions_route(actions, secret=secret)] if secret is not None else []
