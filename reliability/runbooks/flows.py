@@ -62,6 +62,7 @@ from reliability.runbooks.errors import ParamError, RunbookError
 from reliability.runbooks.executor import Executor, Hooks, Progress, RunResult, plan_live
 from reliability.runbooks.load import load_runbooks, named
 from reliability.runbooks.models import RunbookRun
+from reliability.runbooks.ops import LOCAL
 from reliability.runbooks.perform import Redactor
 from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, first_picture
 from reliability.runbooks.spec import Runbook
@@ -192,8 +193,13 @@ def in_maintenance(
     windows = maintenance.active(session, now=now)
     if not windows:
         return None
-    touched = [("its incident", dict(labels or {}))]
-    touched += [(u.target, {"node": u.target}) for step in plan.steps for u in step.units]
+    touched = [("its incident", dict(labels))] if labels is not None else []
+    touched += [
+        (u.target, {"node": u.target})
+        for step in plan.steps
+        for u in step.units
+        if u.target != LOCAL  # the reliability host itself, not the fleet's
+    ]
     touched += [(f"service {name}", {"service": name}) for name in plan.locks]
     for what, of in touched:
         window = maintenance.covering(windows, of)

@@ -386,3 +386,18 @@ def test_a_person_may_still_run_one_and_is_warned(
     [warned] = [n for n in notes(engine, incident_id) if n.startswith("Warning:")]
     assert f"its incident is in maintenance window {held_window} until " in warned
     assert warned.endswith("(reseating GPUs); running say for @bob as asked.")
+
+
+def test_a_runbook_run_by_hand_on_a_target_in_maintenance_runs_with_a_warning(
+    config_path: Path, engine: sa.Engine
+):
+    started = run(config_path, "start", "node:gpu-1", "--for", "1h", "--reason", "fans", "--json")
+    held_window = json.loads(started.output)["id"]
+
+    # Nothing listens on gpu-1's address here: the run goes ahead and fails at its step.
+    ran = CliRunner().invoke(main, ["runbook", "run", "touch", "--yes", "-c", str(config_path)])
+
+    assert f"warning: gpu-1 is in maintenance window {held_window} until" in ran.output
+    assert "(fans); running it by hand anyway" in ran.output
+    with db.session_factory(engine)() as s:
+        assert [r.runbook for r in s.scalars(sa.select(RunbookRun))] == ["touch"]
