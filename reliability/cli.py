@@ -69,6 +69,11 @@ DOMAIN_COMMANDS: dict[str, tuple[str, str, dict[str, str]]] = {
         "incidents",
         {"help": "Incidents: list, show, open, acknowledge, resolve, silence."},
     ),
+    "maintenance": (
+        "reliability.maintenance.cli",
+        "maintenance",
+        {"help": "Maintenance windows: incidents in scope are recorded but page nobody."},
+    ),
     "nodes": (
         "reliability.fleet.cli",
         "nodes",

@@ -7,9 +7,11 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -158,3 +160,44 @@ def database(config: Config, *, check: bool = True) -> Iterator[Session]:
         session.begin(),
     ):
         yield session
+
+
+MAX_FROM_NOW = timedelta(days=3653)  # and far from datetime's year 9999
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """`now`, `+DURATION`/`-DURATION` from now, or ISO 8601 with an offset (or Z)."""
+    from reliability.durations import parse_duration
+
+    text = text.strip()
+    if text == "now":
+        return now
+    if re.fullmatch(r"[+-]\S+", text):
+        seconds = parse_duration(text[1:])
+        return now + timedelta(seconds=seconds if text[0] == "+" else -seconds)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r}: write now, a time from now (+2h, -30m) or ISO 8601 with its offset "
+            "(2026-12-05T09:00+01:00, or Z for UTC)"
+        ) from None
+    if at.tzinfo is None:
+        raise ValueError(
+            f"{text!r} has no UTC offset, so it could be any zone's; add one, e.g. "
+            f"{at:%Y-%m-%dT%H:%M}+01:00 or {at:%Y-%m-%dT%H:%M}Z"
+        )
+    return at.astimezone(UTC)
+
+
+def time_option(name: str, text: str | None, now: datetime) -> datetime:
+    """The time option `name` (`parse_time`), `now` when not given; BadInput naming it."""
+    if text is None:
+        return now
+    try:
+        at = parse_time(text, now)
+    except ValueError as exc:
+        raise BadInput(f"{name}: {exc}") from None
+    if abs(at - now) > MAX_FROM_NOW:
+        raise BadInput(f"{name}: {text!r} is over 10 years from now; give a nearer time")
+    return at

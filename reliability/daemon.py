@@ -54,6 +54,7 @@ DEADLINE_MARGIN = 2.0
 STOP_GRACE = 3.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TIMERS_INTERVAL = 15.0
+PRUNE_BATCHES = 20
 # Incidents and runbook runs are read back from the database this often (collect/records.py).
 RECORDS_INTERVAL = 15.0
 RECORDS_TIMEOUT = 10.0
@@ -232,7 +233,8 @@ class _IncidentTimers:
     nobody acknowledges escalates (`slack.escalation`); a runbook run
     whose process died is marked interrupted (its locks freed); a digest that served its
     service's soak time without an incident becomes known-good; the fleet table knows every
-    fleet node of the config (seeded on the first tick, nodes added later on the next).
+    fleet node of the config (seeded on the first tick, nodes added later on the next);
+    Slack clicks older than a day are forgotten (`handled_interactions`).
     Only the cluster's leader runs them, after checking its lease in the same transaction."""
 
     def __init__(
@@ -275,6 +277,7 @@ class _IncidentTimers:
                 for good in promote_soaked(session, config=self._config, now=now):
                     log.info("%s: %s is known-good after its soak", good.service, good.image)
                 seed(session, config=self._config, now=now)
+            self._prune_interactions(now)
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
             log.warning(
                 "ack timeouts, silences, runbook runs, soaks and the fleet not checked: %s", exc
@@ -282,6 +285,21 @@ class _IncidentTimers:
             return
         if changed and self._dispatcher is not None:
             self._dispatcher.wake()
+
+    def _prune_interactions(self, now: datetime) -> None:
+        """Forget the Slack clicks older than their retention, a small batch per transaction
+        (at most PRUNE_BATCHES a tick: a backlog goes over the next ticks)."""
+        from reliability.notify.service import (
+            INTERACTION_RETENTION,
+            PRUNE_BATCH,
+            prune_interactions,
+        )
+
+        for _ in range(PRUNE_BATCHES):
+            with self._database.get().begin() as connection:
+                deleted = prune_interactions(connection, before=now - INTERACTION_RETENTION)
+            if deleted < PRUNE_BATCH:
+                return
 
 
 def _slack_routes(
@@ -313,10 +331,7 @@ def _slack_routes(
     app_token = config.slack_app_token()
     if app_token is not None:
         socket = SocketTransport(actions, app_token=app_token, base_url=str(config.slack.base_url))
-        try:
-            socket.start()
-        except Exception as exc:  # slack_sdk raises its own and urllib's errors here
-            log.error("slack: Socket Mode not connected (%s); buttons answer nothing", exc)
+        socket.start()  # connects on its own thread, retrying until Slack answers
         closers.insert(0, socket.stop)
     secret = config.slack_signing_secret()
     return [interactions_route(actions, secret=secret)] if secret is not None else []

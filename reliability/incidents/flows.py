@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from reliability.incidents import service, silences
 from reliability.incidents.models import EventKind, Incident, IncidentEvent, Severity, Silence
 from reliability.incidents.service import Change, Firing, Upsert
+from reliability.maintenance import service as maintenance
 from reliability.notify import outbox
 from reliability.notify import service as notify_service
 
@@ -137,16 +138,19 @@ def expire_acknowledgements(
     return expired
 
 
-def release_ended_silences(session: Session, *, now: datetime) -> list[IncidentEvent]:
-    """Record `silence_ended` for each unresolved incident whose latest notification a silence
-    held back and which no silence covers any more; its outbox rows tell on-call.
+def release_ended_holds(session: Session, *, now: datetime) -> list[IncidentEvent]:
+    """Record `maintenance_ended` (held by a maintenance window) or `silence_ended` for each
+    unresolved incident whose latest notification a silence or a window held back and which
+    none covers any more; its outbox rows tell on-call (its first message, if it opened
+    while held).
 
     Idempotent: the event's own rows are then the incident's latest, and not held back.
     """
     in_force = silences.active(session, now=now)
+    windows = maintenance.active(session, now=now)
     released = []
     for held in notify_service.held_back(session):
-        if silences.covering(in_force, held.labels) is not None:
+        if silences.covering(in_force, held.labels) or maintenance.covering(windows, held.labels):
             continue
         incident = session.get(
             Incident, held.incident_id, with_for_update=True, populate_existing=True
@@ -154,15 +158,20 @@ def release_ended_silences(session: Session, *, now: datetime) -> list[IncidentE
         # Checked again under the lock: a concurrent caller may have released it already.
         if incident is None or not notify_service.held_back(session, incident_id=incident.id):
             continue
-        message = f"silence {held.silence_id} ended; this incident is still {incident.status}"
+        if held.maintenance_id is not None:
+            what, kind = f"maintenance window {held.maintenance_id}", EventKind.maintenance_ended
+            data = {"maintenance_id": held.maintenance_id}
+        else:
+            what, kind = f"silence {held.silence_id}", EventKind.silence_ended
+            data = {"silence_id": held.silence_id}
         released.append(
             service.record_event(
                 session,
                 incident=incident,
-                kind=EventKind.silence_ended,
+                kind=kind,
                 at=now,
-                message=message,
-                data={"silence_id": held.silence_id},
+                message=f"{what} ended; this incident is still {incident.status}",
+                data=data,
             )
         )
     outbox.enqueue(session, events=released)
@@ -173,15 +182,15 @@ def expire_silence(
     session: Session, *, silence_id: int, now: datetime
 ) -> tuple[Silence, list[IncidentEvent]]:
     """End an active silence now and release, notified, what it held back (`silences.expire`
-    and `release_ended_silences`): the silence and the `silence_ended` events."""
+    and `release_ended_holds`): the silence and the `silence_ended` events."""
     silence = silences.expire(session, silence_id=silence_id, now=now)
-    return silence, release_ended_silences(session, now=now)
+    return silence, release_ended_holds(session, now=now)
 
 
 def tick(session: Session, *, now: datetime, ack_timeout: timedelta) -> list[IncidentEvent]:
     """What time alone changes, notified: acknowledgements older than `ack_timeout` expire
-    (`expire_acknowledgements`) and incidents that ended silences held back are released
-    (`release_ended_silences`). The daemon runs it periodically; the events come back so it
-    can wake the dispatcher."""
+    (`expire_acknowledgements`) and incidents that ended silences or maintenance windows
+    held back are released (`release_ended_holds`). The daemon runs it periodically; the
+    events come back so it can wake the dispatcher."""
     expired = expire_acknowledgements(session, now=now, timeout=ack_timeout)
-    return expired + release_ended_silences(session, now=now)
+    return expired + release_ended_holds(session, now=now)

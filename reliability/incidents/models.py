@@ -45,6 +45,8 @@ class EventKind(StrEnum):
     ack_expired = "ack_expired"
     # A silence that held back its notifications ended while it was still unresolved.
     silence_ended = "silence_ended"
+    # The same for a maintenance window; it also starts the escalation's chain over.
+    maintenance_ended = "maintenance_ended"
     # Silenced from its message (Slack's button); never notified: the silence mutes it anyway.
     silenced = "silenced"
     # Someone asked for what they may not do (resolve, run a runbook from Slack); never notified.

@@ -8,7 +8,7 @@ a message posted before the silence still go through, marked with the silence to
 notifies nobody, and it keeps the channel from showing as open an incident resolved meanwhile.
 
 When the silence ends (runs out, or is expired), any later change is posted as usual, and
-`incidents.flows.release_ended_silences` gives every still-unresolved incident whose latest
+`incidents.flows.release_ended_holds` gives every still-unresolved incident whose latest
 notification a silence held back a `silence_ended` event: its first message, if it opened
 during the silence, else a thread reply. Database work only, as in `service`: the caller
 owns the transaction.

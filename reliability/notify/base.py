@@ -112,8 +112,8 @@ class Notification:
     `incident` is the incident as it is now and `event` the timeline entry the row is for;
     `root` is where this notifier posted the incident before (None: nothing yet, so post a
     fresh root showing the incident as it is now, whatever the event); `destination` is where
-    to send (the root's, else the routed one). `quiet`: a silence covers the incident, so
-    edit the root but send nothing that pings.
+    to send (the root's, else the routed one). `quiet`: a silence or a maintenance window
+    covers the incident, so edit the root but send nothing that pings.
     """
 
     incident: IncidentRead

@@ -158,13 +158,19 @@ def _button(action_id: str, label: str, value: str) -> Block:
 def thread_reply(incident: IncidentRead, event: IncidentEventRead) -> Rendered:
     """A reply in the incident's thread for an event that does not change the root (or, for
     a paging event, that needs more than the root's edit)."""
-    # These two lines say what their event's message says for the CLI's timeline.
+    # These lines say what their event's message says for the CLI's timeline.
     if event.kind == "ack_expired":
         line = _ack_expired_line(event)
     elif event.kind == "silence_ended":
         silence = (event.data or {}).get("silence_id", "?")
         line = (
             f":bell: Silence #{silence} ended {_date(event.at)}; "
+            f"this incident is still {incident.status.value}"
+        )
+    elif event.kind == "maintenance_ended":
+        window = (event.data or {}).get("maintenance_id", "?")
+        line = (
+            f":bell: Maintenance window #{window} ended {_date(event.at)}; "
             f"this incident is still {incident.status.value}"
         )
     elif event.kind == "escalated":

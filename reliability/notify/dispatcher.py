@@ -31,6 +31,8 @@ guarantees:
   skipped, with the silence's id, when it would post (a new root, a thread reply); an edit
   of a root posted before the silence is still made, since an edit pings nobody, but its
   paging reply is not. See `incidents/silences.py` for what happens when the silence ends.
+  A maintenance window in force over the incident (maintenance/) holds it the same way,
+  with the window's id.
 
 `run_once()` is one pass, for tests; `start()`/`stop()` run passes on a thread, polling every
 `poll_interval_s`, or sooner after `wake()`. With `link_for`, each root message links to
@@ -57,6 +59,8 @@ from reliability.collect.base import Sample
 from reliability.incidents import silences
 from reliability.incidents.models import IncidentRead
 from reliability.incidents.silences import ActiveSilence
+from reliability.maintenance import service as maintenance
+from reliability.maintenance.service import ActiveWindow
 from reliability.notify import service as outbox_service
 from reliability.notify.base import (
     Blocked,
@@ -111,6 +115,14 @@ class _Counters:
     errors: dict[str, int] = field(default_factory=dict)
     pending: int = 0
     oldest_age_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Holds:
+    """What holds pages back this pass: the silences and maintenance windows in force."""
+
+    silences: list[ActiveSilence]
+    windows: list[ActiveWindow]
 
 
 def backoff_s(failures: int, *, base_s: float, cap_s: float, rng: random.Random) -> float:
@@ -268,12 +280,15 @@ class Dispatcher:
                 connection, notifiers=list(self._notifiers), now=now, limit=self._settings.batch
             )
             # Read only when there is work: an idle poll stays one query.
-            in_force = silences.active(connection, now=now) if candidates else []
+            holds = _Holds(
+                silences.active(connection, now=now) if candidates else [],
+                maintenance.active(connection, now=now) if candidates else [],
+            )
         handled = 0
         for candidate in candidates:
             if self._stopping.is_set():
                 break
-            handled += self._handle(candidate, in_force)
+            handled += self._handle(candidate, holds)
         return handled
 
     def _closed_gate(self) -> bool:
@@ -286,19 +301,28 @@ class Dispatcher:
             self._gated = problem
         return problem is not None
 
-    def _handle(self, candidate: Candidate, in_force: list[ActiveSilence]) -> int:
+    def _handle(self, candidate: Candidate, holds: _Holds) -> int:
         now = datetime.now(UTC)
         if self._is_old_news(candidate, now):
             reason = (
                 f"old news: resolved before anyone was told, over {self._settings.max_age_s:g}s ago"
             )
             return self._skip(candidate, now, reason)
-        silence = silences.covering(in_force, candidate.labels)
-        edits_root = candidate.root_destination is not None and updates_root(candidate.kind)
-        if silence is not None and not edits_root:
-            reason = f"silenced by silence {silence.id} until {silence.ends_at:%Y-%m-%d %H:%M:%SZ}"
-            return self._skip(candidate, now, reason, silence_id=silence.id)
+        silence = silences.covering(holds.silences, candidate.labels)
+        window = maintenance.covering(holds.windows, candidate.labels)
         muted_by = silence.id if silence is not None else None
+        window_id = window.id if window is not None else None
+        edits_root = candidate.root_destination is not None and updates_root(candidate.kind)
+        if (silence or window) and not edits_root:
+            reasons = []
+            if silence is not None:
+                reasons.append(
+                    f"silenced by silence {silence.id} until {silence.ends_at:%Y-%m-%d %H:%M:%SZ}"
+                )
+            if window is not None:
+                reasons.append(f"in {window.describe()}")
+            reason = "; ".join(reasons)
+            return self._skip(candidate, now, reason, silence_id=muted_by, maintenance_id=window_id)
         notifier = self._notifiers[candidate.notifier]
         destination = candidate.root_destination or notifier.destination(
             severity=candidate.severity, labels=candidate.labels
@@ -323,7 +347,7 @@ class Dispatcher:
             root=claimed.root,
             destination=destination,
             dashboard_url=self._link_for(claimed.incident) if self._link_for else None,
-            quiet=muted_by is not None,
+            quiet=muted_by is not None or window_id is not None,
         )
         try:
             root = notifier.notify(notification)
@@ -346,7 +370,11 @@ class Dispatcher:
                     now=sent_at,
                 )
             outbox_service.mark_sent(
-                connection, row_id=claimed.id, now=sent_at, silence_id=muted_by
+                connection,
+                row_id=claimed.id,
+                now=sent_at,
+                silence_id=muted_by,
+                maintenance_id=window_id,
             )
         pacing.failures, pacing.rate_limited = 0, False
         reached = root.destination if root is not None else self._known(notifier.name, destination)
@@ -456,11 +484,22 @@ class Dispatcher:
         return candidate.resolved_at < now - timedelta(seconds=self._settings.max_age_s)
 
     def _skip(
-        self, candidate: Candidate, now: datetime, reason: str, *, silence_id: int | None = None
+        self,
+        candidate: Candidate,
+        now: datetime,
+        reason: str,
+        *,
+        silence_id: int | None = None,
+        maintenance_id: int | None = None,
     ) -> int:
         with self._engine.begin() as connection:
             skipped = outbox_service.mark_skipped(
-                connection, row_id=candidate.id, reason=reason, now=now, silence_id=silence_id
+                connection,
+                row_id=candidate.id,
+                reason=reason,
+                now=now,
+                silence_id=silence_id,
+                maintenance_id=maintenance_id,
             )
         if not skipped:
             return 0

@@ -72,6 +72,8 @@ class OutboxRow(Base):
     # No foreign key: silences are never deleted, and SQLite could only add one to an
     # existing table by rebuilding it.
     silence_id: Mapped[int | None] = mapped_column()
+    # The same for a maintenance window (maintenance/): plain too, for the same reasons.
+    maintenance_id: Mapped[int | None] = mapped_column()
 
     def __repr__(self) -> str:
         return f"<OutboxRow {self.id} incident={self.incident_id} {self.kind} {self.status}>"
@@ -102,9 +104,12 @@ class NotificationRoot(Base):
 class HandledInteraction(Base):
     """A click on a message's button that was acted on, keyed by what Slack sends again when
     it delivers the same click twice (its ``trigger_id``): inserted in the transaction of the
-    action, so a retried delivery finds its row and changes nothing."""
+    action, so a retried delivery finds its row and changes nothing. Kept for a day
+    (`service.INTERACTION_RETENTION`), far longer than Slack retries, then pruned."""
 
     __tablename__ = "handled_interactions"
+    # The leader's timers delete the rows past their retention, oldest first.
+    __table_args__ = (sa.Index("ix_handled_interactions_at", "at"),)
 
     key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
     action: Mapped[str] = mapped_column(sa.String(32))

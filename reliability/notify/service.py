@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -206,9 +206,15 @@ def _finish(connection: Connection, row_id: int, **values: Any) -> None:
 
 
 def mark_sent(
-    connection: Connection, *, row_id: int, now: datetime, silence_id: int | None = None
+    connection: Connection,
+    *,
+    row_id: int,
+    now: datetime,
+    silence_id: int | None = None,
+    maintenance_id: int | None = None,
 ) -> None:
-    """Record the row as sent; `silence_id`: a silence let only its silent root edit through."""
+    """Record the row as sent; `silence_id` / `maintenance_id`: a silence or a maintenance
+    window let only its silent root edit through."""
     _finish(
         connection,
         row_id,
@@ -216,6 +222,7 @@ def mark_sent(
         sent_at=now,
         last_error=None,
         silence_id=silence_id,
+        maintenance_id=maintenance_id,
     )
 
 
@@ -235,13 +242,19 @@ def mark_skipped(
     reason: str,
     now: datetime,
     silence_id: int | None = None,
+    maintenance_id: int | None = None,
 ) -> bool:
-    """Skip a pending, unclaimed row (`silence_id`: the silence that muted it); False if
-    another dispatcher holds or finished it."""
+    """Skip a pending, unclaimed row (`silence_id`, `maintenance_id`: the silence or the
+    maintenance window that held it); False if another dispatcher holds or finished it."""
     result = connection.execute(
         sa.update(OUTBOX)
         .where(OUTBOX.c.id == row_id, _pending(OUTBOX), _unclaimed(OUTBOX))
-        .values(status=OutboxStatus.skipped, last_error=reason, silence_id=silence_id),
+        .values(
+            status=OutboxStatus.skipped,
+            last_error=reason,
+            silence_id=silence_id,
+            maintenance_id=maintenance_id,
+        ),
         {"now": now},
     )
     return result.rowcount == 1
@@ -265,11 +278,13 @@ def backlog(connection: Connection, *, notifiers: Sequence[str]) -> Backlog:
 
 @dataclass(frozen=True)
 class HeldBack:
-    """An unresolved incident whose latest notification a silence held back."""
+    """An unresolved incident whose latest notification a silence or a maintenance window
+    held back (the one that did; either may be None)."""
 
     incident_id: int
     labels: dict[str, str]
-    silence_id: int
+    silence_id: int | None
+    maintenance_id: int | None
 
 
 # The newest event's rows are the incident's newest rows (every event has one per notifier);
@@ -281,23 +296,28 @@ _NEWEST_EVENT = (
     .scalar_subquery()
 )
 _HELD_BACK = (
-    sa.select(_incidents.c.id, _incidents.c.labels, OUTBOX.c.silence_id)
+    sa.select(_incidents.c.id, _incidents.c.labels, OUTBOX.c.silence_id, OUTBOX.c.maintenance_id)
     .select_from(_incidents)
     .join(OUTBOX, OUTBOX.c.event_id == _NEWEST_EVENT)
-    .where(_incidents.c.status != IncidentStatus.resolved, OUTBOX.c.silence_id.is_not(None))
+    .where(
+        _incidents.c.status != IncidentStatus.resolved,
+        sa.or_(OUTBOX.c.silence_id.is_not(None), OUTBOX.c.maintenance_id.is_not(None)),
+    )
     .order_by(_incidents.c.id, OUTBOX.c.id)
 )
 
 
 def held_back(executor: Connection | Session, *, incident_id: int | None = None) -> list[HeldBack]:
-    """The unresolved incidents (or this one) whose latest notification a silence held back
-    (for any notifier), oldest incident first."""
+    """The unresolved incidents (or this one) whose latest notification a silence or a
+    maintenance window held back (for any notifier), oldest incident first."""
     statement = _HELD_BACK
     if incident_id is not None:
         statement = statement.where(_incidents.c.id == incident_id)
     found: dict[int, HeldBack] = {}
     for row in executor.execute(statement):
-        found.setdefault(row.id, HeldBack(row.id, row.labels or {}, row.silence_id))
+        found.setdefault(
+            row.id, HeldBack(row.id, row.labels or {}, row.silence_id, row.maintenance_id)
+        )
     return list(found.values())
 
 
@@ -338,3 +358,25 @@ def claim_interaction(
     # RETURNING, not rowcount: psycopg reports no rowcount for a single INSERT here.
     statement = insert.values(values).on_conflict_do_nothing().returning(_handled.c.key)
     return session.execute(statement).scalar() is not None
+
+
+# Slack retries a delivery within minutes (HTTP: 3 times over about 5 minutes; Socket Mode:
+# until acked); a day is far beyond any retry, and short enough that the table stays small.
+INTERACTION_RETENTION = timedelta(hours=24)
+PRUNE_BATCH = 500
+
+
+def prune_interactions(
+    connection: Connection, *, before: datetime, limit: int = PRUNE_BATCH
+) -> int:
+    """Delete up to `limit` rows of `handled_interactions` older than `before`, oldest
+    first; how many. A small batch per statement holds few row locks for a short time:
+    call it again, each in its own transaction, while it returns `limit`."""
+    oldest = (
+        sa.select(_handled.c.key)
+        .where(_handled.c.at < before)
+        .order_by(_handled.c.at)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    return connection.execute(sa.delete(_handled).where(_handled.c.key.in_(oldest))).rowcount

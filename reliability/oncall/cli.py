@@ -6,7 +6,6 @@ config with no rotations, 1 for an override that cannot be cancelled."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +21,7 @@ from reliability.cli_support import (
     database,
     json_option,
     print_json,
+    time_option,
 )
 from reliability.cli_support import (
     who as operator,
@@ -33,47 +33,11 @@ from reliability.oncall.models import Override
 from reliability.oncall.rotation import OnCall, timeline
 
 MAX_SCHEDULE_DAYS = 92
-MAX_FROM_NOW = timedelta(days=3653)  # and far from datetime's year 9999
 
 
 @click.group()
 def oncall() -> None:
     """Who is on call: the rotation, its shifts, and overrides."""
-
-
-def parse_time(text: str, now: datetime) -> datetime:
-    """`now`, `+DURATION`/`-DURATION` from now, or ISO 8601 with an offset (or Z)."""
-    text = text.strip()
-    if text == "now":
-        return now
-    if re.fullmatch(r"[+-]\S+", text):
-        seconds = parse_duration(text[1:])
-        return now + timedelta(seconds=seconds if text[0] == "+" else -seconds)
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"{text!r}: write now, a time from now (+2h, -30m) or ISO 8601 with its offset "
-            "(2026-12-05T09:00+01:00, or Z for UTC)"
-        ) from None
-    if at.tzinfo is None:
-        raise ValueError(
-            f"{text!r} has no UTC offset, so it could be any zone's; add one, e.g. "
-            f"{at:%Y-%m-%dT%H:%M}+01:00 or {at:%Y-%m-%dT%H:%M}Z"
-        )
-    return at.astimezone(UTC)
-
-
-def _time_option(name: str, text: str | None, now: datetime) -> datetime:
-    if text is None:
-        return now
-    try:
-        at = parse_time(text, now)
-    except ValueError as exc:
-        raise BadInput(f"{name}: {exc}") from None
-    if abs(at - now) > MAX_FROM_NOW:
-        raise BadInput(f"{name}: {text!r} is over 10 years from now; give a nearer time")
-    return at
 
 
 def _rotations(config: Config, name: str | None) -> list[RotationConfig]:
@@ -128,7 +92,7 @@ def who(config: Config, at_text: str | None, rotation_name: str | None, as_json:
     """Who is on call now (or at TIME), until when, whether by an override; and who is
     next."""
     rotations = _rotations(config, rotation_name)
-    at = _time_option("--at", at_text, datetime.now(UTC))
+    at = time_option("--at", at_text, datetime.now(UTC))
     with database(config) as s:
         answers = []
         for rotation in rotations:
@@ -243,7 +207,7 @@ def override(
         length = timedelta(seconds=parse_duration(for_))
     except ValueError as exc:
         raise BadInput(f"--for: {exc}") from None
-    starts_at = _time_option("--start", start_text, now)
+    starts_at = time_option("--start", start_text, now)
     with database(config) as s:
         try:
             created = service.create(

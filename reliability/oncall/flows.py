@@ -35,6 +35,7 @@ from reliability.incidents import flows as incident_flows
 from reliability.incidents import service as incidents
 from reliability.incidents import silences
 from reliability.incidents.models import EventKind, IncidentEvent, IncidentRead, IncidentStatus
+from reliability.maintenance import service as maintenance
 from reliability.notify import blocks, outbox
 from reliability.notify import service as notify_service
 from reliability.notify.base import NotifyError
@@ -325,8 +326,11 @@ def _already(incident: IncidentRead) -> str:
     return f"Incident #{incident.id} is already acknowledged by {incident.acknowledged_by}."
 
 
-# Events after which an incident is open and unacknowledged anew: its chain starts over.
-CHAIN_STARTS = frozenset({EventKind.opened, EventKind.reopened, EventKind.ack_expired})
+# Events after which an incident is open and unacknowledged anew: its chain starts over. The
+# end of a maintenance window that held its pages is one: nobody was called for it yet.
+CHAIN_STARTS = frozenset(
+    {EventKind.opened, EventKind.reopened, EventKind.ack_expired, EventKind.maintenance_ended}
+)
 
 
 def escalate(
@@ -335,16 +339,22 @@ def escalate(
     """Record, notified, the escalation step now due for each open (unacknowledged)
     incident whose severity has a policy: at most one per incident and call, the latest
     due (a silence held the others back; they are not posted late). Acknowledging stops
-    the chain, resolving ends it, a silence covering the incident holds it; the
+    the chain, resolving ends it, a silence or a maintenance window covering the incident
+    holds it (the window's end starts it over); the
     `oncall` mention is whoever `oncall.service.on_call` names at `now` in the step's
     rotation (default: the first of `oncall.rotations`)."""
     if not slack.escalation:
         return []
     in_force = silences.active(session, now=now)
+    windows = maintenance.active(session, now=now)
     recorded = []
     for incident in incidents.list_incidents(session, status=IncidentStatus.open, limit=1000):
         policy = slack.escalation.get(incident.severity.value)
-        if policy is None or silences.covering(in_force, incident.labels) is not None:
+        if (
+            policy is None
+            or silences.covering(in_force, incident.labels) is not None
+            or maintenance.covering(windows, incident.labels) is not None
+        ):
             continue
         timeline = incidents.events(session, incident_id=incident.id)
         since = max(e.at for e in timeline if e.kind in CHAIN_STARTS)

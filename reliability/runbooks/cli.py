@@ -369,6 +369,15 @@ def run(
         runner = _executor(config, engine, as_json, approver="--yes" if yes else None)
         try:
             planned = runner.plan(b, values)
+            with runner.sessions() as s:
+                covered = flows.in_maintenance(s, planned, now=datetime.now(UTC))
+            if covered is not None:
+                # A person may run it anyway: they may be the one doing the maintenance.
+                err_console.print(
+                    f"warning: {covered[0]} is in {covered[1].describe()}; "
+                    "running it by hand anyway",
+                    markup=False,
+                )
             if not yes:
                 err_console.print("\n".join(plan_lines(planned)), markup=False, highlight=False)
                 if not sys.stdin.isatty() or not click.confirm("Run it?", default=False):

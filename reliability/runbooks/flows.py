@@ -9,6 +9,7 @@ service, the plan and the actions know none of these domains; they reach them th
                                  change nodes' states (fleet)
     plan_now(...)               the plan a run would perform now (live pools and nodes,
                                  known-good)
+    in_maintenance(...)         the maintenance window over what a plan touches, if any
     AutoRunner                  the automatic runs (below)
 
 A firing rule's runbook runs on its own when the rule says `auto: true` or the service it
@@ -22,6 +23,9 @@ executor.py). A run that finds the lock held waits for it up to its first step's
 The incident's Slack thread hears the start, each failed step, what the run does with its
 locks and the end (as timeline notes, through the outbox); a run that cannot start says
 why there too. Without `auto`, nothing runs: the Slack message shows the command to paste.
+No automatic run starts while a maintenance window covers its incident, a node it would
+touch or a service it locks (it says so on the incident, with the command to run it by
+hand); a person's run from Slack goes ahead with a warning in the thread.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +53,8 @@ from reliability.fleet import service as fleet
 from reliability.images import service as images
 from reliability.incidents import flows as incident_flows
 from reliability.incidents import service as incidents
+from reliability.maintenance import service as maintenance
+from reliability.maintenance.service import ActiveWindow
 from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
 from reliability.runbooks.actions.node_state import SetNodeState
@@ -56,6 +62,7 @@ from reliability.runbooks.errors import ParamError, RunbookError
 from reliability.runbooks.executor import Executor, Hooks, Progress, RunResult, plan_live
 from reliability.runbooks.load import load_runbooks, named
 from reliability.runbooks.models import RunbookRun
+from reliability.runbooks.ops import LOCAL
 from reliability.runbooks.perform import Redactor
 from reliability.runbooks.plan import LiveNode, Plan, PlannedStep, first_picture
 from reliability.runbooks.spec import Runbook
@@ -178,6 +185,29 @@ def executor(config: Config, database: sa.Engine, **options: Any) -> Executor:
     return Executor(config, database, hooks=HOOKS, **options)
 
 
+def in_maintenance(
+    session: Session, plan: Plan, *, labels: Mapping[str, str] | None = None, now: datetime
+) -> tuple[str, ActiveWindow] | None:
+    """What of a run is under a maintenance window in force, and the window: the incident
+    it answers (`labels`), a target of a step, or a service it locks; None when nothing."""
+    windows = maintenance.active(session, now=now)
+    if not windows:
+        return None
+    touched = [("its incident", dict(labels))] if labels is not None else []
+    touched += [
+        (u.target, {"node": u.target})
+        for step in plan.steps
+        for u in step.units
+        if u.target != LOCAL  # the reliability host itself, not the fleet's
+    ]
+    touched += [(f"service {name}", {"service": name}) for name in plan.locks]
+    for what, of in touched:
+        window = maintenance.covering(windows, of)
+        if window is not None:
+            return what, window
+    return None
+
+
 def plan_now(
     config: Config, sessions: sessionmaker[Session], runbook: Runbook, values: dict[str, Any]
 ) -> Plan:
@@ -228,6 +258,8 @@ class _Job:
     params: dict[str, str]
     incident_id: int | None
     services: list[ServiceConfig]
+    plan: Plan  # as decided: what it touches, checked against maintenance windows
+    labels: Mapping[str, str]  # of the incident it answers
     actor: str = ACTOR  # a person who asked for it (from Slack), else the daemon
 
     @property
@@ -326,7 +358,9 @@ class AutoRunner:
             self._not_started(incident_id, f"Runbook {request.name} not run: {exc}")
             return
         services = [s for s in self.config.services if s.name in plan.locks]
-        job = _Job(request, book, values, plan.params, incident_id, services, actor)
+        with self.database.session() as s:
+            labels = incidents.get(s, incident_id=incident_id).labels
+        job = _Job(request, book, values, plan.params, incident_id, services, plan, labels, actor)
         self._lane(job.lane).put(job)
 
     def _not_started(self, incident_id: int | None, text: str) -> None:
@@ -369,7 +403,7 @@ class AutoRunner:
         services = [s for s in self.config.services if s.name in plan.locks]
         if not (request.auto or any(request.name in s.auto_runbooks for s in services)):
             return None  # the Slack message shows the command; a person decides
-        return _Job(request, book, values, plan.params, incident_id, services)
+        return _Job(request, book, values, plan.params, incident_id, services, plan, t.labels)
 
     def _lane(self, key: tuple[str, ...]) -> queue.Queue[_Job | None]:
         lane = self._lanes.get(key)
@@ -408,6 +442,8 @@ class AutoRunner:
                 f"the same target. Run it by hand if it is still needed: `{request.command}`",
             )
             return
+        if self._held_by_maintenance(job):
+            return
         progress = _SlackThread(self, job.incident_id, request.name, job.actor)
         runner = executor(
             self.config,
@@ -427,6 +463,28 @@ class AutoRunner:
             self._not_started(job.incident_id, f"Runbook {request.name} not run {how}: {exc}")
         finally:
             runner.close()
+
+    def _held_by_maintenance(self, job: _Job) -> bool:
+        """Whether a maintenance window stops the job: an automatic one does not start (the
+        incident says why); a person's goes ahead, warned in the thread."""
+        with self.database.session() as s:
+            covered = in_maintenance(s, job.plan, labels=job.labels, now=datetime.now(UTC))
+        if covered is None:
+            return False
+        what, window = covered
+        name = job.request.name
+        if job.actor == ACTOR:
+            self._not_started(
+                job.incident_id,
+                f"Runbook {name} not run on its own: {what} is in {window.describe()}. "
+                f"Run it by hand if it is needed now: `{job.request.command}`",
+            )
+            return True
+        self.note(
+            job.incident_id,
+            f"Warning: {what} is in {window.describe()}; running {name} for {job.actor} as asked.",
+        )
+        return False
 
     def _recent_auto_run(self, job: _Job) -> RunbookRun | None:
         """An automatic run of the same runbook on the same target (parameters) within

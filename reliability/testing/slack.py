@@ -385,14 +385,18 @@ class SlackState:
             return Answer(429, {"ok": False, "error": "ratelimited"}, headers), None
         try:
             if method == "apps.connections.open":
+                self._injected_failure(method)
                 return self._connections_open(token), None
             self._check_token(token)
-            if self._failures and self._failing_method in (None, method):
-                raise ApiError(self._failures.pop(0))
+            self._injected_failure(method)
             body = self._dispatch(method, params)
         except ApiError as exc:
             return Answer(200, {"ok": False, "error": exc.code}), None
         return Answer(200, body), body.get("ts")
+
+    def _injected_failure(self, method: str) -> None:
+        if self._failures and self._failing_method in (None, method):
+            raise ApiError(self._failures.pop(0))
 
     def _check_token(self, token: str | None) -> None:
         if not token:
@@ -668,6 +672,13 @@ class SocketHub:
         self._open: list[tuple[WebSocket, asyncio.AbstractEventLoop]] = []
         self._sent: dict[str, float] = {}
         self._acked: dict[str, float] = {}
+        self._refusals = 0
+
+    def refuse(self, handshakes: int) -> None:
+        """Refuse the next `handshakes` WebSocket handshakes, tickets good or not (HTTP 403,
+        as a proxy in the way, or Slack mid-deploy, answers)."""
+        with self._changed:
+            self._refusals = handshakes
 
     def ticket(self) -> str:
         with self._changed:
@@ -677,7 +688,8 @@ class SocketHub:
 
     async def serve(self, websocket: WebSocket) -> None:
         with self._changed:
-            valid = websocket.query_params.get("ticket") in self._tickets
+            valid = websocket.query_params.get("ticket") in self._tickets and not self._refusals
+            self._refusals = max(0, self._refusals - 1)
             self._tickets.discard(websocket.query_params.get("ticket", ""))
         if not valid:
             await websocket.close(code=1008)  # before accept: the handshake is refused
@@ -858,8 +870,8 @@ class SlackStandIn:
         self.state.rate_limit(calls, retry_after)
 
     def fail_next(self, calls: int, error: str, method: str | None = None) -> None:
-        """The next ``calls`` authenticated calls (to ``method`` only, when given) answer
-        ``{"ok": false, "error": error}``."""
+        """The next ``calls`` authenticated calls (to ``method`` only, when given; Socket
+        Mode's ``apps.connections.open`` too) answer ``{"ok": false, "error": error}``."""
         self.state.fail_next(calls, error, method)
 
     def outage(self, down: bool = True, *, status: int | None = None) -> None:
@@ -929,6 +941,10 @@ class SlackStandIn:
     def socket_redeliver(self, envelope: Envelope) -> Envelope:
         """Send an envelope again (as Slack does when an ack is late), same id and payload."""
         return self.state.sockets.push(envelope.payload, timeout=3.0, envelope_id=envelope.id)
+
+    def refuse_sockets(self, handshakes: int) -> None:
+        """Refuse the next ``handshakes`` Socket Mode WebSocket handshakes (HTTP 403)."""
+        self.state.sockets.refuse(handshakes)
 
     def wait_socket(self, timeout: float = 10.0) -> bool:
         """Whether an app holds a Socket Mode connection (waiting up to ``timeout``)."""

@@ -112,7 +112,7 @@ def test_a_silence_that_ends_releases_through_the_flow_with_its_notification(ses
     assert silence.expired_at == T0 + timedelta(minutes=5)
     assert [(e.incident_id, e.kind) for e in released] == [(upsert.incident.id, "silence_ended")]
     assert notified(session) == every_event(session)
-    assert flows.release_ended_silences(session, now=T0 + timedelta(minutes=6)) == []
+    assert flows.release_ended_holds(session, now=T0 + timedelta(minutes=6)) == []
 
 
 def _imports(path: Path) -> set[str]:

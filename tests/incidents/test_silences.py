@@ -160,14 +160,14 @@ def test_when_a_silence_runs_out_each_unresolved_incident_it_held_back_is_releas
     flows.resolve(session, incident_id=resolved, by="rule", at=T0)
     session.commit()
 
-    assert flows.release_ended_silences(session, now=T0 + timedelta(minutes=59)) == []
-    [event] = flows.release_ended_silences(session, now=T0 + HOUR)
+    assert flows.release_ended_holds(session, now=T0 + timedelta(minutes=59)) == []
+    [event] = flows.release_ended_holds(session, now=T0 + HOUR)
     assert (event.incident_id, event.kind, event.data) == (
         still_open,
         "silence_ended",
         {"silence_id": muted.id},
     )
-    assert flows.release_ended_silences(session, now=T0 + HOUR) == []
+    assert flows.release_ended_holds(session, now=T0 + HOUR) == []
 
 
 def test_an_incident_another_silence_still_covers_is_not_released(session):
@@ -175,5 +175,5 @@ def test_an_incident_another_silence_still_covers_is_not_released(session):
     make(session, "pool=green", duration=2 * HOUR)
     held_back(session, "hot", first.id, node="gpu-3", pool="green")
 
-    assert flows.release_ended_silences(session, now=T0 + HOUR) == []
-    assert len(flows.release_ended_silences(session, now=T0 + 2 * HOUR)) == 1
+    assert flows.release_ended_holds(session, now=T0 + HOUR) == []
+    assert len(flows.release_ended_holds(session, now=T0 + 2 * HOUR)) == 1

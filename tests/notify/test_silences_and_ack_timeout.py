@@ -115,7 +115,7 @@ def test_an_incident_opened_during_the_silence_is_posted_when_it_ends_if_still_u
     assert slack.calls() == []
 
     assert end_silence(session, muted) == 1
-    assert flows.release_ended_silences(session, now=datetime.now(UTC)) == []  # once
+    assert flows.release_ended_holds(session, now=datetime.now(UTC)) == []  # once
     drain(dispatcher, session)
 
     [message] = slack.messages("alerts")

@@ -5,6 +5,7 @@ which posts them signed to `POST /api/v1/slack/interactions` served on loopback,
 from __future__ import annotations
 
 import asyncio
+import logging
 import textwrap
 import threading
 import time
@@ -486,6 +487,63 @@ def test_over_socket_mode_a_refusal_is_private_too(
     assert incident(engine, incident_id).status == IncidentStatus.open
     [answer] = wait_for("the refusal", slack.ephemerals)
     assert answer.user == ANA and "slack.responders" in answer.text
+
+
+def test_socket_mode_retries_its_first_connection_with_backoff_and_one_line_per_attempt(
+    engine: sa.Engine,
+    slack: SlackStandIn,
+    settings,
+    posted,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Slack unreachable, then refusing `apps.connections.open` twice, then the WebSocket
+    once: the daemon's transport keeps trying (start() returned at once), then takes clicks
+    as usual."""
+    slack.outage()
+    slack.fail_next(2, "internal_error", method="apps.connections.open")
+    slack.refuse_sockets(1)
+    client = SlackClient(slack.token, base_url=slack.api_url, timeout_s=2)
+    actions = SlackActions(settings, db.session_factory(engine), client)
+    transport = SocketTransport(
+        actions,
+        app_token=SecretStr(slack.app_token),
+        base_url=slack.api_url,
+        retry_base_s=0.05,
+        retry_cap_s=0.2,
+    )
+    caplog.set_level(logging.DEBUG, logger="reliability.oncall")
+
+    def failures() -> list[str]:
+        return [m for r in caplog.records if "not connected (attempt" in (m := r.getMessage())]
+
+    try:
+        transport.start()
+        wait_for("a first failed attempt", failures)
+        slack.outage(False)
+        assert slack.wait_socket(WAIT_S)
+        incident_id, ts, _ = posted()
+        assert slack.socket_click(ts, "acknowledge", ANA).acked_at is not None
+    finally:
+        transport.stop()
+        actions.close()
+
+    assert incident(engine, incident_id).acknowledged_by == "@ana"
+    opened = [c for c in slack.calls("apps.connections.open")]
+    assert [c.ok for c in opened] == [False, False, True, True]
+    # One line per failed attempt, numbered, each saying why: refused while Slack was away
+    # (once or more), then the two errors, then the handshake.
+    failed = failures()
+    refused = len(failed) - 3
+    assert refused >= 1 and all("URLError" in f and "refused" in f for f in failed[:refused])
+    assert [f.split("attempt ")[1].split(")")[0] for f in failed[refused:]] == [
+        f"{refused + 1}: apps.connections.open answered internal_error",
+        f"{refused + 2}: apps.connections.open answered internal_error",
+        f"{refused + 3}: WebSocket: handshake refused",
+    ]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert slack.app_token not in logged
+    # slack_sdk's own lines about the failed attempts are left out: ours say it once.
+    assert not [r for r in caplog.records if "slack_sdk" in r.name and r.levelno >= 30]
 
 
 def test_socket_mode_refuses_the_bot_token(slack: SlackStandIn) -> None:

@@ -1,6 +1,7 @@
 """The real daemon takes clicks on its incident messages over both transports: signed HTTP
 at its own `/api/v1/slack/interactions`, and Socket Mode to the stand-in (slack_sdk's
-built-in client inside the daemon); each edits the message in place."""
+built-in client inside the daemon, connected after the stand-in refused its first tries);
+each edits the message in place."""
 
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ def daemon(tmp_path: Path, slack: SlackStandIn) -> Iterator[tuple[Path, dict[str
         "SLACK_APP_TOKEN": slack.app_token,
     }
     reliability(path, env, "db", "upgrade")
+    # Socket Mode's first handshakes are refused: the daemon serves meanwhile and retries.
+    slack.refuse_sockets(2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "reliability", "daemon", "-c", str(path)],
         stdout=subprocess.PIPE,
@@ -90,6 +93,7 @@ def daemon(tmp_path: Path, slack: SlackStandIn) -> Iterator[tuple[Path, dict[str
         out, _ = proc.communicate(timeout=15)
     for secret in (slack.token, slack.signing_secret, slack.app_token):
         assert secret not in out
+    assert "Socket Mode not connected (attempt 2: WebSocket: handshake refused)" in out
 
 
 def test_the_daemon_takes_clicks_over_http_and_socket_mode(
