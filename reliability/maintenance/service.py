@@ -43,6 +43,14 @@ class WindowEnded(MaintenanceError):
     """The window has already ended (run out, ended or cancelled): nothing to end."""
 
 
+def watches_the_watcher(labels: Mapping[str, str]) -> bool:
+    """An incident about the suite itself: pages that cannot be delivered (`notifier`), a
+    daemon, its leader or its database gone, a runbook that lost its database (`component:
+    reliability`). No window holds these: maintenance on the fleet must not hide that
+    nobody would be paged when it ends."""
+    return "notifier" in labels or labels.get("component") == "reliability"
+
+
 @dataclass(frozen=True)
 class ActiveWindow:
     """A window in force, as incidents and runbook targets are checked against it."""
@@ -58,6 +66,8 @@ class ActiveWindow:
         return cls(window.id, window.scope, window.targets, window.until, window.reason)
 
     def covers(self, labels: Mapping[str, str]) -> bool:
+        if watches_the_watcher(labels):
+            return False
         if self.scope == "fleet":
             return True
         return any(labels.get(label) in values for label, values in self.targets.items())

@@ -166,7 +166,7 @@ class DomainHooks(Hooks):
             title=f"Runbook run {run_id} ({runbook}) lost its database mid-run",
             severity="critical",
             source="runbook",
-            labels={"runbook": runbook},
+            labels={"runbook": runbook, "component": "reliability"},
             summary=f"{text} Check `reliability runbook status {run_id}` and the database.",
         )
         if incident_id is not None:

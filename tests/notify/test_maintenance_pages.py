@@ -97,3 +97,26 @@ def test_a_window_scheduled_later_holds_nothing_before_it_starts(session, slack,
 
     assert titles(slack) == ["gpu-3-hot"]
     assert {r.maintenance_id for r in rows(session)} == {None}
+
+
+def test_a_fleet_window_never_holds_the_pages_about_the_watcher_itself(session, slack, dispatcher):
+    now = datetime.now(UTC)
+    maintenance.create(
+        session,
+        scope="fleet",
+        name=None,
+        targets={},
+        starts_at=now,
+        ends_at=now + HOUR,
+        reason="datacentre move",
+        by="ana",
+        now=now,
+    )
+    session.commit()
+    fire(session, "gpu-1-hot", labels={"node": "gpu-1"})
+    fire(session, "slack-failing-hot", labels={"notifier": "slack"})
+    fire(session, "daemon-down-hot", labels={"component": "reliability", "node": "gpu-1"})
+    drain(dispatcher, session)
+
+    # Whoever moves the fleet must still learn that pages or the daemons broke meanwhile.
+    assert titles(slack) == ["daemon-down-hot", "slack-failing-hot"]
