@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.util import identity_key
 
 from reliability.db import UTCDateTime
 from reliability.incidents.models import (
@@ -74,6 +73,15 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Cleared:
+    """What `resolve_fingerprint` did: the incident as it now is (a snapshot, as in `Upsert`)
+    and the id of the `resolved` event that records it."""
+
+    incident: IncidentRead
+    event_id: int
+
+
+@dataclass(frozen=True)
 class Firing:
     """One firing of a signal, as `open_or_update_many` takes it (see `open_or_update`)."""
 
@@ -92,6 +100,7 @@ class Firing:
 _incidents = cast(sa.Table, Incident.__table__)
 _events = cast(sa.Table, IncidentEvent.__table__)
 _c = _incidents.c
+_INCIDENT_MAPPER = sa.inspect(Incident)
 _AT = sa.bindparam("at_", type_=UTCDateTime())
 _SOURCE = sa.bindparam("source_", type_=_c.source.type)
 _FIRING = {
@@ -104,9 +113,13 @@ _FIRING = {
     "last_seen_at": sa.case((_c.last_seen_at < _AT, _AT), else_=_c.last_seen_at),
 }
 _OF_FINGERPRINT = _c.fingerprint == sa.bindparam("fingerprint_", type_=_c.fingerprint.type)
-_UNRESOLVED = _c.status != IncidentStatus.resolved
+# The status in the SQL text, not a bound value: SQLite re-prepares a statement that could use
+# a partial index on every execution when the index's predicate column is compared with a
+# parameter (about 0.1 ms each), and PostgreSQL's generic plans cannot prove the predicate.
+_RESOLVED = sa.literal_column(f"'{IncidentStatus.resolved.value}'", _c.status.type)
+_UNRESOLVED = _c.status != _RESOLVED
 _RECENTLY_RESOLVED = sa.and_(
-    _c.status == IncidentStatus.resolved,
+    _c.status == _RESOLVED,
     _c.resolved_at > sa.bindparam("cutoff_", type_=UTCDateTime()),
 )
 
@@ -166,7 +179,7 @@ _REOPEN = (
         .limit(1)
         .scalar_subquery(),
         # Status guard: a concurrent writer may have reopened it already.
-        _c.status == IncidentStatus.resolved,
+        _c.status == _RESOLVED,
     )
     .values(
         {
@@ -181,6 +194,16 @@ _REOPEN = (
         }
     )
     .returning(*_c, sa.literal("reopened").label("action"))
+)
+_CLEAR = (
+    sa.update(_incidents)
+    .where(_OF_FINGERPRINT, _UNRESOLVED)
+    .values(
+        status=_RESOLVED,
+        resolved_at=_AT,
+        resolved_by=sa.bindparam("by_", type_=_c.resolved_by.type),
+    )
+    .returning(*_c)
 )
 _UNRESOLVED_AMONG = sa.select(_c.fingerprint).where(
     _UNRESOLVED, _c.fingerprint.in_(sa.bindparam("fingerprints_", expanding=True))
@@ -396,7 +419,9 @@ def _reopen(session: Session, reopen: sa.Executable, params: dict[str, Any]) -> 
 
 def _expire(session: Session, incident_id: int) -> None:
     # Core statements bypass the identity map: make a loaded Incident reload its new values.
-    instance = session.identity_map.get(identity_key(Incident, incident_id))
+    instance = session.identity_map.get(
+        _INCIDENT_MAPPER.identity_key_from_primary_key((incident_id,))
+    )
     if instance is not None:
         session.expire(instance)
 
@@ -497,18 +522,38 @@ def resolve(
 
 def resolve_fingerprint(
     session: Session, *, fingerprint: str, by: str, at: datetime | None = None
-) -> Change | None:
-    """Resolve the unresolved incident for a signal that cleared; None if there is none."""
+) -> Cleared | None:
+    """Resolve the unresolved incident for a signal that cleared; None if there is none.
+
+    The hot path of every resolved alert, so Core statements like `open_or_update`'s: one
+    atomic UPDATE .. RETURNING (on PostgreSQL it waits for a concurrent change to the row and
+    judges the changed row), then the `resolved` event. An `Incident` of it already loaded
+    in the session is expired, so it reloads with the new values.
+    """
     _require_text(by=by)
-    incident = session.scalars(
-        sa.select(Incident)
-        .where(Incident.fingerprint == fingerprint, Incident.status != IncidentStatus.resolved)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+    at = _utc(at)
+    session.flush()  # the caller's pending ORM changes first, as a query would autoflush
+    connection = session.connection()
+    row = connection.execute(
+        _CLEAR, {"fingerprint_": fingerprint, "at_": at, "by_": by}
     ).one_or_none()
-    if incident is None:
+    if row is None:
         return None
-    return _resolve(session, incident, by=by, note=None, at=_utc(at))
+    _expire(session, row.id)
+    (event_id,) = connection.execute(
+        _EVENT,
+        [
+            {
+                "incident_id": row.id,
+                "at": at,
+                "kind": EventKind.resolved.value,
+                "actor": by,
+                "message": None,
+                "data": None,
+            }
+        ],
+    ).scalars()
+    return Cleared(IncidentRead.model_validate(row), event_id)
 
 
 def add_note(session: Session, *, incident_id: int, by: str, text: str) -> IncidentEvent:
