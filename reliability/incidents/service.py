@@ -208,7 +208,8 @@ _CLEAR = (
 _AMONG = _c.fingerprint.in_(sa.bindparam("fingerprints_", expanding=True))
 _UNRESOLVED_AMONG = sa.select(_c.fingerprint).where(_UNRESOLVED, _AMONG)
 _UNRESOLVED_ROWS_AMONG = sa.select(*_c).where(_UNRESOLVED, _AMONG)
-# SQLite: the batch's events in one executemany; their ids, in order, for the Upserts.
+# Timeline events by Core: a batch's (SQLite) in one executemany, their ids in order for the
+# Upserts; a resolve's by fingerprint.
 _EVENT = sa.insert(_events).returning(_events.c.id, sort_by_parameter_order=True)
 
 
