@@ -12,9 +12,10 @@ as many rows as an upsert writes: incident, event, outbox row), and on PostgreSQ
 bare driver, so the table shows what the database and the round trips alone allow; the
 targets line names the floors next to each per-call target that the run missed. CPU/op is
 this process's CPU time per firing (SQLite's work included, PostgreSQL's server not): unlike
-ops/s it hardly depends on what else the machine runs. SQLite runs with the daemon's settings
-(`reliability/db.py`: WAL, synchronous=NORMAL unless the config's database.sqlite_synchronous
-says FULL; in WAL mode NORMAL stays consistent but a power loss can drop the last commits).
+ops/s it hardly depends on what else the machine runs. SQLite runs with the daemon's default
+settings (`reliability/db.py`): WAL and synchronous=NORMAL, no fsync per commit, which stays
+consistent but can lose the last commits to a power loss (`database.sqlite_synchronous: full`
+syncs every commit instead).
 SQLite runs on a file in a temporary directory; PostgreSQL on a database created for the run
 (and dropped after it) on the server at --pg-url.
 Targets: >= 5,000 upserts/s on SQLite, >= 2,000/s on PostgreSQL, p99 < 10 ms.
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(
         f"{os.cpu_count()} CPUs (load average {load}), Python {platform.python_version()}, "
-        f"SQLAlchemy {sa.__version__}"
+        f"SQLAlchemy {sa.__version__}; SQLite in WAL with synchronous=NORMAL (no fsync per commit)"
     )
     print_table(results)
     print(targets_line(results))

@@ -10,6 +10,8 @@ Two scenarios, each bounded by time and by count:
   webhook was due, so a server falling behind shows as latency, not as a slower sender;
 - saturated: `--concurrency` senders back to back, to show the headroom.
 Targets: >= 1,000 alerts/s sustained with p99 request latency < 50 ms.
+SQLite runs as the daemon's default config has it: WAL, synchronous=NORMAL (no fsync per
+commit: consistent, but a power loss can drop the last commits; `database.sqlite_synchronous`).
 """
 
 from __future__ import annotations
@@ -311,7 +313,8 @@ def print_table(results: list[Result]) -> None:
         )
     print(
         f"targets: >= {TARGET_ALERTS_PER_S:,.0f} alerts/s sustained, p99 < {TARGET_P99_MS:.0f} ms "
-        f"({ALERTS_PER_WEBHOOK} alerts per webhook, SQLite, loopback HTTP)\n"
+        f"({ALERTS_PER_WEBHOOK} alerts per webhook, SQLite in WAL with synchronous=NORMAL, "
+        "loopback HTTP)\n"
         "server CPU: the intake process's CPU time per second of the run, and per alert stored "
         "(1e6 / CPU/alert is the most alerts/s one free core allows); CPU pressure: share "
         "of the run in which some task, ours included, waited for a CPU (Linux PSI)."
