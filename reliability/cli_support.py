@@ -138,7 +138,11 @@ def database_engine(config: Config, *, check: bool = True) -> Iterator[Engine]:
     from reliability.config import ConfigError
 
     try:
-        engine = db.make_engine(config.database_url(), config.database.limits())
+        engine = db.make_engine(
+            config.database_url(),
+            config.database.limits(),
+            sqlite_synchronous=config.database.sqlite_synchronous,
+        )
         if check:
             db.check_schema(engine)
     except (ConfigError, db.DatabaseError) as exc:

@@ -186,7 +186,11 @@ def _membership(config: Config) -> Membership:
     delays a heartbeat past the lease."""
     cluster = config.cluster
     return Membership(
-        db.LazyEngine(config.database_url(), config.database.limits()),
+        db.LazyEngine(
+            config.database_url(),
+            config.database.limits(),
+            sqlite_synchronous=config.database.sqlite_synchronous,
+        ),
         member_id=cluster.member_id or default_member_id(),
         http=config.http.listen,
         heartbeat=cluster.heartbeat,
@@ -553,7 +557,11 @@ def serve(daemon: Daemon) -> int:
         return None if scheduler.running else "scheduler is stopped"
 
     # One engine (one connection pool) for everything the daemon does in the database.
-    database = db.LazyEngine(daemon.config.database_url(), daemon.config.database.limits())
+    database = db.LazyEngine(
+        daemon.config.database_url(),
+        daemon.config.database.limits(),
+        sqlite_synchronous=daemon.config.database.sqlite_synchronous,
+    )
     membership = _membership(daemon.config)
     try:
         joined = membership.register()

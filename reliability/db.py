@@ -37,6 +37,10 @@ MIGRATIONS_DIR = shipped.folder("alembic")
 DEFAULT_DATABASE_URL = "sqlite:///var/reliability.db"
 CONNECT_TIMEOUT_S = 5
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# PRAGMA synchronous in WAL mode. NORMAL: no fsync per commit (the WAL is synced at each
+# checkpoint); the database stays consistent, but a power loss (not a crash of the process)
+# can drop the last commits. FULL: an fsync per commit, durable, several times slower.
+SQLITE_SYNCHRONOUS = ("normal", "full")
 MIGRATION_LOCK = 0x72656C69  # pg_advisory_lock key of `upgrade` ("reli")
 
 # Every domain's models module; load_models() imports them so Base.metadata is complete.
@@ -202,19 +206,26 @@ class PostgresLimits:
         }
 
 
-def make_engine(url: str | URL, limits: PostgresLimits | None = None) -> Engine:
+def make_engine(
+    url: str | URL, limits: PostgresLimits | None = None, *, sqlite_synchronous: str = "normal"
+) -> Engine:
     """An engine for `url`, configured for this suite; it does not connect yet.
 
     SQLite: the file's directory is created; every connection gets WAL, busy_timeout,
-    foreign_keys=ON and synchronous=NORMAL, and transactions start with BEGIN IMMEDIATE.
+    foreign_keys=ON and `sqlite_synchronous` (see SQLITE_SYNCHRONOUS; the config's
+    `database.sqlite_synchronous`), and transactions start with BEGIN IMMEDIATE.
     PostgreSQL: psycopg 3, `limits` (default `PostgresLimits()`) on every connection, and
     pre-ping so dead pooled connections are replaced instead of failing the next statement.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise DatabaseError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}")
         _ensure_sqlite_directory(parsed)
         engine = create_engine(parsed)
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(
+            engine, "connect", functools.partial(_sqlite_on_connect, synchronous=sqlite_synchronous)
+        )
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     connect_args: dict[str, Any] = {}
@@ -234,9 +245,12 @@ class LazyEngine:
     rule recording, timers and Slack dispatcher.
     """
 
-    def __init__(self, url: str, limits: PostgresLimits | None = None) -> None:
+    def __init__(
+        self, url: str, limits: PostgresLimits | None = None, *, sqlite_synchronous: str = "normal"
+    ) -> None:
         self.url = url
         self.limits = limits
+        self.sqlite_synchronous = sqlite_synchronous
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._lock = threading.Lock()
@@ -244,7 +258,9 @@ class LazyEngine:
     def get(self) -> Engine:
         with self._lock:
             if self._engine is None:
-                self._engine = make_engine(self.url, self.limits)
+                self._engine = make_engine(
+                    self.url, self.limits, sqlite_synchronous=self.sqlite_synchronous
+                )
                 self._sessions = session_factory(self._engine)
             return self._engine
 
@@ -278,7 +294,7 @@ def _ensure_sqlite_directory(url: URL) -> None:
         ) from exc
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any, *, synchronous: str) -> None:
     # Take BEGIN away from the sqlite3 module, which skips it before SELECT and SAVEPOINT
     # (breaking savepoints); _sqlite_on_begin emits it instead. Pragmas then run in autocommit.
     dbapi_connection.isolation_level = None
@@ -287,7 +303,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
     finally:
         cursor.close()
 

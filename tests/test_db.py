@@ -9,10 +9,12 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from alembic import command
 from reliability import db
+from reliability.config import Config
 from reliability.incidents.models import IncidentEvent
 
 
@@ -126,6 +128,22 @@ def test_sqlite_creates_the_directory_and_sets_its_pragmas(tmp_path):
     finally:
         engine.dispose()
     assert path.exists()
+
+
+def test_sqlite_syncs_every_commit_when_the_config_asks_for_full(tmp_path):
+    config = Config(
+        database={"url": f"sqlite:///{tmp_path / 'r.db'}", "sqlite_synchronous": "full"}
+    )
+    engine = db.make_engine(
+        config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous
+    )
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        engine.dispose()
+    with pytest.raises(ValidationError, match="sqlite_synchronous"):
+        Config(database={"sqlite_synchronous": "off"})
 
 
 def test_foreign_keys_are_enforced(session):

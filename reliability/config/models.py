@@ -130,6 +130,11 @@ class DatabaseConfig(Strict):
     keepalives_idle: PositiveDuration | None = None
     keepalives_interval: PositiveDuration | None = None
     keepalives_count: int | None = Field(None, ge=1, le=100)
+    # SQLite in WAL mode: NORMAL syncs at checkpoints, not per commit (consistent, but a
+    # power loss can drop the last commits); FULL syncs every commit (durable, slower).
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal", description="SQLite: normal (no fsync per commit) or full"
+    )
 
     def limits(self) -> PostgresLimits:
         """The limits set here, the others at their defaults."""

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from reliability.incidents import service, silences
 from reliability.incidents.models import EventKind, Incident, IncidentEvent, Severity, Silence
-from reliability.incidents.service import Change, Firing, Upsert
+from reliability.incidents.service import Change, Cleared, Firing, Upsert
 from reliability.maintenance import service as maintenance
 from reliability.notify import outbox
 from reliability.notify import service as notify_service
@@ -95,12 +95,13 @@ def resolve(
 
 def resolve_fingerprint(
     session: Session, *, fingerprint: str, by: str, at: datetime | None = None
-) -> Change | None:
+) -> Cleared | None:
     """`service.resolve_fingerprint`, notified."""
-    change = service.resolve_fingerprint(session, fingerprint=fingerprint, by=by, at=at)
-    if change is not None:
-        outbox.enqueue(session, events=[change.event])
-    return change
+    cleared = service.resolve_fingerprint(session, fingerprint=fingerprint, by=by, at=at)
+    if cleared is not None:
+        event = outbox.Event(cleared.incident.id, cleared.event_id, EventKind.resolved.value)
+        outbox.enqueue(session, events=[event])
+    return cleared
 
 
 def add_note(session: Session, *, incident_id: int, by: str, text: str) -> IncidentEvent:

@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.util import identity_key
 
 from reliability.db import UTCDateTime
 from reliability.incidents.models import (
@@ -74,6 +73,15 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Cleared:
+    """What `resolve_fingerprint` did: the incident as it now is (a snapshot, as in `Upsert`)
+    and the id of the `resolved` event that records it."""
+
+    incident: IncidentRead
+    event_id: int
+
+
+@dataclass(frozen=True)
 class Firing:
     """One firing of a signal, as `open_or_update_many` takes it (see `open_or_update`)."""
 
@@ -92,6 +100,7 @@ class Firing:
 _incidents = cast(sa.Table, Incident.__table__)
 _events = cast(sa.Table, IncidentEvent.__table__)
 _c = _incidents.c
+_INCIDENT_MAPPER = sa.inspect(Incident)
 _AT = sa.bindparam("at_", type_=UTCDateTime())
 _SOURCE = sa.bindparam("source_", type_=_c.source.type)
 _FIRING = {
@@ -104,24 +113,24 @@ _FIRING = {
     "last_seen_at": sa.case((_c.last_seen_at < _AT, _AT), else_=_c.last_seen_at),
 }
 _OF_FINGERPRINT = _c.fingerprint == sa.bindparam("fingerprint_", type_=_c.fingerprint.type)
-_UNRESOLVED = _c.status != IncidentStatus.resolved
+# The status in the SQL text, not a bound value: SQLite re-prepares a statement that could use
+# a partial index on every execution when the index's predicate column is compared with a
+# parameter (about 0.1 ms each), and PostgreSQL's generic plans cannot prove the predicate.
+_RESOLVED = sa.literal_column(f"'{IncidentStatus.resolved.value}'", _c.status.type)
+_UNRESOLVED = _c.status != _RESOLVED
 _RECENTLY_RESOLVED = sa.and_(
-    _c.status == IncidentStatus.resolved,
+    _c.status == _RESOLVED,
     _c.resolved_at > sa.bindparam("cutoff_", type_=UTCDateTime()),
 )
 
 
 # One atomic UPDATE .. RETURNING: no read-modify-write window. It waits for a concurrent
 # change to the unresolved incident (say, its resolution) and then judges the changed row.
-_REFIRE = (
-    sa.update(_incidents)
-    .where(_OF_FINGERPRINT, _UNRESOLVED)
-    .values(_FIRING)
-    .returning(*_c, sa.literal("refired").label("action"))
-)
+_REFIRE_ROW = sa.update(_incidents).where(_OF_FINGERPRINT, _UNRESOLVED).values(_FIRING)
+_REFIRE = _REFIRE_ROW.returning(*_c, sa.literal("refired").label("action"))
 
 
-def _open(insert: Callable[[sa.Table], Any]) -> sa.Insert:
+def _open_row(insert: Callable[[sa.Table], Any]) -> sa.Insert:
     """Open a new incident unless one is unresolved or was resolved recently (no row then).
 
     Both are judged by the statement's snapshot: an incident that a concurrent writer resolves
@@ -152,8 +161,12 @@ def _open(insert: Callable[[sa.Table], Any]) -> sa.Insert:
         # The unique partial index arbitrates between racing writers: the loser inserts nothing,
         # without an error (so without a savepoint), and refires the winner's on its next try.
         .on_conflict_do_nothing(index_elements=[_c.fingerprint], index_where=UNRESOLVED)
-        .returning(*_c, sa.literal("opened").label("action"))
     )
+
+
+def _open(insert: Callable[[sa.Table], Any]) -> sa.Insert:
+    """`_open_row`, returning the incident it opened."""
+    return _open_row(insert).returning(*_c, sa.literal("opened").label("action"))
 
 
 _REOPEN = (
@@ -166,7 +179,7 @@ _REOPEN = (
         .limit(1)
         .scalar_subquery(),
         # Status guard: a concurrent writer may have reopened it already.
-        _c.status == IncidentStatus.resolved,
+        _c.status == _RESOLVED,
     )
     .values(
         {
@@ -182,10 +195,21 @@ _REOPEN = (
     )
     .returning(*_c, sa.literal("reopened").label("action"))
 )
-_UNRESOLVED_AMONG = sa.select(_c.fingerprint).where(
-    _UNRESOLVED, _c.fingerprint.in_(sa.bindparam("fingerprints_", expanding=True))
+_CLEAR = (
+    sa.update(_incidents)
+    .where(_OF_FINGERPRINT, _UNRESOLVED)
+    .values(
+        status=_RESOLVED,
+        resolved_at=_AT,
+        resolved_by=sa.bindparam("by_", type_=_c.resolved_by.type),
+    )
+    .returning(*_c)
 )
-# SQLite: the batch's events in one executemany; their ids, in order, for the Upserts.
+_AMONG = _c.fingerprint.in_(sa.bindparam("fingerprints_", expanding=True))
+_UNRESOLVED_AMONG = sa.select(_c.fingerprint).where(_UNRESOLVED, _AMONG)
+_UNRESOLVED_ROWS_AMONG = sa.select(*_c).where(_UNRESOLVED, _AMONG)
+# Timeline events by Core: a batch's (SQLite) in one executemany, their ids in order for the
+# Upserts; a resolve's by fingerprint.
 _EVENT = sa.insert(_events).returning(_events.c.id, sort_by_parameter_order=True)
 
 
@@ -219,11 +243,15 @@ def _recording_event(*statements: sa.Insert | sa.Update) -> sa.Select[Any]:
 @dataclass(frozen=True)
 class _Statements:
     """open_or_update's statements on one dialect. `refire_or_open` are run in turn until one
-    returns the incident; `records_events`: they insert the timeline event themselves."""
+    returns the incident; `records_events`: they insert the timeline event themselves;
+    `refire_many`, `open_many` (SQLite): the refire and the open without RETURNING, for an
+    executemany of a batch (see `_apply_first_firings`)."""
 
     refire_or_open: tuple[sa.Executable, ...]
     reopen: sa.Executable
     records_events: bool
+    refire_many: sa.Executable | None = None
+    open_many: sa.Executable | None = None
 
 
 _STATEMENTS = {
@@ -236,7 +264,11 @@ _STATEMENTS = {
     ),
     # SQLite has no INSERT in WITH; its statements are in-process calls, not round trips.
     "sqlite": _Statements(
-        refire_or_open=(_REFIRE, _open(sqlite.insert)), reopen=_REOPEN, records_events=False
+        refire_or_open=(_REFIRE, _open(sqlite.insert)),
+        reopen=_REOPEN,
+        records_events=False,
+        refire_many=_REFIRE_ROW,
+        open_many=_open_row(sqlite.insert),
     ),
 }
 
@@ -293,25 +325,12 @@ def open_or_update_many(
     # Fingerprints apply in sorted order (a stable sort keeps each one's firings in order), so
     # concurrent batches wait for each other's rows in one order and cannot deadlock.
     order = sorted(range(len(checked)), key=lambda i: checked[i]["fingerprint_"])
-    first_tries = {i: statements.refire_or_open for i in order}
-    if len(checked) > 1 and len(statements.refire_or_open) > 1:
-        # SQLite tries the refire, then the open: two statements for each new fingerprint.
-        # One read of which of the batch's fingerprints are unresolved lets a new one try
-        # the open first. Only the order of the tries changes, never what they do.
-        unresolved = set(
-            connection.execute(
-                _UNRESOLVED_AMONG, {"fingerprints_": sorted({c["fingerprint_"] for c in checked})}
-            ).scalars()
-        )
-        for i in order:
-            fingerprint = checked[i]["fingerprint_"]
-            if fingerprint not in unresolved:
-                first_tries[i] = statements.refire_or_open[::-1]
-                unresolved.add(fingerprint)  # its later firings in the batch refire it
-    upserts = {
-        i: _open_or_update(session, connection, statements, checked[i], first_tries[i])
-        for i in order
-    }
+    upserts: dict[int, Upsert] = {}
+    if len(checked) > 1 and statements.refire_many is not None:
+        upserts = _apply_first_firings(session, connection, statements, checked, order)
+    for i in order:  # the rest one at a time, each fingerprint's firings in order
+        if i not in upserts:
+            upserts[i] = _open_or_update(session, connection, statements, checked[i])
     if order and not statements.records_events:
         # The batch's timeline events in one executemany, in the order they happened.
         ids = connection.execute(
@@ -350,15 +369,54 @@ def _firing_params(firing: Firing, reopen_window: timedelta) -> dict[str, Any]:
     }
 
 
+def _apply_first_firings(
+    session: Session,
+    connection: sa.Connection,
+    statements: _Statements,
+    checked: list[dict[str, Any]],
+    order: list[int],
+) -> dict[int, Upsert]:
+    """SQLite, a batch: the first firing of each fingerprint, as statements per batch rather
+    than per firing; the Upserts of those it applied, by index (without event ids).
+
+    Which fingerprints are unresolved is read once; those are refired and the others opened,
+    each by one executemany in fingerprint order (so incidents get the ids one at a time would
+    give them), and the rows they left are read once. This is only sound because the
+    transaction holds SQLite's one write lock (BEGIN IMMEDIATE) throughout: no other writer
+    changes a row between these statements. A first firing that opened nothing (an incident
+    resolved within the reopen window) is left to `_open_or_update`, as are repeats.
+    """
+    firsts: dict[str, int] = {}
+    for i in order:
+        firsts.setdefault(checked[i]["fingerprint_"], i)
+    fingerprints = list(firsts)  # sorted, since `order` is
+    unresolved = set(
+        connection.execute(_UNRESOLVED_AMONG, {"fingerprints_": fingerprints}).scalars()
+    )
+    refire = [checked[i] for fingerprint, i in firsts.items() if fingerprint in unresolved]
+    new = [checked[i] for fingerprint, i in firsts.items() if fingerprint not in unresolved]
+    if refire:
+        connection.execute(statements.refire_many, refire)
+    if new:
+        connection.execute(statements.open_many, new)
+    rows = connection.execute(_UNRESOLVED_ROWS_AMONG, {"fingerprints_": fingerprints})
+    upserts = {}
+    for row in rows:
+        incident = IncidentRead.model_validate(row)
+        _expire(session, incident.id)
+        action: UpsertAction = "refired" if incident.fingerprint in unresolved else "opened"
+        upserts[firsts[incident.fingerprint]] = Upsert(incident, action, 0)
+    return upserts
+
+
 def _open_or_update(
     session: Session,
     connection: sa.Connection,
     statements: _Statements,
     params: dict[str, Any],
-    tries: tuple[sa.Executable, ...],
 ) -> Upsert:
     for _ in range(_MAX_ATTEMPTS):
-        row = _first_row(connection, tries, params)
+        row = _first_row(connection, statements.refire_or_open, params)
         if row is None:
             row = _reopen(session, statements.reopen, params)
         # None: another writer got there first; the next attempt refires what it wrote.
@@ -396,7 +454,9 @@ def _reopen(session: Session, reopen: sa.Executable, params: dict[str, Any]) -> 
 
 def _expire(session: Session, incident_id: int) -> None:
     # Core statements bypass the identity map: make a loaded Incident reload its new values.
-    instance = session.identity_map.get(identity_key(Incident, incident_id))
+    instance = session.identity_map.get(
+        _INCIDENT_MAPPER.identity_key_from_primary_key((incident_id,))
+    )
     if instance is not None:
         session.expire(instance)
 
@@ -497,18 +557,38 @@ def resolve(
 
 def resolve_fingerprint(
     session: Session, *, fingerprint: str, by: str, at: datetime | None = None
-) -> Change | None:
-    """Resolve the unresolved incident for a signal that cleared; None if there is none."""
+) -> Cleared | None:
+    """Resolve the unresolved incident for a signal that cleared; None if there is none.
+
+    The hot path of every resolved alert, so Core statements like `open_or_update`'s: one
+    atomic UPDATE .. RETURNING (on PostgreSQL it waits for a concurrent change to the row and
+    judges the changed row), then the `resolved` event. An `Incident` of it already loaded
+    in the session is expired, so it reloads with the new values.
+    """
     _require_text(by=by)
-    incident = session.scalars(
-        sa.select(Incident)
-        .where(Incident.fingerprint == fingerprint, Incident.status != IncidentStatus.resolved)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+    at = _utc(at)
+    session.flush()  # the caller's pending ORM changes first, as a query would autoflush
+    connection = session.connection()
+    row = connection.execute(
+        _CLEAR, {"fingerprint_": fingerprint, "at_": at, "by_": by}
     ).one_or_none()
-    if incident is None:
+    if row is None:
         return None
-    return _resolve(session, incident, by=by, note=None, at=_utc(at))
+    _expire(session, row.id)
+    (event_id,) = connection.execute(
+        _EVENT,
+        [
+            {
+                "incident_id": row.id,
+                "at": at,
+                "kind": EventKind.resolved.value,
+                "actor": by,
+                "message": None,
+                "data": None,
+            }
+        ],
+    ).scalars()
+    return Cleared(IncidentRead.model_validate(row), event_id)
 
 
 def add_note(session: Session, *, incident_id: int, by: str, text: str) -> IncidentEvent:

@@ -23,7 +23,11 @@ def build_routes(config: Config, writer: BatchWriter | None = None) -> list[Rout
     """The intake endpoints, from the config: the daemon's batch writer (or one of their
     own on the configured database), webhook token, reopen window."""
     if writer is None:
-        database = db.LazyEngine(config.database_url(), config.database.limits())
+        database = db.LazyEngine(
+            config.database_url(),
+            config.database.limits(),
+            sqlite_synchronous=config.database.sqlite_synchronous,
+        )
         writer = BatchWriter(database.session, name="intake")
     token = config.webhook_token()
     if token is None:

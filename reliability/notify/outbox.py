@@ -78,4 +78,9 @@ def enqueue(
         for name in names
     ]
     if rows:
+        if isinstance(executor, Session):
+            # On the session's connection, its pending changes flushed first (as a query
+            # would): a Core INSERT needs none of the ORM's execution path, a hot one here.
+            executor.flush()
+            executor = executor.connection()
         executor.execute(INSERT, rows)

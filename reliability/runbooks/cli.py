@@ -237,7 +237,9 @@ def _live_plan(config: Config, b: Runbook, values: dict[str, Any]) -> Plan:
         url = make_url(config.database_url())
         if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
             return make_plan(b, values, config)  # no database yet: a plan must not make one
-        engine = db.make_engine(url, config.database.limits())
+        engine = db.make_engine(
+            url, config.database.limits(), sqlite_synchronous=config.database.sqlite_synchronous
+        )
         db.check_schema(engine)
     except (ConfigError, db.DatabaseError, sa_exc.ArgumentError):
         return make_plan(b, values, config)

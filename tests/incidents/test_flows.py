@@ -7,13 +7,14 @@ Every database test runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import ast
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from reliability.incidents import flows, service, silences
-from reliability.incidents.models import IncidentEvent
+from reliability.incidents.models import Incident, IncidentEvent
 from reliability.notify.models import OutboxRow
 from reliability.notify.registry import NOTIFIERS
 
@@ -88,6 +89,73 @@ def test_each_event_a_flow_records_is_notified_once_per_notifier_in_its_transact
     kinds = [e.kind for e in service.events(session, incident_id=first.incident.id)]
     assert kinds == ["opened", "acknowledged", "ack_expired"]
     assert notified(session) == every_event(session)
+
+
+def written(session) -> tuple[list[tuple], ...]:
+    """Every incident, event and outbox row, with ids as ranks (PostgreSQL's sequences do not
+    roll back) and without the outbox's wall-clock times."""
+    incidents, events, rows = (
+        session.execute(sa.select(model.__table__).order_by(model.id)).all()
+        for model in (Incident, IncidentEvent, OutboxRow)
+    )
+    incident = {row.id: rank for rank, row in enumerate(incidents)}
+    event = {row.id: rank for rank, row in enumerate(events)}
+    return (
+        [(incident[row.id], *row[1:]) for row in incidents],
+        [(event[row.id], incident[row.incident_id], *row[2:]) for row in events],
+        [(incident[r.incident_id], event[r.event_id], r.kind, r.notifier, r.status) for r in rows],
+    )
+
+
+def test_a_batch_writes_what_its_firings_one_at_a_time_would(session):
+    def firing(fingerprint, minutes, **fields):
+        fields = {"title": f"{fingerprint} fired", "severity": "warning", **fields}
+        at = T0 + timedelta(minutes=minutes)
+        return service.Firing(fingerprint, source="rule", labels={"node": "n1"}, at=at, **fields)
+
+    def earlier_incidents():
+        for fingerprint in ("ongoing", "acked", "flappy", "old"):
+            flows.open_or_update(session, **asdict(firing(fingerprint, -60)))
+        acked, flappy, old = (
+            session.scalar(sa.select(Incident.id).filter_by(fingerprint=f))
+            for f in ("acked", "flappy", "old")
+        )
+        flows.acknowledge(session, incident_id=acked, by="alice", at=T0 - timedelta(minutes=30))
+        flows.resolve(session, incident_id=flappy, by="alice", at=T0 - timedelta(minutes=5))
+        flows.resolve(session, incident_id=old, by="alice", at=T0 - timedelta(minutes=50))
+
+    # New ones (one fired twice, escalating), repeats of unresolved ones, a reopen (resolved
+    # within the window, then fired again in the batch) and a new episode of an old one.
+    firings = [
+        firing("zeta", 1, summary="first"),
+        firing("ongoing", 2, severity="critical", data={"value": "91"}),
+        firing("new", 3),
+        firing("flappy", 4),
+        firing("zeta", 5, severity="critical"),
+        firing("acked", 6, summary="still"),
+        firing("old", 7),
+        firing("flappy", 8),
+        firing("ongoing", 1),  # out of order: last_seen_at stays
+    ]
+    earlier_incidents()
+    # A batch applies its firings in fingerprint order (each fingerprint's in the order given).
+    in_order = sorted(range(len(firings)), key=lambda i: firings[i].fingerprint)
+    one_at_a_time = {i: flows.open_or_update(session, **asdict(firings[i])) for i in in_order}
+    expected = written(session)
+    session.rollback()
+
+    earlier_incidents()
+    batched = flows.open_or_update_many(session, firings=firings)
+
+    assert written(session) == expected
+    assert [(u.action, u.incident.occurrences) for u in batched] == [
+        (one_at_a_time[i].action, one_at_a_time[i].incident.occurrences)
+        for i in range(len(firings))
+    ]
+    assert [u.action for u in batched] == [
+        *("opened", "refired", "opened", "reopened", "refired"),
+        *("refired", "opened", "refired", "refired"),
+    ]
 
 
 def test_a_silence_that_ends_releases_through_the_flow_with_its_notification(session):
