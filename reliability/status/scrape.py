@@ -3,12 +3,8 @@ latency quantiles from its histograms (over the daemon's life, or over a `--watc
 
 from __future__ import annotations
 
-import http.client
 import math
-import re
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,23 +12,15 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from reliability.catalog import Metric
+from reliability.readapi import DaemonUnreachable, base_url, get, one_line
 
 SCRAPE_TIMEOUT_S = 3.0
 Labels = dict[str, str]
 
 
-class DaemonUnreachable(Exception):
-    """`/metrics` gave no Prometheus exposition; the message says why, in one line."""
-
-
-def metrics_url(listen: str) -> str:
-    """The URL of `/metrics` for the daemon's `http.listen` (a wildcard means this host)."""
-    host, port = listen.rsplit(":", 1)
-    host = host.strip("[]")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/metrics"
+def metrics_url(listen: str, *, host: str | None = None) -> str:
+    """The URL of `/metrics` for a daemon's `http.listen` (readapi.base_url)."""
+    return base_url(listen, host=host) + "/metrics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +76,17 @@ class Exposition:
                 samples.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
         return cls(samples)
 
+    @classmethod
+    def merged(cls, parts: list[Exposition]) -> Exposition:
+        """Several daemons' scrapes as one (each collects its share of the fleet): every
+        series of each, in the order given; where two report the same series (a target
+        that just moved), lookups find the first's."""
+        samples: dict[str, list[tuple[Labels, float]]] = {}
+        for part in parts:
+            for name, series in part._samples.items():
+                samples.setdefault(name, []).extend(series)
+        return cls(samples)
+
     def values(self, metric: Metric) -> list[tuple[Labels, float]]:
         """Every series of a gauge or counter: (labels, value)."""
         return list(self._samples.get(metric.name, ()))
@@ -101,11 +100,11 @@ class Exposition:
 
     def histograms(self, metric: Metric) -> dict[tuple[str, ...], Histogram]:
         """A histogram metric's series, keyed by the values of `metric.labels` in order."""
-        per: dict[tuple[str, ...], list[tuple[float, float]]] = {}
+        per: dict[tuple[str, ...], dict[float, float]] = {}
         for labels, v in self._samples.get(metric.name + "_bucket", ()):
             key = tuple(labels.get(name, "") for name in metric.labels)
-            per.setdefault(key, []).append((float(labels["le"]), v))
-        return {k: Histogram(tuple(sorted(b))) for k, b in per.items()}
+            per.setdefault(key, {}).setdefault(float(labels["le"]), v)
+        return {k: Histogram(tuple(sorted(b.items()))) for k, b in per.items()}
 
 
 def fetch(url: str, *, timeout: float = SCRAPE_TIMEOUT_S) -> Exposition:
@@ -113,30 +112,11 @@ def fetch(url: str, *, timeout: float = SCRAPE_TIMEOUT_S) -> Exposition:
 
     One GET through the standard library: httpx's import alone would add a tenth of a
     second to every `reliability status`."""
-    request = urllib.request.Request(url, headers={"Accept-Encoding": "identity"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, reason, body = response.status, response.reason, response.read()
-    except urllib.error.HTTPError as exc:
-        raise DaemonUnreachable(f"HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        if isinstance(cause, TimeoutError):
-            raise DaemonUnreachable(f"no answer within {timeout:g}s") from None
-        raise DaemonUnreachable(_one_line(cause)) from None
-    if status != 200:
-        raise DaemonUnreachable(f"HTTP {status} {reason}")
+    body = get(url, timeout=timeout)
     try:
         return Exposition.parse(body.decode("utf-8", errors="replace"))
     except ValueError as exc:
-        raise DaemonUnreachable(f"not a Prometheus exposition ({_one_line(exc)})") from None
-
-
-def _one_line(exc: object) -> str:
-    text = str(exc).strip()
-    # "[Errno 111] Connection refused" -> "connection refused"
-    text = re.sub(r"^\[Errno -?\d+\] ", "", text.splitlines()[0] if text else "")
-    return text[:1].lower() + text[1:] if text else type(exc).__name__
+        raise DaemonUnreachable(f"not a Prometheus exposition ({one_line(exc)})") from None
 
 
 class LatencyWindow:
