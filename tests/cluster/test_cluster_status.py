@@ -6,6 +6,7 @@ does not answer is named, and only its share is unknown."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -109,6 +110,14 @@ def test_status_shows_every_members_share_and_names_a_member_that_does_not_answe
             held_by_b = b.collected("node")
             b.kill()  # no clean leave: its row stays live until the lease runs out
             document, code = status(a)
+            screen = subprocess.run(
+                [sys.executable, "-m", "reliability", "status", "-c", str(a.config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={**os.environ, "COLUMNS": "200"},
+            ).stdout
         finally:
             for m in members:
                 m.stop()
@@ -116,6 +125,8 @@ def test_status_shows_every_members_share_and_names_a_member_that_does_not_answe
     [gone] = [d for d in document["daemons"] if not d["up"]]
     assert (gone["member"], gone["error"]) == ("b", "connection refused")
     assert f"daemon b not answering at {b.url}/metrics: connection refused" in document["attention"]
+    said = f"daemon b: not answering at {b.url}/metrics: connection refused (its share of nodes"
+    assert said in screen
     states = {n["name"]: n["state"] for n in document["nodes"]}
     assert {n for n, s in states.items() if s == "unknown"} == held_by_b
     assert {n for n, s in states.items() if s == "down"} == set(NODES) - held_by_b
