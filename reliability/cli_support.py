@@ -108,6 +108,50 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
 
 
+def direct_option(fn: F) -> F:
+    """`--direct`: read the database (and the daemons' /metrics) in this process, not
+    through the running daemon's read API."""
+    return click.option(
+        "--direct",
+        is_flag=True,
+        help="Read the database in this process instead of asking the running daemon.",
+    )(fn)
+
+
+# The daemon's answer may wait on the database and on the other members' /metrics.
+DAEMON_ANSWER_TIMEOUT = 10.0
+
+
+def from_daemon(config: Config, path: str, params: dict[str, str] | None = None) -> Any:
+    """The running daemon's JSON answer to GET `path` of its read API (at the config's
+    `http.listen`), or None: nothing listens there (refused at once), no answer in time, or
+    it refused (another database, a missing or wrong token, an older daemon without the
+    API) or failed. The command then reads the database itself, as with no daemon.
+
+    Imports no database layer: that is the point of asking."""
+    import json
+    import urllib.parse
+
+    from reliability import readapi
+    from reliability.config import ConfigError
+
+    try:
+        headers = {readapi.DATABASE_HEADER: readapi.database_key(config.database_url())}
+        token = config.api_token()
+    except ConfigError:
+        return None  # a secret this process cannot read: the direct path says which
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+    url = readapi.base_url(config.http.listen) + path
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    try:
+        body = readapi.get(url, timeout=DAEMON_ANSWER_TIMEOUT, headers=headers)
+        return json.loads(body)
+    except (readapi.DaemonUnreachable, ValueError):
+        return None
+
+
 def print_json(data: Any) -> None:
     def default(o: Any) -> Any:
         if hasattr(o, "model_dump"):  # a pydantic model

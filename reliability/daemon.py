@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import uvicorn
@@ -35,7 +35,7 @@ from reliability.incidents.models import IncidentRead
 from reliability.intake import build_routes as intake_routes
 from reliability.notify.dispatcher import Dispatcher
 from reliability.sdnotify import Heartbeat, SystemdNotify
-from reliability.web import Readiness, build_app, problems_of
+from reliability.web import Readiness, build_app, problems_of, read_routes
 from reliability.writer import BatchWriter
 
 if TYPE_CHECKING:
@@ -341,6 +341,35 @@ def _slack_routes(
     return [interactions_route(actions, secret=secret)] if secret is not None else []
 
 
+def _read_routes(daemon: Daemon, database: db.LazyEngine, membership: Membership) -> list[Route]:
+    """The reading commands' API: `incidents list` on the daemon's pool, and `status`
+    with this daemon's own share read from its snapshot and the other members' scraped."""
+    from reliability.exposition import Exposition
+    from reliability.incidents.listing import listing
+    from reliability.status.gather import StatusReader, document
+
+    config = daemon.config
+    reader = StatusReader(
+        config,
+        database_url=database.url,
+        database=database,
+        local=lambda: Exposition.parse(daemon.snapshot.exposition()),
+        local_member=membership.member_id,
+    )
+
+    def incidents(status: str, limit: int) -> list[dict[str, Any]]:
+        with database.session() as session, session.begin():
+            return listing(session, status=status, limit=limit, now=datetime.now(UTC))
+
+    return read_routes(
+        incidents=incidents,
+        status=lambda: document(reader.read()),
+        database_url=database.url,
+        listen=config.http.listen,
+        token=config.api_token(),
+    )
+
+
 def _start_incident_flow(
     daemon: Daemon,
     scheduler: BackgroundScheduler,
@@ -604,6 +633,7 @@ def serve(daemon: Daemon) -> int:
         # records incidents and takes webhooks, so it stays ready.
         critical=[Readiness("notify", dispatcher.health.condition)] if dispatcher else [],
         routes=[
+            *_read_routes(daemon, database, membership),
             *intake_routes(daemon.config, writer),
             *_slack_routes(daemon.config, database, dispatcher, runbooks, slack_closers),
         ],

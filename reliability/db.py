@@ -315,11 +315,16 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def error_line(exc: BaseException) -> str:
+    """A database error in one line: the first line of the driver's message."""
+    cause = str(getattr(exc, "orig", None) or exc).strip()
+    return next((line.strip() for line in cause.splitlines() if line.strip()), type(exc).__name__)
+
+
 def _unavailable(url: str | URL, exc: BaseException) -> DatabaseUnavailable:
     """A DatabaseUnavailable for a failed connect: masked URL, first line of the cause."""
     parsed = make_url(url)
-    cause = str(getattr(exc, "orig", None) or exc).strip()
-    cause = next((line.strip() for line in cause.splitlines() if line.strip()), type(exc).__name__)
+    cause = error_line(exc)
     if parsed.password:
         # Drivers do not normally echo the password, but a message is no place to find out.
         cause = cause.replace(str(parsed.password), "***")

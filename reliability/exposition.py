@@ -104,6 +104,17 @@ class Exposition:
                 samples.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
         return cls(samples, frozenset(families))
 
+    @classmethod
+    def merged(cls, parts: list[Exposition]) -> Exposition:
+        """Several daemons' scrapes as one (each collects its share of the fleet): every
+        series of each, in the order given; where two report the same series (a target
+        that just moved), lookups find the first's."""
+        samples: dict[str, list[tuple[Labels, float]]] = {}
+        for part in parts:
+            for name, series in part._samples.items():
+                samples.setdefault(name, []).extend(series)
+        return cls(samples, frozenset().union(*(part._families for part in parts)))
+
     def has(self, metric: Family) -> bool:
         """Whether the scrape declares `metric`, with series or (none observed yet) without."""
         return bool({metric.name, metric.name.removesuffix("_total")} & self._families)
@@ -125,8 +136,8 @@ class Exposition:
 
     def histograms(self, metric: Family) -> dict[tuple[str, ...], Histogram]:
         """A histogram metric's series, keyed by the values of `metric.labels` in order."""
-        per: dict[tuple[str, ...], list[tuple[float, float]]] = {}
+        per: dict[tuple[str, ...], dict[float, float]] = {}
         for labels, v in self._samples.get(metric.name + "_bucket", ()):
             key = tuple(labels.get(name, "") for name in metric.labels)
-            per.setdefault(key, []).append((float(labels["le"]), v))
-        return {k: Histogram(tuple(sorted(b))) for k, b in per.items()}
+            per.setdefault(key, {}).setdefault(float(labels["le"]), v)
+        return {k: Histogram(tuple(sorted(b.items()))) for k, b in per.items()}

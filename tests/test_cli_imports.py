@@ -1,7 +1,9 @@
 """A command loads what it needs and nothing else: `reliability --help` no database layer
 or domain, `incidents list` and `status` no migration tooling, test rig, SSH, dashboards,
 daemon, detection rules, runbooks, notifiers or httpx (what made every call take
-seconds). Each command runs in a fresh interpreter, as a user runs it."""
+seconds), and no database layer at all while the daemon answers for them (SQLAlchemy's
+import alone is a third of a second). Each command runs in a fresh interpreter, as a user
+runs it."""
 
 from __future__ import annotations
 
@@ -14,8 +16,13 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 
+from reliability import readapi
 from reliability.cli import DOMAIN_COMMANDS, listed
+from reliability.cli_support import from_daemon, load_config
+from reliability.testing.cluster import start_member, wait_for
+from reliability.testing.loopback import free_port
 
 PROBE = """
 import json, runpy, sys
@@ -42,7 +49,8 @@ NOT_FOR_READING = (
 )
 
 
-def loaded(*args: str, config: Path) -> set[str]:
+def run_probe(*args: str, config: Path) -> tuple[set[str], str]:
+    """The modules the command loaded, and what it printed."""
     done = subprocess.run(
         [sys.executable, "-c", PROBE, *args, "-c", str(config)],
         capture_output=True,
@@ -50,7 +58,11 @@ def loaded(*args: str, config: Path) -> set[str]:
         timeout=120,
         check=False,
     )
-    return set(json.loads(done.stderr.strip().splitlines()[-1]))
+    return set(json.loads(done.stderr.strip().splitlines()[-1])), done.stdout
+
+
+def loaded(*args: str, config: Path) -> set[str]:
+    return run_probe(*args, config=config)[0]
 
 
 @pytest.fixture
@@ -90,6 +102,33 @@ def test_reading_commands_load_no_rig_migrations_ssh_or_daemon(
     assert not {m for m in modules if m.startswith(NOT_FOR_READING)}
     assert not {m for m in modules if m.startswith(("reliability.testing", "reliability.demo"))}
     assert "reliability.daemon" not in modules
+
+
+def test_while_the_daemon_answers_reading_commands_load_no_database_layer(
+    config: Path, tmp_path: Path
+):
+    port = free_port()
+    settings = yaml.safe_load(config.read_text()) or {}
+    settings["http"] = {"listen": f"127.0.0.1:{port}"}
+    config.write_text(yaml.safe_dump(settings))
+    daemon = start_member(config, "imports", port, tmp_path)
+    try:
+        loaded_config = load_config(config)
+        wait_for(
+            "the daemon's read API",
+            lambda: from_daemon(loaded_config, readapi.STATUS_PATH) is not None,
+            60,
+            [daemon],
+        )
+        for command in (["incidents", "list", "--json"], ["status", "--json"]):
+            modules, printed = run_probe(*command, config=config)
+            assert not _tops(modules) & {"sqlalchemy", "psycopg", "alembic", *HEAVY, "httpx"}
+            assert "reliability.db" not in modules
+            assert json.loads(printed) is not None  # it did answer
+        # --direct reads the database itself, as with no daemon.
+        assert "sqlalchemy" in _tops(loaded("incidents", "list", "--direct", config=config))
+    finally:
+        daemon.stop()
 
 
 @pytest.mark.parametrize("name", sorted(DOMAIN_COMMANDS))

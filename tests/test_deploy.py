@@ -119,9 +119,12 @@ def test_compose_runs_two_daemons_on_one_config_and_prometheus_scrapes_both(
     result = _run(docker_compose, "--env-file", ENV_EXAMPLE, "-f", COMPOSE, "config")
     services = yaml.safe_load(result.stdout)["services"]
     one, two = services["daemon-1"], services["daemon-2"]
-    assert {k: v for k, v in one.items() if k != "ports"} == {
-        k: v for k, v in two.items() if k != "ports"
+    own = ("ports", "hostname")
+    assert {k: v for k, v in one.items() if k not in own} == {
+        k: v for k, v in two.items() if k not in own
     }
+    # Recorded in the members table: `status` reaches each member's /metrics by it.
+    assert (one["hostname"], two["hostname"]) == ("daemon-1", "daemon-2")
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "reliability"]
     assert job["static_configs"][0]["targets"] == ["daemon-1:9464", "daemon-2:9464"]

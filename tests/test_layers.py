@@ -2,7 +2,7 @@
 down or sideways, never up, and closes no cycle.
 
     core      config, db, writer, catalog, exposition, ssh, durations, balancers, shipped,
-              sdnotify
+              sdnotify, readapi
     domains   collect, detect, intake, incidents, notify, runbooks, images, fleet, dashboards
               (their models, services, renderers, collectors)
     flows     each domain's flows.py (work that spans domains), status (the read-only view
@@ -28,7 +28,7 @@ CORE, DOMAIN, FLOWS, ENTRY = 0, 1, 2, 3
 LAYER_NAMES = {CORE: "core", DOMAIN: "domain", FLOWS: "flows", ENTRY: "entry point"}
 CORE_MODULES = {
     "config", "db", "writer", "catalog", "exposition", "ssh", "durations", "balancers", "shipped",
-    "sdnotify",
+    "sdnotify", "readapi",
 }  # fmt: skip
 ENTRY_MODULES = {"cli", "cli_support", "cli_reference", "daemon", "daemon_report", "web", "demo"}
 FLOWS_PACKAGES = {"status"}

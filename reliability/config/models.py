@@ -159,6 +159,16 @@ class HttpConfig(Strict):
     ] = "127.0.0.1:9464"
     webhook_token_env: str | None = None
     webhook_token_file: Path | None = None
+    # The read API's bearer token (GET /api/v1/incidents, /api/v1/status), for the
+    # daemon and the commands alike; required when `listen` is not loopback.
+    api_token_env: str | None = None
+    api_token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> HttpConfig:
+        if self.api_token_env and self.api_token_file:
+            raise ValueError("give only one of `api_token_env`, `api_token_file`")
+        return self
 
     @property
     def host(self) -> str:
@@ -730,6 +740,14 @@ class Config(Strict):
         field = ("http", "webhook_token_env" if h.webhook_token_env else "webhook_token_file")
         return self._read_secret(field, h.webhook_token_env, h.webhook_token_file)
 
+    def api_token(self) -> SecretStr | None:
+        """The read API's bearer token; None when none is configured."""
+        h = self.http
+        if not (h.api_token_env or h.api_token_file):
+            return None
+        field = ("http", "api_token_env" if h.api_token_env else "api_token_file")
+        return self._read_secret(field, h.api_token_env, h.api_token_file)
+
     def endpoint_key(self, index: int) -> SecretStr | None:
         e = self.endpoints[index]
         if not (e.api_key_env or e.api_key_file):
@@ -754,7 +772,7 @@ class Config(Strict):
         return values
 
     def _secret_readers(self) -> list[Callable[[], Any]]:
-        readers: list[Callable[[], Any]] = [self.webhook_token]
+        readers: list[Callable[[], Any]] = [self.webhook_token, self.api_token]
         readers += [
             lambda s=s: list(self.container_secrets(s).values())
             for s in self.services

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -13,29 +14,39 @@ from reliability.cli_support import (
     config_option,
     console,
     database,
+    direct_option,
+    from_daemon,
     json_option,
     print_json,
     who,
 )
 from reliability.config import Config
 from reliability.durations import format_duration, parse_duration
-from reliability.incidents import service, silences
-from reliability.incidents.models import (
-    IncidentEventRead,
-    IncidentRead,
-    IncidentStatus,
+from reliability.incidents.kinds import (
+    LIST_DEFAULT_LIMIT,
+    LIST_DEFAULT_STATUS,
+    LIST_MAX_LIMIT,
+    LIST_STATUSES,
+    UNRESOLVED_STATUSES,
     Severity,
-    Silence,
-    SilenceRead,
 )
 from reliability.incidents.render import (
     SEVERITY_STYLE,
     SILENCE_STYLE,
     STATUS_STYLE,
     age,
+    incident_table,
     labels_text,
     span,
 )
+from reliability.readapi import INCIDENTS_PATH
+
+if TYPE_CHECKING:
+    from reliability.incidents.models import Silence
+    from reliability.incidents.silences import Matcher
+
+# The database layer (models, service, silences) is imported by each command that reads
+# or writes: `incidents list` asks the running daemon first and then needs none of it.
 
 
 @click.group()
@@ -46,56 +57,39 @@ def incidents() -> None:
 @incidents.command("list")
 @click.option(
     "--status",
-    type=click.Choice([s.value for s in IncidentStatus] + ["unresolved", "all"]),
-    default="unresolved",
+    type=click.Choice(LIST_STATUSES),
+    default=LIST_DEFAULT_STATUS,
     show_default=True,
 )
-@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, LIST_MAX_LIMIT),
+    default=LIST_DEFAULT_LIMIT,
+    show_default=True,
+)
+@direct_option
 @config_option(domain_checks=False)
 @json_option
-def list_(config: Config, status: str, limit: int, as_json: bool) -> None:
-    """List incidents, most recently seen first."""
-    with database(config) as session:
-        if status == "unresolved":
-            # Both unresolved states, each limited, merged: resolved ones never crowd them out.
-            rows = sorted(
-                (
-                    i
-                    for s in (IncidentStatus.open, IncidentStatus.acknowledged)
-                    for i in service.list_incidents(session, status=s, limit=limit)
-                ),
-                key=lambda i: (i.last_seen_at, i.id),
-                reverse=True,
-            )[:limit]
-        else:
-            wanted = None if status == "all" else IncidentStatus(status)
-            rows = service.list_incidents(session, status=wanted, limit=limit)
-        items = [IncidentRead.model_validate(i) for i in rows]
-        in_force = silences.active(session, now=datetime.now(UTC))
-    muted = {i.id: s.id for i in items if (s := silences.covering(in_force, i.labels))}
+def list_(config: Config, status: str, limit: int, direct: bool, as_json: bool) -> None:
+    """List incidents, most recently seen first.
+
+    Asks the running daemon (at the config's http.listen) when one answers for this
+    database, else (or with --direct) reads the database: the same list either way."""
+    items = None
+    if not direct:
+        items = from_daemon(config, INCIDENTS_PATH, {"status": status, "limit": str(limit)})
+    if items is None:
+        from reliability.incidents.listing import listing
+
+        with database(config) as session:
+            items = listing(session, status=status, limit=limit, now=datetime.now(UTC))
     if as_json:
-        print_json([i.model_dump(mode="json") | {"silenced_by": muted.get(i.id)} for i in items])
+        print_json(items)
         return
     if not items:
         console.print(f"No {status if status != 'all' else ''} incidents.".replace("  ", " "))
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("ID", "SEV", "STATUS", "AGE", "SEEN", "TITLE", "LABELS"):
-        table.add_column(col, overflow="fold")
-    for i in items:
-        status_text = i.status.value + (f" ({i.acknowledged_by})" if i.acknowledged_by else "")
-        if i.id in muted:
-            status_text += f" [{SILENCE_STYLE['active']}]silenced #{muted[i.id]}[/]"
-        table.add_row(
-            str(i.id),
-            f"[{SEVERITY_STYLE[i.severity]}]{i.severity.value}[/]",
-            f"[{STATUS_STYLE[i.status]}]{status_text}[/]",
-            age(i.started_at),
-            f"{i.occurrences}x, {age(i.last_seen_at)} ago",
-            i.title,
-            labels_text(i),
-        )
-    console.print(table)
+    console.print(incident_table(items))
 
 
 @incidents.command()
@@ -104,6 +98,9 @@ def list_(config: Config, status: str, limit: int, as_json: bool) -> None:
 @json_option
 def show(config: Config, incident_id: int, as_json: bool) -> None:
     """Show one incident and its timeline."""
+    from reliability.incidents import service
+    from reliability.incidents.models import IncidentEventRead, IncidentRead
+
     with database(config) as session:
         try:
             incident = IncidentRead.model_validate(service.get(session, incident_id=incident_id))
@@ -123,7 +120,7 @@ def show(config: Config, incident_id: int, as_json: bool) -> None:
         f"status [{STATUS_STYLE[i.status]}]{i.status.value}[/]   source {i.source}\n"
         f"  since {i.started_at:%Y-%m-%d %H:%M:%S}Z ({age(i.started_at)} ago), "
         f"last seen {age(i.last_seen_at)} ago, {i.occurrences} occurrence(s)\n"
-        f"  labels {labels_text(i) or '-'}\n"
+        f"  labels {labels_text(i.labels) or '-'}\n"
         f"  fingerprint {i.fingerprint}"
     )
     if i.summary:
@@ -137,7 +134,8 @@ def show(config: Config, incident_id: int, as_json: bool) -> None:
 
 
 def _transition(config: Config, action: str, incident_id: int, as_json: bool, **kw: object) -> None:
-    from reliability.incidents import flows  # a change: pages through the outbox
+    from reliability.incidents import flows, service  # a change: pages through the outbox
+    from reliability.incidents.models import IncidentRead
 
     with database(config) as session:
         try:
@@ -181,7 +179,7 @@ def resolve(config: Config, incident_id: int, by: str, note: str | None, as_json
 @config_option(domain_checks=False)
 def note(config: Config, incident_id: int, text: str, by: str) -> None:
     """Add a note to an incident's timeline."""
-    from reliability.incidents import flows  # a change: pages through the outbox
+    from reliability.incidents import flows, service  # a change: pages through the outbox
 
     with database(config) as session:
         try:
@@ -224,6 +222,7 @@ def open_(
         parsed[key] = value
     fp = fingerprint or "manual:" + title.strip().lower()
     from reliability.incidents import flows  # a change: pages through the outbox
+    from reliability.incidents.models import IncidentRead
 
     with database(config) as session:
         try:
@@ -246,7 +245,9 @@ def open_(
         console.print(f"#{read.id} {read.title}: {upsert.action}")
 
 
-def _matchers(texts: tuple[str, ...]) -> list[silences.Matcher]:
+def _matchers(texts: tuple[str, ...]) -> list[Matcher]:
+    from reliability.incidents import silences
+
     try:
         return [silences.parse_matcher(text) for text in texts]
     except ValueError as exc:
@@ -264,11 +265,16 @@ def _duration(text: str) -> timedelta:
 
 
 def _silence_json(silence: Silence, now: datetime) -> dict[str, object]:
+    from reliability.incidents import silences
+    from reliability.incidents.models import SilenceRead
+
     read = SilenceRead.model_validate(silence).model_dump(mode="json")
     return read | {"state": silences.state(silence, now=now)}
 
 
 def _shown(silence: Silence) -> str:
+    from reliability.incidents import silences
+
     return " ".join(str(m) for m in silences.matchers_of(silence))
 
 
@@ -298,6 +304,8 @@ def silence(
 
     When it ends, incidents it held back that are still unresolved are posted.
     """
+    from reliability.incidents import service, silences
+
     matchers, duration = _matchers(matches), _duration(for_)
     now = datetime.now(UTC)
     with database(config) as session:
@@ -309,7 +317,7 @@ def silence(
             raise BadInput(str(exc)) from None
         matched = sum(
             all(m.matches(i.labels) for m in matchers)
-            for status in (IncidentStatus.open, IncidentStatus.acknowledged)
+            for status in UNRESOLVED_STATUSES
             for i in service.list_incidents(session, status=status, limit=10000)
         )
         shown = _silence_json(created, now) | {"unresolved_incidents_matched": matched}
@@ -336,6 +344,8 @@ def silences_group() -> None:
 @json_option
 def silences_list(config: Config, include_ended: bool, limit: int, as_json: bool) -> None:
     """List active silences, soonest to end first (--all: every silence, newest first)."""
+    from reliability.incidents import silences
+
     now = datetime.now(UTC)
     with database(config) as session:
         found = silences.list_silences(session, now=now, include_ended=include_ended, limit=limit)
@@ -372,7 +382,7 @@ def silences_list(config: Config, include_ended: bool, limit: int, as_json: bool
 def silences_expire(config: Config, silence_id: int, as_json: bool) -> None:
     """End a silence now; the incidents it held back that are still unresolved are posted."""
     now = datetime.now(UTC)
-    from reliability.incidents import flows  # a change: pages through the outbox
+    from reliability.incidents import flows, silences  # a change: pages through the outbox
 
     with database(config) as session:
         try:

@@ -18,18 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Mapped, mapped_column
 
 from reliability.db import JSON, Base, UTCDateTime, string_enum
-
-
-class Severity(StrEnum):
-    critical = "critical"
-    warning = "warning"
-    info = "info"
-
-
-class IncidentStatus(StrEnum):
-    open = "open"
-    acknowledged = "acknowledged"
-    resolved = "resolved"
+from reliability.incidents.kinds import IncidentStatus, Severity
 
 
 class EventKind(StrEnum):

@@ -1,11 +1,16 @@
 """How incidents look on a terminal: the rich styles of their severities, statuses and
-silences, and short spans of time. Shared by `incidents/cli.py` and `status/render.py`."""
+silences, short spans of time, and the `incidents list` table drawn from its JSON document
+(the same whether the daemon or the database gave it). Shared by `incidents/cli.py` and
+`status/render.py`; imports no database layer."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from reliability.incidents.models import Incident, IncidentRead
+from rich.table import Table
+from rich.text import Text
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"open": "red", "acknowledged": "yellow", "resolved": "green"}
@@ -26,6 +31,28 @@ def span(delta: timedelta) -> str:
     return f"{max(seconds, 0)}s"
 
 
-def labels_text(incident: Incident | IncidentRead) -> str:
+def labels_text(labels: Mapping[str, str]) -> str:
     """`key=value` pairs, sorted by key."""
-    return " ".join(f"{k}={v}" for k, v in sorted(incident.labels.items()))
+    return " ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def incident_table(items: list[dict[str, Any]]) -> Table:
+    """`incidents list`'s table from its JSON document (listing.listing's items)."""
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "SEV", "STATUS", "AGE", "SEEN", "TITLE", "LABELS"):
+        table.add_column(col, overflow="fold")
+    for i in items:
+        by = f" ({i['acknowledged_by']})" if i["acknowledged_by"] else ""
+        status = Text(i["status"] + by, STATUS_STYLE[i["status"]])
+        if i["silenced_by"] is not None:
+            status.append(f" silenced #{i['silenced_by']}", SILENCE_STYLE["active"])
+        table.add_row(
+            str(i["id"]),
+            Text(i["severity"], SEVERITY_STYLE[i["severity"]]),
+            status,
+            age(datetime.fromisoformat(i["started_at"])),
+            f"{i['occurrences']}x, {age(datetime.fromisoformat(i['last_seen_at']))} ago",
+            Text(i["title"]),
+            Text(labels_text(i["labels"])),
+        )
+    return table

@@ -7,14 +7,19 @@ saying which URL and why), never an exception: the other half is still shown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from reliability import catalog, db
+from reliability.cluster import service as cluster_service
 from reliability.collect import base as collectors
 from reliability.config import Config
 from reliability.exposition import Exposition, Histogram
@@ -23,9 +28,10 @@ from reliability.incidents import service as incident_service
 from reliability.incidents.models import Incident, IncidentStatus, Severity
 from reliability.oncall import service as oncall_service
 from reliability.oncall.rotation import OnCall
+from reliability.readapi import DaemonUnreachable
 from reliability.runbooks import service as run_service
 from reliability.runbooks.models import RunbookRun, RunStatus
-from reliability.status.scrape import SCRAPE_TIMEOUT_S, DaemonUnreachable, LatencyWindow, fetch
+from reliability.status.scrape import SCRAPE_TIMEOUT_S, LatencyWindow, fetch, metrics_url
 
 # A run that failed (and was undone) this recently still asks for a look: what it was
 # meant to fix is probably still broken.
@@ -119,10 +125,20 @@ class NotifierRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonRow:
+    """A daemon whose `/metrics` the status read: `member` its cluster member id (None:
+    no cluster, the config's `http.listen`), `error` why it did not answer (None: it did)."""
+
+    member: str | None
+    url: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FleetStatus:
     at: datetime
-    metrics_url: str
-    daemon_error: str | None
+    # Every live member of the cluster, or the one daemon of the config.
+    daemons: list[DaemonRow]
     database: str
     database_error: str | None
     nodes: list[NodeRow]
@@ -134,7 +150,7 @@ class FleetStatus:
     attention: list[str]
     notifiers: list[NotifierRow] = field(default_factory=list)
     on_call: list[OnCall] = field(default_factory=list)  # one per rotation of the config
-    # Live daemons on the database as the scraped one counts them (cluster/); None: unknown.
+    # Live daemons on the database as the scraped ones count them (cluster/); None: unknown.
     members: int | None = None
 
     @property
@@ -142,87 +158,142 @@ class FleetStatus:
         return not self.attention
 
 
+@dataclass(frozen=True, slots=True)
+class _Records:
+    """What the status reads from the database, in one transaction."""
+
+    incidents: list[IncidentRow]
+    runs: list[RunRow]
+    live: dict[str, dict[str, str | None]]  # node -> its pool and role in the fleet table
+    on_call: list[OnCall]
+    members: list[cluster_service.MemberRead]  # live cluster members (PostgreSQL)
+
+
 class StatusReader:
     """Reads the status, again and again under `--watch`: one database engine and one
-    latency window for the whole watch. `window` None: p95 since the daemon started."""
+    latency window for the whole watch. `window` None: p95 since the daemon started.
+
+    The daemons read are every live cluster member (their `http` addresses, from the
+    database), else the config's `http.listen`; `metrics_url` names one to read instead.
+    In the daemon, `local` reads its own snapshot rather than its own `/metrics` (the
+    daemon whose member id is `local_member`, or the config's address), and `database` is
+    its engine."""
 
     def __init__(
         self,
         config: Config,
         *,
-        metrics_url: str,
         database_url: str,
+        metrics_url: str | None = None,
         window: LatencyWindow | None = None,
         timeout: float = SCRAPE_TIMEOUT_S,
+        database: db.LazyEngine | None = None,
+        local: Callable[[], Exposition] | None = None,
+        local_member: str | None = None,
     ) -> None:
         self.config = config
-        self.metrics_url = metrics_url
+        self._only_url = metrics_url
         self._database_url = database_url
         self._window = window
         self._timeout = timeout
-        self._engine: sa.Engine | None = None
+        self._database = database
+        self._own_database = database is None
+        self._local = local
+        self._local_member = local_member
 
     def read(self, now: datetime | None = None) -> FleetStatus:
         now = now or datetime.now(UTC)
-        daemon_error = None
+        records, database_error = None, None
         try:
-            exposition = fetch(self.metrics_url, timeout=self._timeout)
-        except DaemonUnreachable as exc:
-            exposition, daemon_error = Exposition({}), str(exc)
-        histograms = exposition.histograms(catalog.API_PROBE_DURATION)
-        covers = None
-        if self._window is not None and daemon_error is None:
-            histograms, covers = self._window.observe(histograms)
-        nodes = node_rows(self.config, exposition, now.timestamp())
-        endpoints = endpoint_rows(self.config, exposition, histograms)
-        incidents: list[IncidentRow] = []
-        runs: list[RunRow] = []
-        on_call: list[OnCall] = []
-        database_error = None
-        try:
-            incidents, runs, live, on_call = self._read_database(now)
-            nodes = [replace(n, **live[n.name]) if n.name in live else n for n in nodes]
+            records = self._read_database(now)
         except db.DatabaseError as exc:
             database_error = str(exc)
         except sa.exc.SQLAlchemyError as exc:
-            database_error = f"database {db.mask_url(self._database_url)}: {_first_line(exc)}"
+            database_error = f"database {db.mask_url(self._database_url)}: {db.error_line(exc)}"
+        daemons, parts = self._scrape(records.members if records else [])
+        exposition = Exposition.merged(parts)
+        answered = len(parts) > 0
+        histograms = exposition.histograms(catalog.API_PROBE_DURATION)
+        covers = None
+        if self._window is not None and answered:
+            histograms, covers = self._window.observe(histograms)
+        nodes = node_rows(self.config, exposition, now.timestamp())
+        if records is not None:
+            live = records.live
+            nodes = [replace(n, **live[n.name]) if n.name in live else n for n in nodes]
         status = FleetStatus(
             at=now,
-            metrics_url=self.metrics_url,
-            daemon_error=daemon_error,
+            daemons=daemons,
             database=db.mask_url(self._database_url),
             database_error=database_error,
             nodes=nodes,
-            endpoints=endpoints,
-            incidents=incidents,
-            runs=runs,
+            endpoints=endpoint_rows(self.config, exposition, histograms),
+            incidents=records.incidents if records else [],
+            runs=records.runs if records else [],
             latency_covers=covers,
             attention=[],
             notifiers=notifier_rows(exposition),
-            on_call=on_call,
+            on_call=records.on_call if records else [],
             members=_int(exposition.value(catalog.CLUSTER_MEMBERS)),
         )
         status.attention.extend(needs_attention(status))
         return status
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        if self._own_database and self._database is not None:
+            self._database.dispose()
+            self._database = None
 
-    def _read_database(
-        self, now: datetime
-    ) -> tuple[list[IncidentRow], list[RunRow], dict[str, dict[str, str | None]], list[OnCall]]:
-        if self._engine is None:
+    def _sources(self, members: list[cluster_service.MemberRead]) -> list[DaemonRow]:
+        if self._only_url is not None:
+            return [DaemonRow(None, self._only_url)]
+        if members:
+            return [DaemonRow(m.member_id, metrics_url(m.http, host=m.host)) for m in members]
+        return [DaemonRow(None, metrics_url(self.config.http.listen))]
+
+    def _scrape(
+        self, members: list[cluster_service.MemberRead]
+    ) -> tuple[list[DaemonRow], list[Exposition]]:
+        """Each daemon's scrape, at the same time and under one deadline; the rows say
+        which did not answer."""
+        sources = self._sources(members)
+
+        def one(source: DaemonRow) -> Exposition:
+            local = self._local is not None and (
+                source.member is None or source.member == self._local_member
+            )
+            if local and self._only_url is None:
+                assert self._local is not None
+                return self._local()
+            return fetch(source.url, timeout=self._timeout)
+
+        if len(sources) == 1:
+            futures = None
+        else:
+            pool = ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="status")
+            futures = [pool.submit(one, s) for s in sources]
+            pool.shutdown(wait=False)
+        rows, parts = [], []
+        for i, source in enumerate(sources):
+            try:
+                parts.append(one(source) if futures is None else futures[i].result())
+                rows.append(source)
+            except DaemonUnreachable as exc:
+                rows.append(replace(source, error=str(exc)))
+        return rows, parts
+
+    def _read_database(self, now: datetime) -> _Records:
+        if self._database is None:
             missing = _missing_sqlite_file(self._database_url)
             if missing is not None:
                 # Connecting would create an empty file: status must leave no trace.
                 raise db.DatabaseError(
                     f"no database at {missing}: run `reliability db upgrade` (or start the daemon)"
                 )
-            self._engine = db.make_engine(self._database_url, self.config.database.limits())
-        db.check_schema(self._engine)
-        with db.session_factory(self._engine)() as session, session.begin():
+            self._database = db.LazyEngine(self._database_url, self.config.database.limits())
+        engine = self._database.get()
+        db.check_schema(engine)
+        with self._database.session() as session, session.begin():
             unresolved = [
                 i
                 for s in (IncidentStatus.open, IncidentStatus.acknowledged)
@@ -242,7 +313,67 @@ class StatusReader:
             }
             rotations = self.config.oncall.rotations if self.config.oncall else []
             on_call = [oncall_service.on_call(session, rotation=r, at=now) for r in rotations]
-        return incidents, runs, live, on_call
+            members = (
+                cluster_service.live_members(session, lease=self.config.cluster.lease)
+                if engine.dialect.name == "postgresql"
+                else []
+            )
+        return _Records(incidents, runs, live, on_call, members)
+
+
+def document(status: FleetStatus) -> dict[str, Any]:
+    """The whole status as the JSON document `status --json` prints and the daemon's
+    `GET /api/v1/status` answers (times in ISO 8601, UTC); the screen is drawn from it."""
+    at = status.at
+    down = [d for d in status.daemons if d.error is not None]
+    errors = "; ".join(f"{d.member}: {d.error}" for d in down) or None
+    return _plain(
+        {
+            "at": at,
+            "ok": status.ok,
+            "attention": status.attention,
+            # All of them together: up when every one answered.
+            "daemon": {
+                "url": (down or status.daemons)[0].url,
+                "up": not down,
+                "error": status.daemons[0].error if len(status.daemons) == 1 else errors,
+            },
+            "daemons": [
+                {"member": d.member, "url": d.url, "up": d.error is None, "error": d.error}
+                for d in status.daemons
+            ],
+            "cluster": {"members": status.members},
+            "database": {
+                "url": status.database,
+                "up": status.database_error is None,
+                "error": status.database_error,
+            },
+            "nodes": [asdict(n) | {"state": n.state} for n in status.nodes],
+            "endpoints": [
+                asdict(e) | {"p95_window_seconds": status.latency_covers} for e in status.endpoints
+            ],
+            "incidents": [
+                asdict(i) | {"age_seconds": round((at - i.started_at).total_seconds())}
+                for i in status.incidents
+            ],
+            "runs": [asdict(r) for r in status.runs],
+            "notifiers": [asdict(n) for n in status.notifiers],
+            "on_call": [asdict(p) for p in status.on_call],
+        }
+    )
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON holds it: times in ISO 8601, enums as their values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
 
 
 def node_rows(config: Config, exposition: Exposition, now_unix: float) -> list[NodeRow]:
@@ -329,28 +460,33 @@ def endpoint_rows(
 
 
 def notifier_rows(exposition: Exposition) -> list[NotifierRow]:
-    """Each notifier the daemon sends through, with what holds its pages back."""
-    failures: dict[str, list[NotifierFailure]] = {}
+    """Each notifier the daemons send through, with what holds its pages back: healthy
+    only where every daemon that reports it says so (each runs a dispatcher)."""
+    healthy: dict[str, bool] = {}
+    for labels, value in exposition.values(catalog.NOTIFIER_HEALTHY):
+        name = labels["notifier"]
+        healthy[name] = healthy.get(name, True) and value >= 1
+    failures: dict[str, dict[tuple[str | None, str], NotifierFailure]] = {}
     for labels, since in exposition.values(catalog.NOTIFIER_PERMANENT_FAILURE):
-        failures.setdefault(labels["notifier"], []).append(
-            NotifierFailure(
-                destination=labels.get("destination") or None,
-                reason=labels.get("reason", ""),
-                since=datetime.fromtimestamp(since, UTC),
-            )
+        failure = NotifierFailure(
+            destination=labels.get("destination") or None,
+            reason=labels.get("reason", ""),
+            since=datetime.fromtimestamp(since, UTC),
         )
+        held = failures.setdefault(labels["notifier"], {})
+        key = (failure.destination, failure.reason)
+        if key not in held or failure.since < held[key].since:
+            held[key] = failure
     return [
-        NotifierRow(labels["notifier"], healthy >= 1, failures.get(labels["notifier"], []))
-        for labels, healthy in sorted(
-            exposition.values(catalog.NOTIFIER_HEALTHY), key=lambda s: s[0]["notifier"]
-        )
+        NotifierRow(name, healthy[name], list(failures.get(name, {}).values()))
+        for name in sorted(healthy)
     ]
 
 
 def needs_attention(status: FleetStatus) -> list[str]:
     """One line per thing on-call should look at; empty when all is well.
 
-    Counted, in this order: the daemon, then the database, not answering; a notifier whose
+    Counted, in this order: each daemon, then the database, not answering; a notifier whose
     pages are held back (a refused token or channel: nobody is paged); a node down, or
     up with GPUs lost or not readable; an unresolved critical incident; a run interrupted
     or whose undo failed (waiting for a human), a running run with no heartbeat, a run that
@@ -358,8 +494,10 @@ def needs_attention(status: FleetStatus) -> list[str]:
     incidents their rules open, not by a threshold of this command's own.
     """
     out: list[str] = []
-    if status.daemon_error:
-        out.append(f"daemon not answering at {status.metrics_url}: {status.daemon_error}")
+    for d in status.daemons:
+        if d.error is not None:
+            name = f"daemon {d.member}" if d.member else "daemon"
+            out.append(f"{name} not answering at {d.url}: {d.error}")
     if status.database_error:
         out.append(status.database_error)
     for notifier in status.notifiers:
@@ -437,8 +575,3 @@ def _missing_sqlite_file(url: str) -> Path | None:
     if name.startswith("file:"):
         return None
     return None if Path(name).exists() else Path(name)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,9 +1,10 @@
 """`reliability status` drawn for a terminal (rich, one line per row, fits 80 columns for a
-small fleet) or written as one JSON document for scripts."""
+small fleet) from its JSON document (`gather.document`), the same whether the daemon or
+this process gathered it. Imports no database layer."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from rich.cells import cell_len
@@ -13,24 +14,18 @@ from rich.text import Text
 
 from reliability import catalog
 from reliability.incidents.render import SEVERITY_STYLE
-from reliability.runbooks.models import RunStatus
-from reliability.status.gather import (
-    FleetStatus,
-    IncidentRow,
-    NodeRow,
-    RunRow,
-)
 
+Document = dict[str, Any]
 MAX_ATTENTION_LINES = 4
 MAX_INCIDENT_ROWS = 8
 RUN_STYLE = {
-    RunStatus.running: "cyan",
-    RunStatus.succeeded: "green",
-    RunStatus.undone: "green",
-    RunStatus.failed: "red",
-    RunStatus.aborted: "yellow",
-    RunStatus.interrupted: "bold red",
-    RunStatus.undo_failed: "bold red",
+    "running": "cyan",
+    "succeeded": "green",
+    "undone": "green",
+    "failed": "red",
+    "aborted": "yellow",
+    "interrupted": "bold red",
+    "undo_failed": "bold red",
 }
 # Error ratios from this share up are shown red, below it and above zero yellow.
 RED_RATIO = 0.1
@@ -38,88 +33,78 @@ RED_RATIO = 0.1
 MIN_FLEXIBLE = 12
 
 
-def to_json(status: FleetStatus) -> dict[str, Any]:
-    """The whole status as one JSON-ready document (times in ISO 8601, UTC)."""
-    at = status.at
-    return {
-        "at": at,
-        "ok": status.ok,
-        "attention": status.attention,
-        "daemon": {
-            "url": status.metrics_url,
-            "up": status.daemon_error is None,
-            "error": status.daemon_error,
-        },
-        "cluster": {"members": status.members},
-        "database": {
-            "url": status.database,
-            "up": status.database_error is None,
-            "error": status.database_error,
-        },
-        "nodes": [asdict(n) | {"state": n.state} for n in status.nodes],
-        "endpoints": [
-            asdict(e) | {"p95_window_seconds": status.latency_covers} for e in status.endpoints
-        ],
-        "incidents": [
-            asdict(i) | {"age_seconds": round((at - i.started_at).total_seconds())}
-            for i in status.incidents
-        ],
-        "runs": [asdict(r) for r in status.runs],
-        "notifiers": [asdict(n) for n in status.notifiers],
-        "on_call": [asdict(p) for p in status.on_call],
-    }
-
-
-def render(status: FleetStatus, *, width: int, refresh: float | None = None) -> RenderableType:
+def render(status: Document, *, width: int, refresh: float | None = None) -> RenderableType:
     """The screen for a terminal `width` columns wide. `refresh` (seconds) is shown in the
     header under `--watch`."""
     parts: list[RenderableType] = [_header(status, refresh)]
-    if status.daemon_error:
-        parts.append(
+    down = [d for d in status["daemons"] if not d["up"]]
+    if len(down) == len(status["daemons"]):
+        parts.extend(
             Text.assemble(
-                ("daemon: ", "bold"),
-                (f"not answering at {status.metrics_url}: {status.daemon_error}", "red"),
+                (f"{_daemon(d)}: ", "bold"),
+                (f"not answering at {d['url']}: {d['error']}", "red"),
                 " (nodes and endpoints unknown)",
             )
+            for d in down
         )
     else:
-        nodes = _nodes(status.nodes, width) if status.nodes else Text("Nodes: none configured")
-        parts.append(nodes)
-        if status.endpoints:
+        nodes = status["nodes"]
+        parts.append(_nodes(nodes, width) if nodes else Text("Nodes: none configured"))
+        if status["endpoints"]:
             parts.append(_endpoints(status, width))
-    if status.database_error:
-        parts.append(Text.assemble(("database: ", "bold"), (status.database_error, "red")))
+        parts.extend(
+            Text.assemble(
+                (f"{_daemon(d)}: ", "bold"),
+                (f"not answering at {d['url']}: {d['error']}", "red"),
+                " (its share of nodes and endpoints unknown)",
+            )
+            for d in down
+        )
+    database = status["database"]
+    if not database["up"]:
+        parts.append(Text.assemble(("database: ", "bold"), (database["error"], "red")))
     else:
         parts.append(_incidents(status, width))
         parts.append(_runs(status, width))
     return Group(*parts)
 
 
-def _header(status: FleetStatus, refresh: float | None) -> RenderableType:
-    line = Text.assemble(("reliability status", "bold"), f"  {status.at:%H:%M:%S}Z  ")
-    if status.ok:
+def _daemon(d: Document) -> str:
+    return f"daemon {d['member']}" if d["member"] else "daemon"
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _header(status: Document, refresh: float | None) -> RenderableType:
+    at = _at(status["at"])
+    line = Text.assemble(("reliability status", "bold"), f"  {at:%H:%M:%S}Z  ")
+    attention = status["attention"]
+    if status["ok"]:
         line.append("all fine", "bold green")
     else:
-        line.append(f"NEEDS ATTENTION ({len(status.attention)})", "bold red")
-    if status.members is not None:
-        line.append(f"  {status.members} daemon{'s' if status.members != 1 else ''}")
+        line.append(f"NEEDS ATTENTION ({len(attention)})", "bold red")
+    members = status["cluster"]["members"]
+    if members is not None:
+        line.append(f"  {members} daemon{'s' if members != 1 else ''}")
     if refresh is not None:
         line.append(f"  (every {refresh:g}s, Ctrl-C stops)", "dim")
     lines = [line]
-    # The daemon's and the database's lines come first; each has its own line below.
-    own = (status.daemon_error is not None) + (status.database_error is not None)
-    rest = status.attention[own:]
+    # The daemons' and the database's lines come first; each has its own line below.
+    own = sum(not d["up"] for d in status["daemons"]) + (not status["database"]["up"])
+    rest = attention[own:]
     shown = rest[:MAX_ATTENTION_LINES]
     lines.extend(Text(f"  - {a}", "red", no_wrap=True, overflow="ellipsis") for a in shown)
     if len(rest) > len(shown):
         lines.append(Text(f"  ... and {len(rest) - len(shown)} more (--json)", "red"))
     # Who a page reaches, below what needs attention.
-    for p in status.on_call:
-        who = f"{p.user_id} ({p.name})" if p.name else p.user_id
-        by = f", override #{p.override_id}" if p.override_id else ""
+    for p in status["on_call"]:
+        who = f"{p['user_id']} ({p['name']})" if p["name"] else p["user_id"]
+        by = f", override #{p['override_id']}" if p["override_id"] else ""
         lines.append(
             Text(
-                f"  on call ({p.rotation}): {who} until {p.until:%a %H:%M}Z{by}",
+                f"  on call ({p['rotation']}): {who} until {_at(p['until']):%a %H:%M}Z{by}",
                 no_wrap=True,
                 overflow="ellipsis",
             )
@@ -165,61 +150,64 @@ def _fit(table: Table, width: int) -> Table:
     return table
 
 
-def _nodes(nodes: list[NodeRow], width: int) -> Table:
+def _nodes(nodes: list[Document], width: int) -> Table:
     table = _table("Nodes", "NODE", "STATE", "GPUS", "POOL", "ROLE")
     for n in nodes:
-        table.add_row(n.name, _node_state(n), _gpus(n), n.pool or "", n.role or "")
+        table.add_row(n["name"], _node_state(n), _gpus(n), n["pool"] or "", n["role"] or "")
     return _fit(table, width)
 
 
-def _node_state(n: NodeRow) -> Text:
-    if n.up is None:
+def _node_state(n: Document) -> Text:
+    if n["up"] is None:
         return Text("unknown", "dim")
-    if not n.up:
-        since = f" {_span(n.down_for_seconds)}" if n.down_for_seconds is not None else ""
+    if not n["up"]:
+        down_for = n["down_for_seconds"]
+        since = f" {_span(down_for)}" if down_for is not None else ""
         return Text(f"down{since}", "bold red")
     return Text("up", "green")
 
 
-def _gpus(n: NodeRow) -> Text:
-    expected = "?" if n.gpus_expected is None else str(n.gpus_expected)
-    if n.gpu_collect_failed:
+def _gpus(n: Document) -> Text:
+    expected = "?" if n["gpus_expected"] is None else str(n["gpus_expected"])
+    if n["gpu_collect_failed"]:
         return Text(f"?/{expected} unreadable", "red")
-    if n.gpus_visible is None:
-        return Text(f"-/{expected}" if n.gpus_expected else "", "dim")
-    text = f"{n.gpus_visible}/{expected}"
-    if n.gpus_lost:
-        return Text(f"{text} ({n.gpus_lost} lost)", "bold red")
+    if n["gpus_visible"] is None:
+        return Text(f"-/{expected}" if n["gpus_expected"] else "", "dim")
+    text = f"{n['gpus_visible']}/{expected}"
+    if n["gpus_lost"]:
+        return Text(f"{text} ({n['gpus_lost']} lost)", "bold red")
     return Text(text)
 
 
-def _endpoints(status: FleetStatus, width: int) -> Table:
-    covers = status.latency_covers
+def _endpoints(status: Document, width: int) -> Table:
+    endpoints = status["endpoints"]
+    covers = endpoints[0]["p95_window_seconds"]
     basis = "since the daemon started" if covers is None else f"over the last {_span(covers)}"
     table = _table(
         f"Endpoints (p95 {basis})", "ENDPOINT", "ROLE", "LAST", "ERR 1m", "5m", "BUSY 1m", "P95"
     )
-    for e in status.endpoints:
-        last = {True: Text("ok", "green"), False: Text("fail", "red"), None: Text("-", "dim")}
-        p95 = ", ".join(f"{probe} {_seconds(v)}" for probe, v in e.p95_seconds.items())
+    last = {True: ("ok", "green"), False: ("fail", "red"), None: ("-", "dim")}
+    for e in endpoints:
+        p95 = ", ".join(f"{probe} {_seconds(v)}" for probe, v in e["p95_seconds"].items())
         table.add_row(
-            e.name,
-            e.role or "",
-            last[e.last_probe_ok],
-            _ratio(e.error_ratio.get("1m")),
-            _ratio(e.error_ratio.get("5m")),
-            _ratio(e.overload_ratio.get("1m")),
+            e["name"],
+            e["role"] or "",
+            Text(*last[e["last_probe_ok"]]),
+            _ratio(e["error_ratio"].get("1m")),
+            _ratio(e["error_ratio"].get("5m")),
+            _ratio(e["overload_ratio"].get("1m")),
             p95 or Text("-", "dim"),
         )
     return _fit(table, width)
 
 
-def _incidents(status: FleetStatus, width: int) -> RenderableType:
-    if not status.incidents:
+def _incidents(status: Document, width: int) -> RenderableType:
+    incidents = status["incidents"]
+    if not incidents:
         return Text.assemble(("Incidents: ", "bold"), ("none open", "green"))
-    shown = status.incidents[:MAX_INCIDENT_ROWS]
+    shown = incidents[:MAX_INCIDENT_ROWS]
     table = _table(
-        f"Open incidents ({len(status.incidents)})",
+        f"Open incidents ({len(incidents)})",
         "ID",
         "SEV",
         "STATUS",
@@ -227,28 +215,29 @@ def _incidents(status: FleetStatus, width: int) -> RenderableType:
         "TITLE",
         ellipsis=("TITLE",),
     )
+    at = _at(status["at"])
     for i in shown:
         table.add_row(
-            str(i.id),
-            Text(i.severity.value, SEVERITY_STYLE[i.severity]),
+            str(i["id"]),
+            Text(i["severity"], SEVERITY_STYLE[i["severity"]]),
             _incident_status(i),
-            _span((status.at - i.started_at).total_seconds()),
-            i.title,
+            _span((at - _at(i["started_at"])).total_seconds()),
+            Text(i["title"]),
         )
-    if len(status.incidents) > len(shown):
-        more = len(status.incidents) - len(shown)
+    if len(incidents) > len(shown):
+        more = len(incidents) - len(shown)
         table.add_row("", "", "", "", Text(f"... {more} more: reliability incidents list", "dim"))
     return _fit(table, width)
 
 
-def _incident_status(i: IncidentRow) -> Text:
-    if i.acknowledged_by:
-        return Text(f"acked by {i.acknowledged_by}", "yellow")
-    return Text(i.status.value, "red" if i.status.value == "open" else "yellow")
+def _incident_status(i: Document) -> Text:
+    if i["acknowledged_by"]:
+        return Text(f"acked by {i['acknowledged_by']}", "yellow")
+    return Text(i["status"], "red" if i["status"] == "open" else "yellow")
 
 
-def _runs(status: FleetStatus, width: int) -> RenderableType:
-    if not status.runs:
+def _runs(status: Document, width: int) -> RenderableType:
+    if not status["runs"]:
         return Text.assemble(("Runbook runs: ", "bold"), ("none yet", "dim"))
     table = _table(
         "Runbook runs",
@@ -260,22 +249,24 @@ def _runs(status: FleetStatus, width: int) -> RenderableType:
         "STEP / REASON",
         ellipsis=("STEP / REASON",),
     )
-    for r in status.runs:
+    at = _at(status["at"])
+    for r in status["runs"]:
+        running = r["status"] == "running"
         table.add_row(
-            str(r.id),
-            r.runbook,
+            str(r["id"]),
+            r["runbook"],
             _run_status(r),
-            r.started_by,
-            f"{_span((status.at - r.started_at).total_seconds())} ago",
-            r.reason or (f"at {r.step}" if r.step and r.status is RunStatus.running else ""),
+            r["started_by"],
+            f"{_span((at - _at(r['started_at'])).total_seconds())} ago",
+            Text(r["reason"] or (f"at {r['step']}" if r["step"] and running else "")),
         )
     return _fit(table, width)
 
 
-def _run_status(r: RunRow) -> Text:
-    if r.no_heartbeat_seconds is not None:
-        return Text(f"running? (no heartbeat for {r.no_heartbeat_seconds:.0f}s)", "bold red")
-    return Text(r.status.value, RUN_STYLE.get(r.status, ""))
+def _run_status(r: Document) -> Text:
+    if r["no_heartbeat_seconds"] is not None:
+        return Text(f"running? (no heartbeat for {r['no_heartbeat_seconds']:.0f}s)", "bold red")
+    return Text(r["status"], RUN_STYLE.get(r["status"], ""))
 
 
 def _ratio(value: float | None) -> Text:

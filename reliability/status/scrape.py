@@ -3,31 +3,19 @@ latency quantiles from its histograms (over the daemon's life, or over a `--watc
 
 from __future__ import annotations
 
-import http.client
-import re
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 
 from reliability.exposition import Exposition, Histogram
+from reliability.readapi import DaemonUnreachable, base_url, get, one_line
 
 SCRAPE_TIMEOUT_S = 3.0
 
 
-class DaemonUnreachable(Exception):
-    """`/metrics` gave no Prometheus exposition; the message says why, in one line."""
-
-
-def metrics_url(listen: str) -> str:
-    """The URL of `/metrics` for the daemon's `http.listen` (a wildcard means this host)."""
-    host, port = listen.rsplit(":", 1)
-    host = host.strip("[]")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/metrics"
+def metrics_url(listen: str, *, host: str | None = None) -> str:
+    """The URL of `/metrics` for a daemon's `http.listen` (readapi.base_url)."""
+    return base_url(listen, host=host) + "/metrics"
 
 
 def fetch(url: str, *, timeout: float = SCRAPE_TIMEOUT_S) -> Exposition:
@@ -35,30 +23,11 @@ def fetch(url: str, *, timeout: float = SCRAPE_TIMEOUT_S) -> Exposition:
 
     One GET through the standard library: httpx's import alone would add a tenth of a
     second to every `reliability status`."""
-    request = urllib.request.Request(url, headers={"Accept-Encoding": "identity"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, reason, body = response.status, response.reason, response.read()
-    except urllib.error.HTTPError as exc:
-        raise DaemonUnreachable(f"HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        if isinstance(cause, TimeoutError):
-            raise DaemonUnreachable(f"no answer within {timeout:g}s") from None
-        raise DaemonUnreachable(_one_line(cause)) from None
-    if status != 200:
-        raise DaemonUnreachable(f"HTTP {status} {reason}")
+    body = get(url, timeout=timeout)
     try:
         return Exposition.parse(body.decode("utf-8", errors="replace"))
     except ValueError as exc:
-        raise DaemonUnreachable(f"not a Prometheus exposition ({_one_line(exc)})") from None
-
-
-def _one_line(exc: object) -> str:
-    text = str(exc).strip()
-    # "[Errno 111] Connection refused" -> "connection refused"
-    text = re.sub(r"^\[Errno -?\d+\] ", "", text.splitlines()[0] if text else "")
-    return text[:1].lower() + text[1:] if text else type(exc).__name__
+        raise DaemonUnreachable(f"not a Prometheus exposition ({one_line(exc)})") from None
 
 
 class LatencyWindow:

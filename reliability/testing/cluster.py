@@ -113,6 +113,7 @@ def write_config(
     slack: dict[str, Any] | None = None,
     heartbeat: float = 0.5,
     lease: float = 2.0,
+    nodes: list[dict[str, Any]] | None = None,
 ) -> Path:
     config: dict[str, Any] = {
         "database": {"url": database_url},
@@ -122,6 +123,9 @@ def write_config(
         "rules": {"builtin": False, "custom": [ENDPOINT_DOWN]},
         "incidents": {"reopen_window": "10m"},
     }
+    if nodes:
+        config["nodes"] = nodes
+        config["collect"] = {"node_interval": "1s"}
     if slack is not None:
         config["slack"] = slack
     path.write_text(yaml.safe_dump(config, sort_keys=False))
