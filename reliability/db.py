@@ -49,6 +49,7 @@ MODEL_MODULES = (
     "reliability.oncall.models",
     "reliability.capacity.models",
     "reliability.cluster.models",
+    "reliability.detect.models",
 )
 
 # Deterministic constraint names, so migrations can refer to them on every backend.

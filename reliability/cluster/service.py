@@ -144,11 +144,38 @@ def members(session: Session) -> list[MemberRead]:
     ]
 
 
+def forget_gone(session: Session, *, older_than: float) -> list[str]:
+    """Delete the members silent for more than `older_than` seconds (gone long ago: killed,
+    or restarted with another id), so the table does not grow with every restart. Their ids."""
+    return list(
+        session.scalars(
+            sa.delete(Member)
+            .where(Member.heartbeat_at < sa.func.now() - _span(older_than))
+            .returning(Member.member_id)
+        )
+    )
+
+
 def leave(session: Session, *, member_id: str, incarnation: str) -> None:
     """A clean stop: the row goes, and the lease (if this member held it) is free now."""
     session.execute(
         sa.delete(Member).where(Member.member_id == member_id, Member.incarnation == incarnation)
     )
+    _free_lease(session, member_id=member_id)
+
+
+def step_aside(session: Session, *, member_id: str, incarnation: str, lease: float) -> None:
+    """This member stops at once but stays listed (as gone, holding nothing): its share goes
+    to the others at their next heartbeat, and the lease (if it held it) is free now."""
+    session.execute(
+        sa.update(Member)
+        .where(Member.member_id == member_id, Member.incarnation == incarnation)
+        .values(heartbeat_at=sa.func.now() - _span(lease), targets=[])
+    )
+    _free_lease(session, member_id=member_id)
+
+
+def _free_lease(session: Session, *, member_id: str) -> None:
     session.execute(
         sa.update(Lease)
         .where(Lease.name == LEADER, Lease.holder == member_id)
