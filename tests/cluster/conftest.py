@@ -89,6 +89,10 @@ class Cluster:
         with self.engine.connect() as c:
             return list(c.execute(sa.text(sql), params))
 
+    def unsent(self) -> int:
+        """Outbox rows not sent yet (a row is sent once Slack answered and it is recorded)."""
+        return self.query("SELECT count(*) FROM outbox WHERE status != 'sent'")[0][0]
+
     def open_incidents(self) -> int:
         return self.query("SELECT count(*) FROM incidents WHERE status != 'resolved'")[0][0]
 
