@@ -270,6 +270,11 @@ class Evaluator:
         self._restored = wanted
         self._resumable = {fp: t for fp, t in pending.items() if fp not in held}
 
+    @property
+    def longest_for(self) -> float:
+        """The longest `for` of the active rules (0 with none)."""
+        return max((c.rule.for_ for c in self._rules), default=0.0)
+
     def pending_changes(self) -> dict[str, PendingGroup | None]:
         """Groups that started pending since the last call, and (None) those that fired,
         cleared, or were found clear when resumed: what the shared database must learn so

@@ -48,6 +48,9 @@ DUE_SLACK = 0.002  # past a pending group's due time, so its step sees it run ou
 # Transitions kept while the database is down. A flapping fleet during a long outage must
 # not grow memory without bound: beyond this the oldest are dropped, and the log says so.
 MAX_UNRECORDED = 10_000
+# A pending entry older than every rule's `for` by this much is dropped at a restore: its
+# rule or target left the config (an entry of a live group fires or clears long before).
+STALE_PENDING = 3600.0
 
 
 class DetectionLoop:
@@ -120,8 +123,11 @@ class DetectionLoop:
         self._apply_rebalance()
         try:
             if not self._restored:
-                with self._database.session() as session:
+                with self._database.session() as session, session.begin():
                     opened = open_rule_fingerprints(session)
+                    # Far past every `for`: a rule or target removed from the config.
+                    stale = self._evaluator.longest_for + STALE_PENDING
+                    pending_service.prune(session, older_than=stale)
                     pending = pending_service.pending(session)
                 now = self._clock()
                 self._evaluator.restore(

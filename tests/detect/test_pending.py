@@ -1,7 +1,8 @@
 """Pending `for` timers in the shared database: the daemon that takes a rule group over
 (its owner died, or the cluster's shares moved) fires it `for` after its condition started,
 not `for` after the takeover; a pending group whose condition cleared meanwhile is dropped;
-and the database hears of a pending group only when it starts, fires or clears."""
+and the database hears of a pending group only when it starts, fires or clears; an entry of
+a rule or target gone from the config does not stay forever."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def test_a_group_pending_when_its_daemon_died_fires_on_time_where_it_is_taken_ov
     for _ in range(5):  # pending, evaluated again and again: nothing more written
         time.sleep(0.1)
         assert first.step() == []
-    assert written == ["SELECT", "INSERT"]  # read once at the start; one write
+    # At the start: stale entries pruned, the rest read; then one write, and no more.
+    assert written == ["DELETE", "SELECT", "INSERT"]
     first.stop()  # died halfway through its `for`
 
     heir = daemon()
@@ -114,3 +116,18 @@ def test_a_pending_group_that_cleared_while_no_one_watched_is_dropped(fleet, dae
     fleet.nodes["gpu-2"].temperature["0"] = 95.0  # hot again: a new `for` from now
     assert heir.step() == []
     assert pending(engine)["gpu-2"] < FOR / 2
+
+
+def test_an_entry_that_no_rule_will_fire_or_clear_is_dropped_after_an_hour(daemon, engine):
+    with db.session_factory(engine)() as session, session.begin():
+        service.save(
+            session,
+            started=[
+                service.Pending('rule:gone{node="gpu-9"}', "gone", {"node": "gpu-9"}, 2 * 3600),
+                service.Pending('rule:hot{node="gpu-7"}', "hot", {"node": "gpu-7"}, 60),
+            ],
+            ended=[],
+            member_id="another",
+        )
+    daemon().step()
+    assert set(pending(engine)) == {"gpu-7"}  # gone an hour past its `for`; one just pending
