@@ -245,7 +245,9 @@ class Evaluator:
             read = partial(readings.gpu_lost, rule)
         return _Rule(rule, read, _unit(rule), {})
 
-    def restore(self, fingerprints: Iterable[str], pending: Mapping[str, float] = {}) -> None:
+    def restore(
+        self, fingerprints: Iterable[str], pending: Mapping[str, float] | None = None
+    ) -> None:
         """Treat these rule incidents, open before a restart (or opened by another daemon of
         the cluster before this one took their targets over), as firing and announced: they
         resolve when their condition is read clear, and do not fire a second time.
@@ -268,7 +270,7 @@ class Evaluator:
                     wanted.discard(group.fingerprint)
         # What is not open now is not restored (resolved meanwhile by another daemon).
         self._restored = wanted
-        self._resumable = {fp: t for fp, t in pending.items() if fp not in held}
+        self._resumable = {fp: t for fp, t in (pending or {}).items() if fp not in held}
 
     @property
     def longest_for(self) -> float:
