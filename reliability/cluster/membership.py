@@ -245,7 +245,7 @@ class Membership:
             if self._skewed():
                 self._step_aside()
                 return
-            epoch = self._lease_step(beat.members)
+            epoch, renewed = self._lease_step(beat.members)
         except DuplicateMember as exc:
             self._duplicate = str(exc)
             log.error("cluster: %s", exc)
@@ -261,7 +261,8 @@ class Membership:
             self._valid_until = started + self._lease
             was = self._epoch
             self._epoch = epoch
-            self._leader_until = started + self._lease if epoch is not None else None
+            if renewed:
+                self._leader_until = started + self._lease if epoch is not None else None
         if epoch != was:
             if epoch is not None:
                 log.warning("cluster: %s leads (epoch %d)", self.member_id, epoch)
@@ -277,11 +278,16 @@ class Membership:
         self._registered = False
         self._stay_out()
 
-    def _lease_step(self, members: tuple[MemberRead, ...]) -> int | None:
+    def _lease_step(self, members: tuple[MemberRead, ...]) -> tuple[int | None, bool]:
+        """The epoch held after this beat, and whether the database said so: False while
+        the lease row is busy (the epoch kept, not renewed: it runs out by itself)."""
         with self._database.session() as session, session.begin():
-            epoch = service.acquire_lease(
-                session, member_id=self.member_id, epoch=self._epoch, lease=self._lease
-            )
+            try:
+                epoch = service.acquire_lease(
+                    session, member_id=self.member_id, epoch=self._epoch, lease=self._lease
+                )
+            except service.LeaseBusy:
+                return self._epoch, False
             if epoch is not None and service.record_rebalance(
                 session, members=[m.member_id for m in members]
             ):
@@ -290,7 +296,7 @@ class Membership:
                 forgotten = service.forget_gone(session, older_than=self._forget_after)
                 if forgotten:
                     log.info("cluster: forgot long-gone member(s) %s", ", ".join(forgotten))
-        return epoch
+        return epoch, True
 
     def _sweep_due(self) -> bool:
         now = self._clock()

@@ -183,16 +183,39 @@ def _free_lease(session: Session, *, member_id: str) -> None:
     )
 
 
+class LeaseBusy(Exception):
+    """Another transaction holds the lease row (a member paused inside one): try again at
+    the next heartbeat rather than wait for it."""
+
+
 def acquire_lease(
     session: Session, *, member_id: str, epoch: int | None, lease: float
 ) -> int | None:
     """Renew the lease this member holds at `epoch`, else take it if it is free or expired
-    (at the next epoch). The epoch held afterwards, or None while another member holds it."""
+    (at the next epoch). The epoch held afterwards, or None while another member holds it.
+
+    Never waits on the row: a member paused (SIGSTOP) inside a transaction that holds it
+    would hold every other heartbeat until the server ends that session. LeaseBusy then;
+    a member that does not hold the lease locks the row only when the lease is free."""
     session.execute(
         insert(Lease.__table__)
         .values(name=LEADER, epoch=0)
         .on_conflict_do_nothing(index_elements=["name"])
     )
+    if epoch is None:
+        free = session.execute(
+            sa.select(Lease.name).where(
+                Lease.name == LEADER,
+                sa.or_(Lease.expires_at.is_(None), Lease.expires_at <= sa.func.now()),
+            )
+        ).first()
+        if free is None:
+            return None
+    locked = session.execute(
+        sa.select(Lease.name).where(Lease.name == LEADER).with_for_update(skip_locked=True)
+    ).first()
+    if locked is None:
+        raise LeaseBusy
     until = sa.func.now() + _span(lease)
     if epoch is not None:
         renewed = session.execute(

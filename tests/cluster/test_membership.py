@@ -16,7 +16,7 @@ from reliability.cluster.service import DuplicateMember
 
 pytestmark = pytest.mark.postgres
 
-LEASE = 1.0
+LEASE = 2.0  # long enough that a loaded machine does not lose it between two steps
 KEYS = [f"node:gpu-{i}" for i in range(30)]
 
 
@@ -88,6 +88,27 @@ def test_a_leader_silent_past_its_lease_is_fenced_and_steps_down_when_it_wakes(m
         assert not service.holds_lease(session, member_id="a", epoch=1)
     b.step()
     assert sorted(a.owned | b.owned) == sorted(KEYS) and not a.owned & b.owned
+
+
+def test_a_leader_paused_inside_a_transaction_on_the_lease_fences_no_one_else(member):
+    """SIGSTOP can fall while the leader's timers hold the lease row (FOR SHARE): the others
+    go on beating and take its share, without waiting on that row; they lead once the
+    server ends the paused session."""
+    a, b = member("a"), member("b")
+    for m in (a, b, a, b):
+        m.register()
+        m.step()
+    assert a.is_leader() and a.epoch == 1
+    with a._database.session() as paused, paused.begin():
+        assert a.holds_lease(paused)
+        time.sleep(LEASE + 0.2)  # a is stopped, its transaction open
+        started = time.monotonic()
+        b.step()
+        assert time.monotonic() - started < LEASE / 2  # no wait on the row
+        assert b.problem() is None and b.owned == frozenset(KEYS)
+        assert not b.is_leader()
+    b.step()  # the session ended: the lease is free
+    assert b.is_leader() and b.epoch == 2
 
 
 def test_a_second_daemon_with_a_live_members_id_is_refused(member):
