@@ -196,6 +196,7 @@ def _membership(config: Config) -> Membership:
         heartbeat=cluster.heartbeat,
         lease=cluster.lease,
         keys=Shards(config).keys,
+        forget_after=cluster.forget_after,
     )
 
 
@@ -415,6 +416,7 @@ def _start_incident_flow(
         on_firing=runbooks.submit,
         writer=writer,
         gate=membership.problem,
+        member=None if membership.solo else membership.member_id,
     )
     _share_out(daemon, scheduler, membership, detection)
     detection.start()

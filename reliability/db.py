@@ -54,6 +54,7 @@ MODEL_MODULES = (
     "reliability.capacity.models",
     "reliability.cluster.models",
     "reliability.maintenance.models",
+    "reliability.detect.models",
 )
 
 # Deterministic constraint names, so migrations can refer to them on every backend.

@@ -14,8 +14,14 @@ On waking from a pause the monotonic clock has moved on, so the member acts on n
 before a heartbeat has checked it against the database; it is no longer leader then if
 another member took the lease (a new epoch).
 
-A host clock far from the database's (more than a lease) also fences the member: its
-timestamps (acknowledgement timeouts, outbox leases) would be wrong, so it only collects.
+The leader also forgets the members gone for longer than `forget_after` (their rows go;
+`cluster status` lists them as gone until then), at most once a minute.
+
+A host clock far from the database's (more than a lease) keeps the member out: its
+timestamps (acknowledgement timeouts, outbox leases, incident times) would be wrong, so it
+does not join (or, found off at a heartbeat, steps aside at once: listed as gone, its share
+and the lease free for the others), holds no share, and `problem()` says why; it checks the
+clock at every heartbeat and joins again once it agrees.
 
 SQLite has no members: `solo` is always the leader of one, owns every share, and only
 checks that the database answers, for `reliability_database_up`.
@@ -44,6 +50,7 @@ from reliability.collect.base import Sample
 log = logging.getLogger("reliability.cluster")
 
 Listener = Callable[[frozenset[str]], object]
+FORGET_EVERY = 60.0  # seconds between the leader's sweeps of long-gone members
 
 
 def default_member_id() -> str:
@@ -62,15 +69,19 @@ class Membership:
         heartbeat: float,
         lease: float,
         keys: Iterable[str],
+        forget_after: float = 86400.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.member_id = member_id
         self.solo = db.normalize_url(database.url).get_backend_name() != "postgresql"
         self._database = database
         self._http = http
         self._heartbeat, self._lease = heartbeat, lease
+        self._forget_after = forget_after
+        self._swept_at: float | None = None  # monotonic; the leader's last sweep
         self._keys = frozenset(keys)
-        self._clock = clock
+        self._clock, self._wall = clock, wall
         self._incarnation = secrets.token_hex(8)
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -112,18 +123,21 @@ class Membership:
             return None
         if self._duplicate is not None:
             return self._duplicate
+        if self._skewed():
+            return (
+                f"this host's clock is {self._skew:+.0f}s off the database's: fix its time "
+                "sync; until then this daemon stays out of the cluster (no share, no page)"
+            )
         until = self._valid_until
         if until is None:
             return f"not a cluster member yet: {self._db_error or 'no heartbeat yet'}"
         if self._clock() >= until:
             why = f"database: {self._db_error}" if self._db_error else "paused or too slow"
             return f"fenced: no heartbeat within the lease ({self._lease:g}s; {why})"
-        if abs(self._skew) > self._lease:
-            return (
-                f"this host's clock is {self._skew:+.0f}s off the database's: fix its time "
-                "sync; until then this daemon only collects"
-            )
         return None
+
+    def _skewed(self) -> bool:
+        return abs(self._skew) > self._lease
 
     def holds_lease(self, session: Session) -> bool:
         """Checked in the caller's transaction before leader work: this member still leads
@@ -165,18 +179,42 @@ class Membership:
         return True
 
     def _register(self) -> None:
+        """Join, unless this host's clock is off the database's (then stay out, no share)."""
         with self._database.session() as session, session.begin():
-            service.register(
-                session,
-                member_id=self.member_id,
-                incarnation=self._incarnation,
-                host=socket.gethostname(),
-                http=self._http,
-                pid=os.getpid(),
-                lease=self._lease,
-            )
+            self._read_skew(session.execute(sa.select(sa.func.now())).scalar_one())
+            if not self._skewed():
+                service.register(
+                    session,
+                    member_id=self.member_id,
+                    incarnation=self._incarnation,
+                    host=socket.gethostname(),
+                    http=self._http,
+                    pid=os.getpid(),
+                    lease=self._lease,
+                )
+        if self._skewed():
+            self._stay_out()
+            return
         self._registered = True
         log.info("cluster: joined as %s", self.member_id)
+
+    def _read_skew(self, server_now: datetime) -> None:
+        was = self._skewed()
+        self._skew = (self._wall() - server_now).total_seconds()
+        if self._skewed() and not was:
+            log.error(
+                "cluster: this host's clock is %+.0fs off the database's: staying out of the "
+                "cluster (no share, no page) until its time sync is fixed",
+                self._skew,
+            )
+        elif was and not self._skewed():
+            log.warning("cluster: this host's clock agrees with the database's again")
+
+    def _stay_out(self) -> None:
+        """Hold nothing and lead nothing while the clock is off (others take the share)."""
+        with self._lock:
+            self._epoch = self._leader_until = self._valid_until = None
+        self._rebalance(())
 
     def step(self) -> None:
         """One heartbeat: renew the row, read the members, renew or take the lease."""
@@ -187,6 +225,9 @@ class Membership:
         try:
             if not self._registered:
                 self._register()
+                if not self._registered:
+                    self._db_error = None  # the database answered: the clock keeps it out
+                    return
             with self._database.session() as session, session.begin():
                 beat = service.heartbeat(
                     session,
@@ -200,8 +241,11 @@ class Membership:
                 log.warning("cluster: %s was taken for gone; joining again", self.member_id)
                 self._register()
                 return
-            self._skew = (datetime.now(UTC) - beat.server_now).total_seconds()
-            epoch = self._lease_step(beat.members)
+            self._read_skew(beat.server_now)
+            if self._skewed():
+                self._step_aside()
+                return
+            epoch, renewed = self._lease_step(beat.members)
         except DuplicateMember as exc:
             self._duplicate = str(exc)
             log.error("cluster: %s", exc)
@@ -217,25 +261,51 @@ class Membership:
             self._valid_until = started + self._lease
             was = self._epoch
             self._epoch = epoch
-            self._leader_until = started + self._lease if epoch is not None else None
+            if renewed:
+                self._leader_until = started + self._lease if epoch is not None else None
         if epoch != was:
             if epoch is not None:
                 log.warning("cluster: %s leads (epoch %d)", self.member_id, epoch)
             elif was is not None:
                 log.warning("cluster: %s no longer leads (epoch %d ended)", self.member_id, was)
 
-    def _lease_step(self, members: tuple[MemberRead, ...]) -> int | None:
-        if abs(self._skew) > self._lease:
-            return None  # a leader's timers read this host's clock
+    def _step_aside(self) -> None:
+        """The clock went off while a member: listed as gone at once, the lease freed."""
         with self._database.session() as session, session.begin():
-            epoch = service.acquire_lease(
-                session, member_id=self.member_id, epoch=self._epoch, lease=self._lease
+            service.step_aside(
+                session, member_id=self.member_id, incarnation=self._incarnation, lease=self._lease
             )
+        self._registered = False
+        self._stay_out()
+
+    def _lease_step(self, members: tuple[MemberRead, ...]) -> tuple[int | None, bool]:
+        """The epoch held after this beat, and whether the database said so: False while
+        the lease row is busy (the epoch kept, not renewed: it runs out by itself)."""
+        with self._database.session() as session, session.begin():
+            try:
+                epoch = service.acquire_lease(
+                    session, member_id=self.member_id, epoch=self._epoch, lease=self._lease
+                )
+            except service.LeaseBusy:
+                return self._epoch, False
             if epoch is not None and service.record_rebalance(
                 session, members=[m.member_id for m in members]
             ):
                 log.info("cluster: members now %s", ", ".join(m.member_id for m in members))
-        return epoch
+            if epoch is not None and self._sweep_due():
+                forgotten = service.forget_gone(session, older_than=self._forget_after)
+                if forgotten:
+                    log.info("cluster: forgot long-gone member(s) %s", ", ".join(forgotten))
+        return epoch, True
+
+    def _sweep_due(self) -> bool:
+        now = self._clock()
+        if self._swept_at is not None and now - self._swept_at < min(
+            FORGET_EVERY, self._forget_after
+        ):
+            return False
+        self._swept_at = now
+        return True
 
     def _rebalance(self, members: tuple[MemberRead, ...]) -> None:
         ids = [m.member_id for m in members]

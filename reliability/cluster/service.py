@@ -144,11 +144,38 @@ def members(session: Session) -> list[MemberRead]:
     ]
 
 
+def forget_gone(session: Session, *, older_than: float) -> list[str]:
+    """Delete the members silent for more than `older_than` seconds (gone long ago: killed,
+    or restarted with another id), so the table does not grow with every restart. Their ids."""
+    return list(
+        session.scalars(
+            sa.delete(Member)
+            .where(Member.heartbeat_at < sa.func.now() - _span(older_than))
+            .returning(Member.member_id)
+        )
+    )
+
+
 def leave(session: Session, *, member_id: str, incarnation: str) -> None:
     """A clean stop: the row goes, and the lease (if this member held it) is free now."""
     session.execute(
         sa.delete(Member).where(Member.member_id == member_id, Member.incarnation == incarnation)
     )
+    _free_lease(session, member_id=member_id)
+
+
+def step_aside(session: Session, *, member_id: str, incarnation: str, lease: float) -> None:
+    """This member stops at once but stays listed (as gone, holding nothing): its share goes
+    to the others at their next heartbeat, and the lease (if it held it) is free now."""
+    session.execute(
+        sa.update(Member)
+        .where(Member.member_id == member_id, Member.incarnation == incarnation)
+        .values(heartbeat_at=sa.func.now() - _span(lease), targets=[])
+    )
+    _free_lease(session, member_id=member_id)
+
+
+def _free_lease(session: Session, *, member_id: str) -> None:
     session.execute(
         sa.update(Lease)
         .where(Lease.name == LEADER, Lease.holder == member_id)
@@ -156,16 +183,39 @@ def leave(session: Session, *, member_id: str, incarnation: str) -> None:
     )
 
 
+class LeaseBusy(Exception):
+    """Another transaction holds the lease row (a member paused inside one): try again at
+    the next heartbeat rather than wait for it."""
+
+
 def acquire_lease(
     session: Session, *, member_id: str, epoch: int | None, lease: float
 ) -> int | None:
     """Renew the lease this member holds at `epoch`, else take it if it is free or expired
-    (at the next epoch). The epoch held afterwards, or None while another member holds it."""
+    (at the next epoch). The epoch held afterwards, or None while another member holds it.
+
+    Never waits on the row: a member paused (SIGSTOP) inside a transaction that holds it
+    would hold every other heartbeat until the server ends that session. LeaseBusy then;
+    a member that does not hold the lease locks the row only when the lease is free."""
     session.execute(
         insert(Lease.__table__)
         .values(name=LEADER, epoch=0)
         .on_conflict_do_nothing(index_elements=["name"])
     )
+    if epoch is None:
+        free = session.execute(
+            sa.select(Lease.name).where(
+                Lease.name == LEADER,
+                sa.or_(Lease.expires_at.is_(None), Lease.expires_at <= sa.func.now()),
+            )
+        ).first()
+        if free is None:
+            return None
+    locked = session.execute(
+        sa.select(Lease.name).where(Lease.name == LEADER).with_for_update(skip_locked=True)
+    ).first()
+    if locked is None:
+        raise LeaseBusy
     until = sa.func.now() + _span(lease)
     if epoch is not None:
         renewed = session.execute(

@@ -561,6 +561,10 @@ class ClusterConfig(Strict):
     lease: Interval = Field(
         6.0, description="a member (and the leader) silent this long is gone; >= 3 heartbeats"
     )
+    forget_after: Interval = Field(
+        86400.0,
+        description="a gone member is listed (`cluster status`) this long, then forgotten",
+    )
     expected_members: int = Field(
         1,
         ge=1,
@@ -578,6 +582,11 @@ class ClusterConfig(Strict):
             raise ValueError(
                 f"lease ({self.lease:g}s) must be at least 3 heartbeats "
                 f"({3 * self.heartbeat:g}s), or one slow heartbeat loses it"
+            )
+        if self.forget_after < self.lease:
+            raise ValueError(
+                f"forget_after ({self.forget_after:g}s) must be at least the lease "
+                f"({self.lease:g}s): a member is forgotten only once it is gone"
             )
         return self
 

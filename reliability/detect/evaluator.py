@@ -83,6 +83,17 @@ class Transition:
     runbook_request: RunbookRequest | None  # the same, for the daemon to run when `auto`
 
 
+@dataclass(frozen=True, slots=True)
+class PendingGroup:
+    """A group that started pending: what a member taking its target over needs to resume
+    its `for` (`since`, Unix time on this host's clock)."""
+
+    fingerprint: str
+    rule: str
+    labels: dict[str, str]
+    since: float
+
+
 @dataclass(slots=True)
 class _View:
     """A group as last read: its worst series, how many of its series hold, and what they
@@ -203,6 +214,11 @@ class Evaluator:
         self._recoveries = recoveries(config, self._endpoints)
         self._seen: set[Source] = set()  # sources that have answered at least once
         self._restored: set[str] = set()
+        # Pending since when (Unix time), by fingerprint: groups another daemon started,
+        # resumed at their first reading here (dropped if that reading is clear).
+        self._resumable: dict[str, float] = {}
+        # Groups that started pending (or stopped: None) since `pending_changes()`.
+        self._pending: dict[str, PendingGroup | None] = {}
         self._rules = [self._compile(rule) for rule in active_rules(config.rules)]
 
     @property
@@ -229,23 +245,44 @@ class Evaluator:
             read = partial(readings.gpu_lost, rule)
         return _Rule(rule, read, _unit(rule), {})
 
-    def restore(self, fingerprints: Iterable[str]) -> None:
+    def restore(
+        self, fingerprints: Iterable[str], pending: Mapping[str, float] | None = None
+    ) -> None:
         """Treat these rule incidents, open before a restart (or opened by another daemon of
         the cluster before this one took their targets over), as firing and announced: they
         resolve when their condition is read clear, and do not fire a second time.
         `fingerprints` is every open one: earlier restored ones not among them are dropped.
 
+        `pending`: groups pending elsewhere (another daemon, or this one before a restart)
+        and since when (Unix time): a group read bad for the first time here keeps that
+        start, so its `for` runs out when it would have there; read clear, it is dropped.
+
         A group is taken over when its series are first read again; until then (no data
         yet) it stays open. Fingerprints of other sources (Alertmanager, manual) are ignored.
         """
         wanted = {fp for fp in fingerprints if fp.startswith(FINGERPRINT_PREFIX)}
+        held = set()
         for c in self._rules:
             for group in c.groups.values():
+                held.add(group.fingerprint)
                 if group.fingerprint in wanted:
                     group.firing = group.announced = True
                     wanted.discard(group.fingerprint)
         # What is not open now is not restored (resolved meanwhile by another daemon).
         self._restored = wanted
+        self._resumable = {fp: t for fp, t in (pending or {}).items() if fp not in held}
+
+    @property
+    def longest_for(self) -> float:
+        """The longest `for` of the active rules (0 with none)."""
+        return max((c.rule.for_ for c in self._rules), default=0.0)
+
+    def pending_changes(self) -> dict[str, PendingGroup | None]:
+        """Groups that started pending since the last call, and (None) those that fired,
+        cleared, or were found clear when resumed: what the shared database must learn so
+        that another daemon can resume them. Groups with no `for` never pend."""
+        changes, self._pending = self._pending, {}
+        return changes
 
     def release(self, keep: Callable[[Mapping[str, str]], bool]) -> int:
         """Forget the groups whose labels `keep` refuses (targets now watched by another
@@ -306,7 +343,7 @@ class Evaluator:
         for key, members in by_group.items():
             bad = [r for r in members if r.bad]
             group = c.groups.get(key)
-            if group is None and not bad and not self._restored:
+            if group is None and not bad and not self._restored and not self._resumable:
                 continue  # the common case: all clear, nothing open
             view = self._view(rule, members, bad)
             if group is None:
@@ -321,7 +358,11 @@ class Evaluator:
         removed = []
         for key, group in list(c.groups.items()):
             members = by_group.get(key, [])
-            if self._advance(rule, group, members, data, now):
+            was_firing = group.firing
+            over = self._advance(rule, group, members, data, now)
+            if rule.for_ and not was_firing and (over or group.firing):
+                self._pending[group.fingerprint] = None  # fired or cleared
+            if over:
                 del c.groups[key]
                 removed.append(group)
         return removed
@@ -335,10 +376,21 @@ class Evaluator:
         if rule.group_by:
             labels = dict(zip(rule.group_by, key, strict=True))
         fp = fingerprint(rule.name, labels)
+        resumed = self._resumable.pop(fp, None)
         if fp in self._restored:
             self._restored.discard(fp)
+            if resumed is not None:
+                self._pending[fp] = None
             return _Group(fp, dict(labels), now, view, firing=True, announced=True)
-        return _Group(fp, dict(labels), now, view) if view.count else None
+        if not view.count:
+            if resumed is not None:
+                self._pending[fp] = None  # its target recovered meanwhile
+            return None
+        if resumed is not None:
+            return _Group(fp, dict(labels), min(resumed, now), view)
+        if rule.for_:
+            self._pending[fp] = PendingGroup(fp, rule.name, dict(labels), now)
+        return _Group(fp, dict(labels), now, view)
 
     @staticmethod
     def _view(rule: AnyRule, members: list[Reading], bad: list[Reading]) -> _View:
@@ -437,4 +489,11 @@ class Evaluator:
         )
 
 
-__all__ = ["Evaluator", "Transition", "endpoint_labels", "fingerprint", "recoveries"]
+__all__ = [
+    "Evaluator",
+    "PendingGroup",
+    "Transition",
+    "endpoint_labels",
+    "fingerprint",
+    "recoveries",
+]

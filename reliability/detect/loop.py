@@ -18,7 +18,9 @@ evaluation, so they resolve when their condition clears instead of staying open 
 With several daemons (cluster/), `rebalance(keep)` hands the groups of targets that moved
 away to their new owner (forgotten here, never resolved) and restores what is open again,
 so a target that moved here keeps its open incident; while `gate` names a problem (the
-member is fenced) nothing is evaluated or recorded.
+member is fenced) nothing is evaluated or recorded. Groups pending their `for` are in the
+shared database too (`pending_alerts`, written with the transitions, only when a group
+starts pending, fires or clears): the member that takes a target over resumes its timer.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from sqlalchemy.orm import Session
 
 from reliability import db
 from reliability.collect.snapshot import Snapshot
-from reliability.detect.evaluator import Evaluator, Transition
+from reliability.detect import service as pending_service
+from reliability.detect.evaluator import Evaluator, PendingGroup, Transition
 from reliability.detect.flows import open_rule_fingerprints, record_transitions
 from reliability.incidents import service
 from reliability.writer import BatchWriter, WriterBusy, WriterClosed
@@ -45,6 +48,9 @@ DUE_SLACK = 0.002  # past a pending group's due time, so its step sees it run ou
 # Transitions kept while the database is down. A flapping fleet during a long outage must
 # not grow memory without bound: beyond this the oldest are dropped, and the log says so.
 MAX_UNRECORDED = 10_000
+# A pending entry older than every rule's `for` by this much is dropped at a restore: its
+# rule or target left the config (an entry of a live group fires or clears long before).
+STALE_PENDING = 3600.0
 
 
 class DetectionLoop:
@@ -62,10 +68,13 @@ class DetectionLoop:
         clock: Callable[[], float] = time.time,
         writer: BatchWriter | None = None,
         gate: Callable[[], str | None] | None = None,
+        member: str | None = None,
     ) -> None:
         self._evaluator = evaluator
         self._gate = gate
+        self._member = member
         self._rebalanced: Callable[[Mapping[str, str]], bool] | None = None
+        self._owns: Callable[[Mapping[str, str]], bool] = lambda _labels: True
         self._keep_lock = threading.Lock()
         self._snapshot = snapshot
         self._database = database
@@ -76,6 +85,7 @@ class DetectionLoop:
         self._writer = writer
         self._restored = False
         self._unrecorded: list[Transition] = []
+        self._pending_writes: dict[str, PendingGroup | None] = {}  # kept like `_unrecorded`
         self._db_problem: str | None = None  # logged once when it starts, not every tick
         self._generation: int | None = None  # of the snapshot last evaluated
         self._stop = threading.Event()
@@ -98,6 +108,7 @@ class DetectionLoop:
             keep, self._rebalanced = self._rebalanced, None
         if keep is None:
             return
+        self._owns = keep
         dropped = self._evaluator.release(keep)
         if dropped:
             log.info("%d rule group(s) left to the daemons that now watch their targets", dropped)
@@ -112,8 +123,16 @@ class DetectionLoop:
         self._apply_rebalance()
         try:
             if not self._restored:
-                with self._database.session() as session:
-                    self._evaluator.restore(open_rule_fingerprints(session))
+                with self._database.session() as session, session.begin():
+                    opened = open_rule_fingerprints(session)
+                    # Far past every `for`: a rule or target removed from the config.
+                    stale = self._evaluator.longest_for + STALE_PENDING
+                    pending_service.prune(session, older_than=stale)
+                    pending = pending_service.pending(session)
+                now = self._clock()
+                self._evaluator.restore(
+                    opened, {p.fingerprint: now - p.age for p in pending if self._owns(p.labels)}
+                )
                 self._restored = True
                 self._database_up()
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
@@ -125,8 +144,9 @@ class DetectionLoop:
         else:
             self._generation = generation
             new = self._evaluator.evaluate(self._snapshot.samples(), self._clock())
+            self._pending_writes.update(self._evaluator.pending_changes())
         self._keep(new)
-        if self._unrecorded:
+        if self._unrecorded or self._pending_writes:
             self._flush()
         return new
 
@@ -139,12 +159,15 @@ class DetectionLoop:
 
     def _flush(self) -> None:
         pending = list(self._unrecorded)
+        writes, self._pending_writes = self._pending_writes, {}
         try:
-            self._record(pending)
+            self._record(pending, writes)
         except (WriterBusy, WriterClosed) as exc:
+            self._pending_writes = {**writes, **self._pending_writes}
             self._database_down(f"rule transitions kept until the writer takes them ({exc})")
             return
         except (db.DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            self._pending_writes = {**writes, **self._pending_writes}
             self._database_down(
                 f"rule transitions kept until the database is back: unavailable ({_short(exc)})"
             )
@@ -156,6 +179,8 @@ class DetectionLoop:
             return
         del self._unrecorded[: len(pending)]
         self._database_up()
+        if not pending:
+            return
         for t in pending:
             log.info("%s %s: %s", t.kind, t.fingerprint, t.title)
         if self._on_recorded is not None:
@@ -165,9 +190,18 @@ class DetectionLoop:
                 if t.kind == "firing" and t.runbook_request is not None:
                     self._on_firing(t)
 
-    def _record(self, pending: list[Transition]) -> None:
+    def _record(self, pending: list[Transition], writes: Mapping[str, PendingGroup | None]) -> None:
+        now = self._clock()
+        started = [
+            pending_service.Pending(g.fingerprint, g.rule, g.labels, max(0.0, now - g.since))
+            for g in writes.values()
+            if g is not None
+        ]
+        ended = [fp for fp, g in writes.items() if g is None]
+
         def work(session: Session) -> None:
             record_transitions(session, transitions=pending, reopen_window=self._reopen_window)
+            pending_service.save(session, started=started, ended=ended, member_id=self._member)
 
         if self._writer is not None:
             self._writer.submit(work).result()

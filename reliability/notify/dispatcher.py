@@ -11,7 +11,9 @@ guarantees:
 * **At least once, and once in practice.** A row is marked sent right after the notifier
   accepts it. A dispatcher killed between those two moments leaves its row claimed; when
   the lease (`lease_s`) runs out the row is sent again. That window, one row per
-  dispatcher, is the only way a message is duplicated.
+  dispatcher, is the only way a message is duplicated. If the database goes away in that
+  window, the dispatcher keeps the outcome and records it first when the database answers
+  again (trying every `poll_interval_s`), before it claims anything else.
 * **Pacing.** At most `max_per_second` calls per destination. A RateLimited error pauses
   that destination for its `retry_after`; a Transient one pauses it with capped exponential
   backoff and jitter; either way the row stays pending, and an outage is logged once when
@@ -166,6 +168,8 @@ class Dispatcher:
         self._checked: set[str] = set()  # notifiers whose credentials passed a check
         self._health = Health(self._notifiers)
         self._deferred_until: float | None = None
+        # A row the notifier accepted whose outcome the database has not taken yet.
+        self._unrecorded: Callable[[], None] | None = None
         self._counters = _Counters()
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
@@ -217,6 +221,10 @@ class Dispatcher:
             try:
                 handled = self.run_once()
             except SQLAlchemyError as exc:
+                if self._unrecorded is not None:
+                    # Soon, before the row's claim runs out and another dispatcher sends it.
+                    self._stopping.wait(self._settings.poll_interval_s)
+                    continue
                 log.warning("outbox: database error, retrying in %gs: %s", RETRY_S, exc)
                 self._stopping.wait(RETRY_S)
                 continue
@@ -272,6 +280,10 @@ class Dispatcher:
         """Send (or fail, or skip) every row that is due and whose channel is ready; return
         how many rows were handled. Rows of a paced or paused channel wait for a later pass."""
         self._deferred_until = None
+        if self._unrecorded is not None:  # recording is not sending: no gate
+            self._unrecorded()
+            self._unrecorded = None
+            log.warning("outbox: database back: the row sent while it was away is recorded")
         if self._closed_gate():
             return 0
         now = datetime.now(UTC)
@@ -356,26 +368,41 @@ class Dispatcher:
                 self._new_root(claimed, notifier.name, exc.root)
             self._record_failure(claimed, notifier.name, destination, exc)
             return 1
-        with self._engine.begin() as connection:
-            sent_at = datetime.now(UTC)
-            if root is not None:
-                if claimed.root is None:  # posted where it was routed, by name or ID
-                    self._learn(notifier.name, destination, root.destination)
-                self._log_repost(claimed, notifier.name, root)
-                outbox_service.save_root(
+        sent_at = datetime.now(UTC)
+        if root is not None:
+            if claimed.root is None:  # posted where it was routed, by name or ID
+                self._learn(notifier.name, destination, root.destination)
+            self._log_repost(claimed, notifier.name, root)
+
+        def record() -> None:
+            with self._engine.begin() as connection:
+                if root is not None:
+                    outbox_service.save_root(
+                        connection,
+                        incident_id=claimed.incident.id,
+                        notifier=notifier.name,
+                        root=root,
+                        now=sent_at,
+                    )
+                outbox_service.mark_sent(
                     connection,
-                    incident_id=claimed.incident.id,
-                    notifier=notifier.name,
-                    root=root,
+                    row_id=claimed.id,
                     now=sent_at,
+                    silence_id=muted_by,
+                    maintenance_id=window_id,
                 )
-            outbox_service.mark_sent(
-                connection,
-                row_id=claimed.id,
-                now=sent_at,
-                silence_id=muted_by,
-                maintenance_id=window_id,
+
+        try:
+            record()
+        except SQLAlchemyError as exc:
+            log.warning(
+                "outbox: row %d sent, but the database went away before it was recorded; "
+                "recording it as soon as the database answers: %s",
+                claimed.id,
+                exc,
             )
+            self._unrecorded = record
+            raise
         pacing.failures, pacing.rate_limited = 0, False
         reached = root.destination if root is not None else self._known(notifier.name, destination)
         if self._health.delivered(notifier.name, reached):

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,14 @@ TARGET_UP = "reliability_target_up"
 
 
 class _Healthy(BaseHTTPRequestHandler):
+    server: _Quiet
+
     def do_GET(self) -> None:
-        self.send_response(200)
+        failing = any(self.path.startswith(f"{p}/") for p in self.server.failing)
+        self.send_response(503 if failing else 200)
         self.send_header("Content-Length", "2")
         self.end_headers()
-        self.wfile.write(b"ok")
+        self.wfile.write(b"no" if failing else b"ok")
 
     def log_message(self, *_: Any) -> None:
         pass
@@ -43,13 +46,15 @@ class _Healthy(BaseHTTPRequestHandler):
 
 class _Quiet(ThreadingHTTPServer):
     daemon_threads = True
+    failing: frozenset[str] = frozenset()  # paths under these answer 503
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a probe that gave up (its deadline passed) closed its end: not news
 
 
 class HealthyServer:
-    """One HTTP server answering 200 on every path: many endpoints, one per path prefix."""
+    """One HTTP server answering 200 on every path (many endpoints, one per path prefix),
+    but 503 under the prefixes `fail` names until `heal` takes them back."""
 
     def __init__(self) -> None:
         self._server = _Quiet(("127.0.0.1", 0), _Healthy)
@@ -63,6 +68,12 @@ class HealthyServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def fail(self, paths: Iterable[str]) -> None:
+        self._server.failing = self._server.failing | set(paths)
+
+    def heal(self, paths: Iterable[str]) -> None:
+        self._server.failing = self._server.failing - set(paths)
 
 
 def endpoints(up_url: str, up: int, down: int, *, interval: str = "2s") -> list[dict[str, Any]]:
@@ -114,13 +125,14 @@ def write_config(
     heartbeat: float = 0.5,
     lease: float = 2.0,
     nodes: list[dict[str, Any]] | None = None,
+    rule: dict[str, Any] = ENDPOINT_DOWN,
 ) -> Path:
     config: dict[str, Any] = {
         "database": {"url": database_url},
         "http": {"listen": f"127.0.0.1:{port}"},
         "cluster": {"member_id": member_id, "heartbeat": heartbeat, "lease": lease},
         "endpoints": endpoints,
-        "rules": {"builtin": False, "custom": [ENDPOINT_DOWN]},
+        "rules": {"builtin": False, "custom": [rule]},
         "incidents": {"reopen_window": "10m"},
     }
     if nodes:
@@ -141,13 +153,16 @@ class Member:
     port: int
     log: Path
     proc: subprocess.Popen[bytes]
+    # One client per member: a test polls often, and a new client per call costs a TLS
+    # context (tens of milliseconds of CPU) even for plain HTTP.
+    http: httpx.Client = field(default_factory=httpx.Client, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def get(self, path: str, timeout: float = 2.0) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=timeout)
+        return self.http.get(self.url + path, timeout=timeout)
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         out = {}
@@ -193,14 +208,22 @@ class Member:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self.http.close()
         return self.proc.returncode
 
 
-def start_member(config: Path, member_id: str, port: int, directory: Path) -> Member:
+def start_member(
+    config: Path, member_id: str, port: int, directory: Path, *, clock_offset: float = 0.0
+) -> Member:
+    """The daemon of `config`; `clock_offset`: on a wall clock that many seconds off
+    (reliability/testing/skewed.py)."""
     log = directory / f"{member_id}.log"
+    command = ["-m", "reliability"]
+    if clock_offset:
+        command = ["-m", "reliability.testing.skewed", f"{clock_offset:g}"]
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reliability", "daemon", "-c", str(config)],
+            [sys.executable, *command, "daemon", "-c", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -6,123 +6,19 @@ member's id does not start."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from reliability import db
 from reliability.cluster.shards import assign
-from reliability.testing.cluster import (
-    HealthyServer,
-    Member,
-    TcpProxy,
-    endpoints,
-    start_member,
-    wait_for,
-    write_config,
-)
-from reliability.testing.loopback import free_port
+from reliability.testing.cluster import TcpProxy, wait_for
 from reliability.testing.slack import SlackStandIn
 
 pytestmark = pytest.mark.postgres
 
 LEASE = 2.0
 TAKEOVER_WITHIN = 15.0
-
-
-class Cluster:
-    def __init__(self, directory: Path, url: str, slack: SlackStandIn, eps: list[dict]) -> None:
-        self.directory, self.url, self.eps = directory, url, eps
-        self.slack_section = {
-            "token_env": "RELIABILITY_TEST_SLACK_TOKEN",
-            "channel": "#alerts",
-            "base_url": slack.api_url,
-        }
-        self.members: list[Member] = []
-        self.names = {e["name"] for e in eps}
-        self.down = {e["name"] for e in eps if e["name"].startswith("down-")}
-
-    def start(self, member_id: str, database_url: str | None = None) -> Member:
-        port = free_port()
-        config = write_config(
-            self.directory / f"{member_id}-{port}.yaml",
-            database_url=database_url or self.url,
-            member_id=member_id,
-            port=port,
-            endpoints=self.eps,
-            slack=self.slack_section,
-            heartbeat=LEASE / 4,
-            lease=LEASE,
-        )
-        member = start_member(config, member_id, port, self.directory)
-        self.members.append(member)
-        return member
-
-    def live(self) -> list[Member]:
-        return [m for m in self.members if m.alive()]
-
-    def shares(self, members: list[Member]) -> list[set[str]]:
-        return [m.collected() for m in members]
-
-    def split(self, members: list[Member]) -> bool:
-        """Every endpoint collected by exactly one of `members`, each holding some."""
-        shares = self.shares(members)
-        return (
-            all(shares)
-            and set().union(*shares) == self.names
-            and sum(map(len, shares)) == len(self.names)
-        )
-
-    def open_incidents(self) -> int:
-        engine = db.make_engine(self.url)
-        try:
-            with engine.connect() as c:
-                return c.execute(
-                    sa.text("SELECT count(*) FROM incidents WHERE status != 'resolved'")
-                ).scalar_one()
-        finally:
-            engine.dispose()
-
-    def status(self) -> dict:
-        config = self.live()[0].config
-        out = subprocess.run(
-            [sys.executable, "-m", "reliability", "cluster", "status", "--json", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
-
-@pytest.fixture
-def cluster(
-    tmp_path: Path,
-    pg_databases: Callable[[], str],
-    slack: SlackStandIn,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[[int, int], Cluster]]:
-    monkeypatch.setenv("RELIABILITY_TEST_SLACK_TOKEN", slack.token)
-    url = pg_databases()
-    db.upgrade(url)
-    made: list[Cluster] = []
-    with HealthyServer() as server:
-
-        def make(up: int, down: int) -> Cluster:
-            made.append(Cluster(tmp_path, url, slack, endpoints(server.url, up, down)))
-            return made[-1]
-
-        yield make
-        for c in made:
-            for m in c.members:
-                m.stop()
 
 
 def test_three_daemons_split_the_endpoints_and_a_killed_leaders_share_is_taken_over_quietly(

@@ -391,3 +391,12 @@ def test_a_balancer_health_url_the_engine_does_not_answer_is_refused_with_the_fi
         "write http://10.0.0.2/health (the container's health_path) or "
         "http://10.0.0.2/v1/models, or leave it out for the first"
     )
+
+
+def test_the_cluster_lease_spans_heartbeats_and_a_member_is_forgotten_only_once_gone(tmp_path):
+    path = write(tmp_path, "cluster: {heartbeat: 2s, lease: 4s}\n", "short.yaml")
+    assert "lease (4s) must be at least 3 heartbeats (6s)" in "\n".join(errors_of(path))
+    path = write(tmp_path, "cluster: {lease: 6s, forget_after: 3s}\n", "soon.yaml")
+    assert "forget_after (3s) must be at least the lease (6s)" in "\n".join(errors_of(path))
+    path = write(tmp_path, "cluster: {forget_after: 1d}\n", "day.yaml")
+    assert load_config(path).cluster.forget_after == 86400.0

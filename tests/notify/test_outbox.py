@@ -18,6 +18,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from outbox_helpers import (
     act,
@@ -29,6 +30,7 @@ from outbox_helpers import (
     statuses,
     wait_for,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from reliability import catalog, db
@@ -402,6 +404,68 @@ def test_a_dispatcher_killed_mid_backlog_delivers_every_row_after_restart(tmp_pa
         engine.dispose()
     assert len(posts) == 100
     assert sum(posts.values()) - 100 <= 1, posts.most_common(3)
+
+
+@pytest.mark.postgres
+def test_a_page_sent_as_the_database_went_away_is_recorded_when_it_is_back_not_sent_again(
+    pg_databases, pg_server, slack, slack_client
+):
+    """Slack took the root message, then the database was gone before the row was marked
+    sent, for longer than the row's claim: the dispatcher records it when the database
+    answers again, before claiming anything, and sends nothing twice."""
+    url = pg_databases()
+    db.upgrade(url)
+    name = make_url(url).database
+    engine = db.make_engine(url)
+
+    def allow(allowed: bool) -> None:
+        with pg_server.connect() as c:
+            c.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+            if not allowed:
+                c.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    f" WHERE datname = '{name}'"
+                )
+
+    class GoneAfterSending:
+        """Slack, with the database going away right after Slack accepted the first call."""
+
+        def __init__(self, inner: SlackNotifier) -> None:
+            self.inner, self.name, self.calls = inner, inner.name, 0
+
+        def __getattr__(self, attribute: str):
+            return getattr(self.inner, attribute)
+
+        def notify(self, notification):
+            done = self.inner.notify(notification)
+            self.calls += 1
+            if self.calls == 1:
+                allow(False)
+            return done
+
+    dispatcher = Dispatcher(
+        engine,
+        GoneAfterSending(SlackNotifier(slack_client, slack_config())),
+        settings=DispatchSettings(lease_s=0.5),
+    )
+    try:
+        with db.session_factory(engine)() as session:
+            fire(session, "gpu-1-hot")
+        with pytest.raises(sa.exc.OperationalError):
+            dispatcher.run_once()
+        time.sleep(1.0)  # gone longer than the claim
+        with pytest.raises(sa.exc.OperationalError):
+            dispatcher.run_once()  # still gone: still kept
+        allow(True)
+        dispatcher.run_once()
+        with db.session_factory(engine)() as session:
+            assert statuses(session) == {"sent": 1}
+            assert session.scalar(sa.select(sa.func.count()).select_from(NotificationRoot)) == 1
+        assert len(slack.calls("chat.postMessage")) == 1
+        assert dispatcher.run_once() == 0
+    finally:
+        allow(True)
+        engine.dispose()
 
 
 def start_dispatcher_process(url: str, slack: SlackStandIn) -> subprocess.Popen[bytes]:
