@@ -17,12 +17,14 @@ from reliability.incidents.kinds import (
     IncidentStatus,
 )
 from reliability.incidents.models import IncidentRead
+from reliability.maintenance import service as maintenance
 
 
 def listing(session: Session, *, status: str, limit: int, now: datetime) -> list[dict[str, Any]]:
     """Incidents in `status` (one of LIST_STATUSES), most recently seen first, at most
-    `limit`: each `IncidentRead` as JSON and `silenced_by`, the silence muting it at `now`
-    (None when none does). ValueError for a status or limit the command would refuse."""
+    `limit`: each `IncidentRead` as JSON, `silenced_by`, the silence muting it at `now`, and
+    `in_maintenance`, the maintenance window holding it (None when none does). ValueError
+    for a status or limit the command would refuse."""
     if status not in LIST_STATUSES:
         raise ValueError(f"status must be one of {', '.join(LIST_STATUSES)}, not {status!r}")
     if not 1 <= limit <= LIST_MAX_LIMIT:
@@ -43,8 +45,12 @@ def listing(session: Session, *, status: str, limit: int, now: datetime) -> list
         rows = service.list_incidents(session, status=wanted, limit=limit)
     items = [IncidentRead.model_validate(i) for i in rows]
     in_force = silences.active(session, now=now)
+    windows = maintenance.active(session, now=now)
     return [
         i.model_dump(mode="json")
-        | {"silenced_by": s.id if (s := silences.covering(in_force, i.labels)) else None}
+        | {
+            "silenced_by": s.id if (s := silences.covering(in_force, i.labels)) else None,
+            "in_maintenance": w.id if (w := maintenance.covering(windows, i.labels)) else None,
+        }
         for i in items
     ]

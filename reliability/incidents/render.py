@@ -46,6 +46,8 @@ def incident_table(items: list[dict[str, Any]]) -> Table:
         status = Text(i["status"] + by, STATUS_STYLE[i["status"]])
         if i["silenced_by"] is not None:
             status.append(f" silenced #{i['silenced_by']}", SILENCE_STYLE["active"])
+        if i["in_maintenance"] is not None:
+            status.append(f" in maintenance #{i['in_maintenance']}", SILENCE_STYLE["active"])
         table.add_row(
             str(i["id"]),
             Text(i["severity"], SEVERITY_STYLE[i["severity"]]),

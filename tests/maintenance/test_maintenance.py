@@ -221,6 +221,27 @@ def test_start_list_and_end_through_the_cli(config_path: Path):
     assert "No maintenance now or to come." in run(config_path, "list").output
 
 
+def test_incidents_list_says_which_window_holds_an_incident(config_path: Path):
+    def cli(*args: str) -> Result:
+        return CliRunner().invoke(main, [*args, "-c", str(config_path), "--direct"])
+
+    held = CliRunner().invoke(
+        main, ["incidents", "open", "gpu-1 hot", "--label", "node=gpu-1", "-c", str(config_path)]
+    )
+    free = CliRunner().invoke(
+        main, ["incidents", "open", "gpu-3 hot", "--label", "node=gpu-3", "-c", str(config_path)]
+    )
+    assert held.exit_code == 0 and free.exit_code == 0, held.output + free.output
+    window = json.loads(run(config_path, "start", "node:gpu-1", "--for", "1h", "--reason",
+                            "reseat", "--json").output)  # fmt: skip
+
+    rows = json.loads(cli("incidents", "list", "--json").output)
+    assert {i["title"]: i["in_maintenance"] for i in rows} == {
+        "gpu-1 hot": window["id"], "gpu-3 hot": None
+    }  # fmt: skip
+    assert f"in maintenance #{window['id']}" in cli("incidents", "list").output
+
+
 # -- what a window holds, and when ----------------------------------------------------------
 
 
