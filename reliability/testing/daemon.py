@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -26,10 +25,10 @@ from reliability.incidents.models import Incident
 from reliability.runbooks.models import RunbookRun
 from reliability.testing.balancer import RigBalancer
 from reliability.testing.inference import DEFAULT_MODEL
+from reliability.testing.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 30.0
-T = TypeVar("T")
 
 
 def node_config(
@@ -143,16 +142,3 @@ class Watch:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 0.05) -> T:
-    """The first truthy value of ``check()``, polled every ``every`` seconds; TimeoutError
-    naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout:g}s: {what}")
-        time.sleep(every)
