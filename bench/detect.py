@@ -43,11 +43,12 @@ from reliability.cli_support import load_config
 from reliability.fleet import service as fleet_service
 from reliability.images import service as images
 from reliability.runbooks.models import RunStatus
-from reliability.testing.daemon import DaemonProcess, Watch, node_config, wait_for
+from reliability.testing.daemon import DaemonProcess, Watch, node_config
 from reliability.testing.fixtures import RIG_LB_IMAGE, RIG_LB_NODES, RIG_LB_POOLS
 from reliability.testing.fleet import Fleet, missing_requirement
 from reliability.testing.loopback import free_port
 from reliability.testing.nginx import NginxBalancer
+from reliability.testing.waiting import wait_for
 
 TARGET_P95_S = 2.5
 CUT_NODES = ("gpu-1", "gpu-2")

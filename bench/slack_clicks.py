@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,19 +34,12 @@ from reliability.incidents.models import Incident, IncidentStatus
 from reliability.notify.models import NotificationRoot
 from reliability.testing.loopback import free_port
 from reliability.testing.slack import SlackStandIn
+from reliability.testing.waiting import wait_for
 
 TARGET_P99_MS = 1000.0
 WAIT_S = 120.0
 POLL_S = 0.002
 USER = "U0BENCH"
-
-
-def wait(what: str, done: Callable[[], object], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def main() -> int:
@@ -100,9 +92,9 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait("the messages", lambda: len(slack.messages("alerts")) == 2 * presses)
-            wait("Socket Mode", lambda: slack.wait_socket(1.0))
-            wait("the daemon's HTTP", lambda: _up(port))
+            wait_for("the messages", lambda: len(slack.messages("alerts")) == 2 * presses, WAIT_S)
+            wait_for("Socket Mode", lambda: slack.wait_socket(1.0), WAIT_S)
+            wait_for("the daemon's HTTP", lambda: _up(port), WAIT_S)
             with engine.connect() as connection:
                 roots = dict(
                     connection.execute(

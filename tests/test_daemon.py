@@ -27,6 +27,7 @@ from reliability.testing.fleet import Fleet
 from reliability.testing.inference_group import InferenceHandle
 from reliability.testing.loopback import free_port
 from reliability.testing.services import service_missing
+from reliability.testing.waiting import seconds_until
 
 NODE_INTERVAL = 2.0
 STOP_WITHIN = 5.0
@@ -89,17 +90,18 @@ class Running:
         return httpx.get(self.url + path, timeout=2.0)
 
     def wait_until(self, what: str, ok: Callable[[], bool], timeout: float = 15.0) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
+        """Seconds until ``ok()``, asked while the daemon may not listen yet; fails at once
+        with its output if it exits."""
+
+        def answered() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(f"daemon exited ({self.proc.returncode}): {self.proc.stdout.read()}")
             try:
-                if ok():
-                    return time.monotonic() - started
+                return ok()
             except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"{what}: not within {timeout}s")
+                return False
+
+        return seconds_until(what, answered, timeout, every=0.1)
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return samples(self.get("/metrics").text)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -25,11 +24,10 @@ from reliability import catalog, db
 from reliability.incidents.models import Incident
 from reliability.runbooks.models import RunbookRun
 from reliability.testing.balancer import RigBalancer
-from reliability.testing.inference import DEFAULT_MODEL
+from reliability.testing.rigconfig import rig_config
+from reliability.testing.waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 30.0
-T = TypeVar("T")
 
 
 def node_config(
@@ -43,34 +41,15 @@ def node_config(
     """The daemon's config for the balancer's fleet (GPU rules quiet: no GPUs), its
     database migrated; ``overrides``: `rules.overrides` (rule -> fields); ``port``: where
     it serves /metrics (0: anywhere)."""
-    sections = balancer.fleet.config_sections(connect_timeout=1.0)
-    for node in sections["nodes"]:
-        node["role"] = {"spare-1": "standby", "lb-1": "lb"}.get(node["name"], "serving")
-        node["gpus"] = 0
-    url = f"sqlite:///{directory / 'reliability.db'}"
-    config = {
-        "database": {"url": url},
-        "http": {"listen": f"127.0.0.1:{port}"},
-        **sections,
-        "services": [
-            {
-                "name": "chat",
-                "pools": ["blue", "green"],
-                "active_pool": "blue",
-                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
-                "load_balancer": balancer.lb_config("chat"),
-                "auto_runbooks": list(auto),
-                "auto_cooldown": "0s",
-            }
-        ],
-        "collect": {"node_interval": 1, "gpu_interval": 1, "timeout": 0.9},
-        "rules": {"overrides": {k: dict(v) for k, v in (overrides or {}).items()}},
-        "runbooks_dir": str(REPO / "runbooks"),
-    }
-    path = directory / "reliability.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    db.upgrade(url)
-    return path
+    return rig_config(
+        balancer,
+        directory,
+        service={"auto_runbooks": list(auto), "auto_cooldown": "0s"},
+        gpus=False,
+        http={"listen": f"127.0.0.1:{port}"},
+        collect={"node_interval": 1, "gpu_interval": 1, "timeout": 0.9},
+        rules={"overrides": {k: dict(v) for k, v in (overrides or {}).items()}},
+    )
 
 
 class DaemonProcess:
@@ -143,16 +122,3 @@ class Watch:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 0.05) -> T:
-    """The first truthy value of ``check()``, polled every ``every`` seconds; TimeoutError
-    naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout:g}s: {what}")
-        time.sleep(every)

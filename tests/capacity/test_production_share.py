@@ -10,46 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from click.testing import CliRunner, Result
 
-from reliability import balancers, db
+from reliability import balancers
 from reliability.balancers import Edit, Server
 from reliability.cli import main
 from reliability.testing.balancer import RigBalancer
 from reliability.testing.inference import DEFAULT_MODEL
+from reliability.testing.rigconfig import rig_config
 
 GREEN = ("gpu-3", "gpu-4")  # the rig's pool green: running, not in the upstream at first
 BLUE = ("gpu-1", "gpu-2")
 
 
 def write_config(balancer: RigBalancer, directory: Path, **lb: Any) -> str:
-    url = f"sqlite:///{directory / 'reliability.db'}"
-    db.upgrade(url)
-    sections = balancer.fleet.config_sections()
-    for node in sections["nodes"]:
-        node["role"] = {"spare-1": "standby", "lb-1": "lb"}.get(node["name"], "serving")
-        if node["role"] == "lb":
-            node["gpus"] = 0
-    config = {
-        "database": {"url": url},
-        "http": {"listen": "127.0.0.1:9"},  # no daemon: the GPU power is not measured
-        **sections,
-        "services": [
-            {
-                "name": "chat",
-                "pools": ["blue", "green"],
-                "active_pool": "blue",
-                "port": 8000,
-                "model": DEFAULT_MODEL,
-                "load_balancer": {**balancer.lb_config("chat"), **lb},
-                "capacity": {"max_production_share": 0.1, "prompt_words": 8},
-            }
-        ],
+    service = {
+        "port": 8000,
+        "model": DEFAULT_MODEL,
+        "load_balancer": {**balancer.lb_config("chat"), **lb},
+        "capacity": {"max_production_share": 0.1, "prompt_words": 8},
     }
-    path = directory / "reliability.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return str(path)
+    # No daemon: the GPU power is not measured.
+    return str(rig_config(balancer, directory, service=service, http={"listen": "127.0.0.1:9"}))
 
 
 def server(balancer: RigBalancer, node: str, weight: int | None = None) -> Server:

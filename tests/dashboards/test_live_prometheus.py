@@ -43,6 +43,7 @@ from reliability.testing.inference_group import InferenceHandle, ServerGroup
 from reliability.testing.loopback import free_port
 from reliability.testing.prometheus import PrometheusServer
 from reliability.testing.slack import SlackStandIn
+from reliability.testing.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
@@ -174,15 +175,6 @@ def daemon_process(slack: SlackStandIn) -> Iterator[Callable[[Path], str]]:
             proc.wait(10)
 
 
-def wait_for(what: str, ok: Callable[[], bool], timeout: float = DATA_WITHIN_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ok():
-            return
-        time.sleep(0.25)
-    pytest.fail(f"{what}: not within {timeout}s")
-
-
 def serve_requests(servers: list[InferenceHandle], rounds: int = 3) -> None:
     """Chat completions to each engine stand-in, plain and streamed: the traffic its metrics
     count (the vLLM pool gets the daemon's probes)."""
@@ -231,7 +223,7 @@ def acknowledge_and_resolve(config: Path) -> None:
         found[:] = [i["id"] for i in json.loads(listed.stdout) if i["labels"].get("node") == NODE]
         return bool(found)
 
-    wait_for("an incident on the lost GPU", opened)
+    wait_for("an incident on the lost GPU", opened, DATA_WITHIN_S, every=0.25)
     for verb in ("ack", "resolve"):
         done = cli("incidents", verb, str(found[0]), "--by", "alice", "-c", str(config))
         assert done.returncode == 0, done.stdout + done.stderr
@@ -296,7 +288,7 @@ def test_every_panel_and_rule_expression_returns_data_from_a_real_prometheus(
         tmp_path / "prometheus", [target], rules=rules, scrape_configs=engine_jobs
     ) as prom:
         assert len(prom.rules_loaded()) == sum(len(g["rules"]) for g in groups)
-        wait_for("5 scrapes of the daemon", lambda: _scrapes(prom) >= 5)
+        wait_for("5 scrapes of the daemon", lambda: _scrapes(prom) >= 5, DATA_WITHIN_S, every=0.25)
         serve_requests([engines[e] for e in ENGINE_POOLS])
         acknowledge_and_resolve(config)
 

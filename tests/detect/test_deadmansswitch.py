@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,18 +33,10 @@ from reliability.testing.loopback import free_port
 from reliability.testing.prometheus import PrometheusServer
 from reliability.testing.services import service_missing
 from reliability.testing.slack import PostedMessage, SlackStandIn
+from reliability.testing.waiting import wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 WAIT_S = 60.0
-
-
-def wait_for(what: str, found: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := found():
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"{what}: not within {timeout}s")
 
 
 @pytest.fixture
@@ -123,7 +115,7 @@ def _daemon(tmp_path: Path, port: int) -> subprocess.Popen[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for("the daemon ready", lambda: _ready(f"http://127.0.0.1:{port}/readyz", daemon))
+    wait_for("the daemon ready", lambda: _ready(f"http://127.0.0.1:{port}/readyz", daemon), WAIT_S)
     return daemon
 
 
@@ -170,15 +162,20 @@ def test_all_daemons_killed_prometheus_and_alertmanager_page_slack_directly(
                 alertmanagers=[f"127.0.0.1:{am.port}"],
             ) as prometheus,
         ):
-            wait_for("the daemon scraped", lambda: prometheus.query('up{job="reliability"} == 1'))
-            wait_for("the Watchdog at the dead man's switch", lambda: pings)
+            wait_for(
+                "the daemon scraped",
+                lambda: prometheus.query('up{job="reliability"} == 1'),
+                WAIT_S,
+                every=0.2,
+            )
+            wait_for("the Watchdog at the dead man's switch", lambda: pings, WAIT_S)
             assert _daemon_down(slack) == []
 
             killed = time.time()
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(10)
             (message, *_) = wait_for(
-                "ReliabilityDaemonDown in Slack", lambda: _daemon_down(slack, killed)
+                "ReliabilityDaemonDown in Slack", lambda: _daemon_down(slack, killed), WAIT_S
             )
     finally:
         if daemon.poll() is None:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from reliability import db
@@ -31,11 +30,10 @@ from reliability.runbooks.models import RunStatus
 from reliability.runbooks.plan import PlanError
 from reliability.testing.fixtures import RIG_LB_IMAGE
 from reliability.testing.fleet import Fleet, missing_requirement
-from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.nginx import NginxBalancer, parse_members
+from reliability.testing.rigconfig import rig_config
 from reliability.testing.services import service_missing
 
-REPO = Path(__file__).resolve().parents[2]
 POOLS = {"gpu-1": "blue", "gpu-2": "blue", "gpu-3": "blue", "gpu-4": "green"}
 STANDBYS = ("spare-1", "spare-2")
 GOOD_REF = "registry.rig.local/serving/vllm:good"
@@ -59,30 +57,8 @@ def rig() -> Iterator[NginxBalancer]:
 
 
 def write_config(balancer: NginxBalancer, directory: Path) -> Config:
-    url = f"sqlite:///{directory / 'reliability.db'}"
-    db.upgrade(url)
-    sections = balancer.fleet.config_sections()
-    for node in sections["nodes"]:
-        role = "standby" if node["name"] in STANDBYS else "lb" if node["name"] == "lb-1" else None
-        if role:
-            node["role"] = role
-    config = {
-        "database": {"url": url},
-        **sections,
-        "services": [
-            {
-                "name": "chat",
-                "pools": ["blue", "green"],
-                "active_pool": "blue",
-                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
-                "load_balancer": balancer.lb_config("chat"),
-            }
-        ],
-        "runbooks_dir": str(REPO / "runbooks"),
-    }
-    path = directory / "reliability.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return load_config(path)
+    roles = {**dict.fromkeys(STANDBYS, "standby"), "lb-1": "lb"}
+    return load_config(rig_config(balancer, directory, roles=roles))
 
 
 def fail_over(config: Config, node: str) -> RunResult:

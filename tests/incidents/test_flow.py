@@ -12,8 +12,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,10 @@ import yaml
 
 from reliability.testing.fleet import Fleet
 from reliability.testing.slack import PostedMessage, SlackStandIn
+from reliability.testing.waiting import wait_for
 
 RUNBOOK = "reliability runbook run node-failover --param node=gpu-2"
-
-
-def wait_for(what: str, found: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = found()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"{what}: not within {timeout}s")
+WAIT_S = 20.0
 
 
 def content(message: PostedMessage) -> str:
@@ -115,7 +106,7 @@ def test_a_lost_gpu_pages_once_and_the_message_follows_the_incident(
 ):
     rig.state.set_gpu_status("gpu-2", 3, "lost")
 
-    (message,) = wait_for("the page", lambda: slack.messages("#alerts"))
+    (message,) = wait_for("the page", lambda: slack.messages("#alerts"), WAIT_S)
     assert "gpu-2" in message.text
     assert RUNBOOK in content(message)
     (incident,) = incidents(daemon_config)
@@ -138,12 +129,17 @@ def test_a_lost_gpu_pages_once_and_the_message_follows_the_incident(
         check=True,
         capture_output=True,
     )
-    wait_for("the ack edit", lambda: "Acknowledged by alice" in content(slack.message(message.ts)))
+    wait_for(
+        "the ack edit",
+        lambda: "Acknowledged by alice" in content(slack.message(message.ts)),
+        WAIT_S,
+    )
 
     rig.state.set_gpu_status("gpu-2", 3, "ok")
     resolved = wait_for(
         "the resolve edit",
         lambda: "Resolved by gpu-lost" in content(m := slack.message(message.ts)) and m,
+        WAIT_S,
     )
     assert RUNBOOK not in content(resolved)  # nothing left to run
     assert incidents(daemon_config, "--status", "resolved")[0]["id"] == incident["id"]

@@ -11,8 +11,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from reliability.testing.alertmanager import Alertmanager, binary, rfc3339
 from reliability.testing.loopback import free_port
 from reliability.testing.services import service_missing
 from reliability.testing.slack import SlackStandIn
+from reliability.testing.waiting import wait_for
 
 TOKEN = "real-alertmanager-token-8d41"
 # group_wait 100ms, group_interval 1s: seconds are plenty, the bound only stops a hang.
@@ -37,15 +37,6 @@ ALERT = {
     "annotations": {"summary": "GPU 2 at 91 °C", "description": "above slowdown for 5m"},
     "generatorURL": "http://prometheus.invalid/graph",
 }
-
-
-def wait_for(what: str, found: Callable[[], object]) -> object:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if value := found():
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"{what}: not within {WAIT_S}s")
 
 
 def incidents(engine: sa.Engine) -> list[IncidentRead]:
@@ -83,7 +74,7 @@ def daemon_url(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for("daemon ready", lambda: _ready(url, proc))
+        wait_for("daemon ready", lambda: _ready(url, proc), WAIT_S)
         yield url
     finally:
         proc.terminate()
@@ -108,7 +99,7 @@ def test_an_alert_through_the_real_alertmanager_pages_then_resolves(
         return
     with Alertmanager(tmp_path, daemon_url + PATH, token=TOKEN, executable=executable) as am:
         am.post_alerts([ALERT])
-        (message,) = wait_for("the Slack message", lambda: slack.messages("#alerts"))
+        (message,) = wait_for("the Slack message", lambda: slack.messages("#alerts"), WAIT_S)
         [incident] = incidents(engine)
         assert incident.fingerprint.startswith("alertmanager:")
         assert (incident.title, incident.severity) == ("GpuHot: GPU 2 at 91 °C", Severity.critical)
@@ -118,7 +109,7 @@ def test_an_alert_through_the_real_alertmanager_pages_then_resolves(
 
         ended = datetime.now(UTC) - timedelta(seconds=1)
         am.post_alerts([ALERT | {"endsAt": rfc3339(ended)}])
-        wait_for("resolved", lambda: incidents(engine)[0].status == IncidentStatus.resolved)
+        wait_for("resolved", lambda: incidents(engine)[0].status == IncidentStatus.resolved, WAIT_S)
         assert incidents(engine)[0].resolved_by == "alertmanager"
         edited = wait_for(
             "the resolve edit",
@@ -126,6 +117,7 @@ def test_an_alert_through_the_real_alertmanager_pages_then_resolves(
                 "Resolved by alertmanager"
                 in json.dumps(slack.message(message.ts).blocks) + slack.message(message.ts).text
             ),
+            WAIT_S,
         )
         assert edited
         assert [m.ts for m in slack.messages("#alerts")] == [message.ts]

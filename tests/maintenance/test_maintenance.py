@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from reliability.oncall.flows import escalate
 from reliability.runbooks.flows import AutoRunner
 from reliability.runbooks.models import RunbookRun
 from reliability.ssh import SshPool
+from reliability.testing.waiting import wait_for
 
 T0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -355,14 +356,6 @@ def notes(engine: sa.Engine, incident_id: int) -> list[str]:
         return [e.message or "" for e in incidents.events(s, incident_id=incident_id)]
 
 
-def wait_for(what: str, found: Callable[[], object]) -> object:
-    deadline = time.monotonic() + WAIT_S
-    while not (value := found()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
-
-
 def ended_runs(engine: sa.Engine) -> list[RunbookRun]:
     with db.session_factory(engine)() as s:
         return [r for r in s.scalars(sa.select(RunbookRun)) if r.ended_at is not None]
@@ -388,7 +381,7 @@ def test_no_automatic_runbook_starts_against_a_target_in_maintenance(
     runner.submit(firing("gpu-1-hot", "say", node="gpu-1"))
 
     for incident_id, what in ((on_target, "gpu-1"), (on_incident, "its incident")):
-        said = wait_for("why it did not run", lambda i=incident_id: notes(engine, i)[1:])
+        said = wait_for("why it did not run", lambda i=incident_id: notes(engine, i)[1:], WAIT_S)
         assert f"not run on its own: {what} is in maintenance window {held_window}" in said[0]
         assert "Run it by hand if it is needed now: `reliability runbook run" in said[0]
     assert ended_runs(engine) == []
@@ -402,7 +395,7 @@ def test_a_person_may_still_run_one_and_is_warned(
 
     runner.run_for("@bob", incident_id, RunbookRequest("say", {}, auto=False))
 
-    [run] = wait_for("the run", lambda: ended_runs(engine))
+    [run] = wait_for("the run", lambda: ended_runs(engine), WAIT_S)
     assert (run.runbook, run.status, run.started_by) == ("say", "succeeded", "@bob")
     [warned] = [n for n in notes(engine, incident_id) if n.startswith("Warning:")]
     assert f"its incident is in maintenance window {held_window} until " in warned

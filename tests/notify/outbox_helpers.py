@@ -69,13 +69,6 @@ def drain(dispatcher: Dispatcher, session: Session, timeout_s: float = 10.0) -> 
             time.sleep(0.02)
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def statuses(session: Session) -> Counter[str]:
     return Counter(row.status.value for row in rows(session))
 

@@ -28,7 +28,6 @@ from outbox_helpers import (
     rows,
     slack_config,
     statuses,
-    wait_for,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -41,6 +40,7 @@ from reliability.notify.dispatcher import Dispatcher, DispatchSettings
 from reliability.notify.models import NotificationRoot, OutboxStatus
 from reliability.notify.slack import SlackNotifier
 from reliability.testing.slack import SlackStandIn
+from reliability.testing.waiting import wait_for
 
 HERE = Path(__file__).parent
 
@@ -280,7 +280,7 @@ def open_and_resolve_during_outage(
     time.sleep(max(0.0, down_s - (time.monotonic() - started)))
     assert slack.calls() == []  # nothing got through while down
     slack.outage(False)
-    wait_for(lambda: statuses(session) == {"sent": 2 * incidents}, 30, "the backlog to be sent")
+    wait_for("the backlog to be sent", lambda: statuses(session) == {"sent": 2 * incidents}, 30)
 
 
 def assert_each_incident_posted_once_then_updated(session, slack, incidents: int) -> None:
@@ -327,7 +327,7 @@ def test_two_dispatchers_at_once_send_each_row_once(session, slack, dispatcher_f
         incident = fire(session, f"race-{number}")
         act(session, flows.acknowledge, incident, by="alice")
         act(session, flows.resolve, incident, by="bob")
-    wait_for(lambda: statuses(session) == {"sent": 90}, 20, "every row to be sent")
+    wait_for("every row to be sent", lambda: statuses(session) == {"sent": 90}, 20)
 
     calls = by_incident(slack, session)
     assert len(calls) == 30
@@ -341,7 +341,7 @@ def test_a_running_dispatcher_sends_a_new_row_well_within_a_second_and_stops_in_
     time.sleep(0.3)  # idle: the next row arrives between two polls
     started = time.monotonic()
     fire(session, "latency")
-    wait_for(lambda: len(slack.messages()) == 1, 1.0, "the message")
+    wait_for("the message", lambda: len(slack.messages()) == 1, 1.0, every=0.02)
     latency = time.monotonic() - started
 
     stopping = time.monotonic()
@@ -359,10 +359,13 @@ def test_metrics_count_what_the_dispatcher_did(session, slack, dispatcher_factor
     slack.fail_next(1, "msg_too_long", method="chat.postMessage")
     dispatcher.start()
     done = {"failed": 1, "sent": 1, "pending": 1}
-    wait_for(lambda: statuses(session) == done, 5, "the outbox to settle")
-    time.sleep(0.2)
+    wait_for("the outbox to settle", lambda: statuses(session) == done, 5)
 
-    values = {(s.metric, s.labels): s.value for s in dispatcher.samples()}
+    def refreshed() -> dict | None:  # the gauges are refreshed every stats_interval_s
+        values = {(s.metric, s.labels): s.value for s in dispatcher.samples()}
+        return values if values.get((catalog.OUTBOX_PENDING, ())) == 1 else None
+
+    values = wait_for("the gauges to show the settled outbox", refreshed, 5)
     assert values[(catalog.OUTBOX_ROWS, ("sent",))] == 1
     assert values[(catalog.OUTBOX_ROWS, ("failed",))] == 1
     assert values[(catalog.SLACK_CALL_FAILURES, ("permanent",))] == 2
@@ -387,7 +390,7 @@ def test_a_dispatcher_killed_mid_backlog_delivers_every_row_after_restart(tmp_pa
             for number in range(100):
                 fire(session, f"kill-{number:03d}")
             first = start_dispatcher_process(url, slack)
-            wait_for(lambda: len(slack.calls("chat.postMessage")) >= 30, 20, "30 posts")
+            wait_for("30 posts", lambda: len(slack.calls("chat.postMessage")) >= 30, 20)
             first.send_signal(signal.SIGKILL)
             first.wait(5)
             at_kill = len(slack.calls("chat.postMessage"))
@@ -395,7 +398,7 @@ def test_a_dispatcher_killed_mid_backlog_delivers_every_row_after_restart(tmp_pa
 
             second = start_dispatcher_process(url, slack)
             try:
-                wait_for(lambda: statuses(session) == {"sent": 100}, 30, "every row sent")
+                wait_for("every row sent", lambda: statuses(session) == {"sent": 100}, 30)
             finally:
                 second.terminate()
                 second.wait(5)

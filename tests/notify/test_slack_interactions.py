@@ -38,6 +38,7 @@ from reliability.runbooks.models import RunbookRun
 from reliability.ssh import SshPool
 from reliability.testing.inference import listen, uvicorn_config
 from reliability.testing.slack import SlackStandIn
+from reliability.testing.waiting import wait_for
 
 ANA, BOB, CAROL = "U0ANA", "U0BOB", "U0CAROL"  # anyone; a responder; in the responders group
 RESPONDERS_GROUP = "S0RESP"
@@ -172,14 +173,6 @@ def buttons(slack: SlackStandIn, ts: str) -> list[str]:
     ]
 
 
-def wait_for(what: str, found: Callable[[], object]) -> object:
-    deadline = time.monotonic() + WAIT_S
-    while not (value := found()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
-
-
 def test_an_incident_message_carries_its_buttons_and_loses_them_once_resolved(
     session, slack: SlackStandIn, posted
 ) -> None:
@@ -253,7 +246,7 @@ def test_silence_mutes_the_incidents_node_for_an_hour_and_says_so_privately(
     assert silence.matchers == [{"label": "node", "op": "=", "value": "gpu-1"}]
     assert (silence.ends_at - silence.starts_at).total_seconds() == 3600
     assert silence.created_by == "@ana"
-    [answer] = wait_for("the private answer", slack.ephemerals)
+    [answer] = wait_for("the private answer", slack.ephemerals, WAIT_S)
     assert answer.user == ANA and "node=gpu-1 for 1 h" in answer.text
     assert timeline(engine, incident_id)[-1].data["slack_user"] == ANA
 
@@ -324,7 +317,7 @@ def test_resolve_is_for_responders_and_a_refusal_is_private_and_recorded(
     assert incident(engine, incident_id).status == IncidentStatus.open
     refused = timeline(engine, incident_id)[-1]
     assert (refused.kind, refused.actor, refused.data["slack_user"]) == ("refused", "@ana", ANA)
-    [answer] = wait_for("the refusal", slack.ephemerals)
+    [answer] = wait_for("the refusal", slack.ephemerals, WAIT_S)
     assert answer.user == ANA and "slack.responders" in answer.text
     dispatcher.run_once()
     assert slack.message(ts).edits == 0  # nobody else sees anything
@@ -344,7 +337,7 @@ def test_a_second_acknowledge_changes_nothing_and_says_who_has_it(
     slack.click(endpoint, ts, "acknowledge", BOB)  # the old message, still with its button
 
     assert incident(engine, incident_id).acknowledged_by == "@ana"
-    [answer] = wait_for("the answer", slack.ephemerals)
+    [answer] = wait_for("the answer", slack.ephemerals, WAIT_S)
     assert answer.user == BOB and "already acknowledged by @ana" in answer.text
 
 
@@ -380,7 +373,7 @@ def test_run_shows_the_plan_and_runs_the_runbook_once_confirmed(
 
     assert slack.click(endpoint, ts, "run", BOB).status == 200
 
-    [view] = wait_for("the confirmation", slack.views)
+    [view] = wait_for("the confirmation", slack.views, WAIT_S)
     shown = str(view.view["blocks"])
     assert "say word=hello" in shown and "1. say (notify)" in shown
     with db.session_factory(engine)() as s:
@@ -392,7 +385,7 @@ def test_run_shows_the_plan_and_runs_the_runbook_once_confirmed(
         with db.session_factory(engine)() as s:
             return [r for r in s.scalars(sa.select(RunbookRun)) if r.ended_at is not None]
 
-    [run] = wait_for("the run", finished)
+    [run] = wait_for("the run", finished, WAIT_S)
     assert (run.runbook, run.status, run.started_by) == ("say", "succeeded", "@bob")
     notes = [e.message for e in timeline(engine, incident_id) if e.kind == "note"]
     assert any("the word is hello" in (n or "") for n in notes)
@@ -401,7 +394,7 @@ def test_run_shows_the_plan_and_runs_the_runbook_once_confirmed(
         dispatcher.run_once()
         return any("the word is hello" in m.text for m in slack.replies(ts))
 
-    wait_for("the run's progress in the thread", said)
+    wait_for("the run's progress in the thread", said, WAIT_S)
 
 
 def test_run_is_for_runbook_users(
@@ -412,7 +405,7 @@ def test_run_is_for_runbook_users(
 
     slack.click(endpoint, ts, "run", CAROL)  # a responder, not a runbook user
 
-    [answer] = wait_for("the refusal", slack.ephemerals)
+    [answer] = wait_for("the refusal", slack.ephemerals, WAIT_S)
     assert answer.user == CAROL and "slack.runbook_users" in answer.text
     assert slack.views() == []
     assert timeline(engine, incident_id)[-1].kind == "refused"
@@ -485,7 +478,7 @@ def test_over_socket_mode_a_refusal_is_private_too(
     assert slack.socket_click(ts, "resolve", ANA).acked_at is not None
 
     assert incident(engine, incident_id).status == IncidentStatus.open
-    [answer] = wait_for("the refusal", slack.ephemerals)
+    [answer] = wait_for("the refusal", slack.ephemerals, WAIT_S)
     assert answer.user == ANA and "slack.responders" in answer.text
 
 
@@ -518,7 +511,7 @@ def test_socket_mode_retries_its_first_connection_with_backoff_and_one_line_per_
 
     try:
         transport.start()
-        wait_for("a first failed attempt", failures)
+        wait_for("a first failed attempt", failures, WAIT_S)
         slack.outage(False)
         assert slack.wait_socket(WAIT_S)
         incident_id, ts, _ = posted()
@@ -562,7 +555,7 @@ def ask(slack: SlackStandIn, dispatcher: Dispatcher, ts: str) -> str:
         dispatcher.run_once()
         return next((m.ts for m in slack.replies(ts) if "Drain gpu-1?" in m.text), None)
 
-    return str(wait_for("the question in the thread", question))
+    return str(wait_for("the question in the thread", question, WAIT_S))
 
 
 def finished_run(engine: sa.Engine) -> RunbookRun:
@@ -570,7 +563,7 @@ def finished_run(engine: sa.Engine) -> RunbookRun:
         with db.session_factory(engine)() as s:
             return [r for r in s.scalars(sa.select(RunbookRun)) if r.ended_at is not None]
 
-    [run] = wait_for("the run's end", ended)
+    [run] = wait_for("the run's end", ended, WAIT_S)
     return run
 
 
@@ -588,7 +581,7 @@ def test_an_approval_step_waits_in_the_thread_until_an_allowed_user_approves(
     question = ask(slack, dispatcher, ts)
 
     slack.click(endpoint, question, "approve", CAROL)  # a responder, not a runbook user
-    [refusal] = wait_for("the refusal", slack.ephemerals)
+    [refusal] = wait_for("the refusal", slack.ephemerals, WAIT_S)
     assert refusal.user == CAROL and "slack.runbook_users" in refusal.text
     slack.click(endpoint, question, "approve", BOB)
 
@@ -596,7 +589,7 @@ def test_an_approval_step_waits_in_the_thread_until_an_allowed_user_approves(
     assert run.status == "succeeded"
     assert step_results(engine, run.id)[0] == "approved in Slack by @bob"
     slack.click(endpoint, question, "reject", BOB)  # a late second answer changes nothing
-    answers = wait_for("the answer", lambda: slack.ephemerals()[1:])
+    answers = wait_for("the answer", lambda: slack.ephemerals()[1:], WAIT_S)
     assert "Already approved by @bob" in answers[0].text
 
 
@@ -627,5 +620,5 @@ def test_an_approval_nobody_answers_fails_closed_at_the_step_timeout(
     assert run.status == "failed"
     assert "nobody answered in Slack in time" in (run.reason or "")
     slack.click(endpoint, question, "approve", BOB)
-    [late] = wait_for("the answer", slack.ephemerals)
+    [late] = wait_for("the answer", slack.ephemerals, WAIT_S)
     assert "Too late" in late.text

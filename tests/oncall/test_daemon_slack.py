@@ -9,8 +9,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,17 +18,10 @@ import yaml
 
 from reliability.testing.loopback import free_port
 from reliability.testing.slack import SlackStandIn
+from reliability.testing.waiting import wait_for
 
 ENV = {"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"}
 WAIT_S = 30.0
-
-
-def wait_for(what: str, found: Callable[[], object]) -> object:
-    deadline = time.monotonic() + WAIT_S
-    while not (value := found()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def _up(base: str) -> bool:
@@ -102,16 +94,22 @@ def test_the_daemon_takes_clicks_over_http_and_socket_mode(
     config, env, url = daemon
     args = ["gpu-1 is hot", "--severity", "critical", "--label", "node=gpu-1", "--json"]
     opened = json.loads(reliability(config, env, "incidents", "open", *args))["incident"]
-    [message] = wait_for("the page", lambda: slack.messages("alerts"))
+    [message] = wait_for("the page", lambda: slack.messages("alerts"), WAIT_S)
     assert slack.wait_socket(WAIT_S)
 
-    wait_for("the daemon's HTTP", lambda: _up(url.replace("/api/v1/slack/interactions", "")))
+    wait_for(
+        "the daemon's HTTP", lambda: _up(url.replace("/api/v1/slack/interactions", "")), WAIT_S
+    )
 
     assert slack.click(url, message.ts, "acknowledge", "U0ANA").status == 200
-    wait_for("the edit", lambda: "Acknowledged by @ana" in str(slack.message(message.ts).blocks))
+    wait_for(
+        "the edit", lambda: "Acknowledged by @ana" in str(slack.message(message.ts).blocks), WAIT_S
+    )
 
     envelope = slack.socket_click(message.ts, "resolve", "U0BOB")
     assert envelope.acked_at is not None
-    wait_for("the resolve", lambda: "Resolved by @bob" in str(slack.message(message.ts).blocks))
+    wait_for(
+        "the resolve", lambda: "Resolved by @bob" in str(slack.message(message.ts).blocks), WAIT_S
+    )
     shown = reliability(config, env, "incidents", "show", str(opened["id"]), "--json")
     assert json.loads(shown)["incident"]["status"] == "resolved"

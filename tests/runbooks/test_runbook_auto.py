@@ -35,6 +35,7 @@ from reliability.runbooks.models import RunbookRun, RunStatus
 from reliability.ssh import SshPool
 from reliability.testing.fleet import Fleet
 from reliability.testing.slack import SlackStandIn
+from reliability.testing.waiting import wait_for
 
 WEBHOOK_ENV, SLACK_ENV = "RELIABILITY_TEST_WEBHOOK_TOKEN", "RELIABILITY_TEST_SLACK_TOKEN"
 CONFIG_SECRET = "correct-horse-battery-staple"  # a secret of the config (webhook token)
@@ -161,13 +162,6 @@ def firing(name: str, runbook: str, params: dict[str, str] | None = None) -> Tra
     )
 
 
-def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def ended_runs(engine: sa.Engine) -> list[RunbookRun]:
     with db.session_factory(engine)() as s:
         return [r for r in s.scalars(sa.select(RunbookRun)) if r.ended_at is not None]
@@ -201,7 +195,7 @@ def test_a_secret_printed_by_a_remote_command_reaches_neither_slack_nor_the_time
     caplog.set_level(logging.DEBUG)
 
     auto_runner(config).submit(firing("leaky-pull", "leaky"))
-    wait_until(lambda: len(ended_runs(engine)) == 1, "the automatic run to end")
+    wait_for("the automatic run to end", lambda: len(ended_runs(engine)) == 1, WAIT_S)
     dispatcher.start()
     try:
 
@@ -209,7 +203,7 @@ def test_a_secret_printed_by_a_remote_command_reaches_neither_slack_nor_the_time
             with db.session_factory(engine)() as s:
                 return all(r.status == OutboxStatus.sent for r in s.scalars(sa.select(OutboxRow)))
 
-        wait_until(all_sent, "the Slack thread to hear every note")
+        wait_for("the Slack thread to hear every note", all_sent, WAIT_S)
     finally:
         dispatcher.stop()
 
@@ -252,7 +246,7 @@ def test_a_bad_runbook_file_is_logged_at_start_and_the_good_ones_still_run(
         runner = auto_runner(config)
         runner.submit(firing("wants-broken", "broken"))
         runner.submit(firing("wants-touch", "touch", {"name": "good"}))
-        wait_until(lambda: len(ended_runs(engine)) == 1, "the good runbook's run")
+        wait_for("the good runbook's run", lambda: len(ended_runs(engine)) == 1, WAIT_S)
 
     assert (node_dir / "good.mark").exists()
     (run,) = ended_runs(engine)
@@ -279,9 +273,10 @@ def test_an_automatic_run_that_cannot_start_says_why_on_its_incident_and_in_the_
 
     with caplog.at_level(logging.WARNING, logger="reliability"):
         auto_runner(config).submit(firing("bad-param", "touch", {"name": "NOT valid"}))
-        wait_until(
-            lambda: any("cannot run on its own" in t for t in timeline(engine, incident_id)),
+        wait_for(
             "the note on the incident",
+            lambda: any("cannot run on its own" in t for t in timeline(engine, incident_id)),
+            WAIT_S,
         )
 
     (note,) = [t for t in timeline(engine, incident_id) if "cannot run on its own" in t]

@@ -13,64 +13,29 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from reliability import db
 from reliability.cli_support import load_config
 from reliability.config import Config
-from reliability.runbooks import flows
-from reliability.runbooks import params as params_mod
 from reliability.runbooks.actions.lb_weights import weights
 from reliability.runbooks.executor import Progress, RunResult
-from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunStatus
 from reliability.runbooks.ops import Op
 from reliability.runbooks.plan import PlannedStep
 from reliability.testing.balancer import RigBalancer
 from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.load import Load
+from reliability.testing.rigconfig import rig_config, run_runbook, shipped_runbooks
 
-REPO = Path(__file__).resolve().parents[2]
 GREEN = ("gpu-3", "gpu-4")
 
 
 def write_config(balancer: RigBalancer, directory: Path) -> Config:
-    url = f"sqlite:///{directory / 'reliability.db'}"
-    db.upgrade(url)
-    books = directory / "runbooks"
-    books.mkdir()
     # The shipped canary with each comparison shortened from a minute to 2 seconds, read
     # twice a second, on the 10 completions a pool serves of the rig's clients in that time.
-    text = (
-        (REPO / "runbooks" / "canary.yaml")
-        .read_text()
-        .replace("for: 1m", "for: 2s, interval: 0.5s, min_requests: 10")
-    )
-    (books / "canary.yaml").write_text(text)
-    sections = balancer.fleet.config_sections()
-    for node in sections["nodes"]:
-        node["role"] = {"spare-1": "standby", "lb-1": "lb"}.get(node["name"], "serving")
-        if node["role"] == "lb":
-            node["gpus"] = 0
-    config = {
-        "database": {"url": url},
-        **sections,
-        "services": [
-            {
-                "name": "chat",
-                "pools": ["blue", "green"],
-                "active_pool": "blue",
-                "port": 8000,
-                "model": DEFAULT_MODEL,
-                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
-                "load_balancer": balancer.lb_config("chat"),
-            }
-        ],
-        "runbooks_dir": str(books),
-    }
-    path = directory / "reliability.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return load_config(path)
+    edit = {"for: 1m": "for: 2s, interval: 0.5s, min_requests: 10"}
+    books = shipped_runbooks(directory, edit, "canary.yaml")
+    service = {"port": 8000, "model": DEFAULT_MODEL}
+    return load_config(rig_config(balancer, directory, service=service, runbooks_dir=str(books)))
 
 
 class Comparisons(Progress):
@@ -121,15 +86,7 @@ def clients(balancer: RigBalancer, count: int = 4) -> Iterator[list[Load]]:
 
 
 def run_canary(config: Config, progress: Progress | None = None) -> RunResult:
-    book = load_runbooks(config)["canary"]
-    values = params_mod.resolve(book, {"service": "chat", "pool": "green"}, config)
-    engine = flows.executor(
-        config, db.make_engine(config.database_url()), confirm=lambda p: True, progress=progress
-    )
-    try:
-        return engine.run(book, values, actor="test")
-    finally:
-        engine.close()
+    return run_runbook(config, "canary", progress, service="chat", pool="green")
 
 
 def pools_answering(url: str, count: int = 12) -> set[str]:

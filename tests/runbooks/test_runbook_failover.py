@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from reliability.detect import builtin
 from reliability.testing.fixtures import RIG_LB_IMAGE
 from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.inference_group import InferenceHandle
 from reliability.testing.nginx import NginxBalancer, parse_members
+from reliability.testing.rigconfig import rig_config
 from reliability.testing.slack import SlackStandIn
 
 FAILOVER_WITHIN = 30.0  # seconds from the cut to the service answering from the standby
@@ -43,32 +43,18 @@ def _config(
     auto: tuple[str, ...] = ("node-failover",),
     **extra: object,
 ) -> Path:
-    sections = balancer.fleet.config_sections(connect_timeout=1.0)
-    for node in sections["nodes"]:
-        node["role"] = {"spare-1": "standby", "lb-1": "lb"}.get(node["name"], "serving")
-        node["gpus"] = 0  # this test is about reachability; no GPU rules
-    config = {
-        "database": {"url": f"sqlite:///{directory / 'reliability.db'}"},
-        "http": {"listen": "127.0.0.1:0"},
-        "slack": {"token_env": "SLACK_BOT_TOKEN", "channel": "#alerts", "base_url": slack.api_url},
-        **sections,
-        "services": [
-            {
-                "name": "chat",
-                "pools": ["blue", "green"],
-                "active_pool": "blue",
-                "container": CONTAINER,
-                "load_balancer": balancer.lb_config("chat"),
-                "auto_runbooks": list(auto),
-            }
-        ],
-        "collect": {"node_interval": 1, "gpu_interval": 1, "timeout": 0.9},
-        "runbooks_dir": str(Path(__file__).resolve().parents[2] / "runbooks"),
+    """This test is about reachability: no GPU rules. The test migrates the database."""
+    return rig_config(
+        balancer,
+        directory,
+        service={"container": CONTAINER, "auto_runbooks": list(auto)},
+        gpus=False,
+        migrate=False,
+        http={"listen": "127.0.0.1:0"},
+        slack={"token_env": "SLACK_BOT_TOKEN", "channel": "#alerts", "base_url": slack.api_url},
+        collect={"node_interval": 1, "gpu_interval": 1, "timeout": 0.9},
         **extra,
-    }
-    path = directory / "reliability.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    )
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

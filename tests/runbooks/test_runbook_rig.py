@@ -20,17 +20,12 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from reliability import db
 from reliability.cli_support import load_config
 from reliability.config import Config
 from reliability.images import service as images
-from reliability.runbooks import flows
-from reliability.runbooks import params as params_mod
 from reliability.runbooks import service as runs
-from reliability.runbooks.executor import RunResult
-from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookLock, RunStatus
 from reliability.testing import docker_cli
 from reliability.testing.balancer import RigBalancer
@@ -38,9 +33,9 @@ from reliability.testing.fixtures import RIG_LB_IMAGE
 from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.load import Load
 from reliability.testing.nginx import NginxBalancer, parse_members
+from reliability.testing.rigconfig import rig_config, run_runbook, shipped_runbooks
 from reliability.testing.services import service_missing
 
-REPO = Path(__file__).resolve().parents[2]
 GOOD_REF = "registry.rig.local/serving/vllm:good"
 BAD_REF = "registry.rig.local/serving/vllm:bad"
 LOAD_SECONDS_MAX = 120.0  # every client loop below ends by this, whatever happens
@@ -53,53 +48,18 @@ def rig_db(tmp_path: Path) -> str:
     return url
 
 
-def write_config(balancer: RigBalancer, directory: Path, url: str, **service: Any) -> Config:
-    """The rig as a reliability config, with the shipped runbooks (soaks shortened)."""
-    books = directory / "runbooks"
-    books.mkdir(exist_ok=True)
-    for source in (REPO / "runbooks").glob("*.yaml"):
-        text = (
-            source.read_text()
-            .replace("soak: 5m", "soak: 3s")
-            .replace("interval: 2s", "interval: 0.5s")
-        )
-        (books / source.name).write_text(text)
-    sections = balancer.fleet.config_sections()
-    for node in sections["nodes"]:
-        node["role"] = {"spare-1": "standby", "lb-1": "lb"}.get(node["name"], "serving")
-        if node["role"] == "lb":
-            node["gpus"] = 0
-    config = {
-        "database": {"url": url},
-        **sections,
-        "services": [
-            {
-                "name": "chat",
-                "pools": ["blue", "green"],
-                "active_pool": "blue",
-                "port": 8000,
-                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
-                "load_balancer": balancer.lb_config("chat"),
-                **service,
-            }
-        ],
-        "runbooks_dir": str(books),
-    }
-    path = directory / "reliability.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return load_config(path)
-
-
-def run_book(config: Config, name: str, **given: str) -> RunResult:
-    book = load_runbooks(config)[name]
-    values = params_mod.resolve(book, given, config)
-    engine = flows.executor(
-        config, db.make_engine(config.database_url()), confirm=lambda prompt: True
+def write_config(balancer: RigBalancer, directory: Path, **service: Any) -> Config:
+    """The rig as a reliability config, with the shipped runbooks (soaks shortened); its
+    database is the one the ``rig_db`` fixture migrated."""
+    books = shipped_runbooks(directory, {"soak: 5m": "soak: 3s", "interval: 2s": "interval: 0.5s"})
+    path = rig_config(
+        balancer,
+        directory,
+        service={"port": 8000, **service},
+        migrate=False,
+        runbooks_dir=str(books),
     )
-    try:
-        return engine.run(book, values, actor="test")
-    finally:
-        engine.close()
+    return load_config(path)
 
 
 def pool_of_answers(url: str, count: int = 12) -> set[str]:
@@ -193,12 +153,12 @@ def test_blue_green_under_load_fails_no_request_and_cuts_no_stream(
     rig_balancer: RigBalancer, tmp_path: Path, rig_db: str, load_through: Callable[[str], Load]
 ) -> None:
     rig_lb = rig_balancer
-    config = write_config(rig_lb, tmp_path, rig_db)
+    config = write_config(rig_lb, tmp_path)
     assert pool_of_answers(rig_lb.url) == {"blue"}
     load = load_through(rig_lb.url)
     time.sleep(0.5)
 
-    result = run_book(config, "blue-green", service="chat", pool="green")
+    result = run_runbook(config, "blue-green", service="chat", pool="green")
     time.sleep(0.5)
     load.stop.set()
 
@@ -216,7 +176,7 @@ def test_a_step_failing_midway_leaves_the_balancer_and_containers_exactly_as_bef
     rig_lb = rig_balancer
     fleet = rig_lb.fleet
     good = fleet.state.publish_image(GOOD_REF)
-    config = write_config(rig_lb, tmp_path, rig_db)
+    config = write_config(rig_lb, tmp_path)
     (tmp_path / "runbooks" / "switch-then-fail.yaml").write_text(
         f"""
 description: Deploy on green, switch to it, then fail.
@@ -242,7 +202,7 @@ steps:
     upstream_before = rig_lb.upstream_file.read_bytes()
     images_before = {n: container_image(rig_lb, n) for n in ("gpu-3", "gpu-4")}
 
-    result = run_book(config, "switch-then-fail", service="chat")
+    result = run_runbook(config, "switch-then-fail", service="chat")
 
     assert result.status == RunStatus.failed
     assert "step fail failed" in (result.reason or "") and "put back" in (result.reason or "")
@@ -281,7 +241,7 @@ def test_a_bad_build_is_rolled_back_node_by_node_without_failing_a_request(
     bad_digest = fleet.state.publish_image(BAD_REF)
     fleet.state.break_image(bad_digest)
     bad = f"registry.rig.local/serving/vllm@{bad_digest}"
-    config = write_config(rig_lb, tmp_path, rig_db, pools=["blue"], container=SPEC)
+    config = write_config(rig_lb, tmp_path, pools=["blue"], container=SPEC)
     with db.session_factory(db.make_engine(rig_db)).begin() as s:
         images.mark_good(s, service="chat", image=good, by="test", at=images_now())
     for node in nodes:
@@ -293,7 +253,7 @@ def test_a_bad_build_is_rolled_back_node_by_node_without_failing_a_request(
     assert load.bad_answers > 0  # the bad build answers 500 through nginx
 
     started = time.monotonic()
-    result = run_book(config, "image-rollback", service="chat", pool="blue")
+    result = run_runbook(config, "image-rollback", service="chat", pool="blue")
     took = time.monotonic() - started
     load.stop.set()
 
@@ -329,14 +289,14 @@ def test_a_rollback_that_fails_puts_the_containers_and_the_upstream_back(
     # completion, and the run undoes itself.
     broken = fleet.state.publish_image(BAD_REF)
     fleet.state.break_image(broken)
-    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    config = write_config(rig_lb, tmp_path, container=SPEC)
     with db.session_factory(db.make_engine(rig_db)).begin() as s:
         marked = f"registry.rig.local/serving/vllm@{broken}"
         images.mark_good(s, service="chat", image=marked, by="test", at=images_now())
     before = {n: inspected(rig_lb, n) for n in ("gpu-1", "gpu-2")}
     upstream = rig_lb.upstream_file.read_bytes()
 
-    result = run_book(config, "image-rollback", service="chat", pool="blue")
+    result = run_runbook(config, "image-rollback", service="chat", pool="blue")
 
     assert result.status == RunStatus.failed
     assert "step redeploy failed" in (result.reason or "") and "put back" in (result.reason or "")
@@ -373,13 +333,13 @@ def test_a_secret_that_cannot_be_read_stops_the_deploy_before_the_node_changes(
 ) -> None:
     monkeypatch.delenv("RIG_HF_TOKEN", raising=False)
     good = rig_lb.fleet.state.publish_image(GOOD_REF)
-    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    config = write_config(rig_lb, tmp_path, container=SPEC)
     (tmp_path / "runbooks" / "deploy.yaml").write_text(
         DEPLOY_TO_GPU3.format(image=f"registry.rig.local/serving/vllm@{good}")
     )
     before = inspected(rig_lb, "gpu-3")
 
-    result = run_book(config, "deploy", service="chat")
+    result = run_runbook(config, "deploy", service="chat")
 
     assert result.status == RunStatus.failed
     assert "environment variable RIG_HF_TOKEN is not set" in (result.reason or "")
@@ -400,13 +360,13 @@ def test_a_failed_deploy_is_undone_to_the_very_container_it_replaced(
     monkeypatch.setenv("RIG_HF_TOKEN", HF_TOKEN)
     bad_digest = fleet.state.publish_image(BAD_REF)
     fleet.state.break_image(bad_digest)
-    config = write_config(rig_lb, tmp_path, rig_db, container=SPEC)
+    config = write_config(rig_lb, tmp_path, container=SPEC)
     (tmp_path / "runbooks" / "deploy-bad.yaml").write_text(
         DEPLOY_TO_GPU3.format(image=f"registry.rig.local/serving/vllm@{bad_digest}")
     )
     before = inspected(rig_lb, "gpu-3")
 
-    result = run_book(config, "deploy-bad", service="chat")
+    result = run_runbook(config, "deploy-bad", service="chat")
 
     assert result.status == RunStatus.failed, result.reason
     assert "put back" in (result.reason or "")
@@ -495,7 +455,7 @@ def killed_mid_run(balancer: RigBalancer, config: Config) -> None:
 def test_sigterm_finishes_the_step_then_undoes_and_ends_aborted(
     rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
 ) -> None:
-    config = write_config(rig_lb, tmp_path, rig_db)
+    config = write_config(rig_lb, tmp_path)
     before = rig_lb.upstream_file.read_bytes()
     run = start_blue_green(config)
     try:
@@ -517,7 +477,7 @@ def test_sigterm_finishes_the_step_then_undoes_and_ends_aborted(
 def test_an_interrupted_run_resumes_from_the_step_it_reached(
     rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
 ) -> None:
-    config = write_config(rig_lb, tmp_path, rig_db)
+    config = write_config(rig_lb, tmp_path)
     killed_mid_run(rig_lb, config)
     (found,) = json.loads(cli(config, "runbook", "history", "--json").stdout)
 
@@ -535,7 +495,7 @@ def test_sigkill_mid_run_then_restart_reports_interrupted_frees_the_lock_and_und
     rig_balancer: RigBalancer, tmp_path: Path, rig_db: str
 ) -> None:
     rig_lb = rig_balancer
-    config = write_config(rig_lb, tmp_path, rig_db)
+    config = write_config(rig_lb, tmp_path)
     before = rig_lb.upstream_file.read_bytes()
     killed_mid_run(rig_lb, config)
 
@@ -559,7 +519,7 @@ def test_sigkill_mid_run_then_restart_reports_interrupted_frees_the_lock_and_und
 def test_drain_waits_for_the_streams_in_flight_on_the_node_to_finish(
     rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
 ) -> None:
-    config = write_config(rig_lb, tmp_path, rig_db)
+    config = write_config(rig_lb, tmp_path)
     (tmp_path / "runbooks" / "drain-one.yaml").write_text(
         """
 description: Take gpu-1 out of the upstream once its requests are done.
@@ -589,7 +549,7 @@ steps:
     time.sleep(0.5)  # the request is in flight on gpu-1
     started = time.monotonic()
 
-    result = run_book(config, "drain-one", service="chat")
+    result = run_runbook(config, "drain-one", service="chat")
     took = time.monotonic() - started
     client.join(30)
 
@@ -654,7 +614,7 @@ def test_an_operators_upstream_file_keeps_every_directive_through_drain_add_swit
     rig_balancer: RigBalancer, tmp_path: Path, rig_db: str
 ) -> None:
     lb = rig_balancer
-    config = write_config(lb, tmp_path, rig_db)
+    config = write_config(lb, tmp_path)
     drain_and_add(lb, tmp_path)
     before = lb.upstream_file.read_text()
     gpu1, gpu2 = server_line(lb, "gpu-1"), server_line(lb, "gpu-2")
@@ -662,10 +622,10 @@ def test_an_operators_upstream_file_keeps_every_directive_through_drain_add_swit
     gpu3 = f"{lb.fleet.node('gpu-3').address}:8000"
     added = {"nginx": f"    server {gpu3};\n", "haproxy": f"    server gpu-3 {gpu3} check\n"}
 
-    failed = run_book(config, "drain-and-add", service="chat")
+    failed = run_runbook(config, "drain-and-add", service="chat")
     edited = Path(f"{lb.upstream_file}.copy").read_text()
     after_undo = lb.upstream_file.read_text()
-    switched = run_book(config, "blue-green", service="chat", pool="green")
+    switched = run_runbook(config, "blue-green", service="chat", pool="green")
     after_switch = lb.upstream_file.read_text()
 
     assert failed.status == RunStatus.failed and "step fail failed" in (failed.reason or "")
@@ -688,7 +648,7 @@ def test_a_refused_edit_fails_the_step_with_its_reason_and_changes_nothing(
     rig_balancer: RigBalancer, tmp_path: Path, rig_db: str
 ) -> None:
     lb = rig_balancer
-    config = write_config(lb, tmp_path, rig_db)
+    config = write_config(lb, tmp_path)
     # gpu-3 is green: the live upstream does not list it, so it cannot be marked down.
     (tmp_path / "runbooks" / "drain-three.yaml").write_text(
         DRAIN_AND_ADD.replace("{node: gpu-1}", "{node: gpu-3}").replace("UPSTREAM", "/nonexistent")
@@ -696,7 +656,7 @@ def test_a_refused_edit_fails_the_step_with_its_reason_and_changes_nothing(
     before = lb.upstream_file.read_bytes()
     workers = set(lb.serving_worker_pids())
 
-    result = run_book(config, "drain-three", service="chat")
+    result = run_runbook(config, "drain-three", service="chat")
 
     assert result.status == RunStatus.failed
     gpu3 = f"{lb.fleet.node('gpu-3').address}:8000"
@@ -713,7 +673,7 @@ def test_a_refused_edit_fails_the_step_with_its_reason_and_changes_nothing(
 def test_an_upstream_file_the_parser_cannot_read_is_refused_by_the_cli_with_exit_1(
     rig_lb: NginxBalancer, tmp_path: Path, rig_db: str
 ) -> None:
-    config = write_config(rig_lb, tmp_path, rig_db)
+    config = write_config(rig_lb, tmp_path)
     drain_and_add(rig_lb, tmp_path)
     unreadable = rig_lb.upstream_file.read_text().replace("keepalive 16;\n}", "keepalive 16;\n")
     rig_lb.upstream_file.write_text(unreadable)  # nginx serves on from the file it loaded

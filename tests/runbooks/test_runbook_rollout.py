@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-import yaml
 from click.testing import CliRunner
 
 from reliability import db
@@ -24,16 +23,13 @@ from reliability.cli import main
 from reliability.cli_support import load_config
 from reliability.config import Config
 from reliability.images import service as images
-from reliability.runbooks import flows
-from reliability.runbooks import params as params_mod
 from reliability.runbooks.executor import RunResult
-from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunbookRun, RunbookStep, RunStatus
 from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.nginx import NginxBalancer
+from reliability.testing.rigconfig import rig_config, run_runbook, shipped_runbooks
 from reliability.testing.services import service_missing
 
-REPO = Path(__file__).resolve().parents[2]
 REPO_NAME = "registry.rig.local/serving/vllm"
 OLD_REF = f"{REPO_NAME}:v1"
 NEW_REF = f"{REPO_NAME}:v2"
@@ -59,38 +55,22 @@ def blue_three(rig_fleet_factory: Callable[..., Any]) -> Iterator[NginxBalancer]
 
 
 def write_config(balancer: NginxBalancer, directory: Path) -> tuple[Config, str]:
-    url = f"sqlite:///{directory / 'reliability.db'}"
-    db.upgrade(url)
-    books = directory / "runbooks"  # the shipped ones, the gate's load test shortened
-    books.mkdir()
-    for source in (REPO / "runbooks").glob("*.yaml"):
-        (books / source.name).write_text(
-            source.read_text().replace("duration: 20s", "duration: 3s")
-        )
-    sections = balancer.fleet.config_sections()
-    for node in sections["nodes"]:
-        if node["name"] == "lb-1":
-            node.update(role="lb", gpus=0)
-    config = {
-        "database": {"url": url},
-        "http": {"listen": "127.0.0.1:9"},
-        **sections,
-        "services": [
-            {
-                "name": "chat",
-                "pools": ["blue"],
-                "active_pool": "blue",
-                "port": 8000,
-                "container": {"name": "vllm", "args": ARGS},
-                "load_balancer": balancer.lb_config("chat"),
-                # The baseline is measured on the serving pool: the rig's carries no users.
-                "capacity": {"max_production_share": 1.0, "prompt_words": 8},
-            }
-        ],
-        "runbooks_dir": str(books),
+    # The shipped runbooks, the gate's load test shortened.
+    books = shipped_runbooks(directory, {"duration: 20s": "duration: 3s"})
+    service = {
+        "pools": ["blue"],
+        "port": 8000,
+        "container": {"name": "vllm", "args": ARGS},
+        # The baseline is measured on the serving pool: the rig's carries no users.
+        "capacity": {"max_production_share": 1.0, "prompt_words": 8},
     }
-    path = directory / "reliability.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path = rig_config(
+        balancer,
+        directory,
+        service=service,
+        http={"listen": "127.0.0.1:9"},
+        runbooks_dir=str(books),
+    )
     return load_config(path), str(path)
 
 
@@ -108,15 +88,7 @@ def new_build(balancer: NginxBalancer, answer_s: float) -> str:
 
 
 def run_rollout(config: Config, image: str) -> RunResult:
-    book = load_runbooks(config)["image-rollout"]
-    values = params_mod.resolve(book, {"service": "chat", "pool": "blue", "image": image}, config)
-    engine = flows.executor(
-        config, db.make_engine(config.database_url()), confirm=lambda prompt: True
-    )
-    try:
-        return engine.run(book, values, actor="test")
-    finally:
-        engine.close()
+    return run_runbook(config, "image-rollout", service="chat", pool="blue", image=image)
 
 
 def containers(balancer: NginxBalancer) -> dict[str, dict[str, Any]]:

@@ -13,25 +13,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from reliability import catalog, db
+from reliability import catalog
 from reliability.cli_support import load_config
 from reliability.collect.base import CollectError
 from reliability.collect.schedule import routes
 from reliability.config import Config
-from reliability.runbooks import flows
-from reliability.runbooks import params as params_mod
-from reliability.runbooks.executor import RunResult
-from reliability.runbooks.load import load_runbooks
 from reliability.runbooks.models import RunStatus
 from reliability.ssh import SshPool
 from reliability.testing import tls
 from reliability.testing.fixtures import HostedRig, hosted_rig
 from reliability.testing.inference import DEFAULT_MODEL
 from reliability.testing.nginx import NginxError
+from reliability.testing.rigconfig import rig_config, run_runbook
+from reliability.testing.waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 LOAD_SECONDS_MAX = 120.0  # every client loop below ends by this, whatever happens
 BODY = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -39,55 +35,20 @@ BODY = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}],
 def write_config(rig: HostedRig, directory: Path) -> Config:
     """The rig as a reliability config: service chat on pool blue behind the rig's nginx,
     its route, and the hosted API as an endpoint trusted through the rig's CA."""
-    url = f"sqlite:///{directory / 'reliability.db'}"
-    db.upgrade(url)
-    sections = rig.lb.fleet.config_sections()
-    for node in sections["nodes"]:
-        node["role"] = {"spare-1": "standby", "lb-1": "lb"}.get(node["name"], "serving")
     key = directory / "hosted-key"
     key.write_text(rig.api_key)
     key.chmod(0o600)
-    config = {
-        "database": {"url": url},
-        **sections,
-        "services": [
-            {
-                "name": "chat",
-                "pools": ["blue", "green"],
-                "active_pool": "blue",
-                "container": {"name": "vllm", "args": ["--model", DEFAULT_MODEL]},
-                "model": DEFAULT_MODEL,
-                "load_balancer": rig.lb.lb_config("chat"),
-            }
-        ],
-        "endpoints": [
-            {
-                "name": "hosted",
-                "url": rig.api.url,
-                "role": "hosted",
-                "service": "chat",
-                "model": DEFAULT_MODEL,
-                "api_key_file": str(key),
-                "ca_file": str(rig.ca_file),
-            }
-        ],
-        "runbooks_dir": str(REPO / "runbooks"),
+    hosted = {
+        "name": "hosted",
+        "url": rig.api.url,
+        "role": "hosted",
+        "service": "chat",
+        "model": DEFAULT_MODEL,
+        "api_key_file": str(key),
+        "ca_file": str(rig.ca_file),
     }
-    path = directory / "reliability.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return load_config(path)
-
-
-def run_book(config: Config, name: str, **given: str) -> RunResult:
-    book = load_runbooks(config)[name]
-    values = params_mod.resolve(book, given, config)
-    engine = flows.executor(
-        config, db.make_engine(config.database_url()), confirm=lambda prompt: True
-    )
-    try:
-        return engine.run(book, values, actor="test")
-    finally:
-        engine.close()
+    service = {"model": DEFAULT_MODEL}
+    return load_config(rig_config(rig.lb, directory, service=service, endpoints=[hosted]))
 
 
 @dataclass
@@ -138,10 +99,7 @@ class Load:
 
     def wait(self, count: int, within: float = 30.0) -> None:
         """Until `count` requests have been answered (or failed); bounded."""
-        deadline = time.monotonic() + within
-        while len(self.answers) < count:
-            assert time.monotonic() < deadline, f"{len(self.answers)} answers in {within}s"
-            time.sleep(0.05)
+        wait_for(f"{count} answers", lambda: len(self.answers) >= count, within)
 
 
 @pytest.fixture
@@ -172,7 +130,7 @@ def test_failover_moves_traffic_from_the_tls_hosted_api_to_the_pool_and_switch_b
     assert not [a.failure for a in load.answers if a.failure]
 
     rig.api.set_mode("overloaded")
-    failover = run_book(config, "upstream-failover", service="chat")
+    failover = run_runbook(config, "upstream-failover", service="chat")
     switched = time.monotonic()
     load.wait(len(load.answers) + 20)
 
@@ -185,7 +143,7 @@ def test_failover_moves_traffic_from_the_tls_hosted_api_to_the_pool_and_switch_b
 
     rig.api.set_mode("ok")
     back_from = time.monotonic()
-    back = run_book(config, "upstream-switch-back", service="chat")
+    back = run_runbook(config, "upstream-switch-back", service="chat")
     returned = time.monotonic()
     load.wait(len(load.answers) + 20)
     load.stop.set()
@@ -209,10 +167,10 @@ def test_a_switch_back_to_a_hosted_api_still_failing_leaves_traffic_on_the_pool(
     rig = rig_hosted
     config = write_config(rig, tmp_path)
     rig.api.set_mode("overloaded")
-    assert run_book(config, "upstream-failover", service="chat").status == RunStatus.succeeded
+    assert run_runbook(config, "upstream-failover", service="chat").status == RunStatus.succeeded
     local = rig.lb.route_file.read_bytes()
 
-    result = run_book(config, "upstream-switch-back", service="chat")
+    result = run_runbook(config, "upstream-switch-back", service="chat")
 
     assert result.status == RunStatus.failed
     assert "step to-hosted failed" in (result.reason or "")
@@ -258,7 +216,9 @@ def test_the_daemon_reads_where_traffic_goes_from_the_route_file_on_the_balancer
         assert route.targets() == ["chat"]
         assert side() == "hosted"
         rig.api.set_mode("overloaded")
-        assert run_book(config, "upstream-failover", service="chat").status == RunStatus.succeeded
+        assert (
+            run_runbook(config, "upstream-failover", service="chat").status == RunStatus.succeeded
+        )
         assert side() == "local"
         rig.lb.ssh(f"echo '# edited by hand' >> {rig.lb.route_file}")
         assert side() == "other"

@@ -5,8 +5,6 @@ the processes a balancer leaves behind."""
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -78,15 +76,6 @@ def pool_of_fresh_request(lb: RigBalancer, path: str = "v1/models") -> str:
     response = httpx.get(lb.url + path, timeout=5)
     assert response.status_code == 200, response.text
     return response.headers["x-pool"]
-
-
-def wait_for(condition: Callable[[], bool], within: float) -> float:
-    """Seconds until ``condition()`` held; fails the test after ``within``."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < within, "condition not met in time"
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 def processes_naming(config: Path) -> list[int]:
