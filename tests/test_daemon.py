@@ -89,7 +89,7 @@ class Running:
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, timeout=2.0)
 
-    def wait_until(self, what: str, ok: Callable[[], bool], timeout: float = 15.0) -> float:
+    def wait_until(self, what: str, ok: Callable[[], bool], timeout: float = 30.0) -> float:
         """Seconds until ``ok()``, asked while the daemon may not listen yet; fails at once
         with its output if it exits."""
 
