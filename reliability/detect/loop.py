@@ -124,7 +124,7 @@ class DetectionLoop:
             new = []  # the healthy steady state between collections: nothing to read
         else:
             self._generation = generation
-            new = self._evaluator.evaluate(self._snapshot.samples(), self._clock())
+            new = self._evaluator.evaluate(self._snapshot.by_metric(), self._clock())
         self._keep(new)
         if self._unrecorded:
             self._flush()

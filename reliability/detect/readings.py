@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from reliability import catalog
 from reliability.collect.base import HistogramValue, Sample
+from reliability.collect.snapshot import ByMetric
 from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
@@ -52,13 +53,13 @@ class Reading:
 
 
 class Samples:
-    """One cycle's samples indexed by metric name, which targets answered, and when."""
+    """One cycle's samples indexed by metric name, which targets answered, and when.
+    `samples`: a list, or the snapshot's `by_metric()` (only the metrics the rules read
+    are gathered)."""
 
-    def __init__(self, samples: Iterable[Sample], now: float) -> None:
+    def __init__(self, samples: Iterable[Sample] | ByMetric, now: float) -> None:
         self.now = now
-        self.by_metric: dict[str, list[Sample]] = {}
-        for s in samples:
-            self.by_metric.setdefault(s.metric.name, []).append(s)
+        self.by_metric = samples if isinstance(samples, ByMetric) else ByMetric.of(samples)
         self.up: dict[Source, bool] = {
             (s.labels[0], s.labels[1]): s.value == 1.0 for s in self.of(catalog.TARGET_UP.name)
         }
