@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from reliability import catalog
 from reliability.collect.base import HistogramValue, Sample
@@ -49,7 +50,7 @@ class Reading:
     threshold: float
     bad: bool
     source: Source | None
-    extra: dict[str, str] | None = None
+    extra: Mapping[str, str] | None = None
 
 
 class Samples:
@@ -66,6 +67,11 @@ class Samples:
 
     def of(self, metric: str) -> list[Sample]:
         return self.by_metric.get(metric, [])
+
+    @cached_property
+    def node_signals(self) -> dict[str, reachability.NodeSignals]:
+        """Every node's signals, read once for the reachability rules (three built-ins)."""
+        return reachability.node_signals(self.by_metric)
 
     def values(self, metric: str) -> dict[tuple[str, ...], float]:
         return {
@@ -199,6 +205,8 @@ def recovered(
 ) -> list[Reading]:
     """The soak counts only while the route file reads `local`; any other reading starts
     it again. No route or probe reading yet: no series (held as it was)."""
+    if not recoveries:
+        return []  # no service falls back from a hosted API: nothing to read
     route = samples.values(catalog.SERVICE_ROUTE.name)
     completions = _completions(samples)
     out = []
@@ -240,12 +248,32 @@ def reachable(rule: ReachabilityRule, samples: Samples) -> list[Reading]:
     """Per node, whether `rule.lost` is among its problems (detect/reachability.py). The
     data comes from the liveness probe where it probes the node, else the SSH collector."""
     out = []
-    for node, signals in reachability.node_signals(samples.by_metric).items():
+    for node, signals in samples.node_signals.items():
         bad = rule.lost in reachability.judge(signals)
         source = ("liveness" if signals.ports else "node", node)
-        extra = {"signals": reachability.describe(signals)}
+        extra = _Described(signals)
         out.append(Reading((node,), {"node": node}, float(bad), 1.0, bad, source, extra))
     return out
+
+
+class _Described(Mapping[str, str]):
+    """The `signals` template value of a node, described only if a title or summary reads
+    it: most readings are never rendered, and describing every node each evaluation cost
+    more than judging it."""
+
+    def __init__(self, signals: reachability.NodeSignals) -> None:
+        self._signals = signals
+
+    def __getitem__(self, key: str) -> str:
+        if key != "signals":
+            raise KeyError(key)
+        return reachability.describe(self._signals)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("signals",))
+
+    def __len__(self) -> int:
+        return 1
 
 
 def gpu_lost(rule: GpuLostRule, samples: Samples) -> list[Reading]:
