@@ -88,6 +88,8 @@ class Membership:
         self._registered = False
         self._members: tuple[MemberRead, ...] = ()
         self._owned: frozenset[str] = self._keys  # all, until the database says otherwise
+        self._shared_among: tuple[str, ...] | None = None  # the members `_owned` was cut for
+        self._written: frozenset[str] | None = None  # the targets the member row holds
         self._valid_until: float | None = None  # monotonic; None: never had a heartbeat
         self._leader_until: float | None = None
         self._epoch: int | None = None
@@ -196,6 +198,7 @@ class Membership:
             self._stay_out()
             return
         self._registered = True
+        self._written = frozenset()  # a (re)registered row holds no targets
         log.info("cluster: joined as %s", self.member_id)
 
     def _read_skew(self, server_now: datetime) -> None:
@@ -228,12 +231,13 @@ class Membership:
                 if not self._registered:
                     self._db_error = None  # the database answered: the clock keeps it out
                     return
+            owned = self._owned
             with self._database.session() as session, session.begin():
                 beat = service.heartbeat(
                     session,
                     member_id=self.member_id,
                     incarnation=self._incarnation,
-                    targets=sorted(self._owned),
+                    targets=None if owned == self._written else sorted(owned),
                     lease=self._lease,
                 )
             if beat is None:
@@ -241,6 +245,7 @@ class Membership:
                 log.warning("cluster: %s was taken for gone; joining again", self.member_id)
                 self._register()
                 return
+            self._written = owned
             self._read_skew(beat.server_now)
             if self._skewed():
                 self._step_aside()
@@ -308,9 +313,12 @@ class Membership:
         return True
 
     def _rebalance(self, members: tuple[MemberRead, ...]) -> None:
-        ids = [m.member_id for m in members]
-        owned = frozenset(k for k in self._keys if owner(k, ids) == self.member_id)
+        ids = tuple(m.member_id for m in members)
         self._members = members
+        if ids == self._shared_among:
+            return  # the same members, the same share: no need to hash every key again
+        self._shared_among = ids
+        owned = frozenset(k for k in self._keys if owner(k, ids) == self.member_id)
         if owned == self._owned:
             return
         gained, lost = len(owned - self._owned), len(self._owned - owned)

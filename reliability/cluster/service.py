@@ -110,37 +110,54 @@ def register(
 
 
 def heartbeat(
-    session: Session, *, member_id: str, incarnation: str, targets: Sequence[str], lease: float
+    session: Session,
+    *,
+    member_id: str,
+    incarnation: str,
+    targets: Sequence[str] | None,
+    lease: float,
 ) -> Beat | None:
-    """Renew this member's heartbeat; the live members and the server's time. None when
-    the row is no longer this incarnation's (another daemon took the id while this one was
-    silent longer than the lease): it must register again."""
+    """Renew this member's heartbeat (and its `targets`, unless None: as last written);
+    the live members (without their targets) and the server's time. None when the row is
+    no longer this incarnation's (another daemon took the id while this one was silent
+    longer than the lease): it must register again."""
+    values: dict[str, object] = {"heartbeat_at": sa.func.now()}
+    if targets is not None:
+        values["targets"] = list(targets)
     done = session.execute(
         sa.update(Member)
         .where(Member.member_id == member_id, Member.incarnation == incarnation)
-        .values(heartbeat_at=sa.func.now(), targets=list(targets))
+        .values(values)
         .returning(sa.func.now())
     ).first()
     if done is None:
         return None
-    return Beat(tuple(live_members(session, lease=lease)), done[0])
+    return Beat(tuple(live_members(session, lease=lease, targets=False)), done[0])
 
 
-def live_members(session: Session, *, lease: float) -> list[MemberRead]:
+def live_members(session: Session, *, lease: float, targets: bool = True) -> list[MemberRead]:
     """Members whose heartbeat is younger than `lease`, by id."""
-    return [m for m in members(session) if m.age < lease]
+    return [m for m in members(session, targets=targets) if m.age < lease]
 
 
-def members(session: Session) -> list[MemberRead]:
-    """Every member row, live or not, by id."""
+def members(session: Session, *, targets: bool = True) -> list[MemberRead]:
+    """Every member row, live or not, by id; `targets` False leaves each member's targets
+    empty (thousands of keys that a heartbeat has no use for)."""
+    listed = Member.targets if targets else sa.literal(None)
     rows = session.execute(
-        sa.select(Member, _age(Member.heartbeat_at)).order_by(Member.member_id)
+        sa.select(
+            Member.member_id,
+            Member.host,
+            Member.http,
+            Member.pid,
+            Member.started_at,
+            _age(Member.heartbeat_at),
+            listed,
+        ).order_by(Member.member_id)
     ).all()
     return [
-        MemberRead(
-            m.member_id, m.host, m.http, m.pid, m.started_at, float(age), tuple(m.targets or ())
-        )
-        for m, age in rows
+        MemberRead(member_id, host, http, pid, started_at, float(age), tuple(keys or ()))
+        for member_id, host, http, pid, started_at, age, keys in rows
     ]
 
 

@@ -126,7 +126,12 @@ class LivenessProbe:
             samples.append(Sample(catalog.NODE_LIVENESS_UP, (spec.node, signal), float(state.up)))
             samples.append(Sample(catalog.NODE_LIVENESS_SINCE, (spec.node, signal), state.since))
         self._snapshot.publish(
-            LIVENESS, spec.node, ok=True, duration=time.monotonic() - start, samples=samples
+            LIVENESS,
+            spec.node,
+            ok=True,
+            duration=time.monotonic() - start,
+            samples=samples,
+            quiet_repeat=True,  # an unchanged round is no news for detection
         )
         return changed
 

@@ -130,15 +130,27 @@ class TargetRunner:
         return Outcome(name, target, True, duration)
 
     def run_cycle(self) -> list[Outcome]:
-        """Collect every target once; return when all finished or the deadline passed."""
+        """Collect every target once; return when all finished or the deadline passed.
+
+        Targets this runner started to own while the cycle ran (a rebalance: a member died)
+        are collected right after it: the scheduler skips a run asked for while one runs,
+        which would leave them an interval behind."""
+        outcomes, covered = self._cycle(self.targets)
+        gained = [t for t in self.targets if t not in covered]
+        if gained:
+            outcomes += self._cycle(gained)[0]
+        return outcomes
+
+    def _cycle(self, targets: Sequence[str]) -> tuple[list[Outcome], set[str]]:
+        """One cycle over the wanted ones of `targets`; its outcomes and those it covered."""
         name = self.collector.name
         started = time.monotonic()
         futures: dict[str, Future[Outcome]] = {}
         stuck: list[str] = []
         with self._lock:
             if self._stopped.is_set():
-                return []
-            for target in filter(self._wanted, self.targets):
+                return [], set(targets)
+            for target in filter(self._wanted, targets):
                 previous = self._in_flight.get(target)
                 if previous is not None and not previous.done():
                     stuck.append(target)
@@ -146,6 +158,9 @@ class TargetRunner:
                 futures[target] = self._in_flight[target] = self.executor.submit(
                     self._collect, target
                 )
+        covered = {*futures, *stuck}
+        if not covered:
+            return [], covered
         wait(futures.values(), timeout=self.deadline)
         outcomes = []
         for target, future in futures.items():
@@ -165,4 +180,4 @@ class TargetRunner:
                 reason="timeout",
             )
             outcomes.append(Outcome(name, target, False, self.deadline, "timeout", message))
-        return outcomes
+        return outcomes, covered

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from reliability import catalog
 from reliability.collect.base import Sample
+from reliability.collect.snapshot import ByMetric
 from reliability.config import Config
 from reliability.config.rules import (
     CounterIncreaseRule,
@@ -312,9 +313,10 @@ class Evaluator:
         ]
         return min(due, default=None)
 
-    def evaluate(self, samples: Iterable[Sample], now: float) -> list[Transition]:
-        """Read every rule over this cycle's samples (all of them: what the snapshot holds)
-        and return the groups that started firing and those that resolved."""
+    def evaluate(self, samples: Iterable[Sample] | ByMetric, now: float) -> list[Transition]:
+        """Read every rule over this cycle's samples (all of them: what the snapshot holds,
+        as a list or its `by_metric()`) and return the groups that started firing and those
+        that resolved."""
         data = Samples(samples, now)
         ended: list[tuple[_Rule, _Group]] = []
         for c in self._rules:

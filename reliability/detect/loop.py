@@ -143,7 +143,7 @@ class DetectionLoop:
             new = []  # the healthy steady state between collections: nothing to read
         else:
             self._generation = generation
-            new = self._evaluator.evaluate(self._snapshot.samples(), self._clock())
+            new = self._evaluator.evaluate(self._snapshot.by_metric(), self._clock())
             self._pending_writes.update(self._evaluator.pending_changes())
         self._keep(new)
         if self._unrecorded or self._pending_writes:

@@ -18,6 +18,7 @@ SSH collector always did: 0 is `node`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reliability import catalog
@@ -75,7 +76,7 @@ def describe(s: NodeSignals) -> str:
     return "; ".join(parts) or "no signal yet"
 
 
-def node_signals(samples: dict[str, list[Sample]]) -> dict[str, NodeSignals]:
+def node_signals(samples: Mapping[str, list[Sample]]) -> dict[str, NodeSignals]:
     """Every node's signals from one cycle's samples (metric name -> samples)."""
     ports: dict[str, dict[str, PortState]] = {}
     since = {

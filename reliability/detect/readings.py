@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from reliability import catalog
 from reliability.collect.base import HistogramValue, Sample
+from reliability.collect.snapshot import ByMetric
 from reliability.config.rules import (
     CounterIncreaseRule,
     ErrorRatioRule,
@@ -48,23 +50,28 @@ class Reading:
     threshold: float
     bad: bool
     source: Source | None
-    extra: dict[str, str] | None = None
+    extra: Mapping[str, str] | None = None
 
 
 class Samples:
-    """One cycle's samples indexed by metric name, which targets answered, and when."""
+    """One cycle's samples indexed by metric name, which targets answered, and when.
+    `samples`: a list, or the snapshot's `by_metric()` (only the metrics the rules read
+    are gathered)."""
 
-    def __init__(self, samples: Iterable[Sample], now: float) -> None:
+    def __init__(self, samples: Iterable[Sample] | ByMetric, now: float) -> None:
         self.now = now
-        self.by_metric: dict[str, list[Sample]] = {}
-        for s in samples:
-            self.by_metric.setdefault(s.metric.name, []).append(s)
+        self.by_metric = samples if isinstance(samples, ByMetric) else ByMetric.of(samples)
         self.up: dict[Source, bool] = {
             (s.labels[0], s.labels[1]): s.value == 1.0 for s in self.of(catalog.TARGET_UP.name)
         }
 
     def of(self, metric: str) -> list[Sample]:
         return self.by_metric.get(metric, [])
+
+    @cached_property
+    def node_signals(self) -> dict[str, reachability.NodeSignals]:
+        """Every node's signals, read once for the reachability rules (three built-ins)."""
+        return reachability.node_signals(self.by_metric)
 
     def values(self, metric: str) -> dict[tuple[str, ...], float]:
         return {
@@ -198,6 +205,8 @@ def recovered(
 ) -> list[Reading]:
     """The soak counts only while the route file reads `local`; any other reading starts
     it again. No route or probe reading yet: no series (held as it was)."""
+    if not recoveries:
+        return []  # no service falls back from a hosted API: nothing to read
     route = samples.values(catalog.SERVICE_ROUTE.name)
     completions = _completions(samples)
     out = []
@@ -239,12 +248,32 @@ def reachable(rule: ReachabilityRule, samples: Samples) -> list[Reading]:
     """Per node, whether `rule.lost` is among its problems (detect/reachability.py). The
     data comes from the liveness probe where it probes the node, else the SSH collector."""
     out = []
-    for node, signals in reachability.node_signals(samples.by_metric).items():
+    for node, signals in samples.node_signals.items():
         bad = rule.lost in reachability.judge(signals)
         source = ("liveness" if signals.ports else "node", node)
-        extra = {"signals": reachability.describe(signals)}
+        extra = _Described(signals)
         out.append(Reading((node,), {"node": node}, float(bad), 1.0, bad, source, extra))
     return out
+
+
+class _Described(Mapping[str, str]):
+    """The `signals` template value of a node, described only if a title or summary reads
+    it: most readings are never rendered, and describing every node each evaluation cost
+    more than judging it."""
+
+    def __init__(self, signals: reachability.NodeSignals) -> None:
+        self._signals = signals
+
+    def __getitem__(self, key: str) -> str:
+        if key != "signals":
+            raise KeyError(key)
+        return reachability.describe(self._signals)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("signals",))
+
+    def __len__(self) -> int:
+        return 1
 
 
 def gpu_lost(rule: GpuLostRule, samples: Samples) -> list[Reading]:

@@ -106,3 +106,32 @@ def test_after_stop_no_cycle_starts_and_a_collection_in_flight_fails_quietly(
 
     assert runner.run_cycle() == []
     assert [r for r in caplog.records if "closing" in r.getMessage()] == []
+
+
+def test_a_target_gained_while_a_cycle_runs_is_collected_by_that_cycle(
+    executor: ThreadPoolExecutor,
+):
+    """A member died mid-cycle and its node is ours now: collected at the end of the
+    running cycle, not an interval later (the scheduler skips a run asked for meanwhile)."""
+    owned = {"gpu-1"}
+    asked = threading.Event()  # the cycle has passed gpu-2 over: not ours when it started
+
+    def owns(target: str) -> bool:
+        if target == "gpu-2":
+            asked.set()
+        return target in owned
+
+    class TakingOver(Scripted):
+        def collect(self, target: str) -> Sequence[Sample]:
+            if target == "gpu-1":
+                asked.wait(5)
+                owned.add("gpu-2")  # the rebalance lands while gpu-1 is being collected
+            return super().collect(target)
+
+    snapshot = Snapshot()
+    runner = TargetRunner(TakingOver(), snapshot, executor=executor, deadline=2.0, owns=owns)
+
+    outcomes = runner.run_cycle()
+
+    assert sorted((o.target, o.ok) for o in outcomes) == [("gpu-1", True), ("gpu-2", True)]
+    assert {s.target for s in snapshot.states()} == {"gpu-1", "gpu-2"}

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from reliability import db
+from reliability.collect.snapshot import ByMetric
 from reliability.detect.loop import DetectionLoop
 from reliability.incidents import service
 from reliability.incidents.models import IncidentStatus
@@ -22,8 +23,8 @@ class Cycles:
     def __init__(self, fleet, now: float) -> None:
         self.fleet, self.now = fleet, now
 
-    def samples(self):
-        return self.fleet.samples()
+    def by_metric(self) -> ByMetric:
+        return ByMetric.of(self.fleet.samples())
 
     @property
     def generation(self) -> float:
