@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from reliability import db
+from reliability.collect.snapshot import ByMetric
 from reliability.detect import service
 from reliability.detect.loop import DetectionLoop
 
@@ -33,9 +34,9 @@ class Changing:
     def __init__(self, fleet) -> None:
         self.fleet, self.generation = fleet, 0
 
-    def samples(self):
+    def by_metric(self) -> ByMetric:
         self.generation += 1
-        return self.fleet.samples()
+        return ByMetric.of(self.fleet.samples())
 
 
 @pytest.fixture
