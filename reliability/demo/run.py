@@ -73,6 +73,10 @@ STALE = ("reliability.db", "reliability.db-wal", "reliability.db-shm", "slack.lo
 # node that is down, goes to daemon.log only, beside the config).
 SHOWN_LOGGERS = ("reliability.daemon", "reliability.detect", "reliability.runbooks")
 CHATTY_LOGGERS = ("httpx", "apscheduler", "alembic", "paramiko")
+# paramiko's transport thread logs a traceback at ERROR for every connection a node resets
+# (a node cut, the fleet stopping under a Ctrl-C); the daemon reports the failed collection
+# itself, so those go to daemon.log only.
+QUIET_ON_TERMINAL = ("paramiko",)
 
 
 class DemoError(RuntimeError):
@@ -120,7 +124,12 @@ def _log_to(directory: Path) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     terminal = logging.StreamHandler(sys.stderr)
     terminal.setFormatter(fmt)
-    terminal.addFilter(lambda r: r.levelno >= logging.ERROR or r.name.startswith(SHOWN_LOGGERS))
+    terminal.addFilter(
+        lambda r: (
+            r.name.startswith(SHOWN_LOGGERS)
+            or (r.levelno >= logging.ERROR and not r.name.startswith(QUIET_ON_TERMINAL))
+        )
+    )
     file = logging.FileHandler(directory / "daemon.log", encoding="utf-8")
     file.setFormatter(fmt)
     root = logging.getLogger()

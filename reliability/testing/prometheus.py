@@ -63,6 +63,9 @@ class PrometheusServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory / "prometheus.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        # One client for every query: a new one loads the CA bundle each time (tens of ms,
+        # hundreds of queries in the dashboard test).
+        self._http = httpx.Client(timeout=10.0)
 
     def _config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -120,6 +123,7 @@ class PrometheusServer:
         raise PrometheusError(f"prometheus not ready within {START_WITHIN_S}s: {self.log}")
 
     def stop(self) -> None:
+        self._http.close()
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -143,7 +147,7 @@ class PrometheusServer:
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """The instant query's result vector (a scalar or string comes back as one item)."""
-        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10.0)
+        response = self._http.get(f"{self.url}/api/v1/query", params={"query": expr})
         body = response.json()
         if body.get("status") != "success":
             raise PrometheusError(f"{expr!r}: {body.get('errorType')}: {body.get('error')}")
@@ -154,5 +158,5 @@ class PrometheusServer:
 
     def rules_loaded(self) -> list[dict[str, Any]]:
         """Every rule Prometheus loaded, as /api/v1/rules lists them."""
-        body = httpx.get(f"{self.url}/api/v1/rules", timeout=10.0).json()
+        body = self._http.get(f"{self.url}/api/v1/rules").json()
         return [rule for group in body["data"]["groups"] for rule in group["rules"]]
