@@ -20,6 +20,12 @@ A notifier whose incident root message is gone posts a fresh root (saying so) an
 under it; an error raised after that post carries the new root (``NotifyError.root``) so
 that the dispatcher remembers it and a retry does not post a third.
 
+``delivered()`` is asked only for a row claimed again after an earlier claim ran out with
+nothing recorded (its dispatcher was killed mid-send): it looks for what that claim may have
+posted (each message carries its outbox row), so the row is recorded instead of posted
+twice. When it cannot look (an error, a missing scope), it raises, and the row is sent again:
+at least once beats never.
+
 ``check()`` verifies the credentials (Slack's ``auth.test``) at start and every few minutes;
 ``destinations()`` and ``send_test()`` serve ``reliability notify test``.
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from reliability.incidents.models import IncidentEventRead, IncidentRead
@@ -123,6 +130,17 @@ class Notification:
     destination: str
     dashboard_url: str | None = None
     quiet: bool = False
+    # The outbox row sent (None for what no row stands for), marked on what is posted so a
+    # later claim of the row can find it (`Notifier.delivered`).
+    outbox_row: int | None = None
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What an earlier claim of a row posted before it could record it: `root`, when that was
+    the incident's root message (the dispatcher remembers it), else None (a reply)."""
+
+    root: Root | None
 
 
 class Notifier(Protocol):
@@ -145,6 +163,12 @@ class Notifier(Protocol):
     def notify(self, notification: Notification) -> Root | None:
         """Send it; the root message when one was posted (the dispatcher remembers it), else
         None. Raises RateLimited, Transient, Blocked or Permanent."""
+        ...
+
+    def delivered(self, notification: Notification, *, since: datetime) -> Delivered | None:
+        """What `notify(notification)` already posted, looking no further back than `since`
+        (when the row was written); None when nothing (or only a harmless edit) was. Raises a
+        NotifyError when it cannot tell."""
         ...
 
     def check(self) -> str:

@@ -8,10 +8,13 @@ guarantees:
 
 * **Per-incident order.** An incident's next row is not due until the one before it is
   sent, failed or skipped; two dispatchers never hold rows of one incident at once.
-* **At least once, and once in practice.** A row is marked sent right after the notifier
-  accepts it. A dispatcher killed between those two moments leaves its row claimed; when
-  the lease (`lease_s`) runs out the row is sent again. That window, one row per
-  dispatcher, is the only way a message is duplicated. If the database goes away in that
+* **Exactly once where the notifier can look.** A row is marked sent right after the
+  notifier accepts it. A dispatcher killed between those two moments leaves its row
+  claimed; when the lease (`lease_s`) runs out the next claim first asks the notifier
+  whether the row was delivered (`Notifier.delivered`) and, if so, records that instead of
+  sending it again. Only when the notifier cannot tell (for Slack: no history scope, a
+  channel known by name only) is the row sent again, logged once per notifier and reason:
+  at least once, never lost. If the database goes away in that
   window, the dispatcher keeps the outcome and records it first when the database answers
   again (trying every `poll_interval_s`), before it claims anything else.
 * **Pacing.** At most `max_per_second` calls per destination. A RateLimited error pauses
@@ -170,6 +173,8 @@ class Dispatcher:
         self._deferred_until: float | None = None
         # A row the notifier accepted whose outcome the database has not taken yet.
         self._unrecorded: Callable[[], None] | None = None
+        # (notifier, reason) pairs already logged for a re-claimed row it could not look for.
+        self._unverifiable: set[tuple[str, str]] = set()
         self._counters = _Counters()
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
@@ -347,7 +352,11 @@ class Dispatcher:
         lease_end = now + timedelta(seconds=self._settings.lease_s)
         with self._engine.begin() as connection:
             claimed = outbox_service.claim(
-                connection, row_id=candidate.id, now=now, until=lease_end
+                connection,
+                row_id=candidate.id,
+                now=now,
+                until=lease_end,
+                expired=candidate.claim_expired,
             )
         if claimed is None:
             return 0  # another dispatcher holds it, or finished it since we looked
@@ -360,9 +369,10 @@ class Dispatcher:
             destination=destination,
             dashboard_url=self._link_for(claimed.incident) if self._link_for else None,
             quiet=muted_by is not None or window_id is not None,
+            outbox_row=claimed.id,
         )
         try:
-            root = notifier.notify(notification)
+            root = self._send(notifier, notification, claimed)
         except NotifyError as exc:
             if exc.root is not None:
                 self._new_root(claimed, notifier.name, exc.root)
@@ -409,6 +419,34 @@ class Dispatcher:
             self._release(notifier.name)
         self._count("rows", "sent")
         return 1
+
+    def _send(
+        self, notifier: Notifier, notification: Notification, claimed: Claimed
+    ) -> Root | None:
+        """Send the row, unless an earlier claim that ran out unrecorded already did; the
+        root message posted (or found), as `Notifier.notify` returns it."""
+        if claimed.reclaimed:
+            try:
+                found = notifier.delivered(notification, since=claimed.created_at)
+            except NotifyError as exc:
+                if (notifier.name, exc.reason) not in self._unverifiable:
+                    self._unverifiable.add((notifier.name, exc.reason))
+                    log.warning(
+                        "outbox: %s cannot tell whether a row it was sending when its "
+                        "dispatcher stopped went out, so sends it again (at least once, not "
+                        "exactly once): %s",
+                        notifier.name,
+                        exc.reason,
+                    )
+            else:
+                if found is not None:
+                    log.info(
+                        "outbox: row %d was delivered by a dispatcher that stopped before "
+                        "recording it; recorded, not sent again",
+                        claimed.id,
+                    )
+                    return found.root
+        return notifier.notify(notification)
 
     def _new_root(self, claimed: Claimed, notifier: str, root: Root) -> None:
         """Remember a root posted before the row failed, so that its retry goes under it."""

@@ -63,6 +63,9 @@ class Candidate:
     resolved_at: datetime | None
     # Where this notifier posted the incident's root message; None while nothing is posted.
     root_destination: str | None
+    # A claim on it ran out with no outcome recorded: its dispatcher stopped (was killed)
+    # mid-send, so what that claim posted may be out there already.
+    claim_expired: bool
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class Claimed:
     event: IncidentEventRead
     opening_data: dict[str, Any] | None
     root: Root | None
+    # Claimed again after an earlier claim ran out unrecorded (`Candidate.claim_expired`);
+    # `created_at`: when the row was written, before anything could be sent for it.
+    reclaimed: bool
+    created_at: datetime
 
 
 _queued = OUTBOX.alias("queued")
@@ -98,6 +105,7 @@ _CANDIDATES = (
         _incidents.c.status.label("incident_status"),
         _incidents.c.resolved_at,
         _roots.c.destination.label("root_destination"),
+        OUTBOX.c.claimed_until,
     )
     .join(_incidents, _incidents.c.id == OUTBOX.c.incident_id)
     .outerjoin(
@@ -116,10 +124,14 @@ _CANDIDATES = (
 )
 _CLAIM = (
     sa.update(OUTBOX)
-    .where(OUTBOX.c.id == sa.bindparam("row_id"), _pending(OUTBOX), _unclaimed(OUTBOX))
+    .where(OUTBOX.c.id == sa.bindparam("row_id"), _pending(OUTBOX))
     .values(claimed_until=sa.bindparam("until", type_=UTCDateTime()))
-    .returning(OUTBOX.c.event_id, OUTBOX.c.incident_id, OUTBOX.c.notifier)
+    .returning(OUTBOX.c.event_id, OUTBOX.c.incident_id, OUTBOX.c.notifier, OUTBOX.c.created_at)
 )
+# A row never claimed or whose claims all ended recorded, and one whose claim ran out: the
+# claim succeeds only in the state the caller saw, so `Claimed.reclaimed` is never wrong.
+_CLAIM_FREE = _CLAIM.where(OUTBOX.c.claimed_until.is_(None))
+_CLAIM_EXPIRED = _CLAIM.where(OUTBOX.c.claimed_until < _NOW)
 
 
 def due(
@@ -141,16 +153,26 @@ def due(
             incident_status=row.incident_status,
             resolved_at=row.resolved_at,
             root_destination=row.root_destination,
+            claim_expired=row.claimed_until is not None,
         )
         for row in rows
     ]
 
 
-def claim(connection: Connection, *, row_id: int, now: datetime, until: datetime) -> Claimed | None:
+def claim(
+    connection: Connection,
+    *,
+    row_id: int,
+    now: datetime,
+    until: datetime,
+    expired: bool = False,
+) -> Claimed | None:
     """Lease the row until `until` and read what its message needs; None if someone else
-    holds it or it is no longer pending."""
+    holds it, it is no longer pending, or it is not in the state `expired` says (an earlier
+    claim ran out unrecorded, as `Candidate.claim_expired` read it)."""
+    statement = _CLAIM_EXPIRED if expired else _CLAIM_FREE
     claimed = connection.execute(
-        _CLAIM, {"row_id": row_id, "now": now, "until": until}
+        statement, {"row_id": row_id, "now": now, "until": until}
     ).one_or_none()
     if claimed is None:
         return None
@@ -171,6 +193,8 @@ def claim(connection: Connection, *, row_id: int, now: datetime, until: datetime
         event=IncidentEventRead.model_validate(event),
         opening_data=opening_data,
         root=Root(root.destination, root.ref) if root is not None else None,
+        reclaimed=expired,
+        created_at=claimed.created_at,
     )
 
 

@@ -13,6 +13,15 @@ single ``except`` what happens to the row:
 * ``Permanent(reason)``: everything else (invalid blocks, a message too long, a code we do
   not know); retrying cannot help, so the row is marked failed and logged.
 
+Each message posted for an outbox row carries Slack message metadata (event type
+``reliability_page``, payload ``outbox_row`` and ``incident_id``). A row claimed again after
+its dispatcher died mid-send is first looked for (``conversations.history`` of its channel,
+or ``conversations.replies`` of its incident's thread, ``include_all_metadata``): found, it
+is recorded, not posted twice. That needs the ``channels:history`` scope (``groups:history``
+for private channels), and for a channel configured by name ``channels:read``
+(``groups:read``) to find its ID with ``conversations.list``; without them the row is posted
+again.
+
 An incident's root message that is gone (deleted, its channel archived or deleted, no longer
 editable) is posted again where a new incident would go, saying the earlier one was lost, and
 the thread carries on under the new one.
@@ -28,8 +37,10 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from pydantic import SecretStr
@@ -41,6 +52,7 @@ from reliability.config import SlackConfig
 from reliability.notify import blocks
 from reliability.notify.base import (
     Blocked,
+    Delivered,
     Notification,
     NotifyError,
     Permanent,
@@ -83,6 +95,15 @@ TEST_MESSAGE = (
 # What slack_sdk logs at ERROR for a request that failed: the caller gets the same failure
 # as an exception, and the dispatcher logs one line per outage instead of one per call.
 SDK_DUPLICATES = ("Failed to send a request to Slack API server", "Failed to decode Slack API")
+# The metadata event type of the messages posted for outbox rows.
+PAGE_EVENT = "reliability_page"
+# How far a row's lookup reads: pages of messages, newest first, back to the row's writing
+# less a margin for the clocks of this host and Slack's.
+LOOKUP_PAGE = 200
+LOOKUP_PAGES = 5
+CLOCK_MARGIN = timedelta(minutes=1)
+# A public (C) or private (G) channel's ID, as conversations.history takes it.
+CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{8,}")
 
 
 class _RaisedAnyway(logging.Filter):
@@ -168,9 +189,11 @@ class SlackClient:
         thread_ts: str | None = None,
         *,
         broadcast: bool = False,
+        metadata: dict[str, Any] | None = None,
     ) -> Posted:
         """Post a message, or a reply in the thread of ``thread_ts``; with ``broadcast`` the
-        reply is also shown in the channel, where a mention in it reaches everyone.
+        reply is also shown in the channel, where a mention in it reaches everyone;
+        ``metadata``: Slack message metadata (``event_type``, ``event_payload``).
 
         ``text`` is required even with blocks: it is what notifications and screen readers
         show. Link previews are off so an alert stays one screen tall.
@@ -184,8 +207,66 @@ class SlackClient:
             reply_broadcast=broadcast or None,
             unfurl_links=False,
             unfurl_media=False,
+            metadata=metadata,
         )
         return Posted(channel=str(data["channel"]), ts=str(data["ts"]))
+
+    def channel_id(self, name: str) -> str | None:
+        """The ID of the channel called ``name`` (``#name``), from ``conversations.list``;
+        None if no unarchived channel has it. Raises Transient past ``LOOKUP_PAGES`` pages."""
+        wanted = name.removeprefix("#")
+        arguments: dict[str, Any] = {
+            "types": "public_channel,private_channel",
+            "exclude_archived": True,
+            "limit": LOOKUP_PAGE,
+        }
+        for _ in range(LOOKUP_PAGES):
+            data = self._call("conversations_list", **arguments)
+            for channel in data.get("channels") or []:
+                if channel.get("name") == wanted:
+                    return str(channel["id"])
+            cursor = (data.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+            arguments["cursor"] = cursor
+        raise Transient(f"more than {LOOKUP_PAGES * LOOKUP_PAGE} channels to read")
+
+    def find(
+        self,
+        channel: str,
+        *,
+        event_type: str,
+        match: Mapping[str, Any],
+        oldest: datetime,
+        thread_ts: str | None = None,
+    ) -> Posted | None:
+        """The newest message since ``oldest`` in ``channel`` (an ID), or in the thread of
+        ``thread_ts``, whose metadata has this event type and a payload holding ``match``;
+        None when none. Reads at most ``LOOKUP_PAGES`` pages; raises Transient past them
+        (the channel too busy to tell), and as any call does."""
+        arguments: dict[str, Any] = {
+            "channel": channel,
+            "oldest": f"{oldest.timestamp():.6f}",
+            "include_all_metadata": True,
+            "limit": LOOKUP_PAGE,
+        }
+        method = "conversations_history"
+        if thread_ts is not None:
+            method, arguments["ts"] = "conversations_replies", thread_ts
+        for _ in range(LOOKUP_PAGES):
+            data = self._call(method, **arguments)
+            for message in data.get("messages") or []:
+                metadata = message.get("metadata") or {}
+                payload = metadata.get("event_payload") or {}
+                if metadata.get("event_type") == event_type and all(
+                    payload.get(key) == value for key, value in match.items()
+                ):
+                    return Posted(channel=channel, ts=str(message["ts"]))
+            cursor = (data.get("response_metadata") or {}).get("next_cursor")
+            if not data.get("has_more") or not cursor:
+                return None
+            arguments["cursor"] = cursor
+        raise Transient(f"more than {LOOKUP_PAGES * LOOKUP_PAGE} messages to read")
 
     def update(self, channel: str, ts: str, text: str, blocks: Blocks | None = None) -> None:
         """Replace the text (and blocks, when given) of message ``ts``; ``channel`` is an ID."""
@@ -253,6 +334,8 @@ class SlackNotifier:
     def __init__(self, client: SlackClient, slack: SlackConfig) -> None:
         self._client = client
         self._slack = slack
+        # The IDs Slack answered for channels routed by name: history is read by ID only.
+        self._channel_ids: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"SlackNotifier({self._client!r})"
@@ -308,7 +391,10 @@ class SlackNotifier:
             lost=lost,
             buttons=self._slack.interactive,
         )
-        posted = self._client.post(destination, message.text, message.blocks)
+        posted = self._client.post(
+            destination, message.text, message.blocks, metadata=_metadata(notification)
+        )
+        self._channel_ids[destination] = posted.channel
         return Root(posted.channel, posted.ts)
 
     def _send(self, notification: Notification, root: Root) -> None:
@@ -337,7 +423,42 @@ class SlackNotifier:
             reply.blocks,
             thread_ts=root.ref,
             broadcast=pages(kind),
+            metadata=_metadata(notification),
         )
+
+    def delivered(self, notification: Notification, *, since: datetime) -> Delivered | None:
+        """The root message, or the thread reply, that an earlier claim of the row posted,
+        found by its metadata; None when there is none, or the row only edits the root."""
+        row = notification.outbox_row
+        if row is None:
+            return None
+        match = {"outbox_row": row}
+        oldest = since - CLOCK_MARGIN
+        root = notification.root
+        if root is None:
+            channel = self._id_of(notification.destination)
+            if channel is None:
+                return None  # no such channel: nothing was posted there
+            posted = self._client.find(channel, event_type=PAGE_EVENT, match=match, oldest=oldest)
+            return None if posted is None else Delivered(Root(posted.channel, posted.ts))
+        kind = notification.event.kind
+        if updates_root(kind) and (not pages(kind) or notification.quiet):
+            return None  # an edit, the same content again: harmless
+        posted = self._client.find(
+            root.destination, event_type=PAGE_EVENT, match=match, oldest=oldest, thread_ts=root.ref
+        )
+        return None if posted is None else Delivered(None)
+
+    def _id_of(self, destination: str) -> str | None:
+        """The ID of a destination given by ID or name (history is read by ID only)."""
+        if CHANNEL_ID.fullmatch(destination):
+            return destination
+        if destination not in self._channel_ids:
+            found = self._client.channel_id(destination)
+            if found is None:
+                return None
+            self._channel_ids[destination] = found
+        return self._channel_ids[destination]
 
     def check(self) -> str:
         identity = self._client.check()
@@ -350,6 +471,14 @@ class SlackNotifier:
     def send_test(self, destination: str) -> Root:
         posted = self._client.post(destination, TEST_MESSAGE)
         return Root(posted.channel, posted.ts)
+
+
+def _metadata(notification: Notification) -> dict[str, Any] | None:
+    """The metadata that lets a later claim of the row find what it posted."""
+    if notification.outbox_row is None:
+        return None
+    payload = {"outbox_row": notification.outbox_row, "incident_id": notification.incident.id}
+    return {"event_type": PAGE_EVENT, "event_payload": payload}
 
 
 def classify_response(

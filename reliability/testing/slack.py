@@ -9,6 +9,12 @@ Driven by the real client, the way production drives Slack::
         slack.outage()                      # connections refused until outage(False)
         assert [m.text for m in slack.messages("alerts")] == ["gpu-3 is hot"]
 
+``conversations.history`` and ``conversations.replies`` read a channel (by ID) and a thread,
+``conversations.list`` lists the channels, with Slack's arguments and cursor pagination;
+message ``metadata`` given to ``chat.postMessage`` comes back only with
+``include_all_metadata``; ``revoke_scope("channels:history")`` (``"channels:read"`` for the
+list) makes them answer ``missing_scope``.
+
 It answers like Slack: HTTP 200 with ``{"ok": false, "error": ...}`` for API errors
 (``not_authed``, ``invalid_auth``, ``account_inactive``, ``channel_not_found``,
 ``is_archived``, ``message_not_found``, ``no_text``, ``msg_too_long``, ``invalid_blocks``,
@@ -139,6 +145,9 @@ class PostedMessage:
     edits: int = 0
     history: tuple[str, ...] = field(default=())  # earlier texts, oldest first
     attachments: list[dict[str, Any]] = field(default_factory=list)  # incoming webhooks'
+    # Slack's message metadata (``event_type``, ``event_payload``), as posted.
+    metadata: dict[str, Any] | None = None
+    broadcast: bool = False  # a reply also shown in the channel
 
     @property
     def is_reply(self) -> bool:
@@ -226,6 +235,7 @@ class SlackState:
         self._views: list[OpenView] = []
         # Each click's trigger id: when it was issued, and by whom (views.open takes it once).
         self._triggers: dict[str, tuple[float, str]] = {}
+        self._revoked_scopes: set[str] = set()
 
     # -- controls -------------------------------------------------------------------------
 
@@ -236,6 +246,11 @@ class SlackState:
     def fail_next(self, calls: int, error: str, method: str | None = None) -> None:
         with self._lock:
             self._failures, self._failing_method = [error] * calls, method
+
+    def revoke_scope(self, scope: str, revoked: bool = True) -> None:
+        """Take an OAuth scope from the bot's token (or give it back)."""
+        with self._lock:
+            (self._revoked_scopes.add if revoked else self._revoked_scopes.discard)(scope)
 
     def channel_id(self, channel: str) -> str:
         """The ID of a channel given by name, ``#name`` or ID; KeyError if there is none."""
@@ -303,6 +318,7 @@ class SlackState:
             self._ephemerals.clear()
             self._views.clear()
             self._triggers.clear()
+            self._revoked_scopes.clear()
 
     def webhook_path(self, channel: str) -> str:
         """The path of the incoming webhook that posts to `channel` (made if new)."""
@@ -421,6 +437,12 @@ class SlackState:
             return self._group_users(params)
         if method == "views.open":
             return self._open_view(params)
+        if method == "conversations.history":
+            return self._history(params)
+        if method == "conversations.replies":
+            return self._replies(params)
+        if method == "conversations.list":
+            return self._list(params)
         raise ApiError("unknown_method")
 
     def _connections_open(self, token: str | None) -> Answer:
@@ -495,7 +517,13 @@ class SlackState:
         if thread_ts is not None and not _is_ts(thread_ts):
             raise ApiError("invalid_thread_ts")
         message = PostedMessage(
-            channel, self._next_ts(), text or "", blocks or [], thread_ts or None
+            channel,
+            self._next_ts(),
+            text or "",
+            blocks or [],
+            thread_ts or None,
+            metadata=_metadata(params.get("metadata")),
+            broadcast=bool(thread_ts) and _flag(params.get("reply_broadcast")),
         )
         self._messages[message.ts] = message
         return {"ok": True, "channel": channel, "ts": message.ts, "message": _wire(message)}
@@ -523,6 +551,80 @@ class SlackState:
         self._messages[updated.ts] = updated
         body = {"ok": True, "channel": channel, "ts": updated.ts, "text": updated.text}
         return {**body, "message": _wire(updated)}
+
+    def _history(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``conversations.history``: the channel's messages newest first (replies only when
+        also sent to the channel), between ``oldest`` and ``latest`` (exclusive unless
+        ``inclusive``), ``limit`` a page (default 100, at most 999), ``cursor`` the next."""
+        channel = self._readable(params)
+        inclusive = _flag(params.get("inclusive"))
+        oldest, latest = _ts_bound(params.get("oldest"), "0"), _ts_bound(params.get("latest"))
+        found = [
+            m
+            for m in sorted(self._messages.values(), key=lambda m: m.ts, reverse=True)
+            if m.channel == channel
+            and (not m.is_reply or m.broadcast)
+            and (float(m.ts) > oldest or (inclusive and float(m.ts) == oldest))
+            and (latest is None or float(m.ts) < latest or (inclusive and float(m.ts) == latest))
+        ]
+        return self._page("messages", found, params)
+
+    def _replies(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``conversations.replies``: the parent ``ts`` first, then its replies oldest first."""
+        channel = self._readable(params)
+        ts = params.get("ts")
+        if not _is_ts(ts):
+            raise ApiError("invalid_ts") if ts else ApiError("invalid_arguments")
+        parent = self._messages.get(str(ts))
+        if parent is None or parent.channel != channel:
+            raise ApiError("thread_not_found")
+        thread = [
+            m
+            for m in sorted(self._messages.values(), key=lambda m: m.ts)
+            if m.channel == channel and m.is_reply and m.thread_ts == parent.ts
+        ]
+        return self._page("messages", [parent, *thread], params)
+
+    def _list(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``conversations.list``: the workspace's public channels (the only kind here)."""
+        if "channels:read" in self._revoked_scopes:
+            raise ApiError("missing_scope")
+        skip = self._archived if _flag(params.get("exclude_archived")) else set()
+        channels = [
+            {"id": id_, "name": name, "is_channel": True, "is_private": False}
+            | {"is_archived": id_ in self._archived}
+            for name, id_ in self._channels.items()
+            if id_ not in skip
+        ]
+        return self._page("channels", channels, params)
+
+    def _readable(self, params: Mapping[str, Any]) -> str:
+        """The channel ID a history call reads (an ID only, as at Slack); the scope checked."""
+        if "channels:history" in self._revoked_scopes:
+            raise ApiError("missing_scope")
+        channel = self._lookup(params.get("channel"), names=False)
+        if channel is None:
+            raise ApiError("channel_not_found")
+        return channel
+
+    def _page(self, key: str, items: list[Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        """One page of ``items`` (messages or channels) under ``key``, cursor-paginated."""
+        try:
+            limit = min(int(params.get("limit") or 100), 999)
+            start = int(params.get("cursor") or 0)
+        except ValueError:
+            raise ApiError("invalid_cursor") from None
+        if limit < 1 or start < 0:
+            raise ApiError("invalid_limit" if limit < 1 else "invalid_cursor")
+        page = items[start : start + limit]
+        more = start + limit < len(items)
+        metadata = _flag(params.get("include_all_metadata"))
+        return {
+            "ok": True,
+            key: [_wire(m, metadata=metadata) if isinstance(m, PostedMessage) else m for m in page],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
 
     def _lookup(self, channel: Any, *, names: bool) -> str | None:
         if not isinstance(channel, str):
@@ -602,10 +704,46 @@ def _is_ts(value: Any) -> bool:
     return isinstance(value, str) and TS_PATTERN.fullmatch(value) is not None
 
 
-def _wire(message: PostedMessage) -> dict[str, Any]:
+def _wire(message: PostedMessage, *, metadata: bool = False) -> dict[str, Any]:
     wire = {"type": "message", "subtype": "bot_message", "text": message.text, "ts": message.ts}
     wire |= {"bot_id": BOT["bot_id"], "blocks": message.blocks}
+    if metadata and message.metadata is not None:
+        wire["metadata"] = message.metadata
     return wire | ({"thread_ts": message.thread_ts} if message.thread_ts else {})
+
+
+def _flag(value: Any) -> bool:
+    """A boolean argument: JSON bodies carry a boolean, forms and queries "true" or "1"."""
+    return value in (True, "true", "1", 1)
+
+
+def _ts_bound(value: Any, default: str | None = None) -> float | None:
+    raw = default if value in (None, "") else value
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise ApiError("invalid_ts_oldest") from None
+
+
+def _metadata(raw: Any) -> dict[str, Any] | None:
+    """Message metadata as Slack takes it (an object, or its JSON in a form): an
+    ``event_type`` string and an ``event_payload`` object; else ``invalid_metadata_format``."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ApiError("invalid_metadata_format") from None
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("event_type"), str)
+        or not isinstance(raw.get("event_payload"), dict)
+    ):
+        raise ApiError("invalid_metadata_format")
+    return {"event_type": raw["event_type"], "event_payload": raw["event_payload"]}
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -899,6 +1037,11 @@ class SlackStandIn:
             self._listen()
 
     # -- what tests read ------------------------------------------------------------------
+
+    def revoke_scope(self, scope: str, revoked: bool = True) -> None:
+        """Take an OAuth scope (``channels:history``) from the bot's token: the calls that
+        need it answer ``missing_scope`` until ``revoke_scope(scope, False)``."""
+        self.state.revoke_scope(scope, revoked)
 
     def channel_id(self, channel: str) -> str:
         """The ID of a channel given by name, ``#name`` or ID; KeyError if there is none."""
