@@ -163,8 +163,10 @@ async def paced(
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         tasks.append(asyncio.create_task(one(body, due)))
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
-    return Result("paced 1,000 alerts/s", len(tasks), errors, elapsed, latencies, True)
+    # The rate sustained is the schedule's: each latency counts from the webhook's due time,
+    # so a server falling behind shows in the p99, not here. (Dividing by the time to the
+    # last answer would read a server that kept up as 999/s, one last latency short.)
+    return Result("paced 1,000 alerts/s", len(tasks), errors, len(tasks) / rate, latencies, True)
 
 
 async def saturated(
