@@ -11,6 +11,9 @@ A migrated SQLite database with three incidents beside a small config in a tempo
 folder; the daemon is the real one (`reliability daemon`) on a free loopback port.
 Target: <= 0.35 s for `incidents list` and `status` while the daemon answers, as on-call
 types them; the direct rows show the same target against their floor.
+The commands run with Python's bytecode cache on, as an installed tool runs (pip compiles a
+wheel's modules when it installs them): an inherited PYTHONDONTWRITEBYTECODE would compile
+every module of the package from source at every call, and is left out.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def main() -> None:
         config = Path(folder) / "reliability.yaml"
         config.write_text(f"http:\n  listen: 127.0.0.1:{free_port()}\nrules:\n  builtin: false\n")
         env = {**os.environ, "RELIABILITY_CONFIG": str(config)}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         reliability = [python, "-m", "reliability"]
         subprocess.run([*reliability, "db", "upgrade"], env=env, check=True, capture_output=True)
         for title in ("gpu-1 GPU 3 fell off the bus", "gpu-2 at 91°C", "chat: 5xx at 4%"):
